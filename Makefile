@@ -1,0 +1,33 @@
+# The README names two targets: `make demo` and `make test`. Both set up what they need.
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint typecheck unit crds bench clean
+
+setup:
+	@scripts/bootstrap.sh
+
+demo: setup
+	$(BIN)/objmig demo
+
+lint: setup
+	$(BIN)/ruff check operator tests benchmarks scripts
+	$(BIN)/ruff format --check operator tests benchmarks scripts
+
+typecheck: setup
+	$(BIN)/mypy
+
+crds: setup
+	$(BIN)/objmig crds --output crds
+
+# The whole suite: static checks, then every test against real PostgreSQL, S3 and Kubernetes.
+test: setup
+	scripts/k8s-tools.sh
+	$(MAKE) lint typecheck
+	$(BIN)/python -m pytest
+
+unit: setup
+	$(BIN)/python -m pytest tests/unit
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

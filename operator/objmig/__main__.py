@@ -1,0 +1,3 @@
+from objmig.cli.main import main
+
+main()

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Sets up everything objmig needs on a fresh Debian machine: system packages, a virtualenv,
+# and the package itself in editable mode with its dev extras. Safe to re-run: each step
+# checks before it acts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+apt_updated=0
+apt_install() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "bootstrap: need root (or sudo) to apt-get install $*" >&2
+    SUDO=sudo
+  else
+    SUDO=
+  fi
+  if [ "$apt_updated" -eq 0 ]; then
+    $SUDO apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# PostgreSQL server binaries back the embedded ledger database (initdb + pg_ctl).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  echo "bootstrap: installing PostgreSQL server binaries"
+  apt_install postgresql
+fi
+
+if ! "$PYTHON" -m venv --help >/dev/null 2>&1; then
+  echo "bootstrap: installing python3-venv"
+  apt_install python3-venv
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+
+stamp="$VENV/.objmig-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e '.[dev]'
+  touch "$stamp"
+fi
