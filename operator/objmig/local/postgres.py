@@ -141,14 +141,14 @@ def find_postgres_binaries() -> PostgresBinaries:
             ).stdout.strip()
             if out:
                 candidates.append(Path(out))
-    for bindir in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True):
-        candidates.append(Path(bindir))
+    versioned = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True)
+    candidates.extend(Path(d) for d in versioned)
     initdb = shutil.which("initdb")
     if initdb:
         candidates.append(Path(initdb).resolve().parent)
-    for bindir in candidates:
-        if _has_server_programs(bindir):
-            return PostgresBinaries(bindir=bindir)
+    for candidate in candidates:
+        if _has_server_programs(candidate):
+            return PostgresBinaries(bindir=candidate)
     raise PostgresNotFoundError(_INSTALL_HINT)
 
 
