@@ -1,0 +1,119 @@
+"""The MigrationCleanup resource: the explicit, gated request to delete what a migration left."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from objmig.api.base import ApiModel, LocalObjectReference
+from objmig.api.conditions import Condition
+from objmig.api.migration import JobRef, ObjectMeta, ObjectStatus, WorkersSpec
+from objmig.api.types import Duration
+
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+CleanupPhase = Literal["Pending", "Blocked", "Deleting", "Completed", "Failed"]
+
+
+class ApprovalSpec(ApiModel):
+    """The human's yes: the verification digest they reviewed."""
+
+    digest: str = Field(
+        description="Must equal the migration's status.verification.digest "
+        "(`objmig approve NAME` prints it).",
+        pattern=DIGEST_PATTERN,
+    )
+
+
+class MigrationCleanupSpec(ApiModel):
+    """What to delete, and the conditions under which deleting is allowed."""
+
+    migration_ref: LocalObjectReference = Field(
+        description="The ObjectMigration whose objects are cleaned up.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self == oldSelf", "message": "migrationRef is immutable"}
+            ]
+        },
+    )
+    what: Literal["source", "leftovers"] = Field(
+        default="source",
+        description="source: delete the migrated source objects of a cut-over migration; "
+        "leftovers: abort objmig's stale multipart uploads and remove target objects of "
+        "failed attempts that no verified object points to.",
+    )
+    grace_period: Duration = Field(
+        default="72h", description="Time that must pass after the cutover before deleting."
+    )
+    min_age: Duration = Field(
+        default="1h",
+        description="Time that must pass since an object's verification (or, for leftovers, "
+        "since an upload started) before it may be deleted.",
+    )
+    approval: ApprovalSpec | None = Field(
+        default=None, description="Approval quoting the verification digest; required to delete."
+    )
+    dry_run: bool = Field(default=False, description="List what would be deleted; delete nothing.")
+    limit: int | None = Field(default=None, ge=1, description="Delete at most this many objects.")
+    workers: WorkersSpec = Field(default_factory=WorkersSpec, description="Deletion worker pods.")
+
+
+class UnmetGate(ApiModel):
+    """A gate that does not hold yet, with the reason."""
+
+    gate: str = Field(description="Gate name, e.g. GracePeriod.")
+    reason: str = Field(description="CamelCase reason, e.g. GracePeriodNotElapsed.")
+    message: str = Field(description="What is missing, e.g. the time left.")
+
+
+class CleanupCounts(ApiModel):
+    """Deletion counters."""
+
+    planned: int = Field(default=0, ge=0, description="Objects the cleanup considers.")
+    deleted: int = Field(default=0, ge=0, description="Objects deleted.")
+    skipped: int = Field(default=0, ge=0, description="Objects left in place.")
+    failed: int = Field(default=0, ge=0, description="Deletions that failed.")
+    bytes_freed: int = Field(default=0, ge=0, description="Bytes deleted.")
+    skipped_by_reason: dict[str, int] = Field(
+        default_factory=dict, description="Skipped objects per reason."
+    )
+
+
+class MigrationCleanupStatus(ApiModel):
+    """Observed state of a MigrationCleanup."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    observed_generation: int | None = Field(
+        default=None, description="The generation this status describes."
+    )
+    phase: CleanupPhase = Field(default="Pending", description="Summary of the conditions.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="GatesPassed, Complete, Failed."
+    )
+    unmet_gates: list[UnmetGate] = Field(
+        default_factory=list, description="Gates that do not hold, with reasons."
+    )
+    counts: CleanupCounts = Field(default_factory=CleanupCounts, description="Counters.")
+    objects: list[ObjectStatus] = Field(
+        default_factory=list, description="A bounded window of per-object outcomes."
+    )
+    objects_truncated: bool = Field(
+        default=False, description="More objects exist than the window shows."
+    )
+    jobs: list[JobRef] = Field(default_factory=list, description="Deletion Jobs.")
+    started_at: datetime | None = Field(default=None, description="When deletion started.")
+    completed_at: datetime | None = Field(default=None, description="When it finished.")
+
+
+class MigrationCleanup(ApiModel):
+    """A MigrationCleanup custom resource."""
+
+    api_version: Literal["objmig.dev/v1alpha1"] = Field(
+        default="objmig.dev/v1alpha1", description="objmig.dev/v1alpha1"
+    )
+    kind: Literal["MigrationCleanup"] = Field(default="MigrationCleanup", description="Kind.")
+    metadata: ObjectMeta = Field(description="Standard object metadata.")
+    spec: MigrationCleanupSpec = Field(description="Desired cleanup.")
+    status: MigrationCleanupStatus | None = Field(default=None, description="Observed state.")
