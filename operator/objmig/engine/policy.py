@@ -1,0 +1,162 @@
+"""Pure decisions: retry delays, the failure budget and the cutover gate.
+
+Nothing here does I/O. Both drivers (``objmig run`` and the operator) gather their inputs —
+the spec, the ledger's counts, what the scan and catch-up rounds saw — and call these, so
+the rules that decide whether an application is switched over are written, and tested,
+exactly once.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+
+from objmig.api.migration import BackoffSpec, FailurePolicySpec, ObjectMigrationSpec
+from objmig.api.types import parse_duration
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A decision with the words for a condition: ``ok`` plus a CamelCase reason and a message."""
+
+    ok: bool
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Tally:
+    """The object counts a gate needs, taken from the ledger."""
+
+    total: int
+    verified: int
+    failed: int
+    source_changed: int
+    skipped: int
+    outstanding: int  # pending, restoring, copied, or leased: work not yet finished
+
+    @property
+    def finished(self) -> int:
+        """Objects that reached an end state."""
+        return self.verified + self.failed + self.source_changed + self.skipped
+
+    @property
+    def failures(self) -> int:
+        """Objects that count against the failure budget."""
+        return self.failed + self.source_changed
+
+
+def backoff_delay(attempt: int, backoff: BackoffSpec, rng: random.Random | None = None) -> float:
+    """Seconds to wait before attempt ``attempt + 1`` (``attempt`` >= 1 failed attempts so far).
+
+    Exponential from ``initial``, capped at ``max``; with jitter, uniformly drawn from
+    [delay / 2, delay] so a crowd of workers throttled together does not retry together.
+    """
+    initial = parse_duration(backoff.initial).total_seconds()
+    cap = parse_duration(backoff.max).total_seconds()
+    delay: float = min(cap, initial * float(backoff.factor) ** max(0, attempt - 1))
+    if backoff.jitter:
+        delay = (rng or random).uniform(delay / 2, delay)
+    return delay
+
+
+def failure_budget(tally: Tally, policy: FailurePolicySpec) -> Gate:
+    """Whether failures so far stay within ``maxFailedObjects`` and ``maxFailureRatio``."""
+    if policy.max_failed_objects is not None and tally.failures > policy.max_failed_objects:
+        return Gate(
+            False,
+            "FailureBudgetExceeded",
+            f"{tally.failures} objects failed, more than maxFailedObjects "
+            f"({policy.max_failed_objects}); see the failed objects in the report",
+        )
+    if (
+        policy.max_failure_ratio is not None
+        and tally.finished >= policy.min_objects
+        and tally.failures > policy.max_failure_ratio * tally.finished
+    ):
+        ratio = tally.failures / tally.finished
+        return Gate(
+            False,
+            "FailureRatioExceeded",
+            f"{tally.failures} of {tally.finished} finished objects failed ({ratio:.1%}), "
+            f"more than maxFailureRatio ({policy.max_failure_ratio:.1%})",
+        )
+    return Gate(True, "WithinBudget", f"{tally.failures} failed objects, within budget")
+
+
+@dataclass(frozen=True)
+class CutoverInputs:
+    """What the cutover gate looks at besides the spec."""
+
+    tally: Tally
+    scan_complete: bool
+    catch_up_delta: int | None  # objects found by the last catch-up re-scan; None: none ran
+    catch_up_rounds: int
+
+
+def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
+    """Whether the migration may cut over now, and if not, the first reason why not.
+
+    Holds when: not a dry run; the scan finished; every selected object is verified or
+    ended within the failure budget; catch-up (if asked) found an empty delta; and, for the
+    Manual policy, the user approved.
+    """
+    tally = inputs.tally
+    if spec.dry_run:
+        return Gate(False, "DryRun", "dry run: nothing is copied, so nothing can cut over")
+    if not inputs.scan_complete:
+        return Gate(False, "ScanIncomplete", "the source inventory has not finished")
+    if tally.total == 0:
+        return Gate(False, "NothingSelected", "the selection matched no objects")
+    if tally.outstanding:
+        return Gate(
+            False,
+            "NotAllVerified",
+            f"{tally.verified} of {tally.total} objects verified, {tally.outstanding} still "
+            "in progress",
+        )
+    budget = failure_budget(tally, spec.failure_policy)
+    if not budget.ok:
+        return budget
+    if tally.verified == 0:
+        return Gate(False, "NothingVerified", "no object was verified")
+    if spec.cutover.catch_up and inputs.catch_up_delta != 0:
+        if inputs.catch_up_rounds >= spec.cutover.max_catch_up_rounds:
+            return Gate(
+                False,
+                "CatchUpNotConverging",
+                f"{inputs.catch_up_rounds} catch-up rounds still found changes; the source is "
+                "still being written to",
+            )
+        return Gate(False, "CatchUpPending", "waiting for a catch-up re-scan to find no changes")
+    if spec.cutover.policy == "Manual" and not spec.cutover.approved:
+        return Gate(
+            False,
+            "AwaitingApproval",
+            f"all {tally.verified} objects verified; set spec.cutover.approved: true to cut "
+            "over (policy Manual)",
+        )
+    return Gate(
+        True,
+        "GatesPassed",
+        f"{tally.verified} objects verified, {tally.failures} failed within budget",
+    )
+
+
+def rollback_gate(*, cut_over: bool, cleanup_started: bool) -> Gate:
+    """Whether a cutover may be reverted: only while no source object can have been deleted."""
+    if not cut_over:
+        return Gate(False, "NotCutOver", "the migration has not cut over; nothing to roll back")
+    if cleanup_started:
+        return Gate(
+            False,
+            "CleanupStarted",
+            "a MigrationCleanup has started deleting source objects; rollback is no longer safe",
+        )
+    return Gate(True, "RollbackAllowed", "no source object has been deleted")
+
+
+def object_timeout(spec: ObjectMigrationSpec) -> timedelta:
+    """The longest one attempt on one object may take."""
+    return parse_duration(spec.retry.object_timeout)

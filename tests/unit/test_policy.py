@@ -1,0 +1,153 @@
+"""The pure decisions: backoff, failure budget, cutover and rollback gates, key templates."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from objmig.api.migration import BackoffSpec, FailurePolicySpec, ObjectMigrationSpec
+from objmig.engine.keys import target_key
+from objmig.engine.policy import (
+    CutoverInputs,
+    Tally,
+    backoff_delay,
+    cutover_gate,
+    failure_budget,
+    rollback_gate,
+)
+
+
+def _spec(**overrides: Any) -> ObjectMigrationSpec:
+    body: dict[str, Any] = {"source": {"bucket": "src-bucket"}, "target": {"bucket": "dst-bucket"}}
+    body.update(overrides)
+    return ObjectMigrationSpec.model_validate(body)
+
+
+def _tally(**counts: int) -> Tally:
+    values = {"verified": 0, "failed": 0, "source_changed": 0, "skipped": 0, "outstanding": 0}
+    values.update(counts)
+    total = counts.get("total", sum(values.values()))
+    return Tally(total=total, **values)
+
+
+def _inputs(tally: Tally, **kw: Any) -> CutoverInputs:
+    defaults: dict[str, Any] = {"scan_complete": True, "catch_up_delta": None, "catch_up_rounds": 0}
+    defaults.update(kw)
+    return CutoverInputs(tally=tally, **defaults)
+
+
+def test_backoff_grows_exponentially_and_is_capped() -> None:
+    backoff = BackoffSpec(initial="1s", max="10s", factor=2, jitter=False)
+    assert [backoff_delay(n, backoff) for n in (1, 2, 3, 4, 5, 6)] == [1, 2, 4, 8, 10, 10]
+
+
+def test_backoff_jitter_stays_within_half_to_full_delay() -> None:
+    backoff = BackoffSpec(initial="2s", max="1m", factor=3, jitter=True)
+    rng = random.Random(7)
+    delays = [backoff_delay(3, backoff, rng) for _ in range(200)]
+    assert all(9 <= d <= 18 for d in delays)
+    assert len({round(d, 3) for d in delays}) > 100
+
+
+def test_failure_budget_by_count() -> None:
+    policy = FailurePolicySpec(max_failed_objects=2)
+    assert failure_budget(_tally(verified=10, failed=2), policy).ok
+    gate = failure_budget(_tally(verified=10, failed=2, source_changed=1), policy)
+    assert not gate.ok
+    assert gate.reason == "FailureBudgetExceeded"
+    assert "3 objects failed" in gate.message
+
+
+def test_failure_ratio_applies_only_after_min_objects() -> None:
+    policy = FailurePolicySpec(max_failure_ratio=0.1, min_objects=20)
+    assert failure_budget(_tally(verified=5, failed=5), policy).ok
+    gate = failure_budget(_tally(verified=15, failed=5), policy)
+    assert not gate.ok
+    assert gate.reason == "FailureRatioExceeded"
+    assert failure_budget(_tally(verified=18, failed=2), policy).ok
+
+
+def test_cutover_waits_for_every_object() -> None:
+    gate = cutover_gate(_spec(), _inputs(_tally(verified=9, outstanding=1)))
+    assert (gate.ok, gate.reason) == (False, "NotAllVerified")
+    assert "9 of 10" in gate.message
+
+
+def test_cutover_needs_a_finished_scan() -> None:
+    gate = cutover_gate(_spec(), _inputs(_tally(verified=3), scan_complete=False))
+    assert gate.reason == "ScanIncomplete"
+
+
+def test_cutover_automatic_passes_when_all_verified() -> None:
+    gate = cutover_gate(_spec(), _inputs(_tally(verified=10)))
+    assert gate.ok
+    assert gate.reason == "GatesPassed"
+
+
+def test_cutover_manual_waits_for_approval_and_says_so() -> None:
+    spec = _spec(cutover={"policy": "Manual"})
+    gate = cutover_gate(spec, _inputs(_tally(verified=10)))
+    assert (gate.ok, gate.reason) == (False, "AwaitingApproval")
+    assert "spec.cutover.approved: true" in gate.message
+    approved = _spec(cutover={"policy": "Manual", "approved": True})
+    assert cutover_gate(approved, _inputs(_tally(verified=10))).ok
+
+
+def test_cutover_blocked_by_failures_over_budget() -> None:
+    spec = _spec(failurePolicy={"maxFailedObjects": 0})
+    gate = cutover_gate(spec, _inputs(_tally(verified=9, failed=1)))
+    assert gate.reason == "FailureBudgetExceeded"
+
+
+def test_cutover_with_catch_up_waits_for_an_empty_delta() -> None:
+    spec = _spec(cutover={"catchUp": True, "maxCatchUpRounds": 3})
+    tally = _tally(verified=10)
+    assert cutover_gate(spec, _inputs(tally)).reason == "CatchUpPending"
+    assert cutover_gate(spec, _inputs(tally, catch_up_delta=4, catch_up_rounds=1)).reason == (
+        "CatchUpPending"
+    )
+    assert cutover_gate(spec, _inputs(tally, catch_up_delta=2, catch_up_rounds=3)).reason == (
+        "CatchUpNotConverging"
+    )
+    assert cutover_gate(spec, _inputs(tally, catch_up_delta=0, catch_up_rounds=2)).ok
+
+
+def test_cutover_never_in_dry_run() -> None:
+    assert cutover_gate(_spec(dryRun=True), _inputs(_tally(verified=10))).reason == "DryRun"
+
+
+def test_cutover_needs_something_selected_and_verified() -> None:
+    assert cutover_gate(_spec(), _inputs(_tally())).reason == "NothingSelected"
+    gate = cutover_gate(_spec(), _inputs(_tally(skipped=3)))
+    assert gate.reason == "NothingVerified"
+
+
+def test_rollback_refused_once_cleanup_started() -> None:
+    assert rollback_gate(cut_over=True, cleanup_started=False).ok
+    gate = rollback_gate(cut_over=True, cleanup_started=True)
+    assert (gate.ok, gate.reason) == (False, "CleanupStarted")
+    assert rollback_gate(cut_over=False, cleanup_started=False).reason == "NotCutOver"
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("{relative}", "new/2024/a/b.txt"),
+        ("{year}/{month}/{basename}", "new/2024/03/b.txt"),
+        ("{key}", "new/old/2024/a/b.txt"),
+        ("{dirname}/{etag}-{basename}", "new/2024/a/abc123-b.txt"),
+    ],
+)
+def test_target_key_templates(template: str, expected: str) -> None:
+    key = target_key(
+        "old/2024/a/b.txt",
+        source_prefix="old/",
+        target_prefix="new/",
+        template=template,
+        last_modified=datetime(2024, 3, 9, tzinfo=UTC),
+        etag="abc123",
+    )
+    assert key == expected
