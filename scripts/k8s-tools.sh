@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Produce etcd, kube-apiserver, kube-controller-manager and kubectl for the test suite.
+#
+# The binaries are built from Go modules (no Docker, no release tarballs needed) and cached in
+#   ${OBJMIG_CACHE:-$HOME/.cache/objmig}/k8s/<K8S_VERSION>/bin
+# A warm cache means no work at all. The bin directory is printed as the LAST line of stdout;
+# all progress goes to stderr, so callers can do: BIN=$(scripts/k8s-tools.sh | tail -n1).
+#
+# If KUBEBUILDER_ASSETS names a directory that already holds the four binaries it is used
+# as-is and nothing is built (same convention as controller-runtime's envtest).
+set -euo pipefail
+
+# The one place the versions are pinned. Bump both together with docs/testing-kubernetes.md.
+K8S_VERSION="v1.35.4"
+ETCD_VERSION="v3.6.16"
+
+BINARIES=(etcd kube-apiserver kube-controller-manager kubectl)
+
+log() { printf '[k8s-tools] %s\n' "$*" >&2; }
+
+have_all() {
+    local dir=$1 b
+    for b in "${BINARIES[@]}"; do
+        [[ -x "$dir/$b" ]] || return 1
+    done
+}
+
+if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
+    if have_all "$KUBEBUILDER_ASSETS"; then
+        log "using KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS"
+        echo "$KUBEBUILDER_ASSETS"
+        exit 0
+    fi
+    log "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS lacks one of ${BINARIES[*]}; building instead"
+fi
+
+CACHE_ROOT="${OBJMIG_CACHE:-$HOME/.cache/objmig}/k8s/${K8S_VERSION}"
+BIN_DIR="$CACHE_ROOT/bin"
+
+if have_all "$BIN_DIR"; then
+    log "cached: $BIN_DIR"
+    echo "$BIN_DIR"
+    exit 0
+fi
+
+command -v go >/dev/null || { log "go is not installed; cannot build $K8S_VERSION"; exit 1; }
+mkdir -p "$CACHE_ROOT"
+
+# Serialise concurrent builds (two pytest sessions, make + a human): the second waits and then
+# finds the cache filled.
+exec 9>"$CACHE_ROOT/.lock"
+if ! flock -n 9; then
+    log "another build holds $CACHE_ROOT/.lock; waiting"
+    flock 9
+fi
+if have_all "$BIN_DIR"; then
+    log "cached (built by a concurrent run): $BIN_DIR"
+    echo "$BIN_DIR"
+    exit 0
+fi
+
+# Build in a scratch dir on the same filesystem as the cache so the final rename is atomic:
+# an interrupted build leaves no half-filled bin/ behind.
+WORK=$(mktemp -d "$CACHE_ROOT/.build.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+OUT="$WORK/bin"
+mkdir -p "$OUT"
+
+export CGO_ENABLED=0
+export GOTOOLCHAIN=local
+export GOFLAGS=-mod=mod
+# Two cores here: keep package-level parallelism bounded so linking kube-apiserver does not
+# compete with compiling. Override with K8S_TOOLS_GO_P.
+GO_P="${K8S_TOOLS_GO_P:-$(nproc 2>/dev/null || echo 2)}"
+START=$(date +%s)
+
+# --- Kubernetes --------------------------------------------------------------------------
+# k8s.io/kubernetes requires its staging modules (k8s.io/api, client-go, ...) at v0.0.0 and
+# replaces them with ./staging/...; those replaces are ignored outside its own module, so a
+# plain `go install` cannot resolve them. A wrapper module re-points each staging module at
+# its published tag v0.<minor>.<patch>.
+log "resolving k8s.io/kubernetes@$K8S_VERSION"
+GOMOD_FILE=$(cd "$WORK" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
+    sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
+[[ -f "$GOMOD_FILE" ]] || { log "could not find go.mod of k8s.io/kubernetes@$K8S_VERSION"; exit 1; }
+STAGING_VERSION="v0.${K8S_VERSION#v1.}"
+mapfile -t STAGING < <(sed -n 's#^[[:space:]]*\(k8s\.io/[^[:space:]]*\)[[:space:]]*=>[[:space:]]*\./staging/.*#\1#p' "$GOMOD_FILE" | sort -u)
+[[ ${#STAGING[@]} -gt 0 ]] || { log "no staging replaces found in $GOMOD_FILE"; exit 1; }
+log "${#STAGING[@]} staging modules -> $STAGING_VERSION"
+
+K8S_MOD="$WORK/k8s"
+mkdir -p "$K8S_MOD"
+{
+    echo "module objmig.dev/k8s-tools"
+    echo
+    echo "go $(go env GOVERSION | sed 's/^go//; s/^\([0-9]*\.[0-9]*\).*/\1/')"
+    echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo
+    for m in "${STAGING[@]}"; do
+        echo "replace $m => $m $STAGING_VERSION"
+    done
+} >"$K8S_MOD/go.mod"
+
+MINOR="${K8S_VERSION#v1.}"
+MINOR="${MINOR%%.*}"
+# Without these /version reports v0.0.0, which breaks clients that gate on the server version.
+LDFLAGS="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$MINOR"
+    LDFLAGS+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+
+(
+    cd "$K8S_MOD"
+    log "downloading module graph"
+    go mod download k8s.io/kubernetes >&2
+    for cmd in kube-apiserver kube-controller-manager kubectl; do
+        log "building $cmd (go build -p $GO_P)"
+        go build -p "$GO_P" -trimpath -ldflags "$LDFLAGS" -o "$OUT/$cmd" "k8s.io/kubernetes/cmd/$cmd" >&2
+    done
+)
+
+# --- etcd --------------------------------------------------------------------------------
+# go.etcd.io/etcd/server/v3's root package is the etcd main; it needs no replace directives.
+ETCD_MOD="$WORK/etcd"
+mkdir -p "$ETCD_MOD"
+printf 'module objmig.dev/etcd-tools\n\ngo 1.25\n\nrequire go.etcd.io/etcd/server/v3 %s\n' \
+    "$ETCD_VERSION" >"$ETCD_MOD/go.mod"
+(
+    cd "$ETCD_MOD"
+    log "building etcd $ETCD_VERSION"
+    go build -p "$GO_P" -trimpath -ldflags "-s -w" -o "$OUT/etcd" go.etcd.io/etcd/server/v3 >&2
+)
+
+"$OUT/kube-apiserver" --version >&2
+"$OUT/etcd" --version >&2 | head -n1 >&2 || true
+
+# Atomic publish: rename the finished directory into place.
+rm -rf "$BIN_DIR"
+mv "$OUT" "$BIN_DIR"
+log "built in $(($(date +%s) - START))s: $BIN_DIR"
+echo "$BIN_DIR"
