@@ -1,1 +1,52 @@
-"""ledger."""
+"""The ledger: per-object migration state in PostgreSQL.
+
+Fixed decision 2 of the brief: the resource status is a bounded summary; the full per-object
+record lives here. Import from this package, not from its modules::
+
+    from objmig.ledger import Ledger, ObjectState, InventoryRow, StepResult
+"""
+
+from objmig.ledger.models import (
+    ACTIVE_STATES,
+    Counts,
+    Digest,
+    InventoryResult,
+    InventoryRow,
+    MigrationRow,
+    ObjectRow,
+    ObjectState,
+    StateCount,
+    StepResult,
+)
+from objmig.ledger.report import DigestBuilder, ReportFormat
+from objmig.ledger.schema import SchemaTooNew, apply_schema, code_schema_version
+from objmig.ledger.store import (
+    AsyncSink,
+    Ledger,
+    LedgerError,
+    MigrationConflict,
+    UnknownMigration,
+)
+
+__all__ = [
+    "ACTIVE_STATES",
+    "AsyncSink",
+    "Counts",
+    "Digest",
+    "DigestBuilder",
+    "InventoryResult",
+    "InventoryRow",
+    "Ledger",
+    "LedgerError",
+    "MigrationConflict",
+    "MigrationRow",
+    "ObjectRow",
+    "ObjectState",
+    "ReportFormat",
+    "SchemaTooNew",
+    "StateCount",
+    "StepResult",
+    "UnknownMigration",
+    "apply_schema",
+    "code_schema_version",
+]

@@ -1,0 +1,239 @@
+"""Row and result types of the ledger.
+
+Plain frozen dataclasses rather than pydantic models: the ledger builds hundreds of thousands
+of them while streaming reports, and they never cross a trust boundary (they come from our
+own database), so validation would be pure cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import asyncpg
+
+__all__ = [
+    "ACTIVE_STATES",
+    "Counts",
+    "Digest",
+    "InventoryResult",
+    "InventoryRow",
+    "MigrationRow",
+    "ObjectRow",
+    "ObjectState",
+    "StateCount",
+    "StepResult",
+]
+
+
+class ObjectState(StrEnum):
+    """Where one source object stands.
+
+    "In progress" is deliberately not a state: a row is in progress while a worker holds its
+    lease (``lease_expires_at > now()``), so a crashed worker leaves rows in a state that
+    another worker can pick up as-is once the lease runs out.
+    """
+
+    #: Known from the inventory, still to copy.
+    PENDING = "pending"
+    #: Archived; RestoreObject was issued and we wait for it (``not_before`` = next poll).
+    RESTORING = "restoring"
+    #: Written to the target, awaiting verification.
+    COPIED = "copied"
+    #: Target proven identical to the source (``verified_at`` says when).
+    VERIFIED = "verified"
+    #: Deliberately left alone; ``skip_reason`` says why.
+    SKIPPED = "skipped"
+    #: Permanent error or attempts exhausted; ``last_error`` / ``error_code`` say why.
+    FAILED = "failed"
+    #: The source changed between scan and verification; a re-scan makes it pending again.
+    SOURCE_CHANGED = "source_changed"
+    #: The source object was deleted by cleanup (``deleted_at``); terminal.
+    DELETED = "deleted"
+
+
+#: States from which work remains to be done by a worker.
+ACTIVE_STATES: tuple[ObjectState, ...] = (
+    ObjectState.PENDING,
+    ObjectState.RESTORING,
+    ObjectState.COPIED,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationRow:
+    """One migration (one ObjectMigration resource, or one ``objmig run`` spec)."""
+
+    id: int
+    name: str
+    uid: str
+    created_at: datetime
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryRow:
+    """One source object as listed by a scan.
+
+    ``version_id`` is ``""`` for unversioned buckets (never None: it is part of the key).
+    ``target_key`` is where the engine intends to write the object.
+    """
+
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime | None = None
+    version_id: str = ""
+    storage_class: str = "STANDARD"
+    target_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryResult:
+    """What an inventory upsert did: rows inserted, rows whose source changed, and the rest."""
+
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+
+    @property
+    def total(self) -> int:
+        """All rows processed (after de-duplication within a chunk)."""
+        return self.new + self.changed + self.unchanged
+
+    def __add__(self, other: InventoryResult) -> InventoryResult:
+        return InventoryResult(
+            new=self.new + other.new,
+            changed=self.changed + other.changed,
+            unchanged=self.unchanged + other.unchanged,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRow:
+    """One row of the ``objects`` table, every column."""
+
+    id: int
+    migration_id: int
+    key: str
+    version_id: str
+    size: int
+    etag: str
+    last_modified: datetime | None
+    storage_class: str
+    target_key: str | None
+    target_etag: str | None
+    target_version_id: str | None
+    source_checksum: str | None
+    target_checksum: str | None
+    state: ObjectState
+    attempts: int
+    last_error: str | None
+    error_code: str | None
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    not_before: datetime | None
+    restore_requested_at: datetime | None
+    verified_at: datetime | None
+    cut_over_at: datetime | None
+    deleted_at: datetime | None
+    updated_at: datetime
+    last_seen_scan: int
+    skip_reason: str | None
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record | Mapping[str, Any]) -> ObjectRow:
+        """Build from a database record that has every column of ``objects``."""
+        values = {name: record[name] for name in OBJECT_COLUMNS}
+        values["state"] = ObjectState(values["state"])
+        return cls(**values)
+
+
+#: The columns of ``objects`` in ObjectRow order; used to build SELECT lists and reports.
+OBJECT_COLUMNS: tuple[str, ...] = tuple(ObjectRow.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """The outcome of one pipeline step for one claimed row, written by ``Ledger.record``.
+
+    Field semantics:
+
+    * ``target_*``, ``source_checksum``, ``target_checksum``, ``restore_requested_at``
+      accumulate over steps: ``None`` keeps the stored value.
+    * ``last_error``, ``error_code``, ``skip_reason`` and ``not_before`` describe the latest
+      step only: they are always written, so ``None`` clears them (a successful retry
+      leaves no stale error behind).
+    * ``increment_attempts`` adds one to ``attempts`` (set it for every attempt that did
+      real work, successful or not, so retry budgets count correctly).
+    * ``verified_at`` is set to ``now()`` when ``state`` is ``verified``; ``deleted_at``
+      when it is ``deleted``.
+    """
+
+    id: int
+    state: ObjectState
+    target_key: str | None = None
+    target_etag: str | None = None
+    target_version_id: str | None = None
+    source_checksum: str | None = None
+    target_checksum: str | None = None
+    last_error: str | None = None
+    error_code: str | None = None
+    skip_reason: str | None = None
+    not_before: datetime | None = None
+    increment_attempts: bool = False
+    restore_requested_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateCount:
+    """A number of objects and their total size in bytes."""
+
+    objects: int = 0
+    bytes: int = 0
+
+    def __add__(self, other: StateCount) -> StateCount:
+        return StateCount(objects=self.objects + other.objects, bytes=self.bytes + other.bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Exact per-state totals of one migration, taken from one database snapshot.
+
+    ``in_flight`` counts rows whose lease is currently held; those rows are *also* counted
+    under their state in ``by_state`` (a leased pending row is still pending).
+    ``in_flight_by_state`` splits ``in_flight`` by that state.
+    """
+
+    by_state: dict[ObjectState, StateCount] = field(default_factory=dict)
+    in_flight: StateCount = field(default_factory=StateCount)
+    in_flight_by_state: dict[ObjectState, StateCount] = field(default_factory=dict)
+
+    def state(self, state: ObjectState) -> StateCount:
+        """Totals of one state (zero when no row is in it)."""
+        return self.by_state.get(state, StateCount())
+
+    @property
+    def total(self) -> StateCount:
+        """All rows of the migration, whatever their state."""
+        total = StateCount()
+        for count in self.by_state.values():
+            total += count
+        return total
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """The verification digest of a migration (see ``Ledger.verification_digest``)."""
+
+    objects: int
+    bytes: int
+    sha256: str
+
+    @property
+    def algorithm(self) -> str:
+        """Name and version of the encoding, for ``status.verification.algorithm``."""
+        return "objmig-verification-v1/sha256"

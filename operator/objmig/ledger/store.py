@@ -1,0 +1,918 @@
+"""The ledger: per-object state of every migration, in PostgreSQL (asyncpg).
+
+Workers, the operator and the CLI share one ``Ledger`` API. Work is handed out with leases:
+``claim`` locks a batch of rows with ``FOR UPDATE SKIP LOCKED`` and stamps them with an owner
+and an expiry; ``record`` writes the outcome only if the caller still owns the lease. A
+worker that dies simply stops renewing; once its leases expire the rows are claimable again,
+so nothing is lost and nothing is done twice *as far as the ledger is concerned* (the steps
+themselves re-check before they act, which covers the window in between).
+
+All SQL is parameterised; the only identifiers built in Python are fixed strings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Sequence,
+)
+from contextlib import aclosing
+from datetime import UTC, datetime, timedelta
+from inspect import iscoroutinefunction
+from types import TracebackType
+from typing import IO, Any, Protocol, Self, cast
+
+import asyncpg
+
+from objmig.ledger.models import (
+    OBJECT_COLUMNS,
+    Counts,
+    Digest,
+    InventoryResult,
+    InventoryRow,
+    MigrationRow,
+    ObjectRow,
+    ObjectState,
+    StateCount,
+    StepResult,
+)
+from objmig.ledger.report import (
+    REPORT_COLUMNS,
+    DigestBuilder,
+    ReportFormat,
+    encode_report_rows,
+    report_header,
+)
+from objmig.ledger.schema import Connection, apply_schema
+
+__all__ = [
+    "AsyncSink",
+    "Ledger",
+    "LedgerError",
+    "MigrationConflict",
+    "UnknownMigration",
+]
+
+#: Rows per COPY + merge round of ``upsert_inventory``: bounds memory and transaction size.
+INVENTORY_CHUNK = 50_000
+#: Rows fetched per round trip when streaming (reports, digest, iteration).
+STREAM_BATCH = 2_000
+#: ``counts`` folds the delta rows of a migration once there are more than this many.
+COMPACT_DELTAS_AFTER = 256
+#: Advisory lock class (two-int form) serialising delta compaction per migration ("omcg").
+_COMPACT_LOCK_CLASS = 0x6F6D6367
+
+_COLUMNS = ", ".join(OBJECT_COLUMNS)
+_O_COLUMNS = ", ".join(f"o.{c}" for c in OBJECT_COLUMNS)
+# The claim index orders on this exact expression; queries must spell it identically.
+_NOT_BEFORE = "COALESCE(not_before, '-infinity'::timestamptz)"
+
+#: Sorts before any real not_before, as NULL does in the claim index.
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+class LedgerError(RuntimeError):
+    """Base class of ledger errors."""
+
+
+class UnknownMigration(LedgerError):
+    """No migration with that id."""
+
+
+class MigrationConflict(LedgerError):
+    """A migration of that name exists but belongs to another resource (another uid)."""
+
+
+class AsyncSink(Protocol):
+    """Anything with ``async def write(bytes)``: an aiofiles file, an upload stream, ..."""
+
+    async def write(self, data: bytes, /) -> object:
+        """Consume one chunk of the report."""
+        ...
+
+
+ReportOutput = IO[bytes] | IO[str] | AsyncSink
+
+
+def _affected(status: str) -> int:
+    # asyncpg returns the command tag, e.g. "UPDATE 42" or "INSERT 0 7".
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    # jsonb as Python objects (migrations.state) instead of JSON text.
+    await conn.set_type_codec("jsonb", schema="pg_catalog", encoder=json.dumps, decoder=json.loads)
+
+
+async def _chunks(
+    rows: Iterable[InventoryRow] | AsyncIterable[InventoryRow], size: int
+) -> AsyncIterator[list[InventoryRow]]:
+    """Group rows into lists of at most ``size``; works on sync and async iterables."""
+    chunk: list[InventoryRow] = []
+    if isinstance(rows, AsyncIterable):
+        async for row in rows:
+            chunk.append(row)
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+    else:
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+                # A long synchronous iterable must not starve the event loop.
+                await asyncio.sleep(0)
+    if chunk:
+        yield chunk
+
+
+class Ledger:
+    """Per-object state of migrations, shared by the operator, the workers and the CLI.
+
+    Create with :meth:`connect` (which applies the schema) and close with :meth:`close`, or
+    wrap an existing pool with ``Ledger(pool)`` after calling ``apply_schema`` yourself.
+    Every method is safe to call concurrently from many tasks and processes.
+    """
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        self._pool = pool
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        apply_schema_on_connect: bool = True,
+        command_timeout: float | None = 300.0,
+    ) -> Ledger:
+        """Open a connection pool to ``dsn`` and bring the schema up to date.
+
+        Raises:
+            SchemaTooNew: the database was migrated by a newer objmig.
+        """
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            command_timeout=command_timeout,
+        )
+        try:
+            if apply_schema_on_connect:
+                await apply_schema(pool)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool)
+
+    @property
+    def pool(self) -> asyncpg.Pool[asyncpg.Record]:
+        """The underlying asyncpg pool."""
+        return self._pool
+
+    async def close(self) -> None:
+        """Close the pool, waiting for borrowed connections to come back."""
+        await self._pool.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- migrations ---------------------------------------------------------------------------
+
+    async def ensure_migration(self, name: str, uid: str = "") -> int:
+        """Return the id of migration ``name``, creating it if needed.
+
+        ``uid`` is the Kubernetes ``metadata.uid`` (``""`` when there is none, as in the
+        CLI). An existing migration without a uid adopts the given one.
+
+        Raises:
+            MigrationConflict: ``name`` exists with a different non-empty uid, i.e. the
+                resource was deleted and re-created while its ledger rows survived; the
+                caller decides whether to ``delete_migration`` the old one.
+        """
+        row = await self._pool.fetchrow(
+            """
+            INSERT INTO migrations (name, uid) VALUES ($1, $2)
+            ON CONFLICT (name) DO UPDATE
+                SET uid = CASE WHEN migrations.uid = '' THEN EXCLUDED.uid
+                               ELSE migrations.uid END
+            RETURNING id, uid
+            """,
+            name,
+            uid,
+        )
+        assert row is not None  # INSERT ... RETURNING always returns the row
+        if uid and row["uid"] != uid:
+            raise MigrationConflict(
+                f"migration {name!r} already exists in the ledger for uid {row['uid']!r}, "
+                f"not {uid!r}: delete the old ledger entry or use another name"
+            )
+        return int(row["id"])
+
+    async def find_migration(self, name: str) -> int | None:
+        """The id of migration ``name``, or None."""
+        value = await self._pool.fetchval("SELECT id FROM migrations WHERE name = $1", name)
+        return None if value is None else int(value)
+
+    async def list_migrations(self) -> list[MigrationRow]:
+        """All migrations, oldest first."""
+        records = await self._pool.fetch(
+            "SELECT id, name, uid, created_at, state FROM migrations ORDER BY id"
+        )
+        return [MigrationRow(**dict(r)) for r in records]
+
+    async def delete_migration(self, migration_id: int) -> bool:
+        """Delete a migration and all its rows; returns whether it existed."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            status = await conn.execute("DELETE FROM migrations WHERE id = $1", migration_id)
+            # The cascade to objects made the count trigger write deltas for this id.
+            await conn.execute(
+                "DELETE FROM object_count_deltas WHERE migration_id = $1", migration_id
+            )
+        return _affected(status) > 0
+
+    async def get_state(self, migration_id: int) -> dict[str, Any]:
+        """The migration's engine bookkeeping (a JSON object).
+
+        Raises:
+            UnknownMigration: no such migration.
+        """
+        state = await self._pool.fetchval(
+            "SELECT state FROM migrations WHERE id = $1", migration_id
+        )
+        if state is None:
+            raise UnknownMigration(f"no migration with id {migration_id}")
+        return cast(dict[str, Any], state)
+
+    async def update_state(self, migration_id: int, patch: dict[str, Any]) -> dict[str, Any]:
+        """Shallow-merge ``patch`` into the migration's state atomically; returns the result.
+
+        Top-level keys of ``patch`` replace those of the stored object (``jsonb ||``); a key
+        set to None is stored as JSON null. Concurrent patches of different keys both land.
+
+        Raises:
+            UnknownMigration: no such migration.
+        """
+        state = await self._pool.fetchval(
+            "UPDATE migrations SET state = state || $2::jsonb WHERE id = $1 RETURNING state",
+            migration_id,
+            patch,
+        )
+        if state is None:
+            raise UnknownMigration(f"no migration with id {migration_id}")
+        return cast(dict[str, Any], state)
+
+    # -- inventory ----------------------------------------------------------------------------
+
+    async def upsert_inventory(
+        self,
+        migration_id: int,
+        rows: Iterable[InventoryRow] | AsyncIterable[InventoryRow],
+        scan_id: int,
+        *,
+        chunk_size: int = INVENTORY_CHUNK,
+    ) -> InventoryResult:
+        """Merge a scan's listing into the ledger; idempotent, memory bounded by the chunk.
+
+        Per chunk: COPY into a temporary table, then one ``INSERT ... ON CONFLICT`` merge.
+
+        * A new (key, version_id) is inserted as ``pending``.
+        * A row whose (etag, size, last_modified) differs gets the new attributes and its
+          ``target_key`` and goes back to ``pending``: target, checksum, verification,
+          cut-over, error, skip, restore and attempt fields are cleared, and so is its lease
+          (a worker copying the old version must not record its now-stale result). This
+          includes ``source_changed`` rows. Rows in state ``deleted`` are never revived.
+        * Every listed row gets ``last_seen_scan = scan_id``; nothing else changes on
+          unchanged rows (so ``updated_at`` still says when its state last moved).
+
+        A key listed twice within one chunk counts once (the last listing wins).
+        """
+        result = InventoryResult()
+        async with self._pool.acquire() as conn:
+            async for chunk in _chunks(rows, chunk_size):
+                result += await self._merge_chunk(conn, migration_id, chunk, scan_id)
+        return result
+
+    async def _merge_chunk(
+        self, conn: Connection, migration_id: int, chunk: list[InventoryRow], scan_id: int
+    ) -> InventoryResult:
+        # ON CONFLICT DO UPDATE may not touch one row twice in a statement: de-duplicate.
+        unique = {(r.key, r.version_id): r for r in chunk}
+        records = [
+            (
+                r.key,
+                r.version_id,
+                r.size,
+                r.etag,
+                r.last_modified,
+                r.storage_class,
+                r.target_key,
+            )
+            for r in unique.values()
+        ]
+        changed = """
+            objects.state <> 'deleted'
+            AND (objects.etag, objects.size, objects.last_modified)
+                IS DISTINCT FROM (EXCLUDED.etag, EXCLUDED.size, EXCLUDED.last_modified)
+        """
+
+        def on_change(column: str, new: str) -> str:
+            return f"{column} = CASE WHEN {changed} THEN {new} ELSE objects.{column} END"
+
+        reset = {
+            "size": "EXCLUDED.size",
+            "etag": "EXCLUDED.etag",
+            "last_modified": "EXCLUDED.last_modified",
+            "storage_class": "EXCLUDED.storage_class",
+            "target_key": "EXCLUDED.target_key",
+            "state": "'pending'",
+            "attempts": "0",
+            "updated_at": "now()",
+            **{
+                c: "NULL"
+                for c in (
+                    "target_etag",
+                    "target_version_id",
+                    "source_checksum",
+                    "target_checksum",
+                    "last_error",
+                    "error_code",
+                    "skip_reason",
+                    "not_before",
+                    "restore_requested_at",
+                    "verified_at",
+                    "cut_over_at",
+                    "lease_owner",
+                    "lease_expires_at",
+                )
+            },
+        }
+        assignments = ",\n".join(on_change(c, v) for c, v in reset.items())
+        # Classification without a second join: a freshly inserted row has xmax = 0 (the
+        # standard ON CONFLICT idiom); a changed row has updated_at = now() (this
+        # transaction's start), which an unchanged row cannot have because each chunk is
+        # its own transaction.
+        merge = f"""
+            WITH merged AS (
+                INSERT INTO objects (migration_id, key, version_id, size, etag, last_modified,
+                                     storage_class, target_key, last_seen_scan)
+                SELECT $1, key, version_id, size, etag, last_modified, storage_class,
+                       target_key, $2
+                FROM objmig_inventory_stage
+                ON CONFLICT (migration_id, key, version_id) DO UPDATE SET
+                    {assignments},
+                    last_seen_scan = EXCLUDED.last_seen_scan
+                RETURNING (xmax = 0) AS inserted, (updated_at = now()) AS touched
+            )
+            SELECT count(*) FILTER (WHERE inserted) AS new,
+                   count(*) FILTER (WHERE touched AND NOT inserted) AS changed,
+                   count(*) FILTER (WHERE NOT touched) AS unchanged
+            FROM merged
+        """  # noqa: S608 - only module constants are interpolated
+        async with conn.transaction():
+            await conn.execute(
+                """
+                CREATE TEMP TABLE objmig_inventory_stage (
+                    key text COLLATE "C",
+                    version_id text COLLATE "C",
+                    size bigint,
+                    etag text,
+                    last_modified timestamptz,
+                    storage_class text,
+                    target_key text
+                ) ON COMMIT DROP
+                """
+            )
+            await conn.copy_records_to_table("objmig_inventory_stage", records=records)
+            row = await conn.fetchrow(merge, migration_id, scan_id)
+        assert row is not None
+        return InventoryResult(
+            new=int(row["new"]), changed=int(row["changed"]), unchanged=int(row["unchanged"])
+        )
+
+    # -- leases -------------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        migration_id: int,
+        owner: str,
+        states: Sequence[ObjectState],
+        limit: int,
+        lease: timedelta,
+    ) -> list[ObjectRow]:
+        """Lease up to ``limit`` claimable rows in ``states`` to ``owner``.
+
+        Claimable: in one of ``states``, ``not_before`` NULL or past, and no live lease (an
+        expired lease counts as free even if ``return_expired_leases`` never ran). Rows
+        locked by a concurrent claimer are skipped (``FOR UPDATE SKIP LOCKED``), so
+        concurrent claimers never receive the same row. Order: ``states`` in the given
+        priority, then rows that became eligible first, then id. Only the lease columns
+        change; ``attempts`` is counted by ``record``.
+
+        ``owner`` must be unique per worker incarnation (e.g. pod name plus a random
+        suffix): a restarted worker must not be able to record results for leases its
+        previous life held.
+        """
+        if limit <= 0:
+            return []
+        claimed: list[ObjectRow] = []
+        async with self._pool.acquire() as conn:
+            for state in dict.fromkeys(states):  # de-duplicated, order kept
+                remaining = limit - len(claimed)
+                if remaining <= 0:
+                    break
+                records = await conn.fetch(
+                    f"""
+                    WITH picked AS (
+                        SELECT id FROM objects
+                        WHERE migration_id = $1 AND state = $2
+                          AND {_NOT_BEFORE} <= now()
+                          AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+                        ORDER BY {_NOT_BEFORE}, id
+                        LIMIT $3
+                        FOR UPDATE SKIP LOCKED
+                    )
+                    UPDATE objects o
+                    SET lease_owner = $4, lease_expires_at = now() + $5::interval
+                    FROM picked
+                    WHERE o.id = picked.id
+                    RETURNING {_O_COLUMNS}
+                    """,  # noqa: S608 - only module constants are interpolated
+                    migration_id,
+                    str(ObjectState(state)),
+                    remaining,
+                    owner,
+                    lease,
+                )
+                rows = [ObjectRow.from_record(r) for r in records]
+                # RETURNING has no order; restore the claim order.
+                rows.sort(key=lambda r: (r.not_before or _NEVER, r.id))
+                claimed.extend(rows)
+        return claimed
+
+    async def heartbeat(self, owner: str, ids: Sequence[int], lease: timedelta) -> set[int]:
+        """Extend ``owner``'s leases on ``ids`` to now + ``lease``.
+
+        Returns the ids still held: an id missing from the result was lost (another worker
+        claimed it after our lease expired) and its work must be abandoned.
+        """
+        if not ids:
+            return set()
+        records = await self._pool.fetch(
+            """
+            UPDATE objects SET lease_expires_at = now() + $3::interval
+            WHERE id = ANY($2::bigint[]) AND lease_owner = $1
+            RETURNING id
+            """,
+            owner,
+            list(ids),
+            lease,
+        )
+        return {int(r["id"]) for r in records}
+
+    async def release(
+        self,
+        owner: str,
+        ids: Sequence[int],
+        not_before: datetime | None = None,
+    ) -> int:
+        """Give rows back without a result (e.g. on shutdown); returns how many were held.
+
+        ``not_before`` (a datetime), when given, delays the next claim of these rows.
+        """
+        if not ids:
+            return 0
+        status = await self._pool.execute(
+            """
+            UPDATE objects
+            SET lease_owner = NULL, lease_expires_at = NULL,
+                not_before = COALESCE($3::timestamptz, not_before)
+            WHERE id = ANY($2::bigint[]) AND lease_owner = $1
+            """,
+            owner,
+            list(ids),
+            not_before,
+        )
+        return _affected(status)
+
+    async def return_expired_leases(self, migration_id: int) -> int:
+        """Clear leases that have expired; returns how many.
+
+        Not needed for correctness (``claim`` ignores expired leases), but it makes counts
+        and the status window stop showing dead workers' rows as in flight sooner.
+        """
+        status = await self._pool.execute(
+            """
+            UPDATE objects SET lease_owner = NULL, lease_expires_at = NULL
+            WHERE migration_id = $1 AND lease_owner IS NOT NULL AND lease_expires_at <= now()
+            """,
+            migration_id,
+        )
+        return _affected(status)
+
+    # -- results ------------------------------------------------------------------------------
+
+    async def record(self, owner: str, results: Sequence[StepResult]) -> int:
+        """Write step results in one round trip; returns how many were applied.
+
+        A result applies only while ``owner`` still holds the row's lease (even an expired
+        one nobody else has claimed since): once another worker has claimed the row, a late
+        result from a worker that lost its lease is dropped. Applying clears the lease and
+        sets ``updated_at``. See :class:`StepResult` for which fields overwrite and which
+        accumulate.
+        """
+        if not results:
+            return 0
+        columns: dict[str, list[Any]] = {
+            "id": [],
+            "state": [],
+            "target_key": [],
+            "target_etag": [],
+            "target_version_id": [],
+            "source_checksum": [],
+            "target_checksum": [],
+            "last_error": [],
+            "error_code": [],
+            "skip_reason": [],
+            "not_before": [],
+            "increment_attempts": [],
+            "restore_requested_at": [],
+        }
+        for result in results:
+            for name, values in columns.items():
+                value = getattr(result, name)
+                values.append(str(ObjectState(value)) if name == "state" else value)
+        status = await self._pool.execute(
+            """
+            UPDATE objects o SET
+                state = r.state,
+                target_key = COALESCE(r.target_key, o.target_key),
+                target_etag = COALESCE(r.target_etag, o.target_etag),
+                target_version_id = COALESCE(r.target_version_id, o.target_version_id),
+                source_checksum = COALESCE(r.source_checksum, o.source_checksum),
+                target_checksum = COALESCE(r.target_checksum, o.target_checksum),
+                restore_requested_at = COALESCE(r.restore_requested_at, o.restore_requested_at),
+                last_error = r.last_error,
+                error_code = r.error_code,
+                skip_reason = r.skip_reason,
+                not_before = r.not_before,
+                attempts = o.attempts + CASE WHEN r.increment_attempts THEN 1 ELSE 0 END,
+                verified_at = CASE WHEN r.state = 'verified' THEN now() ELSE o.verified_at END,
+                deleted_at = CASE WHEN r.state = 'deleted' THEN now() ELSE o.deleted_at END,
+                lease_owner = NULL,
+                lease_expires_at = NULL,
+                updated_at = now()
+            FROM unnest(
+                $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[],
+                $13::bool[], $14::timestamptz[]
+            ) AS r(id, state, target_key, target_etag, target_version_id, source_checksum,
+                   target_checksum, last_error, error_code, skip_reason, not_before,
+                   increment_attempts, restore_requested_at)
+            WHERE o.id = r.id AND o.lease_owner = $1
+            """,
+            owner,
+            *columns.values(),
+        )
+        return _affected(status)
+
+    async def mark_cut_over(self, migration_id: int) -> int:
+        """Stamp ``cut_over_at = now()`` on verified rows not yet stamped; returns how many."""
+        status = await self._pool.execute(
+            """
+            UPDATE objects SET cut_over_at = now(), updated_at = now()
+            WHERE migration_id = $1 AND state = 'verified' AND cut_over_at IS NULL
+            """,
+            migration_id,
+        )
+        return _affected(status)
+
+    async def clear_cut_over(self, migration_id: int) -> int:
+        """Undo :meth:`mark_cut_over` (cutover rollback); returns how many rows changed."""
+        status = await self._pool.execute(
+            """
+            UPDATE objects SET cut_over_at = NULL, updated_at = now()
+            WHERE migration_id = $1 AND cut_over_at IS NOT NULL
+            """,
+            migration_id,
+        )
+        return _affected(status)
+
+    async def mark_deleted(self, ids: Sequence[int]) -> int:
+        """Record that the source objects of ``ids`` were deleted; returns how many changed.
+
+        Sets state ``deleted`` and ``deleted_at``, and drops any lease. Idempotent.
+        """
+        if not ids:
+            return 0
+        status = await self._pool.execute(
+            """
+            UPDATE objects
+            SET state = 'deleted', deleted_at = now(), updated_at = now(),
+                lease_owner = NULL, lease_expires_at = NULL
+            WHERE id = ANY($1::bigint[]) AND state <> 'deleted'
+            """,
+            list(ids),
+        )
+        return _affected(status)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def get_object(self, object_id: int) -> ObjectRow | None:
+        """One row by id, or None."""
+        record = await self._pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM objects WHERE id = $1",  # noqa: S608 - constants only
+            object_id,
+        )
+        return None if record is None else ObjectRow.from_record(record)
+
+    async def find_object(
+        self, migration_id: int, key: str, version_id: str = ""
+    ) -> ObjectRow | None:
+        """One row by its identity, or None."""
+        record = await self._pool.fetchrow(
+            f"""
+            SELECT {_COLUMNS} FROM objects
+            WHERE migration_id = $1 AND key = $2 AND version_id = $3
+            """,  # noqa: S608 - only module constants are interpolated
+            migration_id,
+            key,
+            version_id,
+        )
+        return None if record is None else ObjectRow.from_record(record)
+
+    async def counts(self, migration_id: int) -> Counts:
+        """Exact objects and bytes per state, and those in flight, from one snapshot.
+
+        Per-state totals come from ``object_count_deltas`` (kept exact by triggers in the
+        same transactions that change rows), in-flight totals from the small partial index
+        of leased rows, so the cost does not grow with the number of objects. When the
+        delta rows pile up they are folded afterwards (a write, serialised per migration).
+        """
+        async with self._pool.acquire() as conn:
+            records = await conn.fetch(
+                """
+                SELECT 'state' AS kind, state, sum(objects)::bigint AS objects,
+                       sum(bytes)::bigint AS bytes, count(*) AS n
+                FROM object_count_deltas WHERE migration_id = $1
+                GROUP BY state
+                UNION ALL
+                SELECT 'leased', state, count(*), coalesce(sum(size), 0)::bigint, 0
+                FROM objects
+                WHERE migration_id = $1 AND lease_owner IS NOT NULL
+                  AND lease_expires_at > now()
+                GROUP BY state
+                """,
+                migration_id,
+            )
+            by_state: dict[ObjectState, StateCount] = {}
+            in_flight_by_state: dict[ObjectState, StateCount] = {}
+            delta_rows = 0
+            for r in records:
+                count = StateCount(objects=int(r["objects"]), bytes=int(r["bytes"]))
+                state = ObjectState(r["state"])
+                if r["kind"] == "state":
+                    delta_rows += int(r["n"])
+                    if count.objects or count.bytes:
+                        by_state[state] = count
+                else:
+                    in_flight_by_state[state] = count
+            if delta_rows > COMPACT_DELTAS_AFTER:
+                await self._compact_deltas(conn, migration_id)
+        in_flight = StateCount()
+        for count in in_flight_by_state.values():
+            in_flight += count
+        return Counts(by_state=by_state, in_flight=in_flight, in_flight_by_state=in_flight_by_state)
+
+    async def _compact_deltas(self, conn: Connection, migration_id: int) -> None:
+        # One compactor per migration at a time: a second DELETE racing the first would skip
+        # rows the first deleted, yet not see the first's (uncommitted) replacement row.
+        async with conn.transaction():
+            locked = await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1, ($2 % 2147483647)::int)",
+                _COMPACT_LOCK_CLASS,
+                migration_id,
+            )
+            if not locked:
+                return
+            await conn.execute(
+                """
+                WITH gone AS (
+                    DELETE FROM object_count_deltas WHERE migration_id = $1
+                    RETURNING state, objects, bytes
+                )
+                INSERT INTO object_count_deltas (migration_id, state, objects, bytes)
+                SELECT $1, state, sum(objects), sum(bytes) FROM gone
+                GROUP BY state
+                HAVING sum(objects) <> 0 OR sum(bytes) <> 0
+                """,
+                migration_id,
+            )
+
+    async def window(self, migration_id: int, limit: int) -> tuple[list[ObjectRow], bool]:
+        """A bounded list of rows for the resource status, and whether rows were left out.
+
+        Order: ``failed`` and ``source_changed`` rows (most recently updated first), then
+        rows in flight (soonest lease expiry first), then all others, most recently
+        updated first. ``truncated`` is True when the migration has more than ``limit``
+        rows.
+        """
+        if limit <= 0:
+            total = await self._pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM objects WHERE migration_id = $1)", migration_id
+            )
+            return [], bool(total)
+        # Each branch fetches limit + 1 so that "more than limit in total" is decidable.
+        records = await self._pool.fetch(
+            f"""
+            (SELECT 0 AS bucket, {_COLUMNS} FROM objects
+             WHERE migration_id = $1 AND state IN ('failed', 'source_changed')
+             ORDER BY updated_at DESC, id DESC LIMIT $2)
+            UNION ALL
+            (SELECT 1, {_COLUMNS} FROM objects
+             WHERE migration_id = $1 AND lease_owner IS NOT NULL AND lease_expires_at > now()
+               AND state NOT IN ('failed', 'source_changed')
+             ORDER BY lease_expires_at, id LIMIT $2)
+            UNION ALL
+            (SELECT 2, {_COLUMNS} FROM objects
+             WHERE migration_id = $1 AND state NOT IN ('failed', 'source_changed')
+               AND NOT (lease_owner IS NOT NULL AND lease_expires_at > now())
+             ORDER BY updated_at DESC, id DESC LIMIT $2)
+            """,  # noqa: S608 - only module constants are interpolated
+            migration_id,
+            limit + 1,
+        )
+        # UNION ALL keeps branch order in practice but SQL does not promise it: sort by
+        # bucket, keeping each branch's internal order (Python's sort is stable).
+        ordered = sorted(records, key=lambda r: int(r["bucket"]))
+        rows = [ObjectRow.from_record(r) for r in ordered[:limit]]
+        return rows, len(ordered) > limit
+
+    async def iter_rows(
+        self,
+        migration_id: int,
+        states: Sequence[ObjectState] | None = None,
+        *,
+        batch_size: int = STREAM_BATCH,
+    ) -> AsyncIterator[ObjectRow]:
+        """Every row of the migration (optionally only ``states``) in (key, version_id) order.
+
+        Streams by keyset pagination: each page is a short query, and no connection or
+        transaction is held while the caller works on a page, so a slow consumer (cutover,
+        cleanup) neither pins a pool connection nor holds back VACUUM. Rows changed during
+        the iteration are seen as they are when their page is read.
+        """
+        state_filter = None if states is None else [str(ObjectState(s)) for s in states]
+        # A row comparison over the whole index key lets each page start with an index seek.
+        # The first page uses >= from ('', ''), which is below or equal to every real key.
+        query = f"""
+            SELECT {_COLUMNS} FROM objects
+            WHERE (migration_id, key, version_id) {{op}} ($1, $2::text, $3::text)
+              AND migration_id = $1
+              AND ($4::text[] IS NULL OR state = ANY($4::text[]))
+            ORDER BY migration_id, key, version_id
+            LIMIT $5
+        """  # noqa: S608 - only module constants are interpolated
+        op, last_key, last_version = ">=", "", ""
+        while True:
+            records = await self._pool.fetch(
+                query.format(op=op), migration_id, last_key, last_version, state_filter, batch_size
+            )
+            for record in records:
+                yield ObjectRow.from_record(record)
+            if len(records) < batch_size:
+                return
+            op, last_key, last_version = ">", records[-1]["key"], records[-1]["version_id"]
+
+    async def _stream(
+        self, query: str, args: Sequence[object], batch_size: int
+    ) -> AsyncGenerator[list[asyncpg.Record], None]:
+        """Yield batches from a server-side cursor (one transaction, one connection)."""
+        async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+            cursor = await conn.cursor(query, *args)
+            while True:
+                batch = await cursor.fetch(batch_size)
+                if not batch:
+                    return
+                yield batch
+
+    async def export_report(
+        self,
+        migration_id: int,
+        out: ReportOutput,
+        fmt: ReportFormat = "jsonl",
+        *,
+        only_failed: bool = False,
+        batch_size: int = STREAM_BATCH,
+    ) -> int:
+        """Stream the per-object report of a migration to ``out``; returns rows written.
+
+        ``out`` is a binary file-like object, a text file-like object (an ``io.TextIOBase``:
+        ``open(..., "w")``, ``sys.stdout``, ``StringIO``) or an :class:`AsyncSink`. Rows come
+        from a server-side cursor in batches, in (key, version_id) order, so memory stays
+        bounded by the batch whatever the migration's size. ``only_failed`` keeps rows in
+        state ``failed``. Formats: see :func:`objmig.ledger.report.encode_report_rows`.
+        """
+        if fmt not in ("jsonl", "csv"):
+            raise ValueError(f"unknown report format {fmt!r}: use 'jsonl' or 'csv'")
+        write = _writer(out)
+        header = report_header(fmt)
+        if header:
+            await write(header)
+        written = 0
+        query = f"""
+            SELECT {", ".join(REPORT_COLUMNS)} FROM objects
+            WHERE migration_id = $1 AND ($2::text IS NULL OR state = $2::text)
+            ORDER BY key, version_id
+        """  # noqa: S608 - only module constants are interpolated
+        state = str(ObjectState.FAILED) if only_failed else None
+        async with aclosing(self._stream(query, (migration_id, state), batch_size)) as batches:
+            async for batch in batches:
+                await write(encode_report_rows(batch, fmt))
+                written += len(batch)
+        return written
+
+    async def verification_digest(
+        self, migration_id: int, *, batch_size: int = STREAM_BATCH
+    ) -> Digest:
+        """The digest over the verified rows, which a cleanup approval must quote.
+
+        SHA-256 over, in order, a fixed header and one length-prefixed record per
+        ``verified`` row in ascending (key, version_id) byte order. Exact encoding::
+
+            input  = b"objmig-verification-v1\\n" || record(row_1) || record(row_2) || ...
+            record = field(key) || field(version_id) || field(size) || field(etag)
+                     || field(target_key) || field(target_etag) || field(source_checksum)
+            field(v) = uint32_big_endian(len(b)) || b
+                       where b = UTF-8 of v, size as decimal ASCII, NULL as b""
+
+        Returned as lowercase hex, with the number of rows and their total size. Any change
+        to a verified row's listed fields, or a row entering or leaving ``verified``, changes
+        the digest. (``objmig.ledger.report.DigestBuilder`` implements the encoding.)
+        """
+        builder = DigestBuilder()
+        query = """
+            SELECT key, version_id, size, etag, target_key, target_etag, source_checksum
+            FROM objects
+            WHERE migration_id = $1 AND state = 'verified'
+            ORDER BY key, version_id
+        """
+        async with aclosing(self._stream(query, (migration_id,), batch_size)) as batches:
+            async for batch in batches:
+                for r in batch:
+                    builder.add(
+                        r["key"],
+                        r["version_id"],
+                        r["size"],
+                        r["etag"],
+                        r["target_key"],
+                        r["target_etag"],
+                        r["source_checksum"],
+                    )
+        return Digest(objects=builder.objects, bytes=builder.bytes, sha256=builder.hexdigest())
+
+
+def _writer(out: ReportOutput) -> Callable[[str], Awaitable[None]]:
+    """An ``async write(str)`` for any supported report output."""
+    write = out.write
+    if iscoroutinefunction(write):
+        sink = cast(AsyncSink, out)
+
+        async def write_async(text: str) -> None:
+            await sink.write(text.encode("utf-8"))
+
+        return write_async
+    if isinstance(out, io.TextIOBase):
+        text_out = cast(IO[str], out)
+
+        async def write_text(text: str) -> None:
+            text_out.write(text)
+
+        return write_text
+    binary_out = cast(IO[bytes], out)
+
+    async def write_binary(text: str) -> None:
+        binary_out.write(text.encode("utf-8"))
+
+    return write_binary
