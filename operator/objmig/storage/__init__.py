@@ -1,1 +1,78 @@
-"""storage."""
+"""The S3 layer: everything objmig says to an S3-compatible store goes through here.
+
+Table of contents:
+
+- `endpoint`: `Endpoint`, `Credentials`, `same_store`, `open_client`;
+- `objects`: listing (`list_objects`), `head_object`, part layouts, `object_sha256`,
+  `delete_objects`, multipart upload listing and abort;
+- `selection`: pure key/date/size/class filters and metadata rules;
+- `manifest`: worklists from plain lists, CSV, S3 Inventory and ConfigMaps;
+- `restore`: archived objects (`needs_restore`, `request_restore`, `x-amz-restore`);
+- `copy`: `copy_object`, server-side or streamed, keeping part boundaries;
+- `errors`: `classify` maps any failure onto what the engine should do;
+- `ratelimit`, `streaming`: bandwidth limiting and the streaming machinery of `copy`.
+
+This package does not import `objmig.api`: the engine maps the CRD spec onto the small
+dataclasses defined here.
+"""
+
+from objmig.storage.copy import (
+    CopyOptions,
+    CopyResult,
+    Encryption,
+    ObjectArchivedError,
+    SourceObject,
+    TargetObject,
+    copy_object,
+)
+from objmig.storage.endpoint import Credentials, Endpoint, open_client, same_store
+from objmig.storage.errors import ErrorClass, StorageError, classify
+from objmig.storage.objects import (
+    DeleteResult,
+    HeadResult,
+    MultipartUploadInfo,
+    ObjectInfo,
+    abort_multipart_upload,
+    delete_objects,
+    head_object,
+    list_multipart_uploads,
+    list_objects,
+    object_sha256,
+    part_layout,
+)
+from objmig.storage.restore import RestoreStatus, needs_restore, request_restore
+from objmig.storage.selection import MetadataRule, Selection, metadata_matches
+
+__all__ = [
+    "CopyOptions",
+    "CopyResult",
+    "Credentials",
+    "DeleteResult",
+    "Encryption",
+    "Endpoint",
+    "ErrorClass",
+    "HeadResult",
+    "MetadataRule",
+    "MultipartUploadInfo",
+    "ObjectArchivedError",
+    "ObjectInfo",
+    "RestoreStatus",
+    "Selection",
+    "SourceObject",
+    "StorageError",
+    "TargetObject",
+    "abort_multipart_upload",
+    "classify",
+    "copy_object",
+    "delete_objects",
+    "head_object",
+    "list_multipart_uploads",
+    "list_objects",
+    "metadata_matches",
+    "needs_restore",
+    "object_sha256",
+    "open_client",
+    "part_layout",
+    "request_restore",
+    "same_store",
+]

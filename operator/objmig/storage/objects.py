@@ -1,0 +1,562 @@
+"""Reading object state: listing, HEAD, part layouts, SHA-256; deleting; multipart cleanup.
+
+Every function takes an open client (see `objmig.storage.endpoint.open_client`) and returns
+small frozen dataclasses, so the engine never handles raw SDK dictionaries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from botocore.exceptions import ClientError
+from types_aiobotocore_s3 import S3Client
+
+from objmig.storage.errors import TruncatedBodyError
+from objmig.storage.restore import RestoreStatus, parse_restore_header
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+# Chunk size when streaming bodies: large enough that per-chunk Python overhead is noise,
+# small enough that many streams in flight stay cheap.
+STREAM_CHUNK = 1 * MiB
+# DeleteObjects accepts at most 1000 keys per request.
+DELETE_BATCH = 1000
+
+_MULTIPART_ETAG = re.compile(r"^[0-9a-fA-F]{32}-(\d+)$")
+
+
+def normalise_etag(etag: str | None) -> str:
+    """An ETag without surrounding quotes (S3 quotes them; listings sometimes do not)."""
+    if not etag:
+        return ""
+    etag = etag.strip()
+    if etag.startswith("W/"):
+        etag = etag[2:]
+    return etag.strip('"')
+
+
+def multipart_part_count(etag: str) -> int | None:
+    """The part count encoded in a multipart ETag (`<md5>-<n>`), or None for a plain one."""
+    match = _MULTIPART_ETAG.match(normalise_etag(etag))
+    return int(match.group(1)) if match else None
+
+
+def _version(version_id: str | None) -> str | None:
+    # Unversioned buckets report the literal version "null"; passing it back is legal on
+    # AWS but rejected by some stores, and it carries no information.
+    return None if not version_id or version_id == "null" else version_id
+
+
+def sse_c_params(key: bytes | None, *, copy_source: bool = False) -> dict[str, Any]:
+    """Request parameters for an SSE-C key (botocore base64-encodes it and adds the MD5)."""
+    if key is None:
+        return {}
+    prefix = "CopySource" if copy_source else ""
+    return {f"{prefix}SSECustomerAlgorithm": "AES256", f"{prefix}SSECustomerKey": key}
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object (or one version of it) as a listing reports it."""
+
+    key: str
+    version_id: str | None
+    size: int
+    etag: str
+    last_modified: datetime
+    storage_class: str = "STANDARD"
+    is_latest: bool = True
+
+
+async def list_objects(
+    client: S3Client,
+    bucket: str,
+    prefix: str = "",
+    *,
+    versions: bool = False,
+    pin_versions: bool = False,
+    start_after: str | None = None,
+    page_size: int = 1000,
+) -> AsyncIterator[ObjectInfo]:
+    """Yield the objects under `prefix`, in key order, one page at a time.
+
+    - default: ListObjectsV2, latest objects, `version_id` None;
+    - `versions=True`: ListObjectVersions, every version (newest first per key), delete
+      markers skipped;
+    - `pin_versions=True`: ListObjectVersions, only the latest version of each key (keys
+      whose latest version is a delete marker are skipped), with its version id, so the
+      copy can pin exactly the version that was scanned.
+
+    `start_after` resumes a scan after a key (exclusive).
+    """
+    if not versions and not pin_versions:
+        paginator = client.get_paginator("list_objects_v2")
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        async for page in paginator.paginate(**kwargs, PaginationConfig={"PageSize": page_size}):
+            for item in page.get("Contents", []):
+                yield ObjectInfo(
+                    key=item["Key"],
+                    version_id=None,
+                    size=int(item.get("Size", 0)),
+                    etag=normalise_etag(item.get("ETag")),
+                    last_modified=item["LastModified"],
+                    storage_class=item.get("StorageClass") or "STANDARD",
+                )
+        return
+
+    vpaginator = client.get_paginator("list_object_versions")
+    vkwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    if start_after:
+        # KeyMarker is exclusive: listing resumes with the first key after it.
+        vkwargs["KeyMarker"] = start_after
+    async for vpage in vpaginator.paginate(**vkwargs, PaginationConfig={"PageSize": page_size}):
+        # Delete markers are skipped: a key whose latest version is a delete marker has no
+        # version with IsLatest among `Versions`, so it drops out of pinned listings.
+        for version in vpage.get("Versions", []):
+            latest = bool(version.get("IsLatest", False))
+            if pin_versions and not versions and not latest:
+                continue
+            yield ObjectInfo(
+                key=version["Key"],
+                version_id=_version(version.get("VersionId")),
+                size=int(version.get("Size", 0)),
+                etag=normalise_etag(version.get("ETag")),
+                last_modified=version["LastModified"],
+                storage_class=version.get("StorageClass") or "STANDARD",
+                is_latest=latest,
+            )
+
+
+@dataclass(frozen=True)
+class ContentHeaders:
+    """The HTTP representation headers of an object, copied along with it."""
+
+    content_type: str | None = None
+    cache_control: str | None = None
+    content_disposition: str | None = None
+    content_encoding: str | None = None
+    content_language: str | None = None
+    expires: datetime | None = None
+    website_redirect_location: str | None = None
+
+    def as_params(self) -> dict[str, Any]:
+        """PutObject / CreateMultipartUpload / CopyObject parameters for these headers."""
+        pairs: dict[str, Any] = {
+            "ContentType": self.content_type,
+            "CacheControl": self.cache_control,
+            "ContentDisposition": self.content_disposition,
+            "ContentEncoding": self.content_encoding,
+            "ContentLanguage": self.content_language,
+            "Expires": self.expires,
+            "WebsiteRedirectLocation": self.website_redirect_location,
+        }
+        return {name: value for name, value in pairs.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class EncryptionInfo:
+    """Server-side encryption as HEAD reports it."""
+
+    algorithm: str | None = None  # "AES256" (SSE-S3), "aws:kms", "aws:kms:dsse"
+    kms_key_id: str | None = None
+    bucket_key_enabled: bool | None = None
+    customer_algorithm: str | None = None  # "AES256" for SSE-C
+    customer_key_md5: str | None = None
+
+    @property
+    def mode(self) -> str:
+        """`none`, `SSE-S3`, `SSE-KMS` or `SSE-C`, the spec's vocabulary."""
+        if self.customer_algorithm:
+            return "SSE-C"
+        if self.algorithm and self.algorithm.startswith("aws:kms"):
+            return "SSE-KMS"
+        if self.algorithm == "AES256":
+            return "SSE-S3"
+        return "none"
+
+
+@dataclass(frozen=True)
+class HeadResult:
+    """Everything HEAD says about an object (or, with `part_number`, about one part)."""
+
+    etag: str
+    size: int
+    last_modified: datetime
+    version_id: str | None
+    storage_class: str = "STANDARD"
+    restore: RestoreStatus | None = None
+    archive_status: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    content: ContentHeaders = field(default_factory=ContentHeaders)
+    parts_count: int | None = None
+    checksums: Mapping[str, str] = field(default_factory=dict)
+    encryption: EncryptionInfo = field(default_factory=EncryptionInfo)
+    tag_count: int = 0
+
+    @property
+    def is_multipart(self) -> bool:
+        return multipart_part_count(self.etag) is not None
+
+
+_CHECKSUM_FIELDS = (
+    "ChecksumCRC32",
+    "ChecksumCRC32C",
+    "ChecksumCRC64NVME",
+    "ChecksumSHA1",
+    "ChecksumSHA256",
+)
+
+
+def _head_result(response: Mapping[str, Any]) -> HeadResult:
+    return HeadResult(
+        etag=normalise_etag(response.get("ETag")),
+        size=int(response.get("ContentLength", 0)),
+        last_modified=response["LastModified"],
+        version_id=_version(response.get("VersionId")),
+        storage_class=response.get("StorageClass") or "STANDARD",
+        restore=parse_restore_header(response.get("Restore")),
+        archive_status=response.get("ArchiveStatus"),
+        # S3 lower-cases user metadata keys; so do we, so comparisons are stable.
+        metadata={k.lower(): v for k, v in (response.get("Metadata") or {}).items()},
+        content=ContentHeaders(
+            content_type=response.get("ContentType"),
+            cache_control=response.get("CacheControl"),
+            content_disposition=response.get("ContentDisposition"),
+            content_encoding=response.get("ContentEncoding"),
+            content_language=response.get("ContentLanguage"),
+            expires=response.get("Expires"),
+            website_redirect_location=response.get("WebsiteRedirectLocation"),
+        ),
+        parts_count=response.get("PartsCount"),
+        checksums={
+            name.removeprefix("Checksum"): str(response[name])
+            for name in _CHECKSUM_FIELDS
+            if response.get(name)
+        },
+        encryption=EncryptionInfo(
+            algorithm=response.get("ServerSideEncryption"),
+            kms_key_id=response.get("SSEKMSKeyId"),
+            bucket_key_enabled=response.get("BucketKeyEnabled"),
+            customer_algorithm=response.get("SSECustomerAlgorithm"),
+            customer_key_md5=response.get("SSECustomerKeyMD5"),
+        ),
+        tag_count=int(response.get("TagCount") or 0),
+    )
+
+
+async def head_object(
+    client: S3Client,
+    bucket: str,
+    key: str,
+    version_id: str | None = None,
+    part_number: int | None = None,
+    sse_c: bytes | None = None,
+    *,
+    checksums: bool = False,
+) -> HeadResult:
+    """HEAD an object (a version of it, or one part of it with `part_number`).
+
+    With `part_number`, `size` is that part's size and `parts_count` the object's part
+    count (absent for single-part objects); the ETag is the object's on AWS but the
+    part's on moto, so do not use it as the object's identity then.
+    `checksums=True` asks for the additional checksums (x-amz-checksum-mode).
+    """
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, **sse_c_params(sse_c)}
+    if _version(version_id):
+        kwargs["VersionId"] = version_id
+    if part_number is not None:
+        kwargs["PartNumber"] = part_number
+    if checksums:
+        kwargs["ChecksumMode"] = "ENABLED"
+    response = await client.head_object(**kwargs)
+    return _head_result(response)
+
+
+@dataclass(frozen=True)
+class PartLayout:
+    """Part sizes of an object and how we learned them.
+
+    `source`: "single" (not multipart), "head" (HEAD ?partNumber=n, exact), "attributes"
+    (GetObjectAttributes ObjectParts, exact) or "guess" (equal parts inferred from the
+    ETag's part count: the store answered neither; the copy may then get another ETag,
+    which verification reports).
+    """
+
+    sizes: tuple[int, ...]
+    source: Literal["single", "head", "attributes", "guess"]
+    multipart: bool
+
+    @property
+    def exact(self) -> bool:
+        return self.source != "guess"
+
+
+async def resolve_part_layout(
+    client: S3Client,
+    bucket: str,
+    key: str,
+    version_id: str | None = None,
+    sse_c: bytes | None = None,
+    *,
+    head: HeadResult | None = None,
+    concurrency: int = 8,
+) -> PartLayout:
+    """Find the part sizes of an object so a copy can reproduce them (and its ETag).
+
+    HEAD with `PartNumber` is the primary way: AWS, MinIO and moto answer it with the
+    part's Content-Length and `x-amz-mp-parts-count`. GetObjectAttributes(ObjectParts) is
+    the fallback for stores without it (moto does not implement ObjectParts, and AWS only
+    lists part sizes there for objects uploaded with additional checksums), and an
+    equal-parts guess the last resort.
+    """
+    if head is None:
+        head = await head_object(client, bucket, key, version_id, sse_c=sse_c)
+    count = multipart_part_count(head.etag)
+    if count is None:
+        return PartLayout((head.size,), "single", multipart=False)
+
+    first = await head_object(client, bucket, key, version_id, part_number=1, sse_c=sse_c)
+    if first.parts_count:
+        sizes = [first.size]
+        semaphore = asyncio.Semaphore(max(1, concurrency))
+
+        async def part_size(number: int) -> int:
+            async with semaphore:
+                part = await head_object(
+                    client, bucket, key, version_id, part_number=number, sse_c=sse_c
+                )
+                return part.size
+
+        sizes += await asyncio.gather(*(part_size(n) for n in range(2, first.parts_count + 1)))
+        if sum(sizes) == head.size:
+            return PartLayout(tuple(sizes), "head", multipart=True)
+        log.warning(
+            "part sizes of s3://%s/%s from HEAD add up to %d, not %d; trying other ways",
+            bucket,
+            key,
+            sum(sizes),
+            head.size,
+        )
+
+    attributes = await _parts_from_attributes(client, bucket, key, version_id, sse_c)
+    if attributes and sum(attributes) == head.size:
+        return PartLayout(tuple(attributes), "attributes", multipart=True)
+
+    log.warning(
+        "s3://%s/%s: the store reports no part sizes; assuming %d equal parts", bucket, key, count
+    )
+    return PartLayout(tuple(guess_part_sizes(head.size, count)), "guess", multipart=True)
+
+
+async def part_layout(
+    client: S3Client,
+    bucket: str,
+    key: str,
+    version_id: str | None = None,
+    sse_c: bytes | None = None,
+) -> list[int]:
+    """Part sizes of an object; a single-part object gives `[size]`. See `resolve_part_layout`."""
+    return list((await resolve_part_layout(client, bucket, key, version_id, sse_c)).sizes)
+
+
+async def _parts_from_attributes(
+    client: S3Client, bucket: str, key: str, version_id: str | None, sse_c: bytes | None
+) -> list[int] | None:
+    sizes: list[int] = []
+    marker: int | None = None
+    try:
+        while True:
+            kwargs: dict[str, Any] = {
+                "Bucket": bucket,
+                "Key": key,
+                "ObjectAttributes": ["ObjectParts"],
+                "MaxParts": 1000,
+                **sse_c_params(sse_c),
+            }
+            if _version(version_id):
+                kwargs["VersionId"] = version_id
+            if marker is not None:
+                kwargs["PartNumberMarker"] = marker
+            response = await client.get_object_attributes(**kwargs)
+            parts = response.get("ObjectParts", {})
+            entries = parts.get("Parts") or []
+            if not entries:
+                return None
+            sizes += [int(p["Size"]) for p in entries]
+            if not parts.get("IsTruncated"):
+                return sizes
+            marker = int(parts.get("NextPartNumberMarker", 0))
+    except ClientError as exc:
+        log.debug(
+            "GetObjectAttributes(ObjectParts) unavailable for s3://%s/%s: %s", bucket, key, exc
+        )
+        return None
+
+
+def guess_part_sizes(size: int, count: int) -> list[int]:
+    """Equal parts of a whole number of MiB (what SDKs and CLIs use), the last one shorter.
+
+    Picks the smallest MiB multiple that yields exactly `count` parts; when none does
+    (odd uploaders), the exact ceiling division.
+    """
+    if count <= 1:
+        return [size]
+    part = math.ceil(math.ceil(size / count) / MiB) * MiB
+    if part == 0 or math.ceil(size / part) != count:
+        part = math.ceil(size / count)
+    sizes = [part] * (count - 1)
+    sizes.append(size - part * (count - 1))
+    if sizes[-1] <= 0:
+        # Cannot happen for a consistent (size, count); keep the sum right regardless.
+        part = size // count
+        sizes = [part] * (count - 1) + [size - part * (count - 1)]
+    return sizes
+
+
+async def object_sha256(
+    client: S3Client,
+    bucket: str,
+    key: str,
+    version_id: str | None = None,
+    sse_c: bytes | None = None,
+    *,
+    if_match: str | None = None,
+) -> tuple[str, int]:
+    """Stream an object and return (SHA-256 hex digest, size); memory stays one chunk.
+
+    `if_match` (an ETag) makes S3 refuse with 412 if the object changed since it was seen.
+    """
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, **sse_c_params(sse_c)}
+    if _version(version_id):
+        kwargs["VersionId"] = version_id
+    if if_match:
+        kwargs["IfMatch"] = f'"{normalise_etag(if_match)}"'
+    response = await client.get_object(**kwargs)
+    expected = int(response.get("ContentLength", -1))
+    digest = hashlib.sha256()
+    size = 0
+    body = response["Body"]
+    async with body:
+        while True:
+            # StreamingBody.read maps transport errors onto botocore's and raises
+            # IncompleteReadError itself when the body ends short.
+            chunk = await body.read(STREAM_CHUNK)
+            if not chunk:
+                break
+            digest.update(chunk)
+            size += len(chunk)
+    if expected >= 0 and size != expected:
+        raise TruncatedBodyError(
+            f"GET s3://{bucket}/{key}: body ended after {size} of {expected} bytes"
+        )
+    return digest.hexdigest(), size
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """What DeleteObjects said about one (key, version)."""
+
+    key: str
+    version_id: str | None
+    deleted: bool
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+async def delete_objects(
+    client: S3Client,
+    bucket: str,
+    objects: Sequence[tuple[str, str | None]],
+) -> list[DeleteResult]:
+    """Delete (key, version_id) pairs in batches of at most 1000; one result per pair.
+
+    Deleting a key that is already gone counts as deleted (S3 says so too), which keeps
+    re-runs idempotent. A None version deletes the latest (adding a delete marker on
+    versioned buckets); pass the exact version id to remove that version for good.
+    """
+    results: list[DeleteResult] = []
+    for start in range(0, len(objects), DELETE_BATCH):
+        batch = objects[start : start + DELETE_BATCH]
+        entries: list[dict[str, str]] = []
+        for key, version_id in batch:
+            entry = {"Key": key}
+            if _version(version_id):
+                entry["VersionId"] = str(version_id)
+            entries.append(entry)
+        response = await client.delete_objects(
+            Bucket=bucket,
+            Delete={"Objects": entries, "Quiet": False},  # type: ignore[typeddict-item]
+        )
+        failed = {
+            (e.get("Key", ""), _version(e.get("VersionId"))): e for e in response.get("Errors", [])
+        }
+        for key, version_id in batch:
+            ident = (key, _version(version_id))
+            error = failed.get(ident)
+            if error is not None:
+                results.append(
+                    DeleteResult(
+                        key,
+                        _version(version_id),
+                        deleted=False,
+                        error_code=error.get("Code"),
+                        error_message=error.get("Message"),
+                    )
+                )
+            else:
+                # Stores differ in echoing version ids for unversioned deletes; absence
+                # from Errors is what counts.
+                results.append(DeleteResult(key, _version(version_id), deleted=True))
+    return results
+
+
+@dataclass(frozen=True)
+class MultipartUploadInfo:
+    """An incomplete multipart upload."""
+
+    key: str
+    upload_id: str
+    initiated: datetime | None
+    storage_class: str | None = None
+
+
+async def list_multipart_uploads(
+    client: S3Client, bucket: str, prefix: str = ""
+) -> AsyncIterator[MultipartUploadInfo]:
+    """Yield the incomplete multipart uploads under `prefix`.
+
+    S3 shows no metadata for incomplete uploads, only key, upload id and initiation time,
+    so telling objmig's uploads from others' needs the upload ids objmig recorded (see
+    `CopyOptions.on_upload_started`) or the target prefix and the migration's start time.
+    """
+    paginator = client.get_paginator("list_multipart_uploads")
+    async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for upload in page.get("Uploads", []):
+            yield MultipartUploadInfo(
+                key=upload.get("Key", ""),
+                upload_id=upload.get("UploadId", ""),
+                initiated=upload.get("Initiated"),
+                storage_class=upload.get("StorageClass"),
+            )
+
+
+async def abort_multipart_upload(client: S3Client, bucket: str, key: str, upload_id: str) -> bool:
+    """Abort an upload; True if it existed. An upload already gone is not an error."""
+    try:
+        await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchUpload", "404"):
+            return False
+        raise
+    return True

@@ -1,0 +1,282 @@
+"""Which objects a migration takes: key globs, dates, sizes, storage classes, metadata.
+
+Pure functions over listing data; no I/O. The engine applies `Selection.matches` to every
+listed object and, only when metadata rules exist, HEADs the survivors and applies
+`metadata_matches` (a listing carries no user metadata).
+
+Glob syntax (applied to the key *relative to the selection prefix*, the whole key must
+match, `/` is the only separator):
+
+- `*` matches any run of characters except `/` (one path segment or part of one);
+- `**` matches any run of characters including `/`; `**/` matches zero or more whole
+  directories, so `**/*.csv` matches `a.csv` and `x/y/a.csv`, and `logs/**` matches
+  everything under `logs/`;
+- `?` matches one character except `/`; `[abc]`, `[a-z]`, `[!abc]` character classes;
+- `{jpg,png}` alternatives (not nested);
+- `\\` escapes the next character; a leading `/` is ignored (patterns are always anchored).
+
+An empty `include` means "everything"; `exclude` wins over `include`.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Literal, Protocol
+
+
+class Listed(Protocol):
+    """What selection needs from a listed object (`objmig.storage.objects.ObjectInfo`)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def last_modified(self) -> datetime: ...
+    @property
+    def storage_class(self) -> str: ...
+
+
+class GlobError(ValueError):
+    """A glob pattern that cannot be compiled."""
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """Compile one glob (syntax in the module docstring) to an anchored regex."""
+    pattern = pattern.removeprefix("/")
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    in_braces = False
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            if i + 1 >= n:
+                raise GlobError(f"pattern {pattern!r} ends with a lone backslash")
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        if c == "*":
+            if pattern.startswith("**", i):
+                j = i + 2
+                # `**/` at a segment start: zero or more whole directories.
+                at_segment_start = i == 0 or pattern[i - 1] == "/"
+                if at_segment_start and j < n and pattern[j] == "/":
+                    out.append("(?:.*/)?")
+                    i = j + 1
+                else:
+                    out.append(".*")
+                    i = j
+                # Further stars add nothing.
+                while i < n and pattern[i] == "*":
+                    i += 1
+                continue
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            j = i + 1
+            if j < n and pattern[j] in "!^":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j >= n:
+                raise GlobError(f"pattern {pattern!r} has an unclosed '['")
+            body = pattern[i + 1 : j]
+            negate = body[:1] in ("!", "^")
+            if negate:
+                body = body[1:]
+            body = body.replace("\\", "\\\\")
+            # A negated class must not swallow the separator either.
+            out.append(f"[^/{body}]" if negate else f"[{body}]")
+            i = j
+        elif c == "{" and not in_braces:
+            in_braces = True
+            out.append("(?:")
+        elif c == "," and in_braces:
+            out.append("|")
+        elif c == "}" and in_braces:
+            in_braces = False
+            out.append(")")
+        else:
+            out.append(re.escape(c))
+        i += 1
+    if in_braces:
+        raise GlobError(f"pattern {pattern!r} has an unclosed '{{'")
+    try:
+        return re.compile("".join(out) + r"\Z", re.DOTALL)
+    except re.error as exc:  # e.g. a bad range like [z-a]
+        raise GlobError(f"pattern {pattern!r}: {exc}") from exc
+
+
+def glob_match(pattern: str, relative_key: str) -> bool:
+    """True when `relative_key` matches `pattern` as a whole."""
+    return compile_glob(pattern).match(relative_key) is not None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The listing-level filters of `spec.selection`.
+
+    `modified_after` / `modified_before` are exclusive bounds on LastModified;
+    `min_size` / `max_size` inclusive bounds in bytes; `storage_classes` empty = any.
+    """
+
+    prefix: str = ""
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    modified_after: datetime | None = None
+    modified_before: datetime | None = None
+    min_size: int | None = None
+    max_size: int | None = None
+    storage_classes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Compile now so a bad pattern fails when the spec is loaded, not mid-scan.
+        for pattern in (*self.include, *self.exclude):
+            compile_glob(pattern)
+        for name in ("modified_after", "modified_before"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                raise ValueError(f"{name} must be timezone-aware")
+
+    def relative_key(self, key: str) -> str | None:
+        """The key relative to the prefix, or None when the key is outside it."""
+        if not key.startswith(self.prefix):
+            return None
+        return key[len(self.prefix) :]
+
+    def explain(self, info: Listed) -> str | None:
+        """None when `info` is selected, otherwise why not (for plans and reports)."""
+        relative = self.relative_key(info.key)
+        if relative is None:
+            return f"outside prefix {self.prefix!r}"
+        for pattern in self.exclude:
+            if glob_match(pattern, relative):
+                return f"excluded by {pattern!r}"
+        if self.include and not any(glob_match(p, relative) for p in self.include):
+            return "matches no include pattern"
+        if self.modified_after is not None and not info.last_modified > self.modified_after:
+            return f"not modified after {self.modified_after.isoformat()}"
+        if self.modified_before is not None and not info.last_modified < self.modified_before:
+            return f"not modified before {self.modified_before.isoformat()}"
+        if self.min_size is not None and info.size < self.min_size:
+            return f"smaller than {self.min_size} bytes"
+        if self.max_size is not None and info.size > self.max_size:
+            return f"larger than {self.max_size} bytes"
+        if self.storage_classes and (info.storage_class or "STANDARD") not in self.storage_classes:
+            return f"storage class {info.storage_class} not selected"
+        return None
+
+    def matches(self, info: Listed) -> bool:
+        """True when the listed object is selected."""
+        return self.explain(info) is None
+
+
+MetadataOperator = Literal[
+    "Eq", "NotEq", "In", "NotIn", "Exists", "DoesNotExist", "Lt", "Le", "Gt", "Ge"
+]
+
+_OPERATOR_ALIASES: Mapping[str, MetadataOperator] = {
+    "eq": "Eq",
+    "equals": "Eq",
+    "noteq": "NotEq",
+    "ne": "NotEq",
+    "in": "In",
+    "notin": "NotIn",
+    "exists": "Exists",
+    "doesnotexist": "DoesNotExist",
+    "notexists": "DoesNotExist",
+    "lt": "Lt",
+    "le": "Le",
+    "lte": "Le",
+    "gt": "Gt",
+    "ge": "Ge",
+    "gte": "Ge",
+}
+
+
+@dataclass(frozen=True)
+class MetadataRule:
+    """One condition on user metadata (`x-amz-meta-<key>`; keys are case-insensitive).
+
+    Operators: `Eq`, `NotEq`, `In`, `NotIn` (against `values`), `Exists`, `DoesNotExist`,
+    and `Lt`, `Le`, `Gt`, `Ge` (against `values[0]`). Comparisons are numeric when both
+    sides parse as numbers (`"10" > "9"`, `"1.0" Eq "1"`), otherwise plain string
+    comparisons. As with Kubernetes selectors, a missing key satisfies only `NotEq`,
+    `NotIn` and `DoesNotExist`.
+    """
+
+    key: str
+    operator: MetadataOperator
+    values: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        needs_values = self.operator not in ("Exists", "DoesNotExist")
+        if needs_values and not self.values:
+            raise ValueError(f"metadata rule on {self.key!r}: {self.operator} needs a value")
+        if self.operator in ("Lt", "Le", "Gt", "Ge", "Eq", "NotEq") and len(self.values) > 1:
+            raise ValueError(
+                f"metadata rule on {self.key!r}: {self.operator} takes exactly one value"
+            )
+
+    @classmethod
+    def parse(
+        cls, key: str, operator: str, value: str | None = None, values: Iterable[str] = ()
+    ) -> MetadataRule:
+        """Build a rule from spec-like input, accepting operator aliases (`lte`, `NotExists`)."""
+        op = _OPERATOR_ALIASES.get(operator.replace("_", "").replace("-", "").lower())
+        if op is None:
+            raise ValueError(f"unknown metadata operator {operator!r}")
+        all_values = tuple(values) + ((value,) if value is not None else ())
+        return cls(key=key, operator=op, values=tuple(str(v) for v in all_values))
+
+
+def _number(text: str) -> Decimal | None:
+    try:
+        number = Decimal(text.strip())
+    except (InvalidOperation, ValueError):
+        return None
+    return number if number.is_finite() else None
+
+
+def _compare(actual: str, expected: str) -> int:
+    a, b = _number(actual), _number(expected)
+    if a is not None and b is not None:
+        return (a > b) - (a < b)
+    return (actual > expected) - (actual < expected)
+
+
+def rule_matches(metadata: Mapping[str, str], rule: MetadataRule) -> bool:
+    """True when `metadata` (user metadata, any key case) satisfies `rule`."""
+    lowered = {k.lower(): v for k, v in metadata.items()}
+    actual = lowered.get(rule.key.lower())
+    op = rule.operator
+    if op == "Exists":
+        return actual is not None
+    if op == "DoesNotExist":
+        return actual is None
+    if actual is None:
+        return op in ("NotEq", "NotIn")
+    if op == "Eq":
+        return _compare(actual, rule.values[0]) == 0
+    if op == "NotEq":
+        return _compare(actual, rule.values[0]) != 0
+    if op == "In":
+        return any(_compare(actual, v) == 0 for v in rule.values)
+    if op == "NotIn":
+        return all(_compare(actual, v) != 0 for v in rule.values)
+    cmp = _compare(actual, rule.values[0])
+    return {"Lt": cmp < 0, "Le": cmp <= 0, "Gt": cmp > 0, "Ge": cmp >= 0}[op]
+
+
+def metadata_matches(metadata: Mapping[str, str], rules: Iterable[MetadataRule]) -> bool:
+    """True when every rule holds (no rules: True)."""
+    return all(rule_matches(metadata, rule) for rule in rules)
