@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
+from typing import TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -42,8 +43,9 @@ CREATE TABLE IF NOT EXISTS objmig_schema_version (
 )
 """
 
-Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
-ConnectionOrPool = Connection | asyncpg.Pool[asyncpg.Record]
+# Strings: asyncpg's classes are generic only in its type stubs, not at run time.
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+ConnectionOrPool: TypeAlias = "Connection | asyncpg.Pool[asyncpg.Record]"
 
 
 class SchemaTooNew(RuntimeError):
