@@ -766,6 +766,9 @@ class CutoverStatus(ApiModel):
         default_factory=dict,
         description="ConfigMap values before the cutover (null: the key was absent).",
     )
+    config_map_data: dict[str, str] = Field(
+        default_factory=dict, description="Values written to the ConfigMap at cutover."
+    )
     catalog_rows_swapped: int = Field(default=0, ge=0, description="Catalog rows switched.")
     rolled_back_at: datetime | None = Field(default=None, description="When rolled back.")
     rollback_blocked: str | None = Field(

@@ -10,6 +10,7 @@ import click
 from objmig import __version__
 from objmig.api.crd import write_crds
 from objmig.api.loading import SpecError, load_resources
+from objmig.cli import demo, migrate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,6 +49,17 @@ def validate(paths: tuple[Path, ...]) -> None:
     for path in paths:
         for resource in load_resources(path):
             click.echo(f"{path}: {resource.kind}/{resource.metadata.name} is valid")
+
+
+for command in (
+    migrate.run,
+    migrate.plan,
+    migrate.status,
+    migrate.report,
+    migrate.approve,
+    demo.demo,
+):
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from inspect import iscoroutinefunction
 from types import TracebackType
-from typing import IO, Any, Protocol, Self, cast
+from typing import IO, Any, Literal, Protocol, Self, cast
 
 import asyncpg
 
@@ -638,6 +638,53 @@ class Ledger:
         return _affected(status)
 
     # -- reading ------------------------------------------------------------------------------
+
+    async def requeue(
+        self,
+        migration_id: int,
+        states: Sequence[ObjectState],
+        *,
+        skip_reasons: Sequence[str] | None = None,
+    ) -> int:
+        """Send rows in ``states`` back to ``pending`` with a clean slate; returns how many.
+
+        Used when the meaning of an end state no longer holds: a dry run's plan rows when
+        the real run starts (``skip_reasons`` narrows to those), or failed rows the user
+        asked to retry. Leased rows are left alone: their worker is still on them.
+        """
+        status = await self._pool.execute(
+            """
+            UPDATE objects
+            SET state = 'pending', attempts = 0, last_error = NULL, error_code = NULL,
+                skip_reason = NULL, not_before = NULL, updated_at = now()
+            WHERE migration_id = $1 AND state = ANY($2::text[])
+              AND ($3::text[] IS NULL OR skip_reason = ANY($3::text[]))
+              AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+            """,
+            migration_id,
+            [str(ObjectState(s)) for s in states],
+            list(skip_reasons) if skip_reasons is not None else None,
+        )
+        return _affected(status)
+
+    async def breakdown(
+        self, migration_id: int, column: Literal["skip_reason", "storage_class", "error_code"]
+    ) -> dict[str, StateCount]:
+        """Objects and bytes grouped by one column (plans, skip and error summaries)."""
+        records = await self._pool.fetch(
+            f"""
+            SELECT coalesce({column}, '') AS value, count(*) AS objects,
+                   coalesce(sum(size), 0) AS bytes
+            FROM objects WHERE migration_id = $1
+            GROUP BY 1 ORDER BY 1
+            """,  # noqa: S608 - column is one of three literals
+            migration_id,
+        )
+        return {
+            r["value"]: StateCount(objects=int(r["objects"]), bytes=int(r["bytes"]))
+            for r in records
+            if r["value"]
+        }
 
     async def get_object(self, object_id: int) -> ObjectRow | None:
         """One row by id, or None."""

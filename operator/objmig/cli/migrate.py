@@ -1,0 +1,281 @@
+"""``objmig run | plan | status | report | approve``: the engine without a cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from objmig.api.loading import load_one
+from objmig.api.migration import ObjectMigration, ObjectMigrationSpec
+from objmig.cli.ledger import database_url_option, open_ledger, state_dir_option
+from objmig.cli.progress import ProgressView, human_bytes, status_table, summary_line
+from objmig.engine.run import LocalRun, RunResult, compute_status
+from objmig.engine.secrets import ChainedSecrets, EnvSecrets, FileSecrets, SecretSource
+from objmig.ledger import Ledger, ReportFormat
+
+#: Exit codes of ``objmig run``, so scripts can tell outcomes apart.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_AWAITING = 2
+EXIT_PAUSED = 3
+EXIT_INTERRUPTED = 130
+
+_EXIT_CODES = {
+    "cut-over": EXIT_OK,
+    "planned": EXIT_OK,
+    "rolled-back": EXIT_OK,
+    "awaiting-cutover": EXIT_AWAITING,
+    "paused": EXIT_PAUSED,
+    "failed": EXIT_FAILED,
+    "interrupted": EXIT_INTERRUPTED,
+}
+
+filename_option = click.option(
+    "-f",
+    "--filename",
+    "path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="ObjectMigration YAML (the same schema the operator reads).",
+)
+secrets_option = click.option(
+    "--secrets",
+    "secrets_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML of Secret manifests the spec references (else OBJMIG_SECRET_* variables).",
+)
+
+
+def secret_source(secrets_file: Path | None) -> SecretSource:
+    """Environment first, then the secrets file if one was given."""
+    sources: list[SecretSource] = [EnvSecrets()]
+    if secrets_file is not None:
+        sources.append(FileSecrets(secrets_file))
+    return ChainedSecrets(tuple(sources))
+
+
+def ledger_name(name: str) -> str:
+    """``name`` or ``namespace/name`` -> the ledger's ``namespace/name``."""
+    return name if "/" in name else f"default/{name}"
+
+
+async def drive(
+    migration: ObjectMigration,
+    ledger: Ledger,
+    secrets: SecretSource,
+    *,
+    workers: int,
+    quiet: bool = False,
+) -> RunResult:
+    """Run a migration with a progress view; SIGINT / SIGTERM stop it cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    name = f"{migration.metadata.namespace}/{migration.metadata.name}"
+    try:
+        with ProgressView(name, interval=5.0 if not quiet else 3600) as view:
+            runner = LocalRun(ledger, migration, secrets, workers=workers, on_status=view.update)
+            result = await runner.run(stop)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return result
+
+
+def report_outcome(name: str, result: RunResult) -> None:
+    """Print how the run ended and what to do next."""
+    console = Console()
+    console.print(status_table(name, result.status))
+    console.print(summary_line(name, result.status), highlight=False)
+    hints = {
+        "cut-over": "cut over. `objmig approve NAME` shows the digest a cleanup approval quotes.",
+        "awaiting-cutover": "not cut over yet: see CutoverReady above.",
+        "paused": "paused: see the reason above; fix it and run the same command again.",
+        "failed": "failed: see the Failed condition above.",
+        "interrupted": "interrupted: run the same command again to resume.",
+        "planned": "dry run finished: see the plan above; nothing was written.",
+        "rolled-back": "rolled back: the cutover actions were reverted.",
+    }
+    console.print(hints[result.outcome].replace("NAME", name), highlight=False)
+    if result.status.plan is not None:
+        plan = result.status.plan
+        console.print(
+            f"plan: {plan.objects} objects ({human_bytes(plan.bytes)}); would copy "
+            f"{plan.would_copy}, skip {plan.would_skip} identical, restore "
+            f"{plan.need_restore}",
+            highlight=False,
+        )
+
+
+def _run(
+    path: Path,
+    database_url: str | None,
+    state_dir: Path,
+    secrets_file: Path | None,
+    workers: int,
+    dry_run: bool,
+) -> int:
+    migration: ObjectMigration = load_one(path, ObjectMigration)
+    if dry_run:
+        migration = migration.model_copy(
+            update={"spec": migration.spec.model_copy(update={"dry_run": True})}
+        )
+
+    async def main() -> RunResult:
+        async with open_ledger(database_url, state_dir) as ledger:
+            return await drive(migration, ledger, secret_source(secrets_file), workers=workers)
+
+    result = asyncio.run(main())
+    report_outcome(f"{migration.metadata.namespace}/{migration.metadata.name}", result)
+    return _EXIT_CODES[result.outcome]
+
+
+@click.command()
+@filename_option
+@database_url_option
+@state_dir_option
+@secrets_option
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="In-process workers (each runs spec.copy.concurrency objects at once).",
+)
+def run(
+    path: Path, database_url: str | None, state_dir: Path, secrets_file: Path | None, workers: int
+) -> None:
+    """Run a migration to its end: scan, copy, verify, cut over. Re-run to resume."""
+    sys.exit(_run(path, database_url, state_dir, secrets_file, workers, dry_run=False))
+
+
+@click.command()
+@filename_option
+@database_url_option
+@state_dir_option
+@secrets_option
+def plan(path: Path, database_url: str | None, state_dir: Path, secrets_file: Path | None) -> None:
+    """Dry run: inventory and report what a run would do; write nothing to the target."""
+    sys.exit(_run(path, database_url, state_dir, secrets_file, 1, dry_run=True))
+
+
+async def _status_of(ledger: Ledger, name: str) -> tuple[int, ObjectMigrationSpec]:
+    migration_id = await ledger.find_migration(name)
+    if migration_id is None:
+        raise click.ClickException(f"no migration named {name!r} in this ledger")
+    state = await ledger.get_state(migration_id)
+    return migration_id, ObjectMigrationSpec.model_validate(state["spec"])
+
+
+@click.command()
+@click.argument("name", required=False)
+@database_url_option
+@state_dir_option
+@click.option("--watch", "-w", is_flag=True, help="Refresh every 2 seconds until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(
+    name: str | None, database_url: str | None, state_dir: Path, watch: bool, as_json: bool
+) -> None:
+    """Show a migration's status (or list migrations when no NAME is given)."""
+
+    async def main() -> None:
+        async with open_ledger(database_url, state_dir) as ledger:
+            if name is None:
+                for row in await ledger.list_migrations():
+                    click.echo(row.name)
+                return
+            full = ledger_name(name)
+            migration_id, spec = await _status_of(ledger, full)
+            console = Console()
+            while True:
+                current = await compute_status(ledger, migration_id, spec)
+                if as_json:
+                    click.echo(json.dumps(current.to_wire(), indent=2))
+                else:
+                    console.print(status_table(full, current))
+                if not watch:
+                    return
+                await asyncio.sleep(2)
+
+    asyncio.run(main())
+
+
+@click.command()
+@click.argument("name")
+@database_url_option
+@state_dir_option
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
+@click.option("--failed", "only_failed", is_flag=True, help="Only failed objects.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to a file instead of standard output.",
+)
+def report(
+    name: str,
+    database_url: str | None,
+    state_dir: Path,
+    fmt: str,
+    only_failed: bool,
+    output: Path | None,
+) -> None:
+    """Stream the full per-object report of a migration."""
+
+    report_format: ReportFormat = "csv" if fmt == "csv" else "jsonl"
+
+    async def main() -> int:
+        async with open_ledger(database_url, state_dir) as ledger:
+            migration_id, _ = await _status_of(ledger, ledger_name(name))
+            if output is None:
+                return await ledger.export_report(
+                    migration_id,
+                    sys.stdout.buffer,
+                    report_format,
+                    only_failed=only_failed,
+                )
+            with output.open("wb") as handle:
+                return await ledger.export_report(
+                    migration_id,
+                    handle,
+                    report_format,
+                    only_failed=only_failed,
+                )
+
+    rows = asyncio.run(main())
+    click.echo(f"{rows} objects", err=True)
+
+
+@click.command()
+@click.argument("name")
+@database_url_option
+@state_dir_option
+def approve(name: str, database_url: str | None, state_dir: Path) -> None:
+    """Show what was verified, and the digest a MigrationCleanup approval must quote."""
+
+    async def main() -> None:
+        async with open_ledger(database_url, state_dir) as ledger:
+            full = ledger_name(name)
+            migration_id, spec = await _status_of(ledger, full)
+            current = await compute_status(ledger, migration_id, spec)
+            digest = await ledger.verification_digest(migration_id)
+            Console().print(status_table(full, current))
+            click.echo(
+                f"verified: {digest.objects} objects, {human_bytes(digest.bytes)} "
+                f"({spec.verify.mode})"
+            )
+            click.echo(f"source: s3://{spec.source.bucket}/{spec.source.prefix}")
+            click.echo(f"target: s3://{spec.target.bucket}/{spec.target.prefix}")
+            click.echo("\nTo delete the migrated source objects, put this in the cleanup spec:")
+            click.echo(f"  approval:\n    digest: sha256:{digest.sha256}")
+
+    asyncio.run(main())

@@ -1,0 +1,107 @@
+"""Showing a migration's progress: a live display on a terminal, plain lines elsewhere."""
+
+from __future__ import annotations
+
+import sys
+import time
+from types import TracebackType
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from objmig.api.conditions import find_condition
+from objmig.api.migration import ObjectMigrationStatus
+
+
+def human_bytes(count: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+def summary_line(name: str, status: ObjectMigrationStatus) -> str:
+    """One line: phase, objects and bytes done, rate, ETA, failures."""
+    p = status.progress
+    done = p.objects.succeeded + p.objects.failed + p.objects.skipped
+    bytes_done = p.bytes.succeeded + p.bytes.failed + p.bytes.skipped
+    parts = [
+        f"{name}: {status.phase}",
+        f"{done}/{p.objects.total} objects",
+        f"{human_bytes(bytes_done)}/{human_bytes(p.bytes.total)} ({p.percent}%)",
+        f"{human_bytes(p.bytes_per_second)}/s",
+    ]
+    if p.eta:
+        parts.append(f"ETA {p.eta}")
+    if p.objects.in_progress:
+        parts.append(f"{p.objects.in_progress} in flight")
+    if p.objects.failed:
+        parts.append(f"{p.objects.failed} failed")
+    if p.objects.skipped:
+        parts.append(f"{p.objects.skipped} skipped")
+    return " | ".join(parts)
+
+
+def status_table(name: str, status: ObjectMigrationStatus) -> Table:
+    """Counters and conditions as a table, for the live display and ``objmig status``."""
+    table = Table(title=f"{name} — {status.phase}", show_header=True, expand=False)
+    table.add_column("")
+    table.add_column("objects", justify="right")
+    table.add_column("bytes", justify="right")
+    p = status.progress
+    for label, attr in (
+        ("total", "total"),
+        ("pending", "pending"),
+        ("in progress", "in_progress"),
+        ("verified", "succeeded"),
+        ("failed", "failed"),
+        ("skipped", "skipped"),
+    ):
+        table.add_row(label, str(getattr(p.objects, attr)), human_bytes(getattr(p.bytes, attr)))
+    rate = f"{human_bytes(p.bytes_per_second)}/s, {p.objects_per_second} objects/s"
+    table.add_row("rate", rate, f"ETA {p.eta}" if p.eta else "")
+    for type_ in ("CutoverReady", "CutOver", "Paused", "Failed"):
+        condition = find_condition(status.conditions, type_)
+        if condition is not None and (condition.status == "True" or type_ == "CutoverReady"):
+            table.add_row(type_, condition.status, f"{condition.reason}: {condition.message}")
+    return table
+
+
+class ProgressView:
+    """Receives status snapshots; renders live on a TTY, else a line every ``interval`` s."""
+
+    def __init__(self, name: str, *, interval: float = 5.0, console: Console | None = None) -> None:
+        self._name = name
+        self._console = console or Console(stderr=True)
+        self._live: Live | None = None
+        self._interval = interval
+        self._last_line = 0.0
+        self._tty = self._console.is_terminal and sys.stderr.isatty()
+
+    def __enter__(self) -> ProgressView:
+        if self._tty:
+            self._live = Live(console=self._console, refresh_per_second=4, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._live is not None:
+            self._live.__exit__(exc_type, exc, tb)
+
+    def update(self, status: ObjectMigrationStatus) -> None:
+        """Show a new snapshot."""
+        if self._live is not None:
+            self._live.update(status_table(self._name, status))
+            return
+        now = time.monotonic()
+        if now - self._last_line >= self._interval:
+            self._last_line = now
+            self._console.print(summary_line(self._name, status), highlight=False)

@@ -1,0 +1,137 @@
+"""The spec, resolved: endpoints with credentials, filters, copy options — what the steps use.
+
+Resolving once, up front, means a missing Secret or a bad glob stops the run before any
+object is touched, with a message that names what is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+from types_aiobotocore_s3 import S3Client
+
+from objmig.api.migration import BucketSpec, ObjectMigration, ObjectMigrationSpec
+from objmig.api.types import parse_duration, parse_quantity
+from objmig.engine.keys import target_key
+from objmig.engine.secrets import SecretSource, bucket_credentials, customer_key
+from objmig.storage.endpoint import Endpoint, open_client, same_store
+from objmig.storage.selection import MetadataRule, Selection
+
+
+def endpoint_of(bucket: BucketSpec, secrets: SecretSource) -> Endpoint:
+    """The storage-layer endpoint for one side of the migration."""
+    style = bucket.addressing_style
+    if style == "auto":
+        style = "virtual" if not bucket.endpoint else "path"
+    return Endpoint(
+        url=bucket.endpoint or None,
+        region=bucket.region or None,
+        addressing_style=style,
+        credentials=bucket_credentials(bucket, secrets),
+    )
+
+
+def selection_of(spec: ObjectMigrationSpec) -> Selection:
+    """The listing filters of ``spec.selection``."""
+    chosen = spec.selection
+    return Selection(
+        prefix=spec.source.prefix,
+        include=tuple(chosen.include),
+        exclude=tuple(chosen.exclude),
+        modified_after=chosen.modified_after,
+        modified_before=chosen.modified_before,
+        min_size=parse_quantity(chosen.min_size) if chosen.min_size is not None else None,
+        max_size=parse_quantity(chosen.max_size) if chosen.max_size is not None else None,
+        storage_classes=tuple(chosen.storage_classes),
+    )
+
+
+def metadata_rules_of(spec: ObjectMigrationSpec) -> tuple[MetadataRule, ...]:
+    """The user-metadata rules of ``spec.selection`` in the storage layer's terms."""
+    return tuple(
+        MetadataRule.parse(rule.key, rule.operator, values=rule.values)
+        for rule in spec.selection.metadata
+    )
+
+
+@dataclass(frozen=True)
+class MigrationContext:
+    """Everything the steps need that does not change while a migration runs."""
+
+    name: str
+    spec: ObjectMigrationSpec
+    source: Endpoint
+    target: Endpoint
+    selection: Selection
+    metadata_rules: tuple[MetadataRule, ...]
+    server_side: bool
+    source_customer_key: bytes | None
+    target_customer_key: bytes | None
+    bandwidth_limit: int | None
+    restore_poll_seconds: float
+    object_timeout_seconds: float
+
+    @classmethod
+    def resolve(cls, migration: ObjectMigration, secrets: SecretSource) -> MigrationContext:
+        """Resolve the spec of ``migration``; raises on missing secrets or bad filters."""
+        spec = migration.spec
+        source = endpoint_of(spec.source, secrets)
+        target = endpoint_of(spec.target, secrets)
+        mode = spec.transfer.mode
+        return cls(
+            name=ledger_name(migration),
+            spec=spec,
+            source=source,
+            target=target,
+            selection=selection_of(spec),
+            metadata_rules=metadata_rules_of(spec),
+            server_side=mode == "serverSide" or (mode == "auto" and same_store(source, target)),
+            source_customer_key=customer_key(spec.source.customer_key_secret_ref, secrets),
+            target_customer_key=customer_key(
+                spec.target.encryption.customer_key_secret_ref, secrets
+            ),
+            bandwidth_limit=(
+                parse_quantity(spec.transfer.bandwidth_limit)
+                if spec.transfer.bandwidth_limit is not None
+                else None
+            ),
+            restore_poll_seconds=(
+                parse_duration(spec.restore.poll_interval).total_seconds() if spec.restore else 0
+            ),
+            object_timeout_seconds=parse_duration(spec.retry.object_timeout).total_seconds(),
+        )
+
+    def target_key_for(self, key: str, last_modified: datetime, etag: str) -> str:
+        """Where ``key`` is written on the target."""
+        return target_key(
+            key,
+            source_prefix=self.spec.source.prefix,
+            target_prefix=self.spec.target.prefix,
+            template=self.spec.target.key_template,
+            last_modified=last_modified,
+            etag=etag,
+        )
+
+    @property
+    def connections(self) -> int:
+        """Pool size per client: every object in flight may have all its parts in flight."""
+        return self.spec.transfer.concurrency * self.spec.transfer.part_concurrency + 4
+
+    @asynccontextmanager
+    async def clients(self) -> AsyncIterator[tuple[S3Client, S3Client]]:
+        """Source and target clients (one shared client when both sides are one store)."""
+        async with AsyncExitStack() as stack:
+            source = await stack.enter_async_context(open_client(self.source, self.connections))
+            if same_store(self.source, self.target):
+                yield source, source
+            else:
+                target = await stack.enter_async_context(open_client(self.target, self.connections))
+                yield source, target
+
+
+def ledger_name(migration: ObjectMigration) -> str:
+    """The ledger's name for a migration: ``namespace/name``, the same from both drivers."""
+    return f"{migration.metadata.namespace}/{migration.metadata.name}"

@@ -1,0 +1,337 @@
+"""The local driver: one ``objmig run`` from scan to cutover, resumable at any point.
+
+Every stage starts by reading where the ledger says the migration stands, so running the
+same spec again after Ctrl-C, ``kill -9`` or a pause picks up exactly there: a finished scan
+is not repeated, verified objects are not copied again, a cutover is not performed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from objmig.api.migration import ObjectMigration, ObjectMigrationStatus
+from objmig.engine.context import MigrationContext
+from objmig.engine.cutover import swap_catalog
+from objmig.engine.pipeline import PLAN_REASONS, ConfigurationError
+from objmig.engine.policy import cutover_gate, failure_budget, rollback_gate
+from objmig.engine.scan import run_scan
+from objmig.engine.secrets import SecretSource, require
+from objmig.engine.status import StatusInputs, build_status, cutover_inputs, tally
+from objmig.engine.worker import run_workers
+from objmig.ledger import Ledger, ObjectState
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal[
+    "cut-over", "awaiting-cutover", "planned", "paused", "failed", "interrupted", "rolled-back"
+]
+StatusCallback = Callable[[ObjectMigrationStatus], None]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended, and the status at that moment."""
+
+    outcome: Outcome
+    status: ObjectMigrationStatus
+
+
+class RateMeter:
+    """Bytes and objects per second over a sliding window of samples."""
+
+    def __init__(self, window: float = 20.0) -> None:
+        self._window = window
+        self._samples: deque[tuple[float, int, int]] = deque()
+
+    def sample(self, done_bytes: int, done_objects: int) -> tuple[float, float]:
+        """Record the finished totals now; return (bytes/s, objects/s) over the window."""
+        now = time.monotonic()
+        self._samples.append((now, done_bytes, done_objects))
+        while len(self._samples) > 2 and now - self._samples[0][0] > self._window:
+            self._samples.popleft()
+        first = self._samples[0]
+        elapsed = now - first[0]
+        if elapsed <= 0:
+            return 0.0, 0.0
+        return (done_bytes - first[1]) / elapsed, (done_objects - first[2]) / elapsed
+
+
+class LocalRun:
+    """Drives one migration to its end in this process."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        migration: ObjectMigration,
+        secrets: SecretSource,
+        *,
+        workers: int = 1,
+        on_status: StatusCallback | None = None,
+        status_interval: float = 1.0,
+    ) -> None:
+        self._ledger = ledger
+        self._migration = migration
+        self._spec = migration.spec
+        self._secrets = secrets
+        self._workers = workers
+        self._on_status = on_status or (lambda _status: None)
+        self._status_interval = status_interval
+        self._rates = RateMeter()
+        self._previous = ObjectMigrationStatus()
+        self._migration_id = 0
+
+    async def run(self, stop: asyncio.Event | None = None) -> RunResult:
+        """Scan, copy and verify, catch up, and cut over when the gates hold."""
+        stop = stop or asyncio.Event()
+        context = MigrationContext.resolve(self._migration, self._secrets)
+        self._migration_id = mid = await self._ledger.ensure_migration(
+            context.name, self._migration.metadata.uid or ""
+        )
+        await self._ledger.update_state(
+            mid, {"spec": self._spec.to_wire(), "paused": None, "failed": None}
+        )
+        await self._switch_plan_mode(mid)
+        state = await self._ledger.get_state(mid)
+
+        if self._spec.cutover.rollback:
+            return await self._rollback(mid, state)
+        if state.get("cutover", {}).get("at") and not state["cutover"].get("rolledBackAt"):
+            return RunResult("cut-over", await self._publish())
+
+        try:
+            if not state.get("scan", {}).get("completedAt") or state["scan"].get("running"):
+                async with context.clients() as (source, _):
+                    await run_scan(self._ledger, mid, context, source)
+            while True:
+                outcome = await self._copy_until_done(context, stop)
+                if outcome is not None:
+                    return RunResult(outcome, await self._publish())
+                if not await self._catch_up(context):
+                    break
+        except ConfigurationError as error:
+            await self._ledger.update_state(
+                mid,
+                {"failed": {"reason": f"S3{error.error.code}", "message": str(error)}},
+            )
+            return RunResult("failed", await self._publish())
+
+        if self._spec.dry_run:
+            return RunResult("planned", await self._publish())
+        counts = await self._ledger.counts(mid)
+        state = await self._ledger.get_state(mid)
+        gate = cutover_gate(self._spec, cutover_inputs(counts, state))
+        await self._record_digest(mid)
+        if not gate.ok:
+            return RunResult("awaiting-cutover", await self._publish())
+        await self._cut_over(mid)
+        return RunResult("cut-over", await self._publish())
+
+    # -- stages -----------------------------------------------------------------------------
+
+    async def _switch_plan_mode(self, mid: int) -> None:
+        """A real run after a dry run must not mistake the plan's rows for finished work."""
+        state = await self._ledger.get_state(mid)
+        if state.get("dryRun") and not self._spec.dry_run:
+            await self._ledger.requeue(mid, [ObjectState.SKIPPED], skip_reasons=PLAN_REASONS)
+        await self._ledger.update_state(mid, {"dryRun": self._spec.dry_run})
+
+    async def _copy_until_done(
+        self, context: MigrationContext, stop: asyncio.Event
+    ) -> Outcome | None:
+        """Run the workers until no work is left; an outcome when the run must end early."""
+        if self._spec.suspend:
+            return "paused"
+        workers_stop = asyncio.Event()
+        monitor = asyncio.create_task(self._monitor(stop, workers_stop))
+        try:
+            await run_workers(
+                self._ledger, self._migration_id, context, self._workers, workers_stop
+            )
+        finally:
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
+        if stop.is_set():
+            return "interrupted"
+        state = await self._ledger.get_state(self._migration_id)
+        if state.get("paused"):
+            return "paused"
+        return None
+
+    async def _monitor(self, stop: asyncio.Event, workers_stop: asyncio.Event) -> None:
+        """Publish status periodically; pause the run when the failure budget is exceeded."""
+        while True:
+            stop_wait = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({stop_wait}, timeout=self._status_interval)
+            finally:
+                stop_wait.cancel()
+            if stop.is_set():
+                workers_stop.set()
+                return
+            counts = await self._ledger.counts(self._migration_id)
+            budget = failure_budget(tally(counts), self._spec.failure_policy)
+            if not budget.ok:
+                await self._ledger.update_state(
+                    self._migration_id,
+                    {"paused": {"reason": budget.reason, "message": budget.message}},
+                )
+                workers_stop.set()
+            await self._publish()
+
+    async def _catch_up(self, context: MigrationContext) -> bool:
+        """Re-scan before cutover if asked; True when the re-scan found work to do."""
+        if not self._spec.cutover.catch_up or self._spec.dry_run:
+            return False
+        state = await self._ledger.get_state(self._migration_id)
+        rounds = int(state.get("catchUp", {}).get("rounds", 0))
+        if rounds >= self._spec.cutover.max_catch_up_rounds:
+            return False
+        if state.get("catchUp", {}).get("lastDelta") == 0:
+            return False
+        async with context.clients() as (source, _):
+            outcome = await run_scan(self._ledger, self._migration_id, context, source)
+        await self._ledger.update_state(
+            self._migration_id, {"catchUp": {"rounds": rounds + 1, "lastDelta": outcome.delta}}
+        )
+        log.info("catch-up round %d found %d new or changed objects", rounds + 1, outcome.delta)
+        return outcome.delta > 0
+
+    async def _record_digest(self, mid: int) -> None:
+        digest = await self._ledger.verification_digest(mid)
+        await self._ledger.update_state(
+            mid,
+            {
+                "verification": {
+                    "digest": f"sha256:{digest.sha256}",
+                    "objects": digest.objects,
+                    "bytes": digest.bytes,
+                }
+            },
+        )
+
+    async def _cut_over(self, mid: int) -> None:
+        """Perform the cutover actions, then stamp the ledger rows as cut over."""
+        actions: list[str] = []
+        swapped = 0
+        catalog = self._spec.cutover.catalog
+        if catalog is not None:
+            dsn = require(self._secrets, catalog.dsn_secret_ref.name, catalog.dsn_secret_ref.key)
+            result = await swap_catalog(self._ledger, mid, self._spec, dsn)
+            swapped = result.swapped + result.already
+            actions.append(
+                f"catalog {catalog.table}: {result.swapped} swapped, {result.already} already "
+                f"on target, {result.conflicts} changed by the application and left alone"
+            )
+        config_map = self._spec.cutover.config_map_ref
+        if config_map is not None:
+            # Without a cluster there is no ConfigMap to patch: record the values to apply.
+            actions.append(
+                f"configMap {config_map.name}: set {', '.join(sorted(config_map.data))} "
+                "(no cluster: apply these values yourself)"
+            )
+        await self._ledger.mark_cut_over(mid)
+        await self._ledger.update_state(
+            mid,
+            {
+                "cutover": {
+                    "at": datetime.now(UTC).isoformat(),
+                    "actions": actions,
+                    "catalogRowsSwapped": swapped,
+                    "configMapData": dict(config_map.data) if config_map else {},
+                }
+            },
+        )
+
+    async def _rollback(self, mid: int, state: dict[str, Any]) -> RunResult:
+        cutover = state.get("cutover", {})
+        cut_over = bool(cutover.get("at")) and not cutover.get("rolledBackAt")
+        gate = rollback_gate(cut_over=cut_over, cleanup_started=bool(state.get("cleanupStarted")))
+        if not gate.ok:
+            await self._ledger.update_state(
+                mid, {"cutover": {**cutover, "rollbackBlocked": gate.message}}
+            )
+            status = await self._publish()
+            return RunResult("rolled-back" if cutover.get("rolledBackAt") else "failed", status)
+        actions = list(cutover.get("actions", []))
+        if self._spec.cutover.catalog is not None:
+            ref = self._spec.cutover.catalog.dsn_secret_ref
+            dsn = require(self._secrets, ref.name, ref.key)
+            result = await swap_catalog(self._ledger, mid, self._spec, dsn, reverse=True)
+            actions.append(f"rollback catalog: {result.swapped} rows pointed back at the source")
+        await self._ledger.clear_cut_over(mid)
+        await self._ledger.update_state(
+            mid,
+            {
+                "cutover": {
+                    **cutover,
+                    "actions": actions,
+                    "rolledBackAt": datetime.now(UTC).isoformat(),
+                }
+            },
+        )
+        return RunResult("rolled-back", await self._publish())
+
+    # -- status -----------------------------------------------------------------------------
+
+    async def _publish(self) -> ObjectMigrationStatus:
+        status = await compute_status(
+            self._ledger, self._migration_id, self._spec, self._previous, self._rates
+        )
+        self._previous = status
+        self._on_status(status)
+        return status
+
+
+async def compute_status(
+    ledger: Ledger,
+    migration_id: int,
+    spec: Any,
+    previous: ObjectMigrationStatus | None = None,
+    rates: RateMeter | None = None,
+    *,
+    window: int = 50,
+    generation: int | None = None,
+) -> ObjectMigrationStatus:
+    """Gather the ledger's view of a migration and build its status (used by both drivers)."""
+    counts = await ledger.counts(migration_id)
+    state = await ledger.get_state(migration_id)
+    rows, truncated = await ledger.window(migration_id, window)
+    done_bytes = sum(
+        counts.state(s).bytes
+        for s in (ObjectState.VERIFIED, ObjectState.FAILED, ObjectState.SKIPPED)
+    )
+    done_objects = sum(
+        counts.state(s).objects
+        for s in (ObjectState.VERIFIED, ObjectState.FAILED, ObjectState.SKIPPED)
+    )
+    rate, objects_rate = rates.sample(done_bytes, done_objects) if rates else (0.0, 0.0)
+    plan_reasons = plan_classes = None
+    if spec.dry_run:
+        plan_reasons = await ledger.breakdown(migration_id, "skip_reason")
+        plan_classes = await ledger.breakdown(migration_id, "storage_class")
+    return build_status(
+        StatusInputs(
+            spec=spec,
+            generation=generation,
+            counts=counts,
+            state=state,
+            window=rows,
+            window_truncated=truncated,
+            rate=rate,
+            objects_rate=objects_rate,
+            now=datetime.now(UTC),
+            digest=state.get("verification", {}).get("digest"),
+            plan_reasons=plan_reasons,
+            plan_classes=plan_classes,
+        ),
+        previous or ObjectMigrationStatus(),
+    )

@@ -1,0 +1,167 @@
+"""Secret values the engine needs (S3 credentials, SSE-C keys, catalog DSNs), never logged.
+
+A spec names Secrets (``credentialsSecretRef``, ``customerKeySecretRef``, ``dsnSecretRef``);
+where the values come from depends on the driver:
+
+* in a worker pod, the operator maps every referenced Secret key to an environment
+  variable (``valueFrom.secretKeyRef``) named by :func:`env_name`, so workers need no
+  Kubernetes API access;
+* on a laptop, the same variables, or a YAML file of Secret manifests (``--secrets``).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import yaml
+
+from objmig.api.base import LocalObjectReference, SecretKeySelector
+from objmig.api.migration import BucketSpec
+from objmig.storage.endpoint import Credentials
+
+ACCESS_KEY_ID = "accessKeyId"
+SECRET_ACCESS_KEY = "secretAccessKey"  # noqa: S105 - a key name, not a secret
+SESSION_TOKEN = "sessionToken"  # noqa: S105 - a key name, not a secret
+
+
+class SecretNotFound(LookupError):
+    """A referenced Secret key has no value where this driver looks for it."""
+
+
+def env_name(secret: str, key: str) -> str:
+    """The environment variable carrying Secret ``secret``'s ``key``.
+
+    ``OBJMIG_SECRET_<SECRET>__<KEY>``, upper-cased, other characters as ``_``; the double
+    underscore keeps ``a-b``/``c`` and ``a``/``b-c`` apart.
+    """
+
+    def clean(text: str) -> str:
+        return re.sub(r"[^A-Z0-9]", "_", text.upper())
+
+    return f"OBJMIG_SECRET_{clean(secret)}__{clean(key)}"
+
+
+class SecretSource(Protocol):
+    """Where secret values are read from."""
+
+    def get(self, secret: str, key: str) -> str | None:
+        """The value of ``key`` in Secret ``secret``, or None when unknown."""
+        ...
+
+
+@dataclass(frozen=True)
+class EnvSecrets:
+    """Secrets mapped to environment variables (how worker pods receive them)."""
+
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+
+    def get(self, secret: str, key: str) -> str | None:
+        """See :class:`SecretSource`."""
+        return self.environ.get(env_name(secret, key))
+
+
+class FileSecrets:
+    """Secrets from a YAML file of Kubernetes Secret manifests (``data`` or ``stringData``)."""
+
+    def __init__(self, path: Path) -> None:
+        self._values: dict[tuple[str, str], str] = {}
+        for document in yaml.safe_load_all(path.read_text()):
+            if not isinstance(document, dict) or document.get("kind") != "Secret":
+                continue
+            name = str(document.get("metadata", {}).get("name", ""))
+            for key, value in (document.get("data") or {}).items():
+                self._values[(name, key)] = base64.b64decode(value).decode()
+            for key, value in (document.get("stringData") or {}).items():
+                self._values[(name, key)] = str(value)
+
+    def get(self, secret: str, key: str) -> str | None:
+        """See :class:`SecretSource`."""
+        return self._values.get((secret, key))
+
+
+@dataclass(frozen=True)
+class ChainedSecrets:
+    """The first source that knows a value wins."""
+
+    sources: tuple[SecretSource, ...]
+
+    def get(self, secret: str, key: str) -> str | None:
+        """See :class:`SecretSource`."""
+        for source in self.sources:
+            value = source.get(secret, key)
+            if value is not None:
+                return value
+        return None
+
+
+def require(source: SecretSource, secret: str, key: str) -> str:
+    """The value, or an error that says where it was looked for (never the value itself)."""
+    value = source.get(secret, key)
+    if value is None:
+        raise SecretNotFound(
+            f"Secret {secret!r} has no key {key!r} here: set {env_name(secret, key)} "
+            "or pass --secrets FILE with the Secret manifest"
+        )
+    return value
+
+
+def bucket_credentials(bucket: BucketSpec, source: SecretSource) -> Credentials | None:
+    """Credentials for one side of a migration; None means the SDK's default chain."""
+    ref: LocalObjectReference | None = bucket.credentials_secret_ref
+    if ref is not None:
+        return Credentials(
+            access_key_id=require(source, ref.name, ACCESS_KEY_ID),
+            secret_access_key=require(source, ref.name, SECRET_ACCESS_KEY),
+            session_token=source.get(ref.name, SESSION_TOKEN),
+        )
+    if bucket.profile:
+        return _profile_credentials(bucket.profile)
+    return None
+
+
+def _profile_credentials(profile: str) -> Credentials:
+    import botocore.session
+
+    resolved = botocore.session.Session(profile=profile).get_credentials()
+    if resolved is None:
+        raise SecretNotFound(f"AWS profile {profile!r} has no credentials")
+    frozen = resolved.get_frozen_credentials()
+    if not frozen.access_key or not frozen.secret_key:
+        raise SecretNotFound(f"AWS profile {profile!r} has incomplete credentials")
+    return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+
+def customer_key(ref: SecretKeySelector | None, source: SecretSource) -> bytes | None:
+    """A 32-byte SSE-C key from a Secret: raw 32 characters, or base64 of 32 bytes."""
+    if ref is None:
+        return None
+    value = require(source, ref.name, ref.key)
+    raw = value.encode()
+    if len(raw) == 32:
+        return raw
+    try:
+        decoded = base64.b64decode(value, validate=True)
+    except ValueError:
+        decoded = b""
+    if len(decoded) != 32:
+        raise ValueError(
+            f"Secret {ref.name!r} key {ref.key!r} must hold a 32-byte SSE-C key "
+            "(raw or base64-encoded)"
+        )
+    return decoded
+
+
+def referenced_secrets(buckets: tuple[BucketSpec, ...]) -> list[tuple[str, str]]:
+    """Every (secret, key) pair the buckets need, for the operator to map into env."""
+    pairs: list[tuple[str, str]] = []
+    for bucket in buckets:
+        if bucket.credentials_secret_ref is not None:
+            name = bucket.credentials_secret_ref.name
+            pairs += [(name, ACCESS_KEY_ID), (name, SECRET_ACCESS_KEY), (name, SESSION_TOKEN)]
+    return pairs
