@@ -15,14 +15,16 @@ from pathlib import Path
 
 import click
 import yaml
+from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
 from objmig.api.loading import parse_resource
 from objmig.api.migration import ObjectMigration
 from objmig.cli.ledger import open_ledger
 from objmig.cli.migrate import drive, report_outcome
 from objmig.engine.secrets import FileSecrets
+from objmig.local.postgres import EmbeddedPostgres
 from objmig.local.s3server import LocalS3Server
-from objmig.storage.endpoint import Credentials, open_client
+from objmig.storage.endpoint import Credentials, Endpoint, open_client
 
 SOURCE, TARGET = "demo-source", "demo-target"
 DEMO_CREDENTIALS = Credentials("demo-access-key", "demo-secret-key")
@@ -63,8 +65,6 @@ def demo_migration(endpoint: str) -> ObjectMigration:
 
 async def seed(endpoint: str, *, small: int, multipart: int, archived: int) -> int:
     """Create the buckets and the source objects; returns how many objects were written."""
-    from objmig.storage.endpoint import Endpoint  # noqa: PLC0415
-
     async with open_client(Endpoint(url=endpoint, credentials=DEMO_CREDENTIALS), 32) as s3:
         for bucket in (SOURCE, TARGET):
             await s3.create_bucket(Bucket=bucket)
@@ -89,7 +89,7 @@ async def seed(endpoint: str, *, small: int, multipart: int, archived: int) -> i
         for index in range(multipart):
             key = f"data/large/{index:02d}.bin"
             upload = await s3.create_multipart_upload(Bucket=SOURCE, Key=key)
-            parts = []
+            parts: list[CompletedPartTypeDef] = []
             for number, size in enumerate((5 * MiB, 5 * MiB, 1 * MiB + index), start=1):
                 response = await s3.upload_part(
                     Bucket=SOURCE,
@@ -167,8 +167,6 @@ async def _demo(state_dir: Path, small: int, multipart: int, archived: int) -> i
 @click.option("--archived", default=12, show_default=True, help="DEEP_ARCHIVE objects to seed.")
 def demo(state_dir: Path | None, objects: int, multipart: int, archived: int) -> None:
     """Start local servers, seed a bucket, and run a full migration and cutover."""
-    from objmig.local.postgres import EmbeddedPostgres  # noqa: PLC0415
-
     with tempfile.TemporaryDirectory(prefix="objmig-demo-") as scratch:
         directory = state_dir or Path(scratch)
         directory.mkdir(parents=True, exist_ok=True)
