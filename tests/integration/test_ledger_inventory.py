@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import pytest
+
 from objmig.ledger import (
     InventoryResult,
     InventoryRow,
@@ -122,7 +124,7 @@ async def test_deleted_rows_are_not_revived_by_a_rescan(ledger: Ledger) -> None:
     await ledger.mark_deleted([row.id])
 
     result = await ledger.upsert_inventory(
-        mid, [dataclasses.replace(rows[0], etag="other")] + rows[1:], scan_id=2
+        mid, [dataclasses.replace(rows[0], etag="other"), *rows[1:]], scan_id=2
     )
 
     assert result == InventoryResult(new=0, changed=0, unchanged=5)
@@ -149,9 +151,7 @@ async def test_source_changed_row_with_new_attributes_returns_to_pending(
     )
 
     same = await ledger.upsert_inventory(mid, [rows[0]], scan_id=2)
-    moved = await ledger.upsert_inventory(
-        mid, [dataclasses.replace(rows[1], etag="v2")], scan_id=2
-    )
+    moved = await ledger.upsert_inventory(mid, [dataclasses.replace(rows[1], etag="v2")], scan_id=2)
 
     assert same == InventoryResult(unchanged=1)
     assert moved == InventoryResult(changed=1)
@@ -238,12 +238,8 @@ async def test_ensure_migration_is_idempotent_and_guards_uid(ledger: Ledger) -> 
     assert first == again == without_uid
     assert await ledger.find_migration("ns/a") == first
     assert await ledger.find_migration("ns/missing") is None
-    try:
+    with pytest.raises(MigrationConflict, match="uid-1"):
         await ledger.ensure_migration("ns/a", "uid-2")
-    except MigrationConflict as exc:
-        assert "uid-1" in str(exc)
-    else:
-        raise AssertionError("a different uid must be refused")
 
 
 async def test_delete_migration_removes_rows_and_counts(ledger: Ledger) -> None:

@@ -30,10 +30,7 @@ async def _claim_until_empty(
         mine.extend(r.id for r in rows)
         applied = await ledger.record(
             owner,
-            [
-                StepResult(id=r.id, state=ObjectState.COPIED, increment_attempts=True)
-                for r in rows
-            ],
+            [StepResult(id=r.id, state=ObjectState.COPIED, increment_attempts=True) for r in rows],
         )
         assert applied == len(rows)
 

@@ -1,0 +1,77 @@
+"""Schema versioning of the ledger database against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from objmig.ledger import Ledger, SchemaTooNew, apply_schema, code_schema_version
+from objmig.ledger.schema import database_schema_version, load_schema_migrations
+
+
+def test_schema_files_are_numbered_from_one_without_gaps() -> None:
+    migrations = load_schema_migrations()
+
+    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+    assert code_schema_version() == len(migrations) >= 1
+
+
+async def test_apply_schema_is_idempotent(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        first = await apply_schema(conn)
+        second = await apply_schema(conn)
+        applied = await conn.fetchval("SELECT count(*) FROM objmig_schema_version")
+    finally:
+        await conn.close()
+
+    assert first == second == code_schema_version()
+    assert applied == code_schema_version()
+
+
+async def test_concurrent_start_ups_apply_the_schema_once(database_url: str) -> None:
+    ledgers = await asyncio.gather(
+        *(Ledger.connect(database_url, min_size=1, max_size=2) for _ in range(6))
+    )
+    try:
+        versions = await ledgers[0].pool.fetch("SELECT version FROM objmig_schema_version")
+    finally:
+        await asyncio.gather(*(ledger.close() for ledger in ledgers))
+
+    assert sorted(r["version"] for r in versions) == list(range(1, code_schema_version() + 1))
+
+
+async def test_database_with_a_newer_schema_is_refused(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await apply_schema(conn)
+        newer = code_schema_version() + 1
+        await conn.execute(
+            "INSERT INTO objmig_schema_version (version, name) VALUES ($1, 'from_the_future')",
+            newer,
+        )
+        assert await database_schema_version(conn) == newer
+    finally:
+        await conn.close()
+
+    with pytest.raises(SchemaTooNew, match=rf"schema version {newer}.*upgrade objmig"):
+        await Ledger.connect(database_url)
+
+
+async def test_schema_lock_is_released_after_a_refusal(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await apply_schema(conn)
+        await conn.execute(
+            "INSERT INTO objmig_schema_version (version, name) VALUES ($1, 'future')",
+            code_schema_version() + 1,
+        )
+        with pytest.raises(SchemaTooNew):
+            await apply_schema(conn)
+        held = await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+    finally:
+        await conn.close()
+
+    assert held == 0
