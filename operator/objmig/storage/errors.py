@@ -111,9 +111,11 @@ _RETRYABLE_CODES = frozenset(
 )
 
 # Codes that mean the spec (credentials, bucket, KMS key) is wrong for every object.
+# AccessDenied is deliberately not here: bucket policies, object ownership and object lock
+# deny single keys or prefixes, so it fails the object and the failure budget decides
+# whether the migration as a whole should stop.
 _CONFIG_CODES = frozenset(
     {
-        "AccessDenied",
         "AllAccessDisabled",
         "InvalidAccessKeyId",
         "SignatureDoesNotMatch",
@@ -197,7 +199,7 @@ def _client_error_class(exc: bce.ClientError) -> ErrorClass:
     op = getattr(exc, "operation_name", "")
     text = f"{op}: {code}: {message}" if op else f"{code}: {message}"
 
-    if code in _CONFIG_CODES or (status in (401, 403) and code in ("401", "403", "Forbidden")):
+    if code in _CONFIG_CODES or (status == 401 and code in ("401", "Unauthorized")):
         return ErrorClass("permanent", code, text, is_config_error=True)
     if code in _PRECONDITION_CODES or status == 412:
         return ErrorClass("precondition", code, text)

@@ -1,0 +1,480 @@
+"""The engine end to end against a real S3 server over HTTP and a real PostgreSQL ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import asyncpg
+import pytest
+from types_aiobotocore_s3 import S3Client
+
+from objmig.engine.run import LocalRun
+from objmig.engine.secrets import env_name
+from objmig.ledger import Ledger, ObjectState
+from objmig.storage.endpoint import Endpoint
+from tests.fixtures.s3 import S3Backend, S3Seeder
+from tests.integration.engine_support import (
+    keys_of,
+    migration,
+    rows_of,
+    run,
+    secrets_for,
+    sha256_of,
+)
+from tests.support.s3proxy import Delay, Fail, Reset, RewriteHeaders, S3FaultProxy, Truncate
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+async def test_stream_copy_keeps_etags_content_metadata_and_tags(
+    ledger: Ledger, s3_backend: S3Backend, backend_seed: S3Seeder, backend_client: S3Client
+) -> None:
+    source = await backend_seed.bucket()
+    target = await backend_seed.bucket()
+    part = s3_backend.min_part_size
+    seeded = [
+        await backend_seed.put_object(source, "a/small.txt", 3 * KiB, metadata={"owner": "x"}),
+        await backend_seed.put_object(source, "a/empty", 0),
+        await backend_seed.put_object(source, "b/tagged", 10 * KiB, tags={"team": "blue"}),
+        await backend_seed.put_multipart(source, "big/uneven", [part, part, part // 3]),
+        await backend_seed.put_multipart(
+            source, "big/meta", [part, part + 17], metadata={"storage-version": "2"}
+        ),
+    ]
+    resource = migration(
+        s3_backend.endpoint,
+        source,
+        target,
+        copy={"mode": "stream", "partConcurrency": 2},
+        target_extra={"storageClass": s3_backend.other_storage_class},
+    )
+
+    result = await run(ledger, resource, s3_backend.endpoint)
+
+    assert result.outcome == "cut-over"
+    copied = await keys_of(backend_client, target)
+    for obj in seeded:
+        assert copied[obj.key] == obj.etag, obj.key
+        assert await sha256_of(backend_client, target, obj.key) == obj.sha256
+        head = await backend_client.head_object(Bucket=target, Key=obj.key)
+        assert head.get("StorageClass") == s3_backend.other_storage_class
+        for name, value in obj.metadata.items():
+            assert head["Metadata"][name] == value
+        if obj.tags:
+            tags = await backend_client.get_object_tagging(Bucket=target, Key=obj.key)
+            assert {t["Key"]: t["Value"] for t in tags["TagSet"]} == dict(obj.tags)
+    rows = await rows_of(ledger)
+    assert {r.state for r in rows.values()} == {ObjectState.VERIFIED}
+    assert all(r.cut_over_at is not None for r in rows.values())
+
+
+async def test_server_side_copy_of_many_parts_keeps_etag(
+    ledger: Ledger, s3_endpoint: Endpoint, s3_seed: S3Seeder, s3_client: S3Client
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    # Twelve small parts and an odd last one: UploadPartCopy with the source's own byte
+    # ranges is the only way the target ETag can come out equal.
+    many = await s3_seed.put_multipart(source, "many", [2 * KiB] * 12 + [777])
+    single = await s3_seed.put_object(source, "single", 5 * KiB)
+    resource = migration(s3_endpoint, source, target, copy={"mode": "serverSide"})
+
+    result = await run(ledger, resource, s3_endpoint)
+
+    assert result.outcome == "cut-over"
+    copied = await keys_of(s3_client, target)
+    assert copied["many"] == many.etag
+    assert many.etag.endswith("-13")
+    assert copied["single"] == single.etag
+    assert await sha256_of(s3_client, target, "many") == many.sha256
+
+
+async def test_restore_waits_while_the_server_says_restore_is_ongoing(
+    ledger: Ledger,
+    proxy_endpoint: Endpoint,
+    s3_proxy: S3FaultProxy,
+    s3_seed: S3Seeder,
+    s3_client: S3Client,
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    frozen = [
+        await s3_seed.put_object(source, f"cold/{i}", 2 * KiB, storage_class="DEEP_ARCHIVE")
+        for i in range(3)
+    ]
+    warm = await s3_seed.put_object(source, "warm", 1 * KiB)
+    # moto restores at once; the proxy makes HEAD say "still restoring" for a while.
+    s3_proxy.add_rule(
+        RewriteHeaders({"x-amz-restore": 'ongoing-request="true"'}),
+        method="HEAD",
+        bucket=source,
+        key="cold/*",
+        seconds=3,
+    )
+    resource = migration(
+        proxy_endpoint,
+        source,
+        target,
+        restore={"tier": "Standard", "days": 1, "pollInterval": "500ms"},
+    )
+    started = time.monotonic()
+
+    result = await run(ledger, resource, proxy_endpoint)
+
+    assert result.outcome == "cut-over"
+    assert time.monotonic() - started >= 2.5, "the copy did not wait for the restore"
+    restores = [r for r in s3_proxy.seen("POST") if "restore" in r.query]
+    assert {r.key for r in restores} == {o.key for o in frozen}
+    copied = await keys_of(s3_client, target)
+    for obj in [*frozen, warm]:
+        assert copied[obj.key] == obj.etag
+    rows = await rows_of(ledger)
+    assert all(rows[o.key].restore_requested_at is not None for o in frozen)
+    assert rows["warm"].restore_requested_at is None
+
+
+async def test_archived_objects_are_skipped_without_a_restore_spec(
+    ledger: Ledger, s3_endpoint: Endpoint, s3_seed: S3Seeder
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    await s3_seed.put_object(source, "cold", 1 * KiB, storage_class="GLACIER")
+    await s3_seed.put_object(source, "warm", 1 * KiB)
+
+    result = await run(ledger, migration(s3_endpoint, source, target), s3_endpoint)
+
+    rows = await rows_of(ledger)
+    assert rows["cold"].state is ObjectState.SKIPPED
+    assert rows["cold"].skip_reason == "ArchivedNotRestored"
+    assert rows["warm"].state is ObjectState.VERIFIED
+    assert result.status.progress.objects.skipped == 1
+
+
+async def test_source_changed_during_the_copy_is_detected_and_not_cut_over(
+    ledger: Ledger,
+    proxy_endpoint: Endpoint,
+    s3_proxy: S3FaultProxy,
+    s3_seed: S3Seeder,
+    s3_client: S3Client,
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    for i in range(5):
+        await s3_seed.put_object(source, f"steady/{i}", 1 * KiB)
+    await s3_seed.put_object(source, "moving", 4 * KiB, seed="old")
+    # Hold the copy's read of "moving" while the application rewrites it.
+    s3_proxy.add_rule(Delay(1.5), method="GET", bucket=source, key="moving", times=1)
+
+    async def rewrite() -> None:
+        await asyncio.sleep(0.7)
+        await s3_seed.put_object(source, "moving", 4 * KiB, seed="new")
+
+    resource = migration(proxy_endpoint, source, target)
+    result, _ = await asyncio.gather(run(ledger, resource, proxy_endpoint), rewrite())
+
+    rows = await rows_of(ledger)
+    assert rows["moving"].state is ObjectState.SOURCE_CHANGED
+    assert rows["moving"].cut_over_at is None
+    assert all(rows[f"steady/{i}"].state is ObjectState.VERIFIED for i in range(5))
+    assert result.status.progress.objects.failed == 1
+    assert any(o.key == "moving" and o.state == "source_changed" for o in result.status.objects)
+
+
+async def test_source_change_blocks_cutover_when_the_budget_allows_no_failure(
+    ledger: Ledger, s3_endpoint: Endpoint, s3_seed: S3Seeder, s3_client: S3Client
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    await s3_seed.put_object(source, "a", 1 * KiB)
+    resource = migration(
+        s3_endpoint, source, target, failurePolicy={"maxFailedObjects": 0}, dryRun=True
+    )
+    await run(ledger, resource, s3_endpoint)  # the plan records the scanned ETag
+    await s3_seed.put_object(source, "a", 1 * KiB, seed="changed")
+    resource = migration(s3_endpoint, source, target, failurePolicy={"maxFailedObjects": 0})
+
+    result = await run(ledger, resource, s3_endpoint)
+
+    assert result.outcome != "cut-over"
+    assert (await rows_of(ledger))["a"].state is ObjectState.SOURCE_CHANGED
+    assert result.status.cutover.at is None
+    gate = next(c for c in result.status.conditions if c.type == "CutoverReady")
+    assert (gate.status, gate.reason) == ("False", "FailureBudgetExceeded")
+
+
+async def test_transient_faults_are_retried_until_verified(
+    ledger: Ledger,
+    proxy_endpoint: Endpoint,
+    s3_proxy: S3FaultProxy,
+    s3_seed: S3Seeder,
+    s3_client: S3Client,
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    objs = [await s3_seed.put_object(source, f"k{i}", 64 * KiB) for i in range(4)]
+    rules = [
+        s3_proxy.add_rule(Fail(503, "SlowDown"), method="GET", bucket=source, key="k0", times=2),
+        s3_proxy.add_rule(
+            Fail(500, "InternalError"), method="PUT", bucket=target, key="k1", times=1
+        ),
+        s3_proxy.add_rule(Reset(), method="GET", bucket=source, key="k2", times=1),
+        s3_proxy.add_rule(Truncate(1000), method="GET", bucket=source, key="k3", times=1),
+    ]
+
+    # Streamed, without tags: the only GET of each key is the data read the faults aim at.
+    resource = migration(
+        proxy_endpoint, source, target, copy={"mode": "stream", "preserveTags": False}
+    )
+    result = await run(ledger, resource, proxy_endpoint)
+
+    assert result.outcome == "cut-over"
+    assert [rule.hits for rule in rules] == [2, 1, 1, 1]
+    rows = await rows_of(ledger)
+    # Errors the server answered with cost an attempt each. (A reset connection may be
+    # retried by the HTTP client itself before the engine sees it, so k2 is not counted.)
+    assert rows["k0"].attempts == 3
+    assert rows["k1"].attempts == 2
+    assert rows["k3"].attempts == 2
+    for obj in objs:
+        assert rows[obj.key].state is ObjectState.VERIFIED
+        assert await sha256_of(s3_client, target, obj.key) == obj.sha256
+
+
+async def test_dry_run_writes_nothing_and_reports_a_plan(
+    ledger: Ledger, s3_endpoint: Endpoint, s3_seed: S3Seeder, s3_client: S3Client
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    same = await s3_seed.put_object(source, "same", 2 * KiB)
+    await s3_client.copy_object(
+        Bucket=target, Key="same", CopySource={"Bucket": source, "Key": "same"}
+    )
+    await s3_seed.put_object(source, "new1", 3 * KiB)
+    await s3_seed.put_object(source, "new2", 4 * KiB)
+    await s3_seed.put_object(source, "cold", 1 * KiB, storage_class="DEEP_ARCHIVE")
+    before = await keys_of(s3_client, target)
+    resource = migration(
+        s3_endpoint, source, target, dryRun=True, restore={"tier": "Bulk", "days": 1}
+    )
+
+    result = await run(ledger, resource, s3_endpoint)
+
+    assert result.outcome == "planned"
+    assert await keys_of(s3_client, target) == before == {"same": same.etag}
+    plan = result.status.plan
+    assert plan is not None
+    assert (plan.objects, plan.would_copy, plan.would_skip, plan.need_restore) == (4, 2, 1, 1)
+    assert plan.by_storage_class == {"DEEP_ARCHIVE": 1, "STANDARD": 3}
+    assert result.status.phase == "Completed"
+    head = await s3_client.head_object(Bucket=source, Key="cold")
+    assert "Restore" not in head, "a dry run must not request restores"
+
+    # The real run after the plan copies everything the plan said it would.
+    real = migration(
+        s3_endpoint, source, target, restore={"tier": "Bulk", "days": 1, "pollInterval": "100ms"}
+    )
+    outcome = await run(ledger, real, s3_endpoint)
+    assert outcome.outcome == "cut-over"
+    assert set(await keys_of(s3_client, target)) == {"same", "new1", "new2", "cold"}
+
+
+async def test_verify_only_checks_an_existing_copy_and_writes_nothing(
+    ledger: Ledger, s3_endpoint: Endpoint, s3_seed: S3Seeder, s3_client: S3Client
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    for key in ("copied", "missing", "corrupt"):
+        await s3_seed.put_object(source, key, 2 * KiB)
+    await s3_client.copy_object(
+        Bucket=target, Key="copied", CopySource={"Bucket": source, "Key": "copied"}
+    )
+    await s3_seed.put_object(target, "corrupt", 2 * KiB, seed="different")
+    before = await keys_of(s3_client, target)
+    resource = migration(s3_endpoint, source, target, verify={"verifyOnly": True})
+
+    result = await run(ledger, resource, s3_endpoint)
+
+    assert await keys_of(s3_client, target) == before
+    rows = await rows_of(ledger)
+    assert rows["copied"].state is ObjectState.VERIFIED
+    assert rows["missing"].state is ObjectState.FAILED
+    assert rows["missing"].error_code == "TargetMissing"
+    assert rows["corrupt"].state is ObjectState.FAILED
+    assert rows["corrupt"].error_code == "ETagMismatch"
+    assert result.status.verification.objects == 1
+
+
+async def test_failure_budget_pauses_the_run_with_the_reason(
+    ledger: Ledger,
+    proxy_endpoint: Endpoint,
+    s3_proxy: S3FaultProxy,
+    s3_seed: S3Seeder,
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    for i in range(30):
+        await s3_seed.put_object(source, f"ok/{i:02d}", 1 * KiB)
+    for i in range(10):
+        await s3_seed.put_object(source, f"deny/{i:02d}", 1 * KiB)
+    s3_proxy.add_rule(Fail(403, "AccessDenied"), method="PUT", bucket=target, key="deny/*")
+    resource = migration(
+        proxy_endpoint,
+        source,
+        target,
+        failurePolicy={"maxFailedObjects": 3},
+        copy={"concurrency": 2},
+    )
+
+    result = await run(ledger, resource, proxy_endpoint)
+
+    assert result.outcome == "paused"
+    assert result.status.phase == "Paused"
+    paused = next(c for c in result.status.conditions if c.type == "Paused")
+    assert paused.status == "True"
+    assert paused.reason == "FailureBudgetExceeded"
+    assert "maxFailedObjects (3)" in paused.message
+    assert result.status.cutover.at is None
+    failed = [r for r in (await rows_of(ledger)).values() if r.state is ObjectState.FAILED]
+    assert failed
+    assert all(r.key.startswith("deny/") and r.error_code == "AccessDenied" for r in failed)
+
+
+async def test_catalog_cutover_swaps_locations_and_rollback_restores_them(
+    ledger: Ledger,
+    postgres_server: object,
+    s3_endpoint: Endpoint,
+    s3_seed: S3Seeder,
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    keys = [f"docs/{i}.pdf" for i in range(25)]
+    for key in keys:
+        await s3_seed.put_object(source, key, 512)
+    admin = await asyncpg.connect(postgres_server.dsn)  # type: ignore[attr-defined]
+    await admin.execute("DROP DATABASE IF EXISTS app_catalog")
+    await admin.execute("CREATE DATABASE app_catalog")
+    await admin.close()
+    app_dsn = postgres_server.dsn_for("app_catalog")  # type: ignore[attr-defined]
+    app = await asyncpg.connect(app_dsn)
+    await app.execute("CREATE TABLE files (object_key text primary key, location text)")
+    await app.executemany(
+        "INSERT INTO files VALUES ($1, $2)", [(k, f"s3://{source}/{k}") for k in keys]
+    )
+    # The application moved one file itself meanwhile: the swap must leave it alone.
+    await app.execute(
+        "UPDATE files SET location = 's3://elsewhere/x' WHERE object_key = $1", keys[0]
+    )
+    secrets = secrets_for(s3_endpoint, **{env_name("app-db", "dsn"): app_dsn})
+    cutover = {
+        "catalog": {
+            "dsnSecretRef": {"name": "app-db", "key": "dsn"},
+            "table": "public.files",
+            "keyColumn": "object_key",
+            "locationColumn": "location",
+            "batchSize": 10,
+        }
+    }
+    resource = migration(s3_endpoint, source, target, cutover=cutover)
+
+    result = await run(ledger, resource, s3_endpoint, secrets=secrets)
+
+    assert result.outcome == "cut-over"
+    locations = dict(await app.fetch("SELECT object_key, location FROM files"))
+    assert locations[keys[0]] == "s3://elsewhere/x"
+    assert all(locations[k] == f"s3://{target}/{k}" for k in keys[1:])
+    assert result.status.cutover.catalog_rows_swapped == 24
+    assert "1 changed by the application" in " ".join(result.status.cutover.actions)
+
+    # Running again changes nothing: the cutover is recorded and not repeated.
+    again = await run(ledger, resource, s3_endpoint, secrets=secrets)
+    assert again.outcome == "cut-over"
+
+    rollback = migration(s3_endpoint, source, target, cutover={**cutover, "rollback": True})
+    rolled = await run(ledger, rollback, s3_endpoint, secrets=secrets)
+
+    assert rolled.outcome == "rolled-back"
+    locations = dict(await app.fetch("SELECT object_key, location FROM files"))
+    assert all(locations[k] == f"s3://{source}/{k}" for k in keys[1:])
+    assert locations[keys[0]] == "s3://elsewhere/x"
+    cut = next(c for c in rolled.status.conditions if c.type == "CutOver")
+    assert (cut.status, cut.reason) == ("False", "RolledBack")
+    assert all(r.cut_over_at is None for r in (await rows_of(ledger)).values())
+    await app.close()
+
+
+async def test_rollback_is_refused_once_cleanup_started(
+    ledger: Ledger, s3_endpoint: Endpoint, s3_seed: S3Seeder
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    await s3_seed.put_object(source, "a", 100)
+    assert (await run(ledger, migration(s3_endpoint, source, target), s3_endpoint)).outcome == (
+        "cut-over"
+    )
+    migration_id = await ledger.find_migration("test/m")
+    assert migration_id is not None
+    await ledger.update_state(migration_id, {"cleanupStarted": True})
+
+    result = await run(
+        ledger, migration(s3_endpoint, source, target, cutover={"rollback": True}), s3_endpoint
+    )
+
+    assert result.outcome == "failed"
+    assert result.status.cutover.rolled_back_at is None
+    assert "rollback is no longer safe" in (result.status.cutover.rollback_blocked or "")
+    cut = next(c for c in result.status.conditions if c.type == "CutOver")
+    assert cut.status == "True"
+
+
+async def test_resume_never_recopies_a_verified_object(
+    ledger: Ledger,
+    proxy_endpoint: Endpoint,
+    s3_proxy: S3FaultProxy,
+    s3_seed: S3Seeder,
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    for i in range(20):
+        await s3_seed.put_object(source, f"o{i:02d}", 2 * KiB)
+    resource = migration(proxy_endpoint, source, target, copy={"concurrency": 2})
+    stop = asyncio.Event()
+
+    async def stop_after_some() -> None:
+        while len([r for r in s3_proxy.seen("PUT") if r.bucket == target]) < 6:
+            await asyncio.sleep(0.02)
+        stop.set()
+
+    runner = LocalRun(ledger, resource, secrets_for(proxy_endpoint), status_interval=0.1)
+    first, _ = await asyncio.gather(runner.run(stop), stop_after_some())
+    assert first.outcome == "interrupted"
+    done_before = {k for k, r in (await rows_of(ledger)).items() if r.state is ObjectState.VERIFIED}
+    assert 0 < len(done_before) < 20
+    s3_proxy.clear()
+    puts_before = len(s3_proxy.seen("PUT"))
+
+    second = await run(ledger, resource, proxy_endpoint)
+
+    assert second.outcome == "cut-over"
+    recopied = {r.key for r in s3_proxy.seen("PUT")[puts_before:] if r.bucket == target}
+    assert not recopied & done_before
+    assert len((await rows_of(ledger))) == 20
+
+
+async def test_no_credentials_in_status_or_report(
+    ledger: Ledger, s3_endpoint: Endpoint, s3_seed: S3Seeder, tmp_path: object
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    await s3_seed.put_object(source, "a", 100)
+    secret = "objmig-test-secret"  # the test server's secret key
+    result = await run(ledger, migration(s3_endpoint, source, target), s3_endpoint)
+    assert secret not in result.status.model_dump_json()
+    migration_id = await ledger.find_migration("test/m")
+    assert migration_id is not None
+    buffer = io.BytesIO()
+    await ledger.export_report(migration_id, buffer, "jsonl")
+    assert secret.encode() not in buffer.getvalue()
+    assert secret not in str(await ledger.get_state(migration_id))
