@@ -148,9 +148,7 @@ async def test_failed_precondition(s3_client, s3_seed: S3Seeder) -> None:
     bucket = await s3_seed.bucket()
     await s3_seed.put_object(bucket, "k", b"now")
 
-    error = classify(
-        await _failure(object_sha256(s3_client, bucket, "k", if_match="0" * 32))
-    )
+    error = classify(await _failure(object_sha256(s3_client, bucket, "k", if_match="0" * 32)))
 
     assert error.kind == "precondition"
 
