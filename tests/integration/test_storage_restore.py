@@ -71,9 +71,11 @@ async def test_ongoing_restore_reported_by_the_header_keeps_the_object_waiting(
         await asyncio.sleep(0.7)
         done = await head_object(client, bucket, "cold")
 
-    assert ongoing.restore is not None and ongoing.restore.ongoing
+    assert ongoing.restore is not None
+    assert ongoing.restore.ongoing
     assert needs_restore(ongoing.storage_class, ongoing.restore)
-    assert done.restore is not None and not done.restore.ongoing
+    assert done.restore is not None
+    assert not done.restore.ongoing
     assert not needs_restore(done.storage_class, done.restore)
 
 

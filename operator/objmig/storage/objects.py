@@ -539,7 +539,25 @@ async def list_multipart_uploads(
     S3 shows no metadata for incomplete uploads, only key, upload id and initiation time,
     so telling objmig's uploads from others' needs the upload ids objmig recorded (see
     `CopyOptions.on_upload_started`) or the target prefix and the migration's start time.
+
+    MinIO only honours a prefix that is a whole object name (a partial prefix lists
+    nothing), so when a prefixed listing comes back empty we list the bucket's uploads
+    unfiltered and filter here; incomplete uploads are few, so that stays cheap.
     """
+    found = False
+    async for upload in _list_uploads(client, bucket, prefix):
+        found = True
+        yield upload
+    if found or not prefix:
+        return
+    async for upload in _list_uploads(client, bucket, ""):
+        if upload.key.startswith(prefix):
+            yield upload
+
+
+async def _list_uploads(
+    client: S3Client, bucket: str, prefix: str
+) -> AsyncIterator[MultipartUploadInfo]:
     paginator = client.get_paginator("list_multipart_uploads")
     async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         for upload in page.get("Uploads", []):
@@ -552,7 +570,11 @@ async def list_multipart_uploads(
 
 
 async def abort_multipart_upload(client: S3Client, bucket: str, key: str, upload_id: str) -> bool:
-    """Abort an upload; True if it existed. An upload already gone is not an error."""
+    """Abort an upload. An upload already gone is not an error.
+
+    Returns False when the store says the upload did not exist (NoSuchUpload); MinIO
+    answers success even then, so True only means "not known to be gone already".
+    """
     try:
         await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
     except ClientError as exc:
