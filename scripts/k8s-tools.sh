@@ -134,7 +134,7 @@ printf 'module objmig.dev/etcd-tools\n\ngo 1.25\n\nrequire go.etcd.io/etcd/serve
 )
 
 "$OUT/kube-apiserver" --version >&2
-"$OUT/etcd" --version >&2 | head -n1 >&2 || true
+"$OUT/etcd" --version >&2
 
 # Atomic publish: rename the finished directory into place.
 rm -rf "$BIN_DIR"

@@ -7,6 +7,7 @@ TTL clean-up, and long-running (restartPolicy Always) pods under a Deployment.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -29,11 +30,12 @@ def job(name: str, script: str, **spec: Any) -> dict[str, Any]:
     container.update(spec.pop("container", {}))
     template_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
     template_spec.update(spec.pop("pod", {}))
+    job_spec = {"backoffLimit": 3, "template": {"spec": template_spec}, **spec}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": name},
-        "spec": {"backoffLimit": 3, "template": {"spec": template_spec}, **spec},
+        "spec": {k: v for k, v in job_spec.items() if v is not None},
     }
 
 
@@ -180,6 +182,63 @@ def test_deleted_running_pod_is_replaced_and_job_completes(
         timeout=30,
         what="deleted pod gone",
     )
+
+
+def test_backoff_limit_per_index_and_evictions_are_ignored(
+    k8s_cluster: ControlPlane, k8s_namespace: str, tmp_path: Path
+) -> None:
+    """Index 1 exhausts its own retries; an evicted index-0 pod carries DisruptionTarget (kept by
+    the runner's status patches), so the Ignore rule does not count it and it is replaced."""
+    ns = k8s_namespace
+    flag = tmp_path / "evicted-once"
+    k8s_cluster.apply_yaml(
+        job(
+            "perindex",
+            'if [ "$JOB_COMPLETION_INDEX" = 1 ]; then exit 3; fi;'
+            ' if [ -e "$FLAG" ]; then exit 0; fi; exec sleep 300',
+            completions=2,
+            parallelism=2,
+            completionMode="Indexed",
+            backoffLimit=None,
+            backoffLimitPerIndex=1,
+            maxFailedIndexes=1,
+            podFailurePolicy={
+                "rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]
+            },
+            container={"env": [{"name": "FLAG", "value": str(flag)}]},
+        ),
+        namespace=ns,
+    )
+
+    def running_index0() -> str | None:
+        for pod in job_pods(k8s_cluster, ns, "perindex"):
+            index = pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
+            if index == "0" and pod["status"].get("phase") == "Running":
+                return str(pod["metadata"]["name"])
+        return None
+
+    victim = wait_until(running_index0, timeout=60, what="index 0 running")
+    flag.touch()
+    eviction = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": victim, "namespace": ns},
+    }
+    k8s_cluster.kubectl(
+        "create",
+        "--raw",
+        f"/api/v1/namespaces/{ns}/pods/{victim}/eviction",
+        "-f",
+        "-",
+        input=json.dumps(eviction),
+    )
+    failed = wait_job(k8s_cluster, ns, "perindex", "Failed")
+    cond = next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")
+    assert cond["reason"] == "FailedIndexes"
+    assert failed["status"]["completedIndexes"] == "0"
+    assert failed["status"]["failedIndexes"] == "1"
+    assert failed["status"]["failed"] == 2  # index 1 twice; the eviction was ignored
+    assert k8s_cluster.pod_log(ns, victim) == ""
 
 
 def test_env_from_secret_and_configmap_reaches_process(

@@ -61,6 +61,7 @@ CONTROLLERS = (
     "serviceaccount-controller",
     "serviceaccount-token-controller",
     "root-ca-certificate-publisher-controller",
+    "clusterrole-aggregation-controller",  # admin/edit/view roles aggregate CRD rules
 )
 
 #: Static bearer token of the cluster admin (member of system:masters); handy for plain HTTP.

@@ -520,17 +520,16 @@ class PodWorker:
         prev = self._conds.get(ctype)
         if prev is None or prev[0] != status:
             self._conds[ctype] = (status, now())
-        cond: Json = {
+        # Explicit nulls: the strategic merge keeps fields we omit, so a condition that turns
+        # True would otherwise keep the reason/message of its False past.
+        return {
             "type": ctype,
             "status": status,
             "lastProbeTime": None,
             "lastTransitionTime": self._conds[ctype][1],
+            "reason": reason or None,
+            "message": msg or None,
         }
-        if reason:
-            cond["reason"] = reason
-        if msg:
-            cond["message"] = msg
-        return cond
 
     def status(self) -> Json:
         """The v1.PodStatus we own (conditions of other writers are left alone by the patch)."""
@@ -568,8 +567,7 @@ class PodWorker:
         }
         if self.init_containers:
             status["initContainerStatuses"] = [c.status(self.uid) for c in self.init_containers]
-        if self.config_error:
-            status["message"] = self.config_error
+        status["message"] = self.config_error  # null clears a stale one (strategic merge)
         return status
 
     async def write_status(self) -> None:
@@ -642,14 +640,11 @@ class PodWorker:
 
     async def _prepare(self) -> dict[str, dict[str, str]] | None:
         """Resolve every container's env, retrying while Secrets/ConfigMaps are missing."""
-        base = self.runner.base_env(self.pod)
+        base = {**self.runner.base_env(self.pod), "HOME": str(self.workdir)}
         while not self.terminating.is_set():
             try:
                 resolver = EnvResolver(self.runner.kube, self.pod, self.runner.node)
-                envs = {
-                    c.name: {**await resolver.resolve(c.spec, base), "HOME": str(self.workdir)}
-                    for c in self._all_runs()
-                }
+                envs = {c.name: await resolver.resolve(c.spec, base) for c in self._all_runs()}
                 self.config_error = None
                 return envs
             except ConfigError as exc:
@@ -744,8 +739,6 @@ class PodWorker:
             "finishedAt": now(),
             "containerID": f"podrunner://{self.uid}/{c.name}/{c.restart_count}",
         }
-        if rc < 0:
-            term["signal"] = -rc
         c.state = {"terminated": term}
         c.proc = None
         log.info("%s/%s/%s: exited %s", self.ns, self.name, c.name, code)
@@ -855,6 +848,7 @@ class PodRunner:
     async def register_node(self) -> None:
         """Create (or refresh) our Node, Ready and untainted, plus its Lease."""
         self._node_started = now()
+        version = (await self.kube.get("/version")).get("gitVersion", "v0.0.0")
         resources = {"cpu": "32", "memory": "128Gi", "pods": "500", "ephemeral-storage": "500Gi"}
         status = {
             "capacity": resources,
@@ -872,7 +866,7 @@ class PodRunner:
                 "kernelVersion": os.uname().release,
                 "osImage": "objmig pod runner",
                 "containerRuntimeVersion": "podrunner://1",
-                "kubeletVersion": "v0.0.0-podrunner",
+                "kubeletVersion": version,  # version-skew checks compare against it
                 "kubeProxyVersion": "",
                 "operatingSystem": "linux",
                 "architecture": self.labels["kubernetes.io/arch"],
