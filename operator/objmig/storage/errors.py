@@ -25,8 +25,9 @@ class ErrorClass:
     """The engine's view of a failure.
 
     `is_config_error` marks failures no retry or other object can fix (wrong credentials,
-    missing bucket, access denied): a worker seeing one exits with a dedicated code so the
-    Job's podFailurePolicy stops the whole migration instead of burning retries.
+    missing bucket, unusable KMS key): a worker seeing one exits with a dedicated code so
+    the Job's podFailurePolicy stops the whole migration instead of burning retries.
+    AccessDenied is permanent but not a config error: policies deny single keys too.
     """
 
     kind: ErrorKind

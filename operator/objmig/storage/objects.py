@@ -404,21 +404,32 @@ async def _parts_from_attributes(
         return None
 
 
-def guess_part_sizes(size: int, count: int) -> list[int]:
-    """Equal parts of a whole number of MiB (what SDKs and CLIs use), the last one shorter.
+# Part sizes popular uploaders use (aws-cli and boto3 8 MiB, SDK minimums of 5 MiB, rclone
+# and s5cmd defaults, large-object settings), tried first when guessing a layout.
+_COMMON_PART_SIZES_MIB = (8, 5, 16, 10, 15, 32, 50, 64, 100, 128, 256, 512, 1024)
 
-    Picks the smallest MiB multiple that yields exactly `count` parts; when none does
-    (odd uploaders), the exact ceiling division.
+
+def guess_part_sizes(size: int, count: int) -> list[int]:
+    """Equal parts, the last one shorter, that add up to `size` in exactly `count` parts.
+
+    Several part sizes usually fit; the guess prefers the popular ones, then the smallest
+    whole number of MiB, then the exact ceiling division (odd uploaders).
     """
     if count <= 1:
         return [size]
-    part = math.ceil(math.ceil(size / count) / MiB) * MiB
-    if part == 0 or math.ceil(size / part) != count:
-        part = math.ceil(size / count)
+
+    def fits(part: int) -> bool:
+        return part > 0 and math.ceil(size / part) == count
+
+    part = next((p * MiB for p in _COMMON_PART_SIZES_MIB if fits(p * MiB)), 0)
+    if not part:
+        part = math.ceil(math.ceil(size / count) / MiB) * MiB
+        if not fits(part):
+            part = math.ceil(size / count)
     sizes = [part] * (count - 1)
     sizes.append(size - part * (count - 1))
     if sizes[-1] <= 0:
-        # Cannot happen for a consistent (size, count); keep the sum right regardless.
+        # Only for inconsistent input (more parts than bytes); keep the sum right anyway.
         part = size // count
         sizes = [part] * (count - 1) + [size - part * (count - 1)]
     return sizes

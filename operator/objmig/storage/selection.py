@@ -71,10 +71,10 @@ def compile_glob(pattern: str) -> re.Pattern[str]:
                     i = j + 1
                 else:
                     out.append(".*")
+                    # Further stars add nothing to `**`.
+                    while j < n and pattern[j] == "*":
+                        j += 1
                     i = j
-                # Further stars add nothing.
-                while i < n and pattern[i] == "*":
-                    i += 1
                 continue
             out.append("[^/]*")
         elif c == "?":

@@ -1,0 +1,178 @@
+"""Selection: globs on keys relative to the prefix, date/size/class bounds, metadata rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from objmig.storage.selection import (
+    GlobError,
+    MetadataRule,
+    Selection,
+    glob_match,
+    metadata_matches,
+    rule_matches,
+)
+
+
+@dataclass(frozen=True)
+class Obj:
+    key: str
+    size: int = 100
+    last_modified: datetime = datetime(2024, 6, 1, tzinfo=UTC)
+    storage_class: str = "STANDARD"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "key", "expected"),
+    [
+        ("*.csv", "a.csv", True),
+        ("*.csv", "dir/a.csv", False),  # `*` stays within one segment
+        ("**/*.csv", "a.csv", True),  # `**/` matches zero directories
+        ("**/*.csv", "x/y/a.csv", True),
+        ("logs/**", "logs/2024/01/a.gz", True),
+        ("logs/**", "logs", False),
+        ("logs/**", "logsx/a", False),
+        ("a/**/b", "a/b", True),
+        ("a/**/b", "a/x/y/b", True),
+        ("a**", "a/b/c", True),  # `**` not at a segment start still crosses `/`
+        ("?.txt", "a.txt", True),
+        ("?.txt", "/.txt", False),
+        ("[ab].txt", "b.txt", True),
+        ("[!ab].txt", "c.txt", True),
+        ("[!ab].txt", "a.txt", False),
+        ("[!ab]x", "/x", False),  # a negated class does not match the separator
+        ("img.{jpg,png}", "img.png", True),
+        ("img.{jpg,png}", "img.gif", False),
+        ("/top.txt", "top.txt", True),  # leading slash ignored
+        (r"literal\*.txt", "literal*.txt", True),
+        (r"literal\*.txt", "literalx.txt", False),
+        ("a+b (1).txt", "a+b (1).txt", True),  # regex metacharacters are literal
+        ("*", "", True),
+        ("data/*", "data/a\nb", True),  # keys may contain newlines
+    ],
+)
+def test_glob_semantics(pattern: str, key: str, expected: bool) -> None:
+    assert glob_match(pattern, key) is expected
+
+
+@pytest.mark.parametrize("pattern", ["[abc", "{a,b", "x\\"])
+def test_bad_globs_fail_when_the_selection_is_built(pattern: str) -> None:
+    with pytest.raises(GlobError):
+        Selection(include=(pattern,))
+
+
+def test_globs_apply_to_the_key_relative_to_the_prefix() -> None:
+    selection = Selection(prefix="data/", include=("*.csv",))
+
+    assert selection.matches(Obj("data/a.csv"))
+    assert not selection.matches(Obj("data/sub/a.csv"))
+    assert not selection.matches(Obj("other/a.csv"))
+    assert selection.explain(Obj("other/a.csv")) == "outside prefix 'data/'"
+
+
+def test_empty_include_selects_everything_and_exclude_wins() -> None:
+    selection = Selection(include=("**",), exclude=("**/*.tmp", "cache/**"))
+    everything = Selection()
+
+    assert everything.matches(Obj("any/key"))
+    assert selection.matches(Obj("a/b.txt"))
+    assert not selection.matches(Obj("a/b.tmp"))
+    assert selection.explain(Obj("cache/x")) == "excluded by 'cache/**'"
+
+
+def test_modified_bounds_are_exclusive() -> None:
+    edge = datetime(2024, 6, 1, tzinfo=UTC)
+    after = Selection(modified_after=edge)
+    before = Selection(modified_before=edge)
+
+    assert not after.matches(Obj("k", last_modified=edge))
+    assert after.matches(Obj("k", last_modified=datetime(2024, 6, 2, tzinfo=UTC)))
+    assert not before.matches(Obj("k", last_modified=edge))
+    assert before.matches(Obj("k", last_modified=datetime(2024, 5, 31, tzinfo=UTC)))
+
+
+def test_naive_dates_are_refused() -> None:
+    with pytest.raises(ValueError, match="timezone"):
+        Selection(modified_after=datetime(2024, 1, 1))
+
+
+def test_size_bounds_are_inclusive() -> None:
+    selection = Selection(min_size=10, max_size=20)
+
+    assert [selection.matches(Obj("k", size=s)) for s in (9, 10, 20, 21)] == [
+        False,
+        True,
+        True,
+        False,
+    ]
+    assert selection.explain(Obj("k", size=9)) == "smaller than 10 bytes"
+
+
+def test_storage_class_filter() -> None:
+    selection = Selection(storage_classes=("GLACIER", "DEEP_ARCHIVE"))
+
+    assert selection.matches(Obj("k", storage_class="GLACIER"))
+    assert not selection.matches(Obj("k", storage_class="STANDARD"))
+
+
+@pytest.mark.parametrize(
+    ("rule", "metadata", "expected"),
+    [
+        (MetadataRule("storage-version", "Lt", ("3",)), {"storage-version": "2"}, True),
+        (MetadataRule("storage-version", "Lt", ("3",)), {"storage-version": "10"}, False),
+        (MetadataRule("storage-version", "Lt", ("3",)), {}, False),  # missing: no match
+        (MetadataRule("Storage-Version", "Le", ("3",)), {"storage-version": "3"}, True),
+        (MetadataRule("v", "Gt", ("9",)), {"v": "10"}, True),  # numeric, not "10" < "9"
+        (MetadataRule("v", "Ge", ("1.5",)), {"v": "1.50"}, True),
+        (MetadataRule("v", "Gt", ("b",)), {"v": "c"}, True),  # strings compare as strings
+        (MetadataRule("v", "Eq", ("1",)), {"v": "1.0"}, True),
+        (MetadataRule("v", "Eq", ("abc",)), {"V": "abc"}, True),  # keys case-insensitive
+        (MetadataRule("v", "NotEq", ("a",)), {}, True),
+        (MetadataRule("v", "In", ("a", "b")), {"v": "b"}, True),
+        (MetadataRule("v", "In", ("a", "b")), {"v": "c"}, False),
+        (MetadataRule("v", "NotIn", ("a", "b")), {"v": "c"}, True),
+        (MetadataRule("v", "NotIn", ("a", "b")), {}, True),
+        (MetadataRule("v", "Exists"), {"v": ""}, True),
+        (MetadataRule("v", "Exists"), {}, False),
+        (MetadataRule("v", "DoesNotExist"), {}, True),
+        (MetadataRule("v", "Lt", ("NaN",)), {"v": "1"}, True),  # NaN is not a number here
+    ],
+)
+def test_metadata_rules(rule: MetadataRule, metadata: dict[str, str], expected: bool) -> None:
+    assert rule_matches(metadata, rule) is expected
+
+
+def test_metadata_rules_are_all_required() -> None:
+    rules = [MetadataRule("a", "Exists"), MetadataRule("b", "Eq", ("1",))]
+
+    assert metadata_matches({"a": "x", "b": "1"}, rules)
+    assert not metadata_matches({"a": "x", "b": "2"}, rules)
+    assert metadata_matches({}, [])
+
+
+def test_rule_parsing_accepts_aliases_and_checks_arity() -> None:
+    assert MetadataRule.parse("k", "lte", value="3") == MetadataRule("k", "Le", ("3",))
+    assert MetadataRule.parse("k", "NotExists").operator == "DoesNotExist"
+    assert MetadataRule.parse("k", "in", values=["a", "b"]).values == ("a", "b")
+    with pytest.raises(ValueError, match="unknown"):
+        MetadataRule.parse("k", "Like", value="x")
+    with pytest.raises(ValueError, match="needs a value"):
+        MetadataRule("k", "Lt")
+    with pytest.raises(ValueError, match="exactly one"):
+        MetadataRule("k", "Eq", ("a", "b"))
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="*?[]{}\\,"), max_size=40))
+def test_a_pattern_without_wildcards_matches_exactly_itself(key: str) -> None:
+    assert glob_match(key, key.removeprefix("/"))
+    assert not glob_match(key, key.removeprefix("/") + "x")
+
+
+@given(st.text(max_size=40))
+def test_double_star_matches_any_key(key: str) -> None:
+    assert glob_match("**", key)

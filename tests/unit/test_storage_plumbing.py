@@ -1,0 +1,172 @@
+"""The storage layer's pure plumbing: endpoints and credentials, client configuration,
+ETag helpers, part-size guesses, encryption parameters, the token bucket, the ordered
+SHA-256 and the bounded part runner."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import pytest
+
+from objmig.storage.copy import Encryption, run_bounded
+from objmig.storage.endpoint import Credentials, Endpoint, client_config, same_store
+from objmig.storage.objects import guess_part_sizes, multipart_part_count, normalise_etag
+from objmig.storage.ratelimit import TokenBucket
+from objmig.storage.streaming import OrderedHasher
+
+MiB = 1024 * 1024
+
+
+def test_credentials_never_show_secrets() -> None:
+    creds = Credentials("AKIAEXAMPLE", "wJalrXUtnFEMI/K7MDENG", "FwoGZXIvYXdzEB0aD")
+    endpoint = Endpoint(url="http://s3.local", credentials=creds)
+
+    for text in (repr(creds), str(creds), repr(endpoint), str(endpoint), f"{endpoint}"):
+        assert "wJalrXUtnFEMI" not in text
+        assert "FwoGZXIvYXdzEB0aD" not in text
+    assert "AKIAEXAMPLE" in repr(creds)
+
+
+def test_same_store_needs_same_service_region_and_identity() -> None:
+    a = Credentials("a", "s")
+    base = Endpoint(url="http://minio:9000/", region=None, credentials=a)
+
+    assert same_store(base, Endpoint(url="HTTP://minio:9000", region="us-east-1", credentials=a))
+    assert not same_store(base, Endpoint(url="http://minio:9001", credentials=a))
+    assert not same_store(
+        base, Endpoint(url="http://minio:9000", credentials=Credentials("b", "s"))
+    )
+    assert not same_store(
+        base, Endpoint(url="http://minio:9000", region="eu-west-1", credentials=a)
+    )
+    assert same_store(Endpoint(region="eu-west-1"), Endpoint(region="eu-west-1"))
+
+
+def test_client_config_leaves_retries_to_the_engine_and_sizes_the_pool() -> None:
+    config = client_config(Endpoint(addressing_style="virtual"), max_connections=24)
+
+    assert config.max_pool_connections == 24
+    assert config.retries == {"mode": "standard", "total_max_attempts": 1}
+    assert config.request_checksum_calculation == "when_required"
+    assert config.response_checksum_validation == "when_required"
+    assert config.s3 == {"addressing_style": "virtual", "payload_signing_enabled": False}
+    assert config.region_name == "us-east-1"
+
+
+def test_etag_helpers() -> None:
+    assert normalise_etag('"abc"') == "abc"
+    assert normalise_etag('W/"abc"') == "abc"
+    assert normalise_etag(None) == ""
+    assert multipart_part_count('"' + "a" * 32 + '-12"') == 12
+    assert multipart_part_count("a" * 32) is None
+
+
+@pytest.mark.parametrize(
+    ("size", "count", "expected"),
+    [
+        (20 * MiB + 5, 3, [8 * MiB, 8 * MiB, 4 * MiB + 5]),  # aws-cli's 8 MiB default
+        (10 * MiB, 2, [8 * MiB, 2 * MiB]),  # 5 MiB would fit too; 8 MiB is likelier
+        (30 * MiB, 2, [16 * MiB, 14 * MiB]),
+        (100, 1, [100]),
+        (11, 3, [4, 4, 3]),  # no MiB multiple fits: exact ceiling division
+    ],
+)
+def test_guess_part_sizes(size: int, count: int, expected: list[int]) -> None:
+    sizes = guess_part_sizes(size, count)
+
+    assert sizes == expected
+    assert sum(sizes) == size
+
+
+def test_encryption_parameters() -> None:
+    key = bytes(range(32))
+
+    assert Encryption().object_params() == {}
+    assert Encryption("SSE-S3").object_params() == {"ServerSideEncryption": "AES256"}
+    assert Encryption("SSE-KMS", kms_key_id="k1").object_params() == {
+        "ServerSideEncryption": "aws:kms",
+        "SSEKMSKeyId": "k1",
+    }
+    assert Encryption("SSE-C", sse_c_key=key).part_params()["SSECustomerKey"] == key
+    assert Encryption("SSE-S3").part_params() == {}
+    assert "sse_c_key" not in repr(Encryption("SSE-C", sse_c_key=key))
+    with pytest.raises(ValueError, match="32-byte"):
+        Encryption("SSE-C", sse_c_key=b"short")
+    with pytest.raises(ValueError, match="kms_key_id"):
+        Encryption("SSE-S3", kms_key_id="k")
+
+
+def test_token_bucket_goes_into_debt_and_repays_it() -> None:
+    now = [0.0]
+    bucket = TokenBucket(rate=100, burst=100, clock=lambda: now[0])
+
+    assert bucket.reserve(100) == 0.0
+    assert bucket.reserve(50) == pytest.approx(0.5)
+    now[0] = 1.5  # 150 tokens refilled, capped at the burst
+    assert bucket.reserve(100) == 0.0
+
+
+async def test_ordered_hasher_hashes_parts_in_order_whatever_order_they_finish() -> None:
+    parts = [b"a" * 10, b"b" * 20, b"c" * 5]
+    hasher = OrderedHasher(window=3)
+    for index in (2, 1, 0):
+        await hasher.admit(index)
+    hasher.feed(2, parts[2])
+    hasher.feed(1, parts[1][:7])
+    hasher.feed(0, parts[0])
+    hasher.feed(1, parts[1][7:])
+    await hasher.finish_part(2)
+    await hasher.finish_part(1)
+    assert hasher.buffered == 25
+    await hasher.finish_part(0)
+
+    assert hasher.hexdigest() == hashlib.sha256(b"".join(parts)).hexdigest()
+    assert hasher.buffered == 0
+    assert hasher.peak_buffered == 25
+
+
+async def test_ordered_hasher_admits_parts_only_within_the_window() -> None:
+    hasher = OrderedHasher(window=2)
+    await hasher.admit(1)
+    waiting = asyncio.create_task(hasher.admit(2))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+
+    await hasher.finish_part(0)
+    await asyncio.wait_for(waiting, 1)
+
+
+async def test_run_bounded_keeps_order_and_limits_concurrency() -> None:
+    running = 0
+    peak = 0
+
+    async def work(index: int) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.001 * (index % 3))
+        running -= 1
+        return index * 10
+
+    assert await run_bounded(20, 4, work) == [i * 10 for i in range(20)]
+    assert peak == 4
+    assert await run_bounded(0, 4, work) == []
+
+
+async def test_run_bounded_raises_the_first_failure_itself_and_cancels_the_rest() -> None:
+    cancelled = []
+
+    async def work(index: int) -> int:
+        if index == 1:
+            raise KeyError("boom")
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.append(index)
+            raise
+        return index
+
+    with pytest.raises(KeyError, match="boom"):
+        await run_bounded(5, 3, work)
+    assert sorted(cancelled) == [0, 2]
