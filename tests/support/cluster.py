@@ -500,6 +500,16 @@ class ControlPlane:
         for comp in reversed(self.components):
             comp.stop()
         self.components.clear()
+        reap_pod_processes(self.pod_work_dir)
+
+    def check_alive(self) -> None:
+        """Raise (with the log tail) if a component died - better than tests timing out."""
+        for comp in self.components:
+            if not comp.alive():
+                raise RuntimeError(
+                    f"{comp.name} is not running (exit {comp.proc and comp.proc.returncode}); "
+                    f"log {comp.log_path}:\n{comp.log_tail()}"
+                )
 
     # -- components ---------------------------------------------------------------------------
 
@@ -743,6 +753,40 @@ class ControlPlane:
         await config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=cfg)
         async with client.ApiClient(configuration=cfg) as api:
             yield api
+
+
+def reap_pod_processes(pod_work_dir: Path) -> int:
+    """SIGKILL container processes a dead pod runner left behind; return how many.
+
+    The runner kills its containers on a normal shutdown. If it was SIGKILLed, only each
+    container's main process dies (pdeathsig); its children live on. The runner leaves the
+    process-group id of every running container in ``<container workdir>/.podrunner-pgid``;
+    a process is killed only if it is in such a group AND its cwd is inside ``pod_work_dir``,
+    so nothing we did not start is touched even if a pgid was reused.
+    """
+    from tests.support.podrunner import PGID_FILE
+
+    pgids: set[int] = set()
+    for crumb in pod_work_dir.glob(f"*/*/{PGID_FILE}"):
+        with contextlib.suppress(OSError, ValueError):
+            pgids.add(int(crumb.read_text()))
+    if not pgids:
+        return 0
+    root = pod_work_dir.resolve()
+    killed = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # Field 5 of /proc/PID/stat is the pgid; split after the ")" ending the comm field.
+            pgid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2])
+            if pgid not in pgids or not (entry / "cwd").resolve().is_relative_to(root):
+                continue
+            os.kill(int(entry.name), signal.SIGKILL)
+            killed += 1
+        except (OSError, ValueError, IndexError):
+            continue
+    return killed
 
 
 def _http_ok(url: str) -> bool:

@@ -73,6 +73,8 @@ LOCAL_COMMANDS = {"objmig": VENV_BIN / "objmig", "python": Path(sys.executable)}
 LOCAL_COMMANDS["python3"] = LOCAL_COMMANDS["python"]
 
 Json = dict[str, Any]
+#: Written into a running container's working directory: its process-group id.
+PGID_FILE = ".podrunner-pgid"
 
 
 def now() -> str:
@@ -728,9 +730,14 @@ class PodWorker:
         c.state = {"running": {"startedAt": started}}
         log.info("%s/%s/%s: started pid %s: %s", self.ns, self.name, c.name, c.proc.pid, argv)
         await self.write_status()
+        # Breadcrumb for ControlPlane.stop(): if this runner is SIGKILLed, pdeathsig only reaches
+        # the container's main process; its children are found again through this file.
+        pgid_file = workdir / PGID_FILE
+        pgid_file.write_text(f"{c.proc.pid}\n")
         rc = await c.proc.wait()
         # The main process is gone; like a container runtime, kill what it left behind.
         await self._kill(c, signal.SIGKILL)
+        pgid_file.unlink(missing_ok=True)
         code = 128 - rc if rc < 0 else rc  # killed by signal N -> 128+N, as runtimes report
         term: Json = {
             "exitCode": code,
