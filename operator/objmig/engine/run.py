@@ -25,7 +25,7 @@ from objmig.engine.policy import cutover_gate, failure_budget, rollback_gate
 from objmig.engine.scan import run_scan
 from objmig.engine.secrets import SecretSource, require
 from objmig.engine.status import StatusInputs, build_status, cutover_inputs, tally
-from objmig.engine.worker import run_workers
+from objmig.engine.worker import dead_local_owners, run_workers
 from objmig.ledger import Ledger, ObjectState
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,10 @@ class LocalRun:
             mid, {"spec": self._spec.to_wire(), "paused": None, "failed": None}
         )
         await self._switch_plan_mode(mid)
+        dead = dead_local_owners(await self._ledger.lease_owners(mid))
+        if dead:
+            released = await self._ledger.expire_leases(mid, dead)
+            log.info("released %d leases of %d dead local workers", released, len(dead))
         state = await self._ledger.get_state(mid)
 
         if self._spec.cutover.rollback:

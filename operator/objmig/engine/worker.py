@@ -17,6 +17,7 @@ import os
 import secrets
 import socket
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -33,9 +34,30 @@ CLAIM_ORDER = (ObjectState.COPIED, ObjectState.PENDING, ObjectState.RESTORING)
 
 
 def worker_identity(prefix: str | None = None) -> str:
-    """A lease owner unique to this process incarnation (host, pid, random suffix)."""
+    """A lease owner unique to this process incarnation: ``host:pid:random``."""
     base = prefix or socket.gethostname()
-    return f"{base}-{os.getpid()}-{secrets.token_hex(3)}"
+    return f"{base}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def dead_local_owners(owners: Sequence[str]) -> list[str]:
+    """Owners that ran on this host in a process that no longer exists.
+
+    Their leases can be ended at once instead of waiting for them to expire: that is what
+    makes ``objmig run`` after a ``kill -9`` resume immediately.
+    """
+    host = socket.gethostname()
+    dead = []
+    for owner in owners:
+        parts = owner.rsplit(":", 2)
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            dead.append(owner)
+        except PermissionError:
+            continue  # alive, someone else's
+    return dead
 
 
 @dataclass

@@ -13,6 +13,7 @@ All SQL is parameterised; the only identifiers built in Python are fixed strings
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 from collections.abc import (
@@ -133,6 +134,64 @@ async def _chunks(
                 await asyncio.sleep(0)
     if chunk:
         yield chunk
+
+
+#: Optional StepResult fields: (name, SQL type, "keep" = None keeps the stored value, or
+#: "clear" = None stores NULL because the field describes only the latest step).
+_RECORD_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("target_key", "text", "keep"),
+    ("target_etag", "text", "keep"),
+    ("target_version_id", "text", "keep"),
+    ("source_checksum", "text", "keep"),
+    ("target_checksum", "text", "keep"),
+    ("restore_requested_at", "timestamptz", "keep"),
+    ("last_error", "text", "clear"),
+    ("error_code", "text", "clear"),
+    ("skip_reason", "text", "clear"),
+    ("not_before", "timestamptz", "clear"),
+)
+
+
+@functools.cache
+def _record_sql(present: tuple[str, ...], increments: bool) -> str:
+    """The UPDATE ... FROM unnest(...) of ``Ledger.record`` for one shape of batch.
+
+    ``present`` names the optional fields sent as arrays (in ``_RECORD_FIELDS`` order);
+    at most 2**11 shapes exist and a worker uses a handful, so caching the text keeps
+    asyncpg's prepared-statement cache effective.
+    """
+    params = ["$2::bigint[]", "$3::text[]"]
+    names = ["id", "state"]
+    kinds = {name: (sql_type, mode) for name, sql_type, mode in _RECORD_FIELDS}
+    for name in present:
+        params.append(f"${len(params) + 2}::{kinds[name][0]}[]")
+        names.append(name)
+    if increments:
+        params.append(f"${len(params) + 2}::bool[]")
+        names.append("increment_attempts")
+    sets = ["state = r.state"]
+    for name, _, mode in _RECORD_FIELDS:
+        if name in present:
+            sets.append(
+                f"{name} = COALESCE(r.{name}, o.{name})" if mode == "keep" else f"{name} = r.{name}"
+            )
+        elif mode == "clear":
+            sets.append(f"{name} = NULL")
+    if increments:
+        sets.append("attempts = o.attempts + CASE WHEN r.increment_attempts THEN 1 ELSE 0 END")
+    sets += [
+        "verified_at = CASE WHEN r.state = 'verified' THEN now() ELSE o.verified_at END",
+        "deleted_at = CASE WHEN r.state = 'deleted' THEN now() ELSE o.deleted_at END",
+        "lease_owner = NULL",
+        "lease_expires_at = NULL",
+        "updated_at = now()",
+    ]
+    set_list = ",\n    ".join(sets)
+    return (
+        f"UPDATE objects o SET\n    {set_list}\n"
+        f"FROM unnest({', '.join(params)}) AS r({', '.join(names)})\n"
+        "WHERE o.id = r.id AND o.lease_owner = $1"
+    )
 
 
 class Ledger:
@@ -444,14 +503,27 @@ class Ledger:
                     break
                 records = await conn.fetch(
                     f"""
-                    WITH picked AS (
+                    WITH expired AS (
+                        -- Leases whose owner stopped renewing: the small leased index.
                         SELECT id FROM objects
-                        WHERE migration_id = $1 AND state = $2
+                        WHERE migration_id = $1 AND lease_owner IS NOT NULL
+                          AND lease_expires_at <= now()
+                          AND state = $2 AND {_NOT_BEFORE} <= now()
+                        ORDER BY lease_expires_at, id
+                        LIMIT $3
+                        FOR UPDATE SKIP LOCKED
+                    ), free AS (
+                        -- Unleased rows: the claim index holds only these, so concurrent
+                        -- claimers do not wade through each other's leased rows.
+                        SELECT id FROM objects
+                        WHERE migration_id = $1 AND state = $2 AND lease_owner IS NULL
                           AND {_NOT_BEFORE} <= now()
-                          AND (lease_expires_at IS NULL OR lease_expires_at <= now())
                         ORDER BY {_NOT_BEFORE}, id
                         LIMIT $3
                         FOR UPDATE SKIP LOCKED
+                    ), picked AS (
+                        -- Evaluated lazily: "free" is not read once "expired" filled it.
+                        (SELECT id FROM expired) UNION ALL (SELECT id FROM free) LIMIT $3
                     )
                     UPDATE objects o
                     SET lease_owner = $4, lease_expires_at = now() + $5::interval
@@ -544,57 +616,23 @@ class Ledger:
         """
         if not results:
             return 0
-        columns: dict[str, list[Any]] = {
-            "id": [],
-            "state": [],
-            "target_key": [],
-            "target_etag": [],
-            "target_version_id": [],
-            "source_checksum": [],
-            "target_checksum": [],
-            "last_error": [],
-            "error_code": [],
-            "skip_reason": [],
-            "not_before": [],
-            "increment_attempts": [],
-            "restore_requested_at": [],
-        }
-        for result in results:
-            for name, values in columns.items():
-                value = getattr(result, name)
-                values.append(str(ObjectState(value)) if name == "state" else value)
-        status = await self._pool.execute(
-            """
-            UPDATE objects o SET
-                state = r.state,
-                target_key = COALESCE(r.target_key, o.target_key),
-                target_etag = COALESCE(r.target_etag, o.target_etag),
-                target_version_id = COALESCE(r.target_version_id, o.target_version_id),
-                source_checksum = COALESCE(r.source_checksum, o.source_checksum),
-                target_checksum = COALESCE(r.target_checksum, o.target_checksum),
-                restore_requested_at = COALESCE(r.restore_requested_at, o.restore_requested_at),
-                last_error = r.last_error,
-                error_code = r.error_code,
-                skip_reason = r.skip_reason,
-                not_before = r.not_before,
-                attempts = o.attempts + CASE WHEN r.increment_attempts THEN 1 ELSE 0 END,
-                verified_at = CASE WHEN r.state = 'verified' THEN now() ELSE o.verified_at END,
-                deleted_at = CASE WHEN r.state = 'deleted' THEN now() ELSE o.deleted_at END,
-                lease_owner = NULL,
-                lease_expires_at = NULL,
-                updated_at = now()
-            FROM unnest(
-                $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[],
-                $13::bool[], $14::timestamptz[]
-            ) AS r(id, state, target_key, target_etag, target_version_id, source_checksum,
-                   target_checksum, last_error, error_code, skip_reason, not_before,
-                   increment_attempts, restore_requested_at)
-            WHERE o.id = r.id AND o.lease_owner = $1
-            """,
-            owner,
-            *columns.values(),
+        # Only columns that some result sets travel as unnest() arrays: a typical batch
+        # sets two or three of the eleven optional fields, and every array costs encoding
+        # on our side and unnesting on the server's.
+        present = tuple(
+            name
+            for name, _, _ in _RECORD_FIELDS
+            if any(getattr(r, name) is not None for r in results)
         )
+        increments = any(r.increment_attempts for r in results)
+        arrays: list[list[Any]] = [
+            [r.id for r in results],
+            [ObjectState(r.state).value for r in results],
+        ]
+        arrays.extend([getattr(r, name) for r in results] for name in present)
+        if increments:
+            arrays.append([r.increment_attempts for r in results])
+        status = await self._pool.execute(_record_sql(present, increments), owner, *arrays)
         return _affected(status)
 
     async def mark_cut_over(self, migration_id: int) -> int:
@@ -664,6 +702,29 @@ class Ledger:
             migration_id,
             [str(ObjectState(s)) for s in states],
             list(skip_reasons) if skip_reasons is not None else None,
+        )
+        return _affected(status)
+
+    async def lease_owners(self, migration_id: int) -> list[str]:
+        """Owners holding live leases on the migration's rows."""
+        records = await self._pool.fetch(
+            """
+            SELECT DISTINCT lease_owner FROM objects
+            WHERE migration_id = $1 AND lease_owner IS NOT NULL AND lease_expires_at > now()
+            """,
+            migration_id,
+        )
+        return [r["lease_owner"] for r in records]
+
+    async def expire_leases(self, migration_id: int, owners: Sequence[str]) -> int:
+        """End the leases of ``owners`` now (they are known to be dead); returns how many."""
+        status = await self._pool.execute(
+            """
+            UPDATE objects SET lease_owner = NULL, lease_expires_at = NULL
+            WHERE migration_id = $1 AND lease_owner = ANY($2::text[])
+            """,
+            migration_id,
+            list(owners),
         )
         return _affected(status)
 
@@ -795,7 +856,7 @@ class Ledger:
             f"""
             (SELECT 0 AS bucket, {_COLUMNS} FROM objects
              WHERE migration_id = $1 AND state IN ('failed', 'source_changed')
-             ORDER BY updated_at DESC, id DESC LIMIT $2)
+             ORDER BY updated_at DESC LIMIT $2)
             UNION ALL
             (SELECT 1, {_COLUMNS} FROM objects
              WHERE migration_id = $1 AND lease_owner IS NOT NULL AND lease_expires_at > now()
@@ -805,7 +866,7 @@ class Ledger:
             (SELECT 2, {_COLUMNS} FROM objects
              WHERE migration_id = $1 AND state NOT IN ('failed', 'source_changed')
                AND NOT (lease_owner IS NOT NULL AND lease_expires_at > now())
-             ORDER BY updated_at DESC, id DESC LIMIT $2)
+             ORDER BY updated_at DESC LIMIT $2)
             """,  # noqa: S608 - only module constants are interpolated
             migration_id,
             limit + 1,

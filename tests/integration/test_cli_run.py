@@ -1,0 +1,195 @@
+"""``objmig run`` as a user runs it: a real process, killed with SIGKILL, then run again."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from types_aiobotocore_s3 import S3Client
+
+from objmig.ledger import Ledger, ObjectState
+from objmig.local.s3server import LocalS3Server
+from tests.fixtures.s3 import S3Seeder
+from tests.integration.engine_support import keys_of, sha256_of
+
+KiB = 1024
+SECRET_KEY = "cli-test-secret-value-3f9a"
+
+
+def _write_inputs(tmp_path: Path, endpoint: str, source: str, target: str) -> tuple[Path, Path]:
+    side = {"endpoint": endpoint, "credentialsSecretRef": {"name": "s3"}}
+    spec = {
+        "apiVersion": "objmig.dev/v1alpha1",
+        "kind": "ObjectMigration",
+        "metadata": {"name": "killed", "namespace": "cli"},
+        "spec": {
+            "source": {**side, "bucket": source},
+            "target": {**side, "bucket": target},
+            "copy": {"mode": "stream", "concurrency": 4, "partConcurrency": 2},
+            "verify": {"mode": "checksum"},
+        },
+    }
+    secrets = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "s3"},
+        "stringData": {"accessKeyId": "cli-test", "secretAccessKey": SECRET_KEY},
+    }
+    spec_path = tmp_path / "migration.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    secrets_path = tmp_path / "secrets.yaml"
+    secrets_path.write_text(yaml.safe_dump(secrets))
+    return spec_path, secrets_path
+
+
+def _command(spec: Path, secrets: Path, database_url: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "objmig",
+        "run",
+        "-f",
+        str(spec),
+        "--secrets",
+        str(secrets),
+        "--database-url",
+        database_url,
+    ]
+
+
+async def test_kill_9_mid_copy_then_rerun_finishes_with_every_object_verified(
+    ledger: Ledger,
+    database_url: str,
+    s3_server: LocalS3Server,
+    s3_seed: S3Seeder,
+    s3_client: S3Client,
+    tmp_path: Path,
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    seeded = [await s3_seed.put_object(source, f"obj/{i:04d}", 24 * KiB) for i in range(240)]
+    seeded += [
+        await s3_seed.put_multipart(source, f"big/{i}", [64 * KiB] * 6 + [5 * KiB])
+        for i in range(4)
+    ]
+    spec, secrets = _write_inputs(tmp_path, s3_server.endpoint_url, source, target)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    first = await asyncio.create_subprocess_exec(
+        *_command(spec, secrets, database_url),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        for _ in range(600):
+            await asyncio.sleep(0.05)
+            migration_id = await ledger.find_migration("cli/killed")
+            if migration_id is not None:
+                counts = await ledger.counts(migration_id)
+                if counts.state(ObjectState.VERIFIED).objects >= 20:
+                    break
+        assert first.returncode is None, "objmig run finished before it could be killed"
+        first.send_signal(signal.SIGKILL)
+        first_output, _ = await asyncio.wait_for(first.communicate(), timeout=10)
+    finally:
+        if first.returncode is None:
+            first.kill()
+    assert first.returncode == -signal.SIGKILL
+    migration_id = await ledger.find_migration("cli/killed")
+    assert migration_id is not None
+    counts = await ledger.counts(migration_id)
+    assert counts.state(ObjectState.VERIFIED).objects < len(seeded)
+
+    second = await asyncio.create_subprocess_exec(
+        *_command(spec, secrets, database_url),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    second_output, _ = await asyncio.wait_for(second.communicate(), timeout=300)
+
+    output = second_output.decode()
+    assert second.returncode == 0, output
+    assert SECRET_KEY not in output
+    counts = await ledger.counts(migration_id)
+    assert counts.state(ObjectState.VERIFIED).objects == len(seeded)
+    copied = await keys_of(s3_client, target)
+    for obj in seeded:
+        assert copied[obj.key] == obj.etag, obj.key
+    for obj in seeded[::20] + seeded[-4:]:
+        assert await sha256_of(s3_client, target, obj.key) == obj.sha256
+    assert SECRET_KEY.encode() not in first_output
+
+
+def test_cli_status_report_and_approve_after_a_run(tmp_path: Path) -> None:
+    """The read-only commands against an embedded ledger, as a user runs them."""
+    state = tmp_path / "state"
+    with LocalS3Server() as server:
+        import boto3
+
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=server.endpoint_url,
+            aws_access_key_id="cli-test",
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+        )
+        s3.create_bucket(Bucket="cli-src")
+        s3.create_bucket(Bucket="cli-dst")
+        for i in range(12):
+            s3.put_object(Bucket="cli-src", Key=f"k{i}", Body=b"x" * (i + 1))
+        spec, secrets = _write_inputs(tmp_path, server.endpoint_url, "cli-src", "cli-dst")
+        base = [sys.executable, "-m", "objmig"]
+        state_args = ["--state-dir", str(state)]
+        try:
+            run = subprocess.run(
+                [*base, "run", "-f", str(spec), "--secrets", str(secrets), *state_args],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            assert run.returncode == 0, run.stdout + run.stderr
+            assert "CutOver" in run.stdout
+
+            status = subprocess.run(
+                [*base, "status", "cli/killed", "--json", *state_args],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            document = yaml.safe_load(status.stdout)
+            assert document["phase"] == "CutOver"
+            assert document["progress"]["objects"]["succeeded"] == 12
+
+            report = subprocess.run(
+                [*base, "report", "cli/killed", "--format", "csv", *state_args],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            lines = report.stdout.strip().splitlines()
+            assert len(lines) == 13  # header + one row per object
+            assert "verified" in lines[1]
+
+            approve = subprocess.run(
+                [*base, "approve", "cli/killed", *state_args],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            assert "digest: sha256:" in approve.stdout
+            digest = approve.stdout.split("digest: ")[1].split()[0]
+            assert digest == document["verification"]["digest"]
+            for output in (run.stdout, run.stderr, status.stdout, report.stdout, approve.stdout):
+                assert SECRET_KEY not in output
+        finally:
+            from objmig.local.postgres import EmbeddedPostgres
+
+            EmbeddedPostgres(state / "postgres").stop_blocking()
