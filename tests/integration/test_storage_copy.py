@@ -26,8 +26,9 @@ from objmig.storage import (
 )
 from objmig.storage.copy import MIGRATION_METADATA_KEY
 from objmig.storage.errors import SourceChangedError
+from objmig.storage.objects import resolve_part_layout
 from tests.fixtures.s3 import S3Backend, S3Seeder
-from tests.support.s3proxy import Delay, Deny, S3FaultProxy
+from tests.support.s3proxy import Delay, Deny, Fail, S3FaultProxy
 
 PATHS = [pytest.param(True, id="server-side"), pytest.param(False, id="streamed")]
 
@@ -460,3 +461,73 @@ async def test_progress_is_reported_for_every_byte(s3_client, s3_seed: S3Seeder)
             CopyOptions(server_side=server_side, on_progress=moved.append),
         )
         assert sum(moved) == obj.size
+
+
+@pytest.mark.parametrize("server_side", PATHS)
+async def test_single_part_source_above_the_put_limit_is_split_into_parts(
+    s3_client, s3_seed: S3Seeder, server_side: bool
+) -> None:
+    # The 5 GiB limit scaled down: the same code path, without writing 5 GiB.
+    src, dst = await s3_seed.bucket(), await s3_seed.bucket()
+    obj = await s3_seed.put_object(src, "big-single", 10_000)
+
+    result = await copy_object(
+        s3_client,
+        s3_client,
+        SourceObject(src, "big-single", etag=obj.etag),
+        TargetObject(dst, "big-single"),
+        CopyOptions(
+            server_side=server_side,
+            max_single_part_size=4096,
+            split_part_size=4096,
+            compute_sha256=True,
+        ),
+    )
+
+    assert result.parts == 3
+    assert result.etag.endswith("-3")
+    assert result.etag_matches_source is None  # a new layout: ETags are not comparable
+    assert await part_layout(s3_client, dst, "big-single") == [4096, 4096, 1808]
+    assert await s3_seed.get_bytes(dst, "big-single") == obj.data
+
+
+async def test_store_without_part_heads_gets_a_guessed_layout_and_no_etag_claim(
+    s3_seed: S3Seeder, s3_proxy: S3FaultProxy, proxy_endpoint
+) -> None:
+    src, dst = await s3_seed.bucket(), await s3_seed.bucket()
+    obj = await s3_seed.put_multipart(src, "k", [3000, 3000, 100])
+    s3_proxy.add_rule(
+        Fail(400, "InvalidArgument", "partNumber unsupported"),
+        method="HEAD",
+        query={"partNumber": None},
+    )
+
+    async with open_client(proxy_endpoint) as client:
+        layout = await resolve_part_layout(client, src, "k")
+        result = await copy_object(
+            client,
+            client,
+            SourceObject(src, "k", etag=obj.etag),
+            TargetObject(dst, "k"),
+            CopyOptions(compute_sha256=True),
+        )
+
+    assert layout.source == "guess"
+    assert sum(layout.sizes) == obj.size
+    assert len(layout.sizes) == 3
+    assert result.etag_matches_source is None
+    assert result.sha256 == obj.sha256
+
+
+async def test_transient_errors_on_part_heads_are_not_mistaken_for_missing_support(
+    s3_seed: S3Seeder, s3_proxy: S3FaultProxy, proxy_endpoint
+) -> None:
+    src = await s3_seed.bucket()
+    await s3_seed.put_multipart(src, "k", [3000, 3000, 100])
+    s3_proxy.add_rule(Fail(503, "SlowDown"), method="HEAD", query={"partNumber": "2"})
+
+    async with open_client(proxy_endpoint) as client:
+        with pytest.raises(ClientError) as failure:
+            await resolve_part_layout(client, src, "k")
+
+    assert classify(failure.value).kind == "retryable"

@@ -160,6 +160,9 @@ class CopyOptions:
     - `buffer_budget`: bytes of out-of-order parts kept for in-order SHA-256 hashing.
     - `verify_part_md5`: compare each streamed part's MD5 with the ETag the target returns
       (skipped automatically when the target encrypts with KMS or SSE-C).
+    - `split_part_size`: part size for single-part sources above `max_single_part_size`
+      (5 GiB, the PutObject / CopyObject limit; some stores accept bigger single PUTs),
+      which must become multipart on the target.
     """
 
     storage_class: str | None = None
@@ -176,6 +179,8 @@ class CopyOptions:
     on_progress: Callable[[int], None] | None = None
     buffer_budget: int = 256 * MiB
     verify_part_md5: bool = True
+    split_part_size: int = 512 * MiB
+    max_single_part_size: int = MAX_COPY_OBJECT_SIZE
 
 
 @dataclass(frozen=True)
@@ -229,7 +234,7 @@ async def copy_object(
     options = options or CopyOptions()
     plan = await _plan(src_client, source, options)
     if options.server_side:
-        if plan.layout.multipart or plan.head.size > MAX_COPY_OBJECT_SIZE:
+        if plan.layout.multipart:
             return await _server_side_multipart(dst_client, source, target, options, plan)
         return await _server_side_single(dst_client, source, target, options, plan)
     if plan.layout.multipart:
@@ -259,6 +264,12 @@ async def _plan(client: S3Client, source: SourceObject, options: CopyOptions) ->
     else:
         layout = await resolve_part_layout(
             client, source.bucket, source.key, head.version_id, source.sse_c_key, head=head
+        )
+    if not layout.multipart and head.size > options.max_single_part_size:
+        # Some stores (MinIO) accept single PUTs above AWS's 5 GiB; neither PutObject nor
+        # CopyObject can write those to S3, so they become multipart (new ETag).
+        layout = PartLayout(
+            tuple(_split(head.size, options.split_part_size)), "split", multipart=True
         )
 
     metadata = dict(head.metadata) if options.preserve_metadata else {}
@@ -400,6 +411,12 @@ async def _server_side_single(
         server_side=True,
         checksums=_checksums(dict(result)),
     )
+
+
+def _split(size: int, part: int) -> list[int]:
+    """`size` bytes in parts of `part` bytes, the last one shorter."""
+    full, rest = divmod(size, part)
+    return [part] * full + ([rest] if rest else [])
 
 
 def _ranges(sizes: Sequence[int]) -> list[tuple[int, int]]:

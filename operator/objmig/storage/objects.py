@@ -288,18 +288,19 @@ class PartLayout:
     """Part sizes of an object and how we learned them.
 
     `source`: "single" (not multipart), "head" (HEAD ?partNumber=n, exact), "attributes"
-    (GetObjectAttributes ObjectParts, exact) or "guess" (equal parts inferred from the
+    (GetObjectAttributes ObjectParts, exact), "guess" (equal parts inferred from the
     ETag's part count: the store answered neither; the copy may then get another ETag,
-    which verification reports).
+    which verification reports) or "split" (a single-part object too big for one PUT or
+    CopyObject, cut into parts by the copy; its ETag cannot be kept).
     """
 
     sizes: tuple[int, ...]
-    source: Literal["single", "head", "attributes", "guess"]
+    source: Literal["single", "head", "attributes", "guess", "split"]
     multipart: bool
 
     @property
     def exact(self) -> bool:
-        return self.source != "guess"
+        return self.source not in ("guess", "split")
 
 
 async def resolve_part_layout(
@@ -326,8 +327,15 @@ async def resolve_part_layout(
     if count is None:
         return PartLayout((head.size,), "single", multipart=False)
 
-    first = await head_object(client, bucket, key, version_id, part_number=1, sse_c=sse_c)
-    if first.parts_count:
+    try:
+        first: HeadResult | None = await head_object(
+            client, bucket, key, version_id, part_number=1, sse_c=sse_c
+        )
+    except ClientError as exc:
+        if not _unsupported(exc):
+            raise
+        first = None
+    if first is not None and first.parts_count:
         sizes = [first.size]
         semaphore = asyncio.Semaphore(max(1, concurrency))
 
@@ -398,6 +406,8 @@ async def _parts_from_attributes(
                 return sizes
             marker = int(parts.get("NextPartNumberMarker", 0))
     except ClientError as exc:
+        if not _unsupported(exc):
+            raise
         log.debug(
             "GetObjectAttributes(ObjectParts) unavailable for s3://%s/%s: %s", bucket, key, exc
         )
@@ -407,6 +417,13 @@ async def _parts_from_attributes(
 # Part sizes popular uploaders use (aws-cli and boto3 8 MiB, SDK minimums of 5 MiB, rclone
 # and s5cmd defaults, large-object settings), tried first when guessing a layout.
 _COMMON_PART_SIZES_MIB = (8, 5, 16, 10, 15, 32, 50, 64, 100, 128, 256, 512, 1024)
+
+
+def _unsupported(exc: ClientError) -> bool:
+    """A store's way of saying "I do not implement this parameter" (not a transient error)."""
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    code = exc.response.get("Error", {}).get("Code", "")
+    return status in (400, 405, 416, 501) or code in ("NotImplemented", "InvalidArgument")
 
 
 def guess_part_sizes(size: int, count: int) -> list[int]:
