@@ -181,7 +181,11 @@ class ObjectPipeline:
             changes.append(f"size {row.size} -> {head.size}")
         if row.version_id and head.version_id and head.version_id != row.version_id:
             changes.append(f"version {row.version_id} -> {head.version_id}")
-        if row.last_modified is not None and head.last_modified != row.last_modified:
+        # HEAD's Last-Modified is an HTTP date (whole seconds); listings may carry
+        # milliseconds (MinIO does). Compare at the precision both sides have.
+        if row.last_modified is not None and int(head.last_modified.timestamp()) != int(
+            row.last_modified.timestamp()
+        ):
             changes.append("last-modified moved")
         if changes:
             raise _SourceChanged("source changed since the scan: " + ", ".join(changes))
