@@ -59,6 +59,9 @@ if have_all "$BIN_DIR"; then
     exit 0
 fi
 
+# Scratch dirs of builds that were killed: safe to remove, we hold the lock.
+rm -rf "$CACHE_ROOT"/.build.*
+
 # Build in a scratch dir on the same filesystem as the cache so the final rename is atomic:
 # an interrupted build leaves no half-filled bin/ behind.
 WORK=$(mktemp -d "$CACHE_ROOT/.build.XXXXXX")
