@@ -188,3 +188,17 @@ async def test_incomplete_uploads_are_listed_and_aborted_idempotently(
 async def test_listing_an_empty_prefix_yields_nothing(s3_client, s3_seed, page_size) -> None:
     bucket = await s3_seed.bucket()
     assert [o async for o in list_objects(s3_client, bucket, "none/", page_size=page_size)] == []
+
+
+async def test_listing_and_head_agree_on_last_modified(backend_client, backend_seed) -> None:
+    # MinIO lists milliseconds but HEAD says whole seconds; both are truncated alike, so an
+    # unchanged object never looks changed between scan and copy.
+    bucket = await backend_seed.bucket(versioned=True)
+    await backend_seed.put_object(bucket, "k", 5)
+
+    (listed,) = [o async for o in list_objects(backend_client, bucket)]
+    (pinned,) = [o async for o in list_objects(backend_client, bucket, pin_versions=True)]
+    head = await head_object(backend_client, bucket, "k")
+
+    assert listed.last_modified == pinned.last_modified == head.last_modified
+    assert head.last_modified.microsecond == 0

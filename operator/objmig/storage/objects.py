@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from botocore.exceptions import ClientError
@@ -54,6 +54,16 @@ def _version(version_id: str | None) -> str | None:
     # Unversioned buckets report the literal version "null"; passing it back is legal on
     # AWS but rejected by some stores, and it carries no information.
     return None if not version_id or version_id == "null" else version_id
+
+
+def whole_seconds(moment: datetime) -> datetime:
+    """A timestamp truncated to whole seconds, in UTC.
+
+    HEAD reports Last-Modified as an HTTP date (whole seconds) while listings carry
+    milliseconds on some stores (MinIO); truncating both makes a listed object and a later
+    HEAD of the same, unchanged object compare equal.
+    """
+    return moment.astimezone(UTC).replace(microsecond=0)
 
 
 def sse_c_params(key: bytes | None, *, copy_source: bool = False) -> dict[str, Any]:
@@ -110,7 +120,7 @@ async def list_objects(
                     version_id=None,
                     size=int(item.get("Size", 0)),
                     etag=normalise_etag(item.get("ETag")),
-                    last_modified=item["LastModified"],
+                    last_modified=whole_seconds(item["LastModified"]),
                     storage_class=item.get("StorageClass") or "STANDARD",
                 )
         return
@@ -132,7 +142,7 @@ async def list_objects(
                 version_id=_version(version.get("VersionId")),
                 size=int(version.get("Size", 0)),
                 etag=normalise_etag(version.get("ETag")),
-                last_modified=version["LastModified"],
+                last_modified=whole_seconds(version["LastModified"]),
                 storage_class=version.get("StorageClass") or "STANDARD",
                 is_latest=latest,
             )
@@ -222,7 +232,7 @@ def _head_result(response: Mapping[str, Any]) -> HeadResult:
     return HeadResult(
         etag=normalise_etag(response.get("ETag")),
         size=int(response.get("ContentLength", 0)),
-        last_modified=response["LastModified"],
+        last_modified=whole_seconds(response["LastModified"]),
         version_id=_version(response.get("VersionId")),
         storage_class=response.get("StorageClass") or "STANDARD",
         restore=parse_restore_header(response.get("Restore")),
