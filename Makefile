@@ -23,6 +23,7 @@ crds: setup
 # The whole suite: static checks, then every test against real PostgreSQL, S3 and Kubernetes.
 test: setup
 	scripts/k8s-tools.sh
+	scripts/minio.sh
 	$(MAKE) lint typecheck
 	$(BIN)/python -m pytest
 
