@@ -72,6 +72,10 @@ class BinariesMissing(RuntimeError):
     """The Kubernetes binaries are not built/cached; ``scripts/k8s-tools.sh`` produces them."""
 
 
+class ComponentDied(RuntimeError):
+    """A control-plane process exited while we waited for it."""
+
+
 # --------------------------------------------------------------------------------------------
 # Locating the binaries
 # --------------------------------------------------------------------------------------------
@@ -165,6 +169,8 @@ def wait_until(
             value = predicate()
             if value:
                 return value
+        except ComponentDied:
+            raise  # waiting longer cannot help
         except Exception as exc:  # the thing polled is often "not up yet"
             last_exc = exc
         if time.monotonic() >= deadline:
@@ -506,7 +512,7 @@ class ControlPlane:
         """Raise (with the log tail) if a component died - better than tests timing out."""
         for comp in self.components:
             if not comp.alive():
-                raise RuntimeError(
+                raise ComponentDied(
                     f"{comp.name} is not running (exit {comp.proc and comp.proc.returncode}); "
                     f"log {comp.log_path}:\n{comp.log_tail()}"
                 )
@@ -522,7 +528,7 @@ class ControlPlane:
     def _wait(self, comp: Component, predicate: Callable[[], Any], what: str) -> None:
         def check() -> Any:
             if not comp.alive():
-                raise RuntimeError(
+                raise ComponentDied(
                     f"{comp.name} exited with {comp.proc and comp.proc.returncode} while "
                     f"waiting for {what}; log {comp.log_path}:\n{comp.log_tail()}"
                 )
@@ -530,8 +536,6 @@ class ControlPlane:
 
         try:
             wait_until(check, timeout=self.start_timeout, what=what)
-        except RuntimeError:
-            raise
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}; log {comp.log_path}:\n{comp.log_tail()}") from None
 
