@@ -10,7 +10,7 @@ import click
 from objmig import __version__
 from objmig.api.crd import write_crds
 from objmig.api.loading import SpecError, load_resources
-from objmig.cli import demo, migrate
+from objmig.cli import demo, migrate, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,6 +58,7 @@ for command in (
     migrate.report,
     migrate.approve,
     demo.demo,
+    worker.worker,
 ):
     cli.add_command(command)
 

@@ -10,11 +10,27 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import asyncpg
 
-from objmig.api.migration import CatalogAction, ObjectMigrationSpec
+from objmig.api.migration import CatalogAction, ConfigMapAction, ObjectMigrationSpec
+from objmig.engine.policy import Gate, rollback_gate
+from objmig.engine.secrets import SecretSource, require
 from objmig.ledger import Ledger, ObjectRow, ObjectState
+
+
+class ConfigMapWriter(Protocol):
+    """Writes the ConfigMap action's values; only the operator has a cluster to write to."""
+
+    async def apply(self, action: ConfigMapAction) -> dict[str, str | None]:
+        """Set ``action.data``; return the previous values (None: the key was absent)."""
+        ...
+
+    async def restore(self, action: ConfigMapAction, previous: dict[str, str | None]) -> None:
+        """Put ``previous`` back (removing keys that were absent)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -109,3 +125,102 @@ async def _batches(rows: AsyncIterator[ObjectRow], size: int) -> AsyncIterator[l
             batch = []
     if batch:
         yield batch
+
+
+async def perform_cutover(
+    ledger: Ledger,
+    migration_id: int,
+    spec: ObjectMigrationSpec,
+    secrets: SecretSource,
+    config_maps: ConfigMapWriter | None,
+) -> dict[str, Any]:
+    """Carry out the cutover actions, stamp the ledger, and record what was done.
+
+    Returns the recorded ``cutover`` state (the shape of ``status.cutover``). The record is
+    written last, so a crash before it makes the next attempt repeat the actions, which are
+    idempotent: the catalog swap counts already swapped rows, the ConfigMap values are set
+    again (and the previous values kept from the first attempt are not overwritten).
+    """
+    state = await ledger.get_state(migration_id)
+    partial = state.get("cutoverInProgress", {})
+    actions: list[str] = []
+    swapped = 0
+    catalog = spec.cutover.catalog
+    if catalog is not None:
+        dsn = require(secrets, catalog.dsn_secret_ref.name, catalog.dsn_secret_ref.key)
+        result = await swap_catalog(ledger, migration_id, spec, dsn)
+        swapped = result.swapped + result.already
+        actions.append(
+            f"catalog {catalog.table}: {result.swapped} swapped, {result.already} already "
+            f"on target, {result.conflicts} changed by the application and left alone"
+        )
+    previous: dict[str, str | None] = partial.get("previousConfigMapData", {})
+    config_map = spec.cutover.config_map_ref
+    if config_map is not None:
+        if config_maps is None:
+            actions.append(
+                f"configMap {config_map.name}: set {', '.join(sorted(config_map.data))} "
+                "(no cluster: apply these values yourself)"
+            )
+        else:
+            if not partial:
+                previous = await config_maps.apply(config_map)
+                await ledger.update_state(
+                    migration_id, {"cutoverInProgress": {"previousConfigMapData": previous}}
+                )
+            else:
+                await config_maps.apply(config_map)
+            actions.append(f"configMap {config_map.name}: set {', '.join(sorted(config_map.data))}")
+    await ledger.mark_cut_over(migration_id)
+    record = {
+        "at": datetime.now(UTC).isoformat(),
+        "actions": actions,
+        "catalogRowsSwapped": swapped,
+        "configMapData": dict(config_map.data) if config_map else {},
+        "previousConfigMapData": previous,
+    }
+    await ledger.update_state(migration_id, {"cutover": record, "cutoverInProgress": None})
+    return record
+
+
+async def perform_rollback(
+    ledger: Ledger,
+    migration_id: int,
+    spec: ObjectMigrationSpec,
+    secrets: SecretSource,
+    config_maps: ConfigMapWriter | None,
+) -> Gate:
+    """Revert the cutover actions while no source object can have been deleted."""
+    state = await ledger.get_state(migration_id)
+    cutover = state.get("cutover", {})
+    cut_over = bool(cutover.get("at")) and not cutover.get("rolledBackAt")
+    gate = rollback_gate(cut_over=cut_over, cleanup_started=bool(state.get("cleanupStarted")))
+    if not gate.ok:
+        if gate.reason != "NotCutOver":
+            await ledger.update_state(
+                migration_id, {"cutover": {**cutover, "rollbackBlocked": gate.message}}
+            )
+        return gate
+    actions = list(cutover.get("actions", []))
+    if spec.cutover.catalog is not None:
+        ref = spec.cutover.catalog.dsn_secret_ref
+        result = await swap_catalog(
+            ledger, migration_id, spec, require(secrets, ref.name, ref.key), reverse=True
+        )
+        actions.append(f"rollback catalog: {result.swapped} rows pointed back at the source")
+    config_map = spec.cutover.config_map_ref
+    if config_map is not None and config_maps is not None:
+        await config_maps.restore(config_map, cutover.get("previousConfigMapData", {}))
+        actions.append(f"rollback configMap {config_map.name}: previous values restored")
+    await ledger.clear_cut_over(migration_id)
+    await ledger.update_state(
+        migration_id,
+        {
+            "cutover": {
+                **cutover,
+                "actions": actions,
+                "rolledBackAt": datetime.now(UTC).isoformat(),
+            }
+        },
+    )
+    return gate

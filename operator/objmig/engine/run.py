@@ -19,11 +19,11 @@ from typing import Any, Literal
 
 from objmig.api.migration import ObjectMigration, ObjectMigrationStatus
 from objmig.engine.context import MigrationContext
-from objmig.engine.cutover import swap_catalog
+from objmig.engine.cutover import perform_cutover, perform_rollback
 from objmig.engine.pipeline import PLAN_REASONS, ConfigurationError
-from objmig.engine.policy import cutover_gate, failure_budget, rollback_gate
+from objmig.engine.policy import cutover_gate, failure_budget
 from objmig.engine.scan import run_scan
-from objmig.engine.secrets import SecretSource, require
+from objmig.engine.secrets import SecretSource
 from objmig.engine.status import StatusInputs, build_status, cutover_inputs, tally
 from objmig.engine.worker import dead_local_owners, run_workers
 from objmig.ledger import Ledger, ObjectState
@@ -106,7 +106,7 @@ class LocalRun:
         state = await self._ledger.get_state(mid)
 
         if self._spec.cutover.rollback:
-            return await self._rollback(mid, state)
+            return await self._rollback(mid)
         if state.get("cutover", {}).get("at") and not state["cutover"].get("rolledBackAt"):
             return RunResult("cut-over", await self._publish())
 
@@ -135,7 +135,7 @@ class LocalRun:
         await self._record_digest(mid)
         if not gate.ok:
             return RunResult("awaiting-cutover", await self._publish())
-        await self._cut_over(mid)
+        await perform_cutover(self._ledger, mid, self._spec, self._secrets, None)
         return RunResult("cut-over", await self._publish())
 
     # -- stages -----------------------------------------------------------------------------
@@ -222,67 +222,12 @@ class LocalRun:
             },
         )
 
-    async def _cut_over(self, mid: int) -> None:
-        """Perform the cutover actions, then stamp the ledger rows as cut over."""
-        actions: list[str] = []
-        swapped = 0
-        catalog = self._spec.cutover.catalog
-        if catalog is not None:
-            dsn = require(self._secrets, catalog.dsn_secret_ref.name, catalog.dsn_secret_ref.key)
-            result = await swap_catalog(self._ledger, mid, self._spec, dsn)
-            swapped = result.swapped + result.already
-            actions.append(
-                f"catalog {catalog.table}: {result.swapped} swapped, {result.already} already "
-                f"on target, {result.conflicts} changed by the application and left alone"
-            )
-        config_map = self._spec.cutover.config_map_ref
-        if config_map is not None:
-            # Without a cluster there is no ConfigMap to patch: record the values to apply.
-            actions.append(
-                f"configMap {config_map.name}: set {', '.join(sorted(config_map.data))} "
-                "(no cluster: apply these values yourself)"
-            )
-        await self._ledger.mark_cut_over(mid)
-        await self._ledger.update_state(
-            mid,
-            {
-                "cutover": {
-                    "at": datetime.now(UTC).isoformat(),
-                    "actions": actions,
-                    "catalogRowsSwapped": swapped,
-                    "configMapData": dict(config_map.data) if config_map else {},
-                }
-            },
-        )
-
-    async def _rollback(self, mid: int, state: dict[str, Any]) -> RunResult:
-        cutover = state.get("cutover", {})
-        cut_over = bool(cutover.get("at")) and not cutover.get("rolledBackAt")
-        gate = rollback_gate(cut_over=cut_over, cleanup_started=bool(state.get("cleanupStarted")))
-        if not gate.ok:
-            await self._ledger.update_state(
-                mid, {"cutover": {**cutover, "rollbackBlocked": gate.message}}
-            )
-            status = await self._publish()
-            return RunResult("rolled-back" if cutover.get("rolledBackAt") else "failed", status)
-        actions = list(cutover.get("actions", []))
-        if self._spec.cutover.catalog is not None:
-            ref = self._spec.cutover.catalog.dsn_secret_ref
-            dsn = require(self._secrets, ref.name, ref.key)
-            result = await swap_catalog(self._ledger, mid, self._spec, dsn, reverse=True)
-            actions.append(f"rollback catalog: {result.swapped} rows pointed back at the source")
-        await self._ledger.clear_cut_over(mid)
-        await self._ledger.update_state(
-            mid,
-            {
-                "cutover": {
-                    **cutover,
-                    "actions": actions,
-                    "rolledBackAt": datetime.now(UTC).isoformat(),
-                }
-            },
-        )
-        return RunResult("rolled-back", await self._publish())
+    async def _rollback(self, mid: int) -> RunResult:
+        gate = await perform_rollback(self._ledger, mid, self._spec, self._secrets, None)
+        status = await self._publish()
+        if gate.ok or status.cutover.rolled_back_at is not None:
+            return RunResult("rolled-back", status)
+        return RunResult("failed", status)
 
     # -- status -----------------------------------------------------------------------------
 

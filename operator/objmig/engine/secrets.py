@@ -22,7 +22,7 @@ from typing import Protocol
 import yaml
 
 from objmig.api.base import LocalObjectReference, SecretKeySelector
-from objmig.api.migration import BucketSpec
+from objmig.api.migration import BucketSpec, ObjectMigrationSpec
 from objmig.storage.endpoint import Credentials
 
 ACCESS_KEY_ID = "accessKeyId"
@@ -157,11 +157,17 @@ def customer_key(ref: SecretKeySelector | None, source: SecretSource) -> bytes |
     return decoded
 
 
-def referenced_secrets(buckets: tuple[BucketSpec, ...]) -> list[tuple[str, str]]:
-    """Every (secret, key) pair the buckets need, for the operator to map into env."""
+def referenced_secrets(spec: ObjectMigrationSpec) -> list[tuple[str, str]]:
+    """Every (secret, key) pair a worker of ``spec`` reads, for the operator to map into env."""
     pairs: list[tuple[str, str]] = []
-    for bucket in buckets:
+    for bucket in (spec.source, spec.target):
         if bucket.credentials_secret_ref is not None:
             name = bucket.credentials_secret_ref.name
             pairs += [(name, ACCESS_KEY_ID), (name, SECRET_ACCESS_KEY), (name, SESSION_TOKEN)]
-    return pairs
+    for ref in (
+        spec.source.customer_key_secret_ref,
+        spec.target.encryption.customer_key_secret_ref,
+    ):
+        if ref is not None:
+            pairs.append((ref.name, ref.key))
+    return list(dict.fromkeys(pairs))

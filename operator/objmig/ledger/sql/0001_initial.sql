@@ -55,13 +55,18 @@ CREATE TABLE objects (
     CONSTRAINT objects_identity UNIQUE (migration_id, key, version_id)
 );
 
--- claim(): per state, eligible rows in (not_before, id) order, so the scan stops at the first
--- row whose not_before lies in the future instead of filtering every waiting row.
+-- claim(): per state, unleased rows in (not_before, id) order, so the scan stops at the
+-- first row whose not_before lies in the future instead of filtering every waiting row, and
+-- leased rows (the head of the queue while workers run) are not in it at all. Also serves
+-- counts and filters by state.
 CREATE INDEX objects_claim_idx ON objects
-    (migration_id, state, (COALESCE(not_before, '-infinity'::timestamptz)), id);
+    (migration_id, state, (COALESCE(not_before, '-infinity'::timestamptz)), id)
+    WHERE lease_owner IS NULL;
 
--- window(): most recently updated rows first.
+-- window(): most recently updated rows first; and the few rows that need a human's eye.
 CREATE INDEX objects_updated_idx ON objects (migration_id, updated_at);
+CREATE INDEX objects_problem_idx ON objects (migration_id, updated_at)
+    WHERE state IN ('failed', 'source_changed');
 
 -- Leased rows are few (workers x batch size): a partial index keeps in-flight counts and
 -- lease expiry cheap at any table size.

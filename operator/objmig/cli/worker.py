@@ -1,0 +1,27 @@
+"""``objmig worker``: the entry point of worker Job pods (see :mod:`objmig.worker`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+import click
+
+from objmig.worker import work
+
+
+@click.command()
+@click.option("--migration", "name", required=True, help="namespace/name of the migration.")
+@click.option("--stage", type=click.Choice(["scan", "copy"]), default="copy", show_default=True)
+@click.option(
+    "--database-url", envvar="OBJMIG_DATABASE_URL", required=True, help="Ledger PostgreSQL URL."
+)
+def worker(name: str, stage: str, database_url: str) -> None:
+    """Work on one migration from inside a Job pod (ledger and S3 only)."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # In a pod the host name is the pod name, so the default lease owner names the pod.
+    sys.exit(asyncio.run(work(database_url, name, stage, os.environ.get("OBJMIG_WORKER_ID"))))
