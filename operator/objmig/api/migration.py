@@ -6,9 +6,10 @@ Every field carries a description because the CRD is generated from these models
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from string import Formatter
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -20,7 +21,7 @@ from objmig.api.base import (
     cel_validations,
 )
 from objmig.api.conditions import Condition
-from objmig.api.types import Duration, Quantity, parse_quantity
+from objmig.api.types import Duration, Quantity, ResourceQuantity, parse_quantity
 
 GROUP = "objmig.dev"
 VERSION = "v1alpha1"
@@ -250,7 +251,8 @@ class MetadataRequirement(ApiModel):
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Lt", "Gt"] = Field(
         description="In, NotIn, Exists, DoesNotExist, or Lt / Gt for integer comparison."
     )
-    values: list[str] = Field(
+    # Each value is bounded so the API server can afford the CEL regex match below.
+    values: list[Annotated[str, Field(max_length=256)]] = Field(
         default_factory=list,
         description="Values for In / NotIn, or the single integer for Lt / Gt.",
         max_length=64,
@@ -263,7 +265,7 @@ class MetadataRequirement(ApiModel):
         if self.operator in ("In", "NotIn") and not self.values:
             raise ValueError("In and NotIn need at least one value")
         if self.operator in ("Lt", "Gt") and (
-            len(self.values) != 1 or not self.values[0].lstrip("-").isdigit()
+            len(self.values) != 1 or not re.fullmatch(r"-?[0-9]+", self.values[0])
         ):
             raise ValueError("Lt and Gt need exactly one integer value")
         return self
@@ -400,7 +402,9 @@ class RestoreSpec(ApiModel):
 
     model_config = cel_validations(
         cel_rule(
-            "self.tier != 'Expedited' || !('DEEP_ARCHIVE' in self.storageClasses)",
+            # Absent storageClasses means both archived classes (the pydantic default).
+            "self.tier != 'Expedited' || "
+            "(has(self.storageClasses) && !('DEEP_ARCHIVE' in self.storageClasses))",
             "Expedited retrieval is not available for DEEP_ARCHIVE; "
             "use Standard or Bulk, or restrict storageClasses to GLACIER",
             field_path=".tier",
@@ -501,10 +505,12 @@ class Toleration(ApiModel):
 class ResourceRequirements(ApiModel):
     """CPU and memory for each worker pod."""
 
-    requests: dict[str, Quantity] = Field(
+    requests: dict[str, ResourceQuantity] = Field(
         default_factory=dict, description="Minimum resources, e.g. cpu: 500m, memory: 256Mi."
     )
-    limits: dict[str, Quantity] = Field(default_factory=dict, description="Maximum resources.")
+    limits: dict[str, ResourceQuantity] = Field(
+        default_factory=dict, description="Maximum resources."
+    )
 
 
 class WorkersSpec(ApiModel):

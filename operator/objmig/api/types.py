@@ -21,6 +21,9 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # A subset of Kubernetes resource.Quantity: non-negative, byte-oriented suffixes only.
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
 _QUANTITY = re.compile(QUANTITY_PATTERN)
+# Kubernetes resource quantities (CPU, memory) also take the milli suffix, e.g. ``500m``.
+RESOURCE_QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+_RESOURCE_QUANTITY = re.compile(RESOURCE_QUANTITY_PATTERN)
 _QUANTITY_FACTORS = {
     "": 1,
     "k": 10**3,
@@ -94,6 +97,17 @@ def _check_quantity(value: int | str) -> int | str:
     return value
 
 
+def _check_resource_quantity(value: int | str) -> int | str:
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{value} is negative; a resource quantity must be zero or more")
+    elif not _RESOURCE_QUANTITY.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a resource quantity; use e.g. 500m or 2 (CPU), 256Mi or 1Gi (memory)"
+        )
+    return value
+
+
 Duration = Annotated[
     str,
     AfterValidator(_check_duration),
@@ -108,9 +122,26 @@ Quantity = Annotated[
     WithJsonSchema(
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
+            # minimum checks the integer form; the pattern (no sign) the string form.
+            "minimum": 0,
             "pattern": QUANTITY_PATTERN,
             "x-kubernetes-int-or-string": True,
         }
     ),
 ]
 """A byte count: an integer, or a string with a suffix such as ``"5Mi"`` or ``"2G"``."""
+
+ResourceQuantity = Annotated[
+    int | str,
+    BeforeValidator(_coerce_quantity),
+    AfterValidator(_check_resource_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "minimum": 0,
+            "pattern": RESOURCE_QUANTITY_PATTERN,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+"""A Kubernetes resource quantity for worker pods: ``500m`` or ``2`` CPUs, ``256Mi`` of memory."""

@@ -10,7 +10,7 @@ import click
 from objmig import __version__
 from objmig.api.crd import write_crds
 from objmig.api.loading import SpecError, load_resources
-from objmig.cli import demo, migrate, worker
+from objmig.cli import demo, migrate, operator, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -59,6 +59,7 @@ for command in (
     migrate.approve,
     demo.demo,
     worker.worker,
+    operator.operator,
 ):
     cli.add_command(command)
 

@@ -18,10 +18,12 @@ from objmig.worker import work
 @click.option(
     "--database-url", envvar="OBJMIG_DATABASE_URL", required=True, help="Ledger PostgreSQL URL."
 )
-def worker(name: str, stage: str, database_url: str) -> None:
+@click.option("--scan-id", type=int, default=None, help="Number of the scan (stage scan).")
+def worker(name: str, stage: str, database_url: str, scan_id: int | None) -> None:
     """Work on one migration from inside a Job pod (ledger and S3 only)."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     # In a pod the host name is the pod name, so the default lease owner names the pod.
-    sys.exit(asyncio.run(work(database_url, name, stage, os.environ.get("OBJMIG_WORKER_ID"))))
+    owner = os.environ.get("OBJMIG_WORKER_ID")
+    sys.exit(asyncio.run(work(database_url, name, stage, owner, scan_id)))

@@ -28,6 +28,7 @@ class JobObservation:
     failed_reason: str | None = None  # the Failed condition's reason, when the Job failed
     failed_message: str = ""
     suspended: bool = False
+    parallelism: int = 0
 
     @property
     def finished(self) -> bool:

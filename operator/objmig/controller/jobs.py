@@ -38,6 +38,7 @@ class JobWant:
     stage: Stage
     parallelism: int
     suspend: bool
+    scan_id: int | None = None
 
 
 def worker_env(migration: ObjectMigration, config: OperatorConfig) -> list[dict[str, Any]]:
@@ -96,6 +97,7 @@ def worker_job(migration: ObjectMigration, want: JobWant, config: OperatorConfig
             f"{meta.namespace}/{meta.name}",
             "--stage",
             want.stage,
+            *(["--scan-id", str(want.scan_id)] if want.scan_id is not None else []),
         ],
         "env": worker_env(migration, config),
         "resources": (

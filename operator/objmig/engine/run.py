@@ -132,7 +132,7 @@ class LocalRun:
         counts = await self._ledger.counts(mid)
         state = await self._ledger.get_state(mid)
         gate = cutover_gate(self._spec, cutover_inputs(counts, state))
-        await self._record_digest(mid)
+        await record_verification(self._ledger, mid)
         if not gate.ok:
             return RunResult("awaiting-cutover", await self._publish())
         await perform_cutover(self._ledger, mid, self._spec, self._secrets, None)
@@ -209,19 +209,6 @@ class LocalRun:
         log.info("catch-up round %d found %d new or changed objects", rounds + 1, outcome.delta)
         return outcome.delta > 0
 
-    async def _record_digest(self, mid: int) -> None:
-        digest = await self._ledger.verification_digest(mid)
-        await self._ledger.update_state(
-            mid,
-            {
-                "verification": {
-                    "digest": f"sha256:{digest.sha256}",
-                    "objects": digest.objects,
-                    "bytes": digest.bytes,
-                }
-            },
-        )
-
     async def _rollback(self, mid: int) -> RunResult:
         gate = await perform_rollback(self._ledger, mid, self._spec, self._secrets, None)
         status = await self._publish()
@@ -284,3 +271,14 @@ async def compute_status(
         ),
         previous or ObjectMigrationStatus(),
     )
+
+
+async def record_verification(ledger: Ledger, migration_id: int) -> str:
+    """Compute the verification digest over the verified rows and record it; return it."""
+    digest = await ledger.verification_digest(migration_id)
+    value = f"sha256:{digest.sha256}"
+    await ledger.update_state(
+        migration_id,
+        {"verification": {"digest": value, "objects": digest.objects, "bytes": digest.bytes}},
+    )
+    return value

@@ -55,11 +55,17 @@ async def run_scan(
     context: MigrationContext,
     client: S3Client,
     *,
+    scan_id: int | None = None,
     config_maps: dict[str, dict[str, str]] | None = None,
 ) -> ScanOutcome:
-    """Scan the source once more and record the outcome in the migration's state."""
+    """Scan the source once more and record the outcome in the migration's state.
+
+    ``scan_id`` numbers the scan (default: one more than the last); the operator passes its
+    own number so a retried scan pod repeats the same scan instead of starting a new one.
+    """
     state = await ledger.get_state(migration_id)
-    scan_id = int(state.get("scan", {}).get("id", 0)) + 1
+    if scan_id is None:
+        scan_id = int(state.get("scan", {}).get("id", 0)) + 1
     await ledger.update_state(
         migration_id, {"scan": {**state.get("scan", {}), "id": scan_id, "running": True}}
     )

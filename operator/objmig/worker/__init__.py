@@ -25,7 +25,9 @@ log = logging.getLogger("objmig.worker")
 EXIT_PERMANENT = 42
 
 
-async def work(database_url: str, name: str, stage: str, owner: str | None) -> int:
+async def work(
+    database_url: str, name: str, stage: str, owner: str | None, scan_id: int | None = None
+) -> int:
     """Run one stage of one migration to its end; returns the process exit code."""
     ledger = await Ledger.connect(database_url, min_size=1, max_size=4)
     try:
@@ -52,7 +54,7 @@ async def work(database_url: str, name: str, stage: str, owner: str | None) -> i
         try:
             if stage == "scan":
                 async with context.clients() as (source, _):
-                    outcome = await run_scan(ledger, migration_id, context, source)
+                    outcome = await run_scan(ledger, migration_id, context, source, scan_id=scan_id)
                 log.info("scan %d: %s", outcome.scan_id, outcome.result)
             else:
                 stats = await Worker(ledger, migration_id, context, owner=owner).run(stop)

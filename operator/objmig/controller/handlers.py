@@ -1,0 +1,101 @@
+"""Kopf handlers: thin. Parse, call the service, write what it returns.
+
+Importing this module registers the handlers; ``objmig operator`` imports it and runs Kopf.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+from kubernetes_asyncio import client
+from kubernetes_asyncio import config as kube_config
+from prometheus_client import start_http_server
+
+from objmig.api.migration import GROUP, VERSION
+from objmig.controller import metrics
+from objmig.controller.config import OperatorConfig
+from objmig.controller.kube import Kube
+from objmig.controller.service import MigrationService
+from objmig.engine.run import RateMeter
+from objmig.ledger import Ledger
+
+PLURAL = "objectmigrations"
+# Read at import: Kopf timers take their interval when they are declared.
+STATUS_INTERVAL = float(os.environ.get("OBJMIG_STATUS_INTERVAL", "5"))
+ANNOTATION_PREFIX = "objmig.dev"
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Configure Kopf, connect to the ledger (refusing a newer schema) and the cluster."""
+    config = OperatorConfig.from_env()
+    settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/ledger-cleanup"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    # Long watches with a client-side timeout a little above the server's, so a silently
+    # dropped connection is noticed.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    # Our Events are explicit (kopf.event); Kopf's own log-to-Event mirroring only for problems.
+    settings.posting.level = logging.WARNING
+    settings.peering.standalone = True
+
+    memo.ledger = await Ledger.connect(config.database_url)
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        kube_config.load_incluster_config()
+    else:
+        await kube_config.load_kube_config()
+    memo.api = client.ApiClient()
+    memo.service = MigrationService(memo.ledger, Kube(memo.api), config)
+    port = int(os.environ.get("OBJMIG_METRICS_PORT", "8080"))
+    if port:
+        start_http_server(port)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    """Close the ledger pool and the API client."""
+    await memo.ledger.close()
+    await memo.api.close()
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=STATUS_INTERVAL)
+async def reconcile(
+    body: kopf.Body,
+    memo: Any,
+    patch: kopf.Patch,
+    namespace: str | None,
+    name: str,
+    **_: Any,
+) -> None:
+    """Move the migration forward and write its status, at most once per interval."""
+    namespace = namespace or "default"
+    if "rates" not in memo:
+        memo.rates = RateMeter()
+    outcome = await memo.service.reconcile(body, memo.rates)
+    for event in outcome.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    if outcome.status is not None:
+        previous = dict(body.get("status") or {})
+        # A merge patch keeps keys it does not mention; clear the ones that went away.
+        patch.status.update({key: None for key in previous if key not in outcome.status})
+        patch.status.update(outcome.status)
+        metrics.STATUS_PATCHES.labels(namespace, name).inc()
+    metrics.RECONCILES.labels(namespace, name).inc()
+    if outcome.current is not None and outcome.counts is not None:
+        metrics.observe(namespace, name, outcome.counts, outcome.current)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def deleted(body: kopf.Body, memo: kopf.Memo, namespace: str, name: str, **_: Any) -> None:
+    """Jobs go with their owner; the ledger rows go here, unless the report is retained."""
+    await memo.service.forget(body)
+    metrics.forget(namespace or "default", name)

@@ -1,0 +1,122 @@
+"""The operator's Kubernetes I/O beyond its own resources: Jobs, ConfigMaps, Secrets.
+
+Thin wrappers over kubernetes_asyncio; every decision about *what* to do lives elsewhere.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
+
+from objmig.api.migration import ConfigMapAction
+from objmig.controller.decide import JobObservation
+from objmig.controller.jobs import MIGRATION_LABEL
+
+
+class Kube:
+    """Jobs, ConfigMaps and Secrets of one cluster."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._batch = client.BatchV1Api(api)
+        self._core = client.CoreV1Api(api)
+
+    async def jobs_of(self, namespace: str, migration: str) -> dict[str, JobObservation]:
+        """The migration's Jobs by name, reduced to what decisions need."""
+        jobs = await self._batch.list_namespaced_job(
+            namespace, label_selector=f"{MIGRATION_LABEL}={migration}"
+        )
+        return {job.metadata.name: _observe(job) for job in jobs.items}
+
+    async def create_job(self, manifest: dict[str, Any]) -> bool:
+        """Create a Job; False when one of that name exists already (a previous attempt)."""
+        # The client serialises plain dicts as they are; building V1Job objects would only
+        # round-trip the same manifest through another type.
+        body: Any = manifest
+        try:
+            await self._batch.create_namespaced_job(manifest["metadata"]["namespace"], body)
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
+    async def scale_job(
+        self, namespace: str, name: str, parallelism: int, *, suspend: bool
+    ) -> None:
+        """Set parallelism (and completions, which must stay equal) and suspension."""
+        await self._batch.patch_namespaced_job(
+            name,
+            namespace,
+            {"spec": {"parallelism": parallelism, "completions": parallelism, "suspend": suspend}},
+        )
+
+    async def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:
+        """Suspend or resume one Job."""
+        await self._batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
+
+    async def read_secret(self, namespace: str, name: str, key: str) -> str | None:
+        """One value of a Secret, or None when the Secret or the key is missing."""
+        try:
+            secret = await self._core.read_namespaced_secret(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        value = (secret.data or {}).get(key)
+        return base64.b64decode(value).decode() if value is not None else None
+
+    async def config_map_data(self, namespace: str, name: str) -> dict[str, str]:
+        """A ConfigMap's data (empty when the ConfigMap does not exist)."""
+        try:
+            found = await self._core.read_namespaced_config_map(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return {}
+            raise
+        return dict(found.data or {})
+
+    async def patch_config_map(
+        self, namespace: str, name: str, data: dict[str, str | None]
+    ) -> None:
+        """Merge ``data`` into a ConfigMap; a None value removes the key."""
+        await self._core.patch_namespaced_config_map(name, namespace, {"data": data})
+
+
+class KubeConfigMaps:
+    """The cutover's ConfigMap action against the real cluster (see ``ConfigMapWriter``)."""
+
+    def __init__(self, kube: Kube, namespace: str) -> None:
+        self._kube = kube
+        self._namespace = namespace
+
+    async def apply(self, action: ConfigMapAction) -> dict[str, str | None]:
+        """Set the action's values; return what they were (None: the key was absent)."""
+        current = await self._kube.config_map_data(self._namespace, action.name)
+        previous: dict[str, str | None] = {key: current.get(key) for key in action.data}
+        await self._kube.patch_config_map(self._namespace, action.name, dict(action.data))
+        return previous
+
+    async def restore(self, action: ConfigMapAction, previous: dict[str, str | None]) -> None:
+        """Put the previous values back; keys that were absent are removed again."""
+        restore = {key: previous.get(key) for key in action.data}
+        await self._kube.patch_config_map(self._namespace, action.name, restore)
+
+
+def _observe(job: Any) -> JobObservation:
+    status = job.status
+    conditions = {c.type: c for c in (status.conditions or []) if c.status == "True"}
+    failed = conditions.get("Failed")
+    return JobObservation(
+        name=job.metadata.name,
+        active=status.active or 0,
+        succeeded=status.succeeded or 0,
+        failed=status.failed or 0,
+        complete="Complete" in conditions,
+        failed_reason=(failed.reason or "Failed") if failed is not None else None,
+        failed_message=(failed.message or "") if failed is not None else "",
+        suspended=bool(job.spec.suspend),
+        parallelism=job.spec.parallelism or 0,
+    )

@@ -1,0 +1,299 @@
+"""Reconciling one ObjectMigration: gather, decide, act, and describe the result.
+
+The Kopf handlers call :meth:`MigrationService.reconcile` on a timer. It reads the ledger and
+the migration's Jobs, asks :func:`objmig.controller.decide.decide` what to do, does it, and
+returns the new status (or None when nothing changed), plus the Events worth emitting.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from objmig.api.conditions import find_condition, set_condition
+from objmig.api.loading import explain
+from objmig.api.migration import JobRef, ObjectMigration, ObjectMigrationStatus, ReportRef
+from objmig.controller.config import OperatorConfig
+from objmig.controller.decide import Decision, JobObservation, Observed, decide, rounds
+from objmig.controller.jobs import JobWant, worker_job
+from objmig.controller.kube import Kube, KubeConfigMaps
+from objmig.engine.context import ledger_name
+from objmig.engine.cutover import perform_cutover, perform_rollback
+from objmig.engine.run import RateMeter, compute_status, record_verification
+from objmig.engine.secrets import EnvSecrets, env_name
+from objmig.engine.status import tally
+from objmig.ledger import Counts, Ledger, MigrationConflict
+
+log = logging.getLogger(__name__)
+
+#: Annotation that keeps the ledger rows (the full report) after the resource is deleted.
+RETAIN_REPORT = "objmig.dev/retain-report"
+
+#: CutoverReady reasons that mean "waiting on someone", worth an Event when they appear.
+_BLOCKING = frozenset(
+    {"AwaitingApproval", "FailureBudgetExceeded", "FailureRatioExceeded", "CatchUpNotConverging"}
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post about the migration."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    """What a reconcile produced: the status to write (None: unchanged) and Events."""
+
+    status: dict[str, Any] | None
+    events: list[Event] = field(default_factory=list)
+    current: ObjectMigrationStatus | None = None
+    counts: Counts | None = None
+
+
+class MigrationService:
+    """Reconciles ObjectMigrations against the ledger and the cluster."""
+
+    def __init__(self, ledger: Ledger, kube: Kube, config: OperatorConfig) -> None:
+        self._ledger = ledger
+        self._kube = kube
+        self._config = config
+
+    async def reconcile(self, body: Mapping[str, Any], rates: RateMeter) -> Outcome:
+        """One level-based pass over one migration."""
+        previous = _previous_status(body)
+        try:
+            migration = ObjectMigration.model_validate(dict(body))
+        except ValidationError as error:
+            return self._failed_outcome(previous, "InvalidSpec", "; ".join(explain(error)))
+        name = ledger_name(migration)
+        try:
+            migration_id = await self._ledger.ensure_migration(name, migration.metadata.uid or "")
+        except MigrationConflict as error:
+            return self._failed_outcome(previous, "LedgerConflict", str(error))
+
+        state = await self._sync_spec(migration_id, migration)
+        jobs = await self._kube.jobs_of(migration.metadata.namespace, migration.metadata.name)
+        counts = await self._ledger.counts(migration_id)
+        decision = decide(
+            Observed(
+                name=migration.metadata.name,
+                spec=migration.spec,
+                tally=tally(counts),
+                state=state,
+                jobs=jobs,
+            )
+        )
+        events = await self._act(migration, migration_id, state, jobs, decision)
+
+        state = await self._ledger.get_state(migration_id)
+        view = tally(await self._ledger.counts(migration_id))
+        if (
+            not view.outstanding
+            and state.get("scan", {}).get("completedAt")
+            and state.get("verification", {}).get("objects") != view.verified
+        ):
+            await record_verification(self._ledger, migration_id)
+        status = await compute_status(
+            self._ledger,
+            migration_id,
+            migration.spec,
+            previous,
+            rates,
+            generation=migration.metadata.generation,
+        )
+        status.jobs = [_job_ref(job) for job in (await self._jobs_after(migration, jobs))]
+        status.report = ReportRef(
+            location=f"ledger://{name}",
+            command=f"objmig report {name} --database-url $OBJMIG_DATABASE_URL",
+        )
+        events += _transition_events(previous, status)
+        wire = status.to_wire()
+        changed = wire if wire != previous.to_wire() else None
+        return Outcome(changed, events, status, await self._ledger.counts(migration_id))
+
+    async def forget(self, body: Mapping[str, Any]) -> bool:
+        """On deletion: drop the ledger rows unless the resource asks to retain the report."""
+        annotations = body.get("metadata", {}).get("annotations") or {}
+        if annotations.get(RETAIN_REPORT) == "true":
+            return False
+        namespace = body["metadata"].get("namespace", "default")
+        migration_id = await self._ledger.find_migration(f"{namespace}/{body['metadata']['name']}")
+        if migration_id is None:
+            return False
+        return await self._ledger.delete_migration(migration_id)
+
+    # -- acting ---------------------------------------------------------------------------
+
+    async def _sync_spec(self, migration_id: int, migration: ObjectMigration) -> dict[str, Any]:
+        """Store the spec for the workers when it changed; a changed spec clears a failure."""
+        state = await self._ledger.get_state(migration_id)
+        generation = migration.metadata.generation
+        if state.get("generation") == generation and "spec" in state:
+            return state
+        patch: dict[str, Any] = {"spec": migration.spec.to_wire(), "generation": generation}
+        if state.get("failed"):
+            round_, wave = rounds(state)
+            # The user changed something: try again with fresh Jobs.
+            patch["failed"] = None
+            patch["operator"] = {"round": round_, "wave": wave + 1}
+        return await self._ledger.update_state(migration_id, patch)
+
+    async def _act(
+        self,
+        migration: ObjectMigration,
+        migration_id: int,
+        state: dict[str, Any],
+        jobs: dict[str, JobObservation],
+        decision: Decision,
+    ) -> list[Event]:
+        namespace = migration.metadata.namespace
+        events: list[Event] = []
+        if decision.failed is not None:
+            reason, message = decision.failed
+            await self._ledger.update_state(
+                migration_id, {"failed": {"reason": reason, "message": message}}
+            )
+        if (
+            decision.paused is not None
+            and state.get("paused", {}).get("reason") != (decision.paused[0])
+        ):
+            reason, message = decision.paused
+            await self._ledger.update_state(
+                migration_id, {"paused": {"reason": reason, "message": message}}
+            )
+        if decision.clear_paused:
+            await self._ledger.update_state(migration_id, {"paused": None})
+        if decision.suspend_jobs:
+            for job in jobs.values():
+                if not job.finished and not job.suspended:
+                    await self._kube.suspend_job(namespace, job.name, True)
+        if decision.job is not None:
+            await self._ensure_job(migration, decision.job, jobs)
+        round_, wave = rounds(state)
+        if decision.next_wave:
+            await self._ledger.update_state(
+                migration_id, {"operator": {"round": round_, "wave": wave + 1}}
+            )
+        if decision.next_round:
+            await self._ledger.update_state(
+                migration_id, {"operator": {"round": round_ + 1, "wave": 0}}
+            )
+        if decision.catch_up_result is not None:
+            done, delta = decision.catch_up_result
+            await self._ledger.update_state(
+                migration_id, {"catchUp": {"rounds": done, "lastDelta": delta}}
+            )
+        if decision.cut_over:
+            record = await perform_cutover(
+                self._ledger,
+                migration_id,
+                migration.spec,
+                await self._secrets_for_cutover(migration),
+                KubeConfigMaps(self._kube, namespace),
+            )
+            events.append(Event("Normal", "CutOver", "; ".join(record["actions"]) or "cut over"))
+        if decision.roll_back:
+            gate = await perform_rollback(
+                self._ledger,
+                migration_id,
+                migration.spec,
+                await self._secrets_for_cutover(migration),
+                KubeConfigMaps(self._kube, namespace),
+            )
+            if gate.ok:
+                events.append(Event("Normal", "RolledBack", "cutover actions reverted"))
+            elif gate.reason != "NotCutOver":
+                events.append(Event("Warning", gate.reason, gate.message))
+        return events
+
+    async def _ensure_job(
+        self, migration: ObjectMigration, want: JobWant, jobs: dict[str, JobObservation]
+    ) -> None:
+        namespace = migration.metadata.namespace
+        existing = jobs.get(want.name)
+        if existing is None:
+            created = await self._kube.create_job(worker_job(migration, want, self._config))
+            if created:
+                log.info("created Job %s/%s", namespace, want.name)
+            return
+        if existing.finished:
+            return
+        if existing.suspended != want.suspend or existing.parallelism != want.parallelism:
+            await self._kube.scale_job(namespace, want.name, want.parallelism, suspend=want.suspend)
+
+    async def _secrets_for_cutover(self, migration: ObjectMigration) -> EnvSecrets:
+        """The Secret values the cutover needs (the catalog DSN), read from the cluster."""
+        environ: dict[str, str] = {}
+        catalog = migration.spec.cutover.catalog
+        if catalog is not None:
+            ref = catalog.dsn_secret_ref
+            value = await self._kube.read_secret(migration.metadata.namespace, ref.name, ref.key)
+            if value is not None:
+                environ[env_name(ref.name, ref.key)] = value
+        return EnvSecrets(environ=environ)
+
+    async def _jobs_after(
+        self, migration: ObjectMigration, before: dict[str, JobObservation]
+    ) -> list[JobObservation]:
+        after = await self._kube.jobs_of(migration.metadata.namespace, migration.metadata.name)
+        return sorted(after.values(), key=lambda job: job.name) if after else list(before.values())
+
+    def _failed_outcome(
+        self, previous: ObjectMigrationStatus, reason: str, message: str
+    ) -> Outcome:
+        status = previous.model_copy(deep=True)
+        status.conditions = set_condition(
+            status.conditions, "Failed", "True", reason, message, now=datetime.now(UTC)
+        )
+        status.phase = "Failed"
+        wire = status.to_wire()
+        return Outcome(
+            None if wire == previous.to_wire() else wire, [Event("Warning", reason, message)]
+        )
+
+
+def _previous_status(body: Mapping[str, Any]) -> ObjectMigrationStatus:
+    raw = body.get("status") or {}
+    try:
+        return ObjectMigrationStatus.model_validate(dict(raw))
+    except ValidationError:
+        # A status we cannot read (an older operator's, or hand-edited) is rebuilt.
+        return ObjectMigrationStatus()
+
+
+def _job_ref(job: JobObservation) -> JobRef:
+    stage = "scan" if "-scan-" in job.name else "copy"
+    return JobRef(
+        name=job.name, stage=stage, active=job.active, succeeded=job.succeeded, failed=job.failed
+    )
+
+
+def _transition_events(
+    previous: ObjectMigrationStatus, status: ObjectMigrationStatus
+) -> list[Event]:
+    """Events for the changes a user watching ``kubectl get events`` wants to see."""
+    events: list[Event] = []
+    if previous.phase != status.phase:
+        kind = "Warning" if status.phase in ("Failed", "Paused") else "Normal"
+        reason = {"Failed": "Failed", "Paused": "Paused"}.get(status.phase, "PhaseChanged")
+        condition = find_condition(status.conditions, status.phase)
+        detail = f": {condition.message}" if condition is not None and condition.message else ""
+        events.append(Event(kind, reason, f"{previous.phase} -> {status.phase}{detail}"))
+    before = find_condition(previous.conditions, "CutoverReady")
+    after = find_condition(status.conditions, "CutoverReady")
+    if (
+        after is not None
+        and after.reason in _BLOCKING
+        and (before is None or before.reason != after.reason)
+    ):
+        events.append(Event("Warning", after.reason, after.message))
+    return events
