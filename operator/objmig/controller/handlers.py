@@ -50,7 +50,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
     memo.ledger = await Ledger.connect(config.database_url)
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        kube_config.load_incluster_config()
+        kube_config.load_incluster_config()  # type: ignore[no-untyped-call]
     else:
         await kube_config.load_kube_config()
     memo.api = client.ApiClient()
@@ -95,7 +95,7 @@ async def reconcile(
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-async def deleted(body: kopf.Body, memo: kopf.Memo, namespace: str, name: str, **_: Any) -> None:
+async def deleted(body: kopf.Body, memo: Any, namespace: str | None, name: str, **_: Any) -> None:
     """Jobs go with their owner; the ledger rows go here, unless the report is retained."""
     await memo.service.forget(body)
     metrics.forget(namespace or "default", name)
