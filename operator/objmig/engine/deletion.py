@@ -1,0 +1,145 @@
+"""The deletion gate: may this source object be deleted, right now? Pure and total.
+
+Deleting the source is the one irreversible step of a migration, so the answer is "delete"
+only when every condition holds at the moment of deletion, and otherwise "skip" with the
+first reason that failed. The same function answers for the migration as a whole (the
+gates a MigrationCleanup reports before it starts) and for each object (re-checked by the
+deletion worker right before each DeleteObjects call).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from objmig.api.cleanup import MigrationCleanupSpec
+from objmig.api.types import format_duration, parse_duration
+from objmig.ledger import ObjectRow, ObjectState
+from objmig.storage.objects import HeadResult
+
+
+@dataclass(frozen=True)
+class MigrationFacts:
+    """What the gate needs to know about the migration being cleaned up."""
+
+    cut_over_at: datetime | None
+    rolled_back: bool
+    digest: str | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Delete, or skip with a CamelCase reason and a message a person can act on."""
+
+    delete: bool
+    reason: str
+    message: str
+
+    @property
+    def gate(self) -> str:
+        """The name of the gate that decided (for ``status.unmetGates``)."""
+        return _GATE_OF_REASON.get(self.reason, self.reason)
+
+
+_GATE_OF_REASON = {
+    "NotCutOver": "CutOver",
+    "RolledBack": "CutOver",
+    "ApprovalMissing": "Approval",
+    "ApprovalDigestMismatch": "Approval",
+    "GracePeriodNotElapsed": "GracePeriod",
+}
+
+
+def _same_second(a: datetime, b: datetime) -> bool:
+    # Listings may carry milliseconds, HEAD answers in whole seconds (an HTTP date).
+    return int(a.timestamp()) == int(b.timestamp())
+
+
+def migration_verdict(spec: MigrationCleanupSpec, facts: MigrationFacts, now: datetime) -> Verdict:
+    """The gates that hold or not for the whole migration (before looking at any object)."""
+    if facts.cut_over_at is None:
+        return Verdict(False, "NotCutOver", "the migration has not cut over")
+    if facts.rolled_back:
+        return Verdict(False, "RolledBack", "the migration's cutover was rolled back")
+    if spec.approval is None:
+        return Verdict(
+            False,
+            "ApprovalMissing",
+            "spec.approval.digest is not set; `objmig approve MIGRATION` prints the digest",
+        )
+    if facts.digest is None or spec.approval.digest != facts.digest:
+        return Verdict(
+            False,
+            "ApprovalDigestMismatch",
+            f"spec.approval.digest {spec.approval.digest} does not match the migration's "
+            f"verification digest {facts.digest or '(none yet)'}; review what was verified "
+            "again and quote the current digest",
+        )
+    grace = parse_duration(spec.grace_period)
+    elapsed = now - facts.cut_over_at
+    if elapsed < grace:
+        return Verdict(
+            False,
+            "GracePeriodNotElapsed",
+            f"{format_duration(grace - elapsed)} of gracePeriod {spec.grace_period} left "
+            f"(cut over at {facts.cut_over_at.isoformat()}; deletions start at "
+            f"{(facts.cut_over_at + grace).isoformat()})",
+        )
+    return Verdict(True, "GatesPassed", "every migration-level gate holds")
+
+
+def object_verdict(
+    spec: MigrationCleanupSpec,
+    facts: MigrationFacts,
+    row: ObjectRow,
+    source: HeadResult | None,
+    target: HeadResult | None,
+    now: datetime,
+) -> Verdict:
+    """Whether the source object of ``row`` may be deleted now.
+
+    ``source`` and ``target`` are fresh HEADs (None: the object is not there). Delete only
+    if: the migration gates hold; the row is verified (and cut over); ``minAge`` has passed
+    since its verification; the source is unchanged since verification (ETag, size,
+    version id, last-modified); the target copy exists and matches the verified ETag.
+    """
+    overall = migration_verdict(spec, facts, now)
+    if not overall.delete:
+        return overall
+    if row.state is not ObjectState.VERIFIED or row.verified_at is None:
+        return Verdict(False, "NotVerified", f"ledger state is {row.state.value}, not verified")
+    if row.cut_over_at is None:
+        return Verdict(False, "NotCutOver", "the object was not part of the cutover")
+    min_age = parse_duration(spec.min_age)
+    if now - row.verified_at < min_age:
+        return Verdict(
+            False,
+            "MinAgeNotElapsed",
+            f"verified {format_duration(now - row.verified_at)} ago; minAge is {spec.min_age}",
+        )
+    if source is None:
+        return Verdict(False, "SourceMissing", "the source object is already gone")
+    changes = []
+    if source.etag != row.etag:
+        changes.append(f"ETag {row.etag} -> {source.etag}")
+    if source.size != row.size:
+        changes.append(f"size {row.size} -> {source.size}")
+    if (source.version_id or "") != row.version_id and row.version_id:
+        changes.append(f"version {row.version_id} -> {source.version_id}")
+    if row.last_modified is not None and not _same_second(source.last_modified, row.last_modified):
+        changes.append("last-modified moved")
+    if changes:
+        return Verdict(
+            False,
+            "SourceChangedSinceVerify",
+            "source changed since verification: " + ", ".join(changes),
+        )
+    if target is None:
+        return Verdict(False, "TargetMissing", f"the target copy {row.target_key} is gone")
+    if row.target_etag is None or target.etag != row.target_etag or target.size != row.size:
+        return Verdict(
+            False,
+            "TargetChangedSinceVerify",
+            f"the target copy {row.target_key} no longer matches what was verified",
+        )
+    return Verdict(True, "Delete", "every gate holds")
