@@ -1,8 +1,8 @@
 """Row and result types of the ledger.
 
-Plain frozen dataclasses rather than pydantic models: the ledger builds hundreds of thousands
-of them while streaming reports, and they never cross a trust boundary (they come from our
-own database), so validation would be pure cost.
+Frozen dataclasses and NamedTuples rather than pydantic models: the ledger builds hundreds of
+thousands of rows while claiming and streaming, and they never cross a trust boundary (they
+come from our own database or our own engine), so validation would be pure cost.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -112,9 +112,13 @@ class InventoryResult:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectRow:
-    """One row of the ``objects`` table, every column."""
+class ObjectRow(NamedTuple):
+    """One row of the ``objects`` table, every column.
+
+    A NamedTuple rather than a frozen dataclass: claims and reports build hundreds of
+    thousands of these, and a frozen dataclass's ``__init__`` (one ``object.__setattr__`` per
+    field) cost more than the database round trip that fetched them.
+    """
 
     id: int
     migration_id: int
@@ -148,20 +152,22 @@ class ObjectRow:
     def from_record(cls, record: asyncpg.Record | Mapping[str, Any]) -> ObjectRow:
         """Build from a database record that has every column of ``objects``."""
         # Positional and without a dict: reports and claims build many thousands of these.
-        values = [record[name] for name in OBJECT_COLUMNS]
+        values = [record[name] for name in _OBJECT_FIELDS]
         values[_STATE_INDEX] = _STATES[values[_STATE_INDEX]]
-        return cls(*values)
+        return cls._make(values)
 
 
 #: The columns of ``objects`` in ObjectRow order; used to build SELECT lists and reports.
-OBJECT_COLUMNS: tuple[str, ...] = tuple(ObjectRow.__dataclass_fields__)
+OBJECT_COLUMNS: tuple[str, ...] = ObjectRow._fields
+_OBJECT_FIELDS = OBJECT_COLUMNS
 _STATE_INDEX = OBJECT_COLUMNS.index("state")
 _STATES: dict[str, ObjectState] = {state.value: state for state in ObjectState}
 
 
-@dataclass(frozen=True, slots=True)
-class StepResult:
+class StepResult(NamedTuple):
     """The outcome of one pipeline step for one claimed row, written by ``Ledger.record``.
+
+    (A NamedTuple, like :class:`ObjectRow`, because workers make one per object.)
 
     Field semantics:
 

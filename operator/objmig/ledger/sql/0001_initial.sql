@@ -63,8 +63,10 @@ CREATE INDEX objects_claim_idx ON objects
     (migration_id, state, (COALESCE(not_before, '-infinity'::timestamptz)), id)
     WHERE lease_owner IS NULL;
 
--- window(): most recently updated rows first; and the few rows that need a human's eye.
-CREATE INDEX objects_updated_idx ON objects (migration_id, updated_at);
+-- window(): most recently updated unleased rows first (partial, so that claiming a row, the
+-- most frequent update, does not touch it); and the few rows that need a human's eye.
+CREATE INDEX objects_updated_idx ON objects (migration_id, updated_at)
+    WHERE lease_owner IS NULL;
 CREATE INDEX objects_problem_idx ON objects (migration_id, updated_at)
     WHERE state IN ('failed', 'source_changed');
 
