@@ -680,8 +680,6 @@ class Ledger:
         )
         return _affected(status)
 
-    # -- reading ------------------------------------------------------------------------------
-
     async def requeue(
         self,
         migration_id: int,
@@ -699,7 +697,8 @@ class Ledger:
             """
             UPDATE objects
             SET state = 'pending', attempts = 0, last_error = NULL, error_code = NULL,
-                skip_reason = NULL, not_before = NULL, updated_at = now()
+                skip_reason = NULL, not_before = NULL, updated_at = now(),
+                lease_owner = NULL, lease_expires_at = NULL
             WHERE migration_id = $1 AND state = ANY($2::text[])
               AND ($3::text[] IS NULL OR skip_reason = ANY($3::text[]))
               AND (lease_expires_at IS NULL OR lease_expires_at <= now())
@@ -737,6 +736,9 @@ class Ledger:
         self, migration_id: int, column: Literal["skip_reason", "storage_class", "error_code"]
     ) -> dict[str, StateCount]:
         """Objects and bytes grouped by one column (plans, skip and error summaries)."""
+        if column not in ("skip_reason", "storage_class", "error_code"):
+            # The column name is interpolated into SQL: refuse anything but the three.
+            raise ValueError(f"cannot break down by {column!r}")
         records = await self._pool.fetch(
             f"""
             SELECT coalesce({column}, '') AS value, count(*) AS objects,
@@ -751,6 +753,8 @@ class Ledger:
             for r in records
             if r["value"]
         }
+
+    # -- reading ------------------------------------------------------------------------------
 
     async def get_object(self, object_id: int) -> ObjectRow | None:
         """One row by id, or None."""

@@ -57,8 +57,8 @@ CREATE TABLE objects (
 
 -- claim(): per state, unleased rows in (not_before, id) order, so the scan stops at the
 -- first row whose not_before lies in the future instead of filtering every waiting row, and
--- leased rows (the head of the queue while workers run) are not in it at all. Also serves
--- counts and filters by state.
+-- leased rows (the head of the queue while workers run) are not in it at all. Claiming a
+-- row (setting lease_owner) takes it out; recording a result puts it back under its new state.
 CREATE INDEX objects_claim_idx ON objects
     (migration_id, state, (COALESCE(not_before, '-infinity'::timestamptz)), id)
     WHERE lease_owner IS NULL;
