@@ -402,9 +402,8 @@ class RestoreSpec(ApiModel):
 
     model_config = cel_validations(
         cel_rule(
-            # Absent storageClasses means both archived classes (the pydantic default).
-            "self.tier != 'Expedited' || "
-            "(has(self.storageClasses) && !('DEEP_ARCHIVE' in self.storageClasses))",
+            # storageClasses has a schema default, so the API server always sees it here.
+            "self.tier != 'Expedited' || !('DEEP_ARCHIVE' in self.storageClasses)",
             "Expedited retrieval is not available for DEEP_ARCHIVE; "
             "use Standard or Bulk, or restrict storageClasses to GLACIER",
             field_path=".tier",
@@ -419,8 +418,10 @@ class RestoreSpec(ApiModel):
     poll_interval: Duration = Field(
         default="15m", description="How often to check whether a restore has finished."
     )
+    # A plain default (pydantic copies it per instance) so the CRD carries it too: the CEL rule
+    # above reads storageClasses, which must not be absent on the API server.
     storage_classes: list[ArchivedStorageClass] = Field(
-        default_factory=lambda: list(get_args(ArchivedStorageClass)),
+        default=list(get_args(ArchivedStorageClass)),
         description="Archived classes to restore. GLACIER_IR is readable and needs no restore.",
         min_length=1,
         max_length=2,
