@@ -301,3 +301,36 @@ async def test_database_rejects_half_set_lease(ledger: Ledger) -> None:
 
     with pytest.raises(asyncpg.CheckViolationError):
         await ledger.pool.execute("UPDATE objects SET lease_owner = 'x'")
+
+
+async def test_claim_sweeps_forward_and_wraps_around_for_released_rows(ledger: Ledger) -> None:
+    mid = await ledger.ensure_migration("ns/a")
+    await ledger.upsert_inventory(mid, inventory_rows(10), scan_id=1)
+    first = await ledger.claim(mid, "w", [ObjectState.PENDING], 3, LEASE)
+    await ledger.release("w", [first[0].id])  # now behind the sweep position
+
+    second = await ledger.claim(mid, "w", [ObjectState.PENDING], 3, LEASE)
+    rest = await ledger.claim(mid, "w", [ObjectState.PENDING], 10, LEASE)
+
+    ids = sorted(r.id for r in first)
+    assert [r.id for r in second] == [ids[-1] + 1, ids[-1] + 2, ids[-1] + 3]
+    # The end of the sweep wraps around to the released row in the same call.
+    assert len(rest) == 5
+    assert first[0].id in {r.id for r in rest}
+    assert await ledger.claim(mid, "w", [ObjectState.PENDING], 10, LEASE) == []
+
+
+async def test_a_second_ledger_on_the_same_database_claims_what_is_left(
+    ledger: Ledger, database_url: str
+) -> None:
+    mid = await ledger.ensure_migration("ns/a")
+    await ledger.upsert_inventory(mid, inventory_rows(6), scan_id=1)
+    taken = await ledger.claim(mid, "a", [ObjectState.PENDING], 4, LEASE)
+    other = await Ledger.connect(database_url, min_size=1, max_size=2)
+    try:
+        rest = await other.claim(mid, "b", [ObjectState.PENDING], 10, LEASE)
+    finally:
+        await other.close()
+
+    assert len(rest) == 2
+    assert {r.id for r in rest}.isdisjoint({r.id for r in taken})

@@ -194,6 +194,53 @@ def _record_sql(present: tuple[str, ...], increments: bool) -> str:
     )
 
 
+@functools.cache
+def _claim_sql(after_hint: bool) -> str:
+    """The claim statement (see ``Ledger.claim``).
+
+    With ``after_hint`` the scan of free rows starts after ($6 = not_before or NULL,
+    $7 = id). Two statements rather than one with an OR, so that each keeps an index
+    condition under a generic plan.
+    """
+    after = (
+        f"AND ({_NOT_BEFORE}, id) > (COALESCE($6::timestamptz, '-infinity'), $7::bigint)"
+        if after_hint
+        else ""
+    )
+    return f"""
+WITH expired AS (
+    -- Leases whose owner stopped renewing: the small leased index.
+    SELECT id FROM objects
+    WHERE migration_id = $1 AND lease_owner IS NOT NULL
+      AND lease_expires_at <= now()
+      AND state = $2 AND {_NOT_BEFORE} <= now()
+    ORDER BY lease_expires_at, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), free AS (
+    -- Unleased rows: the claim index holds only these, so concurrent claimers do not wade
+    -- through each other's leased rows.
+    SELECT id FROM objects
+    WHERE migration_id = $1 AND state = $2 AND lease_owner IS NULL
+      AND {_NOT_BEFORE} <= now() {after}
+    ORDER BY {_NOT_BEFORE}, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), picked AS (
+    -- Evaluated lazily: "free" is not read once "expired" filled the batch.
+    (SELECT id, false AS swept FROM expired)
+    UNION ALL
+    (SELECT id, true FROM free)
+    LIMIT $3
+)
+UPDATE objects o
+SET lease_owner = $4, lease_expires_at = now() + $5::interval
+FROM picked
+WHERE o.id = picked.id
+RETURNING picked.swept, {_O_COLUMNS}
+"""  # noqa: S608 - only module constants are interpolated
+
+
 class Ledger:
     """Per-object state of migrations, shared by the operator, the workers and the CLI.
 
@@ -204,6 +251,10 @@ class Ledger:
 
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
         self._pool = pool
+        # claim() sweeps each (migration, state) queue from where its last claim ended:
+        # the rows before that point were claimed, and their dead index entries would
+        # otherwise be stepped over by every claim until VACUUM removes them.
+        self._claim_hints: dict[tuple[int, str], tuple[datetime | None, int]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -486,8 +537,11 @@ class Ledger:
         expired lease counts as free even if ``return_expired_leases`` never ran). Rows
         locked by a concurrent claimer are skipped (``FOR UPDATE SKIP LOCKED``), so
         concurrent claimers never receive the same row. Order: ``states`` in the given
-        priority, then rows that became eligible first, then id. Only the lease columns
-        change; ``attempts`` is counted by ``record``.
+        priority; within a state, rows whose lease expired, then unleased rows by (time they
+        became eligible, id). Unleased rows are taken as a sweep: each claim continues after
+        the last row this Ledger claimed in that state, and starts again from the front
+        when the sweep reaches the end (so a row released behind the sweep waits at most one
+        pass). Only the lease columns change; ``attempts`` is counted by ``record``.
 
         ``owner`` must be unique per worker incarnation (e.g. pod name plus a random
         suffix): a restarted worker must not be able to record results for leases its
@@ -498,49 +552,28 @@ class Ledger:
         claimed: list[ObjectRow] = []
         async with self._pool.acquire() as conn:
             for state in dict.fromkeys(states):  # de-duplicated, order kept
-                remaining = limit - len(claimed)
-                if remaining <= 0:
-                    break
-                records = await conn.fetch(
-                    f"""
-                    WITH expired AS (
-                        -- Leases whose owner stopped renewing: the small leased index.
-                        SELECT id FROM objects
-                        WHERE migration_id = $1 AND lease_owner IS NOT NULL
-                          AND lease_expires_at <= now()
-                          AND state = $2 AND {_NOT_BEFORE} <= now()
-                        ORDER BY lease_expires_at, id
-                        LIMIT $3
-                        FOR UPDATE SKIP LOCKED
-                    ), free AS (
-                        -- Unleased rows: the claim index holds only these, so concurrent
-                        -- claimers do not wade through each other's leased rows.
-                        SELECT id FROM objects
-                        WHERE migration_id = $1 AND state = $2 AND lease_owner IS NULL
-                          AND {_NOT_BEFORE} <= now()
-                        ORDER BY {_NOT_BEFORE}, id
-                        LIMIT $3
-                        FOR UPDATE SKIP LOCKED
-                    ), picked AS (
-                        -- Evaluated lazily: "free" is not read once "expired" filled it.
-                        (SELECT id FROM expired) UNION ALL (SELECT id FROM free) LIMIT $3
-                    )
-                    UPDATE objects o
-                    SET lease_owner = $4, lease_expires_at = now() + $5::interval
-                    FROM picked
-                    WHERE o.id = picked.id
-                    RETURNING {_O_COLUMNS}
-                    """,  # noqa: S608 - only module constants are interpolated
-                    migration_id,
-                    str(ObjectState(state)),
-                    remaining,
-                    owner,
-                    lease,
-                )
-                rows = [ObjectRow.from_record(r) for r in records]
-                # RETURNING has no order; restore the claim order.
-                rows.sort(key=lambda r: (r.not_before or _NEVER, r.id))
-                claimed.extend(rows)
+                value = str(ObjectState(state))
+                hint_key = (migration_id, value)
+                hint = self._claim_hints.get(hint_key)
+                while (remaining := limit - len(claimed)) > 0:
+                    args: tuple[object, ...] = (migration_id, value, remaining, owner, lease)
+                    if hint is not None:
+                        args += hint
+                    records = await conn.fetch(_claim_sql(hint is not None), *args)
+                    rows = [ObjectRow.from_record(r) for r in records]
+                    # RETURNING has no order; restore the claim order.
+                    rows.sort(key=lambda r: (r.not_before or _NEVER, r.id))
+                    claimed.extend(rows)
+                    swept = [r for r, rec in zip(rows, records, strict=True) if rec["swept"]]
+                    if swept:
+                        last = max(swept, key=lambda r: (r.not_before or _NEVER, r.id))
+                        self._claim_hints[hint_key] = (last.not_before, last.id)
+                    if len(rows) >= remaining or hint is None:
+                        break
+                    # The sweep reached the end: start again from the front once, for
+                    # rows released or re-queued behind the hint.
+                    hint = None
+                    self._claim_hints.pop(hint_key, None)
         return claimed
 
     async def heartbeat(self, owner: str, ids: Sequence[int], lease: timedelta) -> set[int]:

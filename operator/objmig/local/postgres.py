@@ -152,6 +152,15 @@ def find_postgres_binaries() -> PostgresBinaries:
     raise PostgresNotFoundError(_INSTALL_HINT)
 
 
+def _default_shared_buffers() -> str:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return "256MB"
+    mib = min(1024, max(128, total // 16 // 2**20))
+    return f"{mib}MB"
+
+
 def _free_port() -> int:
     # Bind-and-release has a small race; start() retries with another port if bind fails.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -218,7 +227,9 @@ class EmbeddedPostgres:
             running server is reused (its port wins).
         fast: turn off fsync, synchronous_commit and full_page_writes. Data can be lost on
             an OS crash: for tests and benchmarks only, never for a real migration.
-        shared_buffers: PostgreSQL ``shared_buffers``.
+        shared_buffers: PostgreSQL ``shared_buffers``; default 1/16 of the machine's memory,
+            between 128MB and 1GB (a million-object ledger with its indexes is about 1GB;
+            the memory is only used as pages are touched).
         max_connections: PostgreSQL ``max_connections`` (at least 200: operator, workers and
             the CLI's in-process workers each hold a pool).
         timeout: seconds to wait for start and stop.
@@ -230,7 +241,7 @@ class EmbeddedPostgres:
         port: int | None = None,
         *,
         fast: bool = False,
-        shared_buffers: str = "256MB",
+        shared_buffers: str | None = None,
         max_connections: int = 250,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
@@ -241,7 +252,7 @@ class EmbeddedPostgres:
         self.log_file = self.data_dir / "postgres.log"
         self.ctl_log_file = self.data_dir / "pg_ctl.log"
         self.fast = fast
-        self.shared_buffers = shared_buffers
+        self.shared_buffers = shared_buffers or _default_shared_buffers()
         self.max_connections = max(200, max_connections)
         self.timeout = timeout
         self._requested_port = port
