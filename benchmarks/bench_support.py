@@ -1,0 +1,300 @@
+"""Helpers of benchmarks/copy_bench.py: process-tree RSS sampling and S3 request counting.
+
+Kept apart from the benchmark so the measuring code is easy to review on its own:
+
+* `TreeSampler` polls a process and all its descendants with psutil and keeps the peak of
+  their summed RSS (and the peak of the root alone).
+* `MinioRequests` reads MinIO's per-API request counters (metrics v3, public) before and
+  after a tool runs; `MotoRequests` counts the access-log lines moto's server writes
+  (werkzeug logs one line per request) and classifies them by method and query string.
+  Both count on the server, so every tool is counted the same way.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import psutil  # type: ignore[import-untyped]
+
+from objmig.local.s3server import LocalMinio
+
+
+class TreeSampler:
+    """Peak RSS of a process tree, sampled every `interval` seconds in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_tree = 0
+        self.peak_root = 0
+        self.peak_processes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not self._stop.is_set():
+            self.sample(root)
+            self._stop.wait(self.interval)
+
+    def sample(self, root: psutil.Process) -> None:
+        try:
+            processes = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        total = 0
+        for index, process in enumerate(processes):
+            try:
+                rss = process.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                continue
+            total += rss
+            if index == 0:
+                self.peak_root = max(self.peak_root, rss)
+        self.peak_tree = max(self.peak_tree, total)
+        self.peak_processes = max(self.peak_processes, len(processes))
+
+
+class MetricsMinio(LocalMinio):
+    """LocalMinio with its Prometheus metrics readable without a token."""
+
+    def _environment(self) -> dict[str, str]:
+        env = super()._environment()
+        env["MINIO_PROMETHEUS_AUTH_TYPE"] = "public"
+        return env
+
+
+_V3_LINE = re.compile(r'^minio_api_requests_total\{name="([^"]+)"[^}]*\}\s+([0-9.e+]+)$')
+
+
+#: MinIO's API names -> AWS's, so both servers' tables use one vocabulary.
+_MINIO_NAMES = {
+    "PutObjectPart": "UploadPart",
+    "CopyObjectPart": "UploadPartCopy",
+    "NewMultipartUpload": "CreateMultipartUpload",
+    "ListObjectsV1": "ListObjectsV1",
+}
+
+
+class MinioRequests:
+    """Per-API request counts of a MinIO server, from /minio/metrics/v3/api/requests."""
+
+    def __init__(self, endpoint_url: str) -> None:
+        self.url = endpoint_url.rstrip("/") + "/minio/metrics/v3/api/requests"
+
+    def _read(self) -> Counter[str]:
+        with urllib.request.urlopen(self.url, timeout=30) as response:
+            text = response.read().decode()
+        counts: Counter[str] = Counter()
+        for line in text.splitlines():
+            match = _V3_LINE.match(line.strip())
+            if match:
+                name = _MINIO_NAMES.get(match.group(1), match.group(1))
+                counts[name] += int(float(match.group(2)))
+        return counts
+
+    def snapshot(self) -> Counter[str]:
+        """Counts now; read until two reads agree (metrics may lag a request by a moment)."""
+        previous = self._read()
+        for _ in range(20):
+            time.sleep(0.3)
+            current = self._read()
+            if current == previous:
+                return current
+            previous = current
+        return previous
+
+    @staticmethod
+    def delta(before: Counter[str], after: Counter[str]) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for name, value in after.items():
+            if value - before.get(name, 0) > 0:
+                out[name] = value - before.get(name, 0)
+        return out
+
+
+# werkzeug wraps 4xx/5xx request lines in ANSI colour codes: "\x1b[33mHEAD /b/k HTTP/1.1\x1b[0m" 404
+_LOG_LINE = re.compile(
+    r'"(?:\x1b\[[0-9;]*m)*(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP/[0-9.]+(?:\x1b\[[0-9;]*m)*" (\d{3})'
+)
+_BUCKET_SUBRESOURCES = {
+    "versioning": "BucketVersioning",
+    "location": "BucketLocation",
+    "uploads": "MultipartUploads",
+    "policy": "BucketPolicy",
+    "acl": "BucketAcl",
+    "lifecycle": "BucketLifecycle",
+    "encryption": "BucketEncryption",
+    "object-lock": "ObjectLockConfig",
+    "tagging": "BucketTagging",
+}
+
+
+def classify_moto(method: str, target: str, copy_hint: bool = False) -> str:
+    """An S3 API name (MinIO's spelling) for one request line of moto's access log."""
+    parsed = urllib.parse.urlsplit(target)
+    path = parsed.path.lstrip("/")
+    query = urllib.parse.parse_qs(parsed.query, keep_blank_values=True)
+    has_key = "/" in path and path.split("/", 1)[1] != ""
+    if path.startswith("moto-api"):
+        return "moto-api"
+    if not has_key:
+        if method == "GET":
+            for name, api in _BUCKET_SUBRESOURCES.items():
+                if name in query:
+                    return ("List" if name == "uploads" else "Get") + api
+            return "ListObjectsV2" if query.get("list-type") == ["2"] else "ListObjectsV1"
+        if method == "POST" and "delete" in query:
+            return "DeleteMultipleObjects"
+        return {"PUT": "PutBucket", "HEAD": "HeadBucket", "DELETE": "DeleteBucket"}.get(
+            method, f"{method} bucket"
+        )
+    if method == "HEAD":
+        return "HeadObject"
+    if method == "GET":
+        if "tagging" in query:
+            return "GetObjectTagging"
+        if "attributes" in query:
+            return "GetObjectAttributes"
+        if "uploadId" in query:
+            return "ListObjectParts"
+        return "GetObject"
+    if method == "PUT":
+        if "tagging" in query:
+            return "PutObjectTagging"
+        if "partNumber" in query:
+            return "UploadPartCopy" if copy_hint else "UploadPart"
+        return "CopyObject" if copy_hint else "PutObject"
+    if method == "POST":
+        if "uploads" in query:
+            return "CreateMultipartUpload"
+        if "uploadId" in query:
+            return "CompleteMultipartUpload"
+        if "restore" in query:
+            return "RestoreObject"
+    if method == "DELETE":
+        return "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"
+    return f"{method} object"
+
+
+class MotoRequests:
+    """Requests moto served, counted from its access log between two snapshots.
+
+    moto's access log does not show the x-amz-copy-source header, so a server-side
+    CopyObject looks like a PutObject and UploadPartCopy like UploadPart: pass
+    `copy_hint=True` for server-side runs to name them accordingly (inferred, not seen).
+    """
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+
+    def snapshot(self) -> int:
+        time.sleep(0.3)  # let the server flush its last lines
+        return self.log_path.stat().st_size
+
+    def delta(self, before: int, after: int, copy_hint: bool = False) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        with self.log_path.open("rb") as handle:
+            handle.seek(before)
+            data = handle.read(after - before).decode(errors="replace")
+        for line in data.splitlines():
+            match = _LOG_LINE.search(line)
+            if match:
+                counts[classify_moto(match.group(1), match.group(2), copy_hint)] += 1
+        counts.pop("moto-api", None)
+        return counts
+
+
+# Where objmig's CPU goes. Each sample (a collapsed stack from py-spy) is charged twice: to
+# the first matching *step* (which S3 call of the pipeline it serves) and to the first
+# matching *layer* (which library burns it). Order matters: innermost concerns first.
+_STEPS = (
+    ("GetObjectTagging (copy plan)", ("_get_tags (objmig/storage/copy.py",)),
+    ("HeadObject + part HEADs (copy plan)", ("_plan (objmig/storage/copy.py",)),
+    ("HeadObject source (pipeline: before copy + re-check)", ("_head_source (objmig/engine",)),
+    ("HeadObject target (pipeline: before + after copy)", ("_head_target (objmig/engine",)),
+    ("server-side copy requests", ("_server_side_", "_multipart (objmig/storage/copy.py")),
+    ("GET + PUT / UploadPart (stream)", ("_streamed_", "_get (objmig/storage/copy.py")),
+    ("scan (listing + inventory)", ("objmig/engine/scan.py",)),
+    ("ledger (claim / record / status)", ("asyncpg/", "objmig/ledger/")),
+    ("progress view (rich)", ("rich/",)),
+    ("start-up (imports)", ("_find_and_load",)),
+)
+_LAYERS = (
+    ("botocore: SigV4 signing", ("botocore/auth.py", "botocore/signers.py")),
+    ("botocore: response parsing", ("botocore/parsers.py",)),
+    (
+        "botocore: endpoint rules + user agent",
+        ("botocore/regions.py", "aiobotocore/regions.py", "botocore/useragent.py"),
+    ),
+    ("botocore: serialising + validation", ("botocore/serialize.py", "botocore/validate.py")),
+    ("hashing (MD5 / SHA-256)", ("hashlib", "calculate_md5", "_hash")),
+    ("socket I/O (asyncio transports)", ("selector_events.py",)),
+    ("aiohttp (HTTP client)", ("aiohttp/", "yarl/", "multidict/")),
+    (
+        "botocore / aiobotocore: rest (events, hooks, request dicts)",
+        ("botocore/", "aiobotocore/", "aioboto3/"),
+    ),
+    ("asyncpg", ("asyncpg/",)),
+    ("rich", ("rich/",)),
+    ("asyncio event loop", ("asyncio/",)),
+    ("objmig's own code", ("objmig/",)),
+)
+
+
+def _charge(stack: str, table: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+    for name, patterns in table:
+        if any(p in stack for p in patterns):
+            return name
+    return "other"
+
+
+def summarise_profile(path: Path) -> dict[str, float]:
+    """Share of samples per step ('step: ...') and per layer ('layer: ...'); '_samples'."""
+    counts: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, number = line.rpartition(" ")
+        if not number.isdigit():
+            continue
+        samples = int(number)
+        total += samples
+        counts["step: " + _charge(stack, _STEPS)] += samples
+        counts["layer: " + _charge(stack, _LAYERS)] += samples
+        if "_make_api_call (aiobotocore/client.py" in stack:
+            counts["_in_sdk_call"] += samples
+    out = {name: value / total for name, value in counts.items()} if total else {}
+    out["_samples"] = float(total)
+    return out
+
+
+def format_profile(profile: dict[str, float]) -> str:
+    lines = []
+    for kind in ("step", "layer"):
+        rows = sorted(
+            ((v, k) for k, v in profile.items() if k.startswith(kind + ": ")), reverse=True
+        )
+        lines.append(f"      by {kind}:")
+        lines += [f"      {share * 100:5.1f}%  {name[len(kind) + 2 :]}" for share, name in rows]
+    lines.append(
+        f"      {profile.get('_in_sdk_call', 0) * 100:.1f}% of samples inside an SDK call "
+        f"(aiobotocore _make_api_call); {int(profile.get('_samples', 0))} samples at 100 Hz"
+    )
+    return "\n".join(lines)
