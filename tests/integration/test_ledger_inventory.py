@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -265,3 +266,30 @@ async def test_migration_state_patches_merge_shallowly(ledger: Ledger) -> None:
     assert await ledger.get_state(mid) == merged
     (listed,) = await ledger.list_migrations()
     assert listed.state == merged
+
+
+async def test_first_scan_with_a_key_repeated_across_chunks_merges_it(ledger: Ledger) -> None:
+    mid = await ledger.ensure_migration("ns/a")
+    rows = inventory_rows(10)
+    repeated = dataclasses.replace(rows[2], etag="listed-again")
+
+    result = await ledger.upsert_inventory(mid, [*rows, repeated], scan_id=1, chunk_size=4)
+
+    assert result == InventoryResult(new=10, changed=1, unchanged=0)
+    row = await ledger.find_object(mid, rows[2].key)
+    assert row is not None
+    assert row.etag == "listed-again"
+
+
+async def test_concurrent_first_scans_of_one_migration_both_succeed(ledger: Ledger) -> None:
+    mid = await ledger.ensure_migration("ns/a")
+    rows = inventory_rows(3000)
+
+    results = await asyncio.gather(
+        ledger.upsert_inventory(mid, rows[:2000], scan_id=1, chunk_size=250),
+        ledger.upsert_inventory(mid, rows[1000:], scan_id=1, chunk_size=250),
+    )
+
+    assert sum(r.new for r in results) == 3000
+    assert sum(r.total for r in results) == 4000
+    assert (await ledger.counts(mid)).total.objects == 3000

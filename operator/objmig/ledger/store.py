@@ -405,7 +405,8 @@ class Ledger:
     ) -> InventoryResult:
         """Merge a scan's listing into the ledger; idempotent, memory bounded by the chunk.
 
-        Per chunk: COPY into a temporary table, then one ``INSERT ... ON CONFLICT`` merge.
+        Per chunk: COPY into a temporary table, then one ``INSERT ... ON CONFLICT`` merge
+        (a plain INSERT while the migration had no rows before this call).
 
         * A new (key, version_id) is inserted as ``pending``.
         * A row whose (etag, size, last_modified) differs gets the new attributes and its
@@ -420,13 +421,29 @@ class Ledger:
         """
         result = InventoryResult()
         async with self._pool.acquire() as conn:
+            # A migration's first scan only inserts: a plain INSERT is about a quarter cheaper
+            # than the ON CONFLICT merge. Any conflict (a key listed twice, a concurrent
+            # scan) rolls the chunk back to a savepoint and merges it instead.
+            fresh = not await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM objects WHERE migration_id = $1)", migration_id
+            )
             async for chunk in _chunks(rows, chunk_size):
-                result += await self._merge_chunk(conn, migration_id, chunk, scan_id)
+                merged, fresh = await self._merge_chunk(
+                    conn, migration_id, chunk, scan_id, insert_only=fresh
+                )
+                result += merged
         return result
 
     async def _merge_chunk(
-        self, conn: Connection, migration_id: int, chunk: list[InventoryRow], scan_id: int
-    ) -> InventoryResult:
+        self,
+        conn: Connection,
+        migration_id: int,
+        chunk: list[InventoryRow],
+        scan_id: int,
+        *,
+        insert_only: bool,
+    ) -> tuple[InventoryResult, bool]:
+        """Merge one chunk; returns its result and whether ``insert_only`` still holds."""
         # ON CONFLICT DO UPDATE may not touch one row twice in a statement: de-duplicate.
         unique = {(r.key, r.version_id): r for r in chunk}
         records = [
@@ -515,11 +532,30 @@ class Ledger:
                 """
             )
             await conn.copy_records_to_table("objmig_inventory_stage", records=records)
+            if insert_only:
+                try:
+                    async with conn.transaction():  # a savepoint
+                        status = await conn.execute(
+                            """
+                            INSERT INTO objects (migration_id, key, version_id, size, etag,
+                                                 last_modified, storage_class, target_key,
+                                                 last_seen_scan)
+                            SELECT $1, key, version_id, size, etag, last_modified,
+                                   storage_class, target_key, $2
+                            FROM objmig_inventory_stage
+                            """,
+                            migration_id,
+                            scan_id,
+                        )
+                    return InventoryResult(new=_affected(status)), True
+                except asyncpg.UniqueViolationError:
+                    pass
             row = await conn.fetchrow(merge, migration_id, scan_id)
         assert row is not None
-        return InventoryResult(
+        result = InventoryResult(
             new=int(row["new"]), changed=int(row["changed"]), unchanged=int(row["unchanged"])
         )
+        return result, False
 
     # -- leases -------------------------------------------------------------------------------
 
