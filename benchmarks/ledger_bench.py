@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
+import resource
 import shutil
 import statistics
 import sys
@@ -43,6 +45,44 @@ from objmig.local.postgres import EmbeddedPostgres
 
 LEASE = timedelta(minutes=5)
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+class CpuMeter:
+    """CPU seconds used by this process and by the PostgreSQL server, for per-row costs.
+
+    Wall-clock rates depend on what else the machine runs; CPU time per row shows what the
+    ledger itself costs. The server's CPU is summed over the postmaster and its backends
+    (only known for the embedded server).
+    """
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid
+
+    def sample(self) -> tuple[float, float]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        client = usage.ru_utime + usage.ru_stime
+        server = 0.0
+        if self.server_pid is not None:
+            try:
+                import psutil  # a dev dependency; only the benchmark needs it
+
+                main = psutil.Process(self.server_pid)
+                for proc in [main, *main.children(recursive=True)]:
+                    try:
+                        times = proc.cpu_times()
+                        server += times.user + times.system
+                    except psutil.Error:
+                        pass
+            except Exception:
+                server = float("nan")
+        return client, server
+
+    def per_row(self, before: tuple[float, float], rows: int) -> str:
+        client, server = self.sample()
+        return (
+            f"CPU per row: client {(client - before[0]) / rows * 1e6:.1f} us, "
+            f"server {(server - before[1]) / rows * 1e6:.1f} us"
+        )
 
 
 @dataclass
@@ -141,10 +181,13 @@ async def run(args: argparse.Namespace, dsn: str) -> list[Result]:
     try:
         migration_id = await ledger.ensure_migration(f"bench/{time.time_ns()}")
 
+        meter = CpuMeter(args.server_pid)
         rows = Listing(args.rows)
+        cpu = meter.sample()
         start = time.perf_counter()
         inserted = await ledger.upsert_inventory(migration_id, rows, scan_id=1)
         elapsed = time.perf_counter() - start
+        print(f"  insert {meter.per_row(cpu, args.rows)} (client includes making rows)")
         assert inserted.new == args.rows, inserted
         rate = args.rows / (elapsed - rows.seconds)
         results.append(
@@ -190,6 +233,7 @@ async def run(args: argparse.Namespace, dsn: str) -> list[Result]:
         )
         results.append(Result("  (for comparison: GROUP BY scan)", scan_median, "ms"))
 
+        cpu = meter.sample()
         start = time.perf_counter()
         if args.processes > 1:
             loop = asyncio.get_running_loop()
@@ -227,6 +271,7 @@ async def run(args: argparse.Namespace, dsn: str) -> list[Result]:
                 )
             )
         elapsed = time.perf_counter() - start
+        print(f"  claim+complete {meter.per_row(cpu, args.rows)}")
         assert done == args.rows, (done, args.rows)
         rate = done / elapsed
         results.append(
@@ -293,6 +338,12 @@ async def main() -> int:
     parser.add_argument("--skip-rescan", action="store_true")
     parser.add_argument("--digest", action="store_true", help="also time the digest")
     args = parser.parse_args()
+    args.server_pid = None
+    print(
+        f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
+        f"{os.cpu_count()} CPUs",
+        flush=True,
+    )
 
     if args.database_url:
         results = await run(args, args.database_url)
@@ -308,12 +359,15 @@ async def main() -> int:
     )
     try:
         await server.start()
+        running = server.running()
+        args.server_pid = running.pid if running else None
         print(f"embedded PostgreSQL at {server.dsn}, {settings}", flush=True)
         results = await run(args, server.dsn)
     finally:
         await server.stop()
         shutil.rmtree(base, ignore_errors=True)
     print_table(results, settings, args.rows)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0 if all(r.ok is not False for r in results) else 1
 
 
