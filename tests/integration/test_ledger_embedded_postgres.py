@@ -127,3 +127,21 @@ def test_binaries_are_found_on_this_machine() -> None:
     assert binaries.initdb.exists()
     assert binaries.pg_ctl.exists()
     assert binaries.postgres.exists()
+
+
+def test_stale_pid_file_naming_another_live_process_is_ignored(state_dir: Path) -> None:
+    with EmbeddedPostgres(state_dir, fast=True):
+        pass
+    # As after a crash and a reboot: the pid now belongs to some other program (us).
+    pid_file = state_dir / "pgdata" / "postmaster.pid"
+    pid_file.write_text(
+        f"{os.getpid()}\n{state_dir / 'pgdata'}\n0\n5432\n\n127.0.0.1\n0 0\nready\n"
+    )
+
+    server = EmbeddedPostgres(state_dir, fast=True)
+    assert server.running() is None
+    with server:
+        assert server.reused is False
+        running = server.running()
+        assert running is not None
+        assert running.pid != os.getpid()

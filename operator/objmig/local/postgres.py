@@ -188,6 +188,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _is_postgres(pid: int) -> bool:
+    """Whether ``pid`` runs a postgres binary (a stale postmaster.pid may name a reused pid).
+
+    Linux only (``/proc``); elsewhere, or when unreadable, assume it is.
+    """
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    program = cmdline.split(b"\0", 1)[0]
+    return program.endswith((b"postgres", b"postmaster")) or b"postgres:" in program
+
+
 def _tail(path: Path, lines: int = 20) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -339,7 +352,7 @@ class EmbeddedPostgres:
         if len(lines) < 4 or not lines[0].strip().isdigit():
             return None
         pid = int(lines[0].strip())
-        if not _pid_alive(pid):
+        if not _pid_alive(pid) or not _is_postgres(pid):
             return None
         try:
             port = int(lines[3].strip())
@@ -574,6 +587,11 @@ class EmbeddedPostgres:
         return [f"-c {name}={shlex.quote(value)}" for name, value in settings.items()]
 
     def _start_new(self, run_as: _RunAs | None) -> None:
+        # running() said no server: a postmaster.pid left now is stale (after a crash or a
+        # reboot its pid may even belong to another program, which would make postgres
+        # refuse to start when that program runs as the same user).
+        with contextlib.suppress(FileNotFoundError):
+            (self.pgdata / "postmaster.pid").unlink()
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         if run_as is not None:
             os.chown(self.socket_dir, run_as.uid, run_as.gid)
