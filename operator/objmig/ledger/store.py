@@ -76,6 +76,19 @@ _O_COLUMNS = ", ".join(f"o.{c}" for c in OBJECT_COLUMNS)
 # The claim index orders on this exact expression; queries must spell it identically.
 _NOT_BEFORE = "COALESCE(not_before, '-infinity'::timestamptz)"
 
+#: The columns an inventory row fills, in COPY order.
+_INVENTORY_COLUMNS = (
+    "migration_id",
+    "key",
+    "version_id",
+    "size",
+    "etag",
+    "last_modified",
+    "storage_class",
+    "target_key",
+    "last_seen_scan",
+)
+
 #: Sorts before any real not_before, as NULL does in the claim index.
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
@@ -406,7 +419,7 @@ class Ledger:
         """Merge a scan's listing into the ledger; idempotent, memory bounded by the chunk.
 
         Per chunk: COPY into a temporary table, then one ``INSERT ... ON CONFLICT`` merge
-        (a plain INSERT while the migration had no rows before this call).
+        (while the migration had no rows before this call: COPY straight into the table).
 
         * A new (key, version_id) is inserted as ``pending``.
         * A row whose (etag, size, last_modified) differs gets the new attributes and its
@@ -421,9 +434,10 @@ class Ledger:
         """
         result = InventoryResult()
         async with self._pool.acquire() as conn:
-            # A migration's first scan only inserts: a plain INSERT is about a quarter cheaper
-            # than the ON CONFLICT merge. Any conflict (a key listed twice, a concurrent
-            # scan) rolls the chunk back to a savepoint and merges it instead.
+            # A migration's first scan only inserts: COPY straight into the table costs about
+            # a third less than staging plus the ON CONFLICT merge. Any conflict (a key
+            # listed twice, a concurrent scan) rolls the chunk back to a savepoint and
+            # merges it instead; later chunks then merge too.
             fresh = not await conn.fetchval(
                 "SELECT EXISTS (SELECT 1 FROM objects WHERE migration_id = $1)", migration_id
             )
@@ -458,6 +472,19 @@ class Ledger:
             )
             for r in unique.values()
         ]
+        if insert_only:
+            # COPY straight into objects: no staging table, the cheapest way in. One
+            # conflict fails the whole COPY (its own transaction) and nothing of it stays.
+            try:
+                async with conn.transaction():
+                    status = await conn.copy_records_to_table(
+                        "objects",
+                        records=[(migration_id, *r, scan_id) for r in records],
+                        columns=_INVENTORY_COLUMNS,
+                    )
+                return InventoryResult(new=_affected(status)), True
+            except asyncpg.UniqueViolationError:
+                pass
         changed = """
             objects.state <> 'deleted'
             AND (objects.etag, objects.size, objects.last_modified)
@@ -532,24 +559,6 @@ class Ledger:
                 """
             )
             await conn.copy_records_to_table("objmig_inventory_stage", records=records)
-            if insert_only:
-                try:
-                    async with conn.transaction():  # a savepoint
-                        status = await conn.execute(
-                            """
-                            INSERT INTO objects (migration_id, key, version_id, size, etag,
-                                                 last_modified, storage_class, target_key,
-                                                 last_seen_scan)
-                            SELECT $1, key, version_id, size, etag, last_modified,
-                                   storage_class, target_key, $2
-                            FROM objmig_inventory_stage
-                            """,
-                            migration_id,
-                            scan_id,
-                        )
-                    return InventoryResult(new=_affected(status)), True
-                except asyncpg.UniqueViolationError:
-                    pass
             row = await conn.fetchrow(merge, migration_id, scan_id)
         assert row is not None
         result = InventoryResult(
