@@ -19,6 +19,7 @@ typecheck: setup
 
 crds: setup
 	$(BIN)/objmig crds --output crds
+	for d in charts/objmig/crds manifests/base/crds; do $(BIN)/objmig crds --output $$d; done
 
 # The whole suite: static checks, then every test against real PostgreSQL, S3 and Kubernetes.
 test: setup
