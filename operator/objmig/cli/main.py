@@ -57,6 +57,7 @@ for command in (
     migrate.status,
     migrate.report,
     migrate.approve,
+    migrate.cleanup,
     demo.demo,
     worker.worker,
     operator.operator,

@@ -11,10 +11,12 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from objmig.api.cleanup import MigrationCleanup, MigrationCleanupStatus
 from objmig.api.loading import load_one
 from objmig.api.migration import ObjectMigration, ObjectMigrationSpec
 from objmig.cli.ledger import database_url_option, open_ledger, state_dir_option
 from objmig.cli.progress import ProgressView, human_bytes, status_table, summary_line
+from objmig.engine.cleanup import run_cleanup
 from objmig.engine.run import LocalRun, RunResult, compute_status
 from objmig.engine.secrets import ChainedSecrets, EnvSecrets, FileSecrets, SecretSource
 from objmig.ledger import Ledger, ReportFormat
@@ -279,3 +281,43 @@ def approve(name: str, database_url: str | None, state_dir: Path) -> None:
             click.echo(f"  approval:\n    digest: sha256:{digest.sha256}")
 
     asyncio.run(main())
+
+
+@click.command()
+@click.option(
+    "-f",
+    "--filename",
+    "path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="MigrationCleanup YAML (the same schema the operator reads).",
+)
+@database_url_option
+@state_dir_option
+@secrets_option
+def cleanup(
+    path: Path, database_url: str | None, state_dir: Path, secrets_file: Path | None
+) -> None:
+    """Delete migrated source objects (or leftovers), only where every gate holds."""
+    resource: MigrationCleanup = load_one(path, MigrationCleanup)
+
+    async def main() -> MigrationCleanupStatus:
+        async with open_ledger(database_url, state_dir) as ledger:
+            return await run_cleanup(ledger, resource, secret_source(secrets_file))
+
+    result = asyncio.run(main())
+    console = Console()
+    name = f"{resource.metadata.namespace}/{resource.metadata.name}"
+    console.print(f"{name}: {result.phase}", highlight=False)
+    for gate in result.unmet_gates:
+        console.print(f"  gate {gate.gate}: {gate.reason}: {gate.message}", highlight=False)
+    counts = result.counts
+    verb = "would delete" if resource.spec.dry_run else "deleted"
+    console.print(
+        f"  planned {counts.planned}, {verb} {counts.deleted}, skipped {counts.skipped}, "
+        f"failed {counts.failed}, freed {human_bytes(counts.bytes_freed)}",
+        highlight=False,
+    )
+    for reason, count in sorted(counts.skipped_by_reason.items()):
+        console.print(f"  skipped {count}: {reason}", highlight=False)
+    sys.exit(0 if result.phase == "Completed" else EXIT_AWAITING)

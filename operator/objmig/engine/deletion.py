@@ -55,36 +55,52 @@ def _same_second(a: datetime, b: datetime) -> bool:
     return int(a.timestamp()) == int(b.timestamp())
 
 
-def migration_verdict(spec: MigrationCleanupSpec, facts: MigrationFacts, now: datetime) -> Verdict:
-    """The gates that hold or not for the whole migration (before looking at any object)."""
+def unmet_gates(spec: MigrationCleanupSpec, facts: MigrationFacts, now: datetime) -> list[Verdict]:
+    """Every migration-level gate that does not hold, each with its reason (empty: all hold)."""
+    unmet: list[Verdict] = []
     if facts.cut_over_at is None:
-        return Verdict(False, "NotCutOver", "the migration has not cut over")
-    if facts.rolled_back:
-        return Verdict(False, "RolledBack", "the migration's cutover was rolled back")
+        unmet.append(Verdict(False, "NotCutOver", "the migration has not cut over"))
+    elif facts.rolled_back:
+        unmet.append(Verdict(False, "RolledBack", "the migration's cutover was rolled back"))
     if spec.approval is None:
-        return Verdict(
-            False,
-            "ApprovalMissing",
-            "spec.approval.digest is not set; `objmig approve MIGRATION` prints the digest",
+        unmet.append(
+            Verdict(
+                False,
+                "ApprovalMissing",
+                "spec.approval.digest is not set; `objmig approve MIGRATION` prints the digest",
+            )
         )
-    if facts.digest is None or spec.approval.digest != facts.digest:
-        return Verdict(
-            False,
-            "ApprovalDigestMismatch",
-            f"spec.approval.digest {spec.approval.digest} does not match the migration's "
-            f"verification digest {facts.digest or '(none yet)'}; review what was verified "
-            "again and quote the current digest",
+    elif facts.digest is None or spec.approval.digest != facts.digest:
+        unmet.append(
+            Verdict(
+                False,
+                "ApprovalDigestMismatch",
+                f"spec.approval.digest {spec.approval.digest} does not match the migration's "
+                f"verification digest {facts.digest or '(none yet)'}; review what was "
+                "verified again and quote the current digest",
+            )
         )
-    grace = parse_duration(spec.grace_period)
-    elapsed = now - facts.cut_over_at
-    if elapsed < grace:
-        return Verdict(
-            False,
-            "GracePeriodNotElapsed",
-            f"{format_duration(grace - elapsed)} of gracePeriod {spec.grace_period} left "
-            f"(cut over at {facts.cut_over_at.isoformat()}; deletions start at "
-            f"{(facts.cut_over_at + grace).isoformat()})",
-        )
+    if facts.cut_over_at is not None:
+        grace = parse_duration(spec.grace_period)
+        elapsed = now - facts.cut_over_at
+        if elapsed < grace:
+            unmet.append(
+                Verdict(
+                    False,
+                    "GracePeriodNotElapsed",
+                    f"{format_duration(grace - elapsed)} of gracePeriod {spec.grace_period} "
+                    f"left (cut over at {facts.cut_over_at.isoformat()}; deletions start at "
+                    f"{(facts.cut_over_at + grace).isoformat()})",
+                )
+            )
+    return unmet
+
+
+def migration_verdict(spec: MigrationCleanupSpec, facts: MigrationFacts, now: datetime) -> Verdict:
+    """The first migration-level gate that does not hold, or a pass."""
+    unmet = unmet_gates(spec, facts, now)
+    if unmet:
+        return unmet[0]
     return Verdict(True, "GatesPassed", "every migration-level gate holds")
 
 

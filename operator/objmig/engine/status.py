@@ -12,6 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from objmig.api.cleanup import (
+    CleanupCounts,
+    CleanupPhase,
+    MigrationCleanupSpec,
+    MigrationCleanupStatus,
+    UnmetGate,
+)
 from objmig.api.conditions import Condition, ConditionStatus, find_condition, set_condition
 from objmig.api.migration import (
     Counters,
@@ -25,9 +32,10 @@ from objmig.api.migration import (
     VerificationStatus,
 )
 from objmig.api.types import format_duration
+from objmig.engine.deletion import Verdict
 from objmig.engine.pipeline import PLAN_COPY, PLAN_IDENTICAL, PLAN_RESTORE
 from objmig.engine.policy import CutoverInputs, Gate, Tally, cutover_gate
-from objmig.ledger import Counts, ObjectRow, ObjectState, StateCount
+from objmig.ledger import CleanupItem, Counts, ObjectRow, ObjectState, StateCount
 
 CONDITION_TYPES = (
     "Scanned",
@@ -163,7 +171,7 @@ def build_status(inputs: StatusInputs, previous: ObjectMigrationStatus) -> Objec
             algorithm=spec.verify.mode,
             digest=inputs.digest,
         ),
-        cutover=CutoverStatus.model_validate(state.get("cutover", {})),
+        cutover=_cutover_status(state),
         report=previous.report,
         plan=_plan(inputs) if spec.dry_run else None,
     )
@@ -266,6 +274,15 @@ def _stage_conditions(
     return result
 
 
+def _cutover_status(state: dict[str, Any]) -> CutoverStatus:
+    cutover = CutoverStatus.model_validate(state.get("cutover", {}))
+    if state.get("cleanupStarted") and cutover.rollback_blocked is None:
+        cutover.rollback_blocked = (
+            "a MigrationCleanup has started deleting source objects; rollback is no longer possible"
+        )
+    return cutover
+
+
 def _cutover_message(cutover: dict[str, Any]) -> str:
     actions = cutover.get("actions") or []
     return "cut over" + (": " + "; ".join(actions) if actions else "")
@@ -327,4 +344,121 @@ def _plan(inputs: StatusInputs) -> PlanStatus:
         need_restore=reasons.get(PLAN_RESTORE, nothing).objects,
         would_skip=reasons.get(PLAN_IDENTICAL, nothing).objects,
         would_copy=reasons.get(PLAN_COPY, nothing).objects,
+    )
+
+
+# -- MigrationCleanup -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CleanupStatusInputs:
+    """Everything a MigrationCleanup status is computed from."""
+
+    spec: MigrationCleanupSpec
+    generation: int | None
+    unmet: Sequence[Verdict]
+    counts: dict[tuple[str, str], StateCount]
+    window: Sequence[CleanupItem]
+    window_truncated: bool
+    state: dict[str, Any]
+    now: datetime
+
+
+def build_cleanup_status(
+    inputs: CleanupStatusInputs, previous: MigrationCleanupStatus
+) -> MigrationCleanupStatus:
+    """The cleanup's status: gates, counters, the per-object window, and its phase."""
+    counts, state = inputs.counts, inputs.state
+    conditions = list(previous.conditions)
+
+    def put(type_: str, status: ConditionStatus, reason: str, message: str) -> None:
+        nonlocal conditions
+        conditions = set_condition(
+            conditions,
+            type_,
+            status,
+            reason,
+            message,
+            now=inputs.now,
+            observed_generation=inputs.generation,
+        )
+
+    def total(outcome: str) -> StateCount:
+        found = StateCount()
+        for (kind, _), count in counts.items():
+            if kind == outcome:
+                found += count
+        return found
+
+    if inputs.unmet:
+        put(
+            "GatesPassed",
+            "False",
+            inputs.unmet[0].reason,
+            "; ".join(f"{v.reason}: {v.message}" for v in inputs.unmet),
+        )
+    else:
+        put("GatesPassed", "True", "GatesPassed", "every migration-level gate holds")
+
+    failed = state.get("failed")
+    if failed:
+        put("Failed", "True", failed["reason"], failed["message"])
+    else:
+        put("Failed", "False", "NoError", "no cleanup-wide error")
+
+    planned = total("planned").objects
+    complete = bool(state.get("completedAt")) and not planned
+    if complete:
+        put("Complete", "True", "Complete", state.get("summary", "cleanup finished"))
+    else:
+        put("Complete", "False", "InProgress" if not inputs.unmet else "Blocked", "not finished")
+
+    phase: CleanupPhase
+    if failed:
+        phase = "Failed"
+    elif complete:
+        phase = "Completed"
+    elif inputs.unmet:
+        phase = "Blocked"
+    elif counts:
+        phase = "Deleting"
+    else:
+        phase = "Pending"
+
+    deleted = total("would_delete" if inputs.spec.dry_run else "deleted")
+    skipped_by_reason: dict[str, int] = {}
+    for (kind, reason), count in counts.items():
+        if kind == "skipped":
+            skipped_by_reason[reason] = skipped_by_reason.get(reason, 0) + count.objects
+    leftovers = state.get("leftovers", {})
+    return MigrationCleanupStatus(
+        observed_generation=inputs.generation,
+        phase=phase,
+        conditions=conditions,
+        unmet_gates=[
+            UnmetGate(gate=v.gate, reason=v.reason, message=v.message) for v in inputs.unmet
+        ],
+        counts=CleanupCounts(
+            planned=sum(c.objects for c in counts.values())
+            + int(leftovers.get("uploadsAborted", 0))
+            + int(leftovers.get("objectsDeleted", 0)),
+            deleted=deleted.objects + int(leftovers.get("objectsDeleted", 0)),
+            skipped=total("skipped").objects,
+            failed=total("failed").objects,
+            bytes_freed=0 if inputs.spec.dry_run else deleted.bytes,
+            skipped_by_reason=skipped_by_reason,
+        ),
+        objects=[
+            ObjectStatus(
+                key=item.key,
+                version_id=item.version_id or None,
+                state=item.outcome,
+                last_error=(f"{item.reason}: {item.message}" if item.message else item.reason),
+            )
+            for item in inputs.window
+        ],
+        objects_truncated=inputs.window_truncated,
+        jobs=previous.jobs,
+        started_at=previous.started_at or (inputs.now if counts else None),
+        completed_at=(datetime.fromisoformat(state["completedAt"]) if complete else None),
     )

@@ -8,6 +8,8 @@ record lives here. Import from this package, not from its modules::
 
 from objmig.ledger.models import (
     ACTIVE_STATES,
+    CleanupItem,
+    CleanupOutcome,
     Counts,
     Digest,
     InventoryResult,
@@ -31,6 +33,8 @@ from objmig.ledger.store import (
 __all__ = [
     "ACTIVE_STATES",
     "AsyncSink",
+    "CleanupItem",
+    "CleanupOutcome",
     "Counts",
     "Digest",
     "DigestBuilder",

@@ -11,12 +11,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import asyncpg
 
 __all__ = [
     "ACTIVE_STATES",
+    "CleanupItem",
+    "CleanupOutcome",
+    "CleanupOutcomeKind",
     "Counts",
     "Digest",
     "InventoryResult",
@@ -246,3 +249,28 @@ class Digest:
     def algorithm(self) -> str:
         """Name and version of the encoding, for ``status.verification.algorithm``."""
         return "objmig-verification-v1/sha256"
+
+
+CleanupOutcomeKind = Literal["planned", "deleted", "would_delete", "skipped", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupOutcome:
+    """What a cleanup decided (and did) for one object, written by ``Ledger.record_cleanup``."""
+
+    object_id: int
+    outcome: CleanupOutcomeKind
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupItem:
+    """One object of a cleanup, for the bounded window of the status."""
+
+    key: str
+    version_id: str
+    size: int
+    outcome: CleanupOutcomeKind
+    reason: str | None
+    message: str | None

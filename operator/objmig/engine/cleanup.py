@@ -1,0 +1,320 @@
+"""Carrying out a MigrationCleanup: source deletion behind the gate, or leftover removal.
+
+``what: source`` — every verified, cut-over row of the migration is planned; workers claim
+planned items with leases, HEAD the source and the target, ask the gate
+(:mod:`objmig.engine.deletion`) per object, and delete the approved ones with
+DeleteObjects (at most 1000 keys a call, the exact version id that was copied). Every
+outcome — deleted, skipped with its reason, failed — is recorded per object in the ledger.
+
+``what: leftovers`` — aborts objmig's incomplete multipart uploads under the target prefix
+and removes target objects written by attempts that ended failed or source-changed, never
+an object a verified row points to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from types_aiobotocore_s3 import S3Client
+
+from objmig.api.cleanup import MigrationCleanup, MigrationCleanupSpec, MigrationCleanupStatus
+from objmig.api.migration import ObjectMeta, ObjectMigration, ObjectMigrationSpec
+from objmig.api.types import parse_duration
+from objmig.engine.context import MigrationContext
+from objmig.engine.deletion import (
+    MigrationFacts,
+    Verdict,
+    migration_verdict,
+    object_verdict,
+    unmet_gates,
+)
+from objmig.engine.secrets import SecretSource
+from objmig.engine.status import CleanupStatusInputs, build_cleanup_status
+from objmig.engine.worker import worker_identity
+from objmig.ledger import CleanupOutcome, Ledger, ObjectRow, ObjectState
+from objmig.storage.copy import MIGRATION_METADATA_KEY
+from objmig.storage.errors import classify
+from objmig.storage.objects import (
+    HeadResult,
+    abort_multipart_upload,
+    delete_objects,
+    head_object,
+    list_multipart_uploads,
+)
+
+log = logging.getLogger(__name__)
+
+#: Objects HEADed and decided per claim; one DeleteObjects call per claim at most.
+BATCH = 200
+
+
+def migration_facts(state: dict[str, Any]) -> MigrationFacts:
+    """The gate's view of a migration, from its ledger bookkeeping."""
+    cutover = state.get("cutover", {})
+    at = cutover.get("at")
+    return MigrationFacts(
+        cut_over_at=datetime.fromisoformat(at) if at else None,
+        rolled_back=bool(cutover.get("rolledBackAt")),
+        digest=state.get("verification", {}).get("digest"),
+    )
+
+
+@dataclass(frozen=True)
+class CleanupRun:
+    """What one pass of a cleanup did."""
+
+    deleted: int = 0
+    skipped: int = 0
+    failed: int = 0
+    gate: Verdict | None = None
+
+
+async def _head(
+    client: S3Client, bucket: str, key: str, version_id: str | None
+) -> HeadResult | None:
+    try:
+        return await head_object(client, bucket, key, version_id)
+    except Exception as exc:
+        if classify(exc).kind == "not_found":
+            return None
+        raise
+
+
+async def delete_sources(
+    ledger: Ledger,
+    cleanup_id: int,
+    migration_id: int,
+    spec: MigrationCleanupSpec,
+    context: MigrationContext,
+    *,
+    stop: asyncio.Event | None = None,
+    now: datetime | None = None,
+) -> CleanupRun:
+    """Plan, gate and delete the migrated source objects; returns what this pass did."""
+    stop = stop or asyncio.Event()
+    state = await ledger.get_state(migration_id)
+    facts = migration_facts(state)
+    gate = migration_verdict(spec, facts, now or datetime.now(UTC))
+    if not gate.delete:
+        return CleanupRun(gate=gate)
+    await ledger.plan_cleanup(cleanup_id, migration_id)
+    if not spec.dry_run:
+        # From here on a source object may be gone: rollback must be refused.
+        await ledger.update_state(migration_id, {"cleanupStarted": True})
+    owner = worker_identity()
+    source_spec, target_spec = context.spec.source, context.spec.target
+    deleted = skipped = failed = 0
+    async with context.clients() as (source, target):
+        while not stop.is_set():
+            room = BATCH
+            if spec.limit is not None:
+                done = await ledger.cleanup_deleted(cleanup_id)
+                room = min(room, spec.limit - done)
+                if room <= 0:
+                    break
+            rows = await ledger.claim_cleanup(cleanup_id, owner, room)
+            if not rows:
+                break
+            moment = now or datetime.now(UTC)
+            heads = await asyncio.gather(
+                *(
+                    asyncio.gather(
+                        _head(source, source_spec.bucket, r.key, r.version_id or None),
+                        _head(target, target_spec.bucket, r.target_key or r.key, None),
+                    )
+                    for r in rows
+                )
+            )
+            outcomes: list[CleanupOutcome] = []
+            approved: list[ObjectRow] = []
+            for row, (source_head, target_head) in zip(rows, heads, strict=True):
+                verdict = object_verdict(spec, facts, row, source_head, target_head, moment)
+                if not verdict.delete:
+                    outcomes.append(
+                        CleanupOutcome(row.id, "skipped", verdict.reason, verdict.message)
+                    )
+                elif spec.dry_run:
+                    outcomes.append(
+                        CleanupOutcome(row.id, "would_delete", "DryRun", "every gate holds")
+                    )
+                else:
+                    approved.append(row)
+            if approved:
+                results = await delete_objects(
+                    source,
+                    source_spec.bucket,
+                    # The exact version that was copied; "" means an unversioned bucket.
+                    [(row.key, row.version_id or None) for row in approved],
+                )
+                for row, result in zip(approved, results, strict=True):
+                    if result.deleted:
+                        outcomes.append(CleanupOutcome(row.id, "deleted", "SourceDeleted", ""))
+                    else:
+                        outcomes.append(
+                            CleanupOutcome(
+                                row.id,
+                                "failed",
+                                result.error_code or "DeleteFailed",
+                                result.error_message or "",
+                            )
+                        )
+            await ledger.record_cleanup(cleanup_id, owner, outcomes)
+            deleted += sum(1 for o in outcomes if o.outcome == "deleted")
+            skipped += sum(1 for o in outcomes if o.outcome == "skipped")
+            failed += sum(1 for o in outcomes if o.outcome == "failed")
+    return CleanupRun(deleted, skipped, failed, gate)
+
+
+@dataclass(frozen=True)
+class LeftoverRun:
+    """What a leftovers pass found and removed."""
+
+    uploads_aborted: int = 0
+    objects_deleted: int = 0
+    objects_kept: int = 0
+
+
+async def remove_leftovers(
+    ledger: Ledger,
+    migration_id: int,
+    spec: MigrationCleanupSpec,
+    context: MigrationContext,
+    *,
+    now: datetime | None = None,
+) -> LeftoverRun:
+    """Abort objmig's stale uploads and delete unverified attempts' target objects."""
+    moment = now or datetime.now(UTC)
+    min_age = parse_duration(spec.min_age)
+    target_spec = context.spec.target
+    verified_targets: set[str] = set()
+    attempt_targets: set[str] = set()
+    async for row in ledger.iter_rows(migration_id):
+        if not row.target_key:
+            continue
+        if row.state in (ObjectState.VERIFIED, ObjectState.DELETED):
+            verified_targets.add(row.target_key)
+        elif row.state in (ObjectState.FAILED, ObjectState.SOURCE_CHANGED):
+            attempt_targets.add(row.target_key)
+    known_targets = verified_targets | attempt_targets
+    started = (await ledger.migration_created_at(migration_id)) or moment
+    aborted = deleted = kept = 0
+    async with context.clients() as (_, target):
+        async for upload in list_multipart_uploads(target, target_spec.bucket, target_spec.prefix):
+            initiated = upload.initiated
+            # objmig's uploads: for a key the migration writes, begun after it existed.
+            ours = upload.key in known_targets and (initiated is None or initiated >= started)
+            if not ours or initiated is None or moment - initiated < min_age:
+                continue
+            if not spec.dry_run:
+                await abort_multipart_upload(
+                    target, target_spec.bucket, upload.key, upload.upload_id
+                )
+            aborted += 1
+        stale = sorted(attempt_targets - verified_targets)
+        doomed: list[tuple[str, str | None]] = []
+        for key in stale:
+            head = await _head(target, target_spec.bucket, key, None)
+            if head is None:
+                continue
+            # Only what objmig wrote for this migration, and old enough.
+            if head.metadata.get(MIGRATION_METADATA_KEY) != context.name or (
+                moment - head.last_modified < min_age
+            ):
+                kept += 1
+                continue
+            doomed.append((key, None))
+        if doomed and not spec.dry_run:
+            results = await delete_objects(target, target_spec.bucket, doomed)
+            deleted = sum(1 for r in results if r.deleted)
+        else:
+            deleted = len(doomed)
+    return LeftoverRun(aborted, deleted, kept)
+
+
+async def cleanup_status(
+    ledger: Ledger,
+    cleanup_id: int,
+    migration_id: int,
+    spec: MigrationCleanupSpec,
+    previous: MigrationCleanupStatus | None = None,
+    *,
+    generation: int | None = None,
+    now: datetime | None = None,
+    window: int = 50,
+) -> MigrationCleanupStatus:
+    """Gather a cleanup's ledger view and build its status (used by both drivers)."""
+    moment = now or datetime.now(UTC)
+    facts = migration_facts(await ledger.get_state(migration_id))
+    items, truncated = await ledger.cleanup_window(cleanup_id, window)
+    return build_cleanup_status(
+        CleanupStatusInputs(
+            spec=spec,
+            generation=generation,
+            unmet=unmet_gates(spec, facts, moment) if spec.what == "source" else [],
+            counts=await ledger.cleanup_counts(cleanup_id),
+            window=items,
+            window_truncated=truncated,
+            state=await ledger.get_cleanup_state(cleanup_id),
+            now=moment,
+        ),
+        previous or MigrationCleanupStatus(),
+    )
+
+
+async def run_cleanup(
+    ledger: Ledger,
+    cleanup: MigrationCleanup,
+    secrets: SecretSource,
+    *,
+    stop: asyncio.Event | None = None,
+    now: datetime | None = None,
+) -> MigrationCleanupStatus:
+    """One pass of a cleanup in this process (the CLI's driver; a Job runs the same)."""
+    namespace = cleanup.metadata.namespace
+    migration_name = f"{namespace}/{cleanup.spec.migration_ref.name}"
+    migration_id = await ledger.find_migration(migration_name)
+    if migration_id is None:
+        raise LookupError(f"no migration {migration_name!r} in the ledger")
+    state = await ledger.get_state(migration_id)
+    migration = ObjectMigration(
+        metadata=ObjectMeta(name=cleanup.spec.migration_ref.name, namespace=namespace),
+        spec=ObjectMigrationSpec.model_validate(state["spec"]),
+    )
+    context = MigrationContext.resolve(migration, secrets)
+    cleanup_id = await ledger.ensure_cleanup(
+        f"{namespace}/{cleanup.metadata.name}", cleanup.metadata.uid or "", migration_id
+    )
+    spec = cleanup.spec
+    if spec.what == "source":
+        run = await delete_sources(
+            ledger, cleanup_id, migration_id, spec, context, stop=stop, now=now
+        )
+        if run.gate is not None and run.gate.delete and not (stop and stop.is_set()):
+            await ledger.update_cleanup_state(
+                cleanup_id,
+                {
+                    "completedAt": (now or datetime.now(UTC)).isoformat(),
+                    "summary": f"{run.deleted} deleted, {run.skipped} skipped, {run.failed} failed",
+                },
+            )
+    else:
+        leftovers = await remove_leftovers(ledger, migration_id, spec, context, now=now)
+        await ledger.update_cleanup_state(
+            cleanup_id,
+            {
+                "leftovers": {
+                    "uploadsAborted": leftovers.uploads_aborted,
+                    "objectsDeleted": leftovers.objects_deleted,
+                    "objectsKept": leftovers.objects_kept,
+                },
+                "completedAt": (now or datetime.now(UTC)).isoformat(),
+                "summary": f"{leftovers.uploads_aborted} uploads aborted, "
+                f"{leftovers.objects_deleted} target objects removed"
+                + (" (dry run: nothing changed)" if spec.dry_run else ""),
+            },
+        )
+    return await cleanup_status(ledger, cleanup_id, migration_id, spec, now=now)
