@@ -622,3 +622,49 @@ async def test_helm_installed_operator_runs_as_its_service_account_and_cuts_over
         proxy.stop()
         print(f"teardown took {time.monotonic() - teardown:.1f}s")
         print(f"teardown took {time.monotonic() - teardown:.1f}s")
+
+
+def test_cluster_wide_rbac_grants_every_namespace_what_the_operator_uses(
+    k8s_cluster: ControlPlane, k8s_namespace: str, objmig_crds: list[str]
+) -> None:
+    """The default (cluster-wide) ClusterRole, applied for real, allows the operator's requests
+    in any namespace - including Kopf's cross-namespace list/watch - and nothing on pods.
+
+    The cluster-wide operator itself is not run here: it would reconcile other tests'
+    migrations in this shared cluster. The namespaced test above proves the rules sufficient;
+    this one proves the ClusterRole carries them to every namespace.
+    """
+    release = f"objmig-{secrets.token_hex(3)}"
+    rendered = yaml.safe_load_all(
+        helm(
+            k8s_cluster,
+            "template",
+            release,
+            str(CHART),
+            "--namespace",
+            k8s_namespace,
+            "--set",
+            "externalDatabase.existingSecret=db",
+        )
+    )
+    rbac = [o for o in rendered if o and o["kind"] in
+            ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]  # fmt: skip
+    k8s_cluster.apply_yaml(rbac, namespace=k8s_namespace)
+    user = f"system:serviceaccount:{k8s_namespace}:{release}"
+    try:
+        role = next(o for o in rbac if o["kind"] == "ClusterRole")
+        for group, resource, verb in sorted(rule_set(role["rules"])):
+            plural, _, sub = resource.partition("/")
+            target = f"{plural}.{group}" if group else plural
+            extra = [f"--subresource={sub}"] if sub else []
+            if group == "apiextensions.k8s.io":
+                assert can_i(k8s_cluster, user, verb, target, *extra), (verb, target)
+            else:
+                scope = ["--all-namespaces"] if verb in ("list", "watch") else ["-n", "default"]
+                assert can_i(k8s_cluster, user, verb, target, *extra, *scope), (verb, target)
+        assert not can_i(k8s_cluster, user, "list", "pods", "--all-namespaces")
+        assert not can_i(k8s_cluster, user, "list", "secrets", "--all-namespaces")
+        assert not can_i(k8s_cluster, user, "delete", "jobs.batch", "-n", "default")
+    finally:
+        for kind in ("clusterrolebinding", "clusterrole"):
+            k8s_cluster.kubectl("delete", kind, release, "--wait=false", check=False)

@@ -468,12 +468,6 @@ def run_ok(*args: str | Path, **kwargs: Any) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="objmig imports types_aiobotocore_s3 at run time (engine/, storage/, cli/demo.py) "
-    "but it is only a dev dependency: the wheel and the image fail with ModuleNotFoundError. "
-    "Remove this marker with the fix.",
-)
 def test_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
     """The Dockerfile's install, without Docker: wheel, fresh venv, `objmig` runs from it."""
     dist, env_dir = tmp_path / "dist", tmp_path / "venv"
@@ -487,6 +481,17 @@ def test_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
            timeout=540)  # fmt: skip
     from objmig import __version__
 
+    # Known defect: objmig imports types_aiobotocore_s3 at run time (engine/, storage/,
+    # cli/demo.py) although only the dev extras install it. Detect exactly that, prove the rest
+    # of the install with the module added, and report the test as xfail; any other failure
+    # fails, and once the imports (or the dependency) are fixed the test simply passes.
+    missing_stubs = None
+    probe = subprocess.run([str(bin_dir / "objmig"), "--version"], capture_output=True,
+                           text=True, check=False, env=clean, cwd=tmp_path)  # fmt: skip
+    if probe.returncode != 0 and "No module named 'types_aiobotocore_s3'" in probe.stderr:
+        missing_stubs = probe.stderr.strip().splitlines()[-1]
+        run_ok(bin_dir / "pip", "install", "--disable-pip-version-check",
+               "types-aiobotocore-s3", env=clean, timeout=300)  # fmt: skip
     version = run_ok(bin_dir / "objmig", "--version", env=clean, cwd=tmp_path)
     assert version.strip() == f"objmig, version {__version__}"
     assert "--migration" in run_ok(bin_dir / "objmig", "worker", "--help", env=clean, cwd=tmp_path)
@@ -500,3 +505,5 @@ def test_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert "0001_initial.sql" in sql
+    if missing_stubs:
+        pytest.xfail(f"the wheel alone cannot start objmig: {missing_stubs} (a dev-only module)")
