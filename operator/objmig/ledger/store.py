@@ -607,14 +607,17 @@ class Ledger:
                     if hint is not None:
                         args += hint
                     records = await conn.fetch(_claim_sql(hint is not None), *args)
-                    rows = [ObjectRow.from_record(r) for r in records]
                     # RETURNING has no order; restore the claim order.
-                    rows.sort(key=lambda r: (r.not_before or _NEVER, r.id))
+                    pairs = sorted(
+                        ((ObjectRow.from_record(r), bool(r["swept"])) for r in records),
+                        key=lambda pair: (pair[0].not_before or _NEVER, pair[0].id),
+                    )
+                    rows = [row for row, _ in pairs]
                     claimed.extend(rows)
-                    swept = [r for r, rec in zip(rows, records, strict=True) if rec["swept"]]
+                    swept = [row for row, from_sweep in pairs if from_sweep]
                     if swept:
-                        last = max(swept, key=lambda r: (r.not_before or _NEVER, r.id))
-                        self._claim_hints[hint_key] = (last.not_before, last.id)
+                        # The sweep's last row: expired leases found elsewhere don't move it.
+                        self._claim_hints[hint_key] = (swept[-1].not_before, swept[-1].id)
                     if len(rows) >= remaining or hint is None:
                         break
                     # The sweep reached the end: start again from the front once, for
