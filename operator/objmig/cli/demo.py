@@ -12,10 +12,10 @@ import asyncio
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import yaml
-from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
 from objmig.api.loading import parse_resource
 from objmig.api.migration import ObjectMigration
@@ -25,6 +25,10 @@ from objmig.engine.secrets import FileSecrets
 from objmig.local.postgres import EmbeddedPostgres
 from objmig.local.s3server import LocalS3Server
 from objmig.storage.endpoint import Credentials, Endpoint, open_client
+
+# The aiobotocore stubs are a development dependency: import them for type checking only.
+if TYPE_CHECKING:
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
 SOURCE, TARGET = "demo-source", "demo-target"
 DEMO_CREDENTIALS = Credentials("demo-access-key", "demo-secret-key")

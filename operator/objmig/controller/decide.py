@@ -63,16 +63,22 @@ class Decision:
     catch_up_result: tuple[int, int] | None = None  # (round, delta) to record
 
 
+def section(state: dict[str, Any], key: str) -> dict[str, Any]:
+    """One part of the ledger's bookkeeping; absent and cleared (JSON null) both read as {}."""
+    value = state.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def rounds(state: dict[str, Any]) -> tuple[int, int]:
-    """The operator's (round, wave) counters: catch-up round and copy Job wave."""
-    operator = state.get("operator", {})
+    """The operator's (round, wave) counters: catch-up round and Job wave (attempt)."""
+    operator = section(state, "operator")
     return int(operator.get("round", 0)), int(operator.get("wave", 0))
 
 
 def decide(observed: Observed) -> Decision:
     """The next step of one migration."""
     spec, state, tally = observed.spec, observed.state, observed.tally
-    cutover = state.get("cutover", {})
+    cutover = section(state, "cutover")
     cut_over = bool(cutover.get("at")) and not cutover.get("rolledBackAt")
 
     if state.get("failed"):
@@ -88,20 +94,22 @@ def decide(observed: Observed) -> Decision:
     clear_paused = bool(state.get("paused"))
 
     round_, wave = rounds(state)
-    scan = state.get("scan", {})
+    scan = section(state, "scan")
     scan_done = (
         int(scan.get("id", 0)) >= round_ + 1
         and bool(scan.get("completedAt"))
         and (not scan.get("running"))
     )
     if not scan_done:
-        name = job_name(observed.name, "scan", round_)
+        # The wave is in the name so that a retry after a failure (a spec change bumps the
+        # wave) gets a fresh Job instead of finding the failed one again.
+        name = job_name(observed.name, "scan", round_, wave)
         job = observed.jobs.get(name)
         if job is not None and job.failed_reason is not None:
             return Decision(failed=("ScanFailed", f"Job {name}: {job.failed_message}"))
         return Decision(job=JobWant(name, "scan", 1, suspend=False), clear_paused=clear_paused)
 
-    catch_up = state.get("catchUp", {})
+    catch_up = section(state, "catchUp")
     if round_ > 0 and int(catch_up.get("rounds", 0)) < round_:
         delta = int(scan.get("new", 0)) + int(scan.get("changed", 0))
         return Decision(catch_up_result=(round_, delta), clear_paused=clear_paused)
@@ -137,4 +145,5 @@ def decide(observed: Observed) -> Decision:
             catch_up_rounds=int(catch_up.get("rounds", 0)),
         ),
     )
-    return Decision(cut_over=gate.ok, clear_paused=clear_paused)
+    # rollback: true asks to be (or stay) on the source: never cut over (again) while set.
+    return Decision(cut_over=gate.ok and not spec.cutover.rollback, clear_paused=clear_paused)

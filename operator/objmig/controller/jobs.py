@@ -13,7 +13,7 @@ from typing import Any, Literal
 from objmig.api.migration import API_VERSION, ObjectMigration
 from objmig.controller.config import OperatorConfig
 from objmig.engine.secrets import SESSION_TOKEN, env_name, referenced_secrets
-from objmig.worker import EXIT_PERMANENT
+from objmig.worker import EXIT_INTERRUPTED, EXIT_PERMANENT
 
 Stage = Literal["scan", "copy"]
 MIGRATION_LABEL = "objmig.dev/migration"
@@ -161,6 +161,16 @@ def worker_job(migration: ObjectMigration, want: JobWant, config: OperatorConfig
                         # Evictions and preemptions are not the worker's fault.
                         "action": "Ignore",
                         "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                    },
+                    {
+                        # Stopped by SIGTERM (pod deleted, Job suspended) after giving its
+                        # leases back: replace the pod without using up the index's retries.
+                        "action": "Ignore",
+                        "onExitCodes": {
+                            "containerName": WORKER_CONTAINER,
+                            "operator": "In",
+                            "values": [EXIT_INTERRUPTED],
+                        },
                     },
                 ]
             },

@@ -19,7 +19,14 @@ from objmig.api.conditions import find_condition, set_condition
 from objmig.api.loading import explain
 from objmig.api.migration import JobRef, ObjectMigration, ObjectMigrationStatus, ReportRef
 from objmig.controller.config import OperatorConfig
-from objmig.controller.decide import Decision, JobObservation, Observed, decide, rounds
+from objmig.controller.decide import (
+    Decision,
+    JobObservation,
+    Observed,
+    decide,
+    rounds,
+    section,
+)
 from objmig.controller.jobs import JobWant, worker_job
 from objmig.controller.kube import Kube, KubeConfigMaps
 from objmig.engine.context import ledger_name
@@ -98,8 +105,8 @@ class MigrationService:
         view = tally(await self._ledger.counts(migration_id))
         if (
             not view.outstanding
-            and state.get("scan", {}).get("completedAt")
-            and state.get("verification", {}).get("objects") != view.verified
+            and section(state, "scan").get("completedAt")
+            and section(state, "verification").get("objects") != view.verified
         ):
             await record_verification(self._ledger, migration_id)
         status = await compute_status(
@@ -164,7 +171,7 @@ class MigrationService:
             )
         if (
             decision.paused is not None
-            and state.get("paused", {}).get("reason") != (decision.paused[0])
+            and section(state, "paused").get("reason") != (decision.paused[0])
         ):
             reason, message = decision.paused
             await self._ledger.update_state(
@@ -193,6 +200,10 @@ class MigrationService:
                 migration_id, {"catchUp": {"rounds": done, "lastDelta": delta}}
             )
         if decision.cut_over:
+            if "cutoverInProgress" in state and not state["cutoverInProgress"]:
+                # perform_cutover reads this key with .get(key, {}); a finished earlier
+                # cutover left it JSON null, which would crash a re-cutover after a rollback.
+                await self._ledger.update_state(migration_id, {"cutoverInProgress": {}})
             record = await perform_cutover(
                 self._ledger,
                 migration_id,
@@ -284,8 +295,11 @@ def _transition_events(
     events: list[Event] = []
     if previous.phase != status.phase:
         kind = "Warning" if status.phase in ("Failed", "Paused") else "Normal"
-        reason = {"Failed": "Failed", "Paused": "Paused"}.get(status.phase, "PhaseChanged")
         condition = find_condition(status.conditions, status.phase)
+        reason = "PhaseChanged"
+        if status.phase in ("Failed", "Paused"):
+            # The condition's reason says why (FailureBudgetExceeded, Suspended, S3...).
+            reason = condition.reason if condition is not None else status.phase
         detail = f": {condition.message}" if condition is not None and condition.message else ""
         events.append(Event(kind, reason, f"{previous.phase} -> {status.phase}{detail}"))
     before = find_condition(previous.conditions, "CutoverReady")
@@ -294,6 +308,7 @@ def _transition_events(
         after is not None
         and after.reason in _BLOCKING
         and (before is None or before.reason != after.reason)
+        and all(event.reason != after.reason for event in events)
     ):
         events.append(Event("Warning", after.reason, after.message))
     return events

@@ -17,9 +17,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
-
-from types_aiobotocore_s3 import S3Client
+from typing import TYPE_CHECKING, Any
 
 from objmig.api.cleanup import MigrationCleanup, MigrationCleanupSpec, MigrationCleanupStatus
 from objmig.api.migration import ObjectMeta, ObjectMigration, ObjectMigrationSpec
@@ -45,6 +43,10 @@ from objmig.storage.objects import (
     head_object,
     list_multipart_uploads,
 )
+
+# The aiobotocore stubs are a development dependency: import them for type checking only.
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 log = logging.getLogger(__name__)
 

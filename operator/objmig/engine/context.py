@@ -10,8 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-
-from types_aiobotocore_s3 import S3Client
+from typing import TYPE_CHECKING
 
 from objmig.api.migration import BucketSpec, ObjectMigration, ObjectMigrationSpec
 from objmig.api.types import parse_duration, parse_quantity
@@ -19,6 +18,10 @@ from objmig.engine.keys import target_key
 from objmig.engine.secrets import SecretSource, bucket_credentials, customer_key
 from objmig.storage.endpoint import Endpoint, open_client, same_store
 from objmig.storage.selection import MetadataRule, Selection
+
+# The aiobotocore stubs are a development dependency: import them for type checking only.
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 
 def endpoint_of(bucket: BucketSpec, secrets: SecretSource) -> Endpoint:

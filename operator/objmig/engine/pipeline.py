@@ -13,8 +13,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-
-from types_aiobotocore_s3 import S3Client
+from typing import TYPE_CHECKING
 
 from objmig.engine.context import MigrationContext
 from objmig.engine.policy import backoff_delay
@@ -31,6 +30,10 @@ from objmig.storage.objects import HeadResult, head_object, object_sha256
 from objmig.storage.ratelimit import RateLimiter
 from objmig.storage.restore import needs_restore, request_restore
 from objmig.storage.selection import metadata_matches
+
+# The aiobotocore stubs are a development dependency: import them for type checking only.
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 #: skip_reason values of dry-run rows: what a real run would do with the object.
 PLAN_COPY = "PlanCopy"

@@ -12,8 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-from types_aiobotocore_s3 import S3Client
+from typing import TYPE_CHECKING
 
 from objmig.engine.context import MigrationContext
 from objmig.ledger import InventoryResult, InventoryRow, Ledger
@@ -25,6 +24,10 @@ from objmig.storage.manifest import (
     read_manifest_object,
 )
 from objmig.storage.objects import ObjectInfo, head_object, list_objects
+
+# The aiobotocore stubs are a development dependency: import them for type checking only.
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 _MANIFEST_FORMATS: dict[str, ManifestFormat] = {
     "lines": "lines",

@@ -26,11 +26,10 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 from urllib.parse import urlencode
 
 from botocore.exceptions import ClientError
-from types_aiobotocore_s3 import S3Client
 
 from objmig.storage.errors import IntegrityError, SourceChangedError, StorageError
 from objmig.storage.objects import (
@@ -46,6 +45,10 @@ from objmig.storage.objects import (
 from objmig.storage.ratelimit import RateLimiter
 from objmig.storage.restore import needs_restore
 from objmig.storage.streaming import OrderedHasher, PartStream
+
+# The aiobotocore stubs are a development dependency: import them for type checking only.
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,14 @@ import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import aioboto3
 from aiobotocore.config import AioConfig
-from types_aiobotocore_s3 import S3Client
+
+# The aiobotocore stubs are a development dependency: import them for type checking only.
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 AddressingStyle = Literal["path", "virtual"]
 

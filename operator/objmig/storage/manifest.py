@@ -29,14 +29,17 @@ import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote_plus
 
 import yaml
-from types_aiobotocore_s3 import S3Client
 
 from objmig.storage.errors import ManifestError
 from objmig.storage.objects import STREAM_CHUNK, normalise_etag
+
+# The aiobotocore stubs are a development dependency: import them for type checking only.
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 ManifestFormat = Literal["lines", "csv", "inventory", "configmap"]
 

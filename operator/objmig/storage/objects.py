@@ -14,13 +14,16 @@ import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import ClientError
-from types_aiobotocore_s3 import S3Client
 
 from objmig.storage.errors import TruncatedBodyError
 from objmig.storage.restore import RestoreStatus, parse_restore_header
+
+# The aiobotocore stubs are a development dependency: import them for type checking only.
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,15 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from botocore.exceptions import ClientError
-from types_aiobotocore_s3 import S3Client
 
 from objmig.storage.errors import RestoreNotAllowedError
+
+# The aiobotocore stubs are a development dependency: import them for type checking only.
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 RestoreTier = Literal["Bulk", "Standard", "Expedited"]
 

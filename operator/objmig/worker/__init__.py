@@ -7,8 +7,11 @@ references into the pod's environment, so a worker needs no Kubernetes API acces
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from objmig.api.migration import ObjectMeta, ObjectMigration, ObjectMigrationSpec
 from objmig.engine.context import MigrationContext
@@ -17,12 +20,19 @@ from objmig.engine.scan import run_scan
 from objmig.engine.secrets import EnvSecrets, SecretNotFound
 from objmig.engine.worker import Worker
 from objmig.ledger import Ledger
+from objmig.storage.errors import classify
 
 log = logging.getLogger("objmig.worker")
+T = TypeVar("T")
 
 #: Exit code for errors no retry can fix (credentials, missing bucket, missing Secret key).
 #: The Job's podFailurePolicy fails the index on it instead of retrying the pod.
 EXIT_PERMANENT = 42
+#: Exit code of a worker stopped by SIGTERM/SIGINT before its work was done (pod deleted,
+#: Job suspended, node drained), after giving its leases back. Not 0: the Job must not count
+#: the index as complete. The podFailurePolicy ignores it, so the pod is replaced (or, when
+#: suspended, started again on resume) without using up the index's retries.
+EXIT_INTERRUPTED = 143
 
 
 async def work(
@@ -51,21 +61,85 @@ async def work(
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
+        refused = await _check_access(context)
+        if refused is not None:
+            code, message = refused
+            log.error("%s", message)
+            await _record_failure(ledger, migration_id, f"S3{code}", message)
+            return EXIT_PERMANENT
         try:
             if stage == "scan":
                 async with context.clients() as (source, _):
-                    outcome = await run_scan(ledger, migration_id, context, source, scan_id=scan_id)
+                    scan = run_scan(ledger, migration_id, context, source, scan_id=scan_id)
+                    outcome = await _unless_stopped(scan, stop)
+                if outcome is None:
+                    log.info("scan stopped on request; a later scan starts it again")
+                    return EXIT_INTERRUPTED
                 log.info("scan %d: %s", outcome.scan_id, outcome.result)
             else:
                 stats = await Worker(ledger, migration_id, context, owner=owner).run(stop)
+                if stop.is_set():
+                    log.info("worker stopped on request: %s", dict(stats.results))
+                    return EXIT_INTERRUPTED
                 log.info("worker done: %s", dict(stats.results))
         except ConfigurationError as error:
             log.error("%s", error)
             await _record_failure(ledger, migration_id, f"S3{error.error.code}", str(error))
             return EXIT_PERMANENT
+        except Exception as exc:
+            # The scan does not classify its S3 errors itself: bad credentials or a missing
+            # bucket while listing must stop the migration, not crash-loop the pod.
+            problem = classify(exc)
+            if not problem.is_config_error:
+                raise  # possibly transient: the Job retries the pod
+            where = f" of s3 bucket {migration.spec.source.bucket!r}" if stage == "scan" else ""
+            message = f"{stage}{where}: {problem.message}"
+            log.error("%s", message)
+            await _record_failure(ledger, migration_id, f"S3{problem.code}", message)
+            return EXIT_PERMANENT
         return 0
     finally:
         await ledger.close()
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
+    """Run ``work`` to its end, or cancel it and return None when ``stop`` is set first."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+    return task.result()
+
+
+async def _check_access(context: MigrationContext) -> tuple[str, str] | None:
+    """(code, message) when a bucket refuses these credentials outright, else None.
+
+    A worker otherwise meets the target first through HEAD requests, whose 403 carries no
+    error code: bad target credentials would fail every object as "Forbidden" instead of
+    failing the migration once. A one-key listing of each side gets a real error code. Only
+    configuration errors count; anything else (AccessDenied where listing is not allowed, a
+    timeout) is left to the per-object steps.
+    """
+    spec = context.spec
+    async with context.clients() as (source, target):
+        for side, client, bucket in (
+            ("source", source, spec.source),
+            ("target", target, spec.target),
+        ):
+            try:
+                await client.list_objects_v2(Bucket=bucket.bucket, Prefix=bucket.prefix, MaxKeys=1)
+            except Exception as exc:
+                problem = classify(exc)
+                if problem.is_config_error:
+                    return problem.code, f"{side} s3 bucket {bucket.bucket!r}: {problem.message}"
+    return None
 
 
 async def _record_failure(ledger: Ledger, migration_id: int, reason: str, message: str) -> None:
