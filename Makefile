@@ -25,6 +25,7 @@ crds: setup
 test: setup
 	scripts/k8s-tools.sh
 	scripts/minio.sh
+	scripts/helm.sh
 	$(MAKE) lint typecheck
 	$(BIN)/python -m pytest
 
