@@ -205,7 +205,10 @@ def _record_sql(present: tuple[str, ...], increments: bool) -> str:
     return (
         f"UPDATE objects o SET\n    {set_list}\n"
         f"FROM unnest({', '.join(params)}) AS r({', '.join(names)})\n"
-        "WHERE o.id = r.id AND o.lease_owner = $1"
+        # IS NOT DISTINCT FROM, not "=": "=" would let the planner drive the join from the
+        # leased-rows partial index, whose dead entries linger until VACUUM; rows are found
+        # by id through the primary key instead. ($1, the owner, is never NULL.)
+        "WHERE o.id = r.id AND o.lease_owner IS NOT DISTINCT FROM $1::text"
     )
 
 
@@ -637,7 +640,7 @@ class Ledger:
         records = await self._pool.fetch(
             """
             UPDATE objects SET lease_expires_at = now() + $3::interval
-            WHERE id = ANY($2::bigint[]) AND lease_owner = $1
+            WHERE id = ANY($2::bigint[]) AND lease_owner IS NOT DISTINCT FROM $1::text
             RETURNING id
             """,
             owner,
@@ -663,7 +666,7 @@ class Ledger:
             UPDATE objects
             SET lease_owner = NULL, lease_expires_at = NULL,
                 not_before = COALESCE($3::timestamptz, not_before)
-            WHERE id = ANY($2::bigint[]) AND lease_owner = $1
+            WHERE id = ANY($2::bigint[]) AND lease_owner IS NOT DISTINCT FROM $1::text
             """,
             owner,
             list(ids),
