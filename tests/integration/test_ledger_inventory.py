@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import asyncpg
 import pytest
 
 from objmig.ledger import (
@@ -293,3 +294,32 @@ async def test_concurrent_first_scans_of_one_migration_both_succeed(ledger: Ledg
     assert sum(r.new for r in results) == 3000
     assert sum(r.total for r in results) == 4000
     assert (await ledger.counts(mid)).total.objects == 3000
+
+
+async def test_a_failing_chunk_raises_its_own_error_and_stops_the_scan(ledger: Ledger) -> None:
+    mid = await ledger.ensure_migration("ns/a")
+    rows = inventory_rows(50)
+    rows[25] = dataclasses.replace(rows[25], size=-1)  # violates the size CHECK
+
+    with pytest.raises(asyncpg.CheckViolationError):
+        await ledger.upsert_inventory(mid, rows, scan_id=1, chunk_size=10, parallelism=3)
+
+    # The pool is intact and a corrected listing converges.
+    rows[25] = inventory_rows(50)[25]
+    await ledger.upsert_inventory(mid, rows, scan_id=2, chunk_size=10, parallelism=3)
+    assert (await ledger.counts(mid)).total.objects == 50
+
+
+async def test_parallel_and_sequential_chunks_agree(ledger: Ledger) -> None:
+    a = await ledger.ensure_migration("ns/a")
+    b = await ledger.ensure_migration("ns/b")
+    rows = inventory_rows(500)
+    moved = [dataclasses.replace(r, etag="v2") if i % 7 == 0 else r for i, r in enumerate(rows)]
+
+    for mid, parallelism in ((a, 1), (b, 4)):
+        first = await ledger.upsert_inventory(mid, rows, 1, chunk_size=40, parallelism=parallelism)
+        second = await ledger.upsert_inventory(
+            mid, moved, 2, chunk_size=40, parallelism=parallelism
+        )
+        assert first == InventoryResult(new=500)
+        assert second == InventoryResult(changed=72, unchanged=428)

@@ -420,8 +420,9 @@ class Ledger:
         scan_id: int,
         *,
         chunk_size: int = INVENTORY_CHUNK,
+        parallelism: int = 2,
     ) -> InventoryResult:
-        """Merge a scan's listing into the ledger; idempotent, memory bounded by the chunk.
+        """Merge a scan's listing into the ledger; idempotent, memory bounded by the chunks.
 
         Per chunk: COPY into a temporary table, then one ``INSERT ... ON CONFLICT`` merge
         (while the migration had no rows before this call: COPY straight into the table).
@@ -435,22 +436,46 @@ class Ledger:
         * Every listed row gets ``last_seen_scan = scan_id``; nothing else changes on
           unchanged rows (so ``updated_at`` still says when its state last moved).
 
-        A key listed twice within one chunk counts once (the last listing wins).
+        A key listed twice within one chunk counts once (the last listing wins). Up to
+        ``parallelism`` chunks (each on its own pooled connection) are written at once, so
+        at most ``parallelism + 1`` chunks are held in memory.
         """
+        if parallelism < 1:
+            raise ValueError("parallelism must be at least 1")
+        # A migration's first scan only inserts: COPY straight into the table costs about a
+        # third less than staging plus the ON CONFLICT merge. Any conflict (a key listed
+        # twice, a concurrent scan) fails that chunk's COPY as a whole and the chunk is
+        # merged instead; later chunks then merge too.
+        insert_only = not await self._pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM objects WHERE migration_id = $1)", migration_id
+        )
         result = InventoryResult()
-        async with self._pool.acquire() as conn:
-            # A migration's first scan only inserts: COPY straight into the table costs about
-            # a third less than staging plus the ON CONFLICT merge. Any conflict (a key
-            # listed twice, a concurrent scan) rolls the chunk back to a savepoint and
-            # merges it instead; later chunks then merge too.
-            fresh = not await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM objects WHERE migration_id = $1)", migration_id
-            )
-            async for chunk in _chunks(rows, chunk_size):
-                merged, fresh = await self._merge_chunk(
-                    conn, migration_id, chunk, scan_id, insert_only=fresh
+
+        async def merge(chunk: list[InventoryRow]) -> None:
+            nonlocal insert_only, result
+            async with self._pool.acquire() as conn:
+                merged, still = await self._merge_chunk(
+                    conn, migration_id, chunk, scan_id, insert_only=insert_only
                 )
-                result += merged
+            insert_only = insert_only and still
+            result += merged
+
+        # Chunks are independent (distinct keys, or duplicates that the merge resolves), so
+        # up to ``parallelism`` of them are written at once on their own connections: the
+        # server's work, which dominates, spreads over its CPUs while the next chunk is read.
+        running: set[asyncio.Task[None]] = set()
+        try:
+            async for chunk in _chunks(rows, chunk_size):
+                if len(running) >= parallelism:
+                    done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()  # re-raise the first failure
+                running.add(asyncio.create_task(merge(chunk)))
+            await asyncio.gather(*running)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
         return result
 
     async def _merge_chunk(
