@@ -20,6 +20,11 @@ class OperatorConfig(BaseModel):
         "namespace). Absent: workers get the URL as a plain value — for trials only.",
     )
     worker_image: str = Field(default="objmig:latest", description="Default worker image.")
+    worker_service_account: str | None = Field(
+        default=None,
+        description="ServiceAccount of worker pods when the spec names none (one with no "
+        "permissions; the Helm chart creates it).",
+    )
     worker_resources: dict[str, dict[str, str]] = Field(
         default_factory=lambda: {
             "requests": {"cpu": "250m", "memory": "256Mi"},
@@ -43,6 +48,8 @@ class OperatorConfig(BaseModel):
         if secret:
             name, _, key = secret.partition("/")
             values["database_secret"] = SecretKeySelector(name=name, key=key or "url")
+        if env.get("OBJMIG_WORKER_SERVICE_ACCOUNT"):
+            values["worker_service_account"] = env["OBJMIG_WORKER_SERVICE_ACCOUNT"]
         if "OBJMIG_WORKER_IMAGE" in env:
             values["worker_image"] = env["OBJMIG_WORKER_IMAGE"]
         if "OBJMIG_STATUS_INTERVAL" in env:

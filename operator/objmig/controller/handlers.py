@@ -16,13 +16,15 @@ from prometheus_client import start_http_server
 
 from objmig.api.migration import GROUP, VERSION
 from objmig.controller import metrics
+from objmig.controller.cleanups import CleanupService
 from objmig.controller.config import OperatorConfig
 from objmig.controller.kube import Kube
-from objmig.controller.service import MigrationService
+from objmig.controller.service import MigrationService, Outcome
 from objmig.engine.run import RateMeter
 from objmig.ledger import Ledger
 
 PLURAL = "objectmigrations"
+CLEANUP_PLURAL = "migrationcleanups"
 # Read at import: Kopf timers take their interval when they are declared.
 STATUS_INTERVAL = float(os.environ.get("OBJMIG_STATUS_INTERVAL", "5"))
 ANNOTATION_PREFIX = "objmig.dev"
@@ -55,6 +57,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         await kube_config.load_kube_config()
     memo.api = client.ApiClient()
     memo.service = MigrationService(memo.ledger, Kube(memo.api), config)
+    memo.cleanups = CleanupService(memo.ledger, Kube(memo.api), config)
     port = int(os.environ.get("OBJMIG_METRICS_PORT", "8080"))
     if port:
         start_http_server(port)
@@ -81,13 +84,7 @@ async def reconcile(
     if "rates" not in memo:
         memo.rates = RateMeter()
     outcome = await memo.service.reconcile(body, memo.rates)
-    for event in outcome.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-    if outcome.status is not None:
-        previous = dict(body.get("status") or {})
-        # A merge patch keeps keys it does not mention; clear the ones that went away.
-        patch.status.update({key: None for key in previous if key not in outcome.status})
-        patch.status.update(outcome.status)
+    if _write(body, patch, outcome):
         metrics.STATUS_PATCHES.labels(namespace, name).inc()
     metrics.RECONCILES.labels(namespace, name).inc()
     if outcome.current is not None and outcome.counts is not None:
@@ -99,3 +96,46 @@ async def deleted(body: kopf.Body, memo: Any, namespace: str | None, name: str, 
     """Jobs go with their owner; the ledger rows go here, unless the report is retained."""
     await memo.service.forget(body)
     metrics.forget(namespace or "default", name)
+
+
+@kopf.timer(GROUP, VERSION, CLEANUP_PLURAL, interval=STATUS_INTERVAL)
+async def reconcile_cleanup(
+    body: kopf.Body,
+    memo: Any,
+    patch: kopf.Patch,
+    namespace: str | None,
+    name: str,
+    **_: Any,
+) -> None:
+    """Report the cleanup's gates, run its deletion Job once they hold, show the outcome."""
+    outcome = await memo.cleanups.reconcile(body)
+    _write(body, patch, outcome)
+    status = dict(patch.status) if outcome.status is not None else dict(body.get("status") or {})
+    conditions = status.get("conditions") or []
+    passed = any(c.get("type") == "GatesPassed" and c.get("status") == "True" for c in conditions)
+    metrics.CLEANUP_GATES_PASSED.labels(namespace or "default", name).set(1 if passed else 0)
+    metrics.CLEANUP_DELETED.labels(namespace or "default", name).set(
+        (status.get("counts") or {}).get("deleted", 0)
+    )
+
+
+@kopf.on.delete(GROUP, VERSION, CLEANUP_PLURAL)
+async def cleanup_deleted(
+    body: kopf.Body, memo: Any, namespace: str | None, name: str, **_: Any
+) -> None:
+    """Its Job goes with its owner; its per-object outcomes go here."""
+    await memo.cleanups.forget(body)
+    metrics.forget_cleanup(namespace or "default", name)
+
+
+def _write(body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> bool:
+    """Post the outcome's Events and stage its status; True when the status changed."""
+    for event in outcome.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    if outcome.status is None:
+        return False
+    previous = dict(body.get("status") or {})
+    # A merge patch keeps keys it does not mention; clear the ones that went away.
+    patch.status.update({key: None for key in previous if key not in outcome.status})
+    patch.status.update(outcome.status)
+    return True

@@ -10,13 +10,15 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from objmig.api.cleanup import MigrationCleanup
 from objmig.api.migration import API_VERSION, ObjectMigration
 from objmig.controller.config import OperatorConfig
 from objmig.engine.secrets import SESSION_TOKEN, env_name, referenced_secrets
-from objmig.worker import EXIT_INTERRUPTED, EXIT_PERMANENT
+from objmig.worker import EXIT_PERMANENT
 
-Stage = Literal["scan", "copy"]
+Stage = Literal["scan", "copy", "cleanup"]
 MIGRATION_LABEL = "objmig.dev/migration"
+CLEANUP_LABEL = "objmig.dev/cleanup"
 STAGE_LABEL = "objmig.dev/stage"
 WORKER_CONTAINER = "worker"
 
@@ -79,26 +81,73 @@ def worker_env(migration: ObjectMigration, config: OperatorConfig) -> list[dict[
 def worker_job(migration: ObjectMigration, want: JobWant, config: OperatorConfig) -> dict[str, Any]:
     """The Indexed Job manifest for one stage of a migration."""
     meta = migration.metadata
+    command = [
+        "objmig",
+        "worker",
+        "--migration",
+        f"{meta.namespace}/{meta.name}",
+        "--stage",
+        want.stage,
+        *(["--scan-id", str(want.scan_id)] if want.scan_id is not None else []),
+    ]
+    return _job(
+        migration,
+        want,
+        config,
+        owner={"kind": "ObjectMigration", "name": meta.name, "uid": meta.uid},
+        labels={MIGRATION_LABEL: meta.name, STAGE_LABEL: want.stage},
+        command=command,
+    )
+
+
+def cleanup_job(
+    cleanup: MigrationCleanup, migration: ObjectMigration, want: JobWant, config: OperatorConfig
+) -> dict[str, Any]:
+    """The Job that deletes a cleanup's objects, with the migration's credentials."""
+    meta = cleanup.metadata
+    command = [
+        "objmig",
+        "worker",
+        "--migration",
+        f"{migration.metadata.namespace}/{migration.metadata.name}",
+        "--stage",
+        "cleanup",
+        "--cleanup",
+        f"{meta.namespace}/{meta.name}",
+    ]
+    return _job(
+        migration.model_copy(
+            update={"spec": migration.spec.model_copy(update={"workers": cleanup.spec.workers})}
+        ),
+        want,
+        config,
+        owner={"kind": "MigrationCleanup", "name": meta.name, "uid": meta.uid},
+        labels={CLEANUP_LABEL: meta.name, STAGE_LABEL: "cleanup"},
+        command=command,
+    )
+
+
+def _job(
+    migration: ObjectMigration,
+    want: JobWant,
+    config: OperatorConfig,
+    *,
+    owner: dict[str, Any],
+    labels: dict[str, str],
+    command: list[str],
+) -> dict[str, Any]:
+    meta = migration.metadata
     workers = migration.spec.workers
     labels = {
         "app.kubernetes.io/name": "objmig",
         "app.kubernetes.io/component": "worker",
         "app.kubernetes.io/managed-by": "objmig",
-        MIGRATION_LABEL: meta.name,
-        STAGE_LABEL: want.stage,
+        **labels,
     }
     container: dict[str, Any] = {
         "name": WORKER_CONTAINER,
         "image": workers.image or config.worker_image,
-        "command": [
-            "objmig",
-            "worker",
-            "--migration",
-            f"{meta.namespace}/{meta.name}",
-            "--stage",
-            want.stage,
-            *(["--scan-id", str(want.scan_id)] if want.scan_id is not None else []),
-        ],
+        "command": command,
         "env": worker_env(migration, config),
         "resources": (
             workers.resources.to_wire() if workers.resources else config.worker_resources
@@ -116,8 +165,9 @@ def worker_job(migration: ObjectMigration, want: JobWant, config: OperatorConfig
         "automountServiceAccountToken": False,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
     }
-    if workers.service_account_name:
-        pod_spec["serviceAccountName"] = workers.service_account_name
+    service_account = workers.service_account_name or config.worker_service_account
+    if service_account:
+        pod_spec["serviceAccountName"] = service_account
     if workers.node_selector:
         pod_spec["nodeSelector"] = dict(workers.node_selector)
     if workers.tolerations:
@@ -132,9 +182,7 @@ def worker_job(migration: ObjectMigration, want: JobWant, config: OperatorConfig
             "ownerReferences": [
                 {
                     "apiVersion": API_VERSION,
-                    "kind": "ObjectMigration",
-                    "name": meta.name,
-                    "uid": meta.uid,
+                    **owner,
                     "controller": True,
                     "blockOwnerDeletion": True,
                 }
@@ -161,16 +209,6 @@ def worker_job(migration: ObjectMigration, want: JobWant, config: OperatorConfig
                         # Evictions and preemptions are not the worker's fault.
                         "action": "Ignore",
                         "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
-                    },
-                    {
-                        # Stopped by SIGTERM (pod deleted, Job suspended) after giving its
-                        # leases back: replace the pod without using up the index's retries.
-                        "action": "Ignore",
-                        "onExitCodes": {
-                            "containerName": WORKER_CONTAINER,
-                            "operator": "In",
-                            "values": [EXIT_INTERRUPTED],
-                        },
                     },
                 ]
             },

@@ -23,11 +23,11 @@ class Kube:
         self._batch = client.BatchV1Api(api)
         self._core = client.CoreV1Api(api)
 
-    async def jobs_of(self, namespace: str, migration: str) -> dict[str, JobObservation]:
-        """The migration's Jobs by name, reduced to what decisions need."""
-        jobs = await self._batch.list_namespaced_job(
-            namespace, label_selector=f"{MIGRATION_LABEL}={migration}"
-        )
+    async def jobs_of(
+        self, namespace: str, owner: str, label: str = MIGRATION_LABEL
+    ) -> dict[str, JobObservation]:
+        """The Jobs of a migration (or, with ``label``, of a cleanup) by name."""
+        jobs = await self._batch.list_namespaced_job(namespace, label_selector=f"{label}={owner}")
         return {job.metadata.name: _observe(job) for job in jobs.items}
 
     async def create_job(self, manifest: dict[str, Any]) -> bool:

@@ -33,6 +33,13 @@ CUTOVER_READY = Gauge("objmig_cutover_ready", "1 when the cutover gates hold.", 
 CUT_OVER = Gauge("objmig_cut_over", "1 when the migration has cut over.", LABELS)
 STATUS_PATCHES = Counter("objmig_status_patches", "Status patches written by the operator.", LABELS)
 RECONCILES = Counter("objmig_reconciles", "Reconcile passes.", LABELS)
+CLEANUP_LABELS = ("namespace", "cleanup")
+CLEANUP_GATES_PASSED = Gauge(
+    "objmig_cleanup_gates_passed", "1 when every gate of a cleanup holds.", CLEANUP_LABELS
+)
+CLEANUP_DELETED = Gauge(
+    "objmig_cleanup_deleted_objects", "Source objects a cleanup has deleted.", CLEANUP_LABELS
+)
 
 
 def observe(namespace: str, name: str, counts: Counts, status: ObjectMigrationStatus) -> None:
@@ -62,3 +69,10 @@ def forget(namespace: str, name: str) -> None:
     for phase in PHASES:
         with suppress(KeyError):
             PHASE.remove(namespace, name, phase)
+
+
+def forget_cleanup(namespace: str, name: str) -> None:
+    """Drop a deleted cleanup's series."""
+    for gauge in (CLEANUP_GATES_PASSED, CLEANUP_DELETED):
+        with suppress(KeyError):
+            gauge.remove(namespace, name)

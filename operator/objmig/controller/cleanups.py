@@ -1,0 +1,148 @@
+"""Reconciling one MigrationCleanup: report the gates, run the deletion Job, show the outcome.
+
+The gates are reported first, as conditions, whether or not anything can be deleted yet; the
+deletion Job starts only when they hold (its workers re-check every gate per object anyway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from objmig.api.cleanup import MigrationCleanup, MigrationCleanupStatus, UnmetGate
+from objmig.api.conditions import set_condition
+from objmig.api.loading import explain
+from objmig.api.migration import JobRef, ObjectMeta, ObjectMigration, ObjectMigrationSpec
+from objmig.controller.config import OperatorConfig
+from objmig.controller.jobs import CLEANUP_LABEL, JobWant, cleanup_job
+from objmig.controller.kube import Kube
+from objmig.controller.service import Event, Outcome
+from objmig.engine.cleanup import cleanup_status, migration_facts
+from objmig.engine.deletion import unmet_gates
+from objmig.ledger import Ledger, MigrationConflict
+
+
+class CleanupService:
+    """Reconciles MigrationCleanups against the ledger and the cluster."""
+
+    def __init__(self, ledger: Ledger, kube: Kube, config: OperatorConfig) -> None:
+        self._ledger = ledger
+        self._kube = kube
+        self._config = config
+
+    async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        """One level-based pass over one cleanup."""
+        previous = _previous(body)
+        try:
+            cleanup = MigrationCleanup.model_validate(dict(body))
+        except ValidationError as error:
+            return _blocked(previous, "InvalidSpec", "; ".join(explain(error)), failed=True)
+        meta, spec = cleanup.metadata, cleanup.spec
+        migration_name = f"{meta.namespace}/{spec.migration_ref.name}"
+        migration_id = await self._ledger.find_migration(migration_name)
+        if migration_id is None:
+            return _blocked(
+                previous,
+                "MigrationNotFound",
+                f"no ObjectMigration {spec.migration_ref.name} has run in this namespace",
+            )
+        try:
+            cleanup_id = await self._ledger.ensure_cleanup(
+                f"{meta.namespace}/{meta.name}", meta.uid or "", migration_id
+            )
+        except MigrationConflict as error:
+            return _blocked(previous, "LedgerConflict", str(error), failed=True)
+        # The worker reads the spec from the ledger, like migration workers do.
+        await self._ledger.update_cleanup_state(
+            cleanup_id, {"spec": spec.to_wire(), "uid": meta.uid}
+        )
+        state = await self._ledger.get_state(migration_id)
+        now = datetime.now(UTC)
+        unmet = unmet_gates(spec, migration_facts(state), now) if spec.what == "source" else []
+        jobs = await self._kube.jobs_of(meta.namespace, meta.name, CLEANUP_LABEL)
+        events: list[Event] = []
+        cleanup_state = await self._ledger.get_cleanup_state(cleanup_id)
+        if not unmet and not cleanup_state.get("completedAt") and not cleanup_state.get("failed"):
+            name = f"{meta.name}-cleanup"[:63]
+            if name not in jobs:
+                migration = ObjectMigration(
+                    metadata=ObjectMeta(name=spec.migration_ref.name, namespace=meta.namespace),
+                    spec=ObjectMigrationSpec.model_validate(state["spec"]),
+                )
+                want = JobWant(name, "cleanup", 1, suspend=False)
+                if await self._kube.create_job(cleanup_job(cleanup, migration, want, self._config)):
+                    verb = "dry run" if spec.dry_run else "deleting"
+                    events.append(Event("Normal", "CleanupStarted", f"gates passed; {verb}"))
+            elif jobs[name].failed_reason is not None:
+                await self._ledger.update_cleanup_state(
+                    cleanup_id,
+                    {
+                        "failed": {
+                            "reason": "CleanupJobFailed",
+                            "message": f"Job {name}: {jobs[name].failed_message}",
+                        }
+                    },
+                )
+        status = await cleanup_status(
+            self._ledger, cleanup_id, migration_id, spec, previous, generation=meta.generation
+        )
+        status.jobs = [
+            JobRef(
+                name=j.name,
+                stage="cleanup",
+                active=j.active,
+                succeeded=j.succeeded,
+                failed=j.failed,
+            )
+            for j in sorted(jobs.values(), key=lambda j: j.name)
+        ]
+        if previous.phase != status.phase:
+            kind = "Warning" if status.phase in ("Blocked", "Failed") else "Normal"
+            detail = "; ".join(f"{g.reason}: {g.message}" for g in status.unmet_gates)
+            events.append(
+                Event(
+                    kind,
+                    status.phase,
+                    f"{previous.phase} -> {status.phase}" + (f": {detail}" if detail else ""),
+                )
+            )
+        wire = status.to_wire()
+        return Outcome(wire if wire != previous.to_wire() else None, events)
+
+    async def forget(self, body: Mapping[str, Any]) -> bool:
+        """On deletion: drop the cleanup's per-object outcomes (the migration keeps its rows)."""
+        meta = body["metadata"]
+        cleanup_id = await self._ledger.find_cleanup(
+            f"{meta.get('namespace', 'default')}/{meta['name']}"
+        )
+        return cleanup_id is not None and await self._ledger.delete_cleanup(cleanup_id)
+
+
+def _previous(body: Mapping[str, Any]) -> MigrationCleanupStatus:
+    try:
+        return MigrationCleanupStatus.model_validate(dict(body.get("status") or {}))
+    except ValidationError:
+        return MigrationCleanupStatus()
+
+
+def _blocked(
+    previous: MigrationCleanupStatus, reason: str, message: str, *, failed: bool = False
+) -> Outcome:
+    status = previous.model_copy(deep=True)
+    now = datetime.now(UTC)
+    status.conditions = set_condition(
+        status.conditions, "GatesPassed", "False", reason, message, now=now
+    )
+    if failed:
+        status.conditions = set_condition(
+            status.conditions, "Failed", "True", reason, message, now=now
+        )
+    status.unmet_gates = [UnmetGate(gate="Migration", reason=reason, message=message)]
+    status.phase = "Failed" if failed else "Blocked"
+    wire = status.to_wire()
+    return Outcome(
+        wire if wire != previous.to_wire() else None, [Event("Warning", reason, message)]
+    )

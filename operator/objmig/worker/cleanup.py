@@ -1,0 +1,54 @@
+"""The cleanup stage of a worker pod: one pass of a MigrationCleanup, ledger and S3 only."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from objmig.api.cleanup import MigrationCleanup, MigrationCleanupSpec
+from objmig.api.migration import ObjectMeta
+from objmig.engine.cleanup import run_cleanup
+from objmig.engine.pipeline import ConfigurationError
+from objmig.engine.secrets import EnvSecrets, SecretNotFound
+from objmig.ledger import Ledger
+from objmig.worker import EXIT_PERMANENT
+
+log = logging.getLogger("objmig.worker")
+
+
+async def clean(database_url: str, name: str) -> int:
+    """Run one pass of cleanup ``namespace/name`` (its spec is stored in the ledger)."""
+    ledger = await Ledger.connect(database_url, min_size=1, max_size=4)
+    try:
+        cleanup_id = await ledger.find_cleanup(name)
+        if cleanup_id is None:
+            log.error("no cleanup %s in the ledger", name)
+            return EXIT_PERMANENT
+        state = await ledger.get_cleanup_state(cleanup_id)
+        namespace, _, short = name.partition("/")
+        cleanup = MigrationCleanup(
+            metadata=ObjectMeta(name=short, namespace=namespace, uid=state.get("uid")),
+            spec=MigrationCleanupSpec.model_validate(state["spec"]),
+        )
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        try:
+            status = await run_cleanup(ledger, cleanup, EnvSecrets(), stop=stop)
+        except (ConfigurationError, SecretNotFound, ValueError) as error:
+            log.error("%s", error)
+            await ledger.update_cleanup_state(
+                cleanup_id, {"failed": {"reason": "ConfigurationError", "message": str(error)}}
+            )
+            return EXIT_PERMANENT
+        log.info(
+            "cleanup %s: %s, %d deleted, %d skipped, %d failed",
+            name,
+            status.phase,
+            status.counts.deleted,
+            status.counts.skipped,
+            status.counts.failed,
+        )
+        return 0
+    finally:
+        await ledger.close()
