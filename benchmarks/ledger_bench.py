@@ -99,18 +99,14 @@ class Result:
 class Listing:
     """A synthetic bucket listing, generated lazily like a real scan.
 
-    Keys come in ascending order, as S3's ListObjectsV2 returns them. The time spent making
-    the rows is accumulated in ``seconds`` so it can be told apart from the ledger's time.
+    Keys come in ascending order, as S3's ListObjectsV2 returns them.
     """
 
     def __init__(self, rows: int) -> None:
         self.rows = rows
-        self.seconds = 0.0
 
     def __iter__(self) -> Iterator[InventoryRow]:
-        clock = time.perf_counter
         for start in range(0, self.rows, 10_000):
-            began = clock()
             chunk = [
                 InventoryRow(
                     key=f"data/{i // 1000:05d}/object-{i:09d}.bin",
@@ -121,7 +117,6 @@ class Listing:
                 )
                 for i in range(start, min(start + 10_000, self.rows))
             ]
-            self.seconds += clock() - began
             yield from chunk
 
 
@@ -182,38 +177,31 @@ async def run(args: argparse.Namespace, dsn: str) -> list[Result]:
         migration_id = await ledger.ensure_migration(f"bench/{time.time_ns()}")
 
         meter = CpuMeter(args.server_pid)
-        rows = Listing(args.rows)
+        # The listing is made before the clock starts, so the rate is the ledger's alone (a
+        # real scan's listing comes from S3 and overlaps with the writes anyway).
+        start = time.perf_counter()
+        rows = list(Listing(args.rows))
+        print(f"  made {args.rows:,} synthetic rows in {time.perf_counter() - start:.1f}s")
         cpu = meter.sample()
         start = time.perf_counter()
         inserted = await ledger.upsert_inventory(migration_id, rows, scan_id=1)
         elapsed = time.perf_counter() - start
-        print(f"  insert {meter.per_row(cpu, args.rows)} (client includes making rows)")
+        print(f"  insert {meter.per_row(cpu, args.rows)}")
         assert inserted.new == args.rows, inserted
-        rate = args.rows / (elapsed - rows.seconds)
-        results.append(
-            Result("inventory insert (ledger)", rate, "rows/s", ">= 50,000", rate >= 50_000)
-        )
-        results.append(Result("  end to end, incl. making the rows", args.rows / elapsed, "rows/s"))
-        print(
-            f"  inserted {args.rows:,} rows in {elapsed:.1f}s "
-            f"({rows.seconds:.1f}s of it making the rows)",
-            flush=True,
-        )
+        rate = args.rows / elapsed
+        results.append(Result("inventory insert", rate, "rows/s", ">= 50,000", rate >= 50_000))
+        print(f"  inserted {args.rows:,} rows in {elapsed:.1f}s", flush=True)
 
         if not args.skip_rescan:
-            rows = Listing(args.rows)
             start = time.perf_counter()
             rescanned = await ledger.upsert_inventory(migration_id, rows, scan_id=2)
             elapsed = time.perf_counter() - start
             assert rescanned.unchanged == args.rows, rescanned
             results.append(
-                Result(
-                    "inventory re-scan, unchanged (ledger)",
-                    args.rows / (elapsed - rows.seconds),
-                    "rows/s",
-                )
+                Result("inventory re-scan, all unchanged", args.rows / elapsed, "rows/s")
             )
             print(f"  re-scanned in {elapsed:.1f}s", flush=True)
+        del rows
 
         # PostgreSQL's planner statistics after a bulk load, as autovacuum would do soon.
         await ledger.pool.execute("ANALYZE objects")
