@@ -82,7 +82,11 @@ def decide(observed: Observed) -> Decision:
     cut_over = bool(cutover.get("at")) and not cutover.get("rolledBackAt")
 
     if state.get("failed"):
-        return Decision(suspend_jobs=True)
+        # Nothing new starts. Running Jobs are left alone: a worker that recorded the failure
+        # exits with EXIT_PERMANENT and its index fails by the podFailurePolicy, as does every
+        # other worker that meets the same error; suspending them here would race with that
+        # and hide the Job's own Failed condition.
+        return Decision()
     if cut_over:
         return Decision(roll_back=spec.cutover.rollback)
     if spec.suspend:

@@ -14,7 +14,7 @@ from objmig.api.cleanup import MigrationCleanup
 from objmig.api.migration import API_VERSION, ObjectMigration
 from objmig.controller.config import OperatorConfig
 from objmig.engine.secrets import SESSION_TOKEN, env_name, referenced_secrets
-from objmig.worker import EXIT_PERMANENT
+from objmig.worker import EXIT_INTERRUPTED, EXIT_PERMANENT
 
 Stage = Literal["scan", "copy", "cleanup"]
 MIGRATION_LABEL = "objmig.dev/migration"
@@ -209,6 +209,16 @@ def _job(
                         # Evictions and preemptions are not the worker's fault.
                         "action": "Ignore",
                         "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                    },
+                    {
+                        # Stopped by SIGTERM (pod deleted, Job suspended) after giving its
+                        # leases back: replace the pod without using up the index's retries.
+                        "action": "Ignore",
+                        "onExitCodes": {
+                            "containerName": WORKER_CONTAINER,
+                            "operator": "In",
+                            "values": [EXIT_INTERRUPTED],
+                        },
                     },
                 ]
             },

@@ -7,6 +7,7 @@ returns the new status (or None when nothing changed), plus the Events worth emi
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +18,13 @@ from pydantic import ValidationError
 
 from objmig.api.conditions import find_condition, set_condition
 from objmig.api.loading import explain
-from objmig.api.migration import JobRef, ObjectMigration, ObjectMigrationStatus, ReportRef
+from objmig.api.migration import (
+    JobRef,
+    ObjectMigration,
+    ObjectMigrationStatus,
+    ObjectStatus,
+    ReportRef,
+)
 from objmig.controller.config import OperatorConfig
 from objmig.controller.decide import (
     Decision,
@@ -40,6 +47,13 @@ log = logging.getLogger(__name__)
 
 #: Annotation that keeps the ledger rows (the full report) after the resource is deleted.
 RETAIN_REPORT = "objmig.dev/retain-report"
+
+#: Most bytes the per-object window may take in the status. The window holds up to 50
+#: entries, and an S3 key alone may be 1 KiB: without a byte bound the status could pass
+#: 64 KiB on keys alone. Typical keys fit all 50 entries in a few KiB.
+WINDOW_BYTES = 16 * 1024
+#: Longest lastError kept in the window (the ledger and the report keep the full text).
+ERROR_CHARS = 300
 
 #: CutoverReady reasons that mean "waiting on someone", worth an Event when they appear.
 _BLOCKING = frozenset(
@@ -122,6 +136,7 @@ class MigrationService:
             location=f"ledger://{name}",
             command=f"objmig report {name} --database-url $OBJMIG_DATABASE_URL",
         )
+        bound_window(status)
         events += _transition_events(previous, status)
         wire = status.to_wire()
         changed = wire if wire != previous.to_wire() else None
@@ -270,6 +285,30 @@ class MigrationService:
         return Outcome(
             None if wire == previous.to_wire() else wire, [Event("Warning", reason, message)]
         )
+
+
+def bound_window(
+    status: ObjectMigrationStatus, budget: int = WINDOW_BYTES, error_chars: int = ERROR_CHARS
+) -> None:
+    """Keep ``status.objects`` within ``budget`` bytes of JSON, in order (failed first).
+
+    Long errors are shortened; entries past the budget are dropped, and ``objectsTruncated``
+    says so. Keys are never shortened: a window entry must name its object exactly.
+    """
+    kept: list[ObjectStatus] = []
+    used = 0
+    for entry in status.objects:
+        if entry.last_error is not None and len(entry.last_error) > error_chars:
+            entry = entry.model_copy(
+                update={"last_error": entry.last_error[: error_chars - 3] + "..."}
+            )
+        size = len(json.dumps(entry.to_wire())) + 2  # and the list's ", "
+        if used + size > budget:
+            status.objects_truncated = True
+            break
+        kept.append(entry)
+        used += size
+    status.objects = kept
 
 
 def _previous_status(body: Mapping[str, Any]) -> ObjectMigrationStatus:
