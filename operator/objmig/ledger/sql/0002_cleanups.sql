@@ -30,3 +30,7 @@ CREATE TABLE cleanup_items (
 
 CREATE INDEX cleanup_items_planned_idx ON cleanup_items (cleanup_id, object_id)
     WHERE outcome = 'planned';
+
+-- Deleting a migration cascades to its cleanup items object by object; without this index
+-- each of those checks would scan the table.
+CREATE INDEX cleanup_items_object_idx ON cleanup_items (object_id);
