@@ -428,6 +428,9 @@ async def test_failure_budget_pauses_with_the_reason(
     assert failed, paused["status"]["objects"]
     assert all(o["key"].startswith("deny/") and "AccessDenied" in o["lastError"] for o in failed)
     assert condition(paused, "CutOver")["status"] == "False"
+    for job in jobs_of(k8s_cluster, ns):
+        done = any(c["type"] == "Complete" for c in job["status"].get("conditions", []))
+        assert done or job["spec"]["suspend"], job["metadata"]["name"]
     events = k8s_cluster.kubectl_json("get", "events", "-n", ns)["items"]
     assert any(e["reason"] == "FailureBudgetExceeded" for e in events), [
         (e["reason"], e["message"]) for e in events
@@ -724,12 +727,24 @@ async def test_status_stays_small_and_patches_rate_bounded_at_20000_objects(
     resource = get_om(k8s_cluster, ns, name)
     created = resource["metadata"]["creationTimestamp"]
     patches = objmig_operator.metric("objmig_status_patches_total", namespace=ns, migration=name)
+
+    # Once nothing changes (the throughput window has drained), no more patches are written.
+    def idle() -> bool:
+        before = objmig_operator.metric("objmig_status_patches_total", namespace=ns, migration=name)
+        time.sleep(4 * objmig_operator.status_interval)
+        after = objmig_operator.metric("objmig_status_patches_total", namespace=ns, migration=name)
+        return before == after
+
+    settle = time.monotonic()
+    wait_until(idle, timeout=60, interval=0, what="status patches to stop after the cutover")
+    settled = time.monotonic() - settle
     reconciles = objmig_operator.metric("objmig_reconciles_total", namespace=ns, migration=name)
     bound = elapsed / objmig_operator.status_interval + 5
     print(
         f"20k status: wall {elapsed:.0f}s (created {created}), {patches:.0f} status patches "
         f"(bound {bound:.0f}), {reconciles:.0f} reconciles, CR size max {max(sizes)} B "
-        f"over {len(sizes)} samples, final {sizes[-1]} B"
+        f"over {len(sizes)} samples, final {sizes[-1]} B; patches stopped {settled:.0f}s "
+        "after the cutover"
     )
     status = resource["status"]
     progress = status["progress"]["objects"]

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from tests.support.cluster import free_port
+from tests.support.cluster import _pdeathsig_preexec, free_port
 
 READY = "seeded-moto-ready"
 
@@ -70,6 +70,7 @@ class SeededMoto:
             text=True,
             cwd=Path(__file__).resolve().parents[2],
             env={**os.environ, "MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(1024 * 1024)},
+            preexec_fn=_pdeathsig_preexec(),  # dies with the test process
         )
         assert self._process.stdout is not None
         # One line when seeded and serving; EOF when the child died.

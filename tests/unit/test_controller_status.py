@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from objmig.api.migration import ObjectMigrationStatus, ObjectStatus
-from objmig.controller.service import bound_window
+from objmig.controller.service import bound_window, merge_patch
 
 
 def _status(keys: list[str], error: str | None = None) -> ObjectMigrationStatus:
@@ -46,3 +46,19 @@ def test_an_already_truncated_window_stays_flagged() -> None:
     status.objects_truncated = True
     bound_window(status)
     assert status.objects_truncated
+
+
+def test_merge_patch_nulls_keys_gone_at_any_depth() -> None:
+    current = {"phase": "Copying", "progress": {"eta": "9s", "percent": 90}, "plan": {"a": 1}}
+    desired = {"phase": "CutOver", "progress": {"percent": 100}}
+    assert merge_patch(current, desired) == {
+        "phase": "CutOver",
+        "progress": {"eta": None, "percent": 100},
+        "plan": None,
+    }
+
+
+def test_merge_patch_is_empty_when_nothing_changed_and_replaces_lists_whole() -> None:
+    status = {"progress": {"percent": 5}, "objects": [{"key": "a"}, {"key": "b"}]}
+    assert merge_patch(status, status) == {}
+    assert merge_patch(status, {**status, "objects": [{"key": "a"}]}) == {"objects": [{"key": "a"}]}

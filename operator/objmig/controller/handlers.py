@@ -19,7 +19,7 @@ from objmig.controller import metrics
 from objmig.controller.cleanups import CleanupService
 from objmig.controller.config import OperatorConfig
 from objmig.controller.kube import Kube
-from objmig.controller.service import MigrationService, Outcome
+from objmig.controller.service import MigrationService, Outcome, merge_patch
 from objmig.engine.run import RateMeter
 from objmig.ledger import Ledger
 
@@ -134,8 +134,8 @@ def _write(body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> bool:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     if outcome.status is None:
         return False
-    previous = dict(body.get("status") or {})
-    # A merge patch keeps keys it does not mention; clear the ones that went away.
-    patch.status.update({key: None for key in previous if key not in outcome.status})
-    patch.status.update(outcome.status)
-    return True
+    # A merge patch keeps keys it does not mention, at every depth: null the ones that went
+    # away (a stale progress.eta would otherwise stay, and look like a change every tick).
+    changes = merge_patch(dict(body.get("status") or {}), outcome.status)
+    patch.status.update(changes)
+    return bool(changes)

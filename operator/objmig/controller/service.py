@@ -287,6 +287,24 @@ class MigrationService:
         )
 
 
+def merge_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns ``current`` into ``desired``.
+
+    Keys missing from ``desired`` become null at every depth, so nothing stale survives;
+    objects are patched key by key; lists and scalars are replaced whole.
+    """
+    patch: dict[str, Any] = {key: None for key in current if key not in desired}
+    for key, value in desired.items():
+        old = current.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            nested = merge_patch(old, value)
+            if nested:
+                patch[key] = nested
+        elif key not in current or old != value:
+            patch[key] = value
+    return patch
+
+
 def bound_window(
     status: ObjectMigrationStatus, budget: int = WINDOW_BYTES, error_chars: int = ERROR_CHARS
 ) -> None:
