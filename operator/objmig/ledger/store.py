@@ -973,21 +973,23 @@ class Ledger:
             )
             return [], bool(total)
         # Each branch fetches limit + 1 so that "more than limit in total" is decidable.
+        # Rows recorded in one batch share updated_at: the id breaks ties, so the window
+        # (and with it the status) does not reorder between two reads of the same data.
         records = await self._pool.fetch(
             f"""
             (SELECT 0 AS bucket, {_COLUMNS} FROM objects
              WHERE migration_id = $1 AND state IN ('failed', 'source_changed')
-             ORDER BY updated_at DESC LIMIT $2)
+             ORDER BY updated_at DESC, id DESC LIMIT $2)
             UNION ALL
             (SELECT 1, {_COLUMNS} FROM objects
              WHERE migration_id = $1 AND lease_owner IS NOT NULL
                AND state NOT IN ('failed', 'source_changed')
-             ORDER BY lease_expires_at DESC LIMIT $2)
+             ORDER BY lease_expires_at DESC, id DESC LIMIT $2)
             UNION ALL
             (SELECT 2, {_COLUMNS} FROM objects
              WHERE migration_id = $1 AND lease_owner IS NULL
                AND state NOT IN ('failed', 'source_changed')
-             ORDER BY updated_at DESC LIMIT $2)
+             ORDER BY updated_at DESC, id DESC LIMIT $2)
             """,  # noqa: S608 - only module constants are interpolated
             migration_id,
             limit + 1,
@@ -1257,7 +1259,7 @@ class Ledger:
             FROM cleanup_items c JOIN objects o ON o.id = c.object_id
             WHERE c.cleanup_id = $1
             ORDER BY CASE c.outcome WHEN 'failed' THEN 0 WHEN 'skipped' THEN 1 ELSE 2 END,
-                     c.updated_at DESC, o.key
+                     c.updated_at DESC, o.key, o.id
             LIMIT $2
             """,
             cleanup_id,
