@@ -110,7 +110,7 @@ async def reconcile_cleanup(
     """Report the cleanup's gates, run its deletion Job once they hold, show the outcome."""
     outcome = await memo.cleanups.reconcile(body)
     _write(body, patch, outcome)
-    status = dict(patch.status) if outcome.status is not None else dict(body.get("status") or {})
+    status = outcome.status if outcome.status is not None else dict(body.get("status") or {})
     conditions = status.get("conditions") or []
     passed = any(c.get("type") == "GatesPassed" and c.get("status") == "True" for c in conditions)
     metrics.CLEANUP_GATES_PASSED.labels(namespace or "default", name).set(1 if passed else 0)
