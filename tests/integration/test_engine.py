@@ -7,12 +7,13 @@ import io
 import time
 
 import asyncpg
+import pytest
 from types_aiobotocore_s3 import S3Client
 
 from objmig.engine.run import LocalRun
 from objmig.engine.secrets import env_name
 from objmig.ledger import Ledger, ObjectState
-from objmig.storage.endpoint import Endpoint
+from objmig.storage.endpoint import Credentials, Endpoint
 from tests.fixtures.s3 import S3Backend, S3Seeder
 from tests.integration.engine_support import (
     keys_of,
@@ -480,3 +481,29 @@ async def test_no_credentials_in_status_or_report(
     await ledger.export_report(migration_id, buffer, "jsonl")
     assert secret.encode() not in buffer.getvalue()
     assert secret not in str(await ledger.get_state(migration_id))
+
+
+@pytest.mark.parametrize("s3_backend", ["minio"], indirect=True)
+async def test_bad_credentials_fail_the_run_once_with_the_s3_error(
+    ledger: Ledger, s3_backend: S3Backend, backend_seed: S3Seeder
+) -> None:
+    source = await backend_seed.bucket()
+    target = await backend_seed.bucket()
+    await backend_seed.put_object(source, "a", 1 * KiB)
+    endpoint = s3_backend.endpoint
+    assert endpoint.credentials is not None
+    wrong = secrets_for(
+        Endpoint(
+            url=endpoint.url,
+            credentials=Credentials(endpoint.credentials.access_key_id, "not-the-secret"),
+        )
+    )
+
+    result = await run(ledger, migration(endpoint, source, target), endpoint, secrets=wrong)
+
+    assert result.outcome == "failed"
+    failed = next(c for c in result.status.conditions if c.type == "Failed")
+    assert failed.status == "True"
+    assert failed.reason == "S3SignatureDoesNotMatch"
+    assert "not-the-secret" not in failed.message
+    assert result.status.phase == "Failed"

@@ -771,7 +771,8 @@ class CutoverStatus(ApiModel):
     actions: list[str] = Field(default_factory=list, description="Actions performed.")
     previous_config_map_data: dict[str, str | None] = Field(
         default_factory=dict,
-        description="ConfigMap values before the cutover (null: the key was absent).",
+        description="ConfigMap values before the cutover. Keys that did not exist are not "
+        "listed; rollback removes them again.",
     )
     config_map_data: dict[str, str] = Field(
         default_factory=dict, description="Values written to the ConfigMap at cutover."

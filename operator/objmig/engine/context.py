@@ -17,6 +17,7 @@ from objmig.api.types import parse_duration, parse_quantity
 from objmig.engine.keys import target_key
 from objmig.engine.secrets import SecretSource, bucket_credentials, customer_key
 from objmig.storage.endpoint import Endpoint, open_client, same_store
+from objmig.storage.errors import classify
 from objmig.storage.selection import MetadataRule, Selection
 
 # The aiobotocore stubs are a development dependency: import them for type checking only.
@@ -138,3 +139,27 @@ class MigrationContext:
 def ledger_name(migration: ObjectMigration) -> str:
     """The ledger's name for a migration: ``namespace/name``, the same from both drivers."""
     return f"{migration.metadata.namespace}/{migration.metadata.name}"
+
+
+async def check_access(context: MigrationContext) -> tuple[str, str] | None:
+    """(code, message) when a bucket refuses these credentials outright, else None.
+
+    A worker otherwise meets the target first through HEAD requests, whose 403 carries no
+    error code: bad target credentials would fail every object as "Forbidden" instead of
+    failing the migration once. A one-key listing of each side gets a real error code. Only
+    configuration errors count; anything else (AccessDenied where listing is not allowed, a
+    timeout) is left to the per-object steps.
+    """
+    spec = context.spec
+    async with context.clients() as (source, target):
+        for side, client, bucket in (
+            ("source", source, spec.source),
+            ("target", target, spec.target),
+        ):
+            try:
+                await client.list_objects_v2(Bucket=bucket.bucket, Prefix=bucket.prefix, MaxKeys=1)
+            except Exception as exc:
+                problem = classify(exc)
+                if problem.is_config_error:
+                    return problem.code, f"{side} s3 bucket {bucket.bucket!r}: {problem.message}"
+    return None

@@ -142,7 +142,7 @@ async def perform_cutover(
     again (and the previous values kept from the first attempt are not overwritten).
     """
     state = await ledger.get_state(migration_id)
-    partial = state.get("cutoverInProgress", {})
+    partial = state.get("cutoverInProgress") or {}
     actions: list[str] = []
     swapped = 0
     catalog = spec.cutover.catalog

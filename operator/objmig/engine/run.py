@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from objmig.api.migration import ObjectMigration, ObjectMigrationStatus
-from objmig.engine.context import MigrationContext
+from objmig.engine.context import MigrationContext, check_access
 from objmig.engine.cutover import perform_cutover, perform_rollback
 from objmig.engine.pipeline import PLAN_REASONS, ConfigurationError
 from objmig.engine.policy import cutover_gate, failure_budget
@@ -27,6 +27,7 @@ from objmig.engine.secrets import SecretSource
 from objmig.engine.status import StatusInputs, build_status, cutover_inputs, tally
 from objmig.engine.worker import dead_local_owners, run_workers
 from objmig.ledger import Ledger, ObjectState
+from objmig.storage.errors import classify
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +111,23 @@ class LocalRun:
         if state.get("cutover", {}).get("at") and not state["cutover"].get("rolledBackAt"):
             return RunResult("cut-over", await self._publish())
 
+        refused = await check_access(context)
+        if refused is not None:
+            code, message = refused
+            await self._ledger.update_state(
+                mid, {"failed": {"reason": f"S3{code}", "message": message}}
+            )
+            return RunResult("failed", await self._publish())
         try:
             if not state.get("scan", {}).get("completedAt") or state["scan"].get("running"):
                 async with context.clients() as (source, _):
-                    await run_scan(self._ledger, mid, context, source)
+                    try:
+                        await run_scan(self._ledger, mid, context, source)
+                    except Exception as exc:
+                        problem = classify(exc)
+                        if not problem.is_config_error:
+                            raise
+                        raise ConfigurationError(problem, "scan", spec_prefix(context)) from exc
             while True:
                 outcome = await self._copy_until_done(context, stop)
                 if outcome is not None:
@@ -282,3 +296,8 @@ async def record_verification(ledger: Ledger, migration_id: int) -> str:
         {"verification": {"digest": value, "objects": digest.objects, "bytes": digest.bytes}},
     )
     return value
+
+
+def spec_prefix(context: MigrationContext) -> str:
+    """The source location being scanned, for error messages."""
+    return f"{context.spec.source.bucket}/{context.spec.source.prefix}"

@@ -14,7 +14,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from objmig.api.migration import ObjectMeta, ObjectMigration, ObjectMigrationSpec
-from objmig.engine.context import MigrationContext
+from objmig.engine.context import MigrationContext, check_access
 from objmig.engine.pipeline import ConfigurationError
 from objmig.engine.scan import run_scan
 from objmig.engine.secrets import EnvSecrets, SecretNotFound
@@ -61,7 +61,7 @@ async def work(
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        refused = await _check_access(context)
+        refused = await check_access(context)
         if refused is not None:
             code, message = refused
             log.error("%s", message)
@@ -116,30 +116,6 @@ async def _unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> 
             await task
         return None
     return task.result()
-
-
-async def _check_access(context: MigrationContext) -> tuple[str, str] | None:
-    """(code, message) when a bucket refuses these credentials outright, else None.
-
-    A worker otherwise meets the target first through HEAD requests, whose 403 carries no
-    error code: bad target credentials would fail every object as "Forbidden" instead of
-    failing the migration once. A one-key listing of each side gets a real error code. Only
-    configuration errors count; anything else (AccessDenied where listing is not allowed, a
-    timeout) is left to the per-object steps.
-    """
-    spec = context.spec
-    async with context.clients() as (source, target):
-        for side, client, bucket in (
-            ("source", source, spec.source),
-            ("target", target, spec.target),
-        ):
-            try:
-                await client.list_objects_v2(Bucket=bucket.bucket, Prefix=bucket.prefix, MaxKeys=1)
-            except Exception as exc:
-                problem = classify(exc)
-                if problem.is_config_error:
-                    return problem.code, f"{side} s3 bucket {bucket.bucket!r}: {problem.message}"
-    return None
 
 
 async def _record_failure(ledger: Ledger, migration_id: int, reason: str, message: str) -> None:
