@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Literal
 
@@ -74,6 +74,22 @@ def set_condition(
     if previous is None:
         return [*conditions, updated]
     return [updated if c.type == type_ else c for c in conditions]
+
+
+def set_conditions(
+    conditions: Sequence[Condition],
+    updates: Iterable[tuple[str, ConditionStatus, str, str]],
+    *,
+    now: datetime,
+    observed_generation: int | None = None,
+) -> list[Condition]:
+    """Apply several ``(type, status, reason, message)`` updates with :func:`set_condition`."""
+    result = list(conditions)
+    for type_, status, reason, message in updates:
+        result = set_condition(
+            result, type_, status, reason, message, now=now, observed_generation=observed_generation
+        )
+    return result
 
 
 def find_condition(conditions: Sequence[Condition], type_: str) -> Condition | None:

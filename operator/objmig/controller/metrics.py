@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import suppress
+from typing import get_args
 
 from prometheus_client import Counter, Gauge
 
@@ -10,18 +11,7 @@ from objmig.api.conditions import find_condition
 from objmig.api.migration import ObjectMigrationStatus, Phase
 from objmig.ledger import Counts, ObjectState
 
-PHASES: tuple[Phase, ...] = (
-    "Pending",
-    "Scanning",
-    "Restoring",
-    "Copying",
-    "Verifying",
-    "AwaitingCutover",
-    "CutOver",
-    "Completed",
-    "Paused",
-    "Failed",
-)
+PHASES: tuple[Phase, ...] = get_args(Phase)
 LABELS = ("namespace", "migration")
 
 OBJECTS = Gauge("objmig_objects", "Objects per ledger state.", [*LABELS, "state"])

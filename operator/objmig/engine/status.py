@@ -19,7 +19,7 @@ from objmig.api.cleanup import (
     MigrationCleanupStatus,
     UnmetGate,
 )
-from objmig.api.conditions import Condition, ConditionStatus, find_condition, set_condition
+from objmig.api.conditions import Condition, ConditionStatus, find_condition, set_conditions
 from objmig.api.migration import (
     Counters,
     CutoverStatus,
@@ -137,23 +137,13 @@ def build_status(inputs: StatusInputs, previous: ObjectMigrationStatus) -> Objec
     """The new status; conditions keep their transition times where their status held."""
     spec, counts, state = inputs.spec, inputs.counts, inputs.state
     gate = cutover_gate(spec, cutover_inputs(counts, state))
-    conditions = list(previous.conditions)
-
-    def put(type_: str, status: ConditionStatus, reason: str, message: str) -> None:
-        nonlocal conditions
-        conditions = set_condition(
-            conditions,
-            type_,
-            status,
-            reason,
-            message,
-            now=inputs.now,
-            observed_generation=inputs.generation,
-        )
-
     view = tally(counts)
-    for type_, status, reason, message in _stage_conditions(spec, counts, state, view, gate):
-        put(type_, status, reason, message)
+    conditions = set_conditions(
+        previous.conditions,
+        _stage_conditions(spec, counts, state, view, gate),
+        now=inputs.now,
+        observed_generation=inputs.generation,
+    )
 
     result = ObjectMigrationStatus(
         observed_generation=inputs.generation,
@@ -369,19 +359,10 @@ def build_cleanup_status(
 ) -> MigrationCleanupStatus:
     """The cleanup's status: gates, counters, the per-object window, and its phase."""
     counts, state = inputs.counts, inputs.state
-    conditions = list(previous.conditions)
+    updates: list[tuple[str, ConditionStatus, str, str]] = []
 
     def put(type_: str, status: ConditionStatus, reason: str, message: str) -> None:
-        nonlocal conditions
-        conditions = set_condition(
-            conditions,
-            type_,
-            status,
-            reason,
-            message,
-            now=inputs.now,
-            observed_generation=inputs.generation,
-        )
+        updates.append((type_, status, reason, message))
 
     def total(outcome: str) -> StateCount:
         found = StateCount()
@@ -413,6 +394,9 @@ def build_cleanup_status(
     else:
         put("Complete", "False", "InProgress" if not inputs.unmet else "Blocked", "not finished")
 
+    conditions = set_conditions(
+        previous.conditions, updates, now=inputs.now, observed_generation=inputs.generation
+    )
     phase: CleanupPhase
     if failed:
         phase = "Failed"
