@@ -126,6 +126,7 @@ class Result:
     peak_rss_root: int
     processes: int
     cpu_seconds: float = 0.0
+    load_average: float = 0.0  # 1-minute load average of the machine when the tool started
     requests: dict[str, int] = field(default_factory=dict)
     missing: int = 0
     wrong_size: int = 0
@@ -495,6 +496,7 @@ def run_tool(ctx: Context, tool: str, workload: Workload, source: str, index: in
     print(f"  {tool:<18} {' '.join(command[:3])} ...", flush=True)
     before = server.snapshot()
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load = os.getloadavg()[0]
     with log_path.open("wb") as log:
         started = time.monotonic()
         process = subprocess.Popen(
@@ -525,6 +527,7 @@ def run_tool(ctx: Context, tool: str, workload: Workload, source: str, index: in
         # user + system CPU of the tool and every descendant it waited for.
         cpu_seconds=(cpu_after.ru_utime - cpu_before.ru_utime)
         + (cpu_after.ru_stime - cpu_before.ru_stime),
+        load_average=load,
         requests=server.requests_between(before, after, mode == "serverSide"),
     )
     check_target(ctx, result, source, target, strict_etag=tool.startswith("objmig"))
@@ -541,6 +544,7 @@ def run_tool(ctx: Context, tool: str, workload: Workload, source: str, index: in
         f"    {seconds:8.1f}s  {result.objects_per_second:8.1f} obj/s  "
         f"{result.mib_per_second:7.1f} MiB/s  rss {result.peak_rss_tree / MiB:6.0f} MiB  "
         f"cpu {result.cpu_seconds:6.1f}s  {result.requests_per_object:5.2f} req/obj  "
+        f"load {load:.1f}  "
         f"missing={result.missing} size={result.wrong_size} etag!={result.etag_mismatch}"
         f"{'  ' + result.note if result.note else ''}",
         flush=True,
@@ -586,14 +590,20 @@ def check_target(
 
 
 def human(n: float) -> str:
-    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / MiB:.0f} MiB"
+    if n >= GiB:
+        return f"{n / GiB:.1f} GiB"
+    return f"{n / MiB:.0f} MiB" if n >= MiB else f"{n / KiB:.0f} KiB"
+
+
+def rate(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.2f}"
 
 
 def markdown(results: list[Result]) -> str:
     lines = [
         "| server | workload | tool | mode | wall s | objects/s | MiB/s | objmig ÷ tool "
-        "| peak RSS (tree) | CPU s | S3 req/object | check |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| peak RSS (tree) | CPU s | S3 req/object | load | check |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     objmig_time = {
         (r.server, r.workload, r.mode): r.seconds for r in results if r.tool == "objmig" and r.ok
@@ -612,9 +622,9 @@ def markdown(results: list[Result]) -> str:
             check += f" ({r.note})"
         lines.append(
             f"| {r.server} | {r.workload} | {r.tool} | {r.mode} | {r.seconds:.1f} "
-            f"| {r.objects_per_second:.0f} | {r.mib_per_second:.1f} | {ratio} "
+            f"| {rate(r.objects_per_second)} | {r.mib_per_second:.1f} | {ratio} "
             f"| {r.peak_rss_tree / MiB:.0f} MiB | {r.cpu_seconds:.1f} "
-            f"| {r.requests_per_object:.2f} | {check} |"
+            f"| {r.requests_per_object:.2f} | {r.load_average:.1f} | {check} |"
         )
     return "\n".join(lines)
 
