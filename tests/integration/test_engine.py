@@ -171,7 +171,10 @@ async def test_source_changed_during_the_copy_is_detected_and_not_cut_over(
     s3_proxy.add_rule(Delay(1.5), method="GET", bucket=source, key="moving", times=1)
 
     async def rewrite() -> None:
-        await asyncio.sleep(0.7)
+        # Rewrite while the copy's read is held, whatever the machine's speed: wait until
+        # the proxy has seen that read arrive.
+        while not [r for r in s3_proxy.seen("GET", key="moving") if r.bucket == source]:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
         await s3_seed.put_object(source, "moving", 4 * KiB, seed="new")
 
     resource = migration(proxy_endpoint, source, target)
