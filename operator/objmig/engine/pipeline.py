@@ -281,7 +281,7 @@ class ObjectPipeline:
         )
         target = await self._head_target(row)
         if target is None:
-            raise _step_error("verify", "TargetMissing", "the copy is not visible on the target")
+            raise VerificationError("TargetMissing", "the copy is not visible on the target")
         proof = await self._verify(row, source, target, result.sha256)
         return self._verified(row, proof)
 
@@ -297,14 +297,14 @@ class ObjectPipeline:
         if mode == "etag" and not _etag_comparable(source, target):
             mode = "checksum"
         if target.size != source.size:
-            raise _step_error(
-                "verify", "SizeMismatch", f"target has {target.size} bytes, source {source.size}"
+            raise VerificationError(
+                "SizeMismatch", f"target has {target.size} bytes, source {source.size}"
             )
         source_checksum = target_checksum = None
         if mode == "etag":
             if target.etag != source.etag:
-                raise _step_error(
-                    "verify", "ETagMismatch", f"target ETag {target.etag} != source {source.etag}"
+                raise VerificationError(
+                    "ETagMismatch", f"target ETag {target.etag} != source {source.etag}"
                 )
         else:
             source_sha = streamed_sha256 if mode == "checksum" else None
@@ -324,15 +324,13 @@ class ObjectPipeline:
                 sse_c=self._ctx.target_customer_key,
             )
             if source_sha != target_sha:
-                raise _step_error(
-                    "verify", "ChecksumMismatch", "SHA-256 of target differs from source"
-                )
+                raise VerificationError("ChecksumMismatch", "SHA-256 of target differs from source")
             source_checksum = target_checksum = f"sha256:{source_sha}"
         if self._spec.verify.metadata and self._spec.transfer.preserve_metadata:
             if dict(source.metadata) != _without_objmig_keys(target.metadata):
-                raise _step_error("verify", "MetadataMismatch", "user metadata differs")
+                raise VerificationError("MetadataMismatch", "user metadata differs")
             if (source.content.content_type or "") != (target.content.content_type or ""):
-                raise _step_error("verify", "MetadataMismatch", "Content-Type differs")
+                raise VerificationError("MetadataMismatch", "Content-Type differs")
         # The last word: the source must still be what was listed, or the copy proves nothing.
         await self._head_source(row)
         return _Proof(target.etag, target.version_id, source_checksum, target_checksum)
@@ -393,11 +391,6 @@ class VerificationError(IntegrityError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-def _step_error(step: str, code: str, message: str) -> VerificationError:
-    del step  # every caller is the verify step; kept for the call sites' readability
-    return VerificationError(code, message)
 
 
 def _etag_comparable(source: HeadResult, target: HeadResult) -> bool:
