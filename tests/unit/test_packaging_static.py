@@ -507,3 +507,14 @@ def test_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
     assert "0001_initial.sql" in sql
     if missing_stubs:
         pytest.xfail(f"the wheel alone cannot start objmig: {missing_stubs} (a dev-only module)")
+
+
+def test_chart_ships_the_same_argocd_health_checks_as_the_docs() -> None:
+    """Helm can only read files inside the chart, so the Lua is copied there; keep it equal."""
+    docs = ROOT / "docs" / "argocd-health"
+    shipped = CHART / "files" / "argocd-health"
+    names = sorted(p.name for p in docs.glob("*.lua"))
+    assert names == sorted(p.name for p in shipped.glob("*.lua"))
+    assert len(names) == 2
+    for name in names:
+        assert (shipped / name).read_text() == (docs / name).read_text(), name
