@@ -115,8 +115,10 @@ class MigrationService:
         )
         events = await self._act(migration, migration_id, state, jobs, decision)
 
+        # Acting changes bookkeeping and Jobs, not object states: the counts taken for the
+        # decision still describe this pass.
         state = await self._ledger.get_state(migration_id)
-        view = tally(await self._ledger.counts(migration_id))
+        view = tally(counts)
         if (
             not view.outstanding
             and section(state, "scan").get("completedAt")
@@ -130,8 +132,12 @@ class MigrationService:
             previous,
             rates,
             generation=migration.metadata.generation,
+            counts=counts,
         )
-        status.jobs = [_job_ref(job) for job in (await self._jobs_after(migration, jobs))]
+        if decision.job is not None and decision.job.name not in jobs:
+            # A Job was just created: list again so the status names it now.
+            jobs = await self._kube.jobs_of(migration.metadata.namespace, migration.metadata.name)
+        status.jobs = [_job_ref(job) for job in sorted(jobs.values(), key=lambda j: j.name)]
         status.report = ReportRef(
             location=f"ledger://{name}",
             command=f"objmig report {name} --database-url $OBJMIG_DATABASE_URL",
@@ -140,7 +146,7 @@ class MigrationService:
         events += _transition_events(previous, status)
         wire = status.to_wire()
         changed = wire if wire != previous.to_wire() else None
-        return Outcome(changed, events, status, await self._ledger.counts(migration_id))
+        return Outcome(changed, events, status, counts)
 
     async def forget(self, body: Mapping[str, Any]) -> bool:
         """On deletion: drop the ledger rows unless the resource asks to retain the report."""
@@ -266,12 +272,6 @@ class MigrationService:
             if value is not None:
                 environ[env_name(ref.name, ref.key)] = value
         return EnvSecrets(environ=environ)
-
-    async def _jobs_after(
-        self, migration: ObjectMigration, before: dict[str, JobObservation]
-    ) -> list[JobObservation]:
-        after = await self._kube.jobs_of(migration.metadata.namespace, migration.metadata.name)
-        return sorted(after.values(), key=lambda job: job.name) if after else list(before.values())
 
     def _failed_outcome(
         self, previous: ObjectMigrationStatus, reason: str, message: str

@@ -15,9 +15,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
-from objmig.api.migration import ObjectMigration, ObjectMigrationStatus
+from objmig.api.migration import ObjectMigration, ObjectMigrationSpec, ObjectMigrationStatus
 from objmig.engine.context import MigrationContext, check_access
 from objmig.engine.cutover import perform_cutover, perform_rollback
 from objmig.engine.pipeline import PLAN_REASONS, ConfigurationError
@@ -26,7 +26,7 @@ from objmig.engine.scan import run_scan
 from objmig.engine.secrets import SecretSource
 from objmig.engine.status import StatusInputs, build_status, cutover_inputs, tally
 from objmig.engine.worker import dead_local_owners, run_workers
-from objmig.ledger import Ledger, ObjectState
+from objmig.ledger import Counts, Ledger, ObjectState
 from objmig.storage.errors import classify
 
 log = logging.getLogger(__name__)
@@ -244,15 +244,20 @@ class LocalRun:
 async def compute_status(
     ledger: Ledger,
     migration_id: int,
-    spec: Any,
+    spec: ObjectMigrationSpec,
     previous: ObjectMigrationStatus | None = None,
     rates: RateMeter | None = None,
     *,
     window: int = 50,
     generation: int | None = None,
+    counts: Counts | None = None,
 ) -> ObjectMigrationStatus:
-    """Gather the ledger's view of a migration and build its status (used by both drivers)."""
-    counts = await ledger.counts(migration_id)
+    """Gather the ledger's view of a migration and build its status (used by both drivers).
+
+    ``counts`` spares a second read when the caller has just taken them.
+    """
+    if counts is None:
+        counts = await ledger.counts(migration_id)
     state = await ledger.get_state(migration_id)
     rows, truncated = await ledger.window(migration_id, window)
     done_bytes = sum(

@@ -8,7 +8,7 @@ after a crash, and the catch-up rounds before cutover.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +20,8 @@ from objmig.storage.errors import classify
 from objmig.storage.manifest import (
     ManifestEntry,
     ManifestFormat,
+    parse_configmap,
+    parse_csv,
     read_manifest_file,
     read_manifest_object,
 )
@@ -153,8 +155,6 @@ async def _from_manifest(
         data = config_maps.get(ref.name)
         if data is None or ref.key not in data:
             raise LookupError(f"ConfigMap {ref.name!r} with key {ref.key!r} was not provided")
-        from objmig.storage.manifest import parse_configmap, parse_csv
-
         text = data[ref.key]
         entries = _aiter(
             parse_csv(text.splitlines()) if fmt == "csv" else parse_configmap({ref.key: text})
@@ -200,8 +200,8 @@ async def _describe(
     )
 
 
-async def _aiter(entries: object) -> AsyncIterator[ManifestEntry]:
-    for entry in entries:  # type: ignore[attr-defined]
+async def _aiter(entries: Iterable[ManifestEntry]) -> AsyncIterator[ManifestEntry]:
+    for entry in entries:
         yield entry
 
 

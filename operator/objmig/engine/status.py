@@ -54,8 +54,7 @@ _OUTSTANDING = (ObjectState.PENDING, ObjectState.RESTORING, ObjectState.COPIED)
 def tally(counts: Counts) -> Tally:
     """The gate's view of the ledger counts."""
     return Tally(
-        total=sum(c.objects for s, c in counts.by_state.items() if s is not ObjectState.DELETED)
-        + counts.state(ObjectState.DELETED).objects,
+        total=counts.total.objects,
         verified=counts.state(ObjectState.VERIFIED).objects
         + counts.state(ObjectState.DELETED).objects,
         failed=counts.state(ObjectState.FAILED).objects,
