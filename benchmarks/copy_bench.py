@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3  # type: ignore[import-untyped]
+import psutil
 import yaml
 from botocore.config import Config
 from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
@@ -80,6 +81,7 @@ from bench_support import (
     summarise_profile,
 )
 
+from objmig.ledger import Ledger, ObjectState
 from objmig.local.postgres import EmbeddedPostgres
 from objmig.local.s3server import LocalS3Server
 from objmig.storage.endpoint import Endpoint, open_client
@@ -131,6 +133,8 @@ class Result:
     missing: int = 0
     wrong_size: int = 0
     etag_mismatch: int = 0
+    server_cpu_seconds: float = 0.0
+    ledger_cpu_seconds: float = 0.0
     note: str = ""
     profile: dict[str, float] = field(default_factory=dict)
 
@@ -196,6 +200,11 @@ class Server:
             region_name="us-east-1",
             config=Config(s3={"addressing_style": "path"}, max_pool_connections=32),
         )
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the server process has used so far."""
+        times = psutil.Process(self.impl.pid).cpu_times()
+        return float(times.user + times.system)
 
     def snapshot(self) -> Any:
         return self.counter.snapshot()
@@ -298,6 +307,7 @@ class Context:
     dsn: str
     rclone: str | None
     aws: str | None
+    ledger_pid: int | None
 
 
 def objmig_command(ctx: Context, run_id: str, source: str, target: str, mode: str) -> list[str]:
@@ -326,7 +336,7 @@ def objmig_command(ctx: Context, run_id: str, source: str, target: str, mode: st
                 "concurrency": args.concurrency,
                 "partConcurrency": args.part_concurrency,
             },
-            "verify": {"mode": "etag"},
+            "verify": {"mode": "etag", "metadata": args.verify_metadata},
             "cutover": {"policy": "Automatic"},
         },
     }
@@ -495,6 +505,8 @@ def run_tool(ctx: Context, tool: str, workload: Workload, source: str, index: in
     log_path = ctx.workdir / f"{run_id}.log"
     print(f"  {tool:<18} {' '.join(command[:3])} ...", flush=True)
     before = server.snapshot()
+    server_cpu_before = server.cpu_seconds()
+    ledger_cpu_before = ledger_cpu_seconds(ctx.ledger_pid)
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load = os.getloadavg()[0]
     with log_path.open("wb") as log:
@@ -512,6 +524,8 @@ def run_tool(ctx: Context, tool: str, workload: Workload, source: str, index: in
         seconds = time.monotonic() - started
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = server.snapshot()
+    server_cpu = server.cpu_seconds() - server_cpu_before
+    ledger_cpu = ledger_cpu_seconds(ctx.ledger_pid) - ledger_cpu_before
     result = Result(
         server=server.kind,
         workload=workload.name,
@@ -528,9 +542,18 @@ def run_tool(ctx: Context, tool: str, workload: Workload, source: str, index: in
         cpu_seconds=(cpu_after.ru_utime - cpu_before.ru_utime)
         + (cpu_after.ru_stime - cpu_before.ru_stime),
         load_average=load,
+        server_cpu_seconds=server_cpu,
+        # Only objmig uses the ledger; the other rows read the idle server's background.
+        ledger_cpu_seconds=ledger_cpu if tool.startswith("objmig") else 0.0,
         requests=server.requests_between(before, after, mode == "serverSide"),
     )
     check_target(ctx, result, source, target, strict_etag=tool.startswith("objmig"))
+    if tool.startswith("objmig"):
+        # Objects on the target are not enough: objmig must have verified every one.
+        unverified = asyncio.run(objmig_unverified(ctx.dsn, f"default/{run_id}"))
+        if unverified:
+            result.note = (result.note + f" {unverified} objects not verified").strip()
+            result.exit_code = result.exit_code or 98
     if profiler is not None:
         profile = ctx.workdir / f"{run_id}.collapsed"
         if profile.exists():
@@ -543,7 +566,9 @@ def run_tool(ctx: Context, tool: str, workload: Workload, source: str, index: in
     print(
         f"    {seconds:8.1f}s  {result.objects_per_second:8.1f} obj/s  "
         f"{result.mib_per_second:7.1f} MiB/s  rss {result.peak_rss_tree / MiB:6.0f} MiB  "
-        f"cpu {result.cpu_seconds:6.1f}s  {result.requests_per_object:5.2f} req/obj  "
+        f"cpu {result.cpu_seconds:6.1f}s  server cpu {result.server_cpu_seconds:6.1f}s  "
+        f"ledger cpu {result.ledger_cpu_seconds:5.1f}s  "
+        f"{result.requests_per_object:5.2f} req/obj  "
         f"load {load:.1f}  "
         f"missing={result.missing} size={result.wrong_size} etag!={result.etag_mismatch}"
         f"{'  ' + result.note if result.note else ''}",
@@ -552,6 +577,16 @@ def run_tool(ctx: Context, tool: str, workload: Workload, source: str, index: in
     if not ctx.args.keep_targets:
         remove_bucket(server, target)
     return result
+
+
+async def objmig_unverified(dsn: str, name: str) -> int:
+    """Objects of migration `name` that objmig did not verify (per its ledger)."""
+    async with await Ledger.connect(dsn) as ledger:
+        migration_id = await ledger.find_migration(name)
+        if migration_id is None:
+            return -1
+        counts = await ledger.counts(migration_id)
+        return counts.total.objects - counts.state(ObjectState.VERIFIED).objects
 
 
 def start_profiler(ctx: Context, pid: int, run_id: str) -> subprocess.Popen[bytes] | None:
@@ -602,8 +637,9 @@ def rate(value: float) -> str:
 def markdown(results: list[Result]) -> str:
     lines = [
         "| server | workload | tool | mode | wall s | objects/s | MiB/s | objmig ÷ tool "
-        "| peak RSS (tree) | CPU s | S3 req/object | load | check |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| peak RSS (tree) | CPU s | ledger CPU s | S3 server CPU s | S3 req/object | load "
+        "| check |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     objmig_time = {
         (r.server, r.workload, r.mode): r.seconds for r in results if r.tool == "objmig" and r.ok
@@ -624,6 +660,7 @@ def markdown(results: list[Result]) -> str:
             f"| {r.server} | {r.workload} | {r.tool} | {r.mode} | {r.seconds:.1f} "
             f"| {rate(r.objects_per_second)} | {r.mib_per_second:.1f} | {ratio} "
             f"| {r.peak_rss_tree / MiB:.0f} MiB | {r.cpu_seconds:.1f} "
+            f"| {r.ledger_cpu_seconds:.1f} | {r.server_cpu_seconds:.1f} "
             f"| {r.requests_per_object:.2f} | {r.load_average:.1f} | {check} |"
         )
     return "\n".join(lines)
@@ -705,6 +742,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="objmig copy.partConcurrency = rclone --s3-upload-concurrency",
     )
     p.add_argument("--workers", type=int, default=1, help="objmig run --workers")
+    p.add_argument(
+        "--verify-metadata",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="objmig verify.metadata (default true, the product default): read each copy's "
+        "metadata back with a HEAD; --no-verify-metadata proves content (ETag) and re-checks "
+        "the source only, which is what the other tools' verification amounts to",
+    )
     p.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {','.join(TOOLS)}")
     p.add_argument("--database-url", help="ledger for objmig (default: an embedded PostgreSQL)")
     p.add_argument("--fast-ledger", action="store_true", help="embedded PostgreSQL without fsync")
@@ -723,12 +768,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 @contextlib.contextmanager
-def ledger_dsn(args: argparse.Namespace, workdir: Path) -> Iterator[str]:
+def ledger_dsn(args: argparse.Namespace, workdir: Path) -> Iterator[tuple[str, int | None]]:
+    """The ledger's DSN, and the postmaster's pid when the benchmark runs it."""
     if args.database_url:
-        yield args.database_url
+        yield args.database_url, None
         return
     with EmbeddedPostgres(workdir / "postgres", fast=args.fast_ledger) as pg:
-        yield pg.dsn
+        running = pg.running()
+        yield pg.dsn, running.pid if running else None
+
+
+def ledger_cpu_seconds(pid: int | None) -> float:
+    """CPU of the postmaster and every backend it has reaped (each objmig connection)."""
+    if pid is None:
+        return 0.0
+    times = psutil.Process(pid).cpu_times()
+    children = psutil.Process(pid).children(recursive=True)
+    live = sum(c.cpu_times().user + c.cpu_times().system for c in children)
+    return float(times.user + times.system + times.children_user + times.children_system + live)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -762,6 +819,7 @@ def main(argv: list[str] | None = None) -> int:
         f"versions: {versions}\n"
         f"concurrency {args.concurrency}, part concurrency {args.part_concurrency}, "
         f"part size {args.part_size // MiB} MiB, objmig workers {args.workers}, "
+        f"objmig verify.metadata {str(args.verify_metadata).lower()}, "
         f"ledger {'--database-url' if args.database_url else 'embedded PostgreSQL'}"
         f"{' (fast: no fsync)' if args.fast_ledger else ' (durable defaults)'}"
     )
@@ -781,10 +839,10 @@ def main(argv: list[str] | None = None) -> int:
     with workdir_cm as wd:
         workdir = Path(wd)
         workdir.mkdir(parents=True, exist_ok=True)
-        with ledger_dsn(args, workdir) as dsn:
+        with ledger_dsn(args, workdir) as (dsn, ledger_pid):
             for kind in servers:
                 with Server(kind) as server:
-                    ctx = Context(args, server, workdir, dsn, rclone, aws)
+                    ctx = Context(args, server, workdir, dsn, rclone, aws, ledger_pid)
                     for workload in workloads:
                         source = f"src-{workload.name}"
                         started = time.monotonic()

@@ -13,7 +13,9 @@ from types_aiobotocore_s3 import S3Client
 from objmig.engine.run import LocalRun
 from objmig.engine.secrets import env_name
 from objmig.ledger import Ledger, ObjectState
+from objmig.storage.copy import CopyOptions, SourceObject, TargetObject, copy_object
 from objmig.storage.endpoint import Credentials, Endpoint
+from objmig.storage.s3http import S3HttpClient
 from tests.fixtures.s3 import S3Backend, S3Seeder
 from tests.integration.engine_support import (
     keys_of,
@@ -155,29 +157,37 @@ async def test_archived_objects_are_skipped_without_a_restore_spec(
     assert result.status.progress.objects.skipped == 1
 
 
+@pytest.mark.parametrize("mode", ["stream", "serverSide"])
 async def test_source_changed_during_the_copy_is_detected_and_not_cut_over(
     ledger: Ledger,
     proxy_endpoint: Endpoint,
     s3_proxy: S3FaultProxy,
     s3_seed: S3Seeder,
-    s3_client: S3Client,
+    mode: str,
 ) -> None:
     source = await s3_seed.bucket()
     target = await s3_seed.bucket()
     for i in range(5):
         await s3_seed.put_object(source, f"steady/{i}", 1 * KiB)
     await s3_seed.put_object(source, "moving", 4 * KiB, seed="old")
-    # Hold the copy's read of "moving" while the application rewrites it.
-    s3_proxy.add_rule(Delay(1.5), method="GET", bucket=source, key="moving", times=1)
+    # Hold the copy's read of "moving" while the application rewrites it: the GET of a
+    # streamed copy, the CopyObject (a PUT on the target) of a server-side one.
+    held_method, held_bucket = ("GET", source) if mode == "stream" else ("PUT", target)
+    s3_proxy.add_rule(Delay(1.5), method=held_method, bucket=held_bucket, key="moving", times=1)
 
     async def rewrite() -> None:
         # Rewrite while the copy's read is held, whatever the machine's speed: wait until
         # the proxy has seen that read arrive.
-        while not [r for r in s3_proxy.seen("GET", key="moving") if r.bucket == source]:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+        def held() -> bool:
+            seen = s3_proxy.seen(held_method, key="moving")
+            return any(r.bucket == held_bucket for r in seen)
+
+        async with asyncio.timeout(60):
+            while not held():  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
         await s3_seed.put_object(source, "moving", 4 * KiB, seed="new")
 
-    resource = migration(proxy_endpoint, source, target)
+    resource = migration(proxy_endpoint, source, target, copy={"mode": mode})
     result, _ = await asyncio.gather(run(ledger, resource, proxy_endpoint), rewrite())
 
     rows = await rows_of(ledger)
@@ -510,3 +520,106 @@ async def test_bad_credentials_fail_the_run_once_with_the_s3_error(
     assert failed.reason == "S3SignatureDoesNotMatch"
     assert "not-the-secret" not in failed.message
     assert result.status.phase == "Failed"
+
+
+async def _last_modified(client: S3Client, bucket: str) -> dict[str, object]:
+    found = {}
+    for key in await keys_of(client, bucket):
+        found[key] = (await client.head_object(Bucket=bucket, Key=key))["LastModified"]
+    return found
+
+
+@pytest.mark.parametrize(
+    "mode",
+    ["stream", "serverSide"],
+)
+async def test_if_different_keeps_identical_copies_and_overwrites_different_ones(
+    ledger: Ledger,
+    proxy_endpoint: Endpoint,
+    s3_proxy: S3FaultProxy,
+    s3_seed: S3Seeder,
+    s3_client: S3Client,
+    s3_http: S3HttpClient,
+    mode: str,
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    same = await s3_seed.put_object(source, "same", 3 * KiB, metadata={"owner": "x"})
+    same_multi = await s3_seed.put_multipart(source, "same-multi", [4 * KiB, 4 * KiB, 100])
+    different = await s3_seed.put_object(source, "different", 2 * KiB)
+    different_multi = await s3_seed.put_multipart(source, "different-multi", [4 * KiB, 10])
+    new = await s3_seed.put_object(source, "new", 1 * KiB)
+    for obj in (same, same_multi):
+        await copy_object(
+            s3_http,
+            s3_http,
+            SourceObject(source, obj.key, etag=obj.etag, size=obj.size),
+            TargetObject(target, obj.key),
+            CopyOptions(server_side=True),
+        )
+    await s3_seed.put_object(target, "different", 2 * KiB, seed="stale copy")
+    await s3_seed.put_object(target, "different-multi", 4 * KiB + 10, seed="stale copy")
+    before = await _last_modified(s3_client, target)
+    await asyncio.sleep(1.1)  # Last-Modified has whole seconds: a rewrite would show
+    resource = migration(
+        proxy_endpoint, source, target, copy={"mode": mode, "overwrite": "ifDifferent"}
+    )
+
+    result = await run(ledger, resource, proxy_endpoint)
+
+    assert result.outcome == "cut-over", [(o.key, o.last_error) for o in result.status.objects]
+    rows = await rows_of(ledger)
+    assert {key: row.state for key, row in rows.items()} == dict.fromkeys(
+        ("same", "same-multi", "different", "different-multi", "new"), ObjectState.VERIFIED
+    )
+    after = await _last_modified(s3_client, target)
+    # Identical copies are verified in place, not rewritten: a single-part one may be sent
+    # (the copy does not look first), but only create-only, which the store refuses.
+    for request in s3_proxy.seen("PUT"):
+        if request.bucket == target and request.key in ("same", "same-multi"):
+            headers = {name.lower(): value for name, value in request.headers.items()}
+            assert headers.get("if-none-match") == "*", request
+    assert after["same"] == before["same"]
+    assert after["same-multi"] == before["same-multi"]
+    # Different ones are overwritten with the source's bytes.
+    copied = await keys_of(s3_client, target)
+    for obj in (same, same_multi, different, different_multi, new):
+        assert copied[obj.key] == obj.etag, obj.key
+        assert await sha256_of(s3_client, target, obj.key) == obj.sha256
+    assert after["different"] > before["different"]
+    assert after["different-multi"] > before["different-multi"]
+
+
+async def test_never_skips_a_different_target_and_leaves_it_alone(
+    ledger: Ledger, s3_endpoint: Endpoint, s3_seed: S3Seeder, s3_client: S3Client
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    same = await s3_seed.put_object(source, "same", 2 * KiB)
+    await s3_seed.put_object(source, "different", 2 * KiB)
+    await s3_seed.put_multipart(source, "different-multi", [4 * KiB, 10])
+    new = await s3_seed.put_object(source, "new", 1 * KiB)
+    await s3_client.copy_object(
+        Bucket=target, Key="same", CopySource={"Bucket": source, "Key": "same"}
+    )
+    theirs = await s3_seed.put_object(target, "different", 2 * KiB, seed="theirs")
+    theirs_multi = await s3_seed.put_object(target, "different-multi", 100, seed="theirs")
+    resource = migration(s3_endpoint, source, target, copy={"overwrite": "never"})
+
+    result = await run(ledger, resource, s3_endpoint)
+
+    rows = await rows_of(ledger)
+    assert rows["same"].state is ObjectState.VERIFIED
+    assert rows["new"].state is ObjectState.VERIFIED
+    for key in ("different", "different-multi"):
+        assert rows[key].state is ObjectState.SKIPPED, key
+        assert rows[key].skip_reason == "TargetExistsDifferent"
+    assert result.status.progress.objects.skipped == 2
+    copied = await keys_of(s3_client, target)
+    assert copied == {
+        "same": same.etag,
+        "new": new.etag,
+        "different": theirs.etag,
+        "different-multi": theirs_multi.etag,
+    }
+    assert await sha256_of(s3_client, target, "different") == theirs.sha256

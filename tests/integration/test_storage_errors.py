@@ -6,7 +6,6 @@ have their own kinds; and no message ever shows a secret."""
 from __future__ import annotations
 
 import pytest
-from botocore.exceptions import BotoCoreError, ClientError
 
 from objmig.storage import (
     CopyOptions,
@@ -15,17 +14,15 @@ from objmig.storage import (
     TargetObject,
     classify,
     copy_object,
-    head_object,
     list_multipart_uploads,
     object_sha256,
     open_client,
 )
 from objmig.storage.endpoint import Endpoint
-from objmig.storage.errors import StorageError
+from objmig.storage.errors import S3ResponseError
+from objmig.storage.s3http import open_http_client
 from tests.fixtures.s3 import S3Seeder
 from tests.support.s3proxy import Deny, Fail, Reset, S3FaultProxy, SlowDown, Truncate
-
-TRANSPORT = (ClientError, BotoCoreError, StorageError, OSError, TimeoutError)
 
 
 async def _failure(awaitable) -> BaseException:
@@ -53,13 +50,13 @@ async def test_server_errors_and_throttling_are_retryable(
     await s3_seed.put_object(bucket, "k", 10)
     s3_proxy.add_rule(action, method=method, key="k")
 
-    async with open_client(proxy_endpoint) as client:
-        call = (
-            head_object(client, bucket, "k")
-            if method == "HEAD"
-            else object_sha256(client, bucket, "k")
-        )
-        error = classify(await _failure(call))
+    async with open_http_client(proxy_endpoint) as client:
+        call = client.head(bucket, "k") if method == "HEAD" else object_sha256(client, bucket, "k")
+        failure = await _failure(call)
+        error = classify(failure)
+
+    assert isinstance(failure, S3ResponseError)
+    assert failure.status == action.status
 
     assert error.kind == "retryable"
     assert error.code == code
@@ -73,7 +70,7 @@ async def test_connection_reset_is_retryable(
     await s3_seed.put_object(bucket, "k", 10)
     s3_proxy.add_rule(Reset(), method="GET", key="k")
 
-    async with open_client(proxy_endpoint) as client:
+    async with open_http_client(proxy_endpoint) as client:
         error = classify(await _failure(object_sha256(client, bucket, "k")))
 
     assert error.kind == "retryable", error
@@ -86,14 +83,14 @@ async def test_truncated_body_is_retryable(
     await s3_seed.put_object(bucket, "k", 200_000)
     s3_proxy.add_rule(Truncate(50_000), method="GET", key="k")
 
-    async with open_client(proxy_endpoint) as client:
+    async with open_http_client(proxy_endpoint) as client:
         error = classify(await _failure(object_sha256(client, bucket, "k")))
 
     assert error.kind == "retryable", error
 
 
 async def test_truncated_source_part_fails_a_streamed_copy_retryably_and_aborts(
-    s3_seed: S3Seeder, s3_proxy: S3FaultProxy, proxy_endpoint
+    s3_client, s3_seed: S3Seeder, s3_proxy: S3FaultProxy, proxy_endpoint
 ) -> None:
     src, dst = await s3_seed.bucket(), await s3_seed.bucket()
     obj = await s3_seed.put_multipart(src, "k", [100_000, 100_000, 10])
@@ -101,7 +98,7 @@ async def test_truncated_source_part_fails_a_streamed_copy_retryably_and_aborts(
     # pass whole.
     s3_proxy.add_rule(Truncate(30_000), method="GET", bucket=src, key="k")
 
-    async with open_client(proxy_endpoint) as client:
+    async with open_http_client(proxy_endpoint) as client:
         failure = await _failure(
             copy_object(
                 client,
@@ -111,8 +108,8 @@ async def test_truncated_source_part_fails_a_streamed_copy_retryably_and_aborts(
                 CopyOptions(part_concurrency=1),
             )
         )
-        assert classify(failure).kind == "retryable", failure
-        assert [u async for u in list_multipart_uploads(client, dst)] == []
+    assert classify(failure).kind == "retryable", failure
+    assert [u async for u in list_multipart_uploads(s3_client, dst)] == []
 
 
 async def test_access_denied_fails_the_object_not_the_migration(
@@ -121,22 +118,24 @@ async def test_access_denied_fails_the_object_not_the_migration(
     bucket = await s3_seed.bucket()
     s3_proxy.add_rule(Deny(), method="PUT", key="secret/*")
 
-    async with open_client(proxy_endpoint) as client:
-        await client.put_object(Bucket=bucket, Key="public/ok", Body=b"x")
-        error = classify(
-            await _failure(client.put_object(Bucket=bucket, Key="secret/no", Body=b"x"))
-        )
+    async with open_http_client(proxy_endpoint) as client:
+        await client.put(bucket, "public/ok", b"x", 1, {})
+        failure = await _failure(client.put(bucket, "secret/no", b"x", 1, {}))
+        error = classify(failure)
+
+    assert isinstance(failure, S3ResponseError)
+    assert (failure.operation, failure.status) == ("PutObject", 403)
 
     # A denied key fails that object; the failure budget decides about the migration.
     assert (error.kind, error.code, error.is_config_error) == ("permanent", "AccessDenied", False)
 
 
-async def test_missing_keys_and_buckets(s3_client, s3_seed: S3Seeder) -> None:
+async def test_missing_keys_and_buckets(s3_http, s3_seed: S3Seeder) -> None:
     bucket = await s3_seed.bucket()
 
-    head_404 = classify(await _failure(head_object(s3_client, bucket, "nope")))
-    get_404 = classify(await _failure(object_sha256(s3_client, bucket, "nope")))
-    no_bucket = classify(await _failure(object_sha256(s3_client, "no-such-bucket-xyz", "k")))
+    head_404 = classify(await _failure(s3_http.head(bucket, "nope")))
+    get_404 = classify(await _failure(object_sha256(s3_http, bucket, "nope")))
+    no_bucket = classify(await _failure(object_sha256(s3_http, "no-such-bucket-xyz", "k")))
 
     assert (head_404.kind, head_404.code) == ("not_found", "404")
     assert (get_404.kind, get_404.code) == ("not_found", "NoSuchKey")
@@ -144,20 +143,23 @@ async def test_missing_keys_and_buckets(s3_client, s3_seed: S3Seeder) -> None:
     assert no_bucket.is_config_error
 
 
-async def test_failed_precondition(s3_client, s3_seed: S3Seeder) -> None:
+async def test_failed_precondition(s3_http, s3_seed: S3Seeder) -> None:
     bucket = await s3_seed.bucket()
     await s3_seed.put_object(bucket, "k", b"now")
 
-    error = classify(await _failure(object_sha256(s3_client, bucket, "k", if_match="0" * 32)))
+    failure = await _failure(object_sha256(s3_http, bucket, "k", if_match="0" * 32))
+    error = classify(failure)
 
+    assert isinstance(failure, S3ResponseError)
+    assert failure.status == 412
     assert error.kind == "precondition"
 
 
-async def test_reading_an_archived_object_is_invalid_state(s3_client, s3_seed: S3Seeder) -> None:
+async def test_reading_an_archived_object_is_invalid_state(s3_http, s3_seed: S3Seeder) -> None:
     bucket = await s3_seed.bucket()
     await s3_seed.put_object(bucket, "cold", 10, storage_class="DEEP_ARCHIVE")
 
-    error = classify(await _failure(object_sha256(s3_client, bucket, "cold")))
+    error = classify(await _failure(object_sha256(s3_http, bucket, "cold")))
 
     assert (error.kind, error.code) == ("invalid_state", "InvalidObjectState")
 
@@ -173,8 +175,12 @@ async def test_bad_credentials_are_config_errors_without_secrets(minio_server) -
     ):
         endpoint = Endpoint(url=minio_server.endpoint_url, credentials=credentials)
         async with open_client(endpoint) as client:
-            error = classify(await _failure(client.list_buckets()))
-        assert error.code == code
-        assert error.is_config_error
-        assert credentials.secret_access_key not in error.message
-        assert "AKIAUNKNOWNKEY000000" not in error.message
+            sdk_error = classify(await _failure(client.list_buckets()))
+        async with open_http_client(endpoint) as http:
+            # GET carries the error document; HEAD has only the status to go on.
+            get_error = classify(await _failure(object_sha256(http, "any-bucket", "k")))
+        for error in (sdk_error, get_error):
+            assert error.code == code
+            assert error.is_config_error
+            assert credentials.secret_access_key not in error.message
+            assert "AKIAUNKNOWNKEY000000" not in error.message

@@ -20,7 +20,7 @@ CONCURRENCY = 4
 @pytest.mark.slow
 @pytest.mark.parametrize("compute_sha256", [False, True], ids=["plain", "sha256"])
 async def test_streamed_copy_memory_stays_bounded_by_parts_in_flight(
-    s3_client, s3_seed: S3Seeder, compute_sha256: bool
+    s3_http, s3_seed: S3Seeder, compute_sha256: bool
 ) -> None:
     src, dst = await s3_seed.bucket(), await s3_seed.bucket()
     obj = await s3_seed.put_multipart(src, "huge", [PART] * (OBJECT // PART), seed="mem")
@@ -29,8 +29,8 @@ async def test_streamed_copy_memory_stays_bounded_by_parts_in_flight(
     tracemalloc.start()
     try:
         result = await copy_object(
-            s3_client,
-            s3_client,
+            s3_http,
+            s3_http,
             SourceObject(src, "huge", etag=obj.etag, size=obj.size),
             TargetObject(dst, "huge"),
             CopyOptions(part_concurrency=CONCURRENCY, compute_sha256=compute_sha256),

@@ -10,7 +10,6 @@ import pytest
 from objmig.storage import (
     abort_multipart_upload,
     delete_objects,
-    head_object,
     list_multipart_uploads,
     list_objects,
     object_sha256,
@@ -68,8 +67,8 @@ async def test_list_versions_yields_every_version_and_skips_delete_markers(
     assert [o.key for o in latest] == ["a", "c"]
 
 
-async def test_head_object_reports_metadata_headers_class_and_version(
-    backend_client, backend_seed: S3Seeder, s3_backend: S3Backend
+async def test_head_reports_metadata_headers_class_and_version(
+    backend_http, backend_seed: S3Seeder, s3_backend: S3Backend
 ) -> None:
     bucket = await backend_seed.bucket(versioned=True)
     obj = await backend_seed.put_object(
@@ -82,7 +81,7 @@ async def test_head_object_reports_metadata_headers_class_and_version(
         ContentLanguage="en",
     )
 
-    head = await head_object(backend_client, bucket, "k", version_id=obj.version_id)
+    head = await backend_http.head(bucket, "k", version_id=obj.version_id)
 
     assert head.size == 77
     assert head.etag == obj.etag
@@ -96,7 +95,7 @@ async def test_head_object_reports_metadata_headers_class_and_version(
 
 
 async def test_part_layout_of_single_and_multipart_objects(
-    backend_client, backend_seed: S3Seeder, s3_backend: S3Backend
+    backend_http, backend_seed: S3Seeder, s3_backend: S3Backend
 ) -> None:
     bucket = await backend_seed.bucket()
     m = max(s3_backend.min_part_size, 4096)
@@ -104,9 +103,9 @@ async def test_part_layout_of_single_and_multipart_objects(
     multi = await backend_seed.put_multipart(bucket, "multi", sizes)
     await backend_seed.put_object(bucket, "single", 4321)
 
-    layout = await resolve_part_layout(backend_client, bucket, "multi")
+    layout = await resolve_part_layout(backend_http, bucket, "multi")
 
-    assert await part_layout(backend_client, bucket, "single") == [4321]
+    assert await part_layout(backend_http, bucket, "single") == [4321]
     assert list(layout.sizes) == sizes
     assert layout.source == "head"
     assert layout.exact
@@ -114,13 +113,13 @@ async def test_part_layout_of_single_and_multipart_objects(
 
 
 async def test_object_sha256_streams_the_whole_object(
-    backend_client, backend_seed: S3Seeder, s3_backend: S3Backend
+    backend_http, backend_seed: S3Seeder, s3_backend: S3Backend
 ) -> None:
     bucket = await backend_seed.bucket()
     m = max(s3_backend.min_part_size, 4096)
     obj = await backend_seed.put_multipart(bucket, "k", [m, m + 1, 3])
 
-    digest, size = await object_sha256(backend_client, bucket, "k", if_match=obj.etag)
+    digest, size = await object_sha256(backend_http, bucket, "k", if_match=obj.etag)
 
     assert (digest, size) == (obj.sha256, obj.size)
     assert digest == hashlib.sha256(obj.data or b"").hexdigest()
@@ -190,7 +189,9 @@ async def test_listing_an_empty_prefix_yields_nothing(s3_client, s3_seed, page_s
     assert [o async for o in list_objects(s3_client, bucket, "none/", page_size=page_size)] == []
 
 
-async def test_listing_and_head_agree_on_last_modified(backend_client, backend_seed) -> None:
+async def test_listing_and_head_agree_on_last_modified(
+    backend_client, backend_http, backend_seed
+) -> None:
     # MinIO lists milliseconds but HEAD says whole seconds; both are truncated alike, so an
     # unchanged object never looks changed between scan and copy.
     bucket = await backend_seed.bucket(versioned=True)
@@ -198,7 +199,7 @@ async def test_listing_and_head_agree_on_last_modified(backend_client, backend_s
 
     (listed,) = [o async for o in list_objects(backend_client, bucket)]
     (pinned,) = [o async for o in list_objects(backend_client, bucket, pin_versions=True)]
-    head = await head_object(backend_client, bucket, "k")
+    head = await backend_http.head(bucket, "k")
 
     assert listed.last_modified == pinned.last_modified == head.last_modified
     assert head.last_modified.microsecond == 0

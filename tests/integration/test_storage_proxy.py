@@ -7,10 +7,11 @@ import asyncio
 import hashlib
 
 import pytest
-from botocore.exceptions import ClientError
 
-from objmig.storage import head_object, object_sha256, open_client
+from objmig.storage import object_sha256, open_client
 from objmig.storage.endpoint import Endpoint
+from objmig.storage.errors import S3ResponseError
+from objmig.storage.s3http import open_http_client
 from tests.fixtures.s3 import S3Seeder, payload
 from tests.support.s3proxy import Fail, RewriteHeaders, S3FaultProxy, SlowDown
 
@@ -19,18 +20,22 @@ async def test_proxy_passes_sigv4_requests_unchanged_to_minio(minio_server) -> N
     data = payload(3 * 1024 * 1024, "proxy")
     with S3FaultProxy(minio_server.endpoint_url) as proxy:
         endpoint = Endpoint(url=proxy.endpoint_url, credentials=minio_server.credentials)
-        async with open_client(endpoint) as client:
+        async with open_client(endpoint) as client, open_http_client(endpoint) as http:
             await client.create_bucket(Bucket="via-proxy")
             await client.put_object(Bucket="via-proxy", Key="a b/ü+c", Body=data)
-            head = await head_object(client, "via-proxy", "a b/ü+c")
-            digest, size = await object_sha256(client, "via-proxy", "a b/ü+c")
+            head = await http.head("via-proxy", "a b/ü+c")
+            digest, size = await object_sha256(http, "via-proxy", "a b/ü+c")
+            await http.put("via-proxy", "a b/ü+c=2~", data[:1000], 1000, {})
+            again = await http.head("via-proxy", "a b/ü+c=2~")
             await client.delete_object(Bucket="via-proxy", Key="a b/ü+c")
+            await client.delete_object(Bucket="via-proxy", Key="a b/ü+c=2~")
             await client.delete_bucket(Bucket="via-proxy")
         methods = [r.method for r in proxy.seen()]
 
     assert head.size == size == len(data)
+    assert again.size == 1000
     assert digest == hashlib.sha256(data).hexdigest()
-    assert methods == ["PUT", "PUT", "HEAD", "GET", "DELETE", "DELETE"]
+    assert methods == ["PUT", "PUT", "HEAD", "GET", "PUT", "HEAD", "DELETE", "DELETE", "DELETE"]
 
 
 async def test_rule_fires_only_the_given_number_of_times(
@@ -40,11 +45,11 @@ async def test_rule_fires_only_the_given_number_of_times(
     await s3_seed.put_object(bucket, "k", 5)
     rule = s3_proxy.add_rule(SlowDown(), method="HEAD", key="k", times=2)
 
-    async with open_client(proxy_endpoint) as client:
+    async with open_http_client(proxy_endpoint) as client:
         for _ in range(2):
-            with pytest.raises(ClientError):
-                await head_object(client, bucket, "k")
-        assert (await head_object(client, bucket, "k")).size == 5
+            with pytest.raises(S3ResponseError):
+                await client.head(bucket, "k")
+        assert (await client.head(bucket, "k")).size == 5
 
     assert rule.hits == 2
 
@@ -56,11 +61,11 @@ async def test_rule_expires_after_its_seconds(
     await s3_seed.put_object(bucket, "k", 5)
     s3_proxy.add_rule(Fail(500), method="HEAD", seconds=0.5)
 
-    async with open_client(proxy_endpoint) as client:
-        with pytest.raises(ClientError):
-            await head_object(client, bucket, "k")
+    async with open_http_client(proxy_endpoint) as client:
+        with pytest.raises(S3ResponseError):
+            await client.head(bucket, "k")
         await asyncio.sleep(0.7)
-        assert (await head_object(client, bucket, "k")).size == 5
+        assert (await client.head(bucket, "k")).size == 5
 
 
 async def test_rule_matches_query_parameters_and_key_globs(
@@ -71,12 +76,12 @@ async def test_rule_matches_query_parameters_and_key_globs(
     await s3_seed.put_object(bucket, "other", 5)
     s3_proxy.add_rule(Fail(500), method="HEAD", key="dir/*", query={"partNumber": "2"})
 
-    async with open_client(proxy_endpoint) as client:
-        assert (await head_object(client, bucket, "dir/m", part_number=1)).size == 2048
-        assert (await head_object(client, bucket, "dir/m")).etag == obj.etag
-        assert (await head_object(client, bucket, "other")).size == 5
-        with pytest.raises(ClientError):
-            await head_object(client, bucket, "dir/m", part_number=2)
+    async with open_http_client(proxy_endpoint) as client:
+        assert (await client.head(bucket, "dir/m", part_number=1)).size == 2048
+        assert (await client.head(bucket, "dir/m")).etag == obj.etag
+        assert (await client.head(bucket, "other")).size == 5
+        with pytest.raises(S3ResponseError):
+            await client.head(bucket, "dir/m", part_number=2)
 
 
 async def test_rewritten_headers_reach_the_client_and_rules_can_be_removed(
@@ -89,10 +94,10 @@ async def test_rewritten_headers_reach_the_client_and_rules_can_be_removed(
         method="HEAD",
     )
 
-    async with open_client(proxy_endpoint) as client:
-        rewritten = await head_object(client, bucket, "k")
+    async with open_http_client(proxy_endpoint) as client:
+        rewritten = await client.head(bucket, "k")
         s3_proxy.remove_rule(rule)
-        plain = await head_object(client, bucket, "k")
+        plain = await client.head(bucket, "k")
 
     assert rewritten.content.content_type == "application/x-rewritten"
     assert rewritten.metadata == {"new": "1"}

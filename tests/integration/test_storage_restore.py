@@ -14,7 +14,6 @@ from objmig.storage import (
     SourceObject,
     TargetObject,
     copy_object,
-    head_object,
     needs_restore,
     open_client,
     request_restore,
@@ -24,15 +23,15 @@ from tests.fixtures.s3 import S3Seeder
 from tests.support.s3proxy import Fail, RewriteHeaders, S3FaultProxy
 
 
-async def test_glacier_object_needs_restore_until_restored(s3_client, s3_seed: S3Seeder):
+async def test_glacier_object_needs_restore_until_restored(s3_client, s3_http, s3_seed: S3Seeder):
     bucket = await s3_seed.bucket()
     await s3_seed.put_object(bucket, "cold", 100, storage_class="GLACIER")
 
-    before = await head_object(s3_client, bucket, "cold")
+    before = await s3_http.head(bucket, "cold")
     started = await request_restore(
         s3_client, bucket, "cold", None, "Bulk", 3, storage_class=before.storage_class
     )
-    after = await head_object(s3_client, bucket, "cold")
+    after = await s3_http.head(bucket, "cold")
     again = await request_restore(s3_client, bucket, "cold", None, "Bulk", 3)
 
     assert before.storage_class == "GLACIER"
@@ -46,18 +45,18 @@ async def test_glacier_object_needs_restore_until_restored(s3_client, s3_seed: S
     assert again is False  # already restored: S3 answers 200, which is success too
 
 
-async def test_glacier_instant_retrieval_needs_no_restore(s3_client, s3_seed: S3Seeder):
+async def test_glacier_instant_retrieval_needs_no_restore(s3_http, s3_seed: S3Seeder):
     bucket = await s3_seed.bucket()
     await s3_seed.put_object(bucket, "ir", 100, storage_class="GLACIER_IR")
 
-    head = await head_object(s3_client, bucket, "ir")
+    head = await s3_http.head(bucket, "ir")
 
     assert head.storage_class == "GLACIER_IR"
     assert not needs_restore(head.storage_class, head.restore)
 
 
 async def test_ongoing_restore_reported_by_the_header_keeps_the_object_waiting(
-    s3_seed: S3Seeder, s3_proxy: S3FaultProxy, proxy_endpoint
+    s3_seed: S3Seeder, s3_proxy: S3FaultProxy, proxy_endpoint, proxy_http
 ) -> None:
     bucket = await s3_seed.bucket()
     await s3_seed.put_object(bucket, "cold", 100, storage_class="DEEP_ARCHIVE")
@@ -67,9 +66,9 @@ async def test_ongoing_restore_reported_by_the_header_keeps_the_object_waiting(
 
     async with open_client(proxy_endpoint) as client:
         await request_restore(client, bucket, "cold", None, "Standard", 1)
-        ongoing = await head_object(client, bucket, "cold")
+        ongoing = await proxy_http.head(bucket, "cold")
         await asyncio.sleep(0.7)
-        done = await head_object(client, bucket, "cold")
+        done = await proxy_http.head(bucket, "cold")
 
     assert ongoing.restore is not None
     assert ongoing.restore.ongoing
@@ -114,18 +113,20 @@ async def test_restore_already_in_progress_is_success(
 
 
 @pytest.mark.parametrize("server_side", [True, False], ids=["server-side", "streamed"])
-async def test_restored_object_copies(s3_client, s3_seed: S3Seeder, server_side: bool) -> None:
+async def test_restored_object_copies(
+    s3_client, s3_http, s3_seed: S3Seeder, server_side: bool
+) -> None:
     src, dst = await s3_seed.bucket(), await s3_seed.bucket()
     obj = await s3_seed.put_object(src, "cold", 1000, storage_class="GLACIER")
     await request_restore(s3_client, src, "cold", None, "Bulk", 1)
 
     result = await copy_object(
-        s3_client,
-        s3_client,
+        s3_http,
+        s3_http,
         SourceObject(src, "cold", etag=obj.etag),
         TargetObject(dst, "warm"),
         CopyOptions(server_side=server_side, storage_class="STANDARD"),
     )
 
     assert result.etag == obj.etag
-    assert (await head_object(s3_client, dst, "warm")).storage_class == "STANDARD"
+    assert (await s3_http.head(dst, "warm")).storage_class == "STANDARD"

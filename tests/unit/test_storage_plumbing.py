@@ -5,6 +5,7 @@ SHA-256 and the bounded part runner."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 
 import pytest
@@ -82,14 +83,27 @@ def test_guess_part_sizes(size: int, count: int, expected: list[int]) -> None:
 def test_encryption_parameters() -> None:
     key = bytes(range(32))
 
-    assert Encryption().object_params() == {}
-    assert Encryption("SSE-S3").object_params() == {"ServerSideEncryption": "AES256"}
-    assert Encryption("SSE-KMS", kms_key_id="k1").object_params() == {
-        "ServerSideEncryption": "aws:kms",
-        "SSEKMSKeyId": "k1",
+    key_b64 = base64.b64encode(key).decode()
+    key_md5 = base64.b64encode(hashlib.md5(key).digest()).decode()
+
+    assert Encryption().object_headers() == {}
+    assert Encryption().part_headers() == {}
+    assert Encryption("SSE-S3").object_headers() == {"x-amz-server-side-encryption": "AES256"}
+    assert Encryption("SSE-KMS").object_headers() == {"x-amz-server-side-encryption": "aws:kms"}
+    assert Encryption("SSE-KMS", kms_key_id="k1").object_headers() == {
+        "x-amz-server-side-encryption": "aws:kms",
+        "x-amz-server-side-encryption-aws-kms-key-id": "k1",
     }
-    assert Encryption("SSE-C", sse_c_key=key).part_params()["SSECustomerKey"] == key
-    assert Encryption("SSE-S3").part_params() == {}
+    sse_c = {
+        "x-amz-server-side-encryption-customer-algorithm": "AES256",
+        "x-amz-server-side-encryption-customer-key": key_b64,
+        "x-amz-server-side-encryption-customer-key-md5": key_md5,
+    }
+    # SSE-C goes on the upload and again on every part (and the completion).
+    assert Encryption("SSE-C", sse_c_key=key).object_headers() == sse_c
+    assert Encryption("SSE-C", sse_c_key=key).part_headers() == sse_c
+    assert Encryption("SSE-S3").part_headers() == {}
+    assert Encryption("SSE-KMS", kms_key_id="k1").part_headers() == {}
     assert "sse_c_key" not in repr(Encryption("SSE-C", sse_c_key=key))
     with pytest.raises(ValueError, match="32-byte"):
         Encryption("SSE-C", sse_c_key=b"short")

@@ -40,13 +40,13 @@ from objmig.storage.objects import (
     HeadResult,
     abort_multipart_upload,
     delete_objects,
-    head_object,
     list_multipart_uploads,
 )
+from objmig.storage.store import Store
 
 # The aiobotocore stubs are a development dependency: import them for type checking only.
 if TYPE_CHECKING:
-    from types_aiobotocore_s3 import S3Client
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,9 @@ class CleanupRun:
     gate: Verdict | None = None
 
 
-async def _head(
-    client: S3Client, bucket: str, key: str, version_id: str | None
-) -> HeadResult | None:
+async def _head(store: Store, bucket: str, key: str, version_id: str | None) -> HeadResult | None:
     try:
-        return await head_object(client, bucket, key, version_id)
+        return await store.objects.head(bucket, key, version_id=version_id)
     except Exception as exc:
         if classify(exc).kind == "not_found":
             return None
@@ -147,7 +145,7 @@ async def delete_sources(
                     approved.append(row)
             if approved:
                 results = await delete_objects(
-                    source,
+                    source.api,
                     source_spec.bucket,
                     # The exact version that was copied; "" means an unversioned bucket.
                     [(row.key, row.version_id or None) for row in approved],
@@ -205,7 +203,9 @@ async def remove_leftovers(
     started = (await ledger.migration_created_at(migration_id)) or moment
     aborted = deleted = kept = 0
     async with context.clients() as (_, target):
-        async for upload in list_multipart_uploads(target, target_spec.bucket, target_spec.prefix):
+        async for upload in list_multipart_uploads(
+            target.api, target_spec.bucket, target_spec.prefix
+        ):
             initiated = upload.initiated
             # objmig's uploads: for a key the migration writes, begun after it existed.
             ours = upload.key in known_targets and (initiated is None or initiated >= started)
@@ -213,7 +213,7 @@ async def remove_leftovers(
                 continue
             if not spec.dry_run:
                 await abort_multipart_upload(
-                    target, target_spec.bucket, upload.key, upload.upload_id
+                    target.api, target_spec.bucket, upload.key, upload.upload_id
                 )
             aborted += 1
         stale = sorted(attempt_targets - verified_targets)
@@ -230,7 +230,7 @@ async def remove_leftovers(
                 continue
             doomed.append((key, None))
         if doomed and not spec.dry_run:
-            results = await delete_objects(target, target_spec.bucket, doomed)
+            results = await delete_objects(target.api, target_spec.bucket, doomed)
             deleted = sum(1 for r in results if r.deleted)
         else:
             deleted = len(doomed)

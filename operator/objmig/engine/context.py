@@ -16,13 +16,14 @@ from objmig.api.migration import BucketSpec, ObjectMigration, ObjectMigrationSpe
 from objmig.api.types import parse_duration, parse_quantity
 from objmig.engine.keys import target_key
 from objmig.engine.secrets import SecretSource, bucket_credentials, customer_key
-from objmig.storage.endpoint import Endpoint, open_client, same_store
+from objmig.storage.endpoint import Endpoint, same_store
 from objmig.storage.errors import classify
 from objmig.storage.selection import MetadataRule, Selection
+from objmig.storage.store import Store, open_store
 
 # The aiobotocore stubs are a development dependency: import them for type checking only.
 if TYPE_CHECKING:
-    from types_aiobotocore_s3 import S3Client
+    pass
 
 
 def endpoint_of(bucket: BucketSpec, secrets: SecretSource) -> Endpoint:
@@ -121,18 +122,21 @@ class MigrationContext:
 
     @property
     def connections(self) -> int:
-        """Pool size per client: every object in flight may have all its parts in flight."""
-        return self.spec.transfer.concurrency * self.spec.transfer.part_concurrency + 4
+        """Pool size per client: every transfer may have all its parts in flight."""
+        transfer = self.spec.transfer
+        # Transfers with all their parts, plus one HEAD each for the objects verifying
+        # beside them (see `ObjectPipeline._copy_and_verify`), plus the re-check listing.
+        return transfer.concurrency * (transfer.part_concurrency + 1) + 4
 
     @asynccontextmanager
-    async def clients(self) -> AsyncIterator[tuple[S3Client, S3Client]]:
-        """Source and target clients (one shared client when both sides are one store)."""
+    async def clients(self) -> AsyncIterator[tuple[Store, Store]]:
+        """Source and target stores (one shared store when both sides are one store)."""
         async with AsyncExitStack() as stack:
-            source = await stack.enter_async_context(open_client(self.source, self.connections))
+            source = await stack.enter_async_context(open_store(self.source, self.connections))
             if same_store(self.source, self.target):
                 yield source, source
             else:
-                target = await stack.enter_async_context(open_client(self.target, self.connections))
+                target = await stack.enter_async_context(open_store(self.target, self.connections))
                 yield source, target
 
 
@@ -157,7 +161,9 @@ async def check_access(context: MigrationContext) -> tuple[str, str] | None:
             ("target", target, spec.target),
         ):
             try:
-                await client.list_objects_v2(Bucket=bucket.bucket, Prefix=bucket.prefix, MaxKeys=1)
+                await client.api.list_objects_v2(
+                    Bucket=bucket.bucket, Prefix=bucket.prefix, MaxKeys=1
+                )
             except Exception as exc:
                 problem = classify(exc)
                 if problem.is_config_error:

@@ -17,23 +17,27 @@ from typing import TYPE_CHECKING
 
 from objmig.engine.context import MigrationContext
 from objmig.engine.policy import backoff_delay
+from objmig.engine.recheck import SourceFacts, SourceRecheck
 from objmig.ledger import ObjectRow, ObjectState, StepResult
 from objmig.storage.copy import (
     CopyOptions,
+    CopyResult,
     Encryption,
     SourceObject,
+    TargetExistsError,
     TargetObject,
     copy_object,
 )
 from objmig.storage.errors import ErrorClass, IntegrityError, classify
-from objmig.storage.objects import HeadResult, head_object, object_sha256
+from objmig.storage.objects import HeadResult, multipart_part_count, object_sha256
 from objmig.storage.ratelimit import RateLimiter
 from objmig.storage.restore import needs_restore, request_restore
 from objmig.storage.selection import metadata_matches
+from objmig.storage.store import Store
 
 # The aiobotocore stubs are a development dependency: import them for type checking only.
 if TYPE_CHECKING:
-    from types_aiobotocore_s3 import S3Client
+    pass
 
 #: skip_reason values of dry-run rows: what a real run would do with the object.
 PLAN_COPY = "PlanCopy"
@@ -72,8 +76,8 @@ class ObjectPipeline:
     def __init__(
         self,
         context: MigrationContext,
-        source: S3Client,
-        target: S3Client,
+        source: Store,
+        target: Store,
         *,
         plan_only: bool = False,
         limiter: RateLimiter | None = None,
@@ -84,6 +88,10 @@ class ObjectPipeline:
         self._dst = target
         self._plan_only = plan_only or context.spec.dry_run
         self._limiter = limiter
+        self._transfers = asyncio.Semaphore(context.spec.transfer.concurrency)
+        self._recheck = SourceRecheck(
+            source, context.spec.source.bucket, context.spec.source.prefix, self._source_facts
+        )
 
     async def process(self, row: ObjectRow) -> StepResult:
         """Advance ``row`` by as many steps as it can go now; never raises for S3 errors.
@@ -129,14 +137,17 @@ class ObjectPipeline:
     # -- the steps ----------------------------------------------------------------------
 
     async def _advance(self, row: ObjectRow) -> StepResult:
-        source = await self._head_source(row)
         if row.state is ObjectState.COPIED:
+            source = await self._head_source(row)
             target = await self._head_target(row)
             if target is None:
                 # The copy we made is gone (someone deleted it): copy again.
-                return await self._copy_and_verify(row, source)
+                return await self._copy_and_verify(row, source, create_only=True)
             return self._verified(row, await self._verify(row, source, target, None))
 
+        if not self._needs_source_head(row):
+            return await self._copy_and_verify(row, None, create_only=self._create_only)
+        source = await self._head_source(row)
         archived = needs_restore(source.storage_class, source.restore, source.archive_status)
         if archived:
             return await self._restore(row, source)
@@ -151,43 +162,113 @@ class ObjectPipeline:
                 return self._fail_now(row, "TargetMissing", "verifyOnly: no copy on the target")
             return self._verified(row, await self._verify(row, source, target, None))
 
-        if self._spec.transfer.overwrite != "always":
+        overwrite = self._spec.transfer.overwrite
+        look_first = source.is_multipart or self._ctx.server_side
+        if overwrite == "never" or self._plan_only or (overwrite != "always" and look_first):
+            # Look before writing: `never` must not rely on stores honouring
+            # If-None-Match, a plan writes nothing, a multipart copy would move every part
+            # before a conditional completion could say the key was taken, and MinIO and
+            # moto ignore If-None-Match on CopyObject (AWS honours it).
             target = await self._head_target(row)
             if target is not None:
-                if self._looks_identical(source, target):
-                    if self._plan_only:
-                        return self._skip(row, PLAN_IDENTICAL)
-                    return self._verified(row, await self._verify(row, source, target, None))
-                if self._spec.transfer.overwrite == "never":
-                    return self._skip(row, "TargetExistsDifferent")
+                return await self._existing_target(row, source, target)
         if self._plan_only:
             return self._skip(row, PLAN_COPY)
-        return await self._copy_and_verify(row, source)
+        return await self._copy_and_verify(row, source, create_only=self._create_only)
+
+    @property
+    def _create_only(self) -> bool:
+        return self._spec.transfer.overwrite != "always"
+
+    def _needs_source_head(self, row: ObjectRow) -> bool:
+        """Whether a HEAD must come before the copy, or the copy's own reads suffice.
+
+        A plain single-part object that the listing describes (ETag, size, a class that is
+        never archived) is copied by GET + PUT alone: the GET pins the scanned ETag and
+        brings every header a HEAD would. Everything else looks first.
+        """
+        return (
+            self._plan_only
+            or self._spec.verify.verify_only
+            or bool(self._ctx.metadata_rules)
+            or self._ctx.server_side
+            or self._spec.transfer.overwrite == "never"
+            or not row.etag
+            or multipart_part_count(row.etag) is not None
+            or row.storage_class not in _NEVER_ARCHIVED
+        )
+
+    async def _existing_target(
+        self, row: ObjectRow, source: HeadResult, target: HeadResult
+    ) -> StepResult:
+        """The target key is taken: keep an identical object, else follow `overwrite`."""
+        if self._looks_identical(source, target):
+            if self._plan_only:
+                return self._skip(row, PLAN_IDENTICAL)
+            return self._verified(row, await self._verify(row, source, target, None))
+        if self._spec.transfer.overwrite == "never":
+            return self._skip(row, "TargetExistsDifferent")
+        if self._plan_only:
+            return self._skip(row, PLAN_COPY)
+        return await self._copy_and_verify(row, source, create_only=False)
 
     async def _head_source(self, row: ObjectRow) -> HeadResult:
-        head = await head_object(
-            self._src,
+        head = await self._src.objects.head(
             self._spec.source.bucket,
             row.key,
-            row.version_id or None,
+            version_id=row.version_id or None,
             sse_c=self._ctx.source_customer_key,
         )
-        self._check_unchanged(row, head)
+        self._check_unchanged(
+            row, head.etag, head.size, int(head.last_modified.timestamp()), head.version_id
+        )
         return head
 
-    def _check_unchanged(self, row: ObjectRow, head: HeadResult) -> None:
+    async def _recheck_source(self, row: ObjectRow) -> None:
+        """Re-check the source before verifying: batched by listing, or HEAD for versions."""
+        if row.version_id:
+            await self._head_source(row)
+            return
+        facts = await self._recheck.current(row.key)
+        if facts is None:
+            raise _SourceChanged("source changed since the scan: deleted")
+        self._check_unchanged(
+            row, facts.etag, facts.size, facts.last_modified_seconds, version_id=None
+        )
+
+    async def _source_facts(self, key: str) -> SourceFacts | None:
+        try:
+            head = await self._src.objects.head(
+                self._spec.source.bucket, key, sse_c=self._ctx.source_customer_key
+            )
+        except Exception as exc:
+            if classify(exc).kind == "not_found":
+                return None
+            raise
+        return SourceFacts(head.etag, head.size, int(head.last_modified.timestamp()))
+
+    def _check_unchanged(
+        self,
+        row: ObjectRow,
+        etag: str,
+        size: int,
+        last_modified_seconds: int | None,
+        version_id: str | None,
+    ) -> None:
         """The source must still be the object the inventory listed (ETag, size, version)."""
         changes = []
-        if head.etag != row.etag:
-            changes.append(f"ETag {row.etag} -> {head.etag}")
-        if head.size != row.size:
-            changes.append(f"size {row.size} -> {head.size}")
-        if row.version_id and head.version_id and head.version_id != row.version_id:
-            changes.append(f"version {row.version_id} -> {head.version_id}")
+        if etag != row.etag:
+            changes.append(f"ETag {row.etag} -> {etag}")
+        if size != row.size:
+            changes.append(f"size {row.size} -> {size}")
+        if row.version_id and version_id and version_id != row.version_id:
+            changes.append(f"version {row.version_id} -> {version_id}")
         # HEAD's Last-Modified is an HTTP date (whole seconds); listings may carry
         # milliseconds (MinIO does). Compare at the precision both sides have.
-        if row.last_modified is not None and int(head.last_modified.timestamp()) != int(
-            row.last_modified.timestamp()
+        if (
+            row.last_modified is not None
+            and last_modified_seconds is not None
+            and last_modified_seconds != int(row.last_modified.timestamp())
         ):
             changes.append("last-modified moved")
         if changes:
@@ -195,11 +276,9 @@ class ObjectPipeline:
 
     async def _head_target(self, row: ObjectRow) -> HeadResult | None:
         try:
-            return await head_object(
-                self._dst,
+            return await self._dst.objects.head(
                 self._spec.target.bucket,
                 self._target_key(row),
-                None,
                 sse_c=self._ctx.target_customer_key,
             )
         except Exception as exc:
@@ -221,7 +300,7 @@ class ObjectPipeline:
         requested_at = None
         if source.restore is None:
             await request_restore(
-                self._src,
+                self._src.api,
                 self._spec.source.bucket,
                 row.key,
                 row.version_id or None,
@@ -248,19 +327,56 @@ class ObjectPipeline:
         # copy again than to hash both sides just to decide whether to copy.
         return False
 
-    async def _copy_and_verify(self, row: ObjectRow, source: HeadResult) -> StepResult:
+    async def _copy_and_verify(
+        self, row: ObjectRow, source: HeadResult | None, *, create_only: bool
+    ) -> StepResult:
+        """Copy, then prove the copy. `source` None: the copy reads the source itself.
+
+        Only the copy holds a transfer slot: HEADs before it and the verification after it
+        wait on round trips, not bandwidth, and overlap with the next objects' transfers.
+        """
+        try:
+            async with self._transfers:
+                result = await self._copy(row, source, create_only)
+        except TargetExistsError as taken:
+            existing = await self._head_target(row)
+            if existing is None:
+                raise  # gone again already; the retry copies
+            return await self._existing_target(row, taken.source, existing)
+        target: HeadResult | None
+        if self._spec.verify.metadata and self._spec.transfer.preserve_metadata:
+            # Metadata is proven by reading it back, not by what we asked the store to keep.
+            target = await self._head_target(row)
+            if target is None:
+                raise VerificationError("TargetMissing", "the copy is not visible on the target")
+        else:
+            # The write's own answer is the store's word on what it stored.
+            target = HeadResult(
+                etag=result.etag,
+                size=result.bytes,
+                last_modified=_now(),
+                version_id=result.version_id,
+                encryption=result.target_encryption,
+            )
+        proof = await self._verify(row, result.source, target, result.sha256)
+        return self._verified(row, proof)
+
+    async def _copy(
+        self, row: ObjectRow, source: HeadResult | None, create_only: bool
+    ) -> CopyResult:
         transfer = self._spec.transfer
         compute_sha256 = self._spec.verify.mode != "etag" or not _etag_comparable_spec(self._ctx)
-        result = await copy_object(
-            self._src,
-            self._dst,
+        return await copy_object(
+            self._src.objects,
+            self._dst.objects,
             SourceObject(
                 bucket=self._spec.source.bucket,
                 key=row.key,
                 version_id=row.version_id or None,
-                size=source.size,
-                etag=source.etag,
+                size=row.size,
+                etag=row.etag,
                 sse_c_key=self._ctx.source_customer_key,
+                head=source,
             ),
             TargetObject(bucket=self._spec.target.bucket, key=self._target_key(row)),
             CopyOptions(
@@ -275,15 +391,11 @@ class ObjectPipeline:
                 part_concurrency=transfer.part_concurrency,
                 server_side=self._ctx.server_side,
                 compute_sha256=compute_sha256 and not self._ctx.server_side,
+                create_only=create_only,
                 rate_limiter=self._limiter,
                 migration_tag=self._ctx.name,
             ),
         )
-        target = await self._head_target(row)
-        if target is None:
-            raise VerificationError("TargetMissing", "the copy is not visible on the target")
-        proof = await self._verify(row, source, target, result.sha256)
-        return self._verified(row, proof)
 
     async def _verify(
         self,
@@ -310,14 +422,14 @@ class ObjectPipeline:
             source_sha = streamed_sha256 if mode == "checksum" else None
             if source_sha is None:
                 source_sha, _ = await object_sha256(
-                    self._src,
+                    self._src.objects,
                     self._spec.source.bucket,
                     row.key,
                     row.version_id or None,
                     sse_c=self._ctx.source_customer_key,
                 )
             target_sha, _ = await object_sha256(
-                self._dst,
+                self._dst.objects,
                 self._spec.target.bucket,
                 self._target_key(row),
                 target.version_id,
@@ -332,7 +444,7 @@ class ObjectPipeline:
             if (source.content.content_type or "") != (target.content.content_type or ""):
                 raise VerificationError("MetadataMismatch", "Content-Type differs")
         # The last word: the source must still be what was listed, or the copy proves nothing.
-        await self._head_source(row)
+        await self._recheck_source(row)
         return _Proof(target.etag, target.version_id, source_checksum, target_checksum)
 
     # -- results ------------------------------------------------------------------------
@@ -414,3 +526,9 @@ def _now() -> datetime:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Storage classes whose objects are always readable: no HEAD needed to rule out a restore.
+# (Intelligent-Tiering may have moved an object to an archive tier, which only HEAD shows.)
+_NEVER_ARCHIVED = frozenset(
+    {"STANDARD", "STANDARD_IA", "ONEZONE_IA", "REDUCED_REDUNDANCY", "GLACIER_IR", "EXPRESS_ONEZONE"}
+)

@@ -99,8 +99,8 @@ def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
     """Whether the migration may cut over now, and if not, the first reason why not.
 
     Holds when: not a dry run; the scan finished; every selected object is verified or
-    ended within the failure budget; catch-up (if asked) found an empty delta; and, for the
-    Manual policy, the user approved.
+    ended within the failure budget (without a budget, no failure is tolerated); catch-up
+    (if asked) found an empty delta; and, for the Manual policy, the user approved.
     """
     tally = inputs.tally
     if spec.dry_run:
@@ -119,6 +119,15 @@ def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
     budget = failure_budget(tally, spec.failure_policy)
     if not budget.ok:
         return budget
+    policy = spec.failure_policy
+    if tally.failures and policy.max_failed_objects is None and policy.max_failure_ratio is None:
+        # No budget means none: cutting over without some objects must be asked for.
+        return Gate(
+            False,
+            "ObjectsFailed",
+            f"{tally.failures} objects failed or changed; fix and retry them, or set "
+            "failurePolicy.maxFailedObjects / maxFailureRatio to cut over without them",
+        )
     if tally.verified == 0:
         return Gate(False, "NothingVerified", "no object was verified")
     if spec.cutover.catch_up and inputs.catch_up_delta != 0:

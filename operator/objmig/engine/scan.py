@@ -25,7 +25,9 @@ from objmig.storage.manifest import (
     read_manifest_file,
     read_manifest_object,
 )
-from objmig.storage.objects import ObjectInfo, head_object, list_objects
+from objmig.storage.objects import ObjectInfo, list_objects
+from objmig.storage.s3http import S3HttpClient
+from objmig.storage.store import Store
 
 # The aiobotocore stubs are a development dependency: import them for type checking only.
 if TYPE_CHECKING:
@@ -58,7 +60,7 @@ async def run_scan(
     ledger: Ledger,
     migration_id: int,
     context: MigrationContext,
-    client: S3Client,
+    source: Store,
     *,
     scan_id: int | None = None,
     config_maps: dict[str, dict[str, str]] | None = None,
@@ -74,7 +76,7 @@ async def run_scan(
     await ledger.update_state(
         migration_id, {"scan": {**state.get("scan", {}), "id": scan_id, "running": True}}
     )
-    rows = _inventory(context, client, config_maps or {})
+    rows = _inventory(context, source, config_maps or {})
     result = await ledger.upsert_inventory(migration_id, rows, scan_id)
     finished = datetime.now(UTC)
     await ledger.update_state(
@@ -94,13 +96,13 @@ async def run_scan(
 
 
 async def _inventory(
-    context: MigrationContext, client: S3Client, config_maps: dict[str, dict[str, str]]
+    context: MigrationContext, source: Store, config_maps: dict[str, dict[str, str]]
 ) -> AsyncIterator[InventoryRow]:
     selection = context.selection
     listed = (
-        _from_manifest(context, client, config_maps)
+        _from_manifest(context, source, config_maps)
         if context.spec.selection.manifest is not None
-        else _from_listing(context, client)
+        else _from_listing(context, source.api)
     )
     count = 0
     limit = context.spec.selection.limit
@@ -139,14 +141,14 @@ async def _from_listing(context: MigrationContext, client: S3Client) -> AsyncIte
 
 
 async def _from_manifest(
-    context: MigrationContext, client: S3Client, config_maps: dict[str, dict[str, str]]
+    context: MigrationContext, source: Store, config_maps: dict[str, dict[str, str]]
 ) -> AsyncIterator[ObjectInfo]:
     manifest = context.spec.selection.manifest
     assert manifest is not None
     fmt = _MANIFEST_FORMATS[manifest.format]
     entries: AsyncIterator[ManifestEntry]
     if manifest.object is not None:
-        entries = read_manifest_object(client, manifest.object.bucket, manifest.object.key, fmt)
+        entries = read_manifest_object(source.api, manifest.object.bucket, manifest.object.key, fmt)
     elif manifest.path is not None:
         entries = _aiter(read_manifest_file(Path(manifest.path), fmt))
     else:
@@ -160,13 +162,13 @@ async def _from_manifest(
             parse_csv(text.splitlines()) if fmt == "csv" else parse_configmap({ref.key: text})
         )
     async for batch in _batches(entries, _HEAD_CONCURRENCY * 4):
-        for info in await asyncio.gather(*(_describe(context, client, e) for e in batch)):
+        for info in await asyncio.gather(*(_describe(context, source.objects, e) for e in batch)):
             if info is not None:
                 yield info
 
 
 async def _describe(
-    context: MigrationContext, client: S3Client, entry: ManifestEntry
+    context: MigrationContext, client: S3HttpClient, entry: ManifestEntry
 ) -> ObjectInfo | None:
     """Listing facts for a manifest entry; HEAD when the manifest does not carry them.
 
@@ -183,8 +185,8 @@ async def _describe(
             storage_class=entry.storage_class or "STANDARD",
         )
     try:
-        head = await head_object(
-            client, context.spec.source.bucket, entry.key, entry.version_id or None
+        head = await client.head(
+            context.spec.source.bucket, entry.key, version_id=entry.version_id or None
         )
     except Exception as exc:
         if classify(exc).kind == "not_found":

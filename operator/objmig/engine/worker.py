@@ -16,7 +16,7 @@ import logging
 import os
 import secrets
 import socket
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -70,7 +70,13 @@ class WorkerStats:
 
 
 class Worker:
-    """Claims and processes rows of one migration until no work is left (or it is stopped)."""
+    """Claims and processes rows of one migration until no work is left (or it is stopped).
+
+    The ledger is never waited on between objects: claims run ahead in the background into
+    a backlog (as many rows again as may be in flight), and results are
+    written in batches by a background flush while the next objects are already moving.
+    A slot freed by a finished object is refilled from the backlog at once.
+    """
 
     def __init__(
         self,
@@ -88,9 +94,17 @@ class Worker:
         self.owner = owner or worker_identity()
         self._lease = lease
         self._idle_poll = idle_poll
-        self._concurrency = context.spec.transfer.concurrency
+        # Objects in flight: `concurrency` transfers (the pipeline's slots) plus as many
+        # in their HEAD and verification round trips around them.
+        self._slots = 2 * context.spec.transfer.concurrency
         self._inflight: dict[int, tuple[ObjectRow, asyncio.Task[StepResult]]] = {}
+        self._backlog: deque[ObjectRow] = deque()
+        self._claiming: asyncio.Task[list[ObjectRow]] | None = None
+        self._flushing: asyncio.Task[None] | None = None
         self._results: list[StepResult] = []
+        # After a claim found nothing, the next one waits until then (loop time): rows come
+        # back only when a retry's or a restore poll's not-before time passes.
+        self._next_claim_at = 0.0
         self.stats = WorkerStats()
 
     async def run(self, stop: asyncio.Event | None = None) -> WorkerStats:
@@ -116,39 +130,31 @@ class Worker:
     async def _loop(self, pipeline: ObjectPipeline, stop: asyncio.Event) -> None:
         idle = 0
         while not stop.is_set():
-            await self._collect()
-            free = self._concurrency - len(self._inflight)
-            rows = (
-                await self._ledger.claim(
-                    self._migration_id, self.owner, CLAIM_ORDER, free, self._lease
-                )
-                if free > 0
-                else []
-            )
-            for row in rows:
-                task = asyncio.create_task(pipeline.process(row), name=f"object:{row.key}")
-                self._inflight[row.id] = (row, task)
-            if rows:
+            self._harvest()
+            self._start(pipeline)
+            self._flush_in_background()
+            self._claim_in_background()
+            if self._inflight or self._backlog or self._claiming or self._results:
                 idle = 0
-            elif not self._inflight:
+            elif self._flushing is None:
                 if not await self._work_remains():
                     return
+                # Rows wait for their not-before time or someone else's lease: poll.
                 idle += 1
             await self._wait_for_progress(stop, idle)
         log.info("worker %s stopping on request", self.owner)
 
-    async def _wait_for_progress(self, stop: asyncio.Event, idle: int) -> None:
-        """Sleep until a task finishes, a stop is requested, or it is time to claim again."""
-        timeout = min(self._idle_poll * max(1, idle), 5.0) if not self._inflight else 0.2
-        waiters: set[asyncio.Future[Any]] = {t for _, t in self._inflight.values()}
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({*waiters, stopper}, timeout=timeout, return_when="FIRST_COMPLETED")
-        finally:
-            stopper.cancel()
-
-    async def _collect(self) -> None:
-        """Move finished tasks' results to the buffer and flush it to the ledger."""
+    def _harvest(self) -> None:
+        """Take finished claims, flushes and objects; re-raise what must stop the worker."""
+        if self._claiming is not None and self._claiming.done():
+            rows = self._claiming.result()
+            self._claiming = None
+            self._backlog.extend(rows)
+            if not rows:
+                self._next_claim_at = asyncio.get_running_loop().time() + self._idle_poll
+        if self._flushing is not None and self._flushing.done():
+            flushing, self._flushing = self._flushing, None
+            flushing.result()
         for object_id, (row, task) in list(self._inflight.items()):
             if not task.done():
                 continue
@@ -163,12 +169,32 @@ class Worker:
             self.stats.results[result.state.value] += 1
             if result.state is ObjectState.VERIFIED:
                 self.stats.bytes_done += row.size
-        await self._flush()
 
-    async def _flush(self) -> None:
-        if not self._results:
+    def _start(self, pipeline: ObjectPipeline) -> None:
+        while self._backlog and len(self._inflight) < self._slots:
+            row = self._backlog.popleft()
+            task = asyncio.create_task(pipeline.process(row), name=f"object:{row.key}")
+            self._inflight[row.id] = (row, task)
+
+    def _claim_in_background(self) -> None:
+        """Keep as many claimed rows waiting as may be in flight."""
+        if self._claiming is not None or asyncio.get_running_loop().time() < self._next_claim_at:
             return
-        batch, self._results = self._results, []
+        wanted = 2 * self._slots - len(self._inflight) - len(self._backlog)
+        # Claim in batches, not one row per finished object: a claim is a transaction.
+        if wanted < max(1, self._slots // 2) and (self._backlog or self._inflight):
+            return
+        self._claiming = asyncio.create_task(
+            self._ledger.claim(self._migration_id, self.owner, CLAIM_ORDER, wanted, self._lease)
+        )
+
+    def _flush_in_background(self) -> None:
+        """Write finished results; results finishing meanwhile go in the next batch."""
+        if self._flushing is None and self._results:
+            batch, self._results = self._results, []
+            self._flushing = asyncio.create_task(self._record(batch))
+
+    async def _record(self, batch: list[StepResult]) -> None:
         applied = await self._ledger.record(self.owner, batch)
         lost = len(batch) - applied
         if lost:
@@ -176,24 +202,43 @@ class Worker:
             self.stats.leases_lost += lost
             log.warning("worker %s: %d results dropped, their leases were lost", self.owner, lost)
 
+    async def _wait_for_progress(self, stop: asyncio.Event, idle: int) -> None:
+        """Sleep until an object, a claim or a flush finishes, a stop is requested, or it is
+        time to poll the pool again."""
+        waiters: set[asyncio.Future[Any]] = {t for _, t in self._inflight.values()}
+        waiters.update(t for t in (self._claiming, self._flushing) if t is not None)
+        timeout = min(self._idle_poll * max(1, idle), 5.0) if not waiters else 0.5
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({*waiters, stopper}, timeout=timeout, return_when="FIRST_COMPLETED")
+        finally:
+            stopper.cancel()
+
     async def _work_remains(self) -> bool:
         """Whether any row could still need a worker (now or after a wait)."""
         counts = await self._ledger.counts(self._migration_id)
         return any(counts.state(state).objects for state in ACTIVE_STATES)
 
+    def _held_ids(self) -> list[int]:
+        return [*self._inflight, *(row.id for row in self._backlog)]
+
     async def _heartbeat_loop(self) -> None:
         interval = max(1.0, self._lease.total_seconds() / 3)
         while True:
             await asyncio.sleep(interval)
-            ids = list(self._inflight)
+            ids = self._held_ids()
             if not ids:
                 continue
             held = await self._ledger.heartbeat(self.owner, ids, self._lease)
-            for object_id in set(ids) - held:
+            lost = set(ids) - held
+            if not lost:
+                continue
+            self._backlog = deque(row for row in self._backlog if row.id not in lost)
+            for object_id in lost:
                 entry = self._inflight.pop(object_id, None)
                 if entry is not None:
                     entry[1].cancel()
-                    self.stats.leases_lost += 1
+                self.stats.leases_lost += 1
 
     async def _shutdown(self) -> None:
         """Cancel unfinished work, keep finished results, give the rest back to the pool."""
@@ -201,6 +246,13 @@ class Worker:
             task.cancel()
         if self._inflight:
             await asyncio.gather(*(t for _, t in self._inflight.values()), return_exceptions=True)
+        if self._claiming is not None:
+            # Let a claim in progress land, so its rows are released rather than left leased.
+            with contextlib.suppress(Exception):
+                self._backlog.extend(await self._claiming)
+        if self._flushing is not None:
+            with contextlib.suppress(Exception):
+                await self._flushing
         finished = [
             (object_id, task)
             for object_id, (_, task) in self._inflight.items()
@@ -209,11 +261,15 @@ class Worker:
         for object_id, task in finished:
             self._results.append(task.result())
             del self._inflight[object_id]
-        with contextlib.suppress(Exception):
-            await self._flush()
-        if self._inflight:
-            await self._ledger.release(self.owner, list(self._inflight))
+        if self._results:
+            batch, self._results = self._results, []
+            with contextlib.suppress(Exception):
+                await self._record(batch)
+        unfinished = self._held_ids()
+        if unfinished:
+            await self._ledger.release(self.owner, unfinished)
             self._inflight.clear()
+            self._backlog.clear()
 
 
 async def run_workers(

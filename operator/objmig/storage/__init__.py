@@ -3,7 +3,7 @@
 Table of contents:
 
 - `endpoint`: `Endpoint`, `Credentials`, `same_store`, `open_client`;
-- `objects`: listing (`list_objects`), `head_object`, part layouts, `object_sha256`,
+- `objects`: listing (`list_objects`), `HeadResult`, part layouts, `object_sha256`,
   `delete_objects`, multipart upload listing and abort;
 - `selection`: pure key/date/size/class filters and metadata rules;
 - `manifest`: worklists from plain lists, CSV, S3 Inventory and ConfigMaps;
@@ -34,7 +34,6 @@ from objmig.storage.objects import (
     ObjectInfo,
     abort_multipart_upload,
     delete_objects,
-    head_object,
     list_multipart_uploads,
     list_objects,
     object_sha256,
@@ -65,7 +64,6 @@ __all__ = [
     "classify",
     "copy_object",
     "delete_objects",
-    "head_object",
     "list_multipart_uploads",
     "list_objects",
     "metadata_matches",

@@ -13,10 +13,14 @@ Two paths, chosen by `CopyOptions.server_side`:
   in order (see `streaming.OrderedHasher`); parts that finish ahead of the front wait in
   memory, bounded by `CopyOptions.buffer_budget` by lowering the parts in flight.
 
-Both paths first HEAD the source and refuse with `SourceChangedError` if it no longer has
-the scanned ETag and size, then pin the version and ETag (If-Match / CopySourceIfMatch) for
-every read, so an object overwritten mid-copy fails the copy instead of mixing versions.
-A multipart upload that fails or is cancelled is aborted before the error propagates.
+Both paths refuse with `SourceChangedError` a source that no longer has the scanned ETag
+and size (a streamed single-part object learns that from the GET that reads it, the others
+from a HEAD), then pin the version and ETag (If-Match / x-amz-copy-source-if-match) for every
+read, so an object overwritten mid-copy fails the copy instead of mixing versions. A
+multipart upload that fails or is cancelled is aborted before the error propagates.
+
+Requests go through `s3http.S3HttpClient`, not botocore: at one to five requests per small
+object, botocore's per-request CPU was the limit of the whole copy (see that module).
 """
 
 from __future__ import annotations
@@ -25,30 +29,36 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from dataclasses import dataclass, field, replace
+from typing import Literal, TypeVar, cast
 from urllib.parse import urlencode
 
-from botocore.exceptions import ClientError
-
-from objmig.storage.errors import IntegrityError, SourceChangedError, StorageError
+from objmig.storage.errors import (
+    IntegrityError,
+    S3ResponseError,
+    SourceChangedError,
+    StorageError,
+)
 from objmig.storage.objects import (
+    STREAM_CHUNK,
+    EncryptionInfo,
     HeadResult,
     MiB,
     PartLayout,
-    head_object,
     multipart_part_count,
     normalise_etag,
     resolve_part_layout,
-    sse_c_params,
 )
 from objmig.storage.ratelimit import RateLimiter
 from objmig.storage.restore import needs_restore
+from objmig.storage.s3http import (
+    S3HttpClient,
+    WriteResult,
+    content_headers,
+    metadata_headers,
+    sse_c_headers,
+)
 from objmig.storage.streaming import OrderedHasher, PartStream
-
-# The aiobotocore stubs are a development dependency: import them for type checking only.
-if TYPE_CHECKING:
-    from types_aiobotocore_s3 import S3Client
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +85,22 @@ class ObjectArchivedError(StorageError):
     code = "ObjectArchived"
 
 
+class TargetExistsError(StorageError):
+    """A create-only write found the target key taken (412 to If-None-Match: *).
+
+    Not a failure: the engine looks at the existing object and decides by its overwrite
+    policy. `source` is the source as the copy read it, for that comparison.
+    """
+
+    # Retryable should it escape: the next attempt looks at the target again.
+    kind = "retryable"
+    code = "TargetExists"
+
+    def __init__(self, message: str, source: HeadResult) -> None:
+        super().__init__(message)
+        self.source = source
+
+
 @dataclass(frozen=True)
 class Encryption:
     """Server-side encryption to apply to the target.
@@ -96,23 +122,21 @@ class Encryption:
         if self.kms_key_id and self.mode != "SSE-KMS":
             raise ValueError(f"kms_key_id makes no sense with encryption {self.mode}")
 
-    def object_params(self) -> dict[str, Any]:
-        """Parameters for PutObject, CreateMultipartUpload and CopyObject."""
+    def object_headers(self) -> dict[str, str]:
+        """Headers for PutObject, CreateMultipartUpload and CopyObject."""
         if self.mode == "SSE-S3":
-            return {"ServerSideEncryption": "AES256"}
+            return {"x-amz-server-side-encryption": "AES256"}
         if self.mode == "SSE-KMS":
-            params: dict[str, Any] = {"ServerSideEncryption": "aws:kms"}
+            headers = {"x-amz-server-side-encryption": "aws:kms"}
             if self.kms_key_id:
-                params["SSEKMSKeyId"] = self.kms_key_id
-            return params
-        if self.mode == "SSE-C":
-            return sse_c_params(self.sse_c_key)
-        return {}
+                headers["x-amz-server-side-encryption-aws-kms-key-id"] = self.kms_key_id
+            return headers
+        return self.part_headers()
 
-    def part_params(self) -> dict[str, Any]:
-        """Parameters for UploadPart, UploadPartCopy and CompleteMultipartUpload (SSE-C
-        must be repeated on every part; the others are set once on the upload)."""
-        return sse_c_params(self.sse_c_key) if self.mode == "SSE-C" else {}
+    def part_headers(self) -> dict[str, str]:
+        """Headers for UploadPart, UploadPartCopy and CompleteMultipartUpload (SSE-C must
+        be repeated on every part; the others are set once on the upload)."""
+        return sse_c_headers(self.sse_c_key) if self.mode == "SSE-C" else {}
 
     @property
     def etag_is_md5(self) -> bool:
@@ -124,8 +148,9 @@ class Encryption:
 class SourceObject:
     """The object to copy, as the scan saw it.
 
-    `etag` and `size` are re-checked against a fresh HEAD before copying; empty `etag`
-    skips the check. `part_sizes` empty means "find out" (HEAD ?partNumber=n).
+    `etag` and `size` are checked against what the store reports before any byte moves;
+    empty `etag` skips the check. `head`: a HEAD the caller already made (saves one).
+    `part_sizes` empty means "find out" (HEAD ?partNumber=n).
     """
 
     bucket: str
@@ -135,6 +160,7 @@ class SourceObject:
     etag: str = ""
     part_sizes: tuple[int, ...] = ()
     sse_c_key: bytes | None = field(default=None, repr=False)
+    head: HeadResult | None = None
 
 
 @dataclass(frozen=True)
@@ -155,14 +181,16 @@ class CopyOptions:
       (Content-Type, Cache-Control, ...) are always copied: they are part of the object's
       HTTP representation, not annotations.
     - `preserve_tags`: copy the object's tags.
+    - `create_only`: write only if the target key is free (`If-None-Match: *` on the
+      PUT, CopyObject or CompleteMultipartUpload); a taken key raises `TargetExistsError`.
+      Stores that ignore the header overwrite, so callers that must never overwrite still
+      look first.
     - `migration_tag`: stored as metadata `objmig-migration` on the target.
     - `on_upload_started(upload_id)`: awaited right after CreateMultipartUpload, so the
       engine can record the upload id (S3 shows no metadata for incomplete uploads; the
       recorded ids are how leftovers are recognised as objmig's).
     - `on_progress(nbytes)`: called as bytes move (per chunk streamed, per part copied).
     - `buffer_budget`: bytes of out-of-order parts kept for in-order SHA-256 hashing.
-    - `verify_part_md5`: compare each streamed part's MD5 with the ETag the target returns
-      (skipped automatically when the target encrypts with KMS or SSE-C).
     - `split_part_size`: part size for single-part sources above `max_single_part_size`
       (5 GiB, the PutObject / CopyObject limit; some stores accept bigger single PUTs),
       which must become multipart on the target.
@@ -175,13 +203,13 @@ class CopyOptions:
     part_concurrency: int = 4
     server_side: bool = False
     compute_sha256: bool = False
+    create_only: bool = False
     rate_limiter: RateLimiter | None = None
     migration_tag: str | None = None
     extra_metadata: Mapping[str, str] = field(default_factory=dict)
     on_upload_started: Callable[[str], Awaitable[None]] | None = None
     on_progress: Callable[[int], None] | None = None
     buffer_budget: int = 256 * MiB
-    verify_part_md5: bool = True
     split_part_size: int = 512 * MiB
     max_single_part_size: int = MAX_COPY_OBJECT_SIZE
 
@@ -193,19 +221,25 @@ class CopyResult:
     `etag_matches_source`: True/False when the comparison is meaningful (both ETags are
     content MD5s and the part layout was exact), None otherwise. `sha256` only with
     `compute_sha256` on the streamed path (a server-side copy never sees the bytes).
+    `source` is the source's HEAD (or the headers of the GET that read it): what was
+    copied, for verification to compare with.
     """
 
     etag: str
     version_id: str | None
     bytes: int
     sha256: str | None
-    checksums: Mapping[str, str]
     parts: int
     server_side: bool
-    source_etag: str
+    source: HeadResult
     source_version_id: str | None
     etag_matches_source: bool | None
+    target_encryption: EncryptionInfo = field(default_factory=EncryptionInfo)
     upload_id: str | None = None
+
+    @property
+    def source_etag(self) -> str:
+        return self.source.etag
 
 
 @dataclass(frozen=True)
@@ -221,8 +255,8 @@ class _Plan:
 
 
 async def copy_object(
-    src_client: S3Client,
-    dst_client: S3Client,
+    src_client: S3HttpClient,
+    dst_client: S3HttpClient,
     source: SourceObject,
     target: TargetObject,
     options: CopyOptions | None = None,
@@ -230,12 +264,67 @@ async def copy_object(
     """Copy `source` to `target` (see the module docstring for the two paths).
 
     Raises `SourceChangedError` when the source no longer matches the scan,
-    `ObjectArchivedError` when it needs a restore first, `IntegrityError` when bytes written
-    differ from bytes read, and the SDK's errors otherwise (map them with
+    `ObjectArchivedError` when it needs a restore first, `TargetExistsError` for a
+    `create_only` copy onto a taken key, `IntegrityError` when bytes written differ from
+    bytes read, and `S3ResponseError` or transport errors otherwise (map them with
     `objmig.storage.errors.classify`).
     """
     options = options or CopyOptions()
-    plan = await _plan(src_client, source, options)
+    if _single_part_by_listing(source, options) and not options.server_side:
+        # The GET that reads the bytes also returns every header a HEAD would; its
+        # If-Match pins the scanned version. One request saved per small object.
+        try:
+            return await _streamed_single(src_client, dst_client, source, target, options, None)
+        except S3ResponseError as exc:
+            if exc.operation == "GetObject" and exc.status == 412:
+                # The GET stands in for the HEAD: its 412 is the scan-time check failing.
+                raise SourceChangedError(
+                    f"s3://{source.bucket}/{source.key}: ETag is no longer {source.etag}"
+                ) from None
+            raise
+    head = source.head or await src_client.head(
+        source.bucket, source.key, version_id=source.version_id, sse_c=source.sse_c_key
+    )
+    plan = await _plan(src_client, source, options, head)
+    result = await _copy_planned(src_client, dst_client, source, target, options, plan)
+    if result.etag_matches_source is False and plan.layout.source == "uniform":
+        # Equal parts were assumed from part 1 and the count; the ETag says the source's
+        # parts differ. Learn every part's size and copy again.
+        log.info(
+            "s3://%s/%s: parts are not equal; copying again with exact sizes",
+            source.bucket,
+            source.key,
+        )
+        exact = await resolve_part_layout(
+            src_client, source.bucket, source.key, plan.version_id, source.sse_c_key, head=head
+        )
+        plan = replace(plan, layout=exact)
+        # The first copy took the key (create-only or not): the second replaces our own
+        # object, so If-None-Match would only refuse it.
+        again = replace(options, create_only=False)
+        result = await _copy_planned(src_client, dst_client, source, target, again, plan)
+    return result
+
+
+def _single_part_by_listing(source: SourceObject, options: CopyOptions) -> bool:
+    """Whether the listing alone shows a plain single-part object (no HEAD needed)."""
+    return (
+        source.head is None
+        and bool(source.etag)
+        and source.size is not None
+        and source.size <= options.max_single_part_size
+        and multipart_part_count(source.etag) is None
+    )
+
+
+async def _copy_planned(
+    src_client: S3HttpClient,
+    dst_client: S3HttpClient,
+    source: SourceObject,
+    target: TargetObject,
+    options: CopyOptions,
+    plan: _Plan,
+) -> CopyResult:
     if options.server_side:
         if plan.layout.multipart:
             return await _server_side_multipart(dst_client, source, target, options, plan)
@@ -245,10 +334,8 @@ async def copy_object(
     return await _streamed_single(src_client, dst_client, source, target, options, plan)
 
 
-async def _plan(client: S3Client, source: SourceObject, options: CopyOptions) -> _Plan:
-    head = await head_object(
-        client, source.bucket, source.key, source.version_id, sse_c=source.sse_c_key
-    )
+def _check_source(source: SourceObject, head: HeadResult) -> None:
+    """Refuse a source that is not what was scanned, or not readable yet."""
     where = f"s3://{source.bucket}/{source.key}"
     if source.etag and normalise_etag(source.etag) != head.etag:
         raise SourceChangedError(f"{where}: ETag is now {head.etag}, scanned {source.etag}")
@@ -260,32 +347,48 @@ async def _plan(client: S3Client, source: SourceObject, options: CopyOptions) ->
         state = "being restored" if head.restore else "archived and not restored"
         raise ObjectArchivedError(f"{where} ({head.storage_class}) is {state}")
 
+
+async def _plan(
+    client: S3HttpClient, source: SourceObject, options: CopyOptions, head: HeadResult
+) -> _Plan:
+    _check_source(source, head)
     count = multipart_part_count(head.etag)
     given = source.part_sizes
     if given and sum(given) == head.size and (count is None or count == len(given)):
         layout = PartLayout(tuple(given), "head" if count else "single", multipart=bool(count))
+    elif count is None:
+        layout = PartLayout((head.size,), "single", multipart=False)
     else:
-        layout = await resolve_part_layout(
-            client, source.bucket, source.key, head.version_id, source.sse_c_key, head=head
-        )
+        layout = await _multipart_layout(client, source, head, count)
     if not layout.multipart and head.size > options.max_single_part_size:
         # Some stores (MinIO) accept single PUTs above AWS's 5 GiB; neither PutObject nor
         # CopyObject can write those to S3, so they become multipart (new ETag).
         layout = PartLayout(
             tuple(_split(head.size, options.split_part_size)), "split", multipart=True
         )
+    tags: dict[str, str] | None = None
+    # A single-part copy gets the tags another way: CopyObject copies them, and the GET of
+    # a streamed copy says whether there are any (x-amz-tagging-count).
+    if options.preserve_tags and layout.multipart:
+        tags = await client.get_tags(source.bucket, source.key, head.version_id)
+    return _plan_for(source, options, head, layout, tags)
 
+
+def _plan_for(
+    source: SourceObject,
+    options: CopyOptions,
+    head: HeadResult,
+    layout: PartLayout,
+    tags: dict[str, str] | None,
+) -> _Plan:
     metadata = dict(head.metadata) if options.preserve_metadata else {}
     metadata.update({k.lower(): v for k, v in options.extra_metadata.items()})
     if options.migration_tag:
         metadata[MIGRATION_METADATA_KEY] = options.migration_tag
-    tags: dict[str, str] | None = None
-    if options.preserve_tags:
-        tags = await _get_tags(client, source.bucket, source.key, head.version_id)
     return _Plan(
         head=head,
         layout=layout,
-        # Pin the version we HEADed, so every part reads the same version.
+        # Pin the version we saw, so every part reads the same version.
         version_id=head.version_id or source.version_id,
         metadata=metadata,
         metadata_changed=metadata != dict(head.metadata),
@@ -293,37 +396,54 @@ async def _plan(client: S3Client, source: SourceObject, options: CopyOptions) ->
     )
 
 
-async def _get_tags(
-    client: S3Client, bucket: str, key: str, version_id: str | None
-) -> dict[str, str]:
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
-    if version_id:
-        kwargs["VersionId"] = version_id
-    response = await client.get_object_tagging(**kwargs)
-    return {t["Key"]: t["Value"] for t in response.get("TagSet", [])}
+async def _multipart_layout(
+    client: S3HttpClient, source: SourceObject, head: HeadResult, count: int
+) -> PartLayout:
+    """The source's parts: equal parts when part 1 and the part count allow it, else exact.
+
+    Uploaders cut objects into equal parts and a shorter last one, so HEAD of part 1 and
+    the part count usually tell every size in one request; `copy_object` checks the
+    resulting ETag and falls back to asking for every part when the guess was wrong.
+    """
+    try:
+        first = await client.head(
+            source.bucket,
+            source.key,
+            version_id=head.version_id,
+            part_number=1,
+            sse_c=source.sse_c_key,
+        )
+    except S3ResponseError:
+        first = None
+    if first is not None and first.parts_count == count and first.size > 0:
+        last = head.size - first.size * (count - 1)
+        if 0 < last <= first.size:
+            return PartLayout((first.size,) * (count - 1) + (last,), "uniform", multipart=True)
+    return await resolve_part_layout(
+        client, source.bucket, source.key, head.version_id, source.sse_c_key, head=head
+    )
 
 
-def _object_params(target: TargetObject, options: CopyOptions, plan: _Plan) -> dict[str, Any]:
-    """Parameters shared by PutObject and CreateMultipartUpload."""
-    params: dict[str, Any] = {
-        "Bucket": target.bucket,
-        "Key": target.key,
-        "Metadata": plan.metadata,
-        **plan.head.content.as_params(),
-        **options.encryption.object_params(),
+def _object_headers(target: TargetObject, options: CopyOptions, plan: _Plan) -> dict[str, str]:
+    """Headers shared by PutObject and CreateMultipartUpload."""
+    headers = {
+        **metadata_headers(plan.metadata),
+        **content_headers(plan.head.content),
+        **options.encryption.object_headers(),
     }
     if options.storage_class:
-        params["StorageClass"] = options.storage_class
+        headers["x-amz-storage-class"] = options.storage_class
     if plan.tags:
-        params["Tagging"] = urlencode(plan.tags)
-    return params
+        headers["x-amz-tagging"] = urlencode(plan.tags)
+    return headers
 
 
-def _copy_source(source: SourceObject, plan: _Plan) -> dict[str, str]:
-    copy_source = {"Bucket": source.bucket, "Key": source.key}
-    if plan.version_id:
-        copy_source["VersionId"] = plan.version_id
-    return copy_source
+def _create_only(options: CopyOptions) -> dict[str, str]:
+    return {"if-none-match": "*"} if options.create_only else {}
+
+
+def _target_taken(exc: S3ResponseError, options: CopyOptions) -> bool:
+    return options.create_only and exc.status == 412
 
 
 def _etag_comparable(plan: _Plan, options: CopyOptions) -> bool:
@@ -338,82 +458,90 @@ def _etag_comparable(plan: _Plan, options: CopyOptions) -> bool:
 
 def _result(
     *,
-    etag: str,
-    version_id: str | None,
+    written: WriteResult,
     plan: _Plan,
     options: CopyOptions,
     server_side: bool,
     sha256: str | None = None,
-    checksums: Mapping[str, str] | None = None,
     upload_id: str | None = None,
 ) -> CopyResult:
-    etag = normalise_etag(etag)
+    etag = normalise_etag(written.etag)
     return CopyResult(
         etag=etag,
-        version_id=version_id if version_id and version_id != "null" else None,
+        version_id=written.version_id,
         bytes=plan.head.size,
         sha256=sha256,
-        checksums=dict(checksums or {}),
         parts=len(plan.layout.sizes) if plan.layout.multipart else 1,
         server_side=server_side,
-        source_etag=plan.head.etag,
+        source=plan.head,
         source_version_id=plan.version_id,
         etag_matches_source=(etag == plan.head.etag) if _etag_comparable(plan, options) else None,
+        target_encryption=written.encryption,
         upload_id=upload_id,
     )
-
-
-def _checksums(response: Mapping[str, Any]) -> dict[str, str]:
-    return {
-        name.removeprefix("Checksum"): str(value)
-        for name, value in response.items()
-        if name.startswith("Checksum") and name != "ChecksumType" and value
-    }
 
 
 # ------------------------------------------------------------------------- server-side
 
 
+def _copy_conditions(source: SourceObject, plan: _Plan) -> dict[str, str]:
+    """Source conditions and keys of CopyObject / UploadPartCopy."""
+    return {
+        "x-amz-copy-source-if-match": f'"{plan.head.etag}"',
+        **sse_c_headers(source.sse_c_key, copy_source=True),
+    }
+
+
 async def _server_side_single(
-    client: S3Client,
+    client: S3HttpClient,
     source: SourceObject,
     target: TargetObject,
     options: CopyOptions,
     plan: _Plan,
 ) -> CopyResult:
-    params: dict[str, Any] = {
-        "Bucket": target.bucket,
-        "Key": target.key,
-        "CopySource": _copy_source(source, plan),
-        "CopySourceIfMatch": f'"{plan.head.etag}"',
-        **sse_c_params(source.sse_c_key, copy_source=True),
-        **options.encryption.object_params(),
-    }
+    headers = {**_copy_conditions(source, plan), **options.encryption.object_headers()}
     if options.storage_class:
-        params["StorageClass"] = options.storage_class
+        headers["x-amz-storage-class"] = options.storage_class
     if plan.metadata_changed:
         # REPLACE drops everything not given, so content headers go along explicitly.
-        params["MetadataDirective"] = "REPLACE"
-        params["Metadata"] = plan.metadata
-        params.update(plan.head.content.as_params())
+        headers["x-amz-metadata-directive"] = "REPLACE"
+        headers.update(metadata_headers(plan.metadata))
+        headers.update(content_headers(plan.head.content))
     else:
-        params["MetadataDirective"] = "COPY"
-    if options.preserve_tags:
-        params["TaggingDirective"] = "COPY"
-    else:
-        params["TaggingDirective"] = "REPLACE"
-    response = await client.copy_object(**params)
+        headers["x-amz-metadata-directive"] = "COPY"
+    # REPLACE without x-amz-tagging writes the copy without tags.
+    headers["x-amz-tagging-directive"] = "COPY" if options.preserve_tags else "REPLACE"
+    headers.update(_create_only(options))
+    try:
+        written = await client.copy(
+            source.bucket,
+            source.key,
+            target.bucket,
+            target.key,
+            headers,
+            source_version_id=plan.version_id,
+        )
+    except S3ResponseError as exc:
+        # 412 is either condition: the source changed or the target is taken. The target
+        # is what a create-only copy asks about; if it is free, the source moved.
+        if _target_taken(exc, options) and await _exists(client, target):
+            raise TargetExistsError(
+                f"s3://{target.bucket}/{target.key} exists", plan.head
+            ) from None
+        raise
     if options.on_progress is not None:
         options.on_progress(plan.head.size)
-    result = response.get("CopyObjectResult", {})
-    return _result(
-        etag=result.get("ETag", ""),
-        version_id=response.get("VersionId"),
-        plan=plan,
-        options=options,
-        server_side=True,
-        checksums=_checksums(dict(result)),
-    )
+    return _result(written=written, plan=plan, options=options, server_side=True)
+
+
+async def _exists(client: S3HttpClient, target: TargetObject) -> bool:
+    try:
+        await client.head(target.bucket, target.key)
+    except S3ResponseError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
 
 
 def _split(size: int, part: int) -> list[int]:
@@ -433,7 +561,7 @@ def _ranges(sizes: Sequence[int]) -> list[tuple[int, int]]:
 
 
 async def _server_side_multipart(
-    client: S3Client,
+    client: S3HttpClient,
     source: SourceObject,
     target: TargetObject,
     options: CopyOptions,
@@ -441,27 +569,26 @@ async def _server_side_multipart(
 ) -> CopyResult:
     ranges = _ranges(plan.layout.sizes)
     whole = len(ranges) == 1
+    headers = {**_copy_conditions(source, plan), **options.encryption.part_headers()}
 
     async def copy_part(upload_id: str, index: int) -> str:
         first, last = ranges[index]
-        params: dict[str, Any] = {
-            "Bucket": target.bucket,
-            "Key": target.key,
-            "UploadId": upload_id,
-            "PartNumber": index + 1,
-            "CopySource": _copy_source(source, plan),
-            "CopySourceIfMatch": f'"{plan.head.etag}"',
-            **sse_c_params(source.sse_c_key, copy_source=True),
-            **options.encryption.part_params(),
-        }
-        if not whole:
+        etag = await client.upload_part_copy(
+            source.bucket,
+            source.key,
+            target.bucket,
+            target.key,
+            upload_id,
+            index + 1,
+            headers,
+            source_version_id=plan.version_id,
             # A one-part object (ETag "-1") is copied without a range, which also covers
             # the empty object, whose range "bytes=0--1" would be invalid.
-            params["CopySourceRange"] = f"bytes={first}-{last}"
-        response = await client.upload_part_copy(**params)
+            byte_range=None if whole else (first, last),
+        )
         if options.on_progress is not None:
             options.on_progress(last - first + 1)
-        return response.get("CopyPartResult", {}).get("ETag", "")
+        return etag
 
     return await _multipart(client, target, options, plan, copy_part, len(ranges), server_side=True)
 
@@ -470,83 +597,88 @@ async def _server_side_multipart(
 
 
 async def _streamed_single(
-    src_client: S3Client,
-    dst_client: S3Client,
+    src_client: S3HttpClient,
+    dst_client: S3HttpClient,
     source: SourceObject,
     target: TargetObject,
     options: CopyOptions,
-    plan: _Plan,
+    plan: _Plan | None,
 ) -> CopyResult:
+    """GET piped into PutObject. Without a `plan`, the GET's headers make it."""
     digest = hashlib.sha256() if options.compute_sha256 else None
-    get = await _get(src_client, source, plan, None)
-    # `async with body` (not `as body`): aiobotocore's StreamingBody.__aenter__ returns the
-    # raw aiohttp response, whose read() has no size argument.
-    body = get["Body"]
-    async with body:
+    async with src_client.get(
+        source.bucket,
+        source.key,
+        version_id=plan.version_id if plan else source.version_id,
+        # If-Match: a concurrent overwrite makes S3 answer 412 instead of other bytes.
+        if_match=plan.head.etag if plan else source.etag,
+        sse_c=source.sse_c_key,
+    ) as got:
+        if plan is None:
+            _check_source(source, got.head)
+            layout = PartLayout((got.head.size,), "single", multipart=False)
+            plan = _plan_for(source, options, got.head, layout, None)
+        if options.preserve_tags and got.head.tag_count:
+            plan = replace(
+                plan, tags=await src_client.get_tags(source.bucket, source.key, plan.version_id)
+            )
+        size = plan.head.size
         stream = PartStream(
-            body,
-            plan.head.size,
+            got.body,
+            size,
             on_chunk=digest.update if digest is not None else None,
             limiter=options.rate_limiter,
             on_progress=options.on_progress,
+            md5=not _etag_comparable(plan, options),
             describe=f"GET s3://{source.bucket}/{source.key}",
         )
-        params = _object_params(target, options, plan)
-        params["Body"] = stream
-        params["ContentLength"] = plan.head.size
+        headers = {**_object_headers(target, options, plan), **_create_only(options)}
         try:
-            response = await dst_client.put_object(**params)
+            # Up to one stream chunk, a buffer is no more memory than streaming would use.
+            body = await stream.collect() if size <= STREAM_CHUNK else stream
+            written = await dst_client.put(target.bucket, target.key, body, size, headers)
+        except S3ResponseError as exc:
+            if _target_taken(exc, options):
+                raise TargetExistsError(
+                    f"s3://{target.bucket}/{target.key} exists", plan.head
+                ) from None
+            raise stream.error or exc from None
         except Exception as exc:
             raise stream.error or exc from None
-    if stream.sent != plan.head.size:
+    if stream.sent != size:
         raise IntegrityError(
-            f"PUT s3://{target.bucket}/{target.key}: sent {stream.sent} of {plan.head.size} bytes"
+            f"PUT s3://{target.bucket}/{target.key}: sent {stream.sent} of {size} bytes"
         )
-    _check_part_md5(stream, response, target, options, part=None)
+    _check_part_md5(stream, written, target, options, part=None)
     return _result(
-        etag=response.get("ETag", ""),
-        version_id=response.get("VersionId"),
+        written=written,
         plan=plan,
         options=options,
         server_side=False,
         sha256=digest.hexdigest() if digest is not None else None,
-        checksums=_checksums(dict(response)),
     )
-
-
-async def _get(
-    client: S3Client, source: SourceObject, plan: _Plan, byte_range: tuple[int, int] | None
-) -> Any:
-    params: dict[str, Any] = {
-        "Bucket": source.bucket,
-        "Key": source.key,
-        # If-Match: a concurrent overwrite makes S3 answer 412 instead of other bytes.
-        "IfMatch": f'"{plan.head.etag}"',
-        **sse_c_params(source.sse_c_key),
-    }
-    if plan.version_id:
-        params["VersionId"] = plan.version_id
-    if byte_range is not None:
-        params["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
-    return await client.get_object(**params)
 
 
 def _check_part_md5(
     stream: PartStream,
-    response: Mapping[str, Any],
+    written: WriteResult,
     target: TargetObject,
     options: CopyOptions,
     part: int | None,
 ) -> None:
-    """Raise IntegrityError when the target's ETag for bytes we sent is not their MD5."""
-    if not options.verify_part_md5 or not options.encryption.etag_is_md5:
+    """Raise IntegrityError when the target's ETag for bytes we sent is not their MD5.
+
+    Only where the final ETag cannot prove the copy (see `_etag_comparable`): there a
+    corrupted part already makes the object's ETag differ from the source's.
+    """
+    if stream.md5 is None or not options.encryption.etag_is_md5:
         return
     # A bucket default of SSE-KMS makes ETags opaque even when we asked for nothing.
-    if str(response.get("ServerSideEncryption", "")).startswith("aws:kms"):
+    if (written.encryption.algorithm or "").startswith("aws:kms"):
         return
-    if response.get("SSECustomerAlgorithm"):
+    if written.encryption.customer_algorithm:
         return
-    returned = normalise_etag(response.get("ETag"))
+    returned = normalise_etag(written.etag)
     if len(returned) != 32:
         return  # not an MD5-shaped ETag: a store that does not use MD5 ETags
     if returned != stream.md5.hexdigest():
@@ -558,8 +690,8 @@ def _check_part_md5(
 
 
 async def _streamed_multipart(
-    src_client: S3Client,
-    dst_client: S3Client,
+    src_client: S3HttpClient,
+    dst_client: S3HttpClient,
     source: SourceObject,
     target: TargetObject,
     options: CopyOptions,
@@ -575,6 +707,7 @@ async def _streamed_multipart(
         window = max(1, min(concurrency, 1 + options.buffer_budget // largest))
         concurrency = window
         hasher = OrderedHasher(window)
+    part_md5 = not _etag_comparable(plan, options)
 
     async def copy_part(upload_id: str, index: int) -> str:
         if hasher is not None:
@@ -587,26 +720,32 @@ async def _streamed_multipart(
             hasher.feed(index, chunk)
 
         try:
-            get = await _get(src_client, source, plan, (first, last) if size else None)
-            body = get["Body"]
-            async with body:
+            async with src_client.get(
+                source.bucket,
+                source.key,
+                version_id=plan.version_id,
+                if_match=plan.head.etag,
+                byte_range=(first, last) if size else None,
+                sse_c=source.sse_c_key,
+            ) as got:
                 stream = PartStream(
-                    body,
+                    got.body,
                     size,
                     on_chunk=feed if hasher is not None else None,
                     limiter=options.rate_limiter,
                     on_progress=options.on_progress,
+                    md5=part_md5,
                     describe=f"GET s3://{source.bucket}/{source.key} part {index + 1}",
                 )
                 try:
-                    response = await dst_client.upload_part(
-                        Bucket=target.bucket,
-                        Key=target.key,
-                        UploadId=upload_id,
-                        PartNumber=index + 1,
-                        Body=stream,  # type: ignore[arg-type]
-                        ContentLength=size,
-                        **options.encryption.part_params(),
+                    written = await dst_client.upload_part(
+                        target.bucket,
+                        target.key,
+                        upload_id,
+                        index + 1,
+                        stream,
+                        size,
+                        sse_c=options.encryption.sse_c_key,
                     )
                 except Exception as exc:
                     raise stream.error or exc from None
@@ -615,14 +754,14 @@ async def _streamed_multipart(
                     f"s3://{target.bucket}/{target.key} part {index + 1}: "
                     f"sent {stream.sent} of {size} bytes"
                 )
-            _check_part_md5(stream, response, target, options, part=index + 1)
+            _check_part_md5(stream, written, target, options, part=index + 1)
         except BaseException:
             if hasher is not None:
                 hasher.discard(index)
             raise
         if hasher is not None:
             await hasher.finish_part(index)
-        return response.get("ETag", "")
+        return written.etag
 
     return await _multipart(
         dst_client,
@@ -641,7 +780,7 @@ async def _streamed_multipart(
 
 
 async def _multipart(
-    client: S3Client,
+    client: S3HttpClient,
     target: TargetObject,
     options: CopyOptions,
     plan: _Plan,
@@ -654,9 +793,9 @@ async def _multipart(
 ) -> CopyResult:
     """Create an upload, run `copy_part` for every part, complete it; abort on any failure
     (cancellation included) before re-raising."""
-    params = _object_params(target, options, plan)
-    created = await client.create_multipart_upload(**params)
-    upload_id = created["UploadId"]
+    upload_id = await client.create_multipart_upload(
+        target.bucket, target.key, _object_headers(target, options, plan)
+    )
     try:
         if options.on_upload_started is not None:
             await options.on_upload_started(upload_id)
@@ -665,34 +804,34 @@ async def _multipart(
             concurrency or max(1, options.part_concurrency),
             lambda index: copy_part(upload_id, index),
         )
-        response = await client.complete_multipart_upload(
-            Bucket=target.bucket,
-            Key=target.key,
-            UploadId=upload_id,
-            MultipartUpload={
-                "Parts": [
-                    {"ETag": etag, "PartNumber": number}
-                    for number, etag in enumerate(etags, start=1)
-                ]
-            },
-            **options.encryption.part_params(),
-        )
+        try:
+            written = await client.complete_multipart_upload(
+                target.bucket,
+                target.key,
+                upload_id,
+                etags,
+                {**options.encryption.part_headers(), **_create_only(options)},
+            )
+        except S3ResponseError as exc:
+            if _target_taken(exc, options):
+                raise TargetExistsError(
+                    f"s3://{target.bucket}/{target.key} exists", plan.head
+                ) from None
+            raise
     except BaseException:
         await _abort_quietly(client, target, upload_id)
         raise
     return _result(
-        etag=response.get("ETag", ""),
-        version_id=response.get("VersionId"),
+        written=written,
         plan=plan,
         options=options,
         server_side=server_side,
         sha256=sha256() if sha256 is not None else None,
-        checksums=_checksums(dict(response)),
         upload_id=upload_id,
     )
 
 
-async def _abort_quietly(client: S3Client, target: TargetObject, upload_id: str) -> None:
+async def _abort_quietly(client: S3HttpClient, target: TargetObject, upload_id: str) -> None:
     """Abort an upload after a failure; never raise over the original error.
 
     Shielded, so a second cancellation (e.g. a worker shutting down) does not leave the
@@ -702,13 +841,11 @@ async def _abort_quietly(client: S3Client, target: TargetObject, upload_id: str)
     async def abort() -> None:
         try:
             await asyncio.wait_for(
-                client.abort_multipart_upload(
-                    Bucket=target.bucket, Key=target.key, UploadId=upload_id
-                ),
+                client.abort_multipart_upload(target.bucket, target.key, upload_id),
                 ABORT_TIMEOUT,
             )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+        except S3ResponseError as exc:
+            if exc.code != "NoSuchUpload":
                 log.warning(
                     "could not abort upload %s of s3://%s/%s: %s",
                     upload_id,

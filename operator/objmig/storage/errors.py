@@ -48,6 +48,22 @@ class StorageError(Exception):
     is_config_error: bool = False
 
 
+class S3ResponseError(StorageError):
+    """An S3 error answer to a request of our own HTTP client (`s3http`).
+
+    Carries the HTTP status, S3's error code and message and the operation. The message is
+    S3's own text only: the rest of an error document (StringToSign, CanonicalRequest) can
+    carry the access key id and is dropped.
+    """
+
+    def __init__(self, operation: str, status: int, code: str, message: str) -> None:
+        self.operation = operation
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(f"{operation}: {code}: {message}" if message else f"{operation}: {code}")
+
+
 class SourceChangedError(StorageError):
     """The source object no longer matches what was scanned (ETag, size or version)."""
 
@@ -135,6 +151,7 @@ _CONFIG_CODES = frozenset(
         "InvalidStorageClass",
         "NotImplemented",
         "InvalidEncryptionAlgorithmError",
+        "NoCredentials",
     }
 )
 
@@ -194,11 +211,17 @@ def _client_error_class(exc: bce.ClientError) -> ErrorClass:
     error = response.get("Error", {})
     status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
     code = str(error.get("Code") or status or "Unknown")
+    return _s3_error_class(
+        code, status, str(error.get("Message") or ""), getattr(exc, "operation_name", "")
+    )
+
+
+def _s3_error_class(code: str, status: int, message: str, operation: str) -> ErrorClass:
+    """Classify an S3 error answer by its code and HTTP status."""
     # Only S3's own message: the rest of the error document can carry StringToSign and the
     # canonical request, which include the access key id.
-    message = redact(str(error.get("Message") or _STATUS_TEXT.get(status, "")))
-    op = getattr(exc, "operation_name", "")
-    text = f"{op}: {code}: {message}" if op else f"{code}: {message}"
+    message = redact(message or _STATUS_TEXT.get(status, ""))
+    text = f"{operation}: {code}: {message}" if operation else f"{code}: {message}"
 
     if code in _CONFIG_CODES or (status == 401 and code in ("401", "Unauthorized")):
         return ErrorClass("permanent", code, text, is_config_error=True)
@@ -225,6 +248,8 @@ _STATUS_TEXT = {
 
 def classify(exc: BaseException) -> ErrorClass:
     """Map an exception from an S3 call onto what the engine should do next."""
+    if isinstance(exc, S3ResponseError):
+        return _s3_error_class(exc.code, exc.status, exc.message, exc.operation)
     if isinstance(exc, StorageError):
         return ErrorClass(exc.kind, exc.code, redact(str(exc)), exc.is_config_error)
     if isinstance(exc, bce.ClientError):

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import ClientError
 
-from objmig.storage.errors import TruncatedBodyError
-from objmig.storage.restore import RestoreStatus, parse_restore_header
+from objmig.storage.errors import S3ResponseError, TruncatedBodyError
+from objmig.storage.restore import RestoreStatus
 
 # The aiobotocore stubs are a development dependency: import them for type checking only.
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
+
+    from objmig.storage.s3http import S3HttpClient
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,8 @@ def multipart_part_count(etag: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _version(version_id: str | None) -> str | None:
+def version_or_none(version_id: str | None) -> str | None:
+    """A version id worth sending: None for absent and for "null"."""
     # Unversioned buckets report the literal version "null"; passing it back is legal on
     # AWS but rejected by some stores, and it carries no information.
     return None if not version_id or version_id == "null" else version_id
@@ -142,7 +145,7 @@ async def list_objects(
                 continue
             yield ObjectInfo(
                 key=version["Key"],
-                version_id=_version(version.get("VersionId")),
+                version_id=version_or_none(version.get("VersionId")),
                 size=int(version.get("Size", 0)),
                 etag=normalise_etag(version.get("ETag")),
                 last_modified=whole_seconds(version["LastModified"]),
@@ -222,85 +225,13 @@ class HeadResult:
         return multipart_part_count(self.etag) is not None
 
 
-_CHECKSUM_FIELDS = (
-    "ChecksumCRC32",
-    "ChecksumCRC32C",
-    "ChecksumCRC64NVME",
-    "ChecksumSHA1",
-    "ChecksumSHA256",
-)
-
-
-def _head_result(response: Mapping[str, Any]) -> HeadResult:
-    return HeadResult(
-        etag=normalise_etag(response.get("ETag")),
-        size=int(response.get("ContentLength", 0)),
-        last_modified=whole_seconds(response["LastModified"]),
-        version_id=_version(response.get("VersionId")),
-        storage_class=response.get("StorageClass") or "STANDARD",
-        restore=parse_restore_header(response.get("Restore")),
-        archive_status=response.get("ArchiveStatus"),
-        # S3 lower-cases user metadata keys; so do we, so comparisons are stable.
-        metadata={k.lower(): v for k, v in (response.get("Metadata") or {}).items()},
-        content=ContentHeaders(
-            content_type=response.get("ContentType"),
-            cache_control=response.get("CacheControl"),
-            content_disposition=response.get("ContentDisposition"),
-            content_encoding=response.get("ContentEncoding"),
-            content_language=response.get("ContentLanguage"),
-            expires=response.get("Expires"),
-            website_redirect_location=response.get("WebsiteRedirectLocation"),
-        ),
-        parts_count=response.get("PartsCount"),
-        checksums={
-            name.removeprefix("Checksum"): str(response[name])
-            for name in _CHECKSUM_FIELDS
-            if response.get(name)
-        },
-        encryption=EncryptionInfo(
-            algorithm=response.get("ServerSideEncryption"),
-            kms_key_id=response.get("SSEKMSKeyId"),
-            bucket_key_enabled=response.get("BucketKeyEnabled"),
-            customer_algorithm=response.get("SSECustomerAlgorithm"),
-            customer_key_md5=response.get("SSECustomerKeyMD5"),
-        ),
-        tag_count=int(response.get("TagCount") or 0),
-    )
-
-
-async def head_object(
-    client: S3Client,
-    bucket: str,
-    key: str,
-    version_id: str | None = None,
-    part_number: int | None = None,
-    sse_c: bytes | None = None,
-    *,
-    checksums: bool = False,
-) -> HeadResult:
-    """HEAD an object (a version of it, or one part of it with `part_number`).
-
-    With `part_number`, `size` is that part's size and `parts_count` the object's part
-    count (absent for single-part objects); the ETag is the object's on AWS but the
-    part's on moto, so do not use it as the object's identity then.
-    `checksums=True` asks for the additional checksums (x-amz-checksum-mode).
-    """
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, **sse_c_params(sse_c)}
-    if _version(version_id):
-        kwargs["VersionId"] = version_id
-    if part_number is not None:
-        kwargs["PartNumber"] = part_number
-    if checksums:
-        kwargs["ChecksumMode"] = "ENABLED"
-    response = await client.head_object(**kwargs)
-    return _head_result(response)
-
-
 @dataclass(frozen=True)
 class PartLayout:
     """Part sizes of an object and how we learned them.
 
-    `source`: "single" (not multipart), "head" (HEAD ?partNumber=n, exact), "attributes"
+    `source`: "single" (not multipart), "head" (HEAD ?partNumber=n, exact), "uniform"
+    (equal parts read from HEAD of part 1 and the part count; the copy checks the resulting
+    ETag and asks for every part's size if it differs), "attributes"
     (GetObjectAttributes ObjectParts, exact), "guess" (equal parts inferred from the
     ETag's part count: the store answered neither; the copy may then get another ETag,
     which verification reports) or "split" (a single-part object too big for one PUT or
@@ -308,7 +239,7 @@ class PartLayout:
     """
 
     sizes: tuple[int, ...]
-    source: Literal["single", "head", "attributes", "guess", "split"]
+    source: Literal["single", "head", "uniform", "attributes", "guess", "split"]
     multipart: bool
 
     @property
@@ -317,7 +248,7 @@ class PartLayout:
 
 
 async def resolve_part_layout(
-    client: S3Client,
+    client: S3HttpClient,
     bucket: str,
     key: str,
     version_id: str | None = None,
@@ -330,21 +261,20 @@ async def resolve_part_layout(
 
     HEAD with `PartNumber` is the primary way: AWS, MinIO and moto answer it with the
     part's Content-Length and `x-amz-mp-parts-count`. GetObjectAttributes(ObjectParts) is
-    the fallback for stores without it (moto does not implement ObjectParts, and AWS only
-    lists part sizes there for objects uploaded with additional checksums), and an
-    equal-parts guess the last resort.
+    the fallback for stores without it (AWS only lists part sizes there for objects
+    uploaded with additional checksums), and an equal-parts guess the last resort.
     """
     if head is None:
-        head = await head_object(client, bucket, key, version_id, sse_c=sse_c)
+        head = await client.head(bucket, key, version_id=version_id, sse_c=sse_c)
     count = multipart_part_count(head.etag)
     if count is None:
         return PartLayout((head.size,), "single", multipart=False)
 
     try:
-        first: HeadResult | None = await head_object(
-            client, bucket, key, version_id, part_number=1, sse_c=sse_c
+        first: HeadResult | None = await client.head(
+            bucket, key, version_id=version_id, part_number=1, sse_c=sse_c
         )
-    except ClientError as exc:
+    except S3ResponseError as exc:
         if not _unsupported(exc):
             raise
         first = None
@@ -354,8 +284,8 @@ async def resolve_part_layout(
 
         async def part_size(number: int) -> int:
             async with semaphore:
-                part = await head_object(
-                    client, bucket, key, version_id, part_number=number, sse_c=sse_c
+                part = await client.head(
+                    bucket, key, version_id=version_id, part_number=number, sse_c=sse_c
                 )
                 return part.size
 
@@ -370,7 +300,15 @@ async def resolve_part_layout(
             head.size,
         )
 
-    attributes = await _parts_from_attributes(client, bucket, key, version_id, sse_c)
+    try:
+        attributes = await client.object_part_sizes(bucket, key, version_id, sse_c)
+    except S3ResponseError as exc:
+        if not _unsupported(exc):
+            raise
+        log.debug(
+            "GetObjectAttributes(ObjectParts) unavailable for s3://%s/%s: %s", bucket, key, exc
+        )
+        attributes = None
     if attributes and sum(attributes) == head.size:
         return PartLayout(tuple(attributes), "attributes", multipart=True)
 
@@ -381,7 +319,7 @@ async def resolve_part_layout(
 
 
 async def part_layout(
-    client: S3Client,
+    client: S3HttpClient,
     bucket: str,
     key: str,
     version_id: str | None = None,
@@ -391,52 +329,14 @@ async def part_layout(
     return list((await resolve_part_layout(client, bucket, key, version_id, sse_c)).sizes)
 
 
-async def _parts_from_attributes(
-    client: S3Client, bucket: str, key: str, version_id: str | None, sse_c: bytes | None
-) -> list[int] | None:
-    sizes: list[int] = []
-    marker: int | None = None
-    try:
-        while True:
-            kwargs: dict[str, Any] = {
-                "Bucket": bucket,
-                "Key": key,
-                "ObjectAttributes": ["ObjectParts"],
-                "MaxParts": 1000,
-                **sse_c_params(sse_c),
-            }
-            if _version(version_id):
-                kwargs["VersionId"] = version_id
-            if marker is not None:
-                kwargs["PartNumberMarker"] = marker
-            response = await client.get_object_attributes(**kwargs)
-            parts = response.get("ObjectParts", {})
-            entries = parts.get("Parts") or []
-            if not entries:
-                return None
-            sizes += [int(p["Size"]) for p in entries]
-            if not parts.get("IsTruncated"):
-                return sizes
-            marker = int(parts.get("NextPartNumberMarker", 0))
-    except ClientError as exc:
-        if not _unsupported(exc):
-            raise
-        log.debug(
-            "GetObjectAttributes(ObjectParts) unavailable for s3://%s/%s: %s", bucket, key, exc
-        )
-        return None
-
-
 # Part sizes popular uploaders use (aws-cli and boto3 8 MiB, SDK minimums of 5 MiB, rclone
 # and s5cmd defaults, large-object settings), tried first when guessing a layout.
 _COMMON_PART_SIZES_MIB = (8, 5, 16, 10, 15, 32, 50, 64, 100, 128, 256, 512, 1024)
 
 
-def _unsupported(exc: ClientError) -> bool:
+def _unsupported(exc: S3ResponseError) -> bool:
     """A store's way of saying "I do not implement this parameter" (not a transient error)."""
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    code = exc.response.get("Error", {}).get("Code", "")
-    return status in (400, 405, 416, 501) or code in ("NotImplemented", "InvalidArgument")
+    return exc.status in (400, 405, 416, 501) or exc.code in ("NotImplemented", "InvalidArgument")
 
 
 def guess_part_sizes(size: int, count: int) -> list[int]:
@@ -466,7 +366,7 @@ def guess_part_sizes(size: int, count: int) -> list[int]:
 
 
 async def object_sha256(
-    client: S3Client,
+    client: S3HttpClient,
     bucket: str,
     key: str,
     version_id: str | None = None,
@@ -478,28 +378,17 @@ async def object_sha256(
 
     `if_match` (an ETag) makes S3 refuse with 412 if the object changed since it was seen.
     """
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, **sse_c_params(sse_c)}
-    if _version(version_id):
-        kwargs["VersionId"] = version_id
-    if if_match:
-        kwargs["IfMatch"] = f'"{normalise_etag(if_match)}"'
-    response = await client.get_object(**kwargs)
-    expected = int(response.get("ContentLength", -1))
     digest = hashlib.sha256()
     size = 0
-    body = response["Body"]
-    async with body:
-        while True:
-            # StreamingBody.read maps transport errors onto botocore's and raises
-            # IncompleteReadError itself when the body ends short.
-            chunk = await body.read(STREAM_CHUNK)
-            if not chunk:
-                break
+    async with client.get(
+        bucket, key, version_id=version_id, if_match=if_match, sse_c=sse_c
+    ) as response:
+        while chunk := await response.body.read(STREAM_CHUNK):
             digest.update(chunk)
             size += len(chunk)
-    if expected >= 0 and size != expected:
+    if size != response.content_length:
         raise TruncatedBodyError(
-            f"GET s3://{bucket}/{key}: body ended after {size} of {expected} bytes"
+            f"GET s3://{bucket}/{key}: body ended after {size} of {response.content_length} bytes"
         )
     return digest.hexdigest(), size
 
@@ -532,7 +421,7 @@ async def delete_objects(
         entries: list[dict[str, str]] = []
         for key, version_id in batch:
             entry = {"Key": key}
-            if _version(version_id):
+            if version_or_none(version_id):
                 entry["VersionId"] = str(version_id)
             entries.append(entry)
         response = await client.delete_objects(
@@ -540,16 +429,17 @@ async def delete_objects(
             Delete={"Objects": entries, "Quiet": False},  # type: ignore[typeddict-item]
         )
         failed = {
-            (e.get("Key", ""), _version(e.get("VersionId"))): e for e in response.get("Errors", [])
+            (e.get("Key", ""), version_or_none(e.get("VersionId"))): e
+            for e in response.get("Errors", [])
         }
         for key, version_id in batch:
-            ident = (key, _version(version_id))
+            ident = (key, version_or_none(version_id))
             error = failed.get(ident)
             if error is not None:
                 results.append(
                     DeleteResult(
                         key,
-                        _version(version_id),
+                        version_or_none(version_id),
                         deleted=False,
                         error_code=error.get("Code"),
                         error_message=error.get("Message"),
@@ -558,7 +448,7 @@ async def delete_objects(
             else:
                 # Stores differ in echoing version ids for unversioned deletes; absence
                 # from Errors is what counts.
-                results.append(DeleteResult(key, _version(version_id), deleted=True))
+                results.append(DeleteResult(key, version_or_none(version_id), deleted=True))
     return results
 
 

@@ -15,15 +15,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
 
 from objmig.storage.errors import TruncatedBodyError
 from objmig.storage.objects import STREAM_CHUNK
 from objmig.storage.ratelimit import RateLimiter
+from objmig.storage.s3http import Body
 
-
-class _Readable(Protocol):
-    async def read(self, amt: int | None = None) -> bytes: ...
+# Chunks at least this big are hashed off the event loop (below it the thread hop costs
+# more than the hashing).
+_HASH_OFF_LOOP = 256 * 1024
 
 
 class OrderedHasher:
@@ -82,21 +82,21 @@ class OrderedHasher:
 class PartStream:
     """An upload body of known length fed from a source GET body.
 
-    aiohttp sends async iterables chunk by chunk; botocore only needs a `read` attribute
-    to accept a body as "file-like" (it never calls it here: payload signing is off and no
-    checksum is computed, see `endpoint.client_config`). A source failure mid-stream is
-    kept in `error`, because aiohttp reports it as a generic connection error of the
-    upload; the copy re-raises the real cause.
+    aiohttp sends async iterables chunk by chunk (the request is signed with an unsigned
+    payload, see `s3http`). A source failure mid-stream is kept in `error`, because aiohttp
+    reports it as a generic connection error of the upload; the copy re-raises the real
+    cause.
     """
 
     def __init__(
         self,
-        source: _Readable,
+        source: Body,
         length: int,
         *,
         on_chunk: Callable[[bytes], None] | None = None,
         limiter: RateLimiter | None = None,
         on_progress: Callable[[int], None] | None = None,
+        md5: bool = True,
         describe: str = "source",
     ) -> None:
         self._source = source
@@ -105,14 +105,12 @@ class PartStream:
         self._limiter = limiter
         self._on_progress = on_progress
         self._describe = describe
-        self.md5 = hashlib.md5(usedforsecurity=False)
+        # The MD5 of the bytes sent, to compare with the ETag the store returns; not needed
+        # when the object's final ETag is compared with the source's anyway.
+        self.md5 = hashlib.md5(usedforsecurity=False) if md5 else None
         self.sent = 0
         self.error: BaseException | None = None
         self._started = False
-
-    def read(self, *_args: Any) -> bytes:
-        """Never used: present so botocore treats the body as a stream (see class doc)."""
-        raise RuntimeError("PartStream is an async body; botocore must not read it")
 
     def __len__(self) -> int:
         return self.length
@@ -124,6 +122,12 @@ class PartStream:
         self._started = True
         return self._chunks()
 
+    async def collect(self) -> bytes:
+        """All the bytes at once, with the same accounting: for objects small enough that
+        one buffer costs less than streaming (one write instead of a chunked body)."""
+        chunks = [chunk async for chunk in self.__aiter__()]
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
     async def _chunks(self) -> AsyncIterator[bytes]:
         try:
             while self.sent < self.length:
@@ -134,7 +138,13 @@ class PartStream:
                     )
                 if self._limiter is not None:
                     await self._limiter.acquire(len(chunk))
-                self.md5.update(chunk)
+                if self.md5 is not None:
+                    if len(chunk) >= _HASH_OFF_LOOP:
+                        # hashlib releases the GIL: hash big chunks on a thread, so the
+                        # event loop keeps other transfers moving meanwhile.
+                        await asyncio.to_thread(self.md5.update, chunk)
+                    else:
+                        self.md5.update(chunk)
                 if self._on_chunk is not None:
                     self._on_chunk(chunk)
                 self.sent += len(chunk)
