@@ -623,3 +623,32 @@ async def test_never_skips_a_different_target_and_leaves_it_alone(
         "different-multi": theirs_multi.etag,
     }
     assert await sha256_of(s3_client, target, "different") == theirs.sha256
+
+
+async def test_waiting_for_a_transfer_slot_does_not_count_against_object_timeout(
+    ledger: Ledger,
+    proxy_endpoint: Endpoint,
+    s3_proxy: S3FaultProxy,
+    s3_seed: S3Seeder,
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    for i in range(3):
+        await s3_seed.put_object(source, f"k{i}", 1 * KiB)
+    # One transfer slot; every write holds it for 1.5 s, so the third object waits ~3 s for
+    # its slot, longer than objectTimeout, yet each attempt itself takes 1.5 s.
+    s3_proxy.add_rule(Delay(1.5), method="PUT", bucket=target)
+    resource = migration(
+        proxy_endpoint,
+        source,
+        target,
+        copy={"mode": "stream", "concurrency": 1},
+        retry={"attempts": 4, "objectTimeout": "2s", "backoff": {"initial": "50ms"}},
+    )
+
+    result = await run(ledger, resource, proxy_endpoint)
+
+    assert result.outcome == "cut-over"
+    rows = await rows_of(ledger)
+    assert {key: row.attempts for key, row in rows.items()} == {"k0": 1, "k1": 1, "k2": 1}
+    assert all(row.error_code is None for row in rows.values())

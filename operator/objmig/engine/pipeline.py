@@ -10,7 +10,9 @@ was requested is found in progress and waited for.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -101,7 +103,8 @@ class ObjectPipeline:
         object one by one.
         """
         try:
-            async with asyncio.timeout(self._ctx.object_timeout_seconds):
+            async with asyncio.timeout(self._ctx.object_timeout_seconds) as deadline:
+                _DEADLINE.set(deadline)
                 return await self._advance(row)
         except _SourceChanged as changed:
             return StepResult(
@@ -336,7 +339,7 @@ class ObjectPipeline:
         wait on round trips, not bandwidth, and overlap with the next objects' transfers.
         """
         try:
-            async with self._transfers:
+            async with self._transfer_slot():
                 result = await self._copy(row, source, create_only)
         except TargetExistsError as taken:
             existing = await self._head_target(row)
@@ -360,6 +363,31 @@ class ObjectPipeline:
             )
         proof = await self._verify(row, result.source, target, result.sha256)
         return self._verified(row, proof)
+
+    @asynccontextmanager
+    async def _transfer_slot(self) -> AsyncIterator[None]:
+        """Hold one of the worker's transfer slots.
+
+        Waiting for a slot is not part of the attempt: `retry.objectTimeout` pauses
+        meanwhile, or objects queued behind long transfers would time out unstarted.
+        """
+        deadline = _DEADLINE.get(None)
+        when = deadline.when() if deadline is not None else None
+        if deadline is None or when is None or not self._transfers.locked():
+            async with self._transfers:
+                yield
+            return
+        loop = asyncio.get_running_loop()
+        remaining = when - loop.time()
+        deadline.reschedule(None)
+        try:
+            await self._transfers.acquire()
+        finally:
+            deadline.reschedule(loop.time() + remaining)
+        try:
+            yield
+        finally:
+            self._transfers.release()
 
     async def _copy(
         self, row: ObjectRow, source: HeadResult | None, create_only: bool
@@ -526,6 +554,9 @@ def _now() -> datetime:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# The running attempt's deadline (each object's task has its own context).
+_DEADLINE: ContextVar[asyncio.Timeout] = ContextVar("objmig_object_deadline")
 
 # Storage classes whose objects are always readable: no HEAD needed to rule out a restore.
 # (Intelligent-Tiering may have moved an object to an archive tier, which only HEAD shows.)
