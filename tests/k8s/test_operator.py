@@ -342,8 +342,8 @@ async def test_suspend_stops_every_worker_and_resume_finishes(
     source, target = await s3_seed.bucket(), await s3_seed.bucket()
     expected = await seed_many(s3_seed, source, (f"k/{i:04d}" for i in range(300)), 100)
     create_secret(k8s_cluster, ns, *moto_keys(s3_server))
-    # Every source HEAD takes a while, so the copy is still running when we suspend.
-    s3_proxy.add_rule(Delay(0.3), method="HEAD", bucket=source)
+    # Every source read takes a while, so the copy is still running when we suspend.
+    s3_proxy.add_rule(Delay(0.3), method="GET", bucket=source)
 
     apply_migration(
         k8s_cluster, ns, name, s3_proxy.endpoint_url, source, target,
@@ -376,7 +376,15 @@ async def test_suspend_stops_every_worker_and_resume_finishes(
         return all(j["spec"].get("suspend") for j in unfinished) and not running
 
     wait_until(all_stopped, timeout=60, what="every Job suspended and no worker pod running")
+    # Results the workers recorded while stopping reach the status with the operator's next
+    # status pass; take the count once it has settled.
     progress = get_om(k8s_cluster, ns, name)["status"]["progress"]["objects"]
+    for _ in range(10):
+        await asyncio.sleep(2)
+        settled = get_om(k8s_cluster, ns, name)["status"]["progress"]["objects"]
+        if settled["succeeded"] == progress["succeeded"]:
+            break
+        progress = settled
     assert progress["succeeded"] < len(expected), "finished before the suspension took hold"
     await asyncio.sleep(3)
     assert all_stopped()
