@@ -652,3 +652,45 @@ async def test_waiting_for_a_transfer_slot_does_not_count_against_object_timeout
     rows = await rows_of(ledger)
     assert {key: row.attempts for key, row in rows.items()} == {"k0": 1, "k1": 1, "k2": 1}
     assert all(row.error_code is None for row in rows.values())
+
+
+@pytest.mark.parametrize("mode", ["stream", "serverSide"])
+async def test_new_part_size_when_boundaries_are_not_preserved_is_proven_by_checksum(
+    ledger: Ledger,
+    s3_backend: S3Backend,
+    backend_seed: S3Seeder,
+    backend_client: S3Client,
+    mode: str,
+) -> None:
+    source = await backend_seed.bucket()
+    target = await backend_seed.bucket()
+    part = s3_backend.min_part_size
+    parted = await backend_seed.put_multipart(source, "parted", [part, part, part])
+    large = await backend_seed.put_object(source, "large", 2 * part + 1)
+    small = await backend_seed.put_object(source, "small", part // 2)
+    resource = migration(
+        s3_backend.endpoint,
+        source,
+        target,
+        copy={"mode": mode, "preservePartBoundaries": False, "partSize": str(2 * part)},
+    )
+
+    result = await run(ledger, resource, s3_backend.endpoint)
+
+    assert result.outcome == "cut-over", [(o.key, o.last_error) for o in result.status.objects]
+    heads = {
+        key: await backend_client.head_object(Bucket=target, Key=key)
+        for key in ("parted", "large", "small")
+    }
+    # Three parts, and two parts plus a byte, re-cut into parts of two: two parts each, so
+    # other ETags than the source's.
+    assert heads["parted"]["ETag"].strip('"').endswith("-2")
+    assert heads["large"]["ETag"].strip('"').endswith("-2")
+    assert heads["small"]["ETag"].strip('"') == small.etag
+    for obj in (parted, large, small):
+        assert await sha256_of(backend_client, target, obj.key) == obj.sha256
+    rows = await rows_of(ledger)
+    # Re-cut objects were proven by SHA-256 of both sides; the small one by its ETag.
+    assert rows["parted"].source_checksum == f"sha256:{parted.sha256}"
+    assert rows["large"].target_checksum == f"sha256:{large.sha256}"
+    assert rows["small"].source_checksum is None

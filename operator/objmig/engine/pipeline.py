@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from objmig.api.types import parse_quantity
 from objmig.engine.context import MigrationContext
 from objmig.engine.policy import backoff_delay
 from objmig.engine.recheck import SourceFacts, SourceRecheck
@@ -361,7 +362,9 @@ class ObjectPipeline:
                 version_id=result.version_id,
                 encryption=result.target_encryption,
             )
-        proof = await self._verify(row, result.source, target, result.sha256)
+        proof = await self._verify(
+            row, result.source, target, result.sha256, etag_proves=result.layout_kept
+        )
         return self._verified(row, proof)
 
     @asynccontextmanager
@@ -393,7 +396,11 @@ class ObjectPipeline:
         self, row: ObjectRow, source: HeadResult | None, create_only: bool
     ) -> CopyResult:
         transfer = self._spec.transfer
-        compute_sha256 = self._spec.verify.mode != "etag" or not _etag_comparable_spec(self._ctx)
+        compute_sha256 = (
+            self._spec.verify.mode != "etag"
+            or not _etag_comparable_spec(self._ctx)
+            or not transfer.preserve_part_boundaries
+        )
         return await copy_object(
             self._src.objects,
             self._dst.objects,
@@ -422,6 +429,9 @@ class ObjectPipeline:
                 create_only=create_only,
                 rate_limiter=self._limiter,
                 migration_tag=self._ctx.name,
+                part_size=None
+                if transfer.preserve_part_boundaries
+                else parse_quantity(transfer.part_size),
             ),
         )
 
@@ -431,10 +441,17 @@ class ObjectPipeline:
         source: HeadResult,
         target: HeadResult,
         streamed_sha256: str | None,
+        *,
+        etag_proves: bool | None = None,
     ) -> _Proof:
         """Prove the target holds the source's bytes (and metadata); raise if it does not."""
         mode = self._spec.verify.mode
-        if mode == "etag" and not _etag_comparable(source, target):
+        if etag_proves is None:
+            # A copy found on the target was cut into parts of its own unless boundaries
+            # are kept.
+            etag_proves = self._spec.transfer.preserve_part_boundaries
+        if mode == "etag" and not (etag_proves and _etag_comparable(source, target)):
+            # Opaque ETags (KMS, SSE-C) or parts cut anew: only the bytes can tell.
             mode = "checksum"
         if target.size != source.size:
             raise VerificationError(

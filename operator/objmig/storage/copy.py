@@ -191,6 +191,10 @@ class CopyOptions:
       recorded ids are how leftovers are recognised as objmig's).
     - `on_progress(nbytes)`: called as bytes move (per chunk streamed, per part copied).
     - `buffer_budget`: bytes of out-of-order parts kept for in-order SHA-256 hashing.
+    - `part_size`: write multipart objects (and objects bigger than it) in parts of this
+      size instead of the source's layout; the copy's ETag then differs from the source's
+      (`CopyResult.layout_kept` is False) and only a checksum can prove it. None keeps the
+      source's parts.
     - `split_part_size`: part size for single-part sources above `max_single_part_size`
       (5 GiB, the PutObject / CopyObject limit; some stores accept bigger single PUTs),
       which must become multipart on the target.
@@ -210,6 +214,7 @@ class CopyOptions:
     on_upload_started: Callable[[str], Awaitable[None]] | None = None
     on_progress: Callable[[int], None] | None = None
     buffer_budget: int = 256 * MiB
+    part_size: int | None = None
     split_part_size: int = 512 * MiB
     max_single_part_size: int = MAX_COPY_OBJECT_SIZE
 
@@ -234,6 +239,7 @@ class CopyResult:
     source: HeadResult
     source_version_id: str | None
     etag_matches_source: bool | None
+    layout_kept: bool = True
     target_encryption: EncryptionInfo = field(default_factory=EncryptionInfo)
     upload_id: str | None = None
 
@@ -313,6 +319,7 @@ def _single_part_by_listing(source: SourceObject, options: CopyOptions) -> bool:
         and bool(source.etag)
         and source.size is not None
         and source.size <= options.max_single_part_size
+        and (options.part_size is None or source.size <= options.part_size)
         and multipart_part_count(source.etag) is None
     )
 
@@ -354,7 +361,10 @@ async def _plan(
     _check_source(source, head)
     count = multipart_part_count(head.etag)
     given = source.part_sizes
-    if given and sum(given) == head.size and (count is None or count == len(given)):
+    if options.part_size is not None and (count is not None or head.size > options.part_size):
+        sizes = tuple(_split(head.size, options.part_size)) or (0,)
+        layout = PartLayout(sizes, "resized", multipart=len(sizes) > 1)
+    elif given and sum(given) == head.size and (count is None or count == len(given)):
         layout = PartLayout(tuple(given), "head" if count else "single", multipart=bool(count))
     elif count is None:
         layout = PartLayout((head.size,), "single", multipart=False)
@@ -476,6 +486,7 @@ def _result(
         source=plan.head,
         source_version_id=plan.version_id,
         etag_matches_source=(etag == plan.head.etag) if _etag_comparable(plan, options) else None,
+        layout_kept=plan.layout.exact,
         target_encryption=written.encryption,
         upload_id=upload_id,
     )

@@ -232,19 +232,20 @@ class PartLayout:
     `source`: "single" (not multipart), "head" (HEAD ?partNumber=n, exact), "uniform"
     (equal parts read from HEAD of part 1 and the part count; the copy checks the resulting
     ETag and asks for every part's size if it differs), "attributes"
-    (GetObjectAttributes ObjectParts, exact), "guess" (equal parts inferred from the
-    ETag's part count: the store answered neither; the copy may then get another ETag,
-    which verification reports) or "split" (a single-part object too big for one PUT or
-    CopyObject, cut into parts by the copy; its ETag cannot be kept).
+    (GetObjectAttributes ObjectParts, exact), "resized" (the copy's own part size, as
+    `copy.preservePartBoundaries: false` asks; another ETag), "guess" (equal parts
+    inferred from the ETag's part count: the store answered neither; the copy may then get
+    another ETag, which verification reports) or "split" (a single-part object too big for
+    one PUT or CopyObject, cut into parts by the copy; its ETag cannot be kept).
     """
 
     sizes: tuple[int, ...]
-    source: Literal["single", "head", "uniform", "attributes", "guess", "split"]
+    source: Literal["single", "head", "uniform", "attributes", "guess", "split", "resized"]
     multipart: bool
 
     @property
     def exact(self) -> bool:
-        return self.source not in ("guess", "split")
+        return self.source not in ("guess", "split", "resized")
 
 
 async def resolve_part_layout(
