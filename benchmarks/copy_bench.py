@@ -782,8 +782,9 @@ def ledger_cpu_seconds(pid: int | None) -> float:
     """CPU of the postmaster and every backend it has reaped (each objmig connection)."""
     if pid is None:
         return 0.0
-    times = psutil.Process(pid).cpu_times()
-    children = psutil.Process(pid).children(recursive=True)
+    postmaster = psutil.Process(pid)
+    times = postmaster.cpu_times()
+    children = postmaster.children(recursive=True)
     live = sum(c.cpu_times().user + c.cpu_times().system for c in children)
     return float(times.user + times.system + times.children_user + times.children_system + live)
 

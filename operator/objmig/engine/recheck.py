@@ -94,12 +94,12 @@ class SourceRecheck:
         found: dict[str, SourceFacts | None] = {}
         # Manifest keys may lie outside the prefix, where the listing never goes.
         keys = [k for k in all_keys if k.startswith(self._prefix)]
-        for key in all_keys:
-            if not key.startswith(self._prefix):
-                found[key] = await self._head(key)
+        outside = [k for k in all_keys if not k.startswith(self._prefix)]
         if len(keys) <= 1:
-            for key in keys:
-                found[key] = await self._head(key)
+            outside += keys
+            keys = []
+        found.update(await self._head_each(outside))
+        if not keys:
             return found
         wanted = set(keys)
         last_listed = ""
@@ -121,11 +121,15 @@ class SourceRecheck:
                     found[info.key] = _facts(info)
             if token is None or last_listed >= keys[-1]:
                 break
-        for key in keys:
-            if key not in found:
-                # Listed past it without seeing it: gone. Not reached: ask directly.
-                found[key] = None if key <= last_listed else await self._head(key)
+        # Listed past it without seeing it: gone. Not reached: ask directly.
+        unseen = [k for k in keys if k not in found]
+        found.update({k: None for k in unseen if k <= last_listed})
+        found.update(await self._head_each([k for k in unseen if k > last_listed]))
         return found
+
+    async def _head_each(self, keys: list[str]) -> dict[str, SourceFacts | None]:
+        facts = await asyncio.gather(*(self._head(key) for key in keys))
+        return dict(zip(keys, facts, strict=True))
 
 
 def _facts(info: ObjectInfo) -> SourceFacts:

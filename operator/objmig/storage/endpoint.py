@@ -131,9 +131,8 @@ def client_config(
         response_checksum_validation="when_required",
         s3={
             "addressing_style": endpoint.addressing_style,
-            # Uploads stream their body from a GET of the source (see copy.py); botocore
-            # would otherwise read the whole body to SHA-256-sign it over plain HTTP.
-            # Integrity is checked instead by comparing each part's MD5 with its ETag.
+            # Copies upload through `s3http`, unsigned payloads too; the few uploads made
+            # here (demo seeding) need no second pass over their body to sign it.
             "payload_signing_enabled": False,
         },
     )
@@ -147,8 +146,8 @@ async def open_client(
 ) -> AsyncIterator[S3Client]:
     """Open an aioboto3 S3 client for `endpoint` whose connection pool fits `max_connections`.
 
-    Size `max_connections` to the number of requests in flight: objects in flight times
-    parts in flight, plus a few for HEADs and listings.
+    Size `max_connections` to the requests this client has in flight at once; the
+    per-object requests of a copy go through `s3http.S3HttpClient` and its own pool.
     """
     creds = endpoint.credentials
     session = aioboto3.Session(

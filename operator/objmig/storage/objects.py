@@ -72,14 +72,6 @@ def whole_seconds(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(microsecond=0)
 
 
-def sse_c_params(key: bytes | None, *, copy_source: bool = False) -> dict[str, Any]:
-    """Request parameters for an SSE-C key (botocore base64-encodes it and adds the MD5)."""
-    if key is None:
-        return {}
-    prefix = "CopySource" if copy_source else ""
-    return {f"{prefix}SSECustomerAlgorithm": "AES256", f"{prefix}SSECustomerKey": key}
-
-
 @dataclass(frozen=True)
 class ObjectInfo:
     """One object (or one version of it) as a listing reports it."""
