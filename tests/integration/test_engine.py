@@ -694,3 +694,29 @@ async def test_new_part_size_when_boundaries_are_not_preserved_is_proven_by_chec
     assert rows["parted"].source_checksum == f"sha256:{parted.sha256}"
     assert rows["large"].target_checksum == f"sha256:{large.sha256}"
     assert rows["small"].source_checksum is None
+
+
+async def test_source_recheck_lists_in_batches_not_per_object(
+    ledger: Ledger,
+    proxy_endpoint: Endpoint,
+    s3_proxy: S3FaultProxy,
+    s3_seed: S3Seeder,
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    count = 120
+    for i in range(count):
+        await s3_seed.put_object(source, f"k/{i:03d}", 512)
+    resource = migration(proxy_endpoint, source, target, copy={"mode": "stream", "concurrency": 8})
+
+    result = await run(ledger, resource, proxy_endpoint)
+
+    assert result.outcome == "cut-over"
+    rows = await rows_of(ledger)
+    assert all(row.state is ObjectState.VERIFIED for row in rows.values())
+    listings = [r for r in s3_proxy.seen("GET") if r.bucket == source and "list-type" in r.query]
+    source_heads = [r for r in s3_proxy.seen("HEAD") if r.bucket == source]
+    # One listing for the scan; the re-checks of 120 objects share a few more (they wait
+    # for each other), and none falls back to a HEAD.
+    assert len(listings) <= 6
+    assert source_heads == []

@@ -570,8 +570,14 @@ async def test_list_page_pages_through_a_prefix_like_the_sdk_listing(
             break
     resumed, last = await backend_http.list_page(bucket, "p/", start_after="p/e")
     expected = [o async for o in list_objects(backend_client, bucket, "p/")]
+    walked = [o async for o in backend_http.list_objects(bucket, "p/", page_size=2)]
+    walked_after = [
+        o.key async for o in backend_http.list_objects(bucket, "p/", start_after="p/c/d")
+    ]
 
     assert listed == expected
+    assert walked == expected
+    assert walked_after == ["p/e", "p/f&g<h>", "p/multi", "p/ü+=~"]
     assert [o.key for o in listed] == sorted(k for k in [*keys, "p/multi"] if k.startswith("p/"))
     assert all(len(keys_) <= 2 for keys_ in pages)
     assert len(pages) >= 3

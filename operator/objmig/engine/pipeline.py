@@ -10,8 +10,8 @@ was requested is found in progress and waited for.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -84,6 +84,7 @@ class ObjectPipeline:
         *,
         plan_only: bool = False,
         limiter: RateLimiter | None = None,
+        on_park: Callable[[], None] = lambda: None,
     ) -> None:
         self._ctx = context
         self._spec = context.spec
@@ -92,9 +93,27 @@ class ObjectPipeline:
         self._plan_only = plan_only or context.spec.dry_run
         self._limiter = limiter
         self._transfers = asyncio.Semaphore(context.spec.transfer.concurrency)
+        self._in_flight = 0
         self._recheck = SourceRecheck(
-            source, context.spec.source.bucket, context.spec.source.prefix, self._source_facts
+            source,
+            context.spec.source.bucket,
+            context.spec.source.prefix,
+            self._source_facts,
+            lambda: self._in_flight,
+            on_park,
         )
+
+    @property
+    def parked(self) -> int:
+        """Objects only waiting for the batched source re-check (they hold no transfer)."""
+        return self._recheck.parked
+
+    def is_parked(self, row: ObjectRow) -> bool:
+        return not row.version_id and self._recheck.is_parked(row.key)
+
+    def drain(self) -> None:
+        """The worker is stopping: re-check parked objects now instead of lingering."""
+        self._recheck.drain()
 
     async def process(self, row: ObjectRow) -> StepResult:
         """Advance ``row`` by as many steps as it can go now; never raises for S3 errors.
@@ -103,6 +122,14 @@ class ObjectPipeline:
         cannot proceed (credentials, bucket), so the worker stops instead of failing every
         object one by one.
         """
+        self._in_flight += 1
+        try:
+            return await self._process(row)
+        finally:
+            self._in_flight -= 1
+            self._recheck.consider()
+
+    async def _process(self, row: ObjectRow) -> StepResult:
         try:
             async with asyncio.timeout(self._ctx.object_timeout_seconds) as deadline:
                 _DEADLINE.set(deadline)
@@ -233,7 +260,9 @@ class ObjectPipeline:
         if row.version_id:
             await self._head_source(row)
             return
-        facts = await self._recheck.current(row.key)
+        # Parked until the batch goes: waiting for other objects is not this one's attempt.
+        with _deadline_paused():
+            facts = await self._recheck.current(row.key)
         if facts is None:
             raise _SourceChanged("source changed since the scan: deleted")
         self._check_unchanged(
@@ -374,19 +403,12 @@ class ObjectPipeline:
         Waiting for a slot is not part of the attempt: `retry.objectTimeout` pauses
         meanwhile, or objects queued behind long transfers would time out unstarted.
         """
-        deadline = _DEADLINE.get(None)
-        when = deadline.when() if deadline is not None else None
-        if deadline is None or when is None or not self._transfers.locked():
+        if not self._transfers.locked():
             async with self._transfers:
                 yield
             return
-        loop = asyncio.get_running_loop()
-        remaining = when - loop.time()
-        deadline.reschedule(None)
-        try:
+        with _deadline_paused():
             await self._transfers.acquire()
-        finally:
-            deadline.reschedule(loop.time() + remaining)
         try:
             yield
         finally:
@@ -574,6 +596,24 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # The running attempt's deadline (each object's task has its own context).
 _DEADLINE: ContextVar[asyncio.Timeout] = ContextVar("objmig_object_deadline")
+
+
+@contextmanager
+def _deadline_paused() -> Iterator[None]:
+    """Stop the object's `retry.objectTimeout` clock for a wait on other objects."""
+    deadline = _DEADLINE.get(None)
+    when = deadline.when() if deadline is not None else None
+    if deadline is None or when is None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    remaining = when - loop.time()
+    deadline.reschedule(None)
+    try:
+        yield
+    finally:
+        deadline.reschedule(loop.time() + remaining)
+
 
 # Storage classes whose objects are always readable: no HEAD needed to rule out a restore.
 # (Intelligent-Tiering may have moved an object to an archive tier, which only HEAD shows.)

@@ -6,6 +6,13 @@ re-check a quarter of a small object's requests. Objects finishing together are 
 gathered for a moment and re-checked with one ListObjectsV2 over their key range: claims
 hand out rows in scan order, so the keys in flight sit next to each other in the listing.
 
+How long "a moment" is decides what the re-check costs: a listing is billed like ten GETs
+on AWS, and some stores (moto) sort the whole bucket for every listing. So a batch goes
+out when `TARGET_BATCH` objects wait, when the first of them has waited `LINGER_SECONDS`,
+or at once when every object in the pipeline is waiting for it (nothing else could join,
+so a lone object or the tail of a run never sits out the linger). Objects waiting here
+hold no transfer slot and are not counted against the worker's slots (`parked`).
+
 A listing shows no version ids, so versioned rows are HEADed as before; keys the listing did
 not reach within its page budget (other keys between them) are HEADed too.
 """
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -24,6 +32,10 @@ log = logging.getLogger(__name__)
 
 #: Keys re-checked by one listing at most (one ListObjectsV2 page).
 MAX_BATCH = 1000
+#: Waiting objects that send a batch without lingering further.
+TARGET_BATCH = 500
+#: How long the first object of a batch waits for others at most.
+LINGER_SECONDS = 1.0
 #: Pages one batch may read before the keys not reached are HEADed instead.
 MAX_PAGES = 3
 
@@ -42,39 +54,110 @@ Head = Callable[[str], Awaitable[SourceFacts | None]]
 
 class SourceRecheck:
     """Answers "what is the source's current ETag/size/last-modified for this key?" for
-    many concurrent callers with as few listings as possible."""
+    many concurrent callers with as few listings as possible.
 
-    def __init__(self, store: Store, bucket: str, prefix: str, head: Head) -> None:
+    `in_flight` tells how many objects the caller's pipeline holds right now: when all of
+    them wait here, the batch goes without lingering. `on_park` is called whenever an
+    object starts waiting, so the worker can start another in its place.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        bucket: str,
+        prefix: str,
+        head: Head,
+        in_flight: Callable[[], int],
+        on_park: Callable[[], None] = lambda: None,
+    ) -> None:
         self._store = store
         self._bucket = bucket
         self._prefix = prefix
         self._head = head
+        self._in_flight = in_flight
+        self._on_park = on_park
         self._waiting: dict[str, list[asyncio.Future[SourceFacts | None]]] = {}
+        self._queued = 0
+        self._first_queued_at = 0.0
+        self._linger: asyncio.TimerHandle | None = None
         self._running: asyncio.Future[None] | None = None
+        self._draining = False
+        self._parked: Counter[str] = Counter()
+
+    @property
+    def parked(self) -> int:
+        """How many objects wait for a re-check now."""
+        return self._parked.total()
+
+    def is_parked(self, key: str) -> bool:
+        return key in self._parked
+
+    def drain(self) -> None:
+        """No more lingering: the worker is stopping, send what waits (and what comes)."""
+        self._draining = True
+        self.consider()
 
     async def current(self, key: str) -> SourceFacts | None:
         """The source's current facts for `key` (None when it is gone)."""
-        future: asyncio.Future[SourceFacts | None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[SourceFacts | None] = loop.create_future()
+        if not self._queued:
+            self._first_queued_at = loop.time()
         self._waiting.setdefault(key, []).append(future)
-        if self._running is None:
+        self._queued += 1
+        self._parked[key] += 1
+        try:
+            self.consider()
+            self._on_park()
+            return await future
+        finally:
+            self._parked[key] -= 1
+            if not self._parked[key]:
+                del self._parked[key]
+
+    def consider(self) -> None:
+        """Send the waiting batch if it is time to (see the module docstring).
+
+        Also called by the pipeline when an object leaves it: the ones left may all be
+        waiting here now.
+        """
+        if self._running is not None or not self._queued:
+            return
+        loop = asyncio.get_running_loop()
+        due = self._first_queued_at + LINGER_SECONDS
+        if (
+            self._draining
+            or self._queued >= TARGET_BATCH
+            or self._queued >= self._in_flight()
+            or loop.time() >= due
+        ):
             self._flush()
-        return await future
+        elif self._linger is None:
+            self._linger = loop.call_at(due, self._lingered)
+
+    def _lingered(self) -> None:
+        self._linger = None
+        self.consider()
 
     def _flush(self) -> None:
         """Re-check what is waiting; what arrives meanwhile forms the next batch.
 
-        No timer: while one listing is out, newcomers gather, so batches grow with the
-        load and a lone object waits for nothing (group commit, as databases do it).
+        While one listing is out, newcomers gather (group commit, as databases do it).
         """
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         keys = list(self._waiting)[:MAX_BATCH]
         batch = {key: self._waiting.pop(key) for key in keys}
+        self._queued -= sum(len(futures) for futures in batch.values())
+        if self._queued:
+            self._first_queued_at = asyncio.get_running_loop().time()
         self._running = asyncio.ensure_future(self._resolve(batch))
         self._running.add_done_callback(self._next)
 
     def _next(self, _: asyncio.Future[None]) -> None:
         self._running = None
-        if self._waiting:
-            self._flush()
+        self.consider()
 
     async def _resolve(self, batch: dict[str, list[asyncio.Future[SourceFacts | None]]]) -> None:
         try:

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from objmig.engine.context import MigrationContext
 from objmig.ledger import InventoryResult, InventoryRow, Ledger
@@ -28,10 +27,6 @@ from objmig.storage.manifest import (
 from objmig.storage.objects import ObjectInfo, list_objects
 from objmig.storage.s3http import S3HttpClient
 from objmig.storage.store import Store
-
-# The aiobotocore stubs are a development dependency: import them for type checking only.
-if TYPE_CHECKING:
-    from types_aiobotocore_s3 import S3Client
 
 _MANIFEST_FORMATS: dict[str, ManifestFormat] = {
     "lines": "lines",
@@ -102,7 +97,7 @@ async def _inventory(
     listed = (
         _from_manifest(context, source, config_maps)
         if context.spec.selection.manifest is not None
-        else _from_listing(context, source.api)
+        else _from_listing(context, source)
     )
     count = 0
     limit = context.spec.selection.limit
@@ -125,12 +120,18 @@ async def _inventory(
             return
 
 
-async def _from_listing(context: MigrationContext, client: S3Client) -> AsyncIterator[ObjectInfo]:
+async def _from_listing(context: MigrationContext, source: Store) -> AsyncIterator[ObjectInfo]:
     spec = context.spec
-    versioning = await client.get_bucket_versioning(Bucket=spec.source.bucket)
+    versioning = await source.api.get_bucket_versioning(Bucket=spec.source.bucket)
     versioned = versioning.get("Status") in ("Enabled", "Suspended")
+    if not versioned and not spec.selection.all_versions:
+        # The common case, on the lean client: a page of 1,000 keys costs a tenth of the
+        # CPU botocore's modelled parsing spends on it.
+        async for info in source.objects.list_objects(spec.source.bucket, spec.source.prefix):
+            yield info
+        return
     async for info in list_objects(
-        client,
+        source.api,
         spec.source.bucket,
         spec.source.prefix,
         versions=spec.selection.all_versions,

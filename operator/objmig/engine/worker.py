@@ -29,6 +29,8 @@ from objmig.storage.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
+#: How long a stopping worker waits for parked objects' re-check (one listing, normally).
+PARKED_GRACE_SECONDS = 10.0
 #: Copied rows first (only verification is left), then new work, then restores to poll.
 CLAIM_ORDER = (ObjectState.COPIED, ObjectState.PENDING, ObjectState.RESTORING)
 
@@ -95,8 +97,12 @@ class Worker:
         self._lease = lease
         self._idle_poll = idle_poll
         # Objects in flight: `concurrency` transfers (the pipeline's slots) plus as many
-        # in their HEAD and verification round trips around them.
+        # in their HEAD and verification round trips around them. Objects parked in the
+        # batched source re-check come on top (see `recheck`): they only wait.
         self._slots = 2 * context.spec.transfer.concurrency
+        self._pipeline: ObjectPipeline | None = None
+        # Set when an object parks: its slot can take the next row before anything finishes.
+        self._progress = asyncio.Event()
         self._inflight: dict[int, tuple[ObjectRow, asyncio.Task[StepResult]]] = {}
         self._backlog: deque[ObjectRow] = deque()
         self._claiming: asyncio.Task[list[ObjectRow]] | None = None
@@ -116,7 +122,10 @@ class Worker:
         stop = stop or asyncio.Event()
         limiter = TokenBucket(self._ctx.bandwidth_limit) if self._ctx.bandwidth_limit else None
         async with self._ctx.clients() as (source, target):
-            pipeline = ObjectPipeline(self._ctx, source, target, limiter=limiter)
+            pipeline = ObjectPipeline(
+                self._ctx, source, target, limiter=limiter, on_park=self._progress.set
+            )
+            self._pipeline = pipeline
             heartbeat = asyncio.create_task(self._heartbeat_loop())
             try:
                 await self._loop(pipeline, stop)
@@ -170,8 +179,13 @@ class Worker:
             if result.state is ObjectState.VERIFIED:
                 self.stats.bytes_done += row.size
 
+    def _working(self) -> int:
+        """Objects in flight that are not parked in the source re-check."""
+        parked = self._pipeline.parked if self._pipeline is not None else 0
+        return len(self._inflight) - parked
+
     def _start(self, pipeline: ObjectPipeline) -> None:
-        while self._backlog and len(self._inflight) < self._slots:
+        while self._backlog and self._working() < self._slots:
             row = self._backlog.popleft()
             task = asyncio.create_task(pipeline.process(row), name=f"object:{row.key}")
             self._inflight[row.id] = (row, task)
@@ -180,9 +194,9 @@ class Worker:
         """Keep as many claimed rows waiting as may be in flight."""
         if self._claiming is not None or asyncio.get_running_loop().time() < self._next_claim_at:
             return
-        wanted = 2 * self._slots - len(self._inflight) - len(self._backlog)
+        wanted = 2 * self._slots - self._working() - len(self._backlog)
         # Claim in batches, not one row per finished object: a claim is a transaction.
-        if wanted < max(1, self._slots // 2) and (self._backlog or self._inflight):
+        if wanted < max(1, self._slots // 2) and (self._backlog or self._working()):
             return
         self._claiming = asyncio.create_task(
             self._ledger.claim(self._migration_id, self.owner, CLAIM_ORDER, wanted, self._lease)
@@ -209,10 +223,15 @@ class Worker:
         waiters.update(t for t in (self._claiming, self._flushing) if t is not None)
         timeout = min(self._idle_poll * max(1, idle), 5.0) if not waiters else 0.5
         stopper = asyncio.ensure_future(stop.wait())
+        parked = asyncio.ensure_future(self._progress.wait())
         try:
-            await asyncio.wait({*waiters, stopper}, timeout=timeout, return_when="FIRST_COMPLETED")
+            await asyncio.wait(
+                {*waiters, stopper, parked}, timeout=timeout, return_when="FIRST_COMPLETED"
+            )
         finally:
             stopper.cancel()
+            parked.cancel()
+            self._progress.clear()
 
     async def _work_remains(self) -> bool:
         """Whether any row could still need a worker (now or after a wait)."""
@@ -241,9 +260,23 @@ class Worker:
                 self.stats.leases_lost += 1
 
     async def _shutdown(self) -> None:
-        """Cancel unfinished work, keep finished results, give the rest back to the pool."""
+        """Cancel unfinished work, keep finished results, give the rest back to the pool.
+
+        Objects parked in the source re-check are copied already: they get one listing's
+        time to be verified rather than being copied again by the next run.
+        """
+        pipeline = self._pipeline
+        parked: set[asyncio.Task[StepResult]] = set()
+        if pipeline is not None:
+            pipeline.drain()
+            parked = {t for row, t in self._inflight.values() if pipeline.is_parked(row)}
         for _, task in self._inflight.values():
-            task.cancel()
+            if task not in parked:
+                task.cancel()
+        if parked:
+            await asyncio.wait(parked, timeout=PARKED_GRACE_SECONDS)
+            for task in parked:
+                task.cancel()
         if self._inflight:
             await asyncio.gather(*(t for _, t in self._inflight.values()), return_exceptions=True)
         if self._claiming is not None:

@@ -400,6 +400,29 @@ class S3HttpClient:
         truncated = _text(root, "IsTruncated") == "true"
         return objects, (_text(root, "NextContinuationToken") or None) if truncated else None
 
+    async def list_objects(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        start_after: str | None = None,
+        page_size: int = 1000,
+    ) -> AsyncIterator[ObjectInfo]:
+        """Every (latest) object under `prefix` after `start_after`, in key order."""
+        token = None
+        while True:
+            page, token = await self.list_page(
+                bucket,
+                prefix,
+                start_after=start_after,
+                continuation_token=token,
+                max_keys=page_size,
+            )
+            for info in page:
+                yield info
+            if token is None:
+                return
+
     # -- the wire -----------------------------------------------------------------------
 
     async def _write(
