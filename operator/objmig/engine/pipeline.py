@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 from objmig.api.types import parse_quantity
 from objmig.engine.context import MigrationContext
+from objmig.engine.lookup import KeyFacts, ListingLookup
 from objmig.engine.policy import backoff_delay
-from objmig.engine.recheck import SourceFacts, SourceRecheck
 from objmig.ledger import ObjectRow, ObjectState, StepResult
 from objmig.storage.copy import (
     CopyOptions,
@@ -94,7 +94,7 @@ class ObjectPipeline:
         self._limiter = limiter
         self._transfers = asyncio.Semaphore(context.spec.transfer.concurrency)
         self._in_flight = 0
-        self._recheck = SourceRecheck(
+        self._recheck = ListingLookup(
             source,
             context.spec.source.bucket,
             context.spec.source.prefix,
@@ -102,18 +102,42 @@ class ObjectPipeline:
             lambda: self._in_flight,
             on_park,
         )
+        self._target_look = ListingLookup(
+            target,
+            context.spec.target.bucket,
+            context.spec.target.prefix,
+            self._target_facts,
+            lambda: self._in_flight,
+            on_park,
+        )
 
     @property
     def parked(self) -> int:
-        """Objects only waiting for the batched source re-check (they hold no transfer)."""
-        return self._recheck.parked
+        """Objects only waiting for a batched look at a bucket (they hold no transfer)."""
+        return self._recheck.parked + self._target_look.parked
 
-    def is_parked(self, row: ObjectRow) -> bool:
+    def awaits_recheck(self, row: ObjectRow) -> bool:
+        """Whether `row` is copied and parked for its source re-check only."""
         return not row.version_id and self._recheck.is_parked(row.key)
 
     def drain(self) -> None:
-        """The worker is stopping: re-check parked objects now instead of lingering."""
+        """The worker is stopping: send parked looks now instead of lingering."""
         self._recheck.drain()
+        self._target_look.drain()
+
+    def start(self, row: ObjectRow) -> asyncio.Task[StepResult]:
+        """`process(row)` as a task, counted in flight from now (not from its first step,
+        or the looks would see fewer objects than are on their way)."""
+        task = asyncio.create_task(self.process(row), name=f"object:{row.key}")
+        self._in_flight += 1
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, _: asyncio.Task[StepResult]) -> None:
+        self._in_flight -= 1
+        # The objects left may all be waiting for a look now.
+        self._recheck.consider()
+        self._target_look.consider()
 
     async def process(self, row: ObjectRow) -> StepResult:
         """Advance ``row`` by as many steps as it can go now; never raises for S3 errors.
@@ -122,14 +146,6 @@ class ObjectPipeline:
         cannot proceed (credentials, bucket), so the worker stops instead of failing every
         object one by one.
         """
-        self._in_flight += 1
-        try:
-            return await self._process(row)
-        finally:
-            self._in_flight -= 1
-            self._recheck.consider()
-
-    async def _process(self, row: ObjectRow) -> StepResult:
         try:
             async with asyncio.timeout(self._ctx.object_timeout_seconds) as deadline:
                 _DEADLINE.set(deadline)
@@ -200,7 +216,7 @@ class ObjectPipeline:
             # If-None-Match, a plan writes nothing, a multipart copy would move every part
             # before a conditional completion could say the key was taken, and MinIO and
             # moto ignore If-None-Match on CopyObject (AWS honours it).
-            target = await self._head_target(row)
+            target = await self._look_at_target(row)
             if target is not None:
                 return await self._existing_target(row, source, target)
         if self._plan_only:
@@ -269,16 +285,15 @@ class ObjectPipeline:
             row, facts.etag, facts.size, facts.last_modified_seconds, version_id=None
         )
 
-    async def _source_facts(self, key: str) -> SourceFacts | None:
-        try:
-            head = await self._src.objects.head(
-                self._spec.source.bucket, key, sse_c=self._ctx.source_customer_key
-            )
-        except Exception as exc:
-            if classify(exc).kind == "not_found":
-                return None
-            raise
-        return SourceFacts(head.etag, head.size, int(head.last_modified.timestamp()))
+    async def _source_facts(self, key: str) -> KeyFacts | None:
+        return await _key_facts(
+            self._src, self._spec.source.bucket, key, self._ctx.source_customer_key
+        )
+
+    async def _target_facts(self, key: str) -> KeyFacts | None:
+        return await _key_facts(
+            self._dst, self._spec.target.bucket, key, self._ctx.target_customer_key
+        )
 
     def _check_unchanged(
         self,
@@ -306,6 +321,19 @@ class ObjectPipeline:
             changes.append("last-modified moved")
         if changes:
             raise _SourceChanged("source changed since the scan: " + ", ".join(changes))
+
+    async def _look_at_target(self, row: ObjectRow) -> HeadResult | None:
+        """The target object before writing, None when the key is free.
+
+        Whether the key is taken comes from a batched listing (see `lookup`): its answer is
+        at most the linger older than a HEAD's would be, and a copy waits for its transfer
+        slot after either. Only a taken key is HEADed, for the overwrite policy.
+        """
+        with _deadline_paused():
+            facts = await self._target_look.current(self._target_key(row))
+        if facts is None:
+            return None
+        return await self._head_target(row)
 
     async def _head_target(self, row: ObjectRow) -> HeadResult | None:
         try:
@@ -596,6 +624,19 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # The running attempt's deadline (each object's task has its own context).
 _DEADLINE: ContextVar[asyncio.Timeout] = ContextVar("objmig_object_deadline")
+
+
+async def _key_facts(
+    store: Store, bucket: str, key: str, customer_key: bytes | None
+) -> KeyFacts | None:
+    """A HEAD's answer as a look's (None: no such key)."""
+    try:
+        head = await store.objects.head(bucket, key, sse_c=customer_key)
+    except Exception as exc:
+        if classify(exc).kind == "not_found":
+            return None
+        raise
+    return KeyFacts(head.etag, head.size, int(head.last_modified.timestamp()))
 
 
 @contextmanager

@@ -98,7 +98,7 @@ class Worker:
         self._idle_poll = idle_poll
         # Objects in flight: `concurrency` transfers (the pipeline's slots) plus as many
         # in their HEAD and verification round trips around them. Objects parked in the
-        # batched source re-check come on top (see `recheck`): they only wait.
+        # batched looks at a bucket come on top (see `lookup`): they only wait.
         self._slots = 2 * context.spec.transfer.concurrency
         self._pipeline: ObjectPipeline | None = None
         # Set when an object parks: its slot can take the next row before anything finishes.
@@ -187,7 +187,7 @@ class Worker:
     def _start(self, pipeline: ObjectPipeline) -> None:
         while self._backlog and self._working() < self._slots:
             row = self._backlog.popleft()
-            task = asyncio.create_task(pipeline.process(row), name=f"object:{row.key}")
+            task = pipeline.start(row)
             self._inflight[row.id] = (row, task)
 
     def _claim_in_background(self) -> None:
@@ -269,7 +269,7 @@ class Worker:
         parked: set[asyncio.Task[StepResult]] = set()
         if pipeline is not None:
             pipeline.drain()
-            parked = {t for row, t in self._inflight.values() if pipeline.is_parked(row)}
+            parked = {t for row, t in self._inflight.values() if pipeline.awaits_recheck(row)}
         for _, task in self._inflight.values():
             if task not in parked:
                 task.cancel()

@@ -1,20 +1,29 @@
-"""The last look at the source before a copy counts as verified, a batch at a time.
+"""Per-object looks at a bucket, answered a batch at a time by one listing.
 
-Every copied object is re-checked against the source right before it is marked verified
-(ETag, size, last-modified; a change means SourceChanged). One HEAD per object made that
-re-check a quarter of a small object's requests. Objects finishing together are instead
-gathered for a moment and re-checked with one ListObjectsV2 over their key range: claims
-hand out rows in scan order, so the keys in flight sit next to each other in the listing.
+Two looks are made for many objects at once:
 
-How long "a moment" is decides what the re-check costs: a listing is billed like ten GETs
-on AWS, and some stores (moto) sort the whole bucket for every listing. So a batch goes
-out when `TARGET_BATCH` objects wait, when the first of them has waited `LINGER_SECONDS`,
-or at once when every object in the pipeline is waiting for it (nothing else could join,
-so a lone object or the tail of a run never sits out the linger). Objects waiting here
-hold no transfer slot and are not counted against the worker's slots (`parked`).
+- the source re-check: every copied object is looked at on the source right before it is
+  marked verified (ETag, size, last-modified; a change means SourceChanged);
+- the target look: where a copy must not rely on the store honouring If-None-Match
+  (server-side copies, multipart copies, `overwrite: never`), the target key is looked at
+  before writing.
 
-A listing shows no version ids, so versioned rows are HEADed as before; keys the listing did
-not reach within its page budget (other keys between them) are HEADed too.
+One HEAD per object made each look a quarter of a small object's requests. Objects
+reaching a look together are instead gathered for a moment and answered by one
+ListObjectsV2 over their key range: claims hand out rows in scan order, so the keys in
+flight sit next to each other in the listing.
+
+How long "a moment" is decides what a look costs: a listing is billed like ten GETs on AWS,
+and some stores (moto) sort the whole bucket for every listing. So a batch goes out when
+`TARGET_BATCH` objects wait, when the first of them has waited `LINGER_SECONDS`, or at once
+when every object in the pipeline is waiting (nothing else could join, so a lone object or
+the tail of a run never sits out the linger). While a listing is out, newcomers gather for
+the next one (group commit). Objects waiting here hold no transfer slot and are not
+counted against the worker's slots (`parked`).
+
+A listing shows no version ids, so versioned rows are HEADed instead (by the caller); keys
+the listing does not reach within its page budget (other keys between them) and keys
+outside the listed prefix are HEADed too.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from objmig.storage.store import Store
 
 log = logging.getLogger(__name__)
 
-#: Keys re-checked by one listing at most (one ListObjectsV2 page).
+#: Keys looked at by one listing at most (one ListObjectsV2 page).
 MAX_BATCH = 1000
 #: Waiting objects that send a batch without lingering further.
 TARGET_BATCH = 500
@@ -41,20 +50,20 @@ MAX_PAGES = 3
 
 
 @dataclass(frozen=True)
-class SourceFacts:
-    """What the re-check saw of a key: `None` fields mean the key is gone."""
+class KeyFacts:
+    """What a look saw of a key (a key that is gone is answered with None)."""
 
     etag: str
     size: int
     last_modified_seconds: int | None
 
 
-Head = Callable[[str], Awaitable[SourceFacts | None]]
+Head = Callable[[str], Awaitable[KeyFacts | None]]
 
 
-class SourceRecheck:
-    """Answers "what is the source's current ETag/size/last-modified for this key?" for
-    many concurrent callers with as few listings as possible.
+class ListingLookup:
+    """Answers "what are the current ETag/size/last-modified of this key?" for many
+    concurrent callers of one bucket with as few listings as possible.
 
     `in_flight` tells how many objects the caller's pipeline holds right now: when all of
     them wait here, the batch goes without lingering. `on_park` is called whenever an
@@ -76,7 +85,7 @@ class SourceRecheck:
         self._head = head
         self._in_flight = in_flight
         self._on_park = on_park
-        self._waiting: dict[str, list[asyncio.Future[SourceFacts | None]]] = {}
+        self._waiting: dict[str, list[asyncio.Future[KeyFacts | None]]] = {}
         self._queued = 0
         self._first_queued_at = 0.0
         self._linger: asyncio.TimerHandle | None = None
@@ -86,7 +95,7 @@ class SourceRecheck:
 
     @property
     def parked(self) -> int:
-        """How many objects wait for a re-check now."""
+        """How many objects wait for a look now."""
         return self._parked.total()
 
     def is_parked(self, key: str) -> bool:
@@ -97,10 +106,10 @@ class SourceRecheck:
         self._draining = True
         self.consider()
 
-    async def current(self, key: str) -> SourceFacts | None:
+    async def current(self, key: str) -> KeyFacts | None:
         """The source's current facts for `key` (None when it is gone)."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[SourceFacts | None] = loop.create_future()
+        future: asyncio.Future[KeyFacts | None] = loop.create_future()
         if not self._queued:
             self._first_queued_at = loop.time()
         self._waiting.setdefault(key, []).append(future)
@@ -118,8 +127,7 @@ class SourceRecheck:
     def consider(self) -> None:
         """Send the waiting batch if it is time to (see the module docstring).
 
-        Also called by the pipeline when an object leaves it: the ones left may all be
-        waiting here now.
+        Also called by the pipeline when an object leaves it.
         """
         if self._running is not None or not self._queued:
             return
@@ -159,7 +167,7 @@ class SourceRecheck:
         self._running = None
         self.consider()
 
-    async def _resolve(self, batch: dict[str, list[asyncio.Future[SourceFacts | None]]]) -> None:
+    async def _resolve(self, batch: dict[str, list[asyncio.Future[KeyFacts | None]]]) -> None:
         try:
             found = await self._facts(sorted(batch))
         except Exception as exc:
@@ -173,8 +181,8 @@ class SourceRecheck:
                 if not future.done():
                     future.set_result(found[key])
 
-    async def _facts(self, all_keys: list[str]) -> dict[str, SourceFacts | None]:
-        found: dict[str, SourceFacts | None] = {}
+    async def _facts(self, all_keys: list[str]) -> dict[str, KeyFacts | None]:
+        found: dict[str, KeyFacts | None] = {}
         # Manifest keys may lie outside the prefix, where the listing never goes.
         keys = [k for k in all_keys if k.startswith(self._prefix)]
         outside = [k for k in all_keys if not k.startswith(self._prefix)]
@@ -202,7 +210,11 @@ class SourceRecheck:
                 last_listed = info.key
                 if info.key in wanted:
                     found[info.key] = _facts(info)
-            if token is None or last_listed >= keys[-1]:
+            if token is None:
+                # The listing reached the end of the prefix: nothing it did not show exists.
+                last_listed = keys[-1]
+                break
+            if last_listed >= keys[-1]:
                 break
         # Listed past it without seeing it: gone. Not reached: ask directly.
         unseen = [k for k in keys if k not in found]
@@ -210,13 +222,13 @@ class SourceRecheck:
         found.update(await self._head_each([k for k in unseen if k > last_listed]))
         return found
 
-    async def _head_each(self, keys: list[str]) -> dict[str, SourceFacts | None]:
+    async def _head_each(self, keys: list[str]) -> dict[str, KeyFacts | None]:
         facts = await asyncio.gather(*(self._head(key) for key in keys))
         return dict(zip(keys, facts, strict=True))
 
 
-def _facts(info: ObjectInfo) -> SourceFacts:
-    return SourceFacts(info.etag, info.size, int(info.last_modified.timestamp()))
+def _facts(info: ObjectInfo) -> KeyFacts:
+    return KeyFacts(info.etag, info.size, int(info.last_modified.timestamp()))
 
 
 def _just_before(key: str) -> str | None:
