@@ -30,6 +30,7 @@ from objmig.storage.s3http import (
     _CredentialSource,
     _error,
     _head_result,
+    _result_etag,
     _total_size,
     _xml_body,
     content_headers,
@@ -456,3 +457,29 @@ async def test_xml_documents_with_entities_are_refused() -> None:
     )
     with pytest.raises(DefusedXmlException):
         await _xml_body("CopyObject", _Answer(200, bomb))  # type: ignore[arg-type]
+
+
+async def test_copy_result_etag_takes_the_short_way_only_for_plain_documents() -> None:
+    plain = (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n'
+        b'<CopyObjectResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        b"<LastModified>2026-11-22T02:00:00.000Z</LastModified>"
+        b"<ETag>&quot;0123abc&quot;</ETag></CopyObjectResult>"
+    )
+    prefixed = (
+        b'<s3:CopyPartResult xmlns:s3="http://s3.amazonaws.com/doc/2006-03-01/">'
+        b"<s3:ETag>&quot;def&quot;</s3:ETag></s3:CopyPartResult>"
+    )
+    failed = _document("SlowDown", "Please reduce your request rate")
+    bomb = (
+        b'<?xml version="1.0"?><!DOCTYPE e [<!ENTITY a "aaaaaaaaaa">]>'
+        b"<CopyObjectResult><ETag>&a;</ETag></CopyObjectResult>"
+    )
+
+    assert await _result_etag("CopyObject", _Answer(200, plain)) == '"0123abc"'  # type: ignore[arg-type]
+    assert await _result_etag("UploadPartCopy", _Answer(200, prefixed)) == '"def"'  # type: ignore[arg-type]
+    with pytest.raises(S3ResponseError) as raised:
+        await _result_etag("CopyObject", _Answer(200, failed))  # type: ignore[arg-type]
+    assert raised.value.code == "SlowDown"
+    with pytest.raises(DefusedXmlException):
+        await _result_etag("CopyObject", _Answer(200, bomb))  # type: ignore[arg-type]

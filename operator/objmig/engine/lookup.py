@@ -92,11 +92,7 @@ class ListingLookup:
         self._running: asyncio.Future[None] | None = None
         self._draining = False
         self._parked: Counter[str] = Counter()
-
-    @property
-    def parked(self) -> int:
-        """How many objects wait for a look now."""
-        return self._parked.total()
+        self.parked = 0
 
     def is_parked(self, key: str) -> bool:
         return key in self._parked
@@ -115,11 +111,13 @@ class ListingLookup:
         self._waiting.setdefault(key, []).append(future)
         self._queued += 1
         self._parked[key] += 1
+        self.parked += 1
         try:
             self.consider()
             self._on_park()
             return await future
         finally:
+            self.parked -= 1
             self._parked[key] -= 1
             if not self._parked[key]:
                 del self._parked[key]

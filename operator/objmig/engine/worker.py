@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -20,7 +21,6 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 from objmig.engine.context import MigrationContext
 from objmig.engine.pipeline import ObjectPipeline
@@ -101,9 +101,12 @@ class Worker:
         # batched looks at a bucket come on top (see `lookup`): they only wait.
         self._slots = 2 * context.spec.transfer.concurrency
         self._pipeline: ObjectPipeline | None = None
-        # Set when an object parks: its slot can take the next row before anything finishes.
+        # Set whenever the loop has something to do: an object, a claim or a flush finished,
+        # or an object parked (its slot can take the next row before anything finishes).
+        # One event rather than waiting on every task: hundreds may be in flight.
         self._progress = asyncio.Event()
         self._inflight: dict[int, tuple[ObjectRow, asyncio.Task[StepResult]]] = {}
+        self._finished: list[tuple[int, asyncio.Task[StepResult]]] = []
         self._backlog: deque[ObjectRow] = deque()
         self._claiming: asyncio.Task[list[ObjectRow]] | None = None
         self._flushing: asyncio.Task[None] | None = None
@@ -123,7 +126,7 @@ class Worker:
         limiter = TokenBucket(self._ctx.bandwidth_limit) if self._ctx.bandwidth_limit else None
         async with self._ctx.clients() as (source, target):
             pipeline = ObjectPipeline(
-                self._ctx, source, target, limiter=limiter, on_park=self._progress.set
+                self._ctx, source, target, limiter=limiter, on_park=self._wake
             )
             self._pipeline = pipeline
             heartbeat = asyncio.create_task(self._heartbeat_loop())
@@ -139,6 +142,7 @@ class Worker:
     async def _loop(self, pipeline: ObjectPipeline, stop: asyncio.Event) -> None:
         idle = 0
         while not stop.is_set():
+            self._progress.clear()
             self._harvest()
             self._start(pipeline)
             self._flush_in_background()
@@ -164,9 +168,12 @@ class Worker:
         if self._flushing is not None and self._flushing.done():
             flushing, self._flushing = self._flushing, None
             flushing.result()
-        for object_id, (row, task) in list(self._inflight.items()):
-            if not task.done():
-                continue
+        finished, self._finished = self._finished, []
+        for object_id, task in finished:
+            entry = self._inflight.get(object_id)
+            if entry is None or entry[1] is not task:
+                continue  # its lease was lost meanwhile (see the heartbeat)
+            row = entry[0]
             error = task.exception()
             if error is not None:
                 # Only a ConfigurationError gets here (the pipeline turns every other failure
@@ -188,7 +195,15 @@ class Worker:
         while self._backlog and self._working() < self._slots:
             row = self._backlog.popleft()
             task = pipeline.start(row)
+            task.add_done_callback(functools.partial(self._object_done, row.id))
             self._inflight[row.id] = (row, task)
+
+    def _object_done(self, object_id: int, task: asyncio.Task[StepResult]) -> None:
+        self._finished.append((object_id, task))
+        self._progress.set()
+
+    def _wake(self, _: object = None) -> None:
+        self._progress.set()
 
     def _claim_in_background(self) -> None:
         """Keep as many claimed rows waiting as may be in flight."""
@@ -201,12 +216,14 @@ class Worker:
         self._claiming = asyncio.create_task(
             self._ledger.claim(self._migration_id, self.owner, CLAIM_ORDER, wanted, self._lease)
         )
+        self._claiming.add_done_callback(self._wake)
 
     def _flush_in_background(self) -> None:
         """Write finished results; results finishing meanwhile go in the next batch."""
         if self._flushing is None and self._results:
             batch, self._results = self._results, []
             self._flushing = asyncio.create_task(self._record(batch))
+            self._flushing.add_done_callback(self._wake)
 
     async def _record(self, batch: list[StepResult]) -> None:
         applied = await self._ledger.record(self.owner, batch)
@@ -219,19 +236,17 @@ class Worker:
     async def _wait_for_progress(self, stop: asyncio.Event, idle: int) -> None:
         """Sleep until an object, a claim or a flush finishes, a stop is requested, or it is
         time to poll the pool again."""
-        waiters: set[asyncio.Future[Any]] = {t for _, t in self._inflight.values()}
-        waiters.update(t for t in (self._claiming, self._flushing) if t is not None)
-        timeout = min(self._idle_poll * max(1, idle), 5.0) if not waiters else 0.5
+        if self._progress.is_set():
+            return
+        busy = self._inflight or self._claiming or self._flushing
+        timeout = 0.5 if busy else min(self._idle_poll * max(1, idle), 5.0)
         stopper = asyncio.ensure_future(stop.wait())
-        parked = asyncio.ensure_future(self._progress.wait())
+        progress = asyncio.ensure_future(self._progress.wait())
         try:
-            await asyncio.wait(
-                {*waiters, stopper, parked}, timeout=timeout, return_when="FIRST_COMPLETED"
-            )
+            await asyncio.wait({stopper, progress}, timeout=timeout, return_when="FIRST_COMPLETED")
         finally:
             stopper.cancel()
-            parked.cancel()
-            self._progress.clear()
+            progress.cancel()
 
     async def _work_remains(self) -> bool:
         """Whether any row could still need a worker (now or after a wait)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import html
 import re
 import ssl
 import time
@@ -56,6 +57,7 @@ UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 # Error documents are small; a store that sends more is not sending an error document.
 _MAX_ERROR_BODY = 64 * 1024
 _XML_NS = re.compile(r"^\{[^}]*\}")
+_RESULT_ETAG = re.compile(rb"<ETag>([^<]*)</ETag>")
 # Characters S3 wants left alone in a canonical URI / query (RFC 3986 unreserved).
 _UNRESERVED = "-_.~"
 
@@ -227,8 +229,7 @@ class S3HttpClient:
             "x-amz-copy-source": _copy_source(source_bucket, source_key, source_version_id),
         }
         async with self._request("CopyObject", "PUT", bucket, key, {}, headers) as response:
-            root = await _xml_body("CopyObject", response)
-            return _write_result(response.headers, _text(root, "ETag"))
+            return _write_result(response.headers, await _result_etag("CopyObject", response))
 
     async def create_multipart_upload(
         self, bucket: str, key: str, headers: Mapping[str, str]
@@ -281,8 +282,7 @@ class S3HttpClient:
             headers["x-amz-copy-source-range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
         query = {"partNumber": str(part_number), "uploadId": upload_id}
         async with self._request("UploadPartCopy", "PUT", bucket, key, query, headers) as response:
-            root = await _xml_body("UploadPartCopy", response)
-            return normalise_etag(_text(root, "ETag"))
+            return normalise_etag(await _result_etag("UploadPartCopy", response))
 
     async def complete_multipart_upload(
         self,
@@ -699,17 +699,36 @@ def _text(root: ET.Element, name: str) -> str:
 
 async def _xml_body(operation: str, response: HttpResponse) -> ET.Element:
     """The XML document of a 2xx answer; an `<Error>` document in it is raised."""
+    return _xml_document(operation, response.status, await response.read())
+
+
+async def _result_etag(operation: str, response: HttpResponse) -> str:
+    """The ETag in a CopyObject / UploadPartCopy result document.
+
+    Every server-side copy reads one of these few hundred bytes, and building a parser
+    for them cost more than the rest of the answer's handling. A plain document (no
+    declarations, no error, the ETag element unprefixed) gives up its ETag to a regular
+    expression; anything else is parsed, and an error document raised, as always.
+    """
     data = await response.read()
+    if b"<!" not in data and b"Error>" not in data:
+        found = _RESULT_ETAG.search(data)
+        if found is not None:
+            return html.unescape(found.group(1).decode())
+    return _text(_xml_document(operation, response.status, data), "ETag")
+
+
+def _xml_document(operation: str, status: int, data: bytes) -> ET.Element:
     try:
         root = SafeET.fromstring(data)
     except SafeET.ParseError as exc:
         raise S3ResponseError(
-            operation, response.status, "MalformedResponse", f"unparsable XML answer: {exc}"
+            operation, status, "MalformedResponse", f"unparsable XML answer: {exc}"
         ) from None
     if _local(root.tag) == "Error":
         raise S3ResponseError(
             operation,
-            response.status,
+            status,
             _text(root, "Code") or "InternalError",
             _text(root, "Message"),
         )
