@@ -550,3 +550,42 @@ async def test_transient_errors_on_part_heads_are_not_mistaken_for_missing_suppo
 
     assert (failure.value.status, failure.value.code) == (503, "503")  # HEAD: no document
     assert classify(failure.value).kind == "retryable"
+
+
+@pytest.mark.parametrize("whole_sha256", [False, True], ids=["lanes", "hashed"])
+async def test_streamed_multipart_reads_one_range_per_lane_of_neighbouring_parts(
+    s3_seed: S3Seeder, s3_proxy: S3FaultProxy, proxy_endpoint, whole_sha256: bool
+) -> None:
+    src, dst = await s3_seed.bucket(), await s3_seed.bucket()
+    sizes = [64 * 1024] * 6 + [5000]
+    obj = await s3_seed.put_multipart(src, "k", sizes)
+
+    async with open_http_client(proxy_endpoint) as client:
+        result = await copy_object(
+            client,
+            client,
+            SourceObject(src, "k", size=obj.size, etag=obj.etag),
+            TargetObject(dst, "k"),
+            CopyOptions(part_concurrency=3, compute_sha256=whole_sha256),
+        )
+        layout = await part_layout(client, dst, "k")
+
+    assert result.etag == obj.etag
+    assert layout == sizes
+    assert result.sha256 == (obj.sha256 if whole_sha256 else None)
+    ranges = sorted(
+        {k.lower(): v for k, v in r.headers.items()}["range"]
+        for r in s3_proxy.seen("GET", key="k")
+        if r.bucket == src and "tagging" not in r.query
+    )
+    if whole_sha256:
+        # The whole object's SHA-256 is taken in order: one range per part.
+        assert len(ranges) == len(sizes)
+    else:
+        # 7 parts in 3 lanes (3, 2, 2 parts): three reads, together the whole object.
+        part = 64 * 1024
+        assert ranges == [
+            f"bytes=0-{3 * part - 1}",
+            f"bytes={3 * part}-{5 * part - 1}",
+            f"bytes={5 * part}-{obj.size - 1}",
+        ]

@@ -6,12 +6,15 @@ Two paths, chosen by `CopyOptions.server_side`:
   single-part objects, and for multipart objects one UploadPartCopy per source part, with
   the same byte ranges. Any size works (CopyObject stops at 5 GiB, UploadPartCopy does not),
   and the target's multipart ETag equals the source's because each part has the same bytes.
-- **streamed** (anything else): a ranged GET of each source part piped into an UploadPart
-  of the same size (PutObject for single-part objects). Bytes are never buffered whole:
-  each part streams in 1 MiB chunks, so memory is about one chunk per part in flight. When
-  a SHA-256 of the whole object is wanted, parts are still uploaded concurrently but hashed
-  in order (see `streaming.OrderedHasher`); parts that finish ahead of the front wait in
-  memory, bounded by `CopyOptions.buffer_budget` by lowering the parts in flight.
+- **streamed** (anything else): the source read by ranged GETs piped into UploadParts of
+  the source's part sizes (PutObject for single-part objects). The parts are dealt into
+  `part_concurrency` lanes of neighbouring parts; each lane reads its byte range with one
+  GET, straight through its parts in turn. Bytes are never buffered whole: each part
+  streams in 1 MiB chunks, so memory is about one chunk per lane. When a SHA-256 of the
+  whole object is wanted, each part reads its own range instead, parts are still uploaded
+  concurrently but hashed in order (see `streaming.OrderedHasher`); parts that finish
+  ahead of the front wait in memory, bounded by `CopyOptions.buffer_budget` by lowering
+  the parts in flight.
 
 Both paths refuse with `SourceChangedError` a source that no longer has the scanned ETag
 and size (a streamed single-part object learns that from the GET that reads it, the others
@@ -29,6 +32,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar, cast
 from urllib.parse import urlencode
@@ -52,6 +56,8 @@ from objmig.storage.objects import (
 from objmig.storage.ratelimit import RateLimiter
 from objmig.storage.restore import needs_restore
 from objmig.storage.s3http import (
+    Body,
+    GetResult,
     S3HttpClient,
     WriteResult,
     content_headers,
@@ -582,7 +588,7 @@ async def _server_side_multipart(
     whole = len(ranges) == 1
     headers = {**_copy_conditions(source, plan), **options.encryption.part_headers()}
 
-    async def copy_part(upload_id: str, index: int) -> str:
+    async def copy_part(upload_id: str, index: int) -> list[str]:
         first, last = ranges[index]
         etag = await client.upload_part_copy(
             source.bucket,
@@ -599,7 +605,7 @@ async def _server_side_multipart(
         )
         if options.on_progress is not None:
             options.on_progress(last - first + 1)
-        return etag
+        return [etag]
 
     return await _multipart(client, target, options, plan, copy_part, len(ranges), server_side=True)
 
@@ -720,9 +726,18 @@ async def _streamed_multipart(
         hasher = OrderedHasher(window)
     part_md5 = not _etag_comparable(plan, options)
 
-    async def copy_part(upload_id: str, index: int) -> str:
-        if hasher is not None:
-            await hasher.admit(index)
+    def read(first: int, last: int) -> AbstractAsyncContextManager[GetResult]:
+        return src_client.get(
+            source.bucket,
+            source.key,
+            version_id=plan.version_id,
+            if_match=plan.head.etag,
+            byte_range=(first, last) if last >= first else None,
+            sse_c=source.sse_c_key,
+        )
+
+    async def send_part(upload_id: str, index: int, body: Body) -> str:
+        """Upload part `index` from the next bytes of `body`."""
         first, last = ranges[index]
         size = last - first + 1
 
@@ -730,61 +745,89 @@ async def _streamed_multipart(
             assert hasher is not None
             hasher.feed(index, chunk)
 
+        stream = PartStream(
+            body,
+            size,
+            on_chunk=feed if hasher is not None else None,
+            limiter=options.rate_limiter,
+            on_progress=options.on_progress,
+            md5=part_md5,
+            describe=f"GET s3://{source.bucket}/{source.key} part {index + 1}",
+        )
         try:
-            async with src_client.get(
-                source.bucket,
-                source.key,
-                version_id=plan.version_id,
-                if_match=plan.head.etag,
-                byte_range=(first, last) if size else None,
-                sse_c=source.sse_c_key,
-            ) as got:
-                stream = PartStream(
-                    got.body,
-                    size,
-                    on_chunk=feed if hasher is not None else None,
-                    limiter=options.rate_limiter,
-                    on_progress=options.on_progress,
-                    md5=part_md5,
-                    describe=f"GET s3://{source.bucket}/{source.key} part {index + 1}",
-                )
-                try:
-                    written = await dst_client.upload_part(
-                        target.bucket,
-                        target.key,
-                        upload_id,
-                        index + 1,
-                        stream,
-                        size,
-                        sse_c=options.encryption.sse_c_key,
-                    )
-                except Exception as exc:
-                    raise stream.error or exc from None
-            if stream.sent != size:
-                raise IntegrityError(
-                    f"s3://{target.bucket}/{target.key} part {index + 1}: "
-                    f"sent {stream.sent} of {size} bytes"
-                )
-            _check_part_md5(stream, written, target, options, part=index + 1)
-        except BaseException:
-            if hasher is not None:
-                hasher.discard(index)
-            raise
-        if hasher is not None:
-            await hasher.finish_part(index)
+            written = await dst_client.upload_part(
+                target.bucket,
+                target.key,
+                upload_id,
+                index + 1,
+                stream,
+                size,
+                sse_c=options.encryption.sse_c_key,
+            )
+        except Exception as exc:
+            raise stream.error or exc from None
+        if stream.sent != size:
+            raise IntegrityError(
+                f"s3://{target.bucket}/{target.key} part {index + 1}: "
+                f"sent {stream.sent} of {size} bytes"
+            )
+        _check_part_md5(stream, written, target, options, part=index + 1)
         return written.etag
+
+    if hasher is None:
+        # Parts in `concurrency` lanes of neighbours, one GET per lane read straight
+        # through: as many parallel streams as parts in flight, without a GET per part
+        # (stores like moto read the whole object for every ranged GET).
+        lanes = _lanes(len(ranges), concurrency)
+
+        async def copy_lane(upload_id: str, lane: int) -> list[str]:
+            start, stop = lanes[lane]
+            async with read(ranges[start][0], ranges[stop - 1][1]) as got:
+                return [await send_part(upload_id, i, got.body) for i in range(start, stop)]
+
+        return await _multipart(
+            dst_client, target, options, plan, copy_lane, len(lanes), server_side=False
+        )
+
+    async def copy_hashed_part(upload_id: str, index: int) -> list[str]:
+        # The object's SHA-256 needs its bytes in order: parts start within the hasher's
+        # window of the front, so each reads its own range.
+        assert hasher is not None
+        await hasher.admit(index)
+        try:
+            first, last = ranges[index]
+            async with read(first, last) as got:
+                etag = await send_part(upload_id, index, got.body)
+        except BaseException:
+            hasher.discard(index)
+            raise
+        await hasher.finish_part(index)
+        return [etag]
 
     return await _multipart(
         dst_client,
         target,
         options,
         plan,
-        copy_part,
+        copy_hashed_part,
         len(ranges),
         server_side=False,
         concurrency=concurrency,
-        sha256=hasher.hexdigest if hasher is not None else None,
+        sha256=hasher.hexdigest,
     )
+
+
+def _lanes(count: int, lanes: int) -> list[tuple[int, int]]:
+    """`count` parts as at most `lanes` runs of neighbours [start, stop), sizes within one."""
+    lanes = max(1, min(lanes, count))
+    size, extra = divmod(count, lanes)
+    runs = []
+    start = 0
+    for lane in range(lanes):
+        stop = start + size + (1 if lane < extra else 0)
+        runs.append((start, stop))
+        start = stop
+    return runs
 
 
 # --------------------------------------------------------------------- multipart frame
@@ -795,26 +838,28 @@ async def _multipart(
     target: TargetObject,
     options: CopyOptions,
     plan: _Plan,
-    copy_part: Callable[[str, int], Awaitable[str]],
+    copy_parts: Callable[[str, int], Awaitable[list[str]]],
     count: int,
     *,
     server_side: bool,
     concurrency: int | None = None,
     sha256: Callable[[], str] | None = None,
 ) -> CopyResult:
-    """Create an upload, run `copy_part` for every part, complete it; abort on any failure
-    (cancellation included) before re-raising."""
+    """Create an upload, run `copy_parts(upload_id, 0..count-1)`, each returning the ETags
+    of the parts it wrote (in part order), complete it; abort on any failure (cancellation
+    included) before re-raising."""
     upload_id = await client.create_multipart_upload(
         target.bucket, target.key, _object_headers(target, options, plan)
     )
     try:
         if options.on_upload_started is not None:
             await options.on_upload_started(upload_id)
-        etags = await run_bounded(
+        runs = await run_bounded(
             count,
             concurrency or max(1, options.part_concurrency),
-            lambda index: copy_part(upload_id, index),
+            lambda index: copy_parts(upload_id, index),
         )
+        etags = [etag for run in runs for etag in run]
         try:
             written = await client.complete_multipart_upload(
                 target.bucket,

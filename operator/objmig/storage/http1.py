@@ -64,9 +64,10 @@ _MAX_TRAILERS: Final = 64 * _KiB
 # copy into the joined buffer costs less than a second system call.
 _ONE_WRITE_MAX: Final = 256 * _KiB
 # Read-side flow control: stop reading the socket when this much is buffered and unread,
-# start again when the consumer brought it below _RESUME_AT. Bounds a 1 GiB GET's memory.
-_PAUSE_AT: Final = 4 * _MiB
-_RESUME_AT: Final = 1 * _MiB
+# start again when the consumer brought it below _RESUME_AT. Bounds a 1 GiB GET's memory;
+# a copy may hold copy.concurrency x partConcurrency GETs open, so this stays small.
+_PAUSE_AT: Final = 2 * _MiB
+_RESUME_AT: Final = 512 * _KiB
 # Above this, slicing the buffer through a memoryview saves a second copy of the bytes.
 _VIEW_COPY_MIN: Final = 64 * _KiB
 # The loop may run a timer a hair before its time; a deadline this close counts as reached.

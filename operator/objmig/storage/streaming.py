@@ -82,10 +82,9 @@ class OrderedHasher:
 class PartStream:
     """An upload body of known length fed from a source GET body.
 
-    aiohttp sends async iterables chunk by chunk (the request is signed with an unsigned
-    payload, see `s3http`). A source failure mid-stream is kept in `error`, because aiohttp
-    reports it as a generic connection error of the upload; the copy re-raises the real
-    cause.
+    The HTTP client sends async iterables chunk by chunk (the request is signed with an
+    unsigned payload, see `s3http`). A source failure mid-stream is kept in `error`, because
+    the upload reports it as its own failure; the copy re-raises the real cause.
     """
 
     def __init__(
@@ -152,7 +151,7 @@ class PartStream:
                     self._on_progress(len(chunk))
                 yield chunk
         except Exception as exc:
-            # Not BaseException: GeneratorExit (aiohttp closing the body early because the
+            # Not BaseException: GeneratorExit (the client closing the body early because the
             # server answered already) and cancellation are not source failures.
             self.error = exc
             raise
