@@ -55,6 +55,7 @@ import platform
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -137,6 +138,7 @@ class Result:
     ledger_cpu_seconds: float = 0.0
     note: str = ""
     profile: dict[str, float] = field(default_factory=dict)
+    repetition: int = 1
 
     @property
     def ok(self) -> bool:
@@ -642,13 +644,15 @@ def markdown(results: list[Result]) -> str:
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     objmig_time = {
-        (r.server, r.workload, r.mode): r.seconds for r in results if r.tool == "objmig" and r.ok
+        (r.server, r.workload, r.mode, r.repetition): r.seconds
+        for r in results
+        if r.tool == "objmig" and r.ok
     }
     for r in results:
         ratio = ""
         if r.tool != "objmig":
             # The same mode where objmig has it; aws-cli is always server-side.
-            mine = objmig_time.get((r.server, r.workload, r.mode))
+            mine = objmig_time.get((r.server, r.workload, r.mode, r.repetition))
             if mine:
                 ratio = f"{mine / r.seconds:.2f}"
         check = "ok" if r.ok else "FAIL"
@@ -664,6 +668,28 @@ def markdown(results: list[Result]) -> str:
             f"| {r.requests_per_object:.2f} | {r.load_average:.1f} | {check} |"
         )
     return "\n".join(lines)
+
+
+def medians(results: list[Result]) -> str:
+    """Per tool: the median wall time of its repetitions, and objmig's median over it."""
+    walls: dict[tuple[str, str, str, str], list[float]] = {}
+    for r in results:
+        if r.ok:
+            walls.setdefault((r.server, r.workload, r.tool, r.mode), []).append(r.seconds)
+    lines = [
+        "| server | workload | tool | mode | runs | median wall s | min | max "
+        "| objmig ÷ tool (medians) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for (server, workload, tool, mode), seconds in walls.items():
+        median = statistics.median(seconds)
+        mine = walls.get((server, workload, "objmig", mode))
+        ratio = f"{statistics.median(mine) / median:.2f}" if mine and tool != "objmig" else ""
+        lines.append(
+            f"| {server} | {workload} | {tool} | {mode} | {len(seconds)} | {median:.1f} "
+            f"| {min(seconds):.1f} | {max(seconds):.1f} | {ratio} |"
+        )
+    return "(median of the repetitions)\n\n" + "\n".join(lines)
 
 
 def request_table(results: list[Result]) -> str:
@@ -756,6 +782,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rclone", help="rclone binary (default: scripts/rclone.sh cache, PATH)")
     p.add_argument("--aws", help="aws binary (default: ~/.cache/objmig/awscli-venv, PATH)")
     p.add_argument("--keep-targets", action="store_true", help="do not delete target buckets")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run every tool this many times per workload, in turns (tool A, B, A, B, ...); "
+        "a second table gives each tool's median wall time and the ratio of medians",
+    )
     p.add_argument(
         "--profile-objmig",
         action="store_true",
@@ -853,17 +886,21 @@ def main(argv: list[str] | None = None) -> int:
                             f"{human(workload.size)} in {time.monotonic() - started:.1f}s",
                             flush=True,
                         )
-                        for index, tool in enumerate(tools):
-                            result = run_tool(ctx, tool, workload, source, index)
-                            if result is not None:
-                                results.append(result)
-                            server_rss[kind] = max(server_rss.get(kind, 0), server.rss())
+                        for repetition in range(1, max(1, args.repeat) + 1):
+                            for index, tool in enumerate(tools):
+                                run = (repetition - 1) * len(tools) + index
+                                result = run_tool(ctx, tool, workload, source, run)
+                                if result is not None:
+                                    result.repetition = repetition
+                                    results.append(result)
+                                server_rss[kind] = max(server_rss.get(kind, 0), server.rss())
                         remove_bucket(server, source)
     report = (
         header
         + "\n\n"
         + markdown(results)
         + "\n\n"
+        + (medians(results) + "\n\n" if args.repeat > 1 else "")
         + request_table(results)
         + "\n\nRSS of the S3 servers after the runs: "
         + ", ".join(f"{k} {v / MiB:.0f} MiB" for k, v in server_rss.items())
