@@ -342,12 +342,14 @@ async def test_suspend_stops_every_worker_and_resume_finishes(
     source, target = await s3_seed.bucket(), await s3_seed.bucket()
     expected = await seed_many(s3_seed, source, (f"k/{i:04d}" for i in range(300)), 100)
     create_secret(k8s_cluster, ns, *moto_keys(s3_server))
-    # Every source read takes a while, so the copy is still running when we suspend.
+    # Every source read takes a while, so the copy is still running when we suspend. The
+    # copy streams: each object is then one delayed GET (a server-side copy reads the source
+    # only through the few batched listings, and would finish in a blink).
     s3_proxy.add_rule(Delay(0.3), method="GET", bucket=source)
 
     apply_migration(
         k8s_cluster, ns, name, s3_proxy.endpoint_url, source, target,
-        copy={"concurrency": 4},
+        copy={"concurrency": 4, "mode": "stream"},
     )  # fmt: skip
     wait_for(
         k8s_cluster, ns, name,
