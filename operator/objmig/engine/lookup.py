@@ -65,9 +65,10 @@ class ListingLookup:
     """Answers "what are the current ETag/size/last-modified of this key?" for many
     concurrent callers of one bucket with as few listings as possible.
 
-    `in_flight` tells how many objects the caller's pipeline holds right now: when all of
-    them wait here, the batch goes without lingering. `on_park` is called whenever an
-    object starts waiting, so the worker can start another in its place.
+    `busy` tells how many objects of the caller's pipeline are doing anything but waiting
+    for a look (here or at another bucket): at zero nothing could join the batch, so it
+    goes without lingering. `on_park` is called whenever an object starts waiting, so the
+    worker can start another in its place.
     """
 
     def __init__(
@@ -76,14 +77,14 @@ class ListingLookup:
         bucket: str,
         prefix: str,
         head: Head,
-        in_flight: Callable[[], int],
+        busy: Callable[[], int],
         on_park: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._bucket = bucket
         self._prefix = prefix
         self._head = head
-        self._in_flight = in_flight
+        self._busy = busy
         self._on_park = on_park
         self._waiting: dict[str, list[asyncio.Future[KeyFacts | None]]] = {}
         self._queued = 0
@@ -103,7 +104,7 @@ class ListingLookup:
         self.consider()
 
     async def current(self, key: str) -> KeyFacts | None:
-        """The source's current facts for `key` (None when it is gone)."""
+        """The bucket's current facts for `key` (None when it is gone)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[KeyFacts | None] = loop.create_future()
         if not self._queued:
@@ -134,7 +135,7 @@ class ListingLookup:
         if (
             self._draining
             or self._queued >= TARGET_BATCH
-            or self._queued >= self._in_flight()
+            or self._busy() <= 0
             or loop.time() >= due
         ):
             self._flush()

@@ -99,7 +99,7 @@ class ObjectPipeline:
             context.spec.source.bucket,
             context.spec.source.prefix,
             self._source_facts,
-            lambda: self._in_flight,
+            self._busy,
             on_park,
         )
         self._target_look = ListingLookup(
@@ -107,9 +107,13 @@ class ObjectPipeline:
             context.spec.target.bucket,
             context.spec.target.prefix,
             self._target_facts,
-            lambda: self._in_flight,
+            self._busy,
             on_park,
         )
+
+    def _busy(self) -> int:
+        """Objects in flight that are not parked in a look."""
+        return self._in_flight - self.parked
 
     @property
     def parked(self) -> int:
