@@ -94,21 +94,12 @@ class ObjectPipeline:
         self._limiter = limiter
         self._transfers = asyncio.Semaphore(context.spec.transfer.concurrency)
         self._in_flight = 0
+        spec = context.spec
         self._recheck = ListingLookup(
-            source,
-            context.spec.source.bucket,
-            context.spec.source.prefix,
-            self._source_facts,
-            self._busy,
-            on_park,
+            source, spec.source.bucket, spec.source.prefix, self._source_facts, self._busy, on_park
         )
         self._target_look = ListingLookup(
-            target,
-            context.spec.target.bucket,
-            context.spec.target.prefix,
-            self._target_facts,
-            self._busy,
-            on_park,
+            target, spec.target.bucket, spec.target.prefix, self._target_facts, self._busy, on_park
         )
 
     def _busy(self) -> int:

@@ -187,7 +187,7 @@ class Worker:
                 self.stats.bytes_done += row.size
 
     def _working(self) -> int:
-        """Objects in flight that are not parked in the source re-check."""
+        """Objects in flight that are not parked in a batched look (see `lookup`)."""
         parked = self._pipeline.parked if self._pipeline is not None else 0
         return len(self._inflight) - parked
 
