@@ -26,6 +26,7 @@ from objmig.storage.copy import MIGRATION_METADATA_KEY
 from objmig.storage.errors import S3ResponseError, SourceChangedError
 from objmig.storage.objects import resolve_part_layout
 from objmig.storage.s3http import open_http_client
+from objmig.storage.streaming import ReadAhead
 from tests.fixtures.s3 import S3Backend, S3Seeder
 from tests.support.s3proxy import Delay, Deny, Fail, S3FaultProxy
 
@@ -304,9 +305,21 @@ async def test_sse_c_headers_are_sent_on_every_target_request(
         assert "x-amz-server-side-encryption-customer-key-md5" in headers
 
 
-@pytest.mark.parametrize("server_side", PATHS)
+@pytest.mark.parametrize(
+    ("server_side", "read_ahead"),
+    [
+        pytest.param(True, None, id="server-side"),
+        pytest.param(False, None, id="streamed"),
+        pytest.param(False, ReadAhead(1 << 20), id="streamed-read-ahead"),
+    ],
+)
 async def test_failed_multipart_copy_aborts_its_upload(
-    s3_client, s3_seed: S3Seeder, s3_proxy: S3FaultProxy, proxy_endpoint, server_side: bool
+    s3_client,
+    s3_seed: S3Seeder,
+    s3_proxy: S3FaultProxy,
+    proxy_endpoint,
+    server_side: bool,
+    read_ahead: ReadAhead | None,
 ) -> None:
     src, dst = await s3_seed.bucket(), await s3_seed.bucket()
     obj = await s3_seed.put_multipart(src, "k", [64 * 1024, 64 * 1024, 5000])
@@ -323,7 +336,12 @@ async def test_failed_multipart_copy_aborts_its_upload(
                 client,
                 SourceObject(src, "k", etag=obj.etag),
                 TargetObject(dst, "k"),
-                CopyOptions(server_side=server_side, on_upload_started=record),
+                CopyOptions(
+                    server_side=server_side,
+                    on_upload_started=record,
+                    part_concurrency=3,
+                    read_ahead=read_ahead,
+                ),
             )
     assert (failure.value.status, failure.value.code) == (403, "AccessDenied")
     assert failure.value.operation == ("UploadPartCopy" if server_side else "UploadPart")
@@ -333,6 +351,9 @@ async def test_failed_multipart_copy_aborts_its_upload(
     assert len(started) == 1
     assert await _uploads(s3_client, dst) == []
     assert s3_proxy.seen("DELETE", key="k"), "the upload was aborted"
+    if read_ahead is not None:
+        assert read_ahead.peak > 0
+        assert read_ahead.held == 0
 
 
 async def test_cancelled_copy_aborts_its_upload_and_reraises(
@@ -342,6 +363,7 @@ async def test_cancelled_copy_aborts_its_upload_and_reraises(
     obj = await s3_seed.put_multipart(src, "k", [64 * 1024, 64 * 1024, 5000])
     s3_proxy.add_rule(Delay(30), method="PUT", bucket=dst, query={"partNumber": "2"})
     uploading = asyncio.Event()
+    read_ahead = ReadAhead(1 << 20)
 
     async def started(upload_id: str) -> None:
         uploading.set()
@@ -353,7 +375,7 @@ async def test_cancelled_copy_aborts_its_upload_and_reraises(
                 client,
                 SourceObject(src, "k", etag=obj.etag),
                 TargetObject(dst, "k"),
-                CopyOptions(on_upload_started=started, part_concurrency=3),
+                CopyOptions(on_upload_started=started, part_concurrency=3, read_ahead=read_ahead),
             )
         )
         await asyncio.wait_for(uploading.wait(), 10)
@@ -362,6 +384,8 @@ async def test_cancelled_copy_aborts_its_upload_and_reraises(
         with pytest.raises(asyncio.CancelledError):
             await task
     assert await _uploads(s3_client, dst) == []
+    assert read_ahead.peak > 0
+    assert read_ahead.held == 0, "parts read ahead were given back on cancellation"
 
 
 @pytest.mark.parametrize("server_side", PATHS)
@@ -552,13 +576,27 @@ async def test_transient_errors_on_part_heads_are_not_mistaken_for_missing_suppo
     assert classify(failure.value).kind == "retryable"
 
 
-@pytest.mark.parametrize("whole_sha256", [False, True], ids=["lanes", "hashed"])
-async def test_streamed_multipart_reads_one_range_per_lane_of_neighbouring_parts(
-    s3_seed: S3Seeder, s3_proxy: S3FaultProxy, proxy_endpoint, whole_sha256: bool
+PART = 64 * 1024
+
+
+@pytest.mark.parametrize("whole_sha256", [False, True], ids=["etag", "sha256"])
+@pytest.mark.parametrize(
+    ("limit", "peak"),
+    [(None, 0), (PART, PART), (10 * PART, None)],
+    ids=["no-read-ahead", "room-for-one-part", "room-for-all"],
+)
+async def test_streamed_multipart_reads_the_object_with_one_get(
+    s3_seed: S3Seeder,
+    s3_proxy: S3FaultProxy,
+    proxy_endpoint,
+    whole_sha256: bool,
+    limit: int | None,
+    peak: int | None,
 ) -> None:
     src, dst = await s3_seed.bucket(), await s3_seed.bucket()
-    sizes = [64 * 1024] * 6 + [5000]
+    sizes = [PART] * 6 + [5000]
     obj = await s3_seed.put_multipart(src, "k", sizes)
+    read_ahead = ReadAhead(limit) if limit is not None else None
 
     async with open_http_client(proxy_endpoint) as client:
         result = await copy_object(
@@ -566,26 +604,26 @@ async def test_streamed_multipart_reads_one_range_per_lane_of_neighbouring_parts
             client,
             SourceObject(src, "k", size=obj.size, etag=obj.etag),
             TargetObject(dst, "k"),
-            CopyOptions(part_concurrency=3, compute_sha256=whole_sha256),
+            CopyOptions(part_concurrency=3, compute_sha256=whole_sha256, read_ahead=read_ahead),
         )
         layout = await part_layout(client, dst, "k")
 
     assert result.etag == obj.etag
     assert layout == sizes
     assert result.sha256 == (obj.sha256 if whole_sha256 else None)
-    ranges = sorted(
+    ranges = [
         {k.lower(): v for k, v in r.headers.items()}["range"]
         for r in s3_proxy.seen("GET", key="k")
         if r.bucket == src and "tagging" not in r.query
-    )
-    if whole_sha256:
-        # The whole object's SHA-256 is taken in order: one range per part.
-        assert len(ranges) == len(sizes)
-    else:
-        # 7 parts in 3 lanes (3, 2, 2 parts): three reads, together the whole object.
-        part = 64 * 1024
-        assert ranges == [
-            f"bytes=0-{3 * part - 1}",
-            f"bytes={3 * part}-{5 * part - 1}",
-            f"bytes={5 * part}-{obj.size - 1}",
-        ]
+    ]
+    assert ranges == [f"bytes=0-{obj.size - 1}"]
+    if read_ahead is not None:
+        assert read_ahead.held == 0, "every part read ahead was given back"
+        if peak is not None:
+            # The first part always finds the budget free; a budget of one part never
+            # holds two.
+            assert read_ahead.peak == peak
+        else:
+            # Parts upload while the next are read: up to three parts (the part
+            # concurrency) held at once, never more.
+            assert PART <= read_ahead.peak <= 3 * PART

@@ -14,7 +14,7 @@ from objmig.storage.copy import Encryption, run_bounded
 from objmig.storage.endpoint import Credentials, Endpoint, client_config, same_store
 from objmig.storage.objects import guess_part_sizes, multipart_part_count, normalise_etag
 from objmig.storage.ratelimit import TokenBucket
-from objmig.storage.streaming import OrderedHasher
+from objmig.storage.streaming import ReadAhead
 
 MiB = 1024 * 1024
 
@@ -121,34 +121,15 @@ def test_token_bucket_goes_into_debt_and_repays_it() -> None:
     assert bucket.reserve(100) == 0.0
 
 
-async def test_ordered_hasher_hashes_parts_in_order_whatever_order_they_finish() -> None:
-    parts = [b"a" * 10, b"b" * 20, b"c" * 5]
-    hasher = OrderedHasher(window=3)
-    for index in (2, 1, 0):
-        await hasher.admit(index)
-    hasher.feed(2, parts[2])
-    hasher.feed(1, parts[1][:7])
-    hasher.feed(0, parts[0])
-    hasher.feed(1, parts[1][7:])
-    await hasher.finish_part(2)
-    await hasher.finish_part(1)
-    assert hasher.buffered == 25
-    await hasher.finish_part(0)
-
-    assert hasher.hexdigest() == hashlib.sha256(b"".join(parts)).hexdigest()
-    assert hasher.buffered == 0
-    assert hasher.peak_buffered == 25
-
-
-async def test_ordered_hasher_admits_parts_only_within_the_window() -> None:
-    hasher = OrderedHasher(window=2)
-    await hasher.admit(1)
-    waiting = asyncio.create_task(hasher.admit(2))
-    await asyncio.sleep(0.01)
-    assert not waiting.done()
-
-    await hasher.finish_part(0)
-    await asyncio.wait_for(waiting, 1)
+def test_read_ahead_refuses_what_does_not_fit_and_takes_again_once_given_back() -> None:
+    budget = ReadAhead(limit=20)
+    assert budget.try_take(8)
+    assert budget.try_take(8)
+    assert not budget.try_take(8), "24 bytes would exceed the limit of 20"
+    assert budget.held == 16
+    budget.give(8)
+    assert budget.try_take(12)
+    assert (budget.held, budget.peak) == (20, 20)
 
 
 async def test_run_bounded_keeps_order_and_limits_concurrency() -> None:

@@ -37,10 +37,15 @@ from objmig.storage.ratelimit import RateLimiter
 from objmig.storage.restore import needs_restore, request_restore
 from objmig.storage.selection import metadata_matches
 from objmig.storage.store import Store
+from objmig.storage.streaming import ReadAhead
 
 # The aiobotocore stubs are a development dependency: import them for type checking only.
 if TYPE_CHECKING:
     pass
+
+#: Memory a worker's streamed multipart copies may fill with parts read ahead of their
+#: upload (the worker pod's default limit is 1 GiB; the rest of a worker needs ~100 MiB).
+READ_AHEAD_BYTES = 128 * 1024 * 1024
 
 #: skip_reason values of dry-run rows: what a real run would do with the object.
 PLAN_COPY = "PlanCopy"
@@ -92,6 +97,7 @@ class ObjectPipeline:
         self._dst = target
         self._plan_only = plan_only or context.spec.dry_run
         self._limiter = limiter
+        self._read_ahead = ReadAhead(READ_AHEAD_BYTES)
         self._transfers = asyncio.Semaphore(context.spec.transfer.concurrency)
         self._in_flight = 0
         spec = context.spec
@@ -473,6 +479,7 @@ class ObjectPipeline:
                 compute_sha256=compute_sha256 and not self._ctx.server_side,
                 create_only=create_only,
                 rate_limiter=self._limiter,
+                read_ahead=self._read_ahead,
                 migration_tag=self._ctx.name,
                 part_size=None
                 if transfer.preserve_part_boundaries

@@ -6,15 +6,13 @@ Two paths, chosen by `CopyOptions.server_side`:
   single-part objects, and for multipart objects one UploadPartCopy per source part, with
   the same byte ranges. Any size works (CopyObject stops at 5 GiB, UploadPartCopy does not),
   and the target's multipart ETag equals the source's because each part has the same bytes.
-- **streamed** (anything else): the source read by ranged GETs piped into UploadParts of
-  the source's part sizes (PutObject for single-part objects). The parts are dealt into
-  `part_concurrency` lanes of neighbouring parts; each lane reads its byte range with one
-  GET, straight through its parts in turn. Bytes are never buffered whole: each part
-  streams in 1 MiB chunks, so memory is about one chunk per lane. When a SHA-256 of the
-  whole object is wanted, each part reads its own range instead, parts are still uploaded
-  concurrently but hashed in order (see `streaming.OrderedHasher`); parts that finish
-  ahead of the front wait in memory, bounded by `CopyOptions.buffer_budget` by lowering
-  the parts in flight.
+- **streamed** (anything else): the source read by GET and piped into UploadParts of the
+  source's part sizes (PutObject for single-part objects). A multipart object is read with
+  one GET, front to back; up to `part_concurrency` parts upload at once, the parts after
+  the one streaming being read into memory as far as the process's `ReadAhead` budget
+  allows, and streamed straight from the GET when it has no room. So memory is bounded by
+  that budget plus a chunk per stream, whatever the object size, and a SHA-256 of the
+  whole object is taken as the bytes pass, in order.
 
 Both paths refuse with `SourceChangedError` a source that no longer has the scanned ETag
 and size (a streamed single-part object learns that from the GET that reads it, the others
@@ -64,7 +62,7 @@ from objmig.storage.s3http import (
     metadata_headers,
     sse_c_headers,
 )
-from objmig.storage.streaming import OrderedHasher, PartStream
+from objmig.storage.streaming import PartStream, ReadAhead
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +194,8 @@ class CopyOptions:
       engine can record the upload id (S3 shows no metadata for incomplete uploads; the
       recorded ids are how leftovers are recognised as objmig's).
     - `on_progress(nbytes)`: called as bytes move (per chunk streamed, per part copied).
-    - `buffer_budget`: bytes of out-of-order parts kept for in-order SHA-256 hashing.
+    - `read_ahead`: the memory streamed multipart copies may fill with parts read ahead of
+      their upload, shared by the copies of a process; None streams one part at a time.
     - `part_size`: write multipart objects (and objects bigger than it) in parts of this
       size instead of the source's layout; the copy's ETag then differs from the source's
       (`CopyResult.layout_kept` is False) and only a checksum can prove it. None keeps the
@@ -219,7 +218,7 @@ class CopyOptions:
     extra_metadata: Mapping[str, str] = field(default_factory=dict)
     on_upload_started: Callable[[str], Awaitable[None]] | None = None
     on_progress: Callable[[int], None] | None = None
-    buffer_budget: int = 256 * MiB
+    read_ahead: ReadAhead | None = None
     part_size: int | None = None
     split_part_size: int = 512 * MiB
     max_single_part_size: int = MAX_COPY_OBJECT_SIZE
@@ -715,18 +714,92 @@ async def _streamed_multipart(
     plan: _Plan,
 ) -> CopyResult:
     ranges = _ranges(plan.layout.sizes)
-    concurrency = max(1, options.part_concurrency)
-    hasher: OrderedHasher | None = None
-    if options.compute_sha256:
-        # Parts more than `window` ahead of the front would have to wait in memory; cap the
-        # window so that wait stays within the budget (1 = strictly sequential streaming).
-        largest = max(plan.layout.sizes) or 1
-        window = max(1, min(concurrency, 1 + options.buffer_budget // largest))
-        concurrency = window
-        hasher = OrderedHasher(window)
+    window = max(1, options.part_concurrency)
+    read_ahead = options.read_ahead if window > 1 else None
+    # One GET reads the object front to back, so its SHA-256 is simply taken as it goes.
+    digest = hashlib.sha256() if options.compute_sha256 else None
     part_md5 = not _etag_comparable(plan, options)
 
-    def read(first: int, last: int) -> AbstractAsyncContextManager[GetResult]:
+    def part_stream(index: int, body: Body) -> PartStream:
+        first, last = ranges[index]
+        return PartStream(
+            body,
+            last - first + 1,
+            on_chunk=digest.update if digest is not None else None,
+            limiter=options.rate_limiter,
+            on_progress=options.on_progress,
+            md5=part_md5,
+            describe=f"GET s3://{source.bucket}/{source.key} part {index + 1}",
+        )
+
+    async def upload(
+        upload_id: str, index: int, stream: PartStream, body: bytes | PartStream
+    ) -> str:
+        try:
+            written = await dst_client.upload_part(
+                target.bucket,
+                target.key,
+                upload_id,
+                index + 1,
+                body,
+                stream.length,
+                sse_c=options.encryption.sse_c_key,
+            )
+        except Exception as exc:
+            raise stream.error or exc from None
+        if stream.sent != stream.length:
+            raise IntegrityError(
+                f"s3://{target.bucket}/{target.key} part {index + 1}: "
+                f"sent {stream.sent} of {stream.length} bytes"
+            )
+        _check_part_md5(stream, written, target, options, part=index + 1)
+        return written.etag
+
+    async def upload_held(upload_id: str, index: int, stream: PartStream, data: bytes) -> str:
+        try:
+            return await upload(upload_id, index, stream, data)
+        finally:
+            assert read_ahead is not None
+            read_ahead.give(stream.length)
+
+    async def copy_parts(upload_id: str, _: int) -> list[str]:
+        # One GET for the whole object (stores like moto read the whole object for every
+        # ranged GET). Up to `window` parts upload at once: while one streams, the parts
+        # after it are read into memory as far as the shared read-ahead budget allows;
+        # without room, the next part streams straight from the GET when its turn comes.
+        etags = [""] * len(ranges)
+        uploads: dict[asyncio.Task[str], int] = {}
+
+        async def settle(until: str) -> None:
+            done, _ = await asyncio.wait(uploads, return_when=until)
+            for task in done:
+                etags[uploads.pop(task)] = task.result()
+
+        try:
+            async with read_range(ranges[0][0], ranges[-1][1]) as got:
+                for index in range(len(ranges)):
+                    while len(uploads) >= window:
+                        await settle(asyncio.FIRST_COMPLETED)
+                    stream = part_stream(index, got.body)
+                    if read_ahead is not None and read_ahead.try_take(stream.length):
+                        try:
+                            data = await stream.collect()
+                        except BaseException:
+                            read_ahead.give(stream.length)
+                            raise
+                        task = asyncio.create_task(upload_held(upload_id, index, stream, data))
+                        uploads[task] = index
+                    else:
+                        etags[index] = await upload(upload_id, index, stream, stream)
+            while uploads:
+                await settle(asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in uploads:
+                task.cancel()
+            await asyncio.gather(*uploads, return_exceptions=True)
+        return etags
+
+    def read_range(first: int, last: int) -> AbstractAsyncContextManager[GetResult]:
         return src_client.get(
             source.bucket,
             source.key,
@@ -736,101 +809,16 @@ async def _streamed_multipart(
             sse_c=source.sse_c_key,
         )
 
-    async def send_part(upload_id: str, index: int, body: Body) -> str:
-        """Upload part `index` from the next bytes of `body`."""
-        first, last = ranges[index]
-        size = last - first + 1
-
-        def feed(chunk: bytes) -> None:
-            assert hasher is not None
-            hasher.feed(index, chunk)
-
-        stream = PartStream(
-            body,
-            size,
-            on_chunk=feed if hasher is not None else None,
-            limiter=options.rate_limiter,
-            on_progress=options.on_progress,
-            md5=part_md5,
-            describe=f"GET s3://{source.bucket}/{source.key} part {index + 1}",
-        )
-        try:
-            written = await dst_client.upload_part(
-                target.bucket,
-                target.key,
-                upload_id,
-                index + 1,
-                stream,
-                size,
-                sse_c=options.encryption.sse_c_key,
-            )
-        except Exception as exc:
-            raise stream.error or exc from None
-        if stream.sent != size:
-            raise IntegrityError(
-                f"s3://{target.bucket}/{target.key} part {index + 1}: "
-                f"sent {stream.sent} of {size} bytes"
-            )
-        _check_part_md5(stream, written, target, options, part=index + 1)
-        return written.etag
-
-    if hasher is None:
-        # Parts in `concurrency` lanes of neighbours, one GET per lane read straight
-        # through: as many parallel streams as parts in flight, without a GET per part
-        # (stores like moto read the whole object for every ranged GET).
-        lanes = _lanes(len(ranges), concurrency)
-
-        async def copy_lane(upload_id: str, lane: int) -> list[str]:
-            start, stop = lanes[lane]
-            async with read(ranges[start][0], ranges[stop - 1][1]) as got:
-                return [await send_part(upload_id, i, got.body) for i in range(start, stop)]
-
-        return await _multipart(
-            dst_client, target, options, plan, copy_lane, len(lanes), server_side=False
-        )
-
-    async def copy_hashed_part(upload_id: str, index: int) -> list[str]:
-        # The object's SHA-256 needs its bytes in order: parts start within the hasher's
-        # window of the front, so each reads its own range.
-        assert hasher is not None
-        await hasher.admit(index)
-        try:
-            first, last = ranges[index]
-            async with read(first, last) as got:
-                etag = await send_part(upload_id, index, got.body)
-        except BaseException:
-            hasher.discard(index)
-            raise
-        await hasher.finish_part(index)
-        return [etag]
-
     return await _multipart(
         dst_client,
         target,
         options,
         plan,
-        copy_hashed_part,
-        len(ranges),
+        copy_parts,
+        1,
         server_side=False,
-        concurrency=concurrency,
-        sha256=hasher.hexdigest,
+        sha256=digest.hexdigest if digest is not None else None,
     )
-
-
-def _lanes(count: int, lanes: int) -> list[tuple[int, int]]:
-    """`count` parts as at most `lanes` runs of neighbours [start, stop), sizes within one."""
-    lanes = max(1, min(lanes, count))
-    size, extra = divmod(count, lanes)
-    runs = []
-    start = 0
-    for lane in range(lanes):
-        stop = start + size + (1 if lane < extra else 0)
-        runs.append((start, stop))
-        start = stop
-    return runs
-
-
-# --------------------------------------------------------------------- multipart frame
 
 
 async def _multipart(
@@ -842,7 +830,6 @@ async def _multipart(
     count: int,
     *,
     server_side: bool,
-    concurrency: int | None = None,
     sha256: Callable[[], str] | None = None,
 ) -> CopyResult:
     """Create an upload, run `copy_parts(upload_id, 0..count-1)`, each returning the ETags
@@ -856,7 +843,7 @@ async def _multipart(
             await options.on_upload_started(upload_id)
         runs = await run_bounded(
             count,
-            concurrency or max(1, options.part_concurrency),
+            max(1, options.part_concurrency),
             lambda index: copy_parts(upload_id, index),
         )
         etags = [etag for run in runs for etag in run]
@@ -926,7 +913,7 @@ async def _abort_quietly(client: S3HttpClient, target: TargetObject, upload_id: 
 async def run_bounded(count: int, concurrency: int, work: Callable[[int], Awaitable[T]]) -> list[T]:
     """Run `work(0..count-1)` with at most `concurrency` in flight; results in index order.
 
-    Indexes are handed out in order, which the ordered hasher relies on. The first failure
+    Indexes are handed out in order. The first failure
     cancels the rest and is raised as itself (not wrapped in an ExceptionGroup), so
     `classify` sees the real cause.
     """

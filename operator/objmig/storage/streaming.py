@@ -1,13 +1,10 @@
-"""Moving bytes from a GET into an upload without holding them: stream bodies and hashing.
+"""Moving bytes from a GET into an upload: stream bodies and the read-ahead budget.
 
 `PartStream` is an upload body of known length that pulls its bytes from a source GET as
 the HTTP client sends them: memory per stream is one chunk, whatever the part size.
 
-`OrderedHasher` computes the SHA-256 of a whole object whose parts stream concurrently.
-SHA-256 cannot be combined from per-part states, so bytes must be hashed in object order:
-the first unfinished part is hashed as it streams, later parts' bytes wait in memory until
-every part before them is done. `admit` keeps a part from starting until it is within
-`window` parts of the front, which bounds that memory by (window - 1) x part size.
+`ReadAhead` is the memory a process lets its streamed copies fill with parts read ahead of
+their upload, so that one GET per object can feed several part uploads at once.
 """
 
 from __future__ import annotations
@@ -26,57 +23,27 @@ from objmig.storage.s3http import Body
 _HASH_OFF_LOOP = 256 * 1024
 
 
-class OrderedHasher:
-    """SHA-256 over parts that arrive concurrently, hashed strictly in part order."""
+class ReadAhead:
+    """Bytes of parts held in memory between their GET and their upload, per process.
 
-    def __init__(self, window: int) -> None:
-        self.window = max(1, window)
-        self._digest = hashlib.sha256()
-        self._front = 0
-        self._buffers: dict[int, list[bytes]] = {}
-        self._done: set[int] = set()
-        self._changed = asyncio.Condition()
-        self.buffered = 0
-        self.peak_buffered = 0
+    Taking never waits: a copy that finds no room streams its next part straight from the
+    GET instead, so the budget bounds memory without ever stalling a copy on another.
+    """
 
-    async def admit(self, index: int) -> None:
-        """Wait until part `index` may start streaming."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: index < self._front + self.window)
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
 
-    def feed(self, index: int, chunk: bytes) -> None:
-        """Bytes of part `index`, in order within the part."""
-        if index == self._front:
-            self._digest.update(chunk)
-            return
-        self._buffers.setdefault(index, []).append(chunk)
-        self.buffered += len(chunk)
-        self.peak_buffered = max(self.peak_buffered, self.buffered)
+    def try_take(self, nbytes: int) -> bool:
+        if self.held + nbytes > self.limit:
+            return False
+        self.held += nbytes
+        self.peak = max(self.peak, self.held)
+        return True
 
-    async def finish_part(self, index: int) -> None:
-        """Part `index` has delivered all its bytes."""
-        self._done.add(index)
-        advanced = False
-        while self._front in self._done:
-            self._done.discard(self._front)
-            self._front += 1
-            advanced = True
-            # The new front's bytes so far go into the digest now; its later bytes will
-            # go in directly as they arrive.
-            for chunk in self._buffers.pop(self._front, []):
-                self._digest.update(chunk)
-                self.buffered -= len(chunk)
-        if advanced:
-            async with self._changed:
-                self._changed.notify_all()
-
-    def discard(self, index: int) -> None:
-        """Forget a part's buffered bytes (the part failed and the copy is aborting)."""
-        for chunk in self._buffers.pop(index, []):
-            self.buffered -= len(chunk)
-
-    def hexdigest(self) -> str:
-        return self._digest.hexdigest()
+    def give(self, nbytes: int) -> None:
+        self.held -= nbytes
 
 
 class PartStream:
