@@ -821,6 +821,9 @@ async def _streamed_multipart(
     )
 
 
+# --------------------------------------------------------------------- multipart frame
+
+
 async def _multipart(
     client: S3HttpClient,
     target: TargetObject,
