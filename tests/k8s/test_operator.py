@@ -519,7 +519,10 @@ async def test_a_killed_pod_and_a_restarted_operator_converge_without_duplicate_
     source, target = await s3_seed.bucket(), await s3_seed.bucket()
     expected = await seed_many(s3_seed, source, (f"k/{i:04d}" for i in range(400)), 300)
     create_secret(k8s_cluster, ns, *moto_keys(s3_server))
-    s3_proxy.add_rule(Delay(0.2), method="HEAD", bucket=source)
+    # ~25 s of copying (400 objects, 8 at a time, a slow HEAD each): the pod must still have
+    # work when it is deleted, and "succeeded" shows only once the first batch of source
+    # re-checks (up to 4 s) is through.
+    s3_proxy.add_rule(Delay(0.5), method="HEAD", bucket=source)
 
     apply_migration(
         k8s_cluster, ns, name, s3_proxy.endpoint_url, source, target,
