@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 from objmig.api.types import parse_quantity
 from objmig.engine.context import MigrationContext
@@ -38,10 +37,6 @@ from objmig.storage.restore import needs_restore, request_restore
 from objmig.storage.selection import metadata_matches
 from objmig.storage.store import Store
 from objmig.storage.streaming import ReadAhead
-
-# The aiobotocore stubs are a development dependency: import them for type checking only.
-if TYPE_CHECKING:
-    pass
 
 #: Memory a worker's streamed multipart copies may fill with parts read ahead of their
 #: upload (the worker pod's default limit is 1 GiB; the rest of a worker needs ~100 MiB).

@@ -30,7 +30,6 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar, cast
 from urllib.parse import urlencode
@@ -55,7 +54,6 @@ from objmig.storage.ratelimit import RateLimiter
 from objmig.storage.restore import needs_restore
 from objmig.storage.s3http import (
     Body,
-    GetResult,
     S3HttpClient,
     WriteResult,
     content_headers,
@@ -587,7 +585,7 @@ async def _server_side_multipart(
     whole = len(ranges) == 1
     headers = {**_copy_conditions(source, plan), **options.encryption.part_headers()}
 
-    async def copy_part(upload_id: str, index: int) -> list[str]:
+    async def copy_part(upload_id: str, index: int) -> str:
         first, last = ranges[index]
         etag = await client.upload_part_copy(
             source.bucket,
@@ -604,9 +602,16 @@ async def _server_side_multipart(
         )
         if options.on_progress is not None:
             options.on_progress(last - first + 1)
-        return [etag]
+        return etag
 
-    return await _multipart(client, target, options, plan, copy_part, len(ranges), server_side=True)
+    def copy_parts(upload_id: str) -> Awaitable[list[str]]:
+        return run_bounded(
+            len(ranges),
+            max(1, options.part_concurrency),
+            lambda index: copy_part(upload_id, index),
+        )
+
+    return await _multipart(client, target, options, plan, copy_parts, server_side=True)
 
 
 # ----------------------------------------------------------------------------- streamed
@@ -762,7 +767,7 @@ async def _streamed_multipart(
             assert read_ahead is not None
             read_ahead.give(stream.length)
 
-    async def copy_parts(upload_id: str, _: int) -> list[str]:
+    async def copy_parts(upload_id: str) -> list[str]:
         # One GET for the whole object (stores like moto read the whole object for every
         # ranged GET). Up to `window` parts upload at once: while one streams, the parts
         # after it are read into memory as far as the shared read-ahead budget allows;
@@ -776,7 +781,15 @@ async def _streamed_multipart(
                 etags[uploads.pop(task)] = task.result()
 
         try:
-            async with read_range(ranges[0][0], ranges[-1][1]) as got:
+            whole_object = src_client.get(
+                source.bucket,
+                source.key,
+                version_id=plan.version_id,
+                if_match=plan.head.etag,
+                byte_range=(ranges[0][0], ranges[-1][1]),
+                sse_c=source.sse_c_key,
+            )
+            async with whole_object as got:
                 for index in range(len(ranges)):
                     while len(uploads) >= window:
                         await settle(asyncio.FIRST_COMPLETED)
@@ -799,23 +812,12 @@ async def _streamed_multipart(
             await asyncio.gather(*uploads, return_exceptions=True)
         return etags
 
-    def read_range(first: int, last: int) -> AbstractAsyncContextManager[GetResult]:
-        return src_client.get(
-            source.bucket,
-            source.key,
-            version_id=plan.version_id,
-            if_match=plan.head.etag,
-            byte_range=(first, last) if last >= first else None,
-            sse_c=source.sse_c_key,
-        )
-
     return await _multipart(
         dst_client,
         target,
         options,
         plan,
         copy_parts,
-        1,
         server_side=False,
         sha256=digest.hexdigest if digest is not None else None,
     )
@@ -829,27 +831,21 @@ async def _multipart(
     target: TargetObject,
     options: CopyOptions,
     plan: _Plan,
-    copy_parts: Callable[[str, int], Awaitable[list[str]]],
-    count: int,
+    write_parts: Callable[[str], Awaitable[list[str]]],
     *,
     server_side: bool,
     sha256: Callable[[], str] | None = None,
 ) -> CopyResult:
-    """Create an upload, run `copy_parts(upload_id, 0..count-1)`, each returning the ETags
-    of the parts it wrote (in part order), complete it; abort on any failure (cancellation
-    included) before re-raising."""
+    """Create an upload, run `write_parts(upload_id)`, which returns the ETags of every
+    part in order, complete it; abort on any failure (cancellation included) before
+    re-raising."""
     upload_id = await client.create_multipart_upload(
         target.bucket, target.key, _object_headers(target, options, plan)
     )
     try:
         if options.on_upload_started is not None:
             await options.on_upload_started(upload_id)
-        runs = await run_bounded(
-            count,
-            max(1, options.part_concurrency),
-            lambda index: copy_parts(upload_id, index),
-        )
-        etags = [etag for run in runs for etag in run]
+        etags = await write_parts(upload_id)
         try:
             written = await client.complete_multipart_upload(
                 target.bucket,
