@@ -85,7 +85,8 @@ from bench_support import (
 from objmig.ledger import Ledger, ObjectState
 from objmig.local.postgres import EmbeddedPostgres
 from objmig.local.s3server import LocalS3Server
-from objmig.storage.endpoint import Endpoint, open_client
+from objmig.storage.endpoint import Endpoint
+from objmig.storage.sdk import open_client
 
 KiB = 1024
 MiB = 1024 * KiB

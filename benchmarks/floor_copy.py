@@ -22,7 +22,8 @@ import sys
 
 from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
-from objmig.storage.endpoint import Credentials, Endpoint, open_client
+from objmig.storage.endpoint import Credentials, Endpoint
+from objmig.storage.sdk import open_client
 
 
 async def copy_all(args: argparse.Namespace) -> int:

@@ -193,3 +193,62 @@ def test_cli_status_report_and_approve_after_a_run(tmp_path: Path) -> None:
             from objmig.local.postgres import EmbeddedPostgres
 
             EmbeddedPostgres(state / "postgres").stop_blocking()
+
+
+async def test_a_plain_run_never_loads_the_aws_sdk(
+    ledger: Ledger,
+    database_url: str,
+    s3_server: LocalS3Server,
+    s3_seed: S3Seeder,
+    s3_client: S3Client,
+    tmp_path: Path,
+) -> None:
+    """An unversioned bucket, explicit credentials, tagged single- and multipart objects,
+    both copy modes: every call goes through the lean client, and the SDK (a third of a
+    second of start-up per process) is never imported. `-X importtime` lists every module
+    the real process imported."""
+    source = await s3_seed.bucket()
+    tags = {"team": "storage"}
+    seeded = [
+        await s3_seed.put_object(source, f"small/{i}", 3 * KiB, tags=tags) for i in range(10)
+    ]
+    seeded.append(
+        await s3_seed.put_multipart(source, "big", [64 * KiB, 64 * KiB, 7 * KiB], tags=tags)
+    )
+    for mode in ("stream", "serverSide"):
+        target = await s3_seed.bucket()
+        spec, secrets = _write_inputs(tmp_path, s3_server.endpoint_url, source, target)
+        document = yaml.safe_load(spec.read_text())
+        document["metadata"]["name"] = f"no-sdk-{mode.lower()}"
+        document["spec"]["copy"]["mode"] = mode
+        spec.write_text(yaml.safe_dump(document))
+        run = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-X",
+            "importtime",
+            *_command(spec, secrets, database_url)[1:],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(run.communicate(), timeout=300)
+        assert run.returncode == 0, stdout.decode() + stderr.decode()
+        imported = {
+            line.split("|")[-1].strip()
+            for line in stderr.decode().splitlines()
+            if line.startswith("import time:")
+        }
+        assert "asyncpg" in imported  # the listing works: the ledger's driver is in it
+        sdk = sorted(
+            name
+            for name in imported
+            if name.split(".")[0] in ("botocore", "aiobotocore", "aioboto3", "boto3", "aiohttp")
+        )
+        assert sdk == [], f"{mode}: {sdk[:5]}"
+        migration_id = await ledger.find_migration(f"cli/no-sdk-{mode.lower()}")
+        assert migration_id is not None
+        counts = await ledger.counts(migration_id)
+        assert counts.state(ObjectState.VERIFIED).objects == len(seeded)
+        copied = await keys_of(s3_client, target)
+        assert {obj.key: obj.etag for obj in seeded} == copied
+        tagging = await s3_client.get_object_tagging(Bucket=target, Key="big")
+        assert {t["Key"]: t["Value"] for t in tagging["TagSet"]} == tags

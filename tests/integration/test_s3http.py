@@ -584,3 +584,22 @@ async def test_list_page_pages_through_a_prefix_like_the_sdk_listing(
     assert [o.key for o in resumed] == ["p/f&g<h>", "p/multi", "p/ü+=~"]
     assert last is None
     assert multipart_part_count(next(o for o in listed if o.key == "p/multi").etag) == 2
+
+
+async def test_bucket_versioning_reads_each_status_and_a_missing_bucket_is_a_config_error(
+    backend_client, backend_http: S3HttpClient, backend_seed: S3Seeder
+) -> None:
+    plain = await backend_seed.bucket()
+    enabled = await backend_seed.bucket(versioned=True)
+    suspended = await backend_seed.bucket(versioned=True)
+    await backend_client.put_bucket_versioning(
+        Bucket=suspended, VersioningConfiguration={"Status": "Suspended"}
+    )
+
+    statuses = [await backend_http.bucket_versioning(b) for b in (plain, enabled, suspended)]
+    missing = await _failure(backend_http.bucket_versioning(f"{plain}-missing"))
+
+    assert statuses == ["", "Enabled", "Suspended"]
+    assert isinstance(missing, S3ResponseError)
+    assert (missing.status, missing.code) == (404, "NoSuchBucket")
+    assert classify(missing).is_config_error

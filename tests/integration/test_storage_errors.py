@@ -16,11 +16,11 @@ from objmig.storage import (
     copy_object,
     list_multipart_uploads,
     object_sha256,
-    open_client,
 )
 from objmig.storage.endpoint import Endpoint
 from objmig.storage.errors import S3ResponseError
 from objmig.storage.s3http import open_http_client
+from objmig.storage.sdk import open_client
 from tests.fixtures.s3 import S3Seeder
 from tests.support.s3proxy import Deny, Fail, Reset, S3FaultProxy, SlowDown, Truncate
 

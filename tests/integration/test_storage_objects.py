@@ -13,10 +13,10 @@ from objmig.storage import (
     list_multipart_uploads,
     list_objects,
     object_sha256,
-    open_client,
     part_layout,
 )
 from objmig.storage.objects import resolve_part_layout
+from objmig.storage.sdk import open_client
 from tests.fixtures.s3 import S3Backend, S3Seeder
 from tests.support.s3proxy import S3FaultProxy
 

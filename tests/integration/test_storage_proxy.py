@@ -8,10 +8,11 @@ import hashlib
 
 import pytest
 
-from objmig.storage import object_sha256, open_client
+from objmig.storage import object_sha256
 from objmig.storage.endpoint import Endpoint
 from objmig.storage.errors import S3ResponseError
 from objmig.storage.s3http import open_http_client
+from objmig.storage.sdk import open_client
 from tests.fixtures.s3 import S3Seeder, payload
 from tests.support.s3proxy import Fail, RewriteHeaders, S3FaultProxy, SlowDown
 

@@ -15,10 +15,10 @@ from objmig.storage import (
     TargetObject,
     copy_object,
     needs_restore,
-    open_client,
     request_restore,
 )
 from objmig.storage.errors import RestoreNotAllowedError, classify
+from objmig.storage.sdk import open_client
 from tests.fixtures.s3 import S3Seeder
 from tests.support.s3proxy import Fail, RewriteHeaders, S3FaultProxy
 

@@ -11,9 +11,10 @@ import hashlib
 import pytest
 
 from objmig.storage.copy import Encryption, run_bounded
-from objmig.storage.endpoint import Credentials, Endpoint, client_config, same_store
+from objmig.storage.endpoint import Credentials, Endpoint, same_store
 from objmig.storage.objects import guess_part_sizes, multipart_part_count, normalise_etag
 from objmig.storage.ratelimit import TokenBucket
+from objmig.storage.sdk import client_config
 from objmig.storage.streaming import ReadAhead
 
 MiB = 1024 * 1024

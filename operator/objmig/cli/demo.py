@@ -24,7 +24,7 @@ from objmig.cli.migrate import drive, report_outcome
 from objmig.engine.secrets import FileSecrets
 from objmig.local.postgres import EmbeddedPostgres
 from objmig.local.s3server import LocalS3Server
-from objmig.storage.endpoint import Credentials, Endpoint, open_client
+from objmig.storage.endpoint import Credentials, Endpoint
 
 # The aiobotocore stubs are a development dependency: import them for type checking only.
 if TYPE_CHECKING:
@@ -69,6 +69,10 @@ def demo_migration(endpoint: str) -> ObjectMigration:
 
 async def seed(endpoint: str, *, small: int, multipart: int, archived: int) -> int:
     """Create the buckets and the source objects; returns how many objects were written."""
+    # Here, not at the top: every `objmig` command imports this module, and the SDK is
+    # loaded only where it is used (see `objmig.storage.sdk`).
+    from objmig.storage.sdk import open_client
+
     async with open_client(Endpoint(url=endpoint, credentials=DEMO_CREDENTIALS), 32) as s3:
         for bucket in (SOURCE, TARGET):
             await s3.create_bucket(Bucket=bucket)

@@ -145,7 +145,7 @@ async def delete_sources(
                     approved.append(row)
             if approved:
                 results = await delete_objects(
-                    source.api,
+                    await source.sdk(),
                     source_spec.bucket,
                     # The exact version that was copied; "" means an unversioned bucket.
                     [(row.key, row.version_id or None) for row in approved],
@@ -204,7 +204,7 @@ async def remove_leftovers(
     aborted = deleted = kept = 0
     async with context.clients() as (_, target):
         async for upload in list_multipart_uploads(
-            target.api, target_spec.bucket, target_spec.prefix
+            await target.sdk(), target_spec.bucket, target_spec.prefix
         ):
             initiated = upload.initiated
             # objmig's uploads: for a key the migration writes, begun after it existed.
@@ -213,7 +213,7 @@ async def remove_leftovers(
                 continue
             if not spec.dry_run:
                 await abort_multipart_upload(
-                    target.api, target_spec.bucket, upload.key, upload.upload_id
+                    await target.sdk(), target_spec.bucket, upload.key, upload.upload_id
                 )
             aborted += 1
         stale = sorted(attempt_targets - verified_targets)
@@ -230,7 +230,7 @@ async def remove_leftovers(
                 continue
             doomed.append((key, None))
         if doomed and not spec.dry_run:
-            results = await delete_objects(target.api, target_spec.bucket, doomed)
+            results = await delete_objects(await target.sdk(), target_spec.bucket, doomed)
             deleted = sum(1 for r in results if r.deleted)
         else:
             deleted = len(doomed)

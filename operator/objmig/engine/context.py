@@ -161,9 +161,7 @@ async def check_access(context: MigrationContext) -> tuple[str, str] | None:
             ("target", target, spec.target),
         ):
             try:
-                await client.api.list_objects_v2(
-                    Bucket=bucket.bucket, Prefix=bucket.prefix, MaxKeys=1
-                )
+                await client.objects.list_page(bucket.bucket, bucket.prefix, max_keys=1)
             except Exception as exc:
                 problem = classify(exc)
                 if problem.is_config_error:

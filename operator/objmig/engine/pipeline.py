@@ -357,7 +357,7 @@ class ObjectPipeline:
         requested_at = None
         if source.restore is None:
             await request_restore(
-                self._src.api,
+                await self._src.sdk(),
                 self._spec.source.bucket,
                 row.key,
                 row.version_id or None,

@@ -122,8 +122,8 @@ async def _inventory(
 
 async def _from_listing(context: MigrationContext, source: Store) -> AsyncIterator[ObjectInfo]:
     spec = context.spec
-    versioning = await source.api.get_bucket_versioning(Bucket=spec.source.bucket)
-    versioned = versioning.get("Status") in ("Enabled", "Suspended")
+    versioning = await source.objects.bucket_versioning(spec.source.bucket)
+    versioned = versioning in ("Enabled", "Suspended")
     if not versioned and not spec.selection.all_versions:
         # The common case, on the lean client: a page of 1,000 keys costs a tenth of the
         # CPU botocore's modelled parsing spends on it.
@@ -131,7 +131,7 @@ async def _from_listing(context: MigrationContext, source: Store) -> AsyncIterat
             yield info
         return
     async for info in list_objects(
-        source.api,
+        await source.sdk(),
         spec.source.bucket,
         spec.source.prefix,
         versions=spec.selection.all_versions,
@@ -149,7 +149,9 @@ async def _from_manifest(
     fmt = _MANIFEST_FORMATS[manifest.format]
     entries: AsyncIterator[ManifestEntry]
     if manifest.object is not None:
-        entries = read_manifest_object(source.api, manifest.object.bucket, manifest.object.key, fmt)
+        entries = read_manifest_object(
+            await source.sdk(), manifest.object.bucket, manifest.object.key, fmt
+        )
     elif manifest.path is not None:
         entries = _aiter(read_manifest_file(Path(manifest.path), fmt))
     else:

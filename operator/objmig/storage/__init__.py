@@ -2,7 +2,9 @@
 
 Table of contents:
 
-- `endpoint`: `Endpoint`, `Credentials`, `same_store`, `open_client`;
+- `endpoint`: `Endpoint`, `Credentials`, `same_store`;
+- `store`: `open_store`, one side's clients; `s3http` (the per-object requests and plain
+  listings) and `sdk` (aioboto3, loaded on first use, for everything else);
 - `objects`: listing (`list_objects`), `HeadResult`, part layouts, `object_sha256`,
   `delete_objects`, multipart upload listing and abort;
 - `selection`: pure key/date/size/class filters and metadata rules;
@@ -25,7 +27,7 @@ from objmig.storage.copy import (
     TargetObject,
     copy_object,
 )
-from objmig.storage.endpoint import Credentials, Endpoint, open_client, same_store
+from objmig.storage.endpoint import Credentials, Endpoint, same_store
 from objmig.storage.errors import ErrorClass, StorageError, classify
 from objmig.storage.objects import (
     DeleteResult,
@@ -69,7 +71,6 @@ __all__ = [
     "metadata_matches",
     "needs_restore",
     "object_sha256",
-    "open_client",
     "part_layout",
     "request_restore",
     "same_store",

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import aiohttp
-import botocore.exceptions as bce
+if TYPE_CHECKING:
+    import botocore.exceptions as bce
 
 ErrorKind = Literal["retryable", "permanent", "not_found", "precondition", "invalid_state"]
 
@@ -162,18 +163,9 @@ _INVALID_STATE_CODES = frozenset(
 )
 
 # Exceptions from the transport: the request may not have reached the server, or the
-# answer did not come back whole. Always worth another attempt.
+# answer did not come back whole. Always worth another attempt. (The SDK's own kinds are
+# in `_sdk_error_class`.)
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
-    bce.EndpointConnectionError,
-    bce.ConnectionClosedError,
-    bce.ConnectTimeoutError,
-    bce.ReadTimeoutError,
-    bce.ResponseStreamingError,
-    bce.IncompleteReadError,
-    bce.HTTPClientError,
-    aiohttp.ClientConnectionError,
-    aiohttp.ClientPayloadError,
-    aiohttp.ServerDisconnectedError,
     ConnectionError,
     asyncio.IncompleteReadError,
     TimeoutError,
@@ -252,19 +244,54 @@ def classify(exc: BaseException) -> ErrorClass:
         return _s3_error_class(exc.code, exc.status, exc.message, exc.operation)
     if isinstance(exc, StorageError):
         return ErrorClass(exc.kind, exc.code, redact(str(exc)), exc.is_config_error)
-    if isinstance(exc, bce.ClientError):
-        return _client_error_class(exc)
-    if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
-        return ErrorClass("permanent", "NoCredentials", redact(str(exc)), is_config_error=True)
-    if isinstance(exc, bce.ParamValidationError):
-        return ErrorClass("permanent", "InvalidParameter", redact(str(exc)))
+    sdk_class = _sdk_error_class(exc)
+    if sdk_class is not None:
+        return sdk_class
     if isinstance(exc, _TRANSPORT_ERRORS):
-        name = type(exc).__name__
-        detail = redact(str(exc)) or name
-        return ErrorClass("retryable", name, f"{name}: {detail}")
-    if isinstance(exc, bce.BotoCoreError):
-        return ErrorClass("permanent", type(exc).__name__, redact(str(exc)))
+        return _transport_error_class(exc)
     if isinstance(exc, OSError):
         # Other socket-level errors (e.g. EPIPE while streaming a body) are transient too.
         return ErrorClass("retryable", type(exc).__name__, redact(str(exc)))
     return ErrorClass("permanent", type(exc).__name__, redact(str(exc)))
+
+
+def _transport_error_class(exc: BaseException) -> ErrorClass:
+    name = type(exc).__name__
+    detail = redact(str(exc)) or name
+    return ErrorClass("retryable", name, f"{name}: {detail}")
+
+
+def _sdk_error_class(exc: BaseException) -> ErrorClass | None:
+    """botocore's and aiohttp's exceptions, or None for any other.
+
+    The SDK is imported only where a call needs it (see `objmig.storage.sdk`), and none of
+    its exceptions can exist before that: a module not loaded yet is not loaded here.
+    """
+    if "botocore" in sys.modules:
+        import botocore.exceptions as bce
+
+        if isinstance(exc, bce.ClientError):
+            return _client_error_class(exc)
+        if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
+            return ErrorClass("permanent", "NoCredentials", redact(str(exc)), is_config_error=True)
+        if isinstance(exc, bce.ParamValidationError):
+            return ErrorClass("permanent", "InvalidParameter", redact(str(exc)))
+        if isinstance(
+            exc,
+            bce.EndpointConnectionError
+            | bce.ConnectionClosedError
+            | bce.ConnectTimeoutError
+            | bce.ReadTimeoutError
+            | bce.ResponseStreamingError
+            | bce.IncompleteReadError
+            | bce.HTTPClientError,
+        ):
+            return _transport_error_class(exc)
+        if isinstance(exc, bce.BotoCoreError):
+            return ErrorClass("permanent", type(exc).__name__, redact(str(exc)))
+    if "aiohttp" in sys.modules:
+        import aiohttp
+
+        if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+            return _transport_error_class(exc)
+    return None

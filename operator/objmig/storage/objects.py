@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from botocore.exceptions import ClientError
-
 from objmig.storage.errors import S3ResponseError, TruncatedBodyError
 from objmig.storage.restore import RestoreStatus
 
@@ -501,7 +499,7 @@ async def abort_multipart_upload(client: S3Client, bucket: str, key: str, upload
     """
     try:
         await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-    except ClientError as exc:
+    except client.exceptions.ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("NoSuchUpload", "404"):
             return False
         raise

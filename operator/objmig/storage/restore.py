@@ -15,8 +15,6 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Literal
 
-from botocore.exceptions import ClientError
-
 from objmig.storage.errors import RestoreNotAllowedError
 
 # The aiobotocore stubs are a development dependency: import them for type checking only.
@@ -135,7 +133,7 @@ async def request_restore(
         kwargs["VersionId"] = version_id
     try:
         response = await client.restore_object(**kwargs)  # type: ignore[arg-type]
-    except ClientError as exc:
+    except client.exceptions.ClientError as exc:
         if exc.response.get("Error", {}).get("Code") == "RestoreAlreadyInProgress":
             return False
         raise

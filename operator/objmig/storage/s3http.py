@@ -7,8 +7,10 @@ per object one Python process could not pass ~150 objects/s. The requests made o
 object or part (HEAD, GET, PUT, CopyObject, the multipart calls) go through this module at
 about a tenth of that cost (and `http1` sends them at a quarter of what aiohttp's client
 costs per request). Everything else (listings, restores, deletes, tagging reads for
-manifests, bucket calls) is rare per object and stays on aioboto3 (`endpoint.open_client`),
-which also resolves the default credential chain for us.
+manifests, bucket calls) is rare per object and stays on aioboto3 (`sdk.open_client`),
+which also resolves the default credential chain for us. Plain listings (the scan, the
+batched re-checks) and the few calls every run makes (the access check, the bucket's
+versioning) are here too, so that a run needs the SDK only for what only it does.
 
 The client never retries (the engine's retry policy is the only one, as with botocore) and
 raises `S3ResponseError` for any non-2xx answer, and for the 200 answers whose body is an
@@ -36,7 +38,6 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
-from aiobotocore.session import get_session
 from defusedxml import ElementTree as SafeET
 
 from objmig.storage.endpoint import DEFAULT_REGION, ClientTimeouts, Credentials, Endpoint
@@ -365,6 +366,14 @@ class S3HttpClient:
             if not marker:
                 return sizes
 
+    async def bucket_versioning(self, bucket: str) -> str:
+        """GetBucketVersioning's status: "Enabled", "Suspended", or "" (never enabled)."""
+        async with self._request(
+            "GetBucketVersioning", "GET", bucket, "", {"versioning": ""}, {}
+        ) as response:
+            root = await _xml_body("GetBucketVersioning", response)
+        return _text(root, "Status")
+
     async def list_page(
         self,
         bucket: str,
@@ -544,6 +553,10 @@ class _CredentialSource:
         if self._static is not None:
             return self._static
         if self._chain is None:
+            # The SDK resolves the default chain (environment, profile, web identity,
+            # instance role): loaded now, only for endpoints without explicit credentials.
+            from aiobotocore.session import get_session
+
             self._chain = await get_session().get_credentials()
             if self._chain is None:
                 raise S3ResponseError(
