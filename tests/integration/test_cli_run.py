@@ -209,9 +209,7 @@ async def test_a_plain_run_never_loads_the_aws_sdk(
     the real process imported."""
     source = await s3_seed.bucket()
     tags = {"team": "storage"}
-    seeded = [
-        await s3_seed.put_object(source, f"small/{i}", 3 * KiB, tags=tags) for i in range(10)
-    ]
+    seeded = [await s3_seed.put_object(source, f"small/{i}", 3 * KiB, tags=tags) for i in range(10)]
     seeded.append(
         await s3_seed.put_multipart(source, "big", [64 * KiB, 64 * KiB, 7 * KiB], tags=tags)
     )

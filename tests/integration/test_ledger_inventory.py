@@ -323,3 +323,29 @@ async def test_parallel_and_sequential_chunks_agree(ledger: Ledger) -> None:
         )
         assert first == InventoryResult(new=500)
         assert second == InventoryResult(changed=72, unchanged=428)
+
+
+async def test_a_watched_inventory_lands_in_doubling_chunks_each_announced(
+    ledger: Ledger,
+) -> None:
+    migration_id = await ledger.ensure_migration("watched", "")
+    announcements = 0
+
+    async def listing() -> AsyncIterator[InventoryRow]:
+        for row in inventory_rows(3_500):
+            yield row
+
+    async def count() -> int:
+        counts = await ledger.counts(migration_id)
+        return counts.state(ObjectState.PENDING).objects
+
+    def announced() -> None:
+        nonlocal announcements
+        announcements += 1
+
+    result = await ledger.upsert_inventory(migration_id, listing(), 1, on_chunk=announced)
+
+    # 1,000 + 2,000 + the last 500, announced once each (unwatched: one chunk of 3,500).
+    assert announcements == 3
+    assert result.new == 3_500
+    assert await count() == 3_500

@@ -25,7 +25,7 @@ from objmig.engine.policy import cutover_gate, failure_budget
 from objmig.engine.scan import run_scan
 from objmig.engine.secrets import SecretSource
 from objmig.engine.status import StatusInputs, build_status, cutover_inputs, tally
-from objmig.engine.worker import dead_local_owners, run_workers
+from objmig.engine.worker import Arrivals, dead_local_owners, run_workers
 from objmig.ledger import Counts, Ledger, ObjectState
 from objmig.storage.errors import classify
 
@@ -119,17 +119,11 @@ class LocalRun:
             )
             return RunResult("failed", await self._publish())
         try:
-            if not state.get("scan", {}).get("completedAt") or state["scan"].get("running"):
-                async with context.clients() as (source, _):
-                    try:
-                        await run_scan(self._ledger, mid, context, source)
-                    except Exception as exc:
-                        problem = classify(exc)
-                        if not problem.is_config_error:
-                            raise
-                        raise ConfigurationError(problem, "scan", spec_prefix(context)) from exc
+            scanned = state.get("scan", {})
+            scanning = not scanned.get("completedAt") or scanned.get("running")
             while True:
-                outcome = await self._copy_until_done(context, stop)
+                outcome = await self._copy_until_done(context, stop, scanning=bool(scanning))
+                scanning = False
                 if outcome is not None:
                     return RunResult(outcome, await self._publish())
                 if not await self._catch_up(context):
@@ -162,21 +156,50 @@ class LocalRun:
         await self._ledger.update_state(mid, {"dryRun": self._spec.dry_run})
 
     async def _copy_until_done(
-        self, context: MigrationContext, stop: asyncio.Event
+        self, context: MigrationContext, stop: asyncio.Event, *, scanning: bool = False
     ) -> Outcome | None:
-        """Run the workers until no work is left; an outcome when the run must end early."""
+        """Run the workers until no work is left; an outcome when the run must end early.
+
+        ``scanning``: inventory the source meanwhile. Workers claim each batch of rows as
+        the scan records it (a run of small objects would otherwise wait for the whole
+        listing before its first copy), and a failed scan stops them and is raised.
+        """
         if self._spec.suspend:
+            if scanning:
+                await self._scan(context, None)
             return "paused"
         workers_stop = asyncio.Event()
+        arrivals = Arrivals() if scanning else None
+        scan = asyncio.create_task(self._scan(context, arrivals)) if arrivals else None
+        if scan is not None:
+
+            def stop_workers_if_failed(task: asyncio.Task[None]) -> None:
+                if not task.cancelled() and task.exception() is not None:
+                    workers_stop.set()
+
+            scan.add_done_callback(stop_workers_if_failed)
         monitor = asyncio.create_task(self._monitor(stop, workers_stop))
         try:
             await run_workers(
-                self._ledger, self._migration_id, context, self._workers, workers_stop
+                self._ledger,
+                self._migration_id,
+                context,
+                self._workers,
+                workers_stop,
+                arrivals=arrivals,
             )
         finally:
             monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await monitor
+            if scan is not None:
+                # Still running only when the copy ended early (stop, pause, failure): the
+                # next run scans again, which is idempotent.
+                scan.cancel()
+                await asyncio.gather(scan, return_exceptions=True)
+        failure = None if scan is None or scan.cancelled() else scan.exception()
+        if failure is not None:
+            raise failure
         if stop.is_set():
             return "interrupted"
         state = await self._ledger.get_state(self._migration_id)
@@ -204,6 +227,26 @@ class LocalRun:
                 )
                 workers_stop.set()
             await self._publish()
+
+    async def _scan(self, context: MigrationContext, arrivals: Arrivals | None) -> None:
+        """The first inventory of the run; ``arrivals`` hears of each batch of rows."""
+        try:
+            async with context.clients() as (source, _):
+                await run_scan(
+                    self._ledger,
+                    self._migration_id,
+                    context,
+                    source,
+                    on_rows=arrivals.arrived if arrivals is not None else None,
+                )
+        except Exception as exc:
+            problem = classify(exc)
+            if not problem.is_config_error:
+                raise
+            raise ConfigurationError(problem, "scan", spec_prefix(context)) from exc
+        finally:
+            if arrivals is not None:
+                arrivals.close()
 
     async def _catch_up(self, context: MigrationContext) -> bool:
         """Re-scan before cutover if asked; True when the re-scan found work to do."""

@@ -8,7 +8,7 @@ after a crash, and the catch-up rounds before cutover.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,11 +59,14 @@ async def run_scan(
     *,
     scan_id: int | None = None,
     config_maps: dict[str, dict[str, str]] | None = None,
+    on_rows: Callable[[], None] | None = None,
 ) -> ScanOutcome:
     """Scan the source once more and record the outcome in the migration's state.
 
     ``scan_id`` numbers the scan (default: one more than the last); the operator passes its
     own number so a retried scan pod repeats the same scan instead of starting a new one.
+    ``on_rows`` is called whenever a batch of rows is in the ledger (for workers copying
+    while the scan goes on).
     """
     state = await ledger.get_state(migration_id)
     if scan_id is None:
@@ -72,7 +75,7 @@ async def run_scan(
         migration_id, {"scan": {**state.get("scan", {}), "id": scan_id, "running": True}}
     )
     rows = _inventory(context, source, config_maps or {})
-    result = await ledger.upsert_inventory(migration_id, rows, scan_id)
+    result = await ledger.upsert_inventory(migration_id, rows, scan_id, on_chunk=on_rows)
     finished = datetime.now(UTC)
     await ledger.update_state(
         migration_id,

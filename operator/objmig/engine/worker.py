@@ -18,7 +18,7 @@ import os
 import secrets
 import socket
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -62,6 +62,36 @@ def dead_local_owners(owners: Sequence[str]) -> list[str]:
     return dead
 
 
+class Arrivals:
+    """Rows still being added to the ledger while workers run: the scan of a local run,
+    which inventories the source while the first objects are copied.
+
+    Workers do not finish while arrivals are open, and each batch of new rows wakes them
+    at once rather than after their idle poll.
+    """
+
+    def __init__(self) -> None:
+        self.open = True
+        #: How many batches have arrived (a claim started before the last one may have
+        #: missed its rows).
+        self.batches = 0
+        self._listeners: list[Callable[[], None]] = []
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def arrived(self) -> None:
+        """A batch of rows is in the ledger."""
+        self.batches += 1
+        for listener in self._listeners:
+            listener()
+
+    def close(self) -> None:
+        """No more rows will come, however the scan ended."""
+        self.open = False
+        self.arrived()
+
+
 @dataclass
 class WorkerStats:
     """What one worker did."""
@@ -89,6 +119,7 @@ class Worker:
         owner: str | None = None,
         lease: timedelta = timedelta(minutes=2),
         idle_poll: float = 1.0,
+        arrivals: Arrivals | None = None,
     ) -> None:
         self._ledger = ledger
         self._migration_id = migration_id
@@ -114,6 +145,11 @@ class Worker:
         # After a claim found nothing, the next one waits until then (loop time): rows come
         # back only when a retry's or a restore poll's not-before time passes.
         self._next_claim_at = 0.0
+        self._arrivals = arrivals
+        # `arrivals.batches` when the claim in progress started.
+        self._claim_saw = 0
+        if arrivals is not None:
+            arrivals.subscribe(self._rows_arrived)
         self.stats = WorkerStats()
 
     async def run(self, stop: asyncio.Event | None = None) -> WorkerStats:
@@ -163,7 +199,8 @@ class Worker:
             rows = self._claiming.result()
             self._claiming = None
             self._backlog.extend(rows)
-            if not rows:
+            missed = self._arrivals is not None and self._arrivals.batches != self._claim_saw
+            if not rows and not missed:
                 self._next_claim_at = asyncio.get_running_loop().time() + self._idle_poll
         if self._flushing is not None and self._flushing.done():
             flushing, self._flushing = self._flushing, None
@@ -205,6 +242,10 @@ class Worker:
     def _wake(self, _: object = None) -> None:
         self._progress.set()
 
+    def _rows_arrived(self) -> None:
+        self._next_claim_at = 0.0
+        self._progress.set()
+
     def _claim_in_background(self) -> None:
         """Keep as many claimed rows waiting as may be in flight."""
         if self._claiming is not None or asyncio.get_running_loop().time() < self._next_claim_at:
@@ -213,6 +254,7 @@ class Worker:
         # Claim in batches, not one row per finished object: a claim is a transaction.
         if wanted < max(1, self._slots // 2) and (self._backlog or self._working()):
             return
+        self._claim_saw = self._arrivals.batches if self._arrivals is not None else 0
         self._claiming = asyncio.create_task(
             self._ledger.claim(self._migration_id, self.owner, CLAIM_ORDER, wanted, self._lease)
         )
@@ -250,6 +292,8 @@ class Worker:
 
     async def _work_remains(self) -> bool:
         """Whether any row could still need a worker (now or after a wait)."""
+        if self._arrivals is not None and self._arrivals.open:
+            return True
         counts = await self._ledger.counts(self._migration_id)
         return any(counts.state(state).objects for state in ACTIVE_STATES)
 
@@ -328,10 +372,13 @@ async def run_workers(
     stop: asyncio.Event,
     *,
     owner_prefix: str | None = None,
+    arrivals: Arrivals | None = None,
 ) -> WorkerStats:
     """Run ``count`` workers in this process; the first configuration error stops them all."""
     workers = [
-        Worker(ledger, migration_id, context, owner=worker_identity(owner_prefix))
+        Worker(
+            ledger, migration_id, context, owner=worker_identity(owner_prefix), arrivals=arrivals
+        )
         for _ in range(count)
     ]
     tasks = [asyncio.create_task(w.run(stop)) for w in workers]

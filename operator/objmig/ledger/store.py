@@ -69,6 +69,8 @@ INVENTORY_CHUNK = 50_000
 #: ``upsert_inventory`` refreshes the planner's statistics after inserting or changing at
 #: least this many rows.
 ANALYZE_AFTER_ROWS = 1_000
+#: The first chunk of an inventory someone waits on (``on_chunk``); later ones double.
+FIRST_WATCHED_CHUNK = 1_000
 #: Rows fetched per round trip when streaming (reports, digest, iteration).
 STREAM_BATCH = 2_000
 #: ``counts`` folds the delta rows of a migration once there are more than this many.
@@ -131,23 +133,35 @@ async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     await conn.set_type_codec("jsonb", schema="pg_catalog", encoder=json.dumps, decoder=json.loads)
 
 
+async def _analyze(conn: Connection) -> None:
+    # ANALYZE samples a bounded number of rows, and without owner rights it only warns.
+    await conn.execute("ANALYZE objects")
+
+
 async def _chunks(
-    rows: Iterable[InventoryRow] | AsyncIterable[InventoryRow], size: int
+    rows: Iterable[InventoryRow] | AsyncIterable[InventoryRow], size: int, first: int | None = None
 ) -> AsyncIterator[list[InventoryRow]]:
-    """Group rows into lists of at most ``size``; works on sync and async iterables."""
+    """Group rows into lists of at most ``size``; works on sync and async iterables.
+
+    ``first``: the first list holds that many rows and each next one twice as many as the
+    one before, up to ``size``.
+    """
+    limit = min(first or size, size)
     chunk: list[InventoryRow] = []
     if isinstance(rows, AsyncIterable):
         async for row in rows:
             chunk.append(row)
-            if len(chunk) >= size:
+            if len(chunk) >= limit:
                 yield chunk
                 chunk = []
+                limit = min(2 * limit, size)
     else:
         for row in rows:
             chunk.append(row)
-            if len(chunk) >= size:
+            if len(chunk) >= limit:
                 yield chunk
                 chunk = []
+                limit = min(2 * limit, size)
                 # A long synchronous iterable must not starve the event loop.
                 await asyncio.sleep(0)
     if chunk:
@@ -430,6 +444,7 @@ class Ledger:
         *,
         chunk_size: int = INVENTORY_CHUNK,
         parallelism: int = 2,
+        on_chunk: Callable[[], None] | None = None,
     ) -> InventoryResult:
         """Merge a scan's listing into the ledger; idempotent, memory bounded by the chunks.
 
@@ -448,6 +463,11 @@ class Ledger:
         A key listed twice within one chunk counts once (the last listing wins). Up to
         ``parallelism`` chunks (each on its own pooled connection) are written at once, so
         at most ``parallelism + 1`` chunks are held in memory.
+
+        ``on_chunk`` is called each time a chunk is committed, for workers claiming rows
+        while the scan goes on; the chunks then start at ``FIRST_WATCHED_CHUNK`` rows and
+        double, so the first rows are claimable after one listing page, not after the
+        whole inventory.
         """
         if parallelism < 1:
             raise ValueError("parallelism must be at least 1")
@@ -459,22 +479,33 @@ class Ledger:
             "SELECT EXISTS (SELECT 1 FROM objects WHERE migration_id = $1)", migration_id
         )
         result = InventoryResult()
+        # Rows new or changed when the statistics were last refreshed (see `_analyze`).
+        analysed = 0
 
         async def merge(chunk: list[InventoryRow]) -> None:
-            nonlocal insert_only, result
+            nonlocal insert_only, result, analysed
             async with self._pool.acquire() as conn:
                 merged, still = await self._merge_chunk(
                     conn, migration_id, chunk, scan_id, insert_only=insert_only
                 )
-            insert_only = insert_only and still
-            result += merged
+                insert_only = insert_only and still
+                result += merged
+                moved = result.new + result.changed
+                if on_chunk is not None and not analysed and moved >= ANALYZE_AFTER_ROWS:
+                    # Workers claim while the scan goes on: give the planner the
+                    # migration's rows now, not only at the end (see below).
+                    analysed = moved
+                    await _analyze(conn)
+            if on_chunk is not None:
+                on_chunk()
 
         # Chunks are independent (distinct keys, or duplicates that the merge resolves), so
         # up to ``parallelism`` of them are written at once on their own connections: the
         # server's work, which dominates, spreads over its CPUs while the next chunk is read.
         running: set[asyncio.Task[None]] = set()
         try:
-            async for chunk in _chunks(rows, chunk_size):
+            first = FIRST_WATCHED_CHUNK if on_chunk is not None else None
+            async for chunk in _chunks(rows, chunk_size, first):
                 if len(running) >= parallelism:
                     done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     for task in done:
@@ -485,13 +516,13 @@ class Ledger:
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
-        if result.new + result.changed >= ANALYZE_AFTER_ROWS:
-            # The copy starts right after the scan, long before autovacuum would analyse:
-            # until then the planner takes a new migration for a handful of rows, and each
-            # claim reads its rows through the wrong index and sorts them (claims 5x slower
-            # in the second migration of a ledger). ANALYZE samples a bounded number of
-            # rows, and without owner rights it only warns.
-            await self._pool.execute("ANALYZE objects")
+        if result.new + result.changed >= max(ANALYZE_AFTER_ROWS, 2 * analysed):
+            # The copy starts right after the scan (or during it), long before autovacuum
+            # would analyse: until then the planner takes a new migration for a handful of
+            # rows, and each claim reads its rows through the wrong index and sorts them
+            # (claims 5x slower in the second migration of a ledger).
+            async with self._pool.acquire() as conn:
+                await _analyze(conn)
         return result
 
     async def _merge_chunk(
