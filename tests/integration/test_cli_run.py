@@ -250,3 +250,88 @@ async def test_a_plain_run_never_loads_the_aws_sdk(
         assert {obj.key: obj.etag for obj in seeded} == copied
         tagging = await s3_client.get_object_tagging(Bucket=target, Key="big")
         assert {t["Key"]: t["Value"] for t in tagging["TagSet"]} == tags
+
+
+async def test_a_configmap_worklist_from_a_file_selects_exactly_its_keys(
+    ledger: Ledger,
+    database_url: str,
+    s3_server: LocalS3Server,
+    s3_seed: S3Seeder,
+    s3_client: S3Client,
+    tmp_path: Path,
+) -> None:
+    """`selection.manifest.configMapRef` on a laptop: the ConfigMap comes from
+    `--config-maps`; without it (or with the wrong key) the run stops before writing
+    anything, with a message naming the ConfigMap and no traceback."""
+    source, target = await s3_seed.bucket(), await s3_seed.bucket()
+    for i in range(8):
+        await s3_seed.put_object(source, f"k{i}", KiB)
+    spec, secrets = _write_inputs(tmp_path, s3_server.endpoint_url, source, target)
+    document = yaml.safe_load(spec.read_text())
+    document["metadata"]["name"] = "worklist"
+    document["spec"]["selection"] = {
+        "manifest": {"configMapRef": {"name": "worklist", "key": "keys"}}
+    }
+    spec.write_text(yaml.safe_dump(document))
+    config_maps = tmp_path / "configmaps.yaml"
+    config_maps.write_text(
+        yaml.safe_dump_all(
+            [
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "other"}},
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": "worklist"},
+                    "data": {"keys": "k1\nk5\nk7\nnot-in-the-bucket\n"},
+                },
+            ]
+        )
+    )
+
+    async def objmig(*extra: str) -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            *_command(spec, secrets, database_url),
+            *extra,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), timeout=300)
+        assert process.returncode is not None
+        return process.returncode, out.decode(), err.decode()
+
+    code, out, err = await objmig()
+    assert code == 1, out + err
+    assert "error: ConfigMap 'worklist' with key 'keys'" in err
+    assert "--config-maps" in err
+    assert "Traceback" not in out + err
+    assert await keys_of(s3_client, target) == {}
+
+    code, out, err = await objmig("--config-maps", str(config_maps))
+    assert code == 0, out + err
+    assert set(await keys_of(s3_client, target)) == {"k1", "k5", "k7"}
+    migration_id = await ledger.find_migration("cli/worklist")
+    assert migration_id is not None
+    counts = await ledger.counts(migration_id)
+    assert counts.total.objects == 3
+    assert counts.state(ObjectState.VERIFIED).objects == 3
+
+
+async def test_a_missing_secret_is_an_error_message_not_a_traceback(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The spec names Secret `s3`; neither the environment nor a file supplies it."""
+    spec, _ = _write_inputs(tmp_path, "http://127.0.0.1:9", "cli-src", "cli-dst")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OBJMIG_SECRET_")}
+    command = [sys.executable, "-m", "objmig", "run", "-f", str(spec)]
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        "--database-url",
+        database_url,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 1, out.decode() + err.decode()
+    assert "error: Secret 's3' has no key 'accessKeyId' here" in err.decode()
+    assert "Traceback" not in out.decode() + err.decode()

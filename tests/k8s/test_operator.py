@@ -505,6 +505,53 @@ async def test_bad_credentials_fail_the_migration_without_a_crash_loop_until_fix
             await seed.cleanup()
 
 
+async def test_a_configmap_worklist_reaches_the_scan_pod_through_the_ledger(
+    k8s_cluster: ControlPlane,
+    k8s_namespace: str,
+    objmig_operator: OperatorProcess,
+    s3_server: LocalS3Server,
+    s3_seed: S3Seeder,
+    s3_client: S3Client,
+    ledger: Ledger,
+) -> None:
+    """`selection.manifest.configMapRef`: while the ConfigMap is missing the migration is
+    Failed with ManifestNotFound and no Job exists; once it exists (and the spec is
+    touched) exactly its keys are migrated, by worker pods that never talk to the API."""
+    ns, name = k8s_namespace, "worklist"
+    source, target = await s3_seed.bucket(), await s3_seed.bucket()
+    everything = await seed_many(s3_seed, source, (f"k/{i}" for i in range(12)), 50)
+    wanted = {key: everything[key] for key in ("k/2", "k/3", "k/11")}
+    create_secret(k8s_cluster, ns, *moto_keys(s3_server))
+    worklist = {"manifest": {"configMapRef": {"name": "worklist", "key": "keys"}}}
+
+    apply_migration(
+        k8s_cluster, ns, name, s3_server.endpoint_url, source, target, selection=worklist
+    )
+    failed = wait_for(
+        k8s_cluster, ns, name, lambda r: condition(r, "Failed").get("status") == "True",
+        what="Failed=True", operator=objmig_operator,
+    )  # fmt: skip
+    assert condition(failed, "Failed")["reason"] == "ManifestNotFound"
+    assert "ConfigMap 'worklist' with key 'keys'" in condition(failed, "Failed")["message"]
+    assert f"in namespace '{ns}'" in condition(failed, "Failed")["message"]
+    assert jobs_of(k8s_cluster, ns) == []
+
+    k8s_cluster.apply_yaml(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "worklist"},
+            "data": {"keys": "\n".join([*wanted, "k/not-there"]) + "\n"},
+        },
+        namespace=ns,
+    )
+    patch_spec(k8s_cluster, ns, name, {"retry": {"attempts": 3}})
+    resource = wait_cut_over(k8s_cluster, ns, name)
+    assert resource["status"]["progress"]["objects"]["succeeded"] == len(wanted)
+    assert await listing(s3_client, target) == wanted
+    await assert_all_verified(ledger, ns, name, wanted)
+
+
 async def test_a_killed_pod_and_a_restarted_operator_converge_without_duplicate_jobs(
     k8s_cluster: ControlPlane,
     k8s_namespace: str,

@@ -282,6 +282,11 @@ class ManifestObjectRef(ApiModel):
     )
 
 
+_INVENTORY_NEEDS_OBJECT = (
+    "format s3-inventory reads an S3 Inventory manifest.json from its bucket: set object"
+)
+
+
 class ManifestSpec(ApiModel):
     """A worklist of keys instead of (or narrowing) a listing of the source prefix."""
 
@@ -289,6 +294,11 @@ class ManifestSpec(ApiModel):
         cel_rule(
             "[has(self.configMapRef), has(self.object), has(self.path)].filter(x, x).size() == 1",
             "set exactly one of configMapRef, object or path",
+        ),
+        cel_rule(
+            "!has(self.format) || self.format != 's3-inventory' || has(self.object)",
+            _INVENTORY_NEEDS_OBJECT,
+            field_path=".format",
         ),
     )
 
@@ -312,6 +322,8 @@ class ManifestSpec(ApiModel):
         given = [x for x in (self.config_map_ref, self.object, self.path) if x is not None]
         if len(given) != 1:
             raise ValueError("set exactly one of configMapRef, object or path")
+        if self.format == "s3-inventory" and self.object is None:
+            raise ValueError(_INVENTORY_NEEDS_OBJECT)
         return self
 
 

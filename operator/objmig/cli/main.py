@@ -11,6 +11,7 @@ from objmig import __version__
 from objmig.api.crd import write_crds
 from objmig.api.loading import SpecError, load_resources
 from objmig.cli import demo, migrate, operator, worker
+from objmig.engine.secrets import NotProvided
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,7 +70,7 @@ def main() -> None:
     """Entry point: turn expected errors into a message and an exit code, not a traceback."""
     try:
         cli.main(standalone_mode=False)
-    except SpecError as error:
+    except (SpecError, NotProvided) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
     except click.exceptions.Abort:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
@@ -18,7 +19,13 @@ from objmig.cli.ledger import database_url_option, open_ledger, state_dir_option
 from objmig.cli.progress import ProgressView, human_bytes, status_table, summary_line
 from objmig.engine.cleanup import run_cleanup
 from objmig.engine.run import LocalRun, RunResult, compute_status
-from objmig.engine.secrets import ChainedSecrets, EnvSecrets, FileSecrets, SecretSource
+from objmig.engine.secrets import (
+    ChainedSecrets,
+    EnvSecrets,
+    FileSecrets,
+    SecretSource,
+    file_config_maps,
+)
 from objmig.ledger import Ledger, ReportFormat
 
 #: Exit codes of ``objmig run``, so scripts can tell outcomes apart.
@@ -54,6 +61,14 @@ secrets_option = click.option(
 )
 
 
+config_maps_option = click.option(
+    "--config-maps",
+    "config_maps_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML of ConfigMap manifests the spec references (selection.manifest.configMapRef).",
+)
+
+
 def secret_source(secrets_file: Path | None) -> SecretSource:
     """Environment first, then the secrets file if one was given."""
     sources: list[SecretSource] = [EnvSecrets()]
@@ -73,6 +88,7 @@ async def drive(
     secrets: SecretSource,
     *,
     workers: int,
+    config_maps: Mapping[str, Mapping[str, str]] | None = None,
     quiet: bool = False,
 ) -> RunResult:
     """Run a migration with a progress view; SIGINT / SIGTERM stop it cleanly."""
@@ -83,7 +99,14 @@ async def drive(
     name = f"{migration.metadata.namespace}/{migration.metadata.name}"
     try:
         with ProgressView(name, interval=5.0 if not quiet else 3600) as view:
-            runner = LocalRun(ledger, migration, secrets, workers=workers, on_status=view.update)
+            runner = LocalRun(
+                ledger,
+                migration,
+                secrets,
+                workers=workers,
+                config_maps=config_maps,
+                on_status=view.update,
+            )
             result = await runner.run(stop)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -121,10 +144,12 @@ def _run(
     database_url: str | None,
     state_dir: Path,
     secrets_file: Path | None,
+    config_maps_file: Path | None,
     workers: int,
     dry_run: bool,
 ) -> int:
     migration: ObjectMigration = load_one(path, ObjectMigration)
+    config_maps = file_config_maps(config_maps_file) if config_maps_file else None
     if dry_run:
         migration = migration.model_copy(
             update={"spec": migration.spec.model_copy(update={"dry_run": True})}
@@ -132,7 +157,13 @@ def _run(
 
     async def main() -> RunResult:
         async with open_ledger(database_url, state_dir) as ledger:
-            return await drive(migration, ledger, secret_source(secrets_file), workers=workers)
+            return await drive(
+                migration,
+                ledger,
+                secret_source(secrets_file),
+                workers=workers,
+                config_maps=config_maps,
+            )
 
     result = asyncio.run(main())
     report_outcome(f"{migration.metadata.namespace}/{migration.metadata.name}", result)
@@ -144,6 +175,7 @@ def _run(
 @database_url_option
 @state_dir_option
 @secrets_option
+@config_maps_option
 @click.option(
     "--workers",
     default=1,
@@ -152,10 +184,17 @@ def _run(
     help="In-process workers (each runs spec.copy.concurrency objects at once).",
 )
 def run(
-    path: Path, database_url: str | None, state_dir: Path, secrets_file: Path | None, workers: int
+    path: Path,
+    database_url: str | None,
+    state_dir: Path,
+    secrets_file: Path | None,
+    config_maps_file: Path | None,
+    workers: int,
 ) -> None:
     """Run a migration to its end: scan, copy, verify, cut over. Re-run to resume."""
-    sys.exit(_run(path, database_url, state_dir, secrets_file, workers, dry_run=False))
+    sys.exit(
+        _run(path, database_url, state_dir, secrets_file, config_maps_file, workers, dry_run=False)
+    )
 
 
 @click.command()
@@ -163,9 +202,16 @@ def run(
 @database_url_option
 @state_dir_option
 @secrets_option
-def plan(path: Path, database_url: str | None, state_dir: Path, secrets_file: Path | None) -> None:
+@config_maps_option
+def plan(
+    path: Path,
+    database_url: str | None,
+    state_dir: Path,
+    secrets_file: Path | None,
+    config_maps_file: Path | None,
+) -> None:
     """Dry run: inventory and report what a run would do; write nothing to the target."""
-    sys.exit(_run(path, database_url, state_dir, secrets_file, 1, dry_run=True))
+    sys.exit(_run(path, database_url, state_dir, secrets_file, config_maps_file, 1, dry_run=True))
 
 
 async def _status_of(ledger: Ledger, name: str) -> tuple[int, ObjectMigrationSpec]:

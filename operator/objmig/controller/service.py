@@ -39,7 +39,8 @@ from objmig.controller.kube import Kube, KubeConfigMaps
 from objmig.engine.context import ledger_name
 from objmig.engine.cutover import perform_cutover, perform_rollback
 from objmig.engine.run import RateMeter, compute_status, record_verification
-from objmig.engine.secrets import EnvSecrets, env_name
+from objmig.engine.scan import config_map_manifest_patch, manifest_config_map
+from objmig.engine.secrets import ConfigMapNotFound, EnvSecrets, env_name
 from objmig.engine.status import tally
 from objmig.ledger import Counts, Ledger, MigrationConflict
 
@@ -205,7 +206,7 @@ class MigrationService:
                 if not job.finished and not job.suspended:
                     await self._kube.suspend_job(namespace, job.name, True)
         if decision.job is not None:
-            await self._ensure_job(migration, decision.job, jobs)
+            await self._ensure_job(migration, migration_id, decision.job, jobs)
         round_, wave = rounds(state)
         if decision.next_wave:
             await self._ledger.update_state(
@@ -248,11 +249,17 @@ class MigrationService:
         return events
 
     async def _ensure_job(
-        self, migration: ObjectMigration, want: JobWant, jobs: dict[str, JobObservation]
+        self,
+        migration: ObjectMigration,
+        migration_id: int,
+        want: JobWant,
+        jobs: dict[str, JobObservation],
     ) -> None:
         namespace = migration.metadata.namespace
         existing = jobs.get(want.name)
         if existing is None:
+            if want.stage == "scan" and not await self._hand_over_worklist(migration, migration_id):
+                return
             created = await self._kube.create_job(worker_job(migration, want, self._config))
             if created:
                 log.info("created Job %s/%s", namespace, want.name)
@@ -261,6 +268,28 @@ class MigrationService:
             return
         if existing.suspended != want.suspend or existing.parallelism != want.parallelism:
             await self._kube.scale_job(namespace, want.name, want.parallelism, suspend=want.suspend)
+
+    async def _hand_over_worklist(self, migration: ObjectMigration, migration_id: int) -> bool:
+        """Store the spec's ConfigMap worklist for the scan pod, which has no API access.
+
+        Read again before every scan, so a catch-up round sees the ConfigMap as it is now.
+        False, with the migration failed, when the ConfigMap or its key is missing.
+        """
+        ref = manifest_config_map(migration.spec)
+        if ref is None:
+            return True
+        namespace = migration.metadata.namespace
+        data = await self._kube.config_map_data(namespace, ref.name)
+        try:
+            patch = config_map_manifest_patch(ref, data, f"in namespace {namespace!r}")
+        except ConfigMapNotFound as error:
+            message = f"{error}: create it, then edit the spec to retry"
+            await self._ledger.update_state(
+                migration_id, {"failed": {"reason": "ManifestNotFound", "message": message}}
+            )
+            return False
+        await self._ledger.update_state(migration_id, patch)
+        return True
 
     async def _secrets_for_cutover(self, migration: ObjectMigration) -> EnvSecrets:
         """The Secret values the cutover needs (the catalog DSN), read from the cluster."""

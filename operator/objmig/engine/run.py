@@ -12,17 +12,17 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from objmig.api.migration import ObjectMigration, ObjectMigrationSpec, ObjectMigrationStatus
 from objmig.engine.context import MigrationContext, check_access
 from objmig.engine.cutover import perform_cutover, perform_rollback
 from objmig.engine.pipeline import PLAN_REASONS, ConfigurationError
 from objmig.engine.policy import cutover_gate, failure_budget
-from objmig.engine.scan import run_scan
+from objmig.engine.scan import config_map_manifest_patch, manifest_config_map, run_scan
 from objmig.engine.secrets import SecretSource
 from objmig.engine.status import StatusInputs, build_status, cutover_inputs, tally
 from objmig.engine.worker import Arrivals, dead_local_owners, run_workers
@@ -75,14 +75,17 @@ class LocalRun:
         secrets: SecretSource,
         *,
         workers: int = 1,
+        config_maps: Mapping[str, Mapping[str, str]] | None = None,
         on_status: StatusCallback | None = None,
         status_interval: float = 1.0,
     ) -> None:
+        """``config_maps``: ConfigMap data by name, for a ``manifest.configMapRef``."""
         self._ledger = ledger
         self._migration = migration
         self._spec = migration.spec
         self._secrets = secrets
         self._workers = workers
+        self._config_maps = config_maps or {}
         self._on_status = on_status or (lambda _status: None)
         self._status_interval = status_interval
         self._rates = RateMeter()
@@ -93,12 +96,18 @@ class LocalRun:
         """Scan, copy and verify, catch up, and cut over when the gates hold."""
         stop = stop or asyncio.Event()
         context = MigrationContext.resolve(self._migration, self._secrets)
+        inputs: dict[str, Any] = {"spec": self._spec.to_wire(), "paused": None, "failed": None}
+        worklist = manifest_config_map(self._spec)
+        if worklist is not None:
+            inputs |= config_map_manifest_patch(
+                worklist,
+                self._config_maps.get(worklist.name),
+                "here: pass --config-maps FILE with the ConfigMap manifest",
+            )
         self._migration_id = mid = await self._ledger.ensure_migration(
             context.name, self._migration.metadata.uid or ""
         )
-        await self._ledger.update_state(
-            mid, {"spec": self._spec.to_wire(), "paused": None, "failed": None}
-        )
+        await self._ledger.update_state(mid, inputs)
         await self._switch_plan_mode(mid)
         dead = dead_local_owners(await self._ledger.lease_owners(mid))
         if dead:

@@ -8,19 +8,23 @@ after a crash, and the catch-up rounds before cutover.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from objmig.api.base import SecretKeySelector
+from objmig.api.migration import ObjectMigrationSpec
 from objmig.engine.context import MigrationContext
+from objmig.engine.secrets import ConfigMapNotFound
 from objmig.ledger import InventoryResult, InventoryRow, Ledger
 from objmig.storage.errors import classify
 from objmig.storage.manifest import (
     ManifestEntry,
     ManifestFormat,
-    parse_configmap,
     parse_csv,
+    parse_lines,
     read_manifest_file,
     read_manifest_object,
 )
@@ -35,6 +39,33 @@ _MANIFEST_FORMATS: dict[str, ManifestFormat] = {
 }
 # Manifest entries without sizes are HEADed this many at a time.
 _HEAD_CONCURRENCY = 32
+#: Ledger state key holding the worklist of ``selection.manifest.configMapRef``. The driver
+#: stores it before each scan (the operator from the cluster, ``objmig run`` from its
+#: --config-maps file), because the scan runs where there is no Kubernetes API: in a pod
+#: with the ledger and S3 only.
+CONFIG_MAP_MANIFEST = "manifestConfigMap"
+
+
+def manifest_config_map(spec: ObjectMigrationSpec) -> SecretKeySelector | None:
+    """The ConfigMap key holding the spec's worklist, if it names one."""
+    manifest = spec.selection.manifest
+    return manifest.config_map_ref if manifest is not None else None
+
+
+def config_map_manifest_patch(
+    ref: SecretKeySelector, data: Mapping[str, str] | None, where: str
+) -> dict[str, Any]:
+    """The ledger state patch that hands a ConfigMap's worklist to the scan.
+
+    ``data`` is the ConfigMap's data (None: no such ConfigMap); ``where`` finishes the
+    error message, saying where this driver looked.
+    """
+    if data is None or ref.key not in data:
+        raise ConfigMapNotFound(
+            f"ConfigMap {ref.name!r} with key {ref.key!r} "
+            f"(spec.selection.manifest.configMapRef) not found {where}"
+        )
+    return {CONFIG_MAP_MANIFEST: {"name": ref.name, "key": ref.key, "text": data[ref.key]}}
 
 
 @dataclass(frozen=True)
@@ -58,7 +89,6 @@ async def run_scan(
     source: Store,
     *,
     scan_id: int | None = None,
-    config_maps: dict[str, dict[str, str]] | None = None,
     on_rows: Callable[[], None] | None = None,
 ) -> ScanOutcome:
     """Scan the source once more and record the outcome in the migration's state.
@@ -74,7 +104,7 @@ async def run_scan(
     await ledger.update_state(
         migration_id, {"scan": {**state.get("scan", {}), "id": scan_id, "running": True}}
     )
-    rows = _inventory(context, source, config_maps or {})
+    rows = _inventory(context, source, state)
     result = await ledger.upsert_inventory(migration_id, rows, scan_id, on_chunk=on_rows)
     finished = datetime.now(UTC)
     await ledger.update_state(
@@ -94,11 +124,11 @@ async def run_scan(
 
 
 async def _inventory(
-    context: MigrationContext, source: Store, config_maps: dict[str, dict[str, str]]
+    context: MigrationContext, source: Store, state: Mapping[str, Any]
 ) -> AsyncIterator[InventoryRow]:
     selection = context.selection
     listed = (
-        _from_manifest(context, source, config_maps)
+        _from_manifest(context, source, state)
         if context.spec.selection.manifest is not None
         else _from_listing(context, source)
     )
@@ -145,7 +175,7 @@ async def _from_listing(context: MigrationContext, source: Store) -> AsyncIterat
 
 
 async def _from_manifest(
-    context: MigrationContext, source: Store, config_maps: dict[str, dict[str, str]]
+    context: MigrationContext, source: Store, state: Mapping[str, Any]
 ) -> AsyncIterator[ObjectInfo]:
     manifest = context.spec.selection.manifest
     assert manifest is not None
@@ -160,13 +190,14 @@ async def _from_manifest(
     else:
         ref = manifest.config_map_ref
         assert ref is not None
-        data = config_maps.get(ref.name)
-        if data is None or ref.key not in data:
-            raise LookupError(f"ConfigMap {ref.name!r} with key {ref.key!r} was not provided")
-        text = data[ref.key]
-        entries = _aiter(
-            parse_csv(text.splitlines()) if fmt == "csv" else parse_configmap({ref.key: text})
-        )
+        stored = state.get(CONFIG_MAP_MANIFEST) or {}
+        if (stored.get("name"), stored.get("key")) != (ref.name, ref.key):
+            raise ConfigMapNotFound(
+                f"ConfigMap {ref.name!r} with key {ref.key!r}: its worklist was not stored "
+                "in the ledger before the scan"
+            )
+        lines = str(stored["text"]).splitlines()
+        entries = _aiter(parse_csv(lines) if fmt == "csv" else parse_lines(lines))
     async for batch in _batches(entries, _HEAD_CONCURRENCY * 4):
         for info in await asyncio.gather(*(_describe(context, source.objects, e) for e in batch)):
             if info is not None:

@@ -1,4 +1,4 @@
-"""Secret values the engine needs (S3 credentials, SSE-C keys, catalog DSNs), never logged.
+"""Values a spec references in Secrets and ConfigMaps, and how each driver supplies them.
 
 A spec names Secrets (``credentialsSecretRef``, ``customerKeySecretRef``, ``dsnSecretRef``);
 where the values come from depends on the driver:
@@ -7,6 +7,12 @@ where the values come from depends on the driver:
   variable (``valueFrom.secretKeyRef``) named by :func:`env_name`, so workers need no
   Kubernetes API access;
 * on a laptop, the same variables, or a YAML file of Secret manifests (``--secrets``).
+
+Secret values are never logged, nor put in an error message.
+
+A ConfigMap worklist (``selection.manifest.configMapRef``) reaches the scan through the
+ledger instead (see ``engine.scan``); on a laptop it is read from a YAML file of ConfigMap
+manifests (``--config-maps``, :func:`file_config_maps`).
 """
 
 from __future__ import annotations
@@ -14,10 +20,10 @@ from __future__ import annotations
 import base64
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import yaml
 
@@ -30,8 +36,16 @@ SECRET_ACCESS_KEY = "secretAccessKey"  # noqa: S105 - a key name, not a secret
 SESSION_TOKEN = "sessionToken"  # noqa: S105 - a key name, not a secret
 
 
-class SecretNotFound(LookupError):
+class NotProvided(LookupError):
+    """A Secret or ConfigMap key the spec references has no value where this driver looks."""
+
+
+class SecretNotFound(NotProvided):
     """A referenced Secret key has no value where this driver looks for it."""
+
+
+class ConfigMapNotFound(NotProvided):
+    """A referenced ConfigMap key has no value where this driver looks for it."""
 
 
 def env_name(secret: str, key: str) -> str:
@@ -66,15 +80,24 @@ class EnvSecrets:
         return self.environ.get(env_name(secret, key))
 
 
+def manifests_of_kind(path: Path, kind: str) -> Iterator[dict[str, Any]]:
+    """The documents of ``kind`` in a YAML file of Kubernetes manifests; others are skipped."""
+    for document in yaml.safe_load_all(path.read_text()):
+        if isinstance(document, dict) and document.get("kind") == kind:
+            yield document
+
+
+def _name(document: Mapping[str, Any]) -> str:
+    return str((document.get("metadata") or {}).get("name", ""))
+
+
 class FileSecrets:
     """Secrets from a YAML file of Kubernetes Secret manifests (``data`` or ``stringData``)."""
 
     def __init__(self, path: Path) -> None:
         self._values: dict[tuple[str, str], str] = {}
-        for document in yaml.safe_load_all(path.read_text()):
-            if not isinstance(document, dict) or document.get("kind") != "Secret":
-                continue
-            name = str(document.get("metadata", {}).get("name", ""))
+        for document in manifests_of_kind(path, "Secret"):
+            name = _name(document)
             for key, value in (document.get("data") or {}).items():
                 self._values[(name, key)] = base64.b64decode(value).decode()
             for key, value in (document.get("stringData") or {}).items():
@@ -83,6 +106,14 @@ class FileSecrets:
     def get(self, secret: str, key: str) -> str | None:
         """See :class:`SecretSource`."""
         return self._values.get((secret, key))
+
+
+def file_config_maps(path: Path) -> dict[str, dict[str, str]]:
+    """ConfigMap ``data`` by name from a YAML file of ConfigMap manifests."""
+    return {
+        _name(document): {str(k): str(v) for k, v in (document.get("data") or {}).items()}
+        for document in manifests_of_kind(path, "ConfigMap")
+    }
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from objmig.api.migration import ObjectMeta, ObjectMigration, ObjectMigrationSpe
 from objmig.engine.context import MigrationContext, check_access
 from objmig.engine.pipeline import ConfigurationError
 from objmig.engine.scan import run_scan
-from objmig.engine.secrets import EnvSecrets, SecretNotFound
+from objmig.engine.secrets import ConfigMapNotFound, EnvSecrets, SecretNotFound
 from objmig.engine.worker import Worker
 from objmig.ledger import Ledger
 from objmig.storage.errors import classify
@@ -85,6 +85,10 @@ async def work(
         except ConfigurationError as error:
             log.error("%s", error)
             await _record_failure(ledger, migration_id, f"S3{error.error.code}", str(error))
+            return EXIT_PERMANENT
+        except ConfigMapNotFound as error:
+            log.error("%s", error)
+            await _record_failure(ledger, migration_id, "ManifestNotFound", str(error))
             return EXIT_PERMANENT
         except Exception as exc:
             # The scan does not classify its S3 errors itself: bad credentials or a missing
