@@ -346,6 +346,10 @@ REJECTED: list[tuple[str, str, dict[str, Any], str, str]] = [
      "spec.selection.manifest", "set exactly one of configMapRef, object or path"),
     ("cel-manifest-no-source", OM, {"spec.selection.manifest": {"format": "csv"}},
      "spec.selection.manifest", "set exactly one of configMapRef, object or path"),
+    ("cel-inventory-from-a-config-map", OM,
+     {"spec.selection.manifest": {"format": "s3-inventory",
+                                  "configMapRef": {"name": "keys", "key": "list"}}},
+     "spec.selection.manifest.format", "format s3-inventory reads an S3 Inventory manifest.json"),
 ]
 # fmt: on
 
@@ -412,6 +416,9 @@ ACCEPTED: list[tuple[str, str, dict[str, Any]]] = [
                                   {"key": "x", "operator": "In", "values": ["a", "b"]}]}),
     ("manifest-config-map", OM,
      {"spec.selection.manifest": {"configMapRef": {"name": "keys", "key": "list"}}}),
+    ("manifest-inventory-object", OM,
+     {"spec.selection.manifest": {"format": "s3-inventory",
+                                  "object": {"bucket": "inv", "key": "x/manifest.json"}}}),
     ("worker-resources", OM,
      {"spec.workers.resources": {"requests": {"cpu": "500m", "memory": "256Mi"},
                                  "limits": {"cpu": 2, "memory": "1Gi"}}}),
