@@ -189,6 +189,19 @@ def test_cli_status_report_and_approve_after_a_run(tmp_path: Path) -> None:
             assert digest == document["verification"]["digest"]
             for output in (run.stdout, run.stderr, status.stdout, report.stdout, approve.stdout):
                 assert SECRET_KEY not in output
+
+            # The embedded ledger outlives each command until `objmig db stop`.
+            from objmig.local.postgres import EmbeddedPostgres
+
+            db_status = [*base, "db", "status", *state_args]
+            shown = subprocess.run(db_status, capture_output=True, text=True, check=True)
+            assert shown.stdout.startswith("running: pid "), shown.stdout
+            stop = [*base, "db", "stop", *state_args]
+            stopped = subprocess.run(stop, capture_output=True, text=True, check=True)
+            assert stopped.stdout.startswith("stopped"), stopped.stdout
+            assert EmbeddedPostgres(state / "postgres").running() is None
+            shown = subprocess.run(db_status, capture_output=True, text=True, check=True)
+            assert shown.stdout.startswith("not running"), shown.stdout
         finally:
             from objmig.local.postgres import EmbeddedPostgres
 

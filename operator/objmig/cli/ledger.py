@@ -41,7 +41,7 @@ async def open_ledger(database_url: str | None, state_dir: Path) -> AsyncIterato
     """Connect to the ledger, starting (or reusing) the embedded server when no URL is given.
 
     The embedded server is left running on exit: a later command (or a re-run after a
-    crash) reuses it at once; ``objmig db stop`` stops it.
+    crash) reuses it at once; ``objmig db stop`` stops it, ``objmig db status`` shows it.
     """
     if database_url is None:
         server = EmbeddedPostgres(state_dir / "postgres")
@@ -52,3 +52,33 @@ async def open_ledger(database_url: str | None, state_dir: Path) -> AsyncIterato
         yield ledger
     finally:
         await ledger.close()
+
+
+@click.group()
+def db() -> None:
+    """The embedded ledger database that `objmig run` starts in --state-dir."""
+
+
+@db.command("status")
+@state_dir_option
+def db_status(state_dir: Path) -> None:
+    """Say whether the embedded server runs, and where."""
+    server = EmbeddedPostgres(state_dir / "postgres")
+    running = server.running()
+    if running is None:
+        click.echo(f"not running (data in {server.data_dir})")
+        return
+    server.start_blocking()  # adopts the running server: that is how it learns the port
+    click.echo(f"running: pid {running.pid}, {server.dsn}, data in {server.data_dir}")
+
+
+@db.command("stop")
+@state_dir_option
+def db_stop(state_dir: Path) -> None:
+    """Stop the embedded server; the next command that needs the ledger starts it again."""
+    server = EmbeddedPostgres(state_dir / "postgres")
+    if server.running() is None:
+        click.echo("not running")
+        return
+    server.stop_blocking()
+    click.echo(f"stopped (data kept in {server.data_dir})")

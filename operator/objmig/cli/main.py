@@ -11,6 +11,7 @@ from objmig import __version__
 from objmig.api.crd import write_crds
 from objmig.api.loading import SpecError, load_resources
 from objmig.cli import demo, migrate, operator, worker
+from objmig.cli.ledger import db
 from objmig.engine.secrets import NotProvided
 
 
@@ -59,6 +60,7 @@ for command in (
     migrate.report,
     migrate.approve,
     migrate.cleanup,
+    db,
     demo.demo,
     worker.worker,
     operator.operator,
