@@ -11,6 +11,7 @@ import pytest
 from objmig.api.migration import BackoffSpec, FailurePolicySpec, ObjectMigrationSpec
 from objmig.engine.keys import target_key
 from objmig.engine.policy import (
+    CatchUp,
     CutoverInputs,
     Tally,
     backoff_delay,
@@ -33,10 +34,10 @@ def _tally(**counts: int) -> Tally:
     return Tally(total=total, **values)
 
 
-def _inputs(tally: Tally, **kw: Any) -> CutoverInputs:
-    defaults: dict[str, Any] = {"scan_complete": True, "catch_up_delta": None, "catch_up_rounds": 0}
-    defaults.update(kw)
-    return CutoverInputs(tally=tally, **defaults)
+def _inputs(
+    tally: Tally, *, scan_complete: bool = True, delta: int | None = None, rounds: int = 0
+) -> CutoverInputs:
+    return CutoverInputs(tally, scan_complete, CatchUp(rounds=rounds, last_delta=delta))
 
 
 def test_backoff_grows_exponentially_and_is_capped() -> None:
@@ -106,13 +107,20 @@ def test_cutover_with_catch_up_waits_for_an_empty_delta() -> None:
     spec = _spec(cutover={"catchUp": True, "maxCatchUpRounds": 3})
     tally = _tally(verified=10)
     assert cutover_gate(spec, _inputs(tally)).reason == "CatchUpPending"
-    assert cutover_gate(spec, _inputs(tally, catch_up_delta=4, catch_up_rounds=1)).reason == (
-        "CatchUpPending"
-    )
-    assert cutover_gate(spec, _inputs(tally, catch_up_delta=2, catch_up_rounds=3)).reason == (
-        "CatchUpNotConverging"
-    )
-    assert cutover_gate(spec, _inputs(tally, catch_up_delta=0, catch_up_rounds=2)).ok
+    assert cutover_gate(spec, _inputs(tally, delta=4, rounds=1)).reason == "CatchUpPending"
+    assert cutover_gate(spec, _inputs(tally, delta=2, rounds=3)).reason == "CatchUpNotConverging"
+    assert cutover_gate(spec, _inputs(tally, delta=0, rounds=2)).ok
+
+
+def test_catch_up_rounds_are_due_until_a_round_finds_nothing_or_the_limit() -> None:
+    spec = _spec(cutover={"catchUp": True, "maxCatchUpRounds": 2})
+    assert CatchUp.of({}).due(spec)  # none ran yet
+    assert CatchUp.of(CatchUp.recorded(1, 5)).due(spec)
+    assert not CatchUp.of(CatchUp.recorded(1, 0)).due(spec)
+    assert not CatchUp.of(CatchUp.recorded(2, 5)).due(spec)  # the limit: NotConverging
+    assert not CatchUp.of({}).due(_spec())  # catchUp off
+    assert not CatchUp.of({}).due(_spec(dryRun=True, cutover={"catchUp": True}))
+    assert CatchUp.of({"catchUp": {"rounds": 1, "lastDelta": 3}}) == CatchUp(1, 3)
 
 
 def test_cutover_never_in_dry_run() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from objmig.api.migration import ObjectMigrationSpec
 from objmig.controller.jobs import JobWant, job_name
-from objmig.engine.policy import CutoverInputs, Tally, cutover_gate, failure_budget
+from objmig.engine.policy import CatchUp, CutoverInputs, Tally, cutover_gate, failure_budget
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,8 @@ def decide(observed: Observed) -> Decision:
             return Decision(failed=("ScanFailed", f"Job {name}: {job.failed_message}"))
         return Decision(job=JobWant(name, "scan", 1, suspend=False), clear_paused=clear_paused)
 
-    catch_up = section(state, "catchUp")
-    if round_ > 0 and int(catch_up.get("rounds", 0)) < round_:
+    catch_up = CatchUp.of(state)
+    if round_ > 0 and catch_up.rounds < round_:
         delta = int(scan.get("new", 0)) + int(scan.get("changed", 0))
         return Decision(catch_up_result=(round_, delta), clear_paused=clear_paused)
 
@@ -134,20 +134,8 @@ def decide(observed: Observed) -> Decision:
 
     if spec.dry_run:
         return Decision(clear_paused=clear_paused)
-    if (
-        spec.cutover.catch_up
-        and catch_up.get("lastDelta") != 0
-        and int(catch_up.get("rounds", 0)) < spec.cutover.max_catch_up_rounds
-    ):
+    if catch_up.due(spec):
         return Decision(next_round=True)
-    gate = cutover_gate(
-        spec,
-        CutoverInputs(
-            tally=tally,
-            scan_complete=True,
-            catch_up_delta=catch_up.get("lastDelta"),
-            catch_up_rounds=int(catch_up.get("rounds", 0)),
-        ),
-    )
+    gate = cutover_gate(spec, CutoverInputs(tally=tally, scan_complete=True, catch_up=catch_up))
     # rollback: true asks to be (or stay) on the source: never cut over (again) while set.
     return Decision(cut_over=gate.ok and not spec.cutover.rollback, clear_paused=clear_paused)

@@ -38,6 +38,7 @@ from objmig.controller.jobs import JobWant, worker_job
 from objmig.controller.kube import Kube, KubeConfigMaps
 from objmig.engine.context import ledger_name
 from objmig.engine.cutover import perform_cutover, perform_rollback
+from objmig.engine.policy import CatchUp
 from objmig.engine.run import RateMeter, compute_status, record_verification
 from objmig.engine.scan import config_map_manifest_patch, manifest_config_map
 from objmig.engine.secrets import ConfigMapNotFound, EnvSecrets, env_name
@@ -217,9 +218,8 @@ class MigrationService:
                 migration_id, {"operator": {"round": round_ + 1, "wave": 0}}
             )
         if decision.catch_up_result is not None:
-            done, delta = decision.catch_up_result
             await self._ledger.update_state(
-                migration_id, {"catchUp": {"rounds": done, "lastDelta": delta}}
+                migration_id, CatchUp.recorded(*decision.catch_up_result)
             )
         if decision.cut_over:
             if "cutoverInProgress" in state and not state["cutoverInProgress"]:

@@ -9,8 +9,10 @@ exactly once.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from objmig.api.migration import BackoffSpec, FailurePolicySpec, ObjectMigrationSpec
 from objmig.api.types import parse_duration
@@ -86,13 +88,45 @@ def failure_budget(tally: Tally, policy: FailurePolicySpec) -> Gate:
 
 
 @dataclass(frozen=True)
+class CatchUp:
+    """What the catch-up re-scans found so far: the ledger state's ``catchUp`` section.
+
+    Both drivers run the rounds their own way (in process, or as one scan Job per round)
+    and ask this whether another one is due, so the stopping rule is written once.
+    """
+
+    rounds: int = 0
+    last_delta: int | None = None  # objects the last re-scan found new or changed; None: none ran
+
+    @classmethod
+    def of(cls, state: Mapping[str, Any]) -> CatchUp:
+        """Read the section from a migration's state."""
+        section = state.get("catchUp") or {}
+        delta = section.get("lastDelta")
+        return cls(int(section.get("rounds", 0)), None if delta is None else int(delta))
+
+    def due(self, spec: ObjectMigrationSpec) -> bool:
+        """Whether another re-scan must run before the cutover gate can hold."""
+        return (
+            spec.cutover.catch_up
+            and not spec.dry_run
+            and self.last_delta != 0
+            and self.rounds < spec.cutover.max_catch_up_rounds
+        )
+
+    @staticmethod
+    def recorded(round_: int, delta: int) -> dict[str, Any]:
+        """The state patch saying catch-up round ``round_`` (from 1) found ``delta`` objects."""
+        return {"catchUp": {"rounds": round_, "lastDelta": delta}}
+
+
+@dataclass(frozen=True)
 class CutoverInputs:
     """What the cutover gate looks at besides the spec."""
 
     tally: Tally
     scan_complete: bool
-    catch_up_delta: int | None  # objects found by the last catch-up re-scan; None: none ran
-    catch_up_rounds: int
+    catch_up: CatchUp
 
 
 def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
@@ -130,12 +164,12 @@ def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
         )
     if tally.verified == 0:
         return Gate(False, "NothingVerified", "no object was verified")
-    if spec.cutover.catch_up and inputs.catch_up_delta != 0:
-        if inputs.catch_up_rounds >= spec.cutover.max_catch_up_rounds:
+    if spec.cutover.catch_up and inputs.catch_up.last_delta != 0:
+        if not inputs.catch_up.due(spec):
             return Gate(
                 False,
                 "CatchUpNotConverging",
-                f"{inputs.catch_up_rounds} catch-up rounds still found changes; the source is "
+                f"{inputs.catch_up.rounds} catch-up rounds still found changes; the source is "
                 "still being written to",
             )
         return Gate(False, "CatchUpPending", "waiting for a catch-up re-scan to find no changes")

@@ -21,7 +21,7 @@ from objmig.api.migration import ObjectMigration, ObjectMigrationSpec, ObjectMig
 from objmig.engine.context import MigrationContext, check_access
 from objmig.engine.cutover import perform_cutover, perform_rollback
 from objmig.engine.pipeline import PLAN_REASONS, ConfigurationError
-from objmig.engine.policy import cutover_gate, failure_budget
+from objmig.engine.policy import CatchUp, cutover_gate, failure_budget
 from objmig.engine.scan import config_map_manifest_patch, manifest_config_map, run_scan
 from objmig.engine.secrets import SecretSource
 from objmig.engine.status import StatusInputs, build_status, cutover_inputs, tally
@@ -258,21 +258,15 @@ class LocalRun:
                 arrivals.close()
 
     async def _catch_up(self, context: MigrationContext) -> bool:
-        """Re-scan before cutover if asked; True when the re-scan found work to do."""
-        if not self._spec.cutover.catch_up or self._spec.dry_run:
-            return False
-        state = await self._ledger.get_state(self._migration_id)
-        rounds = int(state.get("catchUp", {}).get("rounds", 0))
-        if rounds >= self._spec.cutover.max_catch_up_rounds:
-            return False
-        if state.get("catchUp", {}).get("lastDelta") == 0:
+        """Re-scan before cutover if a round is due; True when the re-scan found work to do."""
+        catch_up = CatchUp.of(await self._ledger.get_state(self._migration_id))
+        if not catch_up.due(self._spec):
             return False
         async with context.clients() as (source, _):
             outcome = await run_scan(self._ledger, self._migration_id, context, source)
-        await self._ledger.update_state(
-            self._migration_id, {"catchUp": {"rounds": rounds + 1, "lastDelta": outcome.delta}}
-        )
-        log.info("catch-up round %d found %d new or changed objects", rounds + 1, outcome.delta)
+        round_ = catch_up.rounds + 1
+        await self._ledger.update_state(self._migration_id, CatchUp.recorded(round_, outcome.delta))
+        log.info("catch-up round %d found %d new or changed objects", round_, outcome.delta)
         return outcome.delta > 0
 
     async def _rollback(self, mid: int) -> RunResult:

@@ -34,7 +34,7 @@ from objmig.api.migration import (
 from objmig.api.types import format_duration
 from objmig.engine.deletion import Verdict
 from objmig.engine.pipeline import PLAN_COPY, PLAN_IDENTICAL, PLAN_RESTORE
-from objmig.engine.policy import CutoverInputs, Gate, Tally, cutover_gate
+from objmig.engine.policy import CatchUp, CutoverInputs, Gate, Tally, cutover_gate
 from objmig.ledger import CleanupItem, Counts, ObjectRow, ObjectState, StateCount
 
 CONDITION_TYPES = (
@@ -67,12 +67,10 @@ def tally(counts: Counts) -> Tally:
 def cutover_inputs(counts: Counts, state: dict[str, Any]) -> CutoverInputs:
     """Gather the cutover gate's inputs from the counts and the bookkeeping state."""
     scan = state.get("scan", {})
-    catch_up = state.get("catchUp", {})
     return CutoverInputs(
         tally=tally(counts),
         scan_complete=bool(scan.get("completedAt")) and not scan.get("running", False),
-        catch_up_delta=catch_up.get("lastDelta"),
-        catch_up_rounds=int(catch_up.get("rounds", 0)),
+        catch_up=CatchUp.of(state),
     )
 
 
