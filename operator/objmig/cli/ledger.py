@@ -64,11 +64,10 @@ def db() -> None:
 def db_status(state_dir: Path) -> None:
     """Say whether the embedded server runs, and where."""
     server = EmbeddedPostgres(state_dir / "postgres")
-    running = server.running()
+    running = server.attach()
     if running is None:
         click.echo(f"not running (data in {server.data_dir})")
         return
-    server.start_blocking()  # adopts the running server: that is how it learns the port
     click.echo(f"running: pid {running.pid}, {server.dsn}, data in {server.data_dir}")
 
 

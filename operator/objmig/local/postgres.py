@@ -361,6 +361,15 @@ class EmbeddedPostgres:
         status = lines[7].strip() if len(lines) > 7 else "unknown"
         return RunningServer(pid=pid, port=port, status=status)
 
+    def attach(self) -> RunningServer | None:
+        """The server running on this data directory, its port remembered for :attr:`dsn`.
+
+        None when none runs; unlike :meth:`start_blocking`, never starts one.
+        """
+        running = self.running()
+        self._port = running.port if running is not None else None
+        return running
+
     def start_blocking(self) -> Self:
         """Create the cluster if needed, then start the server or adopt a running one.
 
