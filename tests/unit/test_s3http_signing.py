@@ -285,6 +285,9 @@ def test_head_result_from_a_full_set_of_headers() -> None:
         "CRC32": "AAAAAA==",
         "SHA256": "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
     }
+    assert head.checksum_type == "COMPOSITE"
+    # A checksum of the parts' checksums says nothing about an object cut otherwise.
+    assert head.whole_checksums() == {}
     assert head.encryption.mode == "SSE-KMS"
     assert head.encryption.kms_key_id == "arn:aws:kms:eu-central-1:1:key/k"
     assert head.encryption.bucket_key_enabled is True
@@ -483,3 +486,26 @@ async def test_copy_result_etag_takes_the_short_way_only_for_plain_documents() -
     assert raised.value.code == "SlowDown"
     with pytest.raises(DefusedXmlException):
         await _result_etag("CopyObject", _Answer(200, bomb))  # type: ignore[arg-type]
+
+
+def test_whole_object_checksums_are_labelled_like_objmigs_own_sha256() -> None:
+    full = _head_result(
+        _lower(
+            {
+                "ETag": '"abc"',
+                "x-amz-checksum-crc32": "AAAAAA==",
+                "x-amz-checksum-sha256": "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
+                "x-amz-checksum-type": "FULL_OBJECT",
+            }
+        ),
+        0,
+    )
+    # Without a type, a "-N" suffix still marks a composite value.
+    untyped = _head_result(_lower({"ETag": '"abc-2"', "x-amz-checksum-crc32c": "AAAAAA==-2"}), 0)
+
+    # The SHA-256 of b"", in the hex objmig records for the SHA-256 it computes itself.
+    assert full.whole_checksums() == {
+        "CRC32": "crc32:00000000",
+        "SHA256": "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    }
+    assert untyped.whole_checksums() == {}

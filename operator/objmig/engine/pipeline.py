@@ -31,7 +31,12 @@ from objmig.storage.copy import (
     copy_object,
 )
 from objmig.storage.errors import ErrorClass, IntegrityError, classify
-from objmig.storage.objects import HeadResult, multipart_part_count, object_sha256
+from objmig.storage.objects import (
+    CHECKSUM_ALGORITHMS,
+    HeadResult,
+    multipart_part_count,
+    object_sha256,
+)
 from objmig.storage.ratelimit import RateLimiter
 from objmig.storage.restore import needs_restore, request_restore
 from objmig.storage.selection import metadata_matches
@@ -261,6 +266,7 @@ class ObjectPipeline:
             row.key,
             version_id=row.version_id or None,
             sse_c=self._ctx.source_customer_key,
+            checksums=self._checksums_wanted,
         )
         self._check_unchanged(
             row, head.etag, head.size, int(head.last_modified.timestamp()), head.version_id
@@ -337,6 +343,7 @@ class ObjectPipeline:
                 self._spec.target.bucket,
                 self._target_key(row),
                 sse_c=self._ctx.target_customer_key,
+                checksums=self._checksums_wanted,
             )
         except Exception as exc:
             if classify(exc).kind == "not_found":
@@ -401,8 +408,11 @@ class ObjectPipeline:
                 raise  # gone again already; the retry copies
             return await self._existing_target(row, taken.source, existing)
         target: HeadResult | None
-        if self._spec.verify.metadata and self._spec.transfer.preserve_metadata:
-            # Metadata is proven by reading it back, not by what we asked the store to keep.
+        if (
+            self._spec.verify.metadata and self._spec.transfer.preserve_metadata
+        ) or self._by_checksum(result.source):
+            # Metadata is proven by reading it back, not by what we asked the store to
+            # keep; so is a checksum the store computed.
             target = await self._head_target(row)
             if target is None:
                 raise VerificationError("TargetMissing", "the copy is not visible on the target")
@@ -438,15 +448,37 @@ class ObjectPipeline:
         finally:
             self._transfers.release()
 
+    @property
+    def _checksums_wanted(self) -> bool:
+        """Whether HEADs ask for the stored checksums (`full` reads both sides anyway)."""
+        return self._spec.verify.mode != "full"
+
+    def _by_checksum(self, source: HeadResult | None) -> bool:
+        """Whether this copy will be proven by comparing checksums rather than ETags.
+
+        `source`: the source's HEAD, whose encryption may make its ETag opaque; None
+        when the copy reads the source itself (then the spec alone decides).
+        """
+        mode = self._spec.verify.mode
+        if mode != "etag":
+            return mode == "checksum"
+        return (
+            not self._spec.transfer.preserve_part_boundaries
+            or not _etag_comparable_spec(self._ctx)
+            or (source is not None and source.encryption.mode not in ("none", "SSE-S3"))
+        )
+
     async def _copy(
         self, row: ObjectRow, source: HeadResult | None, create_only: bool
     ) -> CopyResult:
         transfer = self._spec.transfer
-        compute_sha256 = (
-            self._spec.verify.mode != "etag"
-            or not _etag_comparable_spec(self._ctx)
-            or not transfer.preserve_part_boundaries
-        )
+        by_checksum = self._by_checksum(source)
+        checksum_algorithm = None
+        if by_checksum and self._ctx.server_side and source is not None:
+            # The algorithm the source keeps, so the two stored values can be compared;
+            # else SHA-256, which one read of the source can match.
+            kept = source.whole_checksums()
+            checksum_algorithm = next((a for a in CHECKSUM_ALGORITHMS if a in kept), "SHA256")
         return await copy_object(
             self._src.objects,
             self._dst.objects,
@@ -471,7 +503,8 @@ class ObjectPipeline:
                 preserve_tags=transfer.preserve_tags,
                 part_concurrency=transfer.part_concurrency,
                 server_side=self._ctx.server_side,
-                compute_sha256=compute_sha256 and not self._ctx.server_side,
+                compute_sha256=by_checksum and not self._ctx.server_side,
+                checksum_algorithm=checksum_algorithm,
                 create_only=create_only,
                 rate_limiter=self._limiter,
                 read_ahead=self._read_ahead,
@@ -511,25 +544,14 @@ class ObjectPipeline:
                     "ETagMismatch", f"target ETag {target.etag} != source {source.etag}"
                 )
         else:
-            source_sha = streamed_sha256 if mode == "checksum" else None
-            if source_sha is None:
-                source_sha, _ = await object_sha256(
-                    self._src.objects,
-                    self._spec.source.bucket,
-                    row.key,
-                    row.version_id or None,
-                    sse_c=self._ctx.source_customer_key,
-                )
-            target_sha, _ = await object_sha256(
-                self._dst.objects,
-                self._spec.target.bucket,
-                self._target_key(row),
-                target.version_id,
-                sse_c=self._ctx.target_customer_key,
+            source_checksum, target_checksum = await self._checksums(
+                row, source, target, streamed_sha256 if mode == "checksum" else None, mode
             )
-            if source_sha != target_sha:
-                raise VerificationError("ChecksumMismatch", "SHA-256 of target differs from source")
-            source_checksum = target_checksum = f"sha256:{source_sha}"
+            if source_checksum != target_checksum:
+                algorithm = source_checksum.split(":", 1)[0].upper()
+                raise VerificationError(
+                    "ChecksumMismatch", f"{algorithm} of target differs from source"
+                )
         if self._spec.verify.metadata and self._spec.transfer.preserve_metadata:
             if dict(source.metadata) != _without_objmig_keys(target.metadata):
                 raise VerificationError("MetadataMismatch", "user metadata differs")
@@ -538,6 +560,58 @@ class ObjectPipeline:
         # The last word: the source must still be what was listed, or the copy proves nothing.
         await self._recheck_source(row)
         return _Proof(target.etag, target.version_id, source_checksum, target_checksum)
+
+    async def _checksums(
+        self,
+        row: ObjectRow,
+        source: HeadResult,
+        target: HeadResult,
+        streamed_sha256: str | None,
+        mode: str,
+    ) -> tuple[str, str]:
+        """One checksum of each side by the same algorithm, as ledger labels.
+
+        `full` reads both objects. Otherwise what is known already comes first: checksums
+        the stores keep of both whole objects (S3 additional checksums; the target's was
+        computed by its store from the bytes it wrote), the SHA-256 taken as the copy
+        streamed the source. Only what is still missing is read.
+        """
+        if mode != "full":
+            mine = source.whole_checksums()
+            if streamed_sha256 is not None:
+                mine["SHA256"] = f"sha256:{streamed_sha256}"
+            theirs = target.whole_checksums()
+            shared = [a for a in CHECKSUM_ALGORITHMS if a in mine and a in theirs]
+            if shared:
+                return mine[shared[0]], theirs[shared[0]]
+            if "SHA256" in mine or "SHA256" in theirs:
+                return (
+                    mine.get("SHA256") or await self._read_source(row),
+                    theirs.get("SHA256") or await self._read_target(row, target),
+                )
+        return await self._read_source(row), await self._read_target(row, target)
+
+    async def _read_source(self, row: ObjectRow) -> str:
+        """The SHA-256 label of the source's bytes, read whole."""
+        digest, _ = await object_sha256(
+            self._src.objects,
+            self._spec.source.bucket,
+            row.key,
+            row.version_id or None,
+            sse_c=self._ctx.source_customer_key,
+        )
+        return f"sha256:{digest}"
+
+    async def _read_target(self, row: ObjectRow, target: HeadResult) -> str:
+        """The SHA-256 label of the copy's bytes, read whole."""
+        digest, _ = await object_sha256(
+            self._dst.objects,
+            self._spec.target.bucket,
+            self._target_key(row),
+            target.version_id,
+            sse_c=self._ctx.target_customer_key,
+        )
+        return f"sha256:{digest}"
 
     # -- results ------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ object, botocore's per-request CPU was the limit of the whole copy (see that mod
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -201,6 +202,11 @@ class CopyOptions:
     - `split_part_size`: part size for single-part sources above `max_single_part_size`
       (5 GiB, the PutObject / CopyObject limit; some stores accept bigger single PUTs),
       which must become multipart on the target.
+    - `checksum_algorithm`: have the store compute and keep this additional checksum
+      (SHA256, CRC32, ...) of a server-side single-part copy, so that verification can
+      compare it with the source's without reading either object. (A streamed copy with
+      `compute_sha256` sends the SHA-256 of a buffered body instead, which the store
+      checks and keeps.)
     """
 
     storage_class: str | None = None
@@ -220,6 +226,7 @@ class CopyOptions:
     part_size: int | None = None
     split_part_size: int = 512 * MiB
     max_single_part_size: int = MAX_COPY_OBJECT_SIZE
+    checksum_algorithm: str | None = None
 
 
 @dataclass(frozen=True)
@@ -525,6 +532,10 @@ async def _server_side_single(
         headers["x-amz-metadata-directive"] = "COPY"
     # REPLACE without x-amz-tagging writes the copy without tags.
     headers["x-amz-tagging-directive"] = "COPY" if options.preserve_tags else "REPLACE"
+    if options.checksum_algorithm:
+        # Named explicitly, the store computes it from the bytes it writes; left to itself
+        # it may copy the source's value along.
+        headers["x-amz-checksum-algorithm"] = options.checksum_algorithm
     headers.update(_create_only(options))
     try:
         written = await client.copy(
@@ -657,6 +668,11 @@ async def _streamed_single(
         try:
             # Up to one stream chunk, a buffer is no more memory than streaming would use.
             body = await stream.collect() if size <= STREAM_CHUNK else stream
+            if digest is not None and isinstance(body, bytes):
+                # The whole body is hashed before it is sent: the store checks what it
+                # receives against this and keeps it, which proves the copy by itself.
+                headers["x-amz-sdk-checksum-algorithm"] = "SHA256"
+                headers["x-amz-checksum-sha256"] = base64.b64encode(digest.digest()).decode()
             written = await dst_client.put(target.bucket, target.key, body, size, headers)
         except S3ResponseError as exc:
             if _target_taken(exc, options):

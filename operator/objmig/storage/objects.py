@@ -7,6 +7,8 @@ small frozen dataclasses, so the engine never handles raw SDK dictionaries.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import logging
 import math
@@ -35,6 +37,9 @@ STREAM_CHUNK = 1 * MiB
 DELETE_BATCH = 1000
 
 _MULTIPART_ETAG = re.compile(r"^[0-9a-fA-F]{32}-(\d+)$")
+#: The additional checksums S3 can keep for an object, strongest first: when both sides of
+#: a copy have several, the first they share is compared.
+CHECKSUM_ALGORITHMS = ("SHA256", "SHA1", "CRC64NVME", "CRC32C", "CRC32")
 
 
 def normalise_etag(etag: str | None) -> str:
@@ -206,13 +211,44 @@ class HeadResult:
     metadata: Mapping[str, str] = field(default_factory=dict)
     content: ContentHeaders = field(default_factory=ContentHeaders)
     parts_count: int | None = None
+    #: Additional checksums (algorithm -> base64 value, as sent), shown only to requests
+    #: with `x-amz-checksum-mode: ENABLED`; `checksum_type` FULL_OBJECT or COMPOSITE.
     checksums: Mapping[str, str] = field(default_factory=dict)
+    checksum_type: str | None = None
     encryption: EncryptionInfo = field(default_factory=EncryptionInfo)
     tag_count: int = 0
 
     @property
     def is_multipart(self) -> bool:
         return multipart_part_count(self.etag) is not None
+
+    def whole_checksums(self) -> dict[str, str]:
+        """The additional checksums of the whole object's bytes, as ledger labels (see
+        `checksum_label`) by algorithm.
+
+        A composite checksum (a checksum of the parts' checksums: type COMPOSITE, value
+        "...-N") depends on where the parts were cut, so it says nothing about the bytes
+        of an object cut otherwise: those are left out.
+        """
+        if self.checksum_type == "COMPOSITE":
+            return {}
+        return {
+            algorithm: checksum_label(algorithm, value)
+            for algorithm, value in self.checksums.items()
+            if algorithm in CHECKSUM_ALGORITHMS and "-" not in value
+        }
+
+
+def checksum_label(algorithm: str, value: str) -> str:
+    """How the ledger records a checksum, whoever computed it: ``sha256:<hex>``.
+
+    `value` is the base64 text S3 sends, decoded so that equal digests give equal labels
+    however they were encoded (and match the SHA-256 objmig computes itself).
+    """
+    try:
+        return f"{algorithm.lower()}:{base64.b64decode(value, validate=True).hex()}"
+    except (binascii.Error, ValueError):
+        return f"{algorithm.lower()}:{value}"
 
 
 @dataclass(frozen=True)

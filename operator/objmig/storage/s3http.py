@@ -686,6 +686,7 @@ def _head_result(headers: Mapping[str, str], size: int) -> HeadResult:
         ),
         parts_count=int(parts) if parts and parts.isdigit() else None,
         checksums=checksums,
+        checksum_type=(headers.get("x-amz-checksum-type") or "").upper() or None,
         encryption=_encryption(headers),
         tag_count=int(headers.get("x-amz-tagging-count") or 0),
     )
