@@ -7,43 +7,20 @@ for: the point of a stored checksum is that no object needs reading to prove its
 from __future__ import annotations
 
 import base64
-import dataclasses
-from collections.abc import Iterator
 
 import pytest
 
 from objmig.ledger import Ledger, ObjectState
 from objmig.storage.endpoint import Endpoint
-from tests.fixtures.s3 import S3Backend, S3Seeder
+from tests.fixtures.s3 import S3Seeder
 from tests.integration.engine_support import migration, rows_of, run, sha256_of
 from tests.support.s3proxy import RewriteHeaders, S3FaultProxy
 
 KiB = 1024
 
 
-@pytest.fixture
-def backend_proxy(s3_backend: S3Backend) -> Iterator[S3FaultProxy]:
-    assert s3_backend.endpoint.url is not None
-    with S3FaultProxy(s3_backend.endpoint.url) as proxy:
-        yield proxy
-
-
-@pytest.fixture
-def via_proxy(backend_proxy: S3FaultProxy, s3_backend: S3Backend) -> Endpoint:
-    return dataclasses.replace(s3_backend.endpoint, url=backend_proxy.endpoint_url)
-
-
-def object_reads(proxy: S3FaultProxy, bucket: str) -> dict[str, int]:
-    """GETs of objects (not listings) per key."""
-    reads: dict[str, int] = {}
-    for request in proxy.seen("GET"):
-        if request.bucket == bucket and request.key and "tagging" not in request.query:
-            reads[request.key] = reads.get(request.key, 0) + 1
-    return reads
-
-
 async def test_server_side_copies_are_proven_by_stored_checksums_without_reading_the_copy(
-    ledger: Ledger, backend_seed: S3Seeder, backend_proxy: S3FaultProxy, via_proxy: Endpoint
+    ledger: Ledger, backend_seed: S3Seeder, backend_proxy: S3FaultProxy, backend_via_proxy: Endpoint
 ) -> None:
     source = await backend_seed.bucket()
     target = await backend_seed.bucket()
@@ -51,10 +28,10 @@ async def test_server_side_copies_are_proven_by_stored_checksums_without_reading
     crc = await backend_seed.put_object(source, "crc", 64 * KiB, ChecksumAlgorithm="CRC32")
     plain = await backend_seed.put_object(source, "plain", 64 * KiB)
     resource = migration(
-        via_proxy, source, target, copy={"mode": "serverSide"}, verify={"mode": "checksum"}
+        backend_via_proxy, source, target, copy={"mode": "serverSide"}, verify={"mode": "checksum"}
     )
 
-    result = await run(ledger, resource, via_proxy)
+    result = await run(ledger, resource, backend_via_proxy)
 
     assert result.outcome == "cut-over", [(o.key, o.last_error) for o in result.status.objects]
     rows = await rows_of(ledger)
@@ -66,22 +43,22 @@ async def test_server_side_copies_are_proven_by_stored_checksums_without_reading
     assert rows["crc"].source_checksum == rows["crc"].target_checksum
     assert (rows["crc"].target_checksum or "").startswith("crc32:")
     assert rows["plain"].target_checksum == f"sha256:{plain.sha256}"
-    assert object_reads(backend_proxy, target) == {}
-    assert object_reads(backend_proxy, source) == {"plain": 1}
+    assert backend_proxy.object_reads(target) == {}
+    assert backend_proxy.object_reads(source) == {"plain": 1}
     assert crc.sha256 == await sha256_of(backend_seed.client, target, "crc")
 
 
 async def test_streamed_small_objects_send_their_sha256_and_are_not_read_back(
-    ledger: Ledger, backend_seed: S3Seeder, backend_proxy: S3FaultProxy, via_proxy: Endpoint
+    ledger: Ledger, backend_seed: S3Seeder, backend_proxy: S3FaultProxy, backend_via_proxy: Endpoint
 ) -> None:
     source = await backend_seed.bucket()
     target = await backend_seed.bucket()
     seeded = [await backend_seed.put_object(source, f"k{i}", (i + 1) * 40 * KiB) for i in range(3)]
     resource = migration(
-        via_proxy, source, target, copy={"mode": "stream"}, verify={"mode": "checksum"}
+        backend_via_proxy, source, target, copy={"mode": "stream"}, verify={"mode": "checksum"}
     )
 
-    result = await run(ledger, resource, via_proxy)
+    result = await run(ledger, resource, backend_via_proxy)
 
     assert result.outcome == "cut-over", [(o.key, o.last_error) for o in result.status.objects]
     rows = await rows_of(ledger)
@@ -94,8 +71,8 @@ async def test_streamed_small_objects_send_their_sha256_and_are_not_read_back(
         )
         assert base64.b64decode(head["ChecksumSHA256"]).hex() == obj.sha256
     # Each object read once, by its copy; the copies are not read back.
-    assert object_reads(backend_proxy, source) == {obj.key: 1 for obj in seeded}
-    assert object_reads(backend_proxy, target) == {}
+    assert backend_proxy.object_reads(source) == {obj.key: 1 for obj in seeded}
+    assert backend_proxy.object_reads(target) == {}
 
 
 @pytest.mark.parametrize("mode", ["stream", "serverSide"])
@@ -103,7 +80,7 @@ async def test_a_stored_checksum_that_differs_fails_verification(
     ledger: Ledger,
     backend_seed: S3Seeder,
     backend_proxy: S3FaultProxy,
-    via_proxy: Endpoint,
+    backend_via_proxy: Endpoint,
     mode: str,
 ) -> None:
     source = await backend_seed.bucket()
@@ -114,10 +91,10 @@ async def test_a_stored_checksum_that_differs_fails_verification(
         RewriteHeaders({"x-amz-checksum-sha256": wrong}), method="HEAD", bucket=target
     )
     resource = migration(
-        via_proxy, source, target, copy={"mode": mode}, verify={"mode": "checksum"}
+        backend_via_proxy, source, target, copy={"mode": mode}, verify={"mode": "checksum"}
     )
 
-    result = await run(ledger, resource, via_proxy)
+    result = await run(ledger, resource, backend_via_proxy)
 
     assert result.outcome != "cut-over"
     row = (await rows_of(ledger))["k"]

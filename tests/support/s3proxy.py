@@ -221,6 +221,14 @@ class S3FaultProxy:
             and (key is None or fnmatch.fnmatchcase(r.key, key))
         ]
 
+    def object_reads(self, bucket: str) -> dict[str, int]:
+        """GETs of the objects of `bucket` (not listings, not tag reads), per key."""
+        reads: dict[str, int] = {}
+        for request in self.seen("GET"):
+            if request.bucket == bucket and request.key and "tagging" not in request.query:
+                reads[request.key] = reads.get(request.key, 0) + 1
+        return reads
+
     def _pick(self, method: str, bucket: str, key: str, query: Mapping[str, str]) -> Rule | None:
         now = time.monotonic()
         with self._lock:

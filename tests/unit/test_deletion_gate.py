@@ -32,6 +32,7 @@ CONDITIONS = (
     "target_present",
     "target_etag_same",
     "target_size_same",
+    "not_in_place",
 )
 
 
@@ -109,6 +110,9 @@ def test_gate_deletes_exactly_when_every_condition_holds(
         cut_over_at=cut_over_at if flags["cut_over"] else None,
         rolled_back=not flags["not_rolled_back"],
         digest=DIGEST if flags["digest_matches"] else OTHER_DIGEST,
+        # Every row is copied onto its own key and version here: only the bucket decides
+        # whether its source is its target.
+        same_bucket=not flags["not_in_place"],
     )
     verified_at = (
         now - timedelta(hours=min_age_hours + age_hours, seconds=1)
@@ -122,6 +126,8 @@ def test_gate_deletes_exactly_when_every_condition_holds(
         verified_at=verified_at,
         cut_over_at=now if flags["row_cut_over"] else None,
         last_modified=modified,
+        target_key="k",
+        target_version_id="v1",
     )
     source = (
         _head(
@@ -204,3 +210,21 @@ def test_source_changed_since_verify_is_reported_with_what_changed() -> None:
     )
     assert verdict.reason == "SourceChangedSinceVerify"
     assert "ETag e-src -> e-new" in verdict.message
+
+
+def test_an_object_rewritten_in_place_is_never_deleted_but_its_older_version_may_be() -> None:
+    now = datetime(2026, 1, 20, tzinfo=UTC)
+    spec, facts = _spec(gracePeriod="1h", minAge="1h"), _facts(same_bucket=True)
+    unversioned = _row(version_id="", target_key="k")
+    versioned = _row(version_id="v1", target_key="k", target_version_id="v2")
+
+    def heads(row: ObjectRow) -> tuple[HeadResult, HeadResult]:
+        assert row.last_modified is not None
+        source = HeadResult("e-src", 100, row.last_modified, row.version_id or None)
+        return source, HeadResult("e-src", 100, now, row.target_version_id)
+
+    kept = object_verdict(spec, facts, unversioned, *heads(unversioned), now)
+    old_version = object_verdict(spec, facts, versioned, *heads(versioned), now)
+
+    assert (kept.delete, kept.reason) == (False, "InPlace")
+    assert (old_version.delete, old_version.reason) == (True, "Delete")

@@ -666,8 +666,27 @@ class CutoverSpec(ApiModel):
         return self
 
 
+_IN_PLACE = (
+    "self.source.endpoint == self.target.endpoint && self.source.bucket == self.target.bucket"
+    " && self.source.prefix == self.target.prefix && self.target.keyTemplate == '{relative}'"
+)
+_IN_PLACE_MESSAGE = (
+    "source and target are the same bucket, prefix and keys, so objects are rewritten in "
+    "place (e.g. to re-encrypt them or change their storage class): that needs "
+    "copy.overwrite: always, as any other policy finds every object already there"
+)
+
+
 class ObjectMigrationSpec(ApiModel):
     """What to migrate, how, and when to cut over."""
+
+    model_config = cel_validations(
+        cel_rule(
+            f"!({_IN_PLACE}) || (has(self.copy) && self.copy.overwrite == 'always')",
+            _IN_PLACE_MESSAGE,
+            field_path=".copy.overwrite",
+        ),
+    )
 
     source: SourceSpec = Field(
         description="Where objects are copied from.",
@@ -714,6 +733,23 @@ class ObjectMigrationSpec(ApiModel):
         default=False, description="Plan only: inventory and report, write nothing."
     )
     suspend: bool = Field(default=False, description="Pause all work; set false to resume.")
+
+    @property
+    def rewrites_in_place(self) -> bool:
+        """Whether every object is copied onto its own key in its own bucket."""
+        source, target = self.source, self.target
+        return (
+            source.endpoint.rstrip("/").lower() == target.endpoint.rstrip("/").lower()
+            and source.bucket == target.bucket
+            and source.prefix == target.prefix
+            and target.key_template == "{relative}"
+        )
+
+    @model_validator(mode="after")
+    def _in_place_needs_overwrite_always(self) -> ObjectMigrationSpec:
+        if self.rewrites_in_place and self.transfer.overwrite != "always":
+            raise ValueError(_IN_PLACE_MESSAGE)
+        return self
 
 
 # --- status ----------------------------------------------------------------------------

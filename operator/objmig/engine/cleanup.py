@@ -54,14 +54,16 @@ log = logging.getLogger(__name__)
 BATCH = 200
 
 
-def migration_facts(state: dict[str, Any]) -> MigrationFacts:
-    """The gate's view of a migration, from its ledger bookkeeping."""
+def migration_facts(state: dict[str, Any], *, same_bucket: bool = False) -> MigrationFacts:
+    """The gate's view of a migration, from its ledger bookkeeping (and whether its source
+    and target are one bucket, from its spec)."""
     cutover = state.get("cutover", {})
     at = cutover.get("at")
     return MigrationFacts(
         cut_over_at=datetime.fromisoformat(at) if at else None,
         rolled_back=bool(cutover.get("rolledBackAt")),
         digest=state.get("verification", {}).get("digest"),
+        same_bucket=same_bucket,
     )
 
 
@@ -97,7 +99,7 @@ async def delete_sources(
     """Plan, gate and delete the migrated source objects; returns what this pass did."""
     stop = stop or asyncio.Event()
     state = await ledger.get_state(migration_id)
-    facts = migration_facts(state)
+    facts = migration_facts(state, same_bucket=context.same_bucket)
     gate = migration_verdict(spec, facts, now or datetime.now(UTC))
     if not gate.delete:
         return CleanupRun(gate=gate)
@@ -192,14 +194,18 @@ async def remove_leftovers(
     target_spec = context.spec.target
     verified_targets: set[str] = set()
     attempt_targets: set[str] = set()
+    in_place_targets: set[str] = set()
     async for row in ledger.iter_rows(migration_id):
         if not row.target_key:
             continue
-        if row.state in (ObjectState.VERIFIED, ObjectState.DELETED):
+        if context.in_place(row.key, row.target_key):
+            # An object copied onto itself is never a leftover: it may be the only copy.
+            in_place_targets.add(row.target_key)
+        elif row.state in (ObjectState.VERIFIED, ObjectState.DELETED):
             verified_targets.add(row.target_key)
         elif row.state in (ObjectState.FAILED, ObjectState.SOURCE_CHANGED):
             attempt_targets.add(row.target_key)
-    known_targets = verified_targets | attempt_targets
+    known_targets = verified_targets | attempt_targets | in_place_targets
     started = (await ledger.migration_created_at(migration_id)) or moment
     aborted = deleted = kept = 0
     async with context.clients() as (_, target):

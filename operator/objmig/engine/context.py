@@ -10,20 +10,15 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from objmig.api.migration import BucketSpec, ObjectMigration, ObjectMigrationSpec
 from objmig.api.types import parse_duration, parse_quantity
 from objmig.engine.keys import target_key
 from objmig.engine.secrets import SecretSource, bucket_credentials, customer_key
-from objmig.storage.endpoint import Endpoint, same_store
+from objmig.storage.endpoint import Endpoint, same_service, same_store
 from objmig.storage.errors import classify
 from objmig.storage.selection import MetadataRule, Selection
 from objmig.storage.store import Store, open_store
-
-# The aiobotocore stubs are a development dependency: import them for type checking only.
-if TYPE_CHECKING:
-    pass
 
 
 def endpoint_of(bucket: BucketSpec, secrets: SecretSource) -> Endpoint:
@@ -108,6 +103,19 @@ class MigrationContext:
             ),
             object_timeout_seconds=parse_duration(spec.retry.object_timeout).total_seconds(),
         )
+
+    @property
+    def same_bucket(self) -> bool:
+        """Whether source and target are one bucket (of one service, by any identity)."""
+        return (
+            same_service(self.source, self.target)
+            and self.spec.source.bucket == self.spec.target.bucket
+        )
+
+    def in_place(self, key: str, target_key: str) -> bool:
+        """Whether `key` is copied onto itself: the copy replaces the object it copies
+        (or, in a versioned bucket, becomes its newest version)."""
+        return key == target_key and self.same_bucket
 
     def target_key_for(self, key: str, last_modified: datetime, etag: str) -> str:
         """Where ``key`` is written on the target."""

@@ -25,6 +25,8 @@ class MigrationFacts:
     cut_over_at: datetime | None
     rolled_back: bool
     digest: str | None
+    #: Source and target are one bucket: a key copied onto itself is its own target.
+    same_bucket: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,11 +119,24 @@ def object_verdict(
     ``source`` and ``target`` are fresh HEADs (None: the object is not there). Delete only
     if: the migration gates hold; the row is verified (and cut over); ``minAge`` has passed
     since its verification; the source is unchanged since verification (ETag, size,
-    version id, last-modified); the target copy exists and matches the verified ETag.
+    version id, last-modified); the target copy exists and matches the verified ETag;
+    and the source is not the copy itself (a key copied onto itself, unless a versioned
+    bucket kept the original as an older version: that version may go).
     """
     overall = migration_verdict(spec, facts, now)
     if not overall.delete:
         return overall
+    if (
+        facts.same_bucket
+        and row.target_key == row.key
+        and (not row.version_id or row.version_id == row.target_version_id)
+    ):
+        return Verdict(
+            False,
+            "InPlace",
+            "the copy replaced this object in place: it is source and target at once, so "
+            "there is no separate source to delete",
+        )
     if row.state is not ObjectState.VERIFIED or row.verified_at is None:
         return Verdict(False, "NotVerified", f"ledger state is {row.state.value}, not verified")
     if row.cut_over_at is None:

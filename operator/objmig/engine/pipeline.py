@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from objmig.api.types import parse_quantity
@@ -22,6 +22,7 @@ from objmig.engine.lookup import KeyFacts, ListingLookup
 from objmig.engine.policy import backoff_delay
 from objmig.ledger import ObjectRow, ObjectState, StepResult
 from objmig.storage.copy import (
+    MIGRATION_METADATA_KEY,
     CopyOptions,
     CopyResult,
     Encryption,
@@ -33,6 +34,7 @@ from objmig.storage.copy import (
 from objmig.storage.errors import ErrorClass, IntegrityError, classify
 from objmig.storage.objects import (
     CHECKSUM_ALGORITHMS,
+    EncryptionInfo,
     HeadResult,
     multipart_part_count,
     object_sha256,
@@ -46,6 +48,13 @@ from objmig.storage.streaming import ReadAhead
 #: Memory a worker's streamed multipart copies may fill with parts read ahead of their
 #: upload (the worker pod's default limit is 1 GiB; the rest of a worker needs ~100 MiB).
 READ_AHEAD_BYTES = 128 * 1024 * 1024
+
+#: Metadata an object copied onto itself carries: the ETag of the original it replaced and,
+#: unless that ETag proves the copy, a checksum of the original's bytes taken before. The
+#: original is gone once replaced, so this is what proves a copy whose verification was
+#: interrupted (and what tells it from a change by someone else).
+ORIGINAL_ETAG_KEY = "objmig-original-etag"
+ORIGINAL_CHECKSUM_KEY = "objmig-original-checksum"
 
 #: skip_reason values of dry-run rows: what a real run would do with the object.
 PLAN_COPY = "PlanCopy"
@@ -100,6 +109,8 @@ class ObjectPipeline:
         self._read_ahead = ReadAhead(READ_AHEAD_BYTES)
         self._transfers = asyncio.Semaphore(context.spec.transfer.concurrency)
         self._in_flight = 0
+        # Checksum labels of originals replaced in place, taken before the copy (by row id).
+        self._originals: dict[int, str] = {}
         spec = context.spec
         self._recheck = ListingLookup(
             source, spec.source.bucket, spec.source.prefix, self._source_facts, self._busy, on_park
@@ -181,6 +192,8 @@ class ObjectPipeline:
             return self._failure(
                 row, error, "verify" if isinstance(exc, VerificationError) else "copy"
             )
+        finally:
+            self._originals.pop(row.id, None)
 
     # -- the steps ----------------------------------------------------------------------
 
@@ -195,7 +208,14 @@ class ObjectPipeline:
 
         if not self._needs_source_head(row):
             return await self._copy_and_verify(row, None, create_only=self._create_only)
-        source = await self._head_source(row)
+        if self._replaces_original(row):
+            current = await self._head_source(row, check=False)
+            if self._copied_here_before(row, current):
+                return self._verified(row, await self._verify_earlier_copy(row, current))
+            self._check_unchanged_head(row, current)
+            source = current
+        else:
+            source = await self._head_source(row)
         archived = needs_restore(source.storage_class, source.restore, source.archive_status)
         if archived:
             return await self._restore(row, source)
@@ -240,6 +260,7 @@ class ObjectPipeline:
             or self._spec.verify.verify_only
             or bool(self._ctx.metadata_rules)
             or self._ctx.server_side
+            or self._replaces_original(row)
             or self._spec.transfer.overwrite == "never"
             or not row.etag
             or multipart_part_count(row.etag) is not None
@@ -260,7 +281,8 @@ class ObjectPipeline:
             return self._skip(row, PLAN_COPY)
         return await self._copy_and_verify(row, source, create_only=False)
 
-    async def _head_source(self, row: ObjectRow) -> HeadResult:
+    async def _head_source(self, row: ObjectRow, *, check: bool = True) -> HeadResult:
+        """HEAD the source; `check`: raise `_SourceChanged` unless it is as scanned."""
         head = await self._src.objects.head(
             self._spec.source.bucket,
             row.key,
@@ -268,13 +290,56 @@ class ObjectPipeline:
             sse_c=self._ctx.source_customer_key,
             checksums=self._checksums_wanted,
         )
+        if check:
+            self._check_unchanged_head(row, head)
+        return head
+
+    def _check_unchanged_head(self, row: ObjectRow, head: HeadResult) -> None:
         self._check_unchanged(
             row, head.etag, head.size, int(head.last_modified.timestamp()), head.version_id
         )
-        return head
 
-    async def _recheck_source(self, row: ObjectRow) -> None:
-        """Re-check the source before verifying: batched by listing, or HEAD for versions."""
+    def _replaces_original(self, row: ObjectRow) -> bool:
+        """Whether the copy of `row` overwrites the very object it copies (one bucket, one
+        key, no versioning to keep the original): the original's bytes are gone once the
+        copy is written, so whatever proves the copy is taken before it."""
+        return not row.version_id and self._ctx.in_place(row.key, self._target_key(row))
+
+    def _copied_here_before(self, row: ObjectRow, current: HeadResult) -> bool:
+        """Whether the object in place of `row` is this migration's copy of it, written
+        by an attempt that ended before its verification did."""
+        return (
+            current.metadata.get(MIGRATION_METADATA_KEY) == self._ctx.name
+            and current.metadata.get(ORIGINAL_ETAG_KEY) == row.etag
+        )
+
+    async def _verify_earlier_copy(self, row: ObjectRow, copy: HeadResult) -> _Proof:
+        """Prove an earlier attempt's in-place copy by what it says of its original.
+
+        The original's ETag (when it was a content MD5 and the copy's is too) or the
+        checksum taken of it before the copy: the metadata the copy was written with.
+        The original's metadata is gone; the copy's stands for it.
+        """
+        original = copy.metadata.get(ORIGINAL_CHECKSUM_KEY)
+        if original:
+            self._originals[row.id] = original
+        source = replace(
+            copy,
+            etag=row.etag,
+            size=row.size,
+            metadata=_without_objmig_keys(copy.metadata),
+            checksums={},
+            checksum_type=None,
+            encryption=EncryptionInfo(),
+        )
+        return await self._verify(row, source, copy, None)
+
+    async def _recheck_source(self, row: ObjectRow, target: HeadResult) -> None:
+        """Re-check the source before verifying: batched by listing, or HEAD for versions.
+
+        An original replaced in place must now be the copy (`target`): anything else
+        there was written by someone else since.
+        """
         if row.version_id:
             await self._head_source(row)
             return
@@ -283,6 +348,10 @@ class ObjectPipeline:
             facts = await self._recheck.current(row.key)
         if facts is None:
             raise _SourceChanged("source changed since the scan: deleted")
+        if self._replaces_original(row):
+            if (facts.etag, facts.size) != (target.etag, target.size):
+                raise _SourceChanged(f"the copy in place was replaced: ETag is now {facts.etag}")
+            return
         self._check_unchanged(
             row, facts.etag, facts.size, facts.last_modified_seconds, version_id=None
         )
@@ -399,9 +468,12 @@ class ObjectPipeline:
         Only the copy holds a transfer slot: HEADs before it and the verification after it
         wait on round trips, not bandwidth, and overlap with the next objects' transfers.
         """
+        provenance: dict[str, str] = {}
+        if source is not None and self._replaces_original(row):
+            provenance = await self._before_overwrite(row, source)
         try:
             async with self._transfer_slot():
-                result = await self._copy(row, source, create_only)
+                result = await self._copy(row, source, create_only, provenance)
         except TargetExistsError as taken:
             existing = await self._head_target(row)
             if existing is None:
@@ -468,8 +540,39 @@ class ObjectPipeline:
             or (source is not None and source.encryption.mode not in ("none", "SSE-S3"))
         )
 
+    async def _before_overwrite(self, row: ObjectRow, source: HeadResult) -> dict[str, str]:
+        """Take what will prove an in-place copy while the original is still there.
+
+        The copy's ETag when it will be compared with the original's; else a checksum
+        the store keeps of the original and will compute of a server-side single-part
+        copy too; else the SHA-256 of the original, read now. Returns it as the metadata
+        the copy carries (see `ORIGINAL_ETAG_KEY`).
+        """
+        provenance = {ORIGINAL_ETAG_KEY: row.etag}
+        mode = self._spec.verify.mode
+        if mode == "etag" and not self._by_checksum(source):
+            return provenance
+        kept = source.whole_checksums()
+        algorithm = next((a for a in CHECKSUM_ALGORITHMS if a in kept), None)
+        store_computes = (
+            self._ctx.server_side
+            and not source.is_multipart
+            and self._spec.transfer.preserve_part_boundaries
+        )
+        if mode != "full" and algorithm is not None and store_computes:
+            original = kept[algorithm]
+        else:
+            original = await self._read_source(row, before_overwrite=True)
+        self._originals[row.id] = original
+        provenance[ORIGINAL_CHECKSUM_KEY] = original
+        return provenance
+
     async def _copy(
-        self, row: ObjectRow, source: HeadResult | None, create_only: bool
+        self,
+        row: ObjectRow,
+        source: HeadResult | None,
+        create_only: bool,
+        provenance: Mapping[str, str],
     ) -> CopyResult:
         transfer = self._spec.transfer
         by_checksum = self._by_checksum(source)
@@ -509,6 +612,7 @@ class ObjectPipeline:
                 rate_limiter=self._limiter,
                 read_ahead=self._read_ahead,
                 migration_tag=self._ctx.name,
+                extra_metadata=provenance,
                 part_size=None
                 if transfer.preserve_part_boundaries
                 else parse_quantity(transfer.part_size),
@@ -558,7 +662,7 @@ class ObjectPipeline:
             if (source.content.content_type or "") != (target.content.content_type or ""):
                 raise VerificationError("MetadataMismatch", "Content-Type differs")
         # The last word: the source must still be what was listed, or the copy proves nothing.
-        await self._recheck_source(row)
+        await self._recheck_source(row, target)
         return _Proof(target.etag, target.version_id, source_checksum, target_checksum)
 
     async def _checksums(
@@ -578,6 +682,9 @@ class ObjectPipeline:
         """
         if mode != "full":
             mine = source.whole_checksums()
+            original = self._originals.get(row.id)
+            if original is not None:
+                mine[original.split(":", 1)[0].upper()] = original
             if streamed_sha256 is not None:
                 mine["SHA256"] = f"sha256:{streamed_sha256}"
             theirs = target.whole_checksums()
@@ -591,14 +698,29 @@ class ObjectPipeline:
                 )
         return await self._read_source(row), await self._read_target(row, target)
 
-    async def _read_source(self, row: ObjectRow) -> str:
-        """The SHA-256 label of the source's bytes, read whole."""
+    async def _read_source(self, row: ObjectRow, *, before_overwrite: bool = False) -> str:
+        """The SHA-256 label of the source's bytes, read whole.
+
+        An original replaced in place cannot be read any more: its SHA-256 is the one
+        read before the copy (`before_overwrite`), or there is none.
+        """
+        if self._replaces_original(row) and not before_overwrite:
+            original = self._originals.get(row.id, "")
+            if original.startswith("sha256:"):
+                return original
+            raise VerificationError(
+                "OriginalOverwritten",
+                "the copy replaced the original in place, and no SHA-256 of the original "
+                "was taken before to compare it with",
+            )
         digest, _ = await object_sha256(
             self._src.objects,
             self._spec.source.bucket,
             row.key,
             row.version_id or None,
             sse_c=self._ctx.source_customer_key,
+            # Before an overwrite: exactly the scanned object, or nothing.
+            if_match=row.etag if before_overwrite else None,
         )
         return f"sha256:{digest}"
 

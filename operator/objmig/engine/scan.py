@@ -105,7 +105,9 @@ async def run_scan(
         migration_id, {"scan": {**state.get("scan", {}), "id": scan_id, "running": True}}
     )
     rows = _inventory(context, source, state)
-    result = await ledger.upsert_inventory(migration_id, rows, scan_id, on_chunk=on_rows)
+    result = await ledger.upsert_inventory(
+        migration_id, rows, scan_id, on_chunk=on_rows, in_place=context.same_bucket
+    )
     finished = datetime.now(UTC)
     await ledger.update_state(
         migration_id,

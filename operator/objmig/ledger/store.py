@@ -445,6 +445,7 @@ class Ledger:
         chunk_size: int = INVENTORY_CHUNK,
         parallelism: int = 2,
         on_chunk: Callable[[], None] | None = None,
+        in_place: bool = False,
     ) -> InventoryResult:
         """Merge a scan's listing into the ledger; idempotent, memory bounded by the chunks.
 
@@ -459,6 +460,10 @@ class Ledger:
           includes ``source_changed`` rows. Rows in state ``deleted`` are never revived.
         * Every listed row gets ``last_seen_scan = scan_id``; nothing else changes on
           unchanged rows (so ``updated_at`` still says when its state last moved).
+        * ``in_place`` (source and target are one bucket): a listed object that is a row's
+          own verified copy (its target key and ETag, or its target version) is neither
+          a change of that row nor a new object; otherwise every re-scan after copies
+          onto their own keys would find all of them changed.
 
         A key listed twice within one chunk counts once (the last listing wins). Up to
         ``parallelism`` chunks (each on its own pooled connection) are written at once, so
@@ -486,7 +491,7 @@ class Ledger:
             nonlocal insert_only, result, analysed
             async with self._pool.acquire() as conn:
                 merged, still = await self._merge_chunk(
-                    conn, migration_id, chunk, scan_id, insert_only=insert_only
+                    conn, migration_id, chunk, scan_id, insert_only=insert_only, in_place=in_place
                 )
                 insert_only = insert_only and still
                 result += merged
@@ -533,6 +538,7 @@ class Ledger:
         scan_id: int,
         *,
         insert_only: bool,
+        in_place: bool = False,
     ) -> tuple[InventoryResult, bool]:
         """Merge one chunk; returns its result and whether ``insert_only`` still holds."""
         # ON CONFLICT DO UPDATE may not touch one row twice in a statement: de-duplicate.
@@ -567,6 +573,22 @@ class Ledger:
             AND (objects.etag, objects.size, objects.last_modified)
                 IS DISTINCT FROM (EXCLUDED.etag, EXCLUDED.size, EXCLUDED.last_modified)
         """
+        ours = ""
+        if in_place:
+            changed += """
+            AND NOT coalesce(
+                objects.target_key = objects.key
+                AND objects.target_etag = EXCLUDED.etag AND objects.size = EXCLUDED.size,
+                false)
+            """
+            # A versioned bucket lists the copy as its key's newest version.
+            ours = """
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM objects mine
+                    WHERE mine.migration_id = $1 AND mine.key = s.key
+                      AND mine.target_key = s.key AND mine.target_version_id = s.version_id
+                )
+            """
 
         def on_change(column: str, new: str) -> str:
             return f"{column} = CASE WHEN {changed} THEN {new} ELSE objects.{column} END"
@@ -610,7 +632,8 @@ class Ledger:
                                      storage_class, target_key, last_seen_scan)
                 SELECT $1, key, version_id, size, etag, last_modified, storage_class,
                        target_key, $2
-                FROM objmig_inventory_stage
+                FROM objmig_inventory_stage s
+                {ours}
                 ON CONFLICT (migration_id, key, version_id) DO UPDATE SET
                     {assignments},
                     last_seen_scan = EXCLUDED.last_seen_scan
