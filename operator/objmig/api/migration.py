@@ -666,14 +666,23 @@ class CutoverSpec(ApiModel):
         return self
 
 
-_IN_PLACE = (
+_SAME_BUCKET = (
     "self.source.endpoint == self.target.endpoint && self.source.bucket == self.target.bucket"
-    " && self.source.prefix == self.target.prefix && self.target.keyTemplate == '{relative}'"
+)
+_IN_PLACE = (
+    f"{_SAME_BUCKET} && self.source.prefix == self.target.prefix"
+    " && self.target.keyTemplate == '{relative}'"
 )
 _IN_PLACE_MESSAGE = (
     "source and target are the same bucket, prefix and keys, so objects are rewritten in "
     "place (e.g. to re-encrypt them or change their storage class): that needs "
     "copy.overwrite: always, as any other policy finds every object already there"
+)
+_OWN_PREFIX_MESSAGE = (
+    "source and target are one bucket: write the copies under a prefix of their own (a "
+    "target.prefix that the source prefix does not start with), or rewrite the objects in "
+    "place (the same prefix, keyTemplate {relative}); otherwise copies could land on source "
+    "objects not copied yet"
 )
 
 
@@ -685,6 +694,12 @@ class ObjectMigrationSpec(ApiModel):
             f"!({_IN_PLACE}) || (has(self.copy) && self.copy.overwrite == 'always')",
             _IN_PLACE_MESSAGE,
             field_path=".copy.overwrite",
+        ),
+        cel_rule(
+            f"!({_SAME_BUCKET}) || ({_IN_PLACE})"
+            " || !self.source.prefix.startsWith(self.target.prefix)",
+            _OWN_PREFIX_MESSAGE,
+            field_path=".target.prefix",
         ),
     )
 
@@ -735,20 +750,32 @@ class ObjectMigrationSpec(ApiModel):
     suspend: bool = Field(default=False, description="Pause all work; set false to resume.")
 
     @property
+    def same_bucket(self) -> bool:
+        """Whether source and target are one bucket (of one endpoint)."""
+        return (
+            self.source.endpoint.rstrip("/").lower() == self.target.endpoint.rstrip("/").lower()
+            and self.source.bucket == self.target.bucket
+        )
+
+    @property
     def rewrites_in_place(self) -> bool:
         """Whether every object is copied onto its own key in its own bucket."""
-        source, target = self.source, self.target
         return (
-            source.endpoint.rstrip("/").lower() == target.endpoint.rstrip("/").lower()
-            and source.bucket == target.bucket
-            and source.prefix == target.prefix
-            and target.key_template == "{relative}"
+            self.same_bucket
+            and self.source.prefix == self.target.prefix
+            and self.target.key_template == "{relative}"
         )
 
     @model_validator(mode="after")
-    def _in_place_needs_overwrite_always(self) -> ObjectMigrationSpec:
+    def _one_bucket_needs_in_place_or_a_prefix_of_its_own(self) -> ObjectMigrationSpec:
         if self.rewrites_in_place and self.transfer.overwrite != "always":
             raise ValueError(_IN_PLACE_MESSAGE)
+        if (
+            self.same_bucket
+            and not self.rewrites_in_place
+            and self.source.prefix.startswith(self.target.prefix)
+        ):
+            raise ValueError(_OWN_PREFIX_MESSAGE)
         return self
 
 

@@ -15,7 +15,7 @@ from objmig.api.migration import BucketSpec, ObjectMigration, ObjectMigrationSpe
 from objmig.api.types import parse_duration, parse_quantity
 from objmig.engine.keys import target_key
 from objmig.engine.secrets import SecretSource, bucket_credentials, customer_key
-from objmig.storage.endpoint import Endpoint, same_service, same_store
+from objmig.storage.endpoint import Endpoint, same_store
 from objmig.storage.errors import classify
 from objmig.storage.selection import MetadataRule, Selection
 from objmig.storage.store import Store, open_store
@@ -35,10 +35,17 @@ def endpoint_of(bucket: BucketSpec, secrets: SecretSource) -> Endpoint:
 
 
 def selection_of(spec: ObjectMigrationSpec) -> Selection:
-    """The listing filters of ``spec.selection``."""
+    """The listing filters of ``spec.selection``.
+
+    A migration inside one bucket never selects what it writes: copies under a target
+    prefix within the source prefix would otherwise be listed by every re-scan and copied
+    again, into the target prefix's target prefix.
+    """
     chosen = spec.selection
+    writes_within = spec.same_bucket and not spec.rewrites_in_place
     return Selection(
         prefix=spec.source.prefix,
+        written_prefix=spec.target.prefix if writes_within else None,
         include=tuple(chosen.include),
         exclude=tuple(chosen.exclude),
         modified_after=chosen.modified_after,
@@ -107,10 +114,7 @@ class MigrationContext:
     @property
     def same_bucket(self) -> bool:
         """Whether source and target are one bucket (of one service, by any identity)."""
-        return (
-            same_service(self.source, self.target)
-            and self.spec.source.bucket == self.spec.target.bucket
-        )
+        return self.spec.same_bucket
 
     def in_place(self, key: str, target_key: str) -> bool:
         """Whether `key` is copied onto itself: the copy replaces the object it copies

@@ -68,12 +68,6 @@ def _normalise_url(url: str | None) -> str | None:
     return url.rstrip("/").lower()
 
 
-def same_service(a: Endpoint, b: Endpoint) -> bool:
-    """True when `a` and `b` are one S3 service, whoever is asking: a bucket name then
-    means one and the same bucket on both (bucket names are global to a service)."""
-    return _normalise_url(a.url) == _normalise_url(b.url)
-
-
 def same_store(a: Endpoint, b: Endpoint) -> bool:
     """True when one client can read `a` and write `b`, so server-side copy is possible.
 
@@ -83,7 +77,7 @@ def same_store(a: Endpoint, b: Endpoint) -> bool:
     serverSide` lets the user assert it anyway.
     """
     return (
-        same_service(a, b)
+        _normalise_url(a.url) == _normalise_url(b.url)
         and (a.region or DEFAULT_REGION) == (b.region or DEFAULT_REGION)
         and a.credentials == b.credentials
     )

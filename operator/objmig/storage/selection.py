@@ -127,9 +127,12 @@ class Selection:
 
     `modified_after` / `modified_before` are exclusive bounds on LastModified;
     `min_size` / `max_size` inclusive bounds in bytes; `storage_classes` empty = any.
+    `written_prefix`: keys the migration itself writes (its target prefix, in the
+    source's bucket), never selected.
     """
 
     prefix: str = ""
+    written_prefix: str | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     modified_after: datetime | None = None
@@ -158,6 +161,8 @@ class Selection:
         relative = self.relative_key(info.key)
         if relative is None:
             return f"outside prefix {self.prefix!r}"
+        if self.written_prefix is not None and info.key.startswith(self.written_prefix):
+            return f"under the target prefix {self.written_prefix!r}, where copies are written"
         for pattern in self.exclude:
             if glob_match(pattern, relative):
                 return f"excluded by {pattern!r}"

@@ -1,9 +1,10 @@
-"""Objects rewritten in place: source and target are one bucket and the same keys.
+"""Migrations inside one bucket: re-layouts under a prefix of their own, and rewrites in place.
 
 Re-encrypting a bucket or changing its storage class copies every object onto itself. The
 copy then replaces the very object it copies, so everything that proves it must be taken
 before, a re-scan must not take the copies for changes, and no cleanup may ever delete
-them. Each test runs on moto and on MinIO, behind the fault proxy that counts requests.
+them. A re-layout into a prefix inside the source's must never select its own copies.
+Each test runs on moto and on MinIO, behind the fault proxy that counts requests.
 """
 
 from __future__ import annotations
@@ -205,3 +206,35 @@ async def test_versioned_rewrite_in_place_keeps_the_original_version_for_cleanup
         assert obj.version_id not in left
         assert len(left) == 1
         assert await sha256_of(client, bucket, obj.key) == obj.sha256
+
+
+async def test_a_relayout_inside_the_source_prefix_never_copies_its_own_copies(
+    ledger: Ledger, backend_seed: S3Seeder, backend_proxy: S3FaultProxy, backend_via_proxy: Endpoint
+) -> None:
+    bucket = await backend_seed.bucket()
+    seeded = [await backend_seed.put_object(bucket, f"k{i}", 4 * KiB) for i in range(3)]
+    resource = migration(
+        backend_via_proxy,
+        bucket,
+        bucket,
+        target_extra={"prefix": "copy/"},
+        cutover={"catchUp": True},
+    )
+
+    result = await run(ledger, resource, backend_via_proxy)
+
+    assert result.outcome == "cut-over", [(o.key, o.last_error) for o in result.status.objects]
+    # The catch-up re-scan lists copy/k0..k2 too: they are where the copies go, not new work.
+    assert sorted(await rows_of(ledger)) == ["k0", "k1", "k2"]
+    client = backend_seed.client
+    listed = await client.list_objects_v2(Bucket=bucket)
+    assert sorted(o["Key"] for o in listed["Contents"]) == [
+        "copy/k0",
+        "copy/k1",
+        "copy/k2",
+        "k0",
+        "k1",
+        "k2",
+    ]
+    for obj in seeded:
+        assert await sha256_of(client, bucket, f"copy/{obj.key}") == obj.sha256
