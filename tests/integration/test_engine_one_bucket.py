@@ -96,13 +96,16 @@ async def test_an_interrupted_copy_in_place_is_proven_on_the_next_attempt_not_co
     bucket = await backend_seed.bucket()
     good = await backend_seed.put_object(bucket, "good", 32 * KiB)
     bad = await backend_seed.put_object(bucket, "bad", 32 * KiB)
+    rescanned = await backend_seed.put_object(bucket, "rescanned", 32 * KiB)
     resource = in_place(backend_via_proxy, bucket)
     # What an attempt killed between its copy and its verification leaves: the copies in
     # place, carrying their originals' ETag and SHA-256 ("bad" with a wrong one, as if
     # the copy had gone wrong).
     client = backend_seed.client
-    for obj, digest in ((good, good.sha256), (bad, hashlib.sha256(b"other").hexdigest())):
-        await client.copy_object(
+    copies = {}
+    wrong = hashlib.sha256(b"other").hexdigest()
+    for obj, digest in ((good, good.sha256), (bad, wrong), (rescanned, rescanned.sha256)):
+        copies[obj.key] = await client.copy_object(
             Bucket=bucket,
             Key=obj.key,
             CopySource={"Bucket": bucket, "Key": obj.key},
@@ -116,13 +119,15 @@ async def test_an_interrupted_copy_in_place_is_proven_on_the_next_attempt_not_co
             SSEKMSKeyId=KMS_KEY,
             ChecksumAlgorithm="SHA256",
         )
-    # The ledger knows the originals, as the earlier attempt's scan recorded them.
+    # The ledger knows the originals, as the earlier attempt's scan recorded them; but a
+    # re-scan listed the copy of "rescanned" and took it for a change of the original.
+    rescanned_etag = copies["rescanned"]["CopyObjectResult"]["ETag"].strip('"')
     mid = await ledger.ensure_migration("test/m", "")
     await ledger.upsert_inventory(
         mid,
         [
-            InventoryRow(key=o.key, version_id="", size=o.size, etag=o.etag, target_key=o.key)
-            for o in (good, bad)
+            InventoryRow(key=o.key, version_id="", size=o.size, etag=etag, target_key=o.key)
+            for o, etag in ((good, good.etag), (bad, bad.etag), (rescanned, rescanned_etag))
         ],
         scan_id=1,
     )
@@ -132,8 +137,9 @@ async def test_an_interrupted_copy_in_place_is_proven_on_the_next_attempt_not_co
     result = await run(ledger, resource, backend_via_proxy)
 
     rows = await rows_of(ledger)
-    assert rows["good"].state is ObjectState.VERIFIED
-    assert rows["good"].source_checksum == f"sha256:{good.sha256}"
+    for obj in (good, rescanned):
+        assert rows[obj.key].state is ObjectState.VERIFIED
+        assert rows[obj.key].source_checksum == f"sha256:{obj.sha256}"
     # A copy that does not match its original is never copied again from itself.
     assert rows["bad"].state is ObjectState.FAILED
     assert rows["bad"].error_code == "ChecksumMismatch"
@@ -238,3 +244,101 @@ async def test_a_relayout_inside_the_source_prefix_never_copies_its_own_copies(
     ]
     for obj in seeded:
         assert await sha256_of(client, bucket, f"copy/{obj.key}") == obj.sha256
+
+
+async def test_an_uneven_multipart_object_rewritten_in_place_keeps_its_layout(
+    ledger: Ledger,
+    s3_backend: S3Backend,
+    backend_seed: S3Seeder,
+    backend_proxy: S3FaultProxy,
+    backend_via_proxy: Endpoint,
+) -> None:
+    bucket = await backend_seed.bucket()
+    part = s3_backend.min_part_size
+    # Part 1 and the count suggest equal parts (part, part, part // 2); they are not. A
+    # copy cut by that guess would replace the original before its ETag told the truth.
+    uneven = await backend_seed.put_multipart(bucket, "uneven", [part + 1024, part, part])
+    resource = migration(
+        backend_via_proxy,
+        bucket,
+        bucket,
+        copy={"mode": "serverSide", "overwrite": "always"},
+        target_extra={"storageClass": s3_backend.other_storage_class},
+    )
+
+    result = await run(ledger, resource, backend_via_proxy)
+
+    assert result.outcome == "cut-over", [(o.key, o.last_error) for o in result.status.objects]
+    head = await backend_seed.client.head_object(Bucket=bucket, Key="uneven")
+    assert head["ETag"].strip('"') == uneven.etag
+    assert head.get("StorageClass") == s3_backend.other_storage_class
+    assert writes(backend_proxy, bucket) == 1
+
+
+async def test_one_bucket_under_two_endpoint_names_is_never_cleaned_up(
+    ledger: Ledger, s3_backend: S3Backend, backend_seed: S3Seeder, backend_via_proxy: Endpoint
+) -> None:
+    bucket = await backend_seed.bucket()
+    seeded = [await backend_seed.put_object(bucket, f"k{i}", 4 * KiB) for i in range(3)]
+    # The same bucket and keys, reached directly and through the proxy: the spec cannot
+    # know that the two endpoints are one store.
+    resource = migration(
+        s3_backend.endpoint, bucket, bucket, target_extra={"endpoint": backend_via_proxy.url}
+    )
+    result = await run(ledger, resource, s3_backend.endpoint)
+    digest = result.status.verification.digest
+
+    cleaned = await run_cleanup(ledger, cleanup_of(digest), secrets_for(s3_backend.endpoint))
+
+    assert cleaned.counts.deleted == 0
+    for obj in seeded:
+        assert await sha256_of(backend_seed.client, bucket, obj.key) == obj.sha256
+
+
+async def test_every_version_reaches_the_target_oldest_first(
+    ledger: Ledger, backend_seed: S3Seeder, backend_via_proxy: Endpoint
+) -> None:
+    source = await backend_seed.bucket(versioned=True)
+    target = await backend_seed.bucket(versioned=True)
+    history = {
+        key: [
+            await backend_seed.put_object(source, key, 2 * KiB, seed=f"{key}{n}") for n in range(3)
+        ]
+        for key in ("a", "b")
+    }
+    resource = migration(
+        backend_via_proxy, source, target, selection={"allVersions": True}, copy={"concurrency": 8}
+    )
+
+    result = await run(ledger, resource, backend_via_proxy)
+
+    assert result.outcome == "cut-over", [(o.key, o.last_error) for o in result.status.objects]
+    client = backend_seed.client
+    for key, versions in history.items():
+        listed = await client.list_object_versions(Bucket=target, Prefix=key)
+        # Newest first, as S3 lists them: the source's history, in its order.
+        copied = [v["ETag"].strip('"') for v in listed["Versions"]]
+        assert copied == [v.etag for v in reversed(versions)], key
+        assert await sha256_of(client, target, key) == versions[-1].sha256
+
+
+async def test_source_keys_sharing_a_target_key_fail_instead_of_overwriting_each_other(
+    ledger: Ledger, backend_seed: S3Seeder, backend_via_proxy: Endpoint
+) -> None:
+    source = await backend_seed.bucket()
+    target = await backend_seed.bucket()
+    for key in ("a/x", "b/x", "a/y"):
+        await backend_seed.put_object(source, key, 2 * KiB)
+    resource = migration(
+        backend_via_proxy, source, target, target_extra={"keyTemplate": "{basename}"}
+    )
+
+    result = await run(ledger, resource, backend_via_proxy)
+
+    assert result.outcome != "cut-over"
+    rows = await rows_of(ledger)
+    assert rows["a/y"].state is ObjectState.VERIFIED
+    for key in ("a/x", "b/x"):
+        assert rows[key].state is ObjectState.FAILED
+        assert rows[key].error_code == "TargetKeyCollision"
+        assert "target key x" in (rows[key].last_error or "")

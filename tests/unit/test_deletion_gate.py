@@ -228,3 +228,23 @@ def test_an_object_rewritten_in_place_is_never_deleted_but_its_older_version_may
 
     assert (kept.delete, kept.reason) == (False, "InPlace")
     assert (old_version.delete, old_version.reason) == (True, "Delete")
+
+
+def test_a_source_that_answers_as_its_own_target_is_never_deleted() -> None:
+    now = datetime(2026, 1, 20, tzinfo=UTC)
+    spec, facts = _spec(gracePeriod="1h", minAge="1h"), _facts(name="ns/m")
+    row = _row(version_id="")
+    assert row.last_modified is not None
+    original = HeadResult("e-src", 100, row.last_modified, None)
+    # Written in the same second: only the mark tells the copy from the original.
+    copy = replace(original, metadata={"objmig-migration": "ns/m"})
+
+    def verdict(source: HeadResult, target: HeadResult) -> str:
+        return object_verdict(spec, facts, row, source, target, now).reason
+
+    # The usual case: an original, and the copy this migration wrote.
+    assert verdict(original, copy) == "Delete"
+    # One object behind two endpoint names: the "source" is the copy itself...
+    assert verdict(copy, copy) == "SourceIsTarget"
+    # ... or, where nothing was written (an identical target was kept), the original twice.
+    assert verdict(original, original) == "SourceIsTarget"

@@ -54,9 +54,11 @@ log = logging.getLogger(__name__)
 BATCH = 200
 
 
-def migration_facts(state: dict[str, Any], *, same_bucket: bool = False) -> MigrationFacts:
-    """The gate's view of a migration, from its ledger bookkeeping (and whether its source
-    and target are one bucket, from its spec)."""
+def migration_facts(
+    state: dict[str, Any], *, same_bucket: bool = False, name: str = ""
+) -> MigrationFacts:
+    """The gate's view of a migration, from its ledger bookkeeping (and, for the per-object
+    gate, whether its source and target are one bucket and the name its copies carry)."""
     cutover = state.get("cutover", {})
     at = cutover.get("at")
     return MigrationFacts(
@@ -64,6 +66,7 @@ def migration_facts(state: dict[str, Any], *, same_bucket: bool = False) -> Migr
         rolled_back=bool(cutover.get("rolledBackAt")),
         digest=state.get("verification", {}).get("digest"),
         same_bucket=same_bucket,
+        name=name,
     )
 
 
@@ -77,9 +80,11 @@ class CleanupRun:
     gate: Verdict | None = None
 
 
-async def _head(store: Store, bucket: str, key: str, version_id: str | None) -> HeadResult | None:
+async def _head(
+    store: Store, bucket: str, key: str, version_id: str | None, sse_c: bytes | None
+) -> HeadResult | None:
     try:
-        return await store.objects.head(bucket, key, version_id=version_id)
+        return await store.objects.head(bucket, key, version_id=version_id, sse_c=sse_c)
     except Exception as exc:
         if classify(exc).kind == "not_found":
             return None
@@ -99,7 +104,7 @@ async def delete_sources(
     """Plan, gate and delete the migrated source objects; returns what this pass did."""
     stop = stop or asyncio.Event()
     state = await ledger.get_state(migration_id)
-    facts = migration_facts(state, same_bucket=context.same_bucket)
+    facts = migration_facts(state, same_bucket=context.same_bucket, name=context.name)
     gate = migration_verdict(spec, facts, now or datetime.now(UTC))
     if not gate.delete:
         return CleanupRun(gate=gate)
@@ -125,8 +130,20 @@ async def delete_sources(
             heads = await asyncio.gather(
                 *(
                     asyncio.gather(
-                        _head(source, source_spec.bucket, r.key, r.version_id or None),
-                        _head(target, target_spec.bucket, r.target_key or r.key, None),
+                        _head(
+                            source,
+                            source_spec.bucket,
+                            r.key,
+                            r.version_id or None,
+                            context.source_customer_key,
+                        ),
+                        _head(
+                            target,
+                            target_spec.bucket,
+                            r.target_key or r.key,
+                            None,
+                            context.target_customer_key,
+                        ),
                     )
                     for r in rows
                 )
@@ -194,18 +211,18 @@ async def remove_leftovers(
     target_spec = context.spec.target
     verified_targets: set[str] = set()
     attempt_targets: set[str] = set()
-    in_place_targets: set[str] = set()
     async for row in ledger.iter_rows(migration_id):
         if not row.target_key:
             continue
         if context.in_place(row.key, row.target_key):
-            # An object copied onto itself is never a leftover: it may be the only copy.
-            in_place_targets.add(row.target_key)
-        elif row.state in (ObjectState.VERIFIED, ObjectState.DELETED):
+            # An object copied onto itself is never a leftover, it may be the only copy;
+            # nor is an upload to its key, which may be an application's.
+            continue
+        if row.state in (ObjectState.VERIFIED, ObjectState.DELETED):
             verified_targets.add(row.target_key)
         elif row.state in (ObjectState.FAILED, ObjectState.SOURCE_CHANGED):
             attempt_targets.add(row.target_key)
-    known_targets = verified_targets | attempt_targets | in_place_targets
+    known_targets = verified_targets | attempt_targets
     started = (await ledger.migration_created_at(migration_id)) or moment
     aborted = deleted = kept = 0
     async with context.clients() as (_, target):
@@ -225,12 +242,16 @@ async def remove_leftovers(
         stale = sorted(attempt_targets - verified_targets)
         doomed: list[tuple[str, str | None]] = []
         for key in stale:
-            head = await _head(target, target_spec.bucket, key, None)
+            head = await _head(target, target_spec.bucket, key, None, context.target_customer_key)
             if head is None:
                 continue
-            # Only what objmig wrote for this migration, and old enough.
-            if head.metadata.get(MIGRATION_METADATA_KEY) != context.name or (
-                moment - head.last_modified < min_age
+            # Only what objmig wrote for this migration (marked with its name, and written
+            # since its ledger entry, at the whole seconds a HEAD shows: a reused name must
+            # not claim an older run's copies), and old enough.
+            if (
+                head.metadata.get(MIGRATION_METADATA_KEY) != context.name
+                or head.last_modified < started.replace(microsecond=0)
+                or moment - head.last_modified < min_age
             ):
                 kept += 1
                 continue

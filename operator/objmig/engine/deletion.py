@@ -15,6 +15,7 @@ from datetime import datetime
 from objmig.api.cleanup import MigrationCleanupSpec
 from objmig.api.types import format_duration, parse_duration
 from objmig.ledger import ObjectRow, ObjectState
+from objmig.storage.copy import MIGRATION_METADATA_KEY
 from objmig.storage.objects import HeadResult
 
 
@@ -27,6 +28,8 @@ class MigrationFacts:
     digest: str | None
     #: Source and target are one bucket: a key copied onto itself is its own target.
     same_bucket: bool = False
+    #: The migration's ledger name, which its copies carry (`objmig-migration`).
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -173,4 +176,37 @@ def object_verdict(
             "TargetChangedSinceVerify",
             f"the target copy {row.target_key} no longer matches what was verified",
         )
+    if _may_be_one_object(source, target, facts.name):
+        return Verdict(
+            False,
+            "SourceIsTarget",
+            "the source answers as the target copy itself (it carries this migration's "
+            "mark, or ETag, size, version and last-modified are the same): they may be one "
+            "object reached by two endpoint names",
+        )
     return Verdict(True, "Delete", "every gate holds")
+
+
+def _may_be_one_object(source: HeadResult, target: HeadResult, migration: str) -> bool:
+    """Whether two HEADs may have answered for one object.
+
+    The spec cannot tell every alias of an endpoint (two DNS names of one store), so the
+    answers decide: a source carrying this migration's mark is one of its copies; a target
+    carrying it and a source without it are two objects; otherwise identical answers may
+    be one object (a pre-existing identical target written in the same second is spared
+    too, which costs nothing but a later cleanup).
+    """
+
+    def ours(head: HeadResult) -> bool:
+        return bool(migration) and head.metadata.get(MIGRATION_METADATA_KEY) == migration
+
+    if ours(source):
+        return True
+    if ours(target):
+        return False
+    return (
+        source.etag == target.etag
+        and source.size == target.size
+        and (source.version_id or "") == (target.version_id or "")
+        and _same_second(source.last_modified, target.last_modified)
+    )

@@ -38,6 +38,7 @@ from objmig.storage.objects import (
     HeadResult,
     multipart_part_count,
     object_sha256,
+    version_or_none,
 )
 from objmig.storage.ratelimit import RateLimiter
 from objmig.storage.restore import needs_restore, request_restore
@@ -130,7 +131,7 @@ class ObjectPipeline:
 
     def awaits_recheck(self, row: ObjectRow) -> bool:
         """Whether `row` is copied and parked for its source re-check only."""
-        return not row.version_id and self._recheck.is_parked(row.key)
+        return version_or_none(row.version_id) is None and self._recheck.is_parked(row.key)
 
     def drain(self) -> None:
         """The worker is stopping: send parked looks now instead of lingering."""
@@ -204,7 +205,7 @@ class ObjectPipeline:
             if target is None:
                 # The copy we made is gone (someone deleted it): copy again.
                 return await self._copy_and_verify(row, source, create_only=True)
-            return self._verified(row, await self._verify(row, source, target, None))
+            return self._verified(row, await self._verify(row, source, target))
 
         if not self._needs_source_head(row):
             return await self._copy_and_verify(row, None, create_only=self._create_only)
@@ -228,7 +229,7 @@ class ObjectPipeline:
             target = await self._head_target(row)
             if target is None:
                 return self._fail_now(row, "TargetMissing", "verifyOnly: no copy on the target")
-            return self._verified(row, await self._verify(row, source, target, None))
+            return self._verified(row, await self._verify(row, source, target))
 
         overwrite = self._spec.transfer.overwrite
         look_first = source.is_multipart or self._ctx.server_side
@@ -274,7 +275,7 @@ class ObjectPipeline:
         if self._looks_identical(source, target):
             if self._plan_only:
                 return self._skip(row, PLAN_IDENTICAL)
-            return self._verified(row, await self._verify(row, source, target, None))
+            return self._verified(row, await self._verify(row, source, target))
         if self._spec.transfer.overwrite == "never":
             return self._skip(row, "TargetExistsDifferent")
         if self._plan_only:
@@ -303,14 +304,21 @@ class ObjectPipeline:
         """Whether the copy of `row` overwrites the very object it copies (one bucket, one
         key, no versioning to keep the original): the original's bytes are gone once the
         copy is written, so whatever proves the copy is taken before it."""
-        return not row.version_id and self._ctx.in_place(row.key, self._target_key(row))
+        # A bucket whose versioning is suspended writes over the "null" version.
+        unversioned = version_or_none(row.version_id) is None
+        return unversioned and self._ctx.in_place(row.key, self._target_key(row))
 
     def _copied_here_before(self, row: ObjectRow, current: HeadResult) -> bool:
         """Whether the object in place of `row` is this migration's copy of it, written
-        by an attempt that ended before its verification did."""
+        by an attempt that ended before its verification did.
+
+        Its original is the one the row was scanned as, or, when a re-scan listed the
+        copy meanwhile and took it for a change of the row, the one the copy names.
+        """
         return (
             current.metadata.get(MIGRATION_METADATA_KEY) == self._ctx.name
-            and current.metadata.get(ORIGINAL_ETAG_KEY) == row.etag
+            and ORIGINAL_ETAG_KEY in current.metadata
+            and row.etag in (current.metadata[ORIGINAL_ETAG_KEY], current.etag)
         )
 
     async def _verify_earlier_copy(self, row: ObjectRow, copy: HeadResult) -> _Proof:
@@ -325,14 +333,14 @@ class ObjectPipeline:
             self._originals[row.id] = original
         source = replace(
             copy,
-            etag=row.etag,
+            etag=copy.metadata[ORIGINAL_ETAG_KEY],
             size=row.size,
             metadata=_without_objmig_keys(copy.metadata),
             checksums={},
             checksum_type=None,
             encryption=EncryptionInfo(),
         )
-        return await self._verify(row, source, copy, None)
+        return await self._verify(row, source, copy)
 
     async def _recheck_source(self, row: ObjectRow, target: HeadResult) -> None:
         """Re-check the source before verifying: batched by listing, or HEAD for versions.
@@ -340,7 +348,7 @@ class ObjectPipeline:
         An original replaced in place must now be the copy (`target`): anything else
         there was written by someone else since.
         """
-        if row.version_id:
+        if version_or_none(row.version_id):
             await self._head_source(row)
             return
         # Parked until the batch goes: waiting for other objects is not this one's attempt.
@@ -497,9 +505,7 @@ class ObjectPipeline:
                 version_id=result.version_id,
                 encryption=result.target_encryption,
             )
-        proof = await self._verify(
-            row, result.source, target, result.sha256, etag_proves=result.layout_kept
-        )
+        proof = await self._verify(row, result.source, target, written=result)
         return self._verified(row, proof)
 
     @asynccontextmanager
@@ -613,6 +619,7 @@ class ObjectPipeline:
                 read_ahead=self._read_ahead,
                 migration_tag=self._ctx.name,
                 extra_metadata=provenance,
+                exact_layout=self._replaces_original(row),
                 part_size=None
                 if transfer.preserve_part_boundaries
                 else parse_quantity(transfer.part_size),
@@ -624,16 +631,19 @@ class ObjectPipeline:
         row: ObjectRow,
         source: HeadResult,
         target: HeadResult,
-        streamed_sha256: str | None,
         *,
-        etag_proves: bool | None = None,
+        written: CopyResult | None = None,
     ) -> _Proof:
-        """Prove the target holds the source's bytes (and metadata); raise if it does not."""
+        """Prove the target holds the source's bytes (and metadata); raise if it does not.
+
+        `written`: the copy just made (None: an object found on the target, made before).
+        """
         mode = self._spec.verify.mode
-        if etag_proves is None:
-            # A copy found on the target was cut into parts of its own unless boundaries
-            # are kept.
-            etag_proves = self._spec.transfer.preserve_part_boundaries
+        # A copy found on the target was cut into parts of its own unless boundaries are
+        # kept.
+        etag_proves = (
+            written.layout_kept if written else self._spec.transfer.preserve_part_boundaries
+        )
         if mode == "etag" and not (etag_proves and _etag_comparable(source, target)):
             # Opaque ETags (KMS, SSE-C) or parts cut anew: only the bytes can tell.
             mode = "checksum"
@@ -649,7 +659,7 @@ class ObjectPipeline:
                 )
         else:
             source_checksum, target_checksum = await self._checksums(
-                row, source, target, streamed_sha256 if mode == "checksum" else None, mode
+                row, source, target, written, mode
             )
             if source_checksum != target_checksum:
                 algorithm = source_checksum.split(":", 1)[0].upper()
@@ -670,24 +680,29 @@ class ObjectPipeline:
         row: ObjectRow,
         source: HeadResult,
         target: HeadResult,
-        streamed_sha256: str | None,
+        written: CopyResult | None,
         mode: str,
     ) -> tuple[str, str]:
         """One checksum of each side by the same algorithm, as ledger labels.
 
         `full` reads both objects. Otherwise what is known already comes first: checksums
-        the stores keep of both whole objects (S3 additional checksums; the target's was
-        computed by its store from the bytes it wrote), the SHA-256 taken as the copy
-        streamed the source. Only what is still missing is read.
+        the stores keep of both whole objects (S3 additional checksums), the SHA-256 taken
+        as the copy streamed the source. Of a copy just `written`, only the checksum it had
+        its store compute or check counts: another one on the target may have been copied
+        along from the source, and would compare the source with itself. Only what is
+        still missing is read.
         """
         if mode != "full":
             mine = source.whole_checksums()
             original = self._originals.get(row.id)
             if original is not None:
                 mine[original.split(":", 1)[0].upper()] = original
-            if streamed_sha256 is not None:
-                mine["SHA256"] = f"sha256:{streamed_sha256}"
+            if written is not None and written.sha256 is not None:
+                mine["SHA256"] = f"sha256:{written.sha256}"
             theirs = target.whole_checksums()
+            if written is not None:
+                trusted = written.checksum_algorithm
+                theirs = {a: v for a, v in theirs.items() if a == trusted}
             shared = [a for a in CHECKSUM_ALGORITHMS if a in mine and a in theirs]
             if shared:
                 return mine[shared[0]], theirs[shared[0]]

@@ -8,6 +8,7 @@ after a crash, and the catch-up rounds before cutover.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +32,8 @@ from objmig.storage.manifest import (
 from objmig.storage.objects import ObjectInfo, list_objects
 from objmig.storage.s3http import S3HttpClient
 from objmig.storage.store import Store
+
+log = logging.getLogger(__name__)
 
 _MANIFEST_FORMATS: dict[str, ManifestFormat] = {
     "lines": "lines",
@@ -66,6 +69,12 @@ def config_map_manifest_patch(
             f"(spec.selection.manifest.configMapRef) not found {where}"
         )
     return {CONFIG_MAP_MANIFEST: {"name": ref.name, "key": ref.key, "text": data[ref.key]}}
+
+
+def keeps_keys_apart(template: str) -> bool:
+    """Whether a key template maps distinct source keys to distinct target keys: it keeps
+    the whole key, or the whole of it relative to the source prefix."""
+    return "{key}" in template or "{relative}" in template
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,10 @@ async def run_scan(
     result = await ledger.upsert_inventory(
         migration_id, rows, scan_id, on_chunk=on_rows, in_place=context.same_bucket
     )
+    if not keeps_keys_apart(context.spec.target.key_template):
+        collided = await ledger.fail_target_collisions(migration_id)
+        if collided:
+            log.warning("%d objects share a target key with another source key", collided)
     finished = datetime.now(UTC)
     await ledger.update_state(
         migration_id,

@@ -256,7 +256,15 @@ class Worker:
             return
         self._claim_saw = self._arrivals.batches if self._arrivals is not None else 0
         self._claiming = asyncio.create_task(
-            self._ledger.claim(self._migration_id, self.owner, CLAIM_ORDER, wanted, self._lease)
+            self._ledger.claim(
+                self._migration_id,
+                self.owner,
+                CLAIM_ORDER,
+                wanted,
+                self._lease,
+                # Every version of a key goes to one target key: oldest first, one at once.
+                versions_in_order=self._ctx.spec.selection.all_versions,
+            )
         )
         self._claiming.add_done_callback(self._wake)
 

@@ -34,6 +34,7 @@ from typing import IO, Any, Literal, Protocol, Self, cast
 import asyncpg
 
 from objmig.ledger.models import (
+    ACTIVE_STATES,
     OBJECT_COLUMNS,
     CleanupItem,
     CleanupOutcome,
@@ -235,19 +236,34 @@ def _record_sql(present: tuple[str, ...], increments: bool) -> str:
     )
 
 
+#: A version of a key is claimable once no older version of it is still to be done: the
+#: scan lists versions newest first (a lower id), and ties in (whole-second) last-modified
+#: fall back to that order.
+_OLDER_VERSIONS_DONE = f"""
+      AND NOT EXISTS (
+          SELECT 1 FROM objects older
+          WHERE older.migration_id = objects.migration_id AND older.key = objects.key
+            AND (older.last_modified < objects.last_modified
+                 OR (older.last_modified = objects.last_modified AND older.id > objects.id))
+            AND older.state IN ({", ".join(f"'{s.value}'" for s in ACTIVE_STATES)})
+      )"""  # noqa: S608 - only module constants are interpolated
+
+
 @functools.cache
-def _claim_sql(after_hint: bool) -> str:
+def _claim_sql(after_hint: bool, versions_in_order: bool = False) -> str:
     """The claim statement (see ``Ledger.claim``).
 
     With ``after_hint`` the scan of free rows starts after ($6 = not_before or NULL,
     $7 = id). Two statements rather than one with an OR, so that each keeps an index
-    condition under a generic plan.
+    condition under a generic plan. ``versions_in_order``: see ``_OLDER_VERSIONS_DONE``.
     """
     after = (
         f"AND ({_NOT_BEFORE}, id) > (COALESCE($6::timestamptz, '-infinity'), $7::bigint)"
         if after_hint
         else ""
     )
+    if versions_in_order:
+        after += _OLDER_VERSIONS_DONE
     return f"""
 WITH expired AS (
     -- Leases whose owner stopped renewing: the small leased index.
@@ -675,6 +691,8 @@ class Ledger:
         states: Sequence[ObjectState],
         limit: int,
         lease: timedelta,
+        *,
+        versions_in_order: bool = False,
     ) -> list[ObjectRow]:
         """Lease up to ``limit`` claimable rows in ``states`` to ``owner``.
 
@@ -691,6 +709,10 @@ class Ledger:
         ``owner`` must be unique per worker incarnation (e.g. pod name plus a random
         suffix): a restarted worker must not be able to record results for leases its
         previous life held.
+
+        ``versions_in_order`` (a migration of every version of each key): a version is
+        claimable only once every older version of its key is done, so that versions
+        reach their one target key oldest first and never two at once.
         """
         if limit <= 0:
             return []
@@ -704,7 +726,9 @@ class Ledger:
                     args: tuple[object, ...] = (migration_id, value, remaining, owner, lease)
                     if hint is not None:
                         args += hint
-                    records = await conn.fetch(_claim_sql(hint is not None), *args)
+                    records = await conn.fetch(
+                        _claim_sql(hint is not None, versions_in_order), *args
+                    )
                     # RETURNING has no order; restore the claim order.
                     pairs = sorted(
                         ((ObjectRow.from_record(r), bool(r["swept"])) for r in records),
@@ -858,6 +882,34 @@ class Ledger:
             WHERE id = ANY($1::bigint[]) AND state <> 'deleted'
             """,
             list(ids),
+        )
+        return _affected(status)
+
+    async def fail_target_collisions(self, migration_id: int) -> int:
+        """Fail every row whose target key is also another source key's; returns how many.
+
+        A key template that drops part of the key (``{basename}``, dates) can map several
+        source keys onto one target key: each copy would overwrite the one before, and
+        all of them would pass as verified. Versions of one key sharing it are fine. The
+        rows' leases are ended, so a worker copying one cannot record it verified.
+        """
+        status = await self._pool.execute(
+            """
+            WITH shared AS (
+                SELECT target_key FROM objects
+                WHERE migration_id = $1 AND state <> 'deleted'
+                GROUP BY target_key HAVING count(DISTINCT key) > 1
+            )
+            UPDATE objects o
+            SET state = 'failed', error_code = 'TargetKeyCollision',
+                last_error = 'the key template maps other source keys onto target key '
+                             || o.target_key || ' too',
+                updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
+            FROM shared
+            WHERE o.migration_id = $1 AND o.target_key = shared.target_key
+              AND o.state <> 'deleted'
+            """,
+            migration_id,
         )
         return _affected(status)
 

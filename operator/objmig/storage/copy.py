@@ -202,6 +202,9 @@ class CopyOptions:
     - `split_part_size`: part size for single-part sources above `max_single_part_size`
       (5 GiB, the PutObject / CopyObject limit; some stores accept bigger single PUTs),
       which must become multipart on the target.
+    - `exact_layout`: learn every part's size before copying a multipart object instead of
+      guessing equal parts from part 1 (a wrong guess is copied again, which a copy that
+      replaces its own source cannot do).
     - `checksum_algorithm`: have the store compute and keep this additional checksum
       (SHA256, CRC32, ...) of a server-side single-part copy, so that verification can
       compare it with the source's without reading either object. (A streamed copy with
@@ -227,6 +230,7 @@ class CopyOptions:
     split_part_size: int = 512 * MiB
     max_single_part_size: int = MAX_COPY_OBJECT_SIZE
     checksum_algorithm: str | None = None
+    exact_layout: bool = False
 
 
 @dataclass(frozen=True)
@@ -252,6 +256,10 @@ class CopyResult:
     layout_kept: bool = True
     target_encryption: EncryptionInfo = field(default_factory=EncryptionInfo)
     upload_id: str | None = None
+    #: The additional checksum this copy had its store compute or check (its value on the
+    #: target is the store's word on the bytes written); None: any the target shows came
+    #: some other way, perhaps copied along from the source.
+    checksum_algorithm: str | None = None
 
     @property
     def source_etag(self) -> str:
@@ -378,6 +386,10 @@ async def _plan(
         layout = PartLayout(tuple(given), "head" if count else "single", multipart=bool(count))
     elif count is None:
         layout = PartLayout((head.size,), "single", multipart=False)
+    elif options.exact_layout:
+        layout = await resolve_part_layout(
+            client, source.bucket, source.key, head.version_id, source.sse_c_key, head=head
+        )
     else:
         layout = await _multipart_layout(client, source, head, count)
     if not layout.multipart and head.size > options.max_single_part_size:
@@ -484,6 +496,7 @@ def _result(
     server_side: bool,
     sha256: str | None = None,
     upload_id: str | None = None,
+    checksum_algorithm: str | None = None,
 ) -> CopyResult:
     etag = normalise_etag(written.etag)
     return CopyResult(
@@ -499,6 +512,7 @@ def _result(
         layout_kept=plan.layout.exact,
         target_encryption=written.encryption,
         upload_id=upload_id,
+        checksum_algorithm=checksum_algorithm,
     )
 
 
@@ -556,7 +570,13 @@ async def _server_side_single(
         raise
     if options.on_progress is not None:
         options.on_progress(plan.head.size)
-    return _result(written=written, plan=plan, options=options, server_side=True)
+    return _result(
+        written=written,
+        plan=plan,
+        options=options,
+        server_side=True,
+        checksum_algorithm=options.checksum_algorithm,
+    )
 
 
 async def _exists(client: S3HttpClient, target: TargetObject) -> bool:
@@ -693,6 +713,7 @@ async def _streamed_single(
         options=options,
         server_side=False,
         sha256=digest.hexdigest() if digest is not None else None,
+        checksum_algorithm="SHA256" if "x-amz-checksum-sha256" in headers else None,
     )
 
 
