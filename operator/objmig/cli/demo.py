@@ -3,7 +3,8 @@
 It starts an S3 server (moto's server mode) and an embedded PostgreSQL ledger, seeds a source
 bucket with a few hundred objects (small ones, multipart ones, Deep Archive ones, some with
 metadata and tags), and migrates them to another bucket with SSE and a storage-class change:
-restore, copy, verify, cutover, and the approval digest a cleanup would need.
+restore, copy, verify, cutover. Then it cleans up the source: first without an approval
+(the gates refuse), then approved with the verification digest.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from typing import TYPE_CHECKING
 import click
 import yaml
 
+from objmig.api.cleanup import MigrationCleanup
 from objmig.api.loading import parse_resource
 from objmig.api.migration import ObjectMigration
 from objmig.cli.ledger import open_ledger
-from objmig.cli.migrate import drive, report_outcome
+from objmig.cli.migrate import drive, report_cleanup, report_outcome
+from objmig.engine.cleanup import run_cleanup
 from objmig.engine.secrets import FileSecrets
 from objmig.local.postgres import EmbeddedPostgres
 from objmig.local.s3server import LocalS3Server
@@ -64,6 +67,28 @@ def demo_migration(endpoint: str) -> ObjectMigration:
     }
     resource = parse_resource(document, "demo")
     assert isinstance(resource, ObjectMigration)
+    return resource
+
+
+def demo_cleanup(digest: str | None) -> MigrationCleanup:
+    """The demo's MigrationCleanup of the source; approved when `digest` is given."""
+    spec: dict[str, object] = {
+        "migrationRef": {"name": "demo"},
+        "what": "source",
+        # A real cleanup waits days after the cutover; the demo shows the gates, not the wait.
+        "gracePeriod": "0s",
+        "minAge": "0s",
+    }
+    if digest is not None:
+        spec["approval"] = {"digest": digest}
+    document = {
+        "apiVersion": "objmig.dev/v1alpha1",
+        "kind": "MigrationCleanup",
+        "metadata": {"name": "demo-cleanup", "namespace": "default"},
+        "spec": spec,
+    }
+    resource = parse_resource(document, "demo")
+    assert isinstance(resource, MigrationCleanup)
     return resource
 
 
@@ -151,16 +176,25 @@ async def _demo(state_dir: Path, small: int, multipart: int, archived: int) -> i
         spec_path = state_dir / "migration.yaml"
         spec_path.write_text(yaml.safe_dump(migration.to_wire(), sort_keys=False))
         click.echo(f"migration spec: {spec_path}")
+        secrets = FileSecrets(secrets_file)
         async with open_ledger(None, state_dir) as ledger:
             started = time.monotonic()
-            result = await drive(migration, ledger, FileSecrets(secrets_file), workers=2)
+            result = await drive(migration, ledger, secrets, workers=2)
             elapsed = time.monotonic() - started
-        report_outcome("default/demo", result)
-        click.echo(f"migration finished in {elapsed:.1f}s")
-        digest = result.status.verification.digest
-        if digest:
-            click.echo(f"verification digest (quote it to approve a cleanup): {digest}")
-        return 0 if result.outcome == "cut-over" else 1
+            report_outcome("default/demo", result)
+            click.echo(f"migration finished in {elapsed:.1f}s")
+            digest = result.status.verification.digest
+            if result.outcome != "cut-over" or digest is None:
+                return 1
+            click.echo(f"verification digest (a cleanup approval quotes it): {digest}")
+            click.echo("\ncleanup of the source without an approval:")
+            refused = demo_cleanup(None)
+            report_cleanup(refused, await run_cleanup(ledger, refused, secrets))
+            click.echo("\ncleanup of the source, approved with the digest:")
+            approved = demo_cleanup(digest)
+            cleaned = await run_cleanup(ledger, approved, secrets)
+            report_cleanup(approved, cleaned)
+        return 0 if cleaned.phase == "Completed" else 1
 
 
 @click.command()

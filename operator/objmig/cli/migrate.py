@@ -352,6 +352,12 @@ def cleanup(
             return await run_cleanup(ledger, resource, secret_source(secrets_file))
 
     result = asyncio.run(main())
+    report_cleanup(resource, result)
+    sys.exit(0 if result.phase == "Completed" else EXIT_AWAITING)
+
+
+def report_cleanup(resource: MigrationCleanup, result: MigrationCleanupStatus) -> None:
+    """Print a cleanup pass: its phase, the gates that held it back, what it deleted."""
     console = Console()
     name = f"{resource.metadata.namespace}/{resource.metadata.name}"
     console.print(f"{name}: {result.phase}", highlight=False)
@@ -366,4 +372,3 @@ def cleanup(
     )
     for reason, count in sorted(counts.skipped_by_reason.items()):
         console.print(f"  skipped {count}: {reason}", highlight=False)
-    sys.exit(0 if result.phase == "Completed" else EXIT_AWAITING)
