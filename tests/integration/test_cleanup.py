@@ -239,3 +239,24 @@ async def test_leftovers_abort_stale_uploads_and_keep_everything_referenced(
     assert upload["UploadId"] not in upload_ids
     assert foreign["UploadId"] in upload_ids
     assert len(await keys_of(s3_client, source)) == 4
+
+
+async def test_a_rollback_under_way_keeps_a_cleanup_from_deleting_and_the_reverse(
+    ledger: Ledger, s3_endpoint: Endpoint, s3_seed: S3Seeder, s3_client: S3Client
+) -> None:
+    source, _, digest = await _migrated(ledger, s3_endpoint, s3_seed)
+    migration_id = await ledger.find_migration("test/m")
+    assert migration_id is not None
+    # A rollback began (its process may have died half-way): no cleanup may start now.
+    assert await ledger.start_rollback(migration_id)
+
+    blocked = await run_cleanup(ledger, cleanup_of(digest), secrets_for(s3_endpoint))
+
+    assert blocked.counts.deleted == 0
+    assert "RolledBack" in {gate.reason for gate in blocked.unmet_gates}
+    assert len(await keys_of(s3_client, source)) == 7
+    # Once a cleanup has started, the other way round: no rollback.
+    await ledger.update_state(migration_id, {"rollbackStarted": None})
+    assert await ledger.start_cleanup(migration_id)
+    assert not await ledger.start_rollback(migration_id)
+

@@ -63,7 +63,8 @@ def migration_facts(
     at = cutover.get("at")
     return MigrationFacts(
         cut_over_at=datetime.fromisoformat(at) if at else None,
-        rolled_back=bool(cutover.get("rolledBackAt")),
+        # A rollback under way counts: it may be pointing applications back at the source.
+        rolled_back=bool(cutover.get("rolledBackAt") or state.get("rollbackStarted")),
         digest=state.get("verification", {}).get("digest"),
         same_bucket=same_bucket,
         name=name,
@@ -108,10 +109,12 @@ async def delete_sources(
     gate = migration_verdict(spec, facts, now or datetime.now(UTC))
     if not gate.delete:
         return CleanupRun(gate=gate)
+    if not spec.dry_run and not await ledger.start_cleanup(migration_id):
+        # A rollback began (or finished) since the gates were read.
+        return CleanupRun(
+            gate=Verdict(False, "RolledBack", "the migration's cutover is being rolled back")
+        )
     await ledger.plan_cleanup(cleanup_id, migration_id)
-    if not spec.dry_run:
-        # From here on a source object may be gone: rollback must be refused.
-        await ledger.update_state(migration_id, {"cleanupStarted": True})
     owner = worker_identity()
     source_spec, target_spec = context.spec.source, context.spec.target
     deleted = skipped = failed = 0

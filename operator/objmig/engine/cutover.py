@@ -195,6 +195,9 @@ async def perform_rollback(
     cutover = state.get("cutover", {})
     cut_over = bool(cutover.get("at")) and not cutover.get("rolledBackAt")
     gate = rollback_gate(cut_over=cut_over, cleanup_started=bool(state.get("cleanupStarted")))
+    if gate.ok and not await ledger.start_rollback(migration_id):
+        # A cleanup started since the state was read.
+        gate = rollback_gate(cut_over=cut_over, cleanup_started=True)
     if not gate.ok:
         if gate.reason != "NotCutOver":
             await ledger.update_state(
@@ -220,7 +223,8 @@ async def perform_rollback(
                 **cutover,
                 "actions": actions,
                 "rolledBackAt": datetime.now(UTC).isoformat(),
-            }
+            },
+            "rollbackStarted": None,
         },
     )
     return gate

@@ -450,6 +450,42 @@ class Ledger:
             raise UnknownMigration(f"no migration with id {migration_id}")
         return cast(dict[str, Any], state)
 
+    async def start_cleanup(self, migration_id: int) -> bool:
+        """Record that source objects may be deleted from now on; False if not allowed.
+
+        Allowed only while the migration is cut over, not rolled back, and no rollback has
+        begun (see `start_rollback`): one statement decides between the two, so a cleanup
+        and a rollback started at the same moment cannot both go ahead.
+        """
+        started = await self._pool.fetchval(
+            """
+            UPDATE migrations SET state = state || '{"cleanupStarted": true}'::jsonb
+            WHERE id = $1
+              AND state->'cutover'->>'at' IS NOT NULL
+              AND state->'cutover'->>'rolledBackAt' IS NULL
+              AND coalesce(state->>'rollbackStarted', 'false') <> 'true'
+            RETURNING true
+            """,
+            migration_id,
+        )
+        return bool(started)
+
+    async def start_rollback(self, migration_id: int) -> bool:
+        """Record that the cutover is being reverted; False once a cleanup has started.
+
+        The mark stays until the rollback finishes (a half-done rollback keeps cleanups
+        out, see `start_cleanup`); clear it with ``update_state({"rollbackStarted": None})``.
+        """
+        started = await self._pool.fetchval(
+            """
+            UPDATE migrations SET state = state || '{"rollbackStarted": true}'::jsonb
+            WHERE id = $1 AND coalesce(state->>'cleanupStarted', 'false') <> 'true'
+            RETURNING true
+            """,
+            migration_id,
+        )
+        return bool(started)
+
     # -- inventory ----------------------------------------------------------------------------
 
     async def upsert_inventory(
