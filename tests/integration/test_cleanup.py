@@ -259,4 +259,3 @@ async def test_a_rollback_under_way_keeps_a_cleanup_from_deleting_and_the_revers
     await ledger.update_state(migration_id, {"rollbackStarted": None})
     assert await ledger.start_cleanup(migration_id)
     assert not await ledger.start_rollback(migration_id)
-
