@@ -552,6 +552,37 @@ async def test_a_configmap_worklist_reaches_the_scan_pod_through_the_ledger(
     await assert_all_verified(ledger, ns, name, wanted)
 
 
+async def test_a_dry_run_then_the_real_run_copies_every_planned_object(
+    k8s_cluster: ControlPlane,
+    k8s_namespace: str,
+    objmig_operator: OperatorProcess,
+    s3_server: LocalS3Server,
+    s3_seed: S3Seeder,
+    s3_client: S3Client,
+    ledger: Ledger,
+) -> None:
+    """The plan's rows end as skipped (PlanCopy): turning dryRun off must put them back to
+    work, not count them as done (the migration stayed at NothingVerified for good)."""
+    ns, name = k8s_namespace, "plan-then-run"
+    source, target = await s3_seed.bucket(), await s3_seed.bucket()
+    expected = await seed_many(s3_seed, source, (f"k/{i}" for i in range(8)), 40)
+    create_secret(k8s_cluster, ns, *moto_keys(s3_server))
+
+    apply_migration(k8s_cluster, ns, name, s3_server.endpoint_url, source, target, dryRun=True)
+    planned = wait_for(
+        k8s_cluster, ns, name,
+        lambda r: (r.get("status", {}).get("plan") or {}).get("wouldCopy") == len(expected),
+        what="a plan of every object", operator=objmig_operator,
+    )  # fmt: skip
+    assert condition(planned, "CutOver").get("status") != "True"
+    assert await listing(s3_client, target) == {}
+
+    patch_spec(k8s_cluster, ns, name, {"dryRun": False})
+    wait_cut_over(k8s_cluster, ns, name)
+    assert await listing(s3_client, target) == expected
+    await assert_all_verified(ledger, ns, name, expected)
+
+
 async def test_a_killed_pod_and_a_restarted_operator_converge_without_duplicate_jobs(
     k8s_cluster: ControlPlane,
     k8s_namespace: str,

@@ -103,6 +103,15 @@ def test_cutover_blocked_by_failures_over_budget() -> None:
     assert gate.reason == "FailureBudgetExceeded"
 
 
+def test_cutover_holds_the_ratio_to_every_object_however_few() -> None:
+    # minObjects spares a run its first failures while it goes; at the cutover every
+    # object has finished, and 49 failed out of 50 is 98 %, not "too few to judge".
+    spec = _spec(failurePolicy={"maxFailureRatio": 0.1, "minObjects": 100})
+    gate = cutover_gate(spec, _inputs(_tally(verified=1, failed=49)))
+    assert (gate.ok, gate.reason) == (False, "FailureRatioExceeded")
+    assert cutover_gate(spec, _inputs(_tally(verified=45, failed=4))).ok
+
+
 def test_cutover_with_catch_up_waits_for_an_empty_delta() -> None:
     spec = _spec(cutover={"catchUp": True, "maxCatchUpRounds": 3})
     tally = _tally(verified=10)

@@ -39,7 +39,7 @@ from objmig.controller.kube import Kube, KubeConfigMaps
 from objmig.engine.context import ledger_name
 from objmig.engine.cutover import perform_cutover, perform_rollback
 from objmig.engine.policy import CatchUp
-from objmig.engine.run import RateMeter, compute_status, record_verification
+from objmig.engine.run import RateMeter, compute_status, record_verification, switch_plan_mode
 from objmig.engine.scan import config_map_manifest_patch, manifest_config_map
 from objmig.engine.secrets import ConfigMapNotFound, EnvSecrets, env_name
 from objmig.engine.status import tally
@@ -169,6 +169,7 @@ class MigrationService:
         generation = migration.metadata.generation
         if state.get("generation") == generation and "spec" in state:
             return state
+        await switch_plan_mode(self._ledger, migration_id, dry_run=migration.spec.dry_run)
         patch: dict[str, Any] = {"spec": migration.spec.to_wire(), "generation": generation}
         if state.get("failed"):
             round_, wave = rounds(state)

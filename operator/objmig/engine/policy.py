@@ -63,8 +63,13 @@ def backoff_delay(attempt: int, backoff: BackoffSpec, rng: random.Random | None 
     return delay
 
 
-def failure_budget(tally: Tally, policy: FailurePolicySpec) -> Gate:
-    """Whether failures so far stay within ``maxFailedObjects`` and ``maxFailureRatio``."""
+def failure_budget(tally: Tally, policy: FailurePolicySpec, *, final: bool = False) -> Gate:
+    """Whether failures so far stay within ``maxFailedObjects`` and ``maxFailureRatio``.
+
+    While objects are still being copied the ratio waits for ``minObjects`` finished ones
+    (a few early failures are no trend); ``final``: every object has finished, and the
+    ratio is the migration's own, however few objects it has.
+    """
     if policy.max_failed_objects is not None and tally.failures > policy.max_failed_objects:
         return Gate(
             False,
@@ -74,7 +79,7 @@ def failure_budget(tally: Tally, policy: FailurePolicySpec) -> Gate:
         )
     if (
         policy.max_failure_ratio is not None
-        and tally.finished >= policy.min_objects
+        and (final or tally.finished >= policy.min_objects)
         and tally.failures > policy.max_failure_ratio * tally.finished
     ):
         ratio = tally.failures / tally.finished
@@ -150,7 +155,7 @@ def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
             f"{tally.verified} of {tally.total} objects verified, {tally.outstanding} still "
             "in progress",
         )
-    budget = failure_budget(tally, spec.failure_policy)
+    budget = failure_budget(tally, spec.failure_policy, final=True)
     if not budget.ok:
         return budget
     policy = spec.failure_policy

@@ -108,7 +108,7 @@ class LocalRun:
             context.name, self._migration.metadata.uid or ""
         )
         await self._ledger.update_state(mid, inputs)
-        await self._switch_plan_mode(mid)
+        await switch_plan_mode(self._ledger, mid, dry_run=self._spec.dry_run)
         dead = dead_local_owners(await self._ledger.lease_owners(mid))
         if dead:
             released = await self._ledger.expire_leases(mid, dead)
@@ -156,13 +156,6 @@ class LocalRun:
         return RunResult("cut-over", await self._publish())
 
     # -- stages -----------------------------------------------------------------------------
-
-    async def _switch_plan_mode(self, mid: int) -> None:
-        """A real run after a dry run must not mistake the plan's rows for finished work."""
-        state = await self._ledger.get_state(mid)
-        if state.get("dryRun") and not self._spec.dry_run:
-            await self._ledger.requeue(mid, [ObjectState.SKIPPED], skip_reasons=PLAN_REASONS)
-        await self._ledger.update_state(mid, {"dryRun": self._spec.dry_run})
 
     async def _copy_until_done(
         self, context: MigrationContext, stop: asyncio.Event, *, scanning: bool = False
@@ -285,6 +278,19 @@ class LocalRun:
         self._previous = status
         self._on_status(status)
         return status
+
+
+async def switch_plan_mode(ledger: Ledger, migration_id: int, *, dry_run: bool) -> None:
+    """Record whether the migration only plans; leaving a dry run requeues the plan's rows.
+
+    A dry run ends each row as skipped with what a real run would do (`PLAN_REASONS`): a
+    real run after it must not mistake them for finished work (the cutover gate counts
+    skipped rows as done). Both drivers call this whenever they take up the spec.
+    """
+    state = await ledger.get_state(migration_id)
+    if state.get("dryRun") and not dry_run:
+        await ledger.requeue(migration_id, [ObjectState.SKIPPED], skip_reasons=PLAN_REASONS)
+    await ledger.update_state(migration_id, {"dryRun": dry_run})
 
 
 async def compute_status(
