@@ -583,6 +583,41 @@ async def test_a_dry_run_then_the_real_run_copies_every_planned_object(
     await assert_all_verified(ledger, ns, name, expected)
 
 
+async def test_a_cutover_that_cannot_finish_says_so_and_finishes_once_fixed(
+    k8s_cluster: ControlPlane,
+    k8s_namespace: str,
+    objmig_operator: OperatorProcess,
+    s3_server: LocalS3Server,
+    s3_seed: S3Seeder,
+) -> None:
+    """The ConfigMap to patch at cutover does not exist: a Failed condition with the reason,
+    not a reconcile failing every few seconds; once it exists and the spec is touched, the
+    cutover completes."""
+    ns, name = k8s_namespace, "cutover-fails"
+    source, target = await s3_seed.bucket(), await s3_seed.bucket()
+    await seed_many(s3_seed, source, (f"k/{i}" for i in range(3)), 20)
+    create_secret(k8s_cluster, ns, *moto_keys(s3_server))
+    action = {"configMapRef": {"name": "app-config", "data": {"S3_BUCKET": target}}}
+
+    apply_migration(k8s_cluster, ns, name, s3_server.endpoint_url, source, target, cutover=action)
+    failed = wait_for(
+        k8s_cluster, ns, name, lambda r: condition(r, "Failed").get("status") == "True",
+        what="Failed=True", operator=objmig_operator,
+    )  # fmt: skip
+    assert condition(failed, "Failed")["reason"] == "CutoverFailed"
+    assert "edit the spec to retry" in condition(failed, "Failed")["message"]
+    assert condition(failed, "CutOver").get("status") != "True"
+
+    k8s_cluster.apply_yaml(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app-config"}},
+        namespace=ns,
+    )
+    patch_spec(k8s_cluster, ns, name, {"retry": {"attempts": 3}})
+    wait_cut_over(k8s_cluster, ns, name)
+    data = k8s_cluster.kubectl_json("get", "configmap", "app-config", "-n", ns)["data"]
+    assert data == {"S3_BUCKET": target}
+
+
 async def test_a_killed_pod_and_a_restarted_operator_converge_without_duplicate_jobs(
     k8s_cluster: ControlPlane,
     k8s_namespace: str,

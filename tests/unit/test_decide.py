@@ -49,6 +49,17 @@ def test_a_new_migration_starts_with_one_scan_job() -> None:
         1,
     )
     assert not decision.job.suspend
+    assert decision.job.scan_id == 1
+
+
+def test_a_catch_up_round_scans_with_its_own_number_however_often_a_pod_is_retried() -> None:
+    # Round 2's scan is scan 3: a pod that scanned part of it and was retried repeats scan
+    # 3; it does not count as round 3's (which would skip a catch-up round unscanned).
+    decision = _decide(
+        tally=_tally(verified=4), scan={"id": 2, "completedAt": "t"}, operator={"round": 2}
+    )
+    assert decision.job is not None
+    assert (decision.job.name, decision.job.scan_id) == ("m-scan-r2", 3)
 
 
 def test_after_the_scan_a_copy_job_runs_with_the_spec_parallelism() -> None:

@@ -111,6 +111,16 @@ def test_messages_never_carry_secrets() -> None:
     assert "secret stuff" not in message
 
 
+def test_redact_removes_passwords_of_both_dsn_forms() -> None:
+    text = "connect postgresql://app:hunter2@db/x failed; host=db password = hunter3 user=app"
+
+    cleaned = redact(text)
+
+    assert "hunter2" not in cleaned
+    assert "hunter3" not in cleaned
+    assert "host=db" in cleaned
+
+
 def test_redact_removes_given_secrets_and_credential_parameters() -> None:
     text = "key=supersecret Credential=AKIA/2024, Signature=deadbeef token"
 

@@ -111,7 +111,12 @@ def decide(observed: Observed) -> Decision:
         job = observed.jobs.get(name)
         if job is not None and job.failed_reason is not None:
             return Decision(failed=("ScanFailed", f"Job {name}: {job.failed_message}"))
-        return Decision(job=JobWant(name, "scan", 1, suspend=False), clear_paused=clear_paused)
+        # The scan's number is the round's: a pod retried (evicted, killed, suspended and
+        # resumed) repeats this scan instead of counting as the next round's.
+        return Decision(
+            job=JobWant(name, "scan", 1, suspend=False, scan_id=round_ + 1),
+            clear_paused=clear_paused,
+        )
 
     catch_up = CatchUp.of(state)
     if round_ > 0 and catch_up.rounds < round_:

@@ -44,6 +44,7 @@ from objmig.engine.scan import config_map_manifest_patch, manifest_config_map
 from objmig.engine.secrets import ConfigMapNotFound, EnvSecrets, env_name
 from objmig.engine.status import tally
 from objmig.ledger import Counts, Ledger, MigrationConflict
+from objmig.storage.errors import redact
 
 log = logging.getLogger(__name__)
 
@@ -227,13 +228,31 @@ class MigrationService:
                 # perform_cutover reads this key with .get(key, {}); a finished earlier
                 # cutover left it JSON null, which would crash a re-cutover after a rollback.
                 await self._ledger.update_state(migration_id, {"cutoverInProgress": {}})
-            record = await perform_cutover(
-                self._ledger,
-                migration_id,
-                migration.spec,
-                await self._secrets_for_cutover(migration),
-                KubeConfigMaps(self._kube, namespace),
-            )
+            # The digest a cleanup approval quotes must describe what is cut over: a
+            # catch-up may have re-copied objects without changing how many are verified.
+            await record_verification(self._ledger, migration_id)
+            try:
+                record = await perform_cutover(
+                    self._ledger,
+                    migration_id,
+                    migration.spec,
+                    await self._secrets_for_cutover(migration),
+                    KubeConfigMaps(self._kube, namespace),
+                )
+            except Exception as error:
+                # Some actions may be done (catalog rows swapped in committed batches): they
+                # stay recorded in cutoverInProgress and the next attempt completes them.
+                # A condition says so, instead of a reconcile failing every few seconds.
+                message = (
+                    f"the cutover stopped half-way ({type(error).__name__}: "
+                    f"{redact(str(error))}); what was done is kept and the next attempt "
+                    "finishes it: fix the cause, then edit the spec to retry"
+                )
+                await self._ledger.update_state(
+                    migration_id, {"failed": {"reason": "CutoverFailed", "message": message}}
+                )
+                events.append(Event("Warning", "CutoverFailed", message))
+                return events
             events.append(Event("Normal", "CutOver", "; ".join(record["actions"]) or "cut over"))
         if decision.roll_back:
             gate = await perform_rollback(

@@ -309,13 +309,23 @@ class Worker:
         return [*self._inflight, *(row.id for row in self._backlog)]
 
     async def _heartbeat_loop(self) -> None:
+        """Extend the leases every third of their length, for as long as the worker runs.
+
+        A failed extension (the ledger restarting, a dropped connection) is tried again at
+        the next beat: the leases outlive two missed beats, and a loop that ended here
+        would let them all expire under objects still being copied.
+        """
         interval = max(1.0, self._lease.total_seconds() / 3)
         while True:
             await asyncio.sleep(interval)
             ids = self._held_ids()
             if not ids:
                 continue
-            held = await self._ledger.heartbeat(self.owner, ids, self._lease)
+            try:
+                held = await self._ledger.heartbeat(self.owner, ids, self._lease)
+            except Exception as exc:
+                log.warning("worker %s: extending %d leases failed: %s", self.owner, len(ids), exc)
+                continue
             lost = set(ids) - held
             if not lost:
                 continue

@@ -185,6 +185,8 @@ _REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
         r"\1=***",
     ),
     (re.compile(r"(?i)(Credential|Signature)=[^,\s]+"), r"\1=***"),
+    # libpq keyword DSNs (a catalog's dsnSecretRef): "host=db password=..."
+    (re.compile(r"(?i)\b(password)\s*=\s*[^\s&]+"), r"\1=***"),
 )
 
 
