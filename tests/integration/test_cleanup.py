@@ -172,6 +172,24 @@ async def test_dry_run_deletes_nothing_and_lists_what_it_would(
     assert {r.state for r in (await rows_of(ledger)).values()} == {ObjectState.VERIFIED}
 
 
+async def test_the_same_cleanup_made_real_after_its_dry_run_deletes(
+    ledger: Ledger, s3_endpoint: Endpoint, s3_seed: S3Seeder, s3_client: S3Client
+) -> None:
+    source, _, digest = await _migrated(ledger, s3_endpoint, s3_seed)
+    secrets = secrets_for(s3_endpoint)
+    await run_cleanup(ledger, cleanup_of(digest, dryRun=True), secrets)
+
+    # The same MigrationCleanup, dryRun switched off: a new pass, not "already complete".
+    status = await run_cleanup(ledger, cleanup_of(digest), secrets)
+
+    assert (status.phase, status.counts.deleted, status.counts.bytes_freed) == (
+        "Completed",
+        6,
+        6 * KiB,
+    )
+    assert set(await keys_of(s3_client, source)) == {"outside/keep"}
+
+
 async def test_limit_caps_the_deletions(
     ledger: Ledger, s3_endpoint: Endpoint, s3_seed: S3Seeder, s3_client: S3Client
 ) -> None:

@@ -169,3 +169,39 @@ async def test_cleanup_waits_for_the_grace_period_and_says_until_when(
     assert len(await listing(s3_client, source)) == 4
     events = k8s_cluster.kubectl_json("get", "events", "-n", k8s_namespace)["items"]
     assert any(e.get("reason") == "Blocked" for e in events)
+
+
+async def test_a_dry_run_cleanup_made_real_runs_again_and_deletes(
+    k8s_cluster: ControlPlane,
+    k8s_namespace: str,
+    objmig_operator: OperatorProcess,
+    s3_server: LocalS3Server,
+    s3_seed: S3Seeder,
+    s3_client: S3Client,
+) -> None:
+    source, _, digest = await _cut_over(k8s_cluster, k8s_namespace, s3_server, s3_seed, 4)
+    approved = {"gracePeriod": "0s", "minAge": "0s", "approval": {"digest": digest}}
+    apply_cleanup(k8s_cluster, k8s_namespace, "c", dryRun=True, **approved)
+    k8s_cluster.kubectl(
+        "wait", "--for=condition=Complete", f"{CLEANUPS}/c", "-n", k8s_namespace,
+        "--timeout=120s", timeout=135,
+    )  # fmt: skip
+    assert len(await listing(s3_client, source)) == 5
+
+    k8s_cluster.kubectl(
+        "patch", CLEANUPS, "c", "-n", k8s_namespace, "--type=merge",
+        "-p", json.dumps({"spec": {"dryRun": False}}),
+    )  # fmt: skip
+
+    def real_pass_done() -> bool:
+        mcl = get_mcl(k8s_cluster, k8s_namespace, "c")
+        status = mcl.get("status", {})
+        return (
+            status.get("observedGeneration") == mcl["metadata"]["generation"]
+            and status.get("phase") == "Completed"
+        )
+
+    wait_until(real_pass_done, timeout=120, what="the real pass to complete")
+    assert set(await listing(s3_client, source)) == {"keep/me"}
+    jobs = k8s_cluster.kubectl_json("get", "jobs", "-n", k8s_namespace)["items"]
+    assert {"c-cleanup", "c-cleanup-p1"} <= {j["metadata"]["name"] for j in jobs}

@@ -20,7 +20,7 @@ from objmig.controller.config import OperatorConfig
 from objmig.controller.jobs import CLEANUP_LABEL, JobWant, cleanup_job
 from objmig.controller.kube import Kube
 from objmig.controller.service import Event, Outcome
-from objmig.engine.cleanup import cleanup_status, migration_facts
+from objmig.engine.cleanup import cleanup_status, migration_facts, take_up_spec
 from objmig.engine.deletion import unmet_gates
 from objmig.ledger import Ledger, MigrationConflict
 
@@ -55,10 +55,10 @@ class CleanupService:
             )
         except MigrationConflict as error:
             return _blocked(previous, "LedgerConflict", str(error), failed=True)
-        # The worker reads the spec from the ledger, like migration workers do.
-        await self._ledger.update_cleanup_state(
-            cleanup_id, {"spec": spec.to_wire(), "uid": meta.uid}
-        )
+        # The worker reads the spec from the ledger, like migration workers do; a changed
+        # spec starts a new pass, with a Job of its own.
+        pass_ = await take_up_spec(self._ledger, cleanup_id, spec)
+        await self._ledger.update_cleanup_state(cleanup_id, {"uid": meta.uid})
         state = await self._ledger.get_state(migration_id)
         now = datetime.now(UTC)
         unmet = unmet_gates(spec, migration_facts(state), now) if spec.what == "source" else []
@@ -66,7 +66,7 @@ class CleanupService:
         events: list[Event] = []
         cleanup_state = await self._ledger.get_cleanup_state(cleanup_id)
         if not unmet and not cleanup_state.get("completedAt") and not cleanup_state.get("failed"):
-            name = f"{meta.name}-cleanup"[:63]
+            name = (f"{meta.name}-cleanup" + (f"-p{pass_}" if pass_ else ""))[:63]
             if name not in jobs:
                 migration = ObjectMigration(
                     metadata=ObjectMeta(name=spec.migration_ref.name, namespace=meta.namespace),

@@ -71,6 +71,27 @@ def migration_facts(
     )
 
 
+async def take_up_spec(ledger: Ledger, cleanup_id: int, spec: MigrationCleanupSpec) -> int:
+    """Store the cleanup's spec for its passes; returns the number of the current pass.
+
+    A spec that differs from the one the last pass ran with (a dry run made real, a higher
+    limit, an approval added) starts a new pass: what was not deleted is decided again,
+    and the cleanup is no longer complete. Both drivers call this before a pass.
+    """
+    state = await ledger.get_cleanup_state(cleanup_id)
+    wire = spec.to_wire()
+    current = int(state.get("pass", 0))
+    if state.get("spec") == wire:
+        return current
+    patch: dict[str, Any] = {"spec": wire}
+    if "spec" in state:
+        await ledger.reopen_cleanup(cleanup_id)
+        current += 1
+        patch |= {"pass": current, "completedAt": None, "failed": None, "summary": None}
+    await ledger.update_cleanup_state(cleanup_id, patch)
+    return current
+
+
 @dataclass(frozen=True)
 class CleanupRun:
     """What one pass of a cleanup did."""
@@ -321,6 +342,7 @@ async def run_cleanup(
         f"{namespace}/{cleanup.metadata.name}", cleanup.metadata.uid or "", migration_id
     )
     spec = cleanup.spec
+    await take_up_spec(ledger, cleanup_id, spec)
     if spec.what == "source":
         run = await delete_sources(
             ledger, cleanup_id, migration_id, spec, context, stop=stop, now=now

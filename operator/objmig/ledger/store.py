@@ -1441,6 +1441,23 @@ class Ledger:
         value = await self._pool.fetchval("SELECT state FROM cleanups WHERE id = $1", cleanup_id)
         return cast(dict[str, Any], value or {})
 
+    async def reopen_cleanup(self, cleanup_id: int) -> int:
+        """Put every item not deleted back to ``planned``, for a new pass; returns how many.
+
+        Items a dry run would have deleted, skipped ones (their gate may hold now) and
+        failed ones are decided again; deleted ones stay deleted.
+        """
+        status = await self._pool.execute(
+            """
+            UPDATE cleanup_items
+            SET outcome = 'planned', reason = NULL, message = NULL, lease_owner = NULL,
+                lease_expires_at = NULL, updated_at = now()
+            WHERE cleanup_id = $1 AND outcome NOT IN ('planned', 'deleted')
+            """,
+            cleanup_id,
+        )
+        return _affected(status)
+
     async def update_cleanup_state(self, cleanup_id: int, patch: dict[str, Any]) -> None:
         """Shallow-merge ``patch`` into a cleanup's bookkeeping."""
         await self._pool.execute(
