@@ -19,7 +19,7 @@ from tests.integration.engine_support import keys_of, migration, rows_of, run, s
 KiB = 1024
 
 
-def cleanup_of(digest: str | None, **spec: Any) -> MigrationCleanup:
+def cleanup_of(digest: str | None, *, name: str = "c", **spec: Any) -> MigrationCleanup:
     body: dict[str, Any] = {"migrationRef": {"name": "m"}, "gracePeriod": "0s", "minAge": "0s"}
     if digest is not None:
         body["approval"] = {"digest": digest}
@@ -28,7 +28,7 @@ def cleanup_of(digest: str | None, **spec: Any) -> MigrationCleanup:
         {
             "apiVersion": "objmig.dev/v1alpha1",
             "kind": "MigrationCleanup",
-            "metadata": {"name": "c", "namespace": "test"},
+            "metadata": {"name": name, "namespace": "test"},
             "spec": body,
         }
     )

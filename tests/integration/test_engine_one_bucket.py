@@ -178,7 +178,8 @@ async def test_cleanup_never_deletes_an_object_rewritten_in_place(
     await ledger.pool.execute("UPDATE objects SET state = 'failed' WHERE key = 'k0'")
 
     source = await run_cleanup(ledger, cleanup_of(digest), secrets)
-    leftovers = await run_cleanup(ledger, cleanup_of(None, what="leftovers"), secrets)
+    sweep = cleanup_of(None, name="leftovers", what="leftovers")
+    leftovers = await run_cleanup(ledger, sweep, secrets)
 
     assert source.counts.deleted == 0
     assert source.counts.skipped_by_reason == {"InPlace": 2}

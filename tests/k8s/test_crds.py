@@ -468,6 +468,7 @@ UPDATES: list[tuple[str, str, dict[str, Any], str, str]] = [
      "target endpoint, bucket, prefix and keyTemplate are immutable"),
     ("cleanup-migration-ref", MCL, {"spec.migrationRef.name": "another"}, "spec.migrationRef",
      "migrationRef is immutable"),
+    ("cleanup-what", MCL, {"spec.what": "leftovers"}, "spec.what", "what is immutable"),
 ]
 # fmt: on
 

@@ -41,7 +41,13 @@ class MigrationCleanupSpec(ApiModel):
         default="source",
         description="source: delete the migrated source objects of a cut-over migration; "
         "leftovers: abort objmig's stale multipart uploads and remove target objects of "
-        "failed attempts that no verified object points to.",
+        "failed attempts that no verified object points to. Immutable: another kind of "
+        "cleanup is another MigrationCleanup.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self == oldSelf", "message": "what is immutable"}
+            ]
+        },
     )
     grace_period: Duration = Field(
         default="72h", description="Time that must pass after the cutover before deleting."
