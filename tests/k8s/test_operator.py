@@ -552,6 +552,33 @@ async def test_a_configmap_worklist_reaches_the_scan_pod_through_the_ledger(
     await assert_all_verified(ledger, ns, name, wanted)
 
 
+async def test_a_missing_secret_is_reported_instead_of_pods_that_never_start(
+    k8s_cluster: ControlPlane,
+    k8s_namespace: str,
+    objmig_operator: OperatorProcess,
+    s3_server: LocalS3Server,
+    s3_seed: S3Seeder,
+    s3_client: S3Client,
+) -> None:
+    ns, name = k8s_namespace, "no-secret"
+    source, target = await s3_seed.bucket(), await s3_seed.bucket()
+    expected = await seed_many(s3_seed, source, (f"k/{i}" for i in range(3)), 20)
+
+    apply_migration(k8s_cluster, ns, name, s3_server.endpoint_url, source, target)
+    failed = wait_for(
+        k8s_cluster, ns, name, lambda r: condition(r, "Failed").get("status") == "True",
+        what="Failed=True", operator=objmig_operator,
+    )  # fmt: skip
+    assert condition(failed, "Failed")["reason"] == "SecretNotFound"
+    assert f"Secret '{SECRET}' with key 'accessKeyId'" in condition(failed, "Failed")["message"]
+    assert jobs_of(k8s_cluster, ns) == []
+
+    create_secret(k8s_cluster, ns, *moto_keys(s3_server))
+    patch_spec(k8s_cluster, ns, name, {"retry": {"attempts": 3}})
+    wait_cut_over(k8s_cluster, ns, name)
+    assert await listing(s3_client, target) == expected
+
+
 async def test_a_dry_run_then_the_real_run_copies_every_planned_object(
     k8s_cluster: ControlPlane,
     k8s_namespace: str,

@@ -177,7 +177,7 @@ the set sufficient by running the operator as this ServiceAccount and recording 
   resources: ["configmaps"]
   verbs: ["get", "patch"]
 {{- if .Values.rbac.readSecrets }}
-# Cutover action spec.cutover.catalog: the application database's DSN Secret.
+# Secrets a spec references (checked before Jobs are created); the catalog DSN Secret.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]

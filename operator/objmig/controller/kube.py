@@ -57,6 +57,16 @@ class Kube:
         """Suspend or resume one Job."""
         await self._batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
 
+    async def secret_has_key(self, namespace: str, name: str, key: str) -> bool | None:
+        """Whether a Secret exists with `key`; None when the operator may not read Secrets
+        (the chart's rbac.readSecrets: false)."""
+        try:
+            return await self.read_secret(namespace, name, key) is not None
+        except ApiException as error:
+            if error.status == 403:
+                return None
+            raise
+
     async def read_secret(self, namespace: str, name: str, key: str) -> str | None:
         """One value of a Secret, or None when the Secret or the key is missing."""
         try:

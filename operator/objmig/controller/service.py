@@ -41,7 +41,13 @@ from objmig.engine.cutover import perform_cutover, perform_rollback
 from objmig.engine.policy import CatchUp
 from objmig.engine.run import RateMeter, compute_status, record_verification, switch_plan_mode
 from objmig.engine.scan import config_map_manifest_patch, manifest_config_map
-from objmig.engine.secrets import ConfigMapNotFound, EnvSecrets, env_name
+from objmig.engine.secrets import (
+    SESSION_TOKEN,
+    ConfigMapNotFound,
+    EnvSecrets,
+    env_name,
+    referenced_secrets,
+)
 from objmig.engine.status import tally
 from objmig.ledger import Counts, Ledger, MigrationConflict
 from objmig.storage.errors import redact
@@ -278,6 +284,8 @@ class MigrationService:
         namespace = migration.metadata.namespace
         existing = jobs.get(want.name)
         if existing is None:
+            if not await self._secrets_exist(migration, migration_id):
+                return
             if want.stage == "scan" and not await self._hand_over_worklist(migration, migration_id):
                 return
             created = await self._kube.create_job(worker_job(migration, want, self._config))
@@ -288,6 +296,29 @@ class MigrationService:
             return
         if existing.suspended != want.suspend or existing.parallelism != want.parallelism:
             await self._kube.scale_job(namespace, want.name, want.parallelism, suspend=want.suspend)
+
+    async def _secrets_exist(self, migration: ObjectMigration, migration_id: int) -> bool:
+        """Whether every Secret key the workers' environment names is there.
+
+        A pod referencing a missing one never starts (CreateContainerConfigError) and its
+        Job neither fails nor progresses: say so instead, and create no Job. False, with
+        the migration failed, when one is missing.
+        """
+        namespace = migration.metadata.namespace
+        for name, key in referenced_secrets(migration.spec):
+            if key == SESSION_TOKEN:
+                continue  # optional
+            # None (not allowed to read Secrets): the pods will tell.
+            if await self._kube.secret_has_key(namespace, name, key) is False:
+                message = (
+                    f"Secret {name!r} with key {key!r} (referenced by the spec) not found in "
+                    f"namespace {namespace!r}: create it, then edit the spec to retry"
+                )
+                await self._ledger.update_state(
+                    migration_id, {"failed": {"reason": "SecretNotFound", "message": message}}
+                )
+                return False
+        return True
 
     async def _hand_over_worklist(self, migration: ObjectMigration, migration_id: int) -> bool:
         """Store the spec's ConfigMap worklist for the scan pod, which has no API access.
