@@ -13,6 +13,7 @@ from types_aiobotocore_s3 import S3Client
 from objmig.engine.run import LocalRun
 from objmig.engine.secrets import env_name
 from objmig.ledger import Ledger, ObjectState
+from objmig.local.postgres import EmbeddedPostgres
 from objmig.storage.copy import CopyOptions, SourceObject, TargetObject, copy_object
 from objmig.storage.endpoint import Credentials, Endpoint
 from objmig.storage.s3http import S3HttpClient
@@ -25,6 +26,7 @@ from tests.integration.engine_support import (
     secrets_for,
     sha256_of,
 )
+from tests.support.catalog import catalog_action, catalog_database, catalog_rows, refuse_location
 from tests.support.s3proxy import Delay, Fail, Reset, RewriteHeaders, S3FaultProxy, Truncate
 
 KiB = 1024
@@ -418,6 +420,66 @@ async def test_catalog_cutover_swaps_locations_and_rollback_restores_them(
     assert (cut.status, cut.reason) == ("False", "RolledBack")
     assert all(r.cut_over_at is None for r in (await rows_of(ledger)).values())
     await app.close()
+
+
+async def test_a_cutover_that_stops_half_way_rolls_back_and_cuts_over_again_after_a_re_scan(
+    ledger: Ledger,
+    postgres_server: EmbeddedPostgres,
+    s3_endpoint: Endpoint,
+    s3_seed: S3Seeder,
+    s3_client: S3Client,
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    keys = [f"docs/{i:02d}.pdf" for i in range(25)]
+    for key in keys:
+        await s3_seed.put_object(source, key, 512)
+    async with catalog_database(postgres_server, keys, source) as app_dsn:
+        app = await asyncpg.connect(app_dsn)
+        # The application refuses the last key's new location: the third batch of ten
+        # fails after two were committed.
+        await refuse_location(app, f"s3://{target}/{keys[-1]}")
+        secrets = secrets_for(s3_endpoint, **{env_name("app-db", "dsn"): app_dsn})
+        cutover = {"catalog": catalog_action(batchSize=10)}
+        resource = migration(s3_endpoint, source, target, cutover=cutover)
+
+        stopped = await run(ledger, resource, s3_endpoint, secrets=secrets)
+
+        assert stopped.outcome == "failed"
+        failed = next(c for c in stopped.status.conditions if c.type == "Failed")
+        assert failed.reason == "CutoverFailed"
+        assert "the application refuses docs/24.pdf" in failed.message
+        assert "spec.cutover.rollback: true" in failed.message
+        assert next(c for c in stopped.status.conditions if c.type == "CutOver").status == "False"
+        on_target = {k for k, loc in (await catalog_rows(app_dsn)).items() if target in loc}
+        assert on_target == set(keys[:20])
+
+        rollback = migration(s3_endpoint, source, target, cutover={**cutover, "rollback": True})
+        rolled = await run(ledger, rollback, s3_endpoint, secrets=secrets)
+
+        assert rolled.outcome == "rolled-back"
+        assert await catalog_rows(app_dsn) == {k: f"s3://{source}/{k}" for k in keys}
+        cut = next(c for c in rolled.status.conditions if c.type == "CutOver")
+        assert (cut.status, cut.reason) == ("False", "RolledBack")
+        assert rolled.status.cutover.rolled_back_at is not None
+
+        # Back on the source, the application writes to it; then the cause is fixed and the
+        # cutover asked for again: the re-scan it waits for brings the writes along.
+        changed = await s3_seed.put_object(source, keys[3], 700)
+        added = await s3_seed.put_object(source, "docs/new.pdf", 300)
+        await app.execute("DROP TRIGGER refuse ON assets")
+        again = await run(ledger, resource, s3_endpoint, secrets=secrets)
+
+        assert again.outcome == "cut-over", again.status.conditions
+        assert await catalog_rows(app_dsn) == {k: f"s3://{target}/{k}" for k in keys}
+        copied = await keys_of(s3_client, target)
+        assert copied[keys[3]] == changed.etag
+        assert copied["docs/new.pdf"] == added.etag
+        assert await sha256_of(s3_client, target, keys[3]) == changed.sha256
+        rows = await rows_of(ledger)
+        assert {r.state for r in rows.values()} == {ObjectState.VERIFIED}
+        assert all(r.cut_over_at is not None for r in rows.values())
+        await app.close()
 
 
 async def test_rollback_is_refused_once_cleanup_started(

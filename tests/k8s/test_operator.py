@@ -15,15 +15,18 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from types_aiobotocore_s3 import S3Client
 
 from objmig.ledger import Ledger, ObjectRow, ObjectState
+from objmig.local.postgres import EmbeddedPostgres
 from objmig.local.s3server import LocalMinio, LocalS3Server
 from objmig.storage.objects import normalise_etag
 from objmig.storage.sdk import open_client
 from tests.fixtures.operator import OperatorProcess
 from tests.fixtures.s3 import S3Seeder
+from tests.support.catalog import catalog_action, catalog_database, catalog_rows, refuse_location
 from tests.support.cluster import ControlPlane, wait_until
 from tests.support.s3proxy import Delay, Fail, S3FaultProxy
 from tests.support.seeded_moto import ObjectGroup, SeededMoto
@@ -632,7 +635,10 @@ async def test_a_cutover_that_cannot_finish_says_so_and_finishes_once_fixed(
         what="Failed=True", operator=objmig_operator,
     )  # fmt: skip
     assert condition(failed, "Failed")["reason"] == "CutoverFailed"
-    assert "edit the spec to retry" in condition(failed, "Failed")["message"]
+    message = condition(failed, "Failed")["message"]
+    assert f"ConfigMap {ns}/app-config (spec.cutover.configMapRef) does not exist" in message
+    assert "edit the spec to finish it" in message
+    assert "HTTP response headers" not in message
     assert condition(failed, "CutOver").get("status") != "True"
 
     k8s_cluster.apply_yaml(
@@ -643,6 +649,90 @@ async def test_a_cutover_that_cannot_finish_says_so_and_finishes_once_fixed(
     wait_cut_over(k8s_cluster, ns, name)
     data = k8s_cluster.kubectl_json("get", "configmap", "app-config", "-n", ns)["data"]
     assert data == {"S3_BUCKET": target}
+
+
+async def test_a_half_done_cutover_rolls_back_and_a_re_cutover_brings_later_writes_along(
+    k8s_cluster: ControlPlane,
+    k8s_namespace: str,
+    objmig_operator: OperatorProcess,
+    postgres_server: EmbeddedPostgres,
+    s3_server: LocalS3Server,
+    s3_seed: S3Seeder,
+    s3_client: S3Client,
+) -> None:
+    """The application's catalog refuses one row: the cutover stops half-way, some rows
+    swapped. Rollback points them back at the source; asked again, the cutover first
+    re-scans, so what was written to the source while rolled back reaches the target
+    before the applications are switched."""
+    ns, name = k8s_namespace, "half-done"
+    source, target = await s3_seed.bucket(), await s3_seed.bucket()
+    expected = await seed_many(s3_seed, source, (f"k/{i}" for i in range(6)), 50)
+    create_secret(k8s_cluster, ns, *moto_keys(s3_server))
+    k8s_cluster.apply_yaml(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "app-config"},
+            "data": {"S3_BUCKET": source},
+        },
+        namespace=ns,
+    )
+    async with catalog_database(postgres_server, list(expected), source) as app_dsn:
+        app = await asyncpg.connect(app_dsn)
+        await refuse_location(app, f"s3://{target}/k/5")
+        k8s_cluster.apply_yaml(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "app-db"},
+                "stringData": {"dsn": app_dsn},
+            },
+            namespace=ns,
+        )
+        cutover = {
+            "catalog": catalog_action(batchSize=2),
+            "configMapRef": {"name": "app-config", "data": {"S3_BUCKET": target}},
+        }
+
+        apply_migration(
+            k8s_cluster, ns, name, s3_server.endpoint_url, source, target, cutover=cutover
+        )
+        failed = wait_for(
+            k8s_cluster, ns, name, lambda r: condition(r, "Failed").get("status") == "True",
+            what="Failed=True", operator=objmig_operator,
+        )  # fmt: skip
+        assert condition(failed, "Failed")["reason"] == "CutoverFailed"
+        assert "the application refuses k/5" in condition(failed, "Failed")["message"]
+        assert condition(failed, "CutOver").get("status") != "True"
+        swapped = {k for k, loc in (await catalog_rows(app_dsn)).items() if target in loc}
+        assert swapped == {"k/0", "k/1", "k/2", "k/3"}
+
+        patch_spec(k8s_cluster, ns, name, {"cutover": {"rollback": True}})
+        rolled = wait_for(
+            k8s_cluster, ns, name,
+            lambda r: condition(r, "CutOver").get("reason") == "RolledBack",
+            what="CutOver=False RolledBack", timeout=60, operator=objmig_operator,
+        )  # fmt: skip
+        assert condition(rolled, "Failed")["status"] == "False"
+        assert await catalog_rows(app_dsn) == {k: f"s3://{source}/{k}" for k in expected}
+        data = k8s_cluster.kubectl_json("get", "configmap", "app-config", "-n", ns)["data"]
+        assert data == {"S3_BUCKET": source}
+
+        written = await s3_seed.put_object(source, "k/written-while-rolled-back", 70)
+        await app.execute("DROP TRIGGER refuse ON assets")
+        await app.close()
+        patch_spec(k8s_cluster, ns, name, {"cutover": {"rollback": False}})
+        done = wait_cut_over(k8s_cluster, ns, name, timeout=120)
+
+        assert (await listing(s3_client, target))[written.key] == written.etag
+        assert done["status"]["progress"]["objects"]["succeeded"] == len(expected) + 1
+        assert await catalog_rows(app_dsn) == {k: f"s3://{target}/{k}" for k in expected}
+        data = k8s_cluster.kubectl_json("get", "configmap", "app-config", "-n", ns)["data"]
+        assert data == {"S3_BUCKET": target}
+        assert done["status"]["cutover"]["previousConfigMapData"] == {"S3_BUCKET": source}
+        scans = sorted(j["metadata"]["name"] for j in jobs_of(k8s_cluster, ns) if "-scan-" in
+                       j["metadata"]["name"])  # fmt: skip
+        assert scans == [f"{name}-scan-r0", f"{name}-scan-r1"]
 
 
 async def test_a_killed_pod_and_a_restarted_operator_converge_without_duplicate_jobs(

@@ -23,13 +23,11 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import asyncpg
 import pytest
 import yaml
 from types_aiobotocore_s3 import S3Client
@@ -38,6 +36,7 @@ from objmig.local.postgres import EmbeddedPostgres
 from objmig.local.s3server import LocalS3Server
 from objmig.storage.objects import normalise_etag
 from tests.fixtures.s3 import S3Seeder
+from tests.support.catalog import catalog_database, catalog_rows
 from tests.support.cluster import ControlPlane, free_port, wait_until
 from tests.unit.test_packaging_static import CHART, MANIFESTS, ROOT, helm_binary, rule_set
 
@@ -302,44 +301,6 @@ def test_kustomize_manifests_pass_a_server_side_dry_run(k8s_cluster: ControlPlan
     finally:
         for namespace in created:
             k8s_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-
-
-@contextlib.asynccontextmanager
-async def catalog_database(
-    server: EmbeddedPostgres, keys: list[str], bucket: str
-) -> AsyncIterator[str]:
-    """An application database whose table points at the source objects."""
-    name = f"app_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(server.dsn)
-    try:
-        # Identifiers cannot be parameters; the name is generated above.
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    app = await asyncpg.connect(server.dsn_for(name))
-    try:
-        await app.execute("CREATE TABLE assets (key text PRIMARY KEY, location text)")
-        await app.executemany(
-            "INSERT INTO assets VALUES ($1, $2)", [(k, f"s3://{bucket}/{k}") for k in keys]
-        )
-    finally:
-        await app.close()
-    try:
-        yield server.dsn_for(name)
-    finally:
-        admin = await asyncpg.connect(server.dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-
-async def catalog_rows(dsn: str) -> dict[str, str]:
-    app = await asyncpg.connect(dsn)
-    try:
-        return {r["key"]: r["location"] for r in await app.fetch("SELECT * FROM assets")}
-    finally:
-        await app.close()
 
 
 async def test_helm_installed_operator_runs_as_its_service_account_and_cuts_over(

@@ -6,7 +6,7 @@ from typing import Any
 
 from objmig.api.migration import ObjectMigrationSpec
 from objmig.controller.decide import Decision, JobObservation, Observed, decide, rounds, section
-from objmig.engine.policy import Tally
+from objmig.engine.policy import CatchUp, Tally
 
 DONE_SCAN = {"id": 1, "running": False, "completedAt": "2024-01-01T00:00:00+00:00"}
 
@@ -143,10 +143,32 @@ def test_rollback_of_a_cut_over_migration_rolls_back() -> None:
 def test_a_rolled_back_migration_is_not_cut_over_again_while_rollback_is_set() -> None:
     spec = _spec(cutover={"policy": "Manual", "approved": True, "rollback": True})
     state = {"scan": DONE_SCAN, "cutover": {"at": "t", "rolledBackAt": "u"}}
-    assert not _decide(spec, _tally(verified=3), **state).cut_over
-    # Withdrawing the rollback request cuts over again.
+    state |= CatchUp().after_rollback()
+    assert _decide(spec, _tally(verified=3), **state) == Decision()
+    # Withdrawing the rollback request cuts over again, after a re-scan for what the
+    # applications wrote to the source meanwhile (catchUp is off in this spec).
     spec = _spec(cutover={"policy": "Manual", "approved": True, "rollback": False})
-    assert _decide(spec, _tally(verified=3), **state).cut_over
+    assert _decide(spec, _tally(verified=3), **state) == Decision(next_round=True)
+    rescanning = state | {"operator": {"round": 1}}
+    decision = _decide(spec, _tally(verified=3), **rescanning)
+    assert decision.job is not None
+    assert (decision.job.stage, decision.job.scan_id) == ("scan", 2)
+    rescanned = rescanning | {"scan": {"id": 2, "completedAt": "t", "new": 1}}
+    decision = _decide(spec, _tally(verified=3), **rescanned)
+    assert decision.catch_up_result == (1, 1)
+    recorded = rescanned | CatchUp.of(state).recorded(1, 1)
+    assert _decide(spec, _tally(verified=3, outstanding=1), **recorded).job is not None
+    assert _decide(spec, _tally(verified=4), **recorded).cut_over
+
+
+def test_a_cutover_that_stopped_half_way_is_finished_or_rolled_back() -> None:
+    state = {"scan": DONE_SCAN, "cutoverInProgress": {"startedAt": "t"}}
+    assert _decide(_spec(), _tally(verified=3), **state).cut_over
+    asked = _decide(_spec(cutover={"rollback": True}), _tally(verified=3), **state)
+    assert asked == Decision(roll_back=True)
+    # Failed (CutoverFailed) until the spec is edited, which clears the failure.
+    failed = state | {"failed": {"reason": "CutoverFailed", "message": "m"}}
+    assert _decide(_spec(cutover={"rollback": True}), _tally(verified=3), **failed) == Decision()
 
 
 def test_rollback_set_before_any_cutover_prevents_the_cutover() -> None:

@@ -124,12 +124,35 @@ def test_cutover_with_catch_up_waits_for_an_empty_delta() -> None:
 def test_catch_up_rounds_are_due_until_a_round_finds_nothing_or_the_limit() -> None:
     spec = _spec(cutover={"catchUp": True, "maxCatchUpRounds": 2})
     assert CatchUp.of({}).due(spec)  # none ran yet
-    assert CatchUp.of(CatchUp.recorded(1, 5)).due(spec)
-    assert not CatchUp.of(CatchUp.recorded(1, 0)).due(spec)
-    assert not CatchUp.of(CatchUp.recorded(2, 5)).due(spec)  # the limit: NotConverging
+    assert CatchUp.of(CatchUp().recorded(1, 5)).due(spec)
+    assert not CatchUp.of(CatchUp().recorded(1, 0)).due(spec)
+    assert not CatchUp.of(CatchUp().recorded(2, 5)).due(spec)  # the limit: NotConverging
     assert not CatchUp.of({}).due(_spec())  # catchUp off
     assert not CatchUp.of({}).due(_spec(dryRun=True, cutover={"catchUp": True}))
     assert CatchUp.of({"catchUp": {"rounds": 1, "lastDelta": 3}}) == CatchUp(1, 3)
+
+
+def test_after_a_rollback_the_next_cutover_waits_for_a_re_scan() -> None:
+    tally = _tally(verified=10)
+    exhausted = CatchUp(rounds=3, last_delta=2)
+    rolled_back = CatchUp.of(exhausted.after_rollback())
+    for spec in (_spec(), _spec(cutover={"catchUp": True, "maxCatchUpRounds": 3})):
+        assert rolled_back.due(spec)
+        gate = cutover_gate(spec, CutoverInputs(tally, True, rolled_back))
+        assert (gate.ok, gate.reason) == (False, "CatchUpPending")
+        assert "rolled back" in gate.message
+    assert not rolled_back.due(_spec(dryRun=True))
+    # One re-scan pays what the rollback owes; with catchUp on, the limit counts afresh.
+    found = CatchUp.of(rolled_back.recorded(4, 2))
+    assert not found.owed_after_rollback
+    assert not found.due(_spec())
+    assert cutover_gate(_spec(), CutoverInputs(tally, True, found)).ok
+    catching_up = _spec(cutover={"catchUp": True, "maxCatchUpRounds": 3})
+    assert found.due(catching_up)
+    assert not CatchUp.of(found.recorded(6, 1)).due(catching_up)
+    assert CatchUp.of(found.recorded(5, 0)).rolled_back_at_round == 3
+    gate = cutover_gate(catching_up, CutoverInputs(tally, True, CatchUp.of(found.recorded(5, 0))))
+    assert gate.ok
 
 
 def test_cutover_never_in_dry_run() -> None:

@@ -13,7 +13,14 @@ from typing import Any
 
 from objmig.api.migration import ObjectMigrationSpec
 from objmig.controller.jobs import JobWant, job_name
-from objmig.engine.policy import CatchUp, CutoverInputs, Tally, cutover_gate, failure_budget
+from objmig.engine.policy import (
+    CatchUp,
+    CutoverInputs,
+    Tally,
+    cutover_begun,
+    cutover_gate,
+    failure_budget,
+)
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,9 @@ def decide(observed: Observed) -> Decision:
         return Decision()
     if cut_over:
         return Decision(roll_back=spec.cutover.rollback)
+    if spec.cutover.rollback and cutover_begun(state):
+        # A cutover that stopped half-way: undo what it did instead of finishing it.
+        return Decision(roll_back=True)
     if spec.suspend:
         return Decision(suspend_jobs=True)
 
@@ -139,8 +149,11 @@ def decide(observed: Observed) -> Decision:
 
     if spec.dry_run:
         return Decision(clear_paused=clear_paused)
+    if spec.cutover.rollback:
+        # Asks to be (or stay) on the source: never cut over (again) while set, and no
+        # catch-up re-scans either, which only a coming cutover needs.
+        return Decision(clear_paused=clear_paused)
     if catch_up.due(spec):
         return Decision(next_round=True)
     gate = cutover_gate(spec, CutoverInputs(tally=tally, scan_complete=True, catch_up=catch_up))
-    # rollback: true asks to be (or stay) on the source: never cut over (again) while set.
-    return Decision(cut_over=gate.ok and not spec.cutover.rollback, clear_paused=clear_paused)
+    return Decision(cut_over=gate.ok, clear_paused=clear_paused)

@@ -6,7 +6,9 @@ Thin wrappers over kubernetes_asyncio; every decision about *what* to do lives e
 from __future__ import annotations
 
 import base64
-from typing import Any
+import json
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
@@ -14,6 +16,8 @@ from kubernetes_asyncio.client.rest import ApiException
 from objmig.api.migration import ConfigMapAction
 from objmig.controller.decide import JobObservation
 from objmig.controller.jobs import MIGRATION_LABEL
+
+T = TypeVar("T")
 
 
 class Kube:
@@ -78,13 +82,13 @@ class Kube:
         value = (secret.data or {}).get(key)
         return base64.b64decode(value).decode() if value is not None else None
 
-    async def config_map_data(self, namespace: str, name: str) -> dict[str, str]:
-        """A ConfigMap's data (empty when the ConfigMap does not exist)."""
+    async def config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A ConfigMap's data (None when the ConfigMap does not exist)."""
         try:
             found = await self._core.read_namespaced_config_map(name, namespace)
         except ApiException as error:
             if error.status == 404:
-                return {}
+                return None
             raise
         return dict(found.data or {})
 
@@ -95,24 +99,62 @@ class Kube:
         await self._core.patch_namespaced_config_map(name, namespace, {"data": data})
 
 
+class ConfigMapActionError(RuntimeError):
+    """The cutover's ConfigMap could not be read or written; the message says which and why."""
+
+
 class KubeConfigMaps:
-    """The cutover's ConfigMap action against the real cluster (see ``ConfigMapWriter``)."""
+    """The cutover's ConfigMap action against the real cluster (see ``ConfigMapWriter``).
+
+    The action patches a ConfigMap the application owns and never creates one: a missing
+    ConfigMap is an error, found when its previous values are read, before any action.
+    """
 
     def __init__(self, kube: Kube, namespace: str) -> None:
         self._kube = kube
         self._namespace = namespace
 
-    async def apply(self, action: ConfigMapAction) -> dict[str, str | None]:
-        """Set the action's values; return what they were (None: the key was absent)."""
-        current = await self._kube.config_map_data(self._namespace, action.name)
-        previous: dict[str, str | None] = {key: current.get(key) for key in action.data}
-        await self._kube.patch_config_map(self._namespace, action.name, dict(action.data))
-        return previous
+    async def read(self, action: ConfigMapAction) -> dict[str, str | None]:
+        """The current values of the action's keys (None: the key is absent)."""
+        current = await self._call(self._kube.config_map_data(self._namespace, action.name))
+        if current is None:
+            raise ConfigMapActionError(
+                f"ConfigMap {self._namespace}/{action.name} (spec.cutover.configMapRef) does "
+                "not exist; the cutover patches it and does not create it"
+            )
+        return {key: current.get(key) for key in action.data}
+
+    async def apply(self, action: ConfigMapAction) -> None:
+        """Set the action's values."""
+        await self._call(
+            self._kube.patch_config_map(self._namespace, action.name, dict(action.data))
+        )
 
     async def restore(self, action: ConfigMapAction, previous: dict[str, str | None]) -> None:
         """Put the previous values back; keys that were absent are removed again."""
         restore = {key: previous.get(key) for key in action.data}
-        await self._kube.patch_config_map(self._namespace, action.name, restore)
+        if all(value is None for value in restore.values()) and (
+            await self._call(self._kube.config_map_data(self._namespace, action.name)) is None
+        ):
+            return  # keys to remove from a ConfigMap that is gone: nothing is left to undo
+        await self._call(self._kube.patch_config_map(self._namespace, action.name, restore))
+
+    async def _call(self, request: Awaitable[T]) -> T:
+        # ApiException's text carries every response header; the API's own message is
+        # what a condition should show.
+        try:
+            return await request
+        except ApiException as error:
+            raise ConfigMapActionError(
+                f"ConfigMap {self._namespace}: HTTP {error.status}: {_api_message(error)}"
+            ) from None
+
+
+def _api_message(error: ApiException) -> str:
+    try:
+        return str(json.loads(error.body or b"")["message"])
+    except (TypeError, ValueError, KeyError):
+        return str(error.reason)
 
 
 def _observe(job: Any) -> JobObservation:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
 
@@ -21,6 +21,7 @@ from objmig.api.loading import explain
 from objmig.api.migration import (
     JobRef,
     ObjectMigration,
+    ObjectMigrationSpec,
     ObjectMigrationStatus,
     ObjectStatus,
     ReportRef,
@@ -37,7 +38,7 @@ from objmig.controller.decide import (
 from objmig.controller.jobs import JobWant, worker_job
 from objmig.controller.kube import Kube, KubeConfigMaps
 from objmig.engine.context import ledger_name
-from objmig.engine.cutover import perform_cutover, perform_rollback
+from objmig.engine.cutover import perform_cutover, perform_rollback, stopped_half_way
 from objmig.engine.policy import CatchUp
 from objmig.engine.run import RateMeter, compute_status, record_verification, switch_plan_mode
 from objmig.engine.scan import config_map_manifest_patch, manifest_config_map
@@ -50,9 +51,10 @@ from objmig.engine.secrets import (
 )
 from objmig.engine.status import tally
 from objmig.ledger import Counts, Ledger, MigrationConflict
-from objmig.storage.errors import redact
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Annotation that keeps the ledger rows (the full report) after the resource is deleted.
 RETAIN_REPORT = "objmig.dev/retain-report"
@@ -227,52 +229,62 @@ class MigrationService:
             )
         if decision.catch_up_result is not None:
             await self._ledger.update_state(
-                migration_id, CatchUp.recorded(*decision.catch_up_result)
+                migration_id, CatchUp.of(state).recorded(*decision.catch_up_result)
             )
         if decision.cut_over:
-            if "cutoverInProgress" in state and not state["cutoverInProgress"]:
-                # perform_cutover reads this key with .get(key, {}); a finished earlier
-                # cutover left it JSON null, which would crash a re-cutover after a rollback.
-                await self._ledger.update_state(migration_id, {"cutoverInProgress": {}})
             # The digest a cleanup approval quotes must describe what is cut over: a
             # catch-up may have re-copied objects without changing how many are verified.
             await record_verification(self._ledger, migration_id)
-            try:
-                record = await perform_cutover(
-                    self._ledger,
-                    migration_id,
-                    migration.spec,
-                    await self._secrets_for_cutover(migration),
-                    KubeConfigMaps(self._kube, namespace),
-                )
-            except Exception as error:
-                # Some actions may be done (catalog rows swapped in committed batches): they
-                # stay recorded in cutoverInProgress and the next attempt completes them.
-                # A condition says so, instead of a reconcile failing every few seconds.
-                message = (
-                    f"the cutover stopped half-way ({type(error).__name__}: "
-                    f"{redact(str(error))}); what was done is kept and the next attempt "
-                    "finishes it: fix the cause, then edit the spec to retry"
-                )
-                await self._ledger.update_state(
-                    migration_id, {"failed": {"reason": "CutoverFailed", "message": message}}
-                )
-                events.append(Event("Warning", "CutoverFailed", message))
+            record = await self._carry_out(
+                "cutover", migration_id, perform_cutover, migration, events
+            )
+            if record is None:
                 return events
             events.append(Event("Normal", "CutOver", "; ".join(record["actions"]) or "cut over"))
         if decision.roll_back:
-            gate = await perform_rollback(
+            gate = await self._carry_out(
+                "rollback", migration_id, perform_rollback, migration, events
+            )
+            if gate is None:
+                return events
+            if gate.ok:
+                events.append(Event("Normal", "RolledBack", "cutover actions reverted"))
+            elif gate.reason != "NotCutOver" and not section(state, "cutover").get(
+                "rollbackBlocked"
+            ):
+                events.append(Event("Warning", gate.reason, gate.message))
+        return events
+
+    async def _carry_out(
+        self,
+        step: Literal["cutover", "rollback"],
+        migration_id: int,
+        perform: Callable[
+            [Ledger, int, ObjectMigrationSpec, EnvSecrets, KubeConfigMaps], Awaitable[T]
+        ],
+        migration: ObjectMigration,
+        events: list[Event],
+    ) -> T | None:
+        """Perform the cutover or the rollback; None when it raised.
+
+        Some actions may be done by then (catalog rows swapped in committed batches): they
+        stay recorded, for the next attempt to finish (or, after a cutover, a rollback to
+        undo; a half-reverted cutover keeps rollbackStarted, which keeps cleanups out). A
+        Failed condition says so, instead of a reconcile failing every few seconds.
+        """
+        try:
+            return await perform(
                 self._ledger,
                 migration_id,
                 migration.spec,
                 await self._secrets_for_cutover(migration),
-                KubeConfigMaps(self._kube, namespace),
+                KubeConfigMaps(self._kube, migration.metadata.namespace),
             )
-            if gate.ok:
-                events.append(Event("Normal", "RolledBack", "cutover actions reverted"))
-            elif gate.reason != "NotCutOver":
-                events.append(Event("Warning", gate.reason, gate.message))
-        return events
+        except Exception as error:
+            patch = stopped_half_way(step, error, "edit the spec")
+            await self._ledger.update_state(migration_id, patch)
+            events.append(Event("Warning", patch["failed"]["reason"], patch["failed"]["message"]))
+            return None
 
     async def _ensure_job(
         self,

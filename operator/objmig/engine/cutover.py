@@ -11,21 +11,26 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import asyncpg
 
 from objmig.api.migration import CatalogAction, ConfigMapAction, ObjectMigrationSpec
-from objmig.engine.policy import Gate, rollback_gate
+from objmig.engine.policy import CatchUp, Gate, cutover_begun, rollback_gate
 from objmig.engine.secrets import SecretSource, require
 from objmig.ledger import Ledger, ObjectRow, ObjectState
+from objmig.storage.errors import describe
 
 
 class ConfigMapWriter(Protocol):
     """Writes the ConfigMap action's values; only the operator has a cluster to write to."""
 
-    async def apply(self, action: ConfigMapAction) -> dict[str, str | None]:
-        """Set ``action.data``; return the previous values (None: the key was absent)."""
+    async def read(self, action: ConfigMapAction) -> dict[str, str | None]:
+        """The current values of the action's keys (None: the key is absent)."""
+        ...
+
+    async def apply(self, action: ConfigMapAction) -> None:
+        """Set ``action.data``."""
         ...
 
     async def restore(self, action: ConfigMapAction, previous: dict[str, str | None]) -> None:
@@ -127,6 +132,23 @@ async def _batches(rows: AsyncIterator[ObjectRow], size: int) -> AsyncIterator[l
         yield batch
 
 
+def stopped_half_way(
+    step: Literal["cutover", "rollback"], error: Exception, retry: str
+) -> dict[str, Any]:
+    """The ``failed`` state patch for a cutover or rollback that raised.
+
+    ``retry`` says how this driver tries again ("edit the spec", "run again"). What the
+    step did stays done and recorded, for the next attempt to finish (or, for a cutover,
+    a rollback to undo).
+    """
+    undo = ", or set spec.cutover.rollback: true to undo it" if step == "cutover" else ""
+    message = (
+        f"the {step} stopped half-way ({describe(error)}); what was done is kept: fix the "
+        f"cause and {retry} to finish it{undo}"
+    )
+    return {"failed": {"reason": f"{step.capitalize()}Failed", "message": message}}
+
+
 async def perform_cutover(
     ledger: Ledger,
     migration_id: int,
@@ -136,13 +158,28 @@ async def perform_cutover(
 ) -> dict[str, Any]:
     """Carry out the cutover actions, stamp the ledger, and record what was done.
 
-    Returns the recorded ``cutover`` state (the shape of ``status.cutover``). The record is
-    written last, so a crash before it makes the next attempt repeat the actions, which are
-    idempotent: the catalog swap counts already swapped rows, the ConfigMap values are set
-    again (and the previous values kept from the first attempt are not overwritten).
+    Returns the recorded ``cutover`` state (the shape of ``status.cutover``). Progress is
+    recorded in ``cutoverInProgress`` before each action, so a cutover that stops half-way
+    can be finished (the actions are idempotent: the catalog swap counts rows swapped
+    before, the ConfigMap values are set again) or rolled back (`perform_rollback`). The
+    ConfigMap's previous values are saved before it is written: saved after, a crash in
+    between would make the next attempt save the new values as the ones to restore.
     """
     state = await ledger.get_state(migration_id)
-    partial = state.get("cutoverInProgress") or {}
+    progress: dict[str, Any] = dict(state.get("cutoverInProgress") or {})
+    if not cutover_begun(state):
+        progress = {"startedAt": datetime.now(UTC).isoformat()}
+        await ledger.update_state(migration_id, {"cutoverInProgress": progress})
+    config_map = spec.cutover.config_map_ref
+    if (
+        config_map is not None
+        and config_maps is not None
+        and "previousConfigMapData" not in progress
+    ):
+        # Read first, before any action: this also finds a missing ConfigMap before a
+        # catalog row is swapped.
+        progress["previousConfigMapData"] = await config_maps.read(config_map)
+        await ledger.update_state(migration_id, {"cutoverInProgress": progress})
     actions: list[str] = []
     swapped = 0
     catalog = spec.cutover.catalog
@@ -154,8 +191,6 @@ async def perform_cutover(
             f"catalog {catalog.table}: {result.swapped} swapped, {result.already} already "
             f"on target, {result.conflicts} changed by the application and left alone"
         )
-    previous: dict[str, str | None] = partial.get("previousConfigMapData", {})
-    config_map = spec.cutover.config_map_ref
     if config_map is not None:
         if config_maps is None:
             actions.append(
@@ -163,13 +198,7 @@ async def perform_cutover(
                 "(no cluster: apply these values yourself)"
             )
         else:
-            if not partial:
-                previous = await config_maps.apply(config_map)
-                await ledger.update_state(
-                    migration_id, {"cutoverInProgress": {"previousConfigMapData": previous}}
-                )
-            else:
-                await config_maps.apply(config_map)
+            await config_maps.apply(config_map)
             actions.append(f"configMap {config_map.name}: set {', '.join(sorted(config_map.data))}")
     await ledger.mark_cut_over(migration_id)
     record = {
@@ -177,7 +206,7 @@ async def perform_cutover(
         "actions": actions,
         "catalogRowsSwapped": swapped,
         "configMapData": dict(config_map.data) if config_map else {},
-        "previousConfigMapData": previous,
+        "previousConfigMapData": progress.get("previousConfigMapData", {}),
     }
     await ledger.update_state(migration_id, {"cutover": record, "cutoverInProgress": None})
     return record
@@ -190,10 +219,18 @@ async def perform_rollback(
     secrets: SecretSource,
     config_maps: ConfigMapWriter | None,
 ) -> Gate:
-    """Revert the cutover actions while no source object can have been deleted."""
+    """Revert the cutover actions while no source object can have been deleted.
+
+    A cutover that stopped half-way is rolled back too: its catalog swap is reversed row by
+    row (rows it never reached still hold the source location and are counted as such),
+    and a ConfigMap is restored if its previous values were saved. Afterwards the next
+    cutover waits for a re-scan (`CatchUp.after_rollback`): applications wrote to the
+    source again meanwhile.
+    """
     state = await ledger.get_state(migration_id)
-    cutover = state.get("cutover", {})
-    cut_over = bool(cutover.get("at")) and not cutover.get("rolledBackAt")
+    cutover = state.get("cutover") or {}
+    half_done = cutover_begun(state)
+    cut_over = (bool(cutover.get("at")) and not cutover.get("rolledBackAt")) or half_done
     gate = rollback_gate(cut_over=cut_over, cleanup_started=bool(state.get("cleanupStarted")))
     if gate.ok and not await ledger.start_rollback(migration_id):
         # A cleanup started since the state was read.
@@ -204,6 +241,14 @@ async def perform_rollback(
                 migration_id, {"cutover": {**cutover, "rollbackBlocked": gate.message}}
             )
         return gate
+    if half_done:
+        # What this cutover did is in its progress record; an older record (of a cutover
+        # rolled back before) describes nothing that is in place now.
+        progress = state["cutoverInProgress"]
+        cutover = {
+            "actions": ["the cutover stopped before it finished"],
+            "previousConfigMapData": progress.get("previousConfigMapData", {}),
+        }
     actions = list(cutover.get("actions", []))
     if spec.cutover.catalog is not None:
         ref = spec.cutover.catalog.dsn_secret_ref
@@ -212,8 +257,8 @@ async def perform_rollback(
         )
         actions.append(f"rollback catalog: {result.swapped} rows pointed back at the source")
     config_map = spec.cutover.config_map_ref
-    if config_map is not None and config_maps is not None:
-        await config_maps.restore(config_map, cutover.get("previousConfigMapData", {}))
+    if config_map is not None and config_maps is not None and ("previousConfigMapData" in cutover):
+        await config_maps.restore(config_map, cutover["previousConfigMapData"])
         actions.append(f"rollback configMap {config_map.name}: previous values restored")
     await ledger.clear_cut_over(migration_id)
     await ledger.update_state(
@@ -224,7 +269,9 @@ async def perform_rollback(
                 "actions": actions,
                 "rolledBackAt": datetime.now(UTC).isoformat(),
             },
+            "cutoverInProgress": None,
             "rollbackStarted": None,
-        },
+        }
+        | CatchUp.of(state).after_rollback(),
     )
     return gate

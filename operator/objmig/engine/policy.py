@@ -102,27 +102,54 @@ class CatchUp:
 
     rounds: int = 0
     last_delta: int | None = None  # objects the last re-scan found new or changed; None: none ran
+    # Rounds counted when the cutover was last rolled back (None: never): applications wrote
+    # to the source again since, so a cutover after a rollback waits for a fresh re-scan
+    # (with or without spec.cutover.catchUp), and maxCatchUpRounds counts from here.
+    rolled_back_at_round: int | None = None
 
     @classmethod
     def of(cls, state: Mapping[str, Any]) -> CatchUp:
         """Read the section from a migration's state."""
         section = state.get("catchUp") or {}
         delta = section.get("lastDelta")
-        return cls(int(section.get("rounds", 0)), None if delta is None else int(delta))
+        base = section.get("rolledBackAtRound")
+        return cls(
+            int(section.get("rounds", 0)),
+            None if delta is None else int(delta),
+            None if base is None else int(base),
+        )
+
+    @property
+    def owed_after_rollback(self) -> bool:
+        """A rollback happened and no re-scan has run since."""
+        return self.rolled_back_at_round is not None and self.rounds <= self.rolled_back_at_round
 
     def due(self, spec: ObjectMigrationSpec) -> bool:
         """Whether another re-scan must run before the cutover gate can hold."""
+        if spec.dry_run:
+            return False
+        if self.owed_after_rollback:
+            return True
         return (
             spec.cutover.catch_up
-            and not spec.dry_run
             and self.last_delta != 0
-            and self.rounds < spec.cutover.max_catch_up_rounds
+            and self.rounds - (self.rolled_back_at_round or 0) < spec.cutover.max_catch_up_rounds
         )
 
-    @staticmethod
-    def recorded(round_: int, delta: int) -> dict[str, Any]:
+    def recorded(self, round_: int, delta: int) -> dict[str, Any]:
         """The state patch saying catch-up round ``round_`` (from 1) found ``delta`` objects."""
-        return {"catchUp": {"rounds": round_, "lastDelta": delta}}
+        return {"catchUp": self._section(round_, delta, self.rolled_back_at_round)}
+
+    def after_rollback(self) -> dict[str, Any]:
+        """The state patch a rollback leaves: the next cutover waits for another re-scan."""
+        return {"catchUp": self._section(self.rounds, None, self.rounds)}
+
+    @staticmethod
+    def _section(rounds: int, delta: int | None, rolled_back_at: int | None) -> dict[str, Any]:
+        section: dict[str, Any] = {"rounds": rounds, "lastDelta": delta}
+        if rolled_back_at is not None:
+            section["rolledBackAtRound"] = rolled_back_at
+        return section
 
 
 @dataclass(frozen=True)
@@ -169,6 +196,13 @@ def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
         )
     if tally.verified == 0:
         return Gate(False, "NothingVerified", "no object was verified")
+    if inputs.catch_up.owed_after_rollback:
+        return Gate(
+            False,
+            "CatchUpPending",
+            "the cutover was rolled back: the source is re-scanned for what applications "
+            "wrote meanwhile before cutting over again",
+        )
     if spec.cutover.catch_up and inputs.catch_up.last_delta != 0:
         if not inputs.catch_up.due(spec):
             return Gate(
@@ -190,6 +224,12 @@ def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
         "GatesPassed",
         f"{tally.verified} objects verified, {tally.failures} failed within budget",
     )
+
+
+def cutover_begun(state: Mapping[str, Any]) -> bool:
+    """Whether a cutover has started and not finished: some actions may be done already."""
+    progress = state.get("cutoverInProgress")
+    return isinstance(progress, dict) and bool(progress.get("startedAt"))
 
 
 def rollback_gate(*, cut_over: bool, cleanup_started: bool) -> Gate:

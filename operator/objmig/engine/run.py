@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from objmig.api.migration import ObjectMigration, ObjectMigrationSpec, ObjectMigrationStatus
 from objmig.engine.context import MigrationContext, check_access
-from objmig.engine.cutover import perform_cutover, perform_rollback
+from objmig.engine.cutover import perform_cutover, perform_rollback, stopped_half_way
 from objmig.engine.pipeline import PLAN_REASONS, ConfigurationError
 from objmig.engine.policy import CatchUp, cutover_gate, failure_budget
 from objmig.engine.scan import config_map_manifest_patch, manifest_config_map, run_scan
@@ -152,7 +152,11 @@ class LocalRun:
         await record_verification(self._ledger, mid)
         if not gate.ok:
             return RunResult("awaiting-cutover", await self._publish())
-        await perform_cutover(self._ledger, mid, self._spec, self._secrets, None)
+        try:
+            await perform_cutover(self._ledger, mid, self._spec, self._secrets, None)
+        except Exception as error:
+            await self._ledger.update_state(mid, stopped_half_way("cutover", error, "run again"))
+            return RunResult("failed", await self._publish())
         return RunResult("cut-over", await self._publish())
 
     # -- stages -----------------------------------------------------------------------------
@@ -258,12 +262,19 @@ class LocalRun:
         async with context.clients() as (source, _):
             outcome = await run_scan(self._ledger, self._migration_id, context, source)
         round_ = catch_up.rounds + 1
-        await self._ledger.update_state(self._migration_id, CatchUp.recorded(round_, outcome.delta))
+        await self._ledger.update_state(
+            self._migration_id, catch_up.recorded(round_, outcome.delta)
+        )
         log.info("catch-up round %d found %d new or changed objects", round_, outcome.delta)
         return outcome.delta > 0
 
     async def _rollback(self, mid: int) -> RunResult:
-        gate = await perform_rollback(self._ledger, mid, self._spec, self._secrets, None)
+        try:
+            gate = await perform_rollback(self._ledger, mid, self._spec, self._secrets, None)
+        except Exception as error:
+            # rollbackStarted stays set: a half-reverted cutover keeps cleanups out.
+            await self._ledger.update_state(mid, stopped_half_way("rollback", error, "run again"))
+            return RunResult("failed", await self._publish())
         status = await self._publish()
         if gate.ok or status.cutover.rolled_back_at is not None:
             return RunResult("rolled-back", status)

@@ -200,6 +200,11 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     return text
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, redacted, for a condition or an event."""
+    return f"{type(exc).__name__}: {redact(str(exc))}"
+
+
 def _client_error_class(exc: bce.ClientError) -> ErrorClass:
     response = exc.response
     error = response.get("Error", {})
