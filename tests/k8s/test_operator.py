@@ -41,17 +41,30 @@ GROUP_PLURAL = "objectmigrations.objmig.dev"
 # -- helpers -----------------------------------------------------------------------------------
 
 
+def apply_object(
+    cluster: ControlPlane, namespace: str, kind: str, name: str, field: str, data: dict[str, str]
+) -> None:
+    cluster.apply_yaml(
+        {"apiVersion": "v1", "kind": kind, "metadata": {"name": name}, field: data},
+        namespace=namespace,
+    )
+
+
+def apply_secret(cluster: ControlPlane, namespace: str, name: str, data: dict[str, str]) -> None:
+    apply_object(cluster, namespace, "Secret", name, "stringData", data)
+
+
+def apply_config_map(
+    cluster: ControlPlane, namespace: str, name: str, data: dict[str, str]
+) -> None:
+    apply_object(cluster, namespace, "ConfigMap", name, "data", data)
+
+
 def create_secret(
     cluster: ControlPlane, namespace: str, access_key: str, secret_key: str, name: str = SECRET
 ) -> None:
-    cluster.apply_yaml(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": name},
-            "stringData": {"accessKeyId": access_key, "secretAccessKey": secret_key},
-        },
-        namespace=namespace,
+    apply_secret(
+        cluster, namespace, name, {"accessKeyId": access_key, "secretAccessKey": secret_key}
     )
 
 
@@ -261,15 +274,7 @@ async def test_manual_cutover_waits_for_approval_then_rolls_back_the_config_map(
     source, target = await s3_seed.bucket(), await s3_seed.bucket()
     expected = await seed_many(s3_seed, source, (f"k/{i}" for i in range(20)), 100)
     create_secret(k8s_cluster, ns, *moto_keys(s3_server))
-    k8s_cluster.apply_yaml(
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "app"},
-            "data": {"BUCKET": source, "UNRELATED": "kept"},
-        },
-        namespace=ns,
-    )
+    apply_config_map(k8s_cluster, ns, "app", {"BUCKET": source, "UNRELATED": "kept"})
     cutover = {
         "policy": "Manual",
         "configMapRef": {"name": "app", "data": {"BUCKET": target, "ENDPOINT": "new"}},
@@ -539,14 +544,8 @@ async def test_a_configmap_worklist_reaches_the_scan_pod_through_the_ledger(
     assert f"in namespace '{ns}'" in condition(failed, "Failed")["message"]
     assert jobs_of(k8s_cluster, ns) == []
 
-    k8s_cluster.apply_yaml(
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "worklist"},
-            "data": {"keys": "\n".join([*wanted, "k/not-there"]) + "\n"},
-        },
-        namespace=ns,
+    apply_config_map(
+        k8s_cluster, ns, "worklist", {"keys": "\n".join([*wanted, "k/not-there"]) + "\n"}
     )
     patch_spec(k8s_cluster, ns, name, {"retry": {"attempts": 3}})
     resource = wait_cut_over(k8s_cluster, ns, name)
@@ -641,10 +640,7 @@ async def test_a_cutover_that_cannot_finish_says_so_and_finishes_once_fixed(
     assert "HTTP response headers" not in message
     assert condition(failed, "CutOver").get("status") != "True"
 
-    k8s_cluster.apply_yaml(
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app-config"}},
-        namespace=ns,
-    )
+    apply_config_map(k8s_cluster, ns, "app-config", {})
     patch_spec(k8s_cluster, ns, name, {"retry": {"attempts": 3}})
     wait_cut_over(k8s_cluster, ns, name)
     data = k8s_cluster.kubectl_json("get", "configmap", "app-config", "-n", ns)["data"]
@@ -668,27 +664,11 @@ async def test_a_half_done_cutover_rolls_back_and_a_re_cutover_brings_later_writ
     source, target = await s3_seed.bucket(), await s3_seed.bucket()
     expected = await seed_many(s3_seed, source, (f"k/{i}" for i in range(6)), 50)
     create_secret(k8s_cluster, ns, *moto_keys(s3_server))
-    k8s_cluster.apply_yaml(
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "app-config"},
-            "data": {"S3_BUCKET": source},
-        },
-        namespace=ns,
-    )
+    apply_config_map(k8s_cluster, ns, "app-config", {"S3_BUCKET": source})
     async with catalog_database(postgres_server, list(expected), source) as app_dsn:
         app = await asyncpg.connect(app_dsn)
         await refuse_location(app, f"s3://{target}/k/5")
-        k8s_cluster.apply_yaml(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": "app-db"},
-                "stringData": {"dsn": app_dsn},
-            },
-            namespace=ns,
-        )
+        apply_secret(k8s_cluster, ns, "app-db", {"dsn": app_dsn})
         cutover = {
             "catalog": catalog_action(batchSize=2),
             "configMapRef": {"name": "app-config", "data": {"S3_BUCKET": target}},
@@ -811,18 +791,11 @@ async def test_no_secret_value_reaches_logs_events_or_status(
     source, target = await s3_seed.bucket(), await s3_seed.bucket()
     await seed_many(s3_seed, source, (f"k/{i}" for i in range(20)), 100)
     await seed_many(s3_seed, source, (f"deny/{i}" for i in range(3)), 100)
-    k8s_cluster.apply_yaml(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": SECRET},
-            "stringData": {
-                "accessKeyId": "objmig-test",
-                "secretAccessKey": secret_key,
-                "sessionToken": token,
-            },
-        },
-        namespace=ns,
+    apply_secret(
+        k8s_cluster,
+        ns,
+        SECRET,
+        {"accessKeyId": "objmig-test", "secretAccessKey": secret_key, "sessionToken": token},
     )
     # Some objects fail, so error paths (and their messages) run too.
     s3_proxy.add_rule(Fail(403, "AccessDenied"), method="PUT", bucket=target, key="deny/*")
