@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from objmig.ledger import Counts, Ledger, ObjectState, StateCount, StepResult
-from objmig.ledger import store as ledger_store
+from objmig.ledger import reads as ledger_reads
 from tests.fixtures.postgres import inventory_rows
 
 LEASE = timedelta(minutes=5)
@@ -76,7 +76,7 @@ async def test_counts_match_a_full_scan_after_random_operations(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch, compact_after: int
 ) -> None:
     # 0: fold the delta rows on every counts() call; 10_000: never fold.
-    monkeypatch.setattr(ledger_store, "COMPACT_DELTAS_AFTER", compact_after)
+    monkeypatch.setattr(ledger_reads, "COMPACT_DELTAS_AFTER", compact_after)
     rng = random.Random(7)
     mid = await ledger.ensure_migration("ns/a")
     other = await ledger.ensure_migration("ns/other")

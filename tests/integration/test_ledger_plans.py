@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from objmig.ledger import Ledger, ObjectState, StepResult
-from objmig.ledger.store import _claim_sql, _record_sql
+from objmig.ledger.leases import _claim_sql, _record_sql
 from tests.fixtures.postgres import inventory_rows
 
 LEASE = timedelta(minutes=5)
