@@ -247,7 +247,10 @@ class LocalMinio(_ChildServer):
     """
 
     name = "minio"
-    health_path = "/minio/health/live"
+    # Not /minio/health/live: that answers 200 as soon as the process listens, while
+    # requests still get XMinioServerNotInitialized. The cluster check answers 503 until
+    # the object layer, bucket metadata and IAM are up.
+    health_path = "/minio/health/cluster"
     credentials = Credentials("objmig-minio", "objmig-minio-secret")
 
     def __init__(
