@@ -274,6 +274,6 @@ async def test_a_rollback_under_way_keeps_a_cleanup_from_deleting_and_the_revers
     assert "RolledBack" in {gate.reason for gate in blocked.unmet_gates}
     assert len(await keys_of(s3_client, source)) == 7
     # Once a cleanup has started, the other way round: no rollback.
-    await ledger.update_state(migration_id, {"rollbackStarted": None})
+    await ledger.update_state(migration_id, rollback_started=False)
     assert await ledger.start_cleanup(migration_id)
     assert not await ledger.start_rollback(migration_id)

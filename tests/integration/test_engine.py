@@ -493,7 +493,7 @@ async def test_rollback_is_refused_once_cleanup_started(
     )
     migration_id = await ledger.find_migration("test/m")
     assert migration_id is not None
-    await ledger.update_state(migration_id, {"cleanupStarted": True})
+    await ledger.update_state(migration_id, cleanup_started=True)
 
     result = await run(
         ledger, migration(s3_endpoint, source, target, cutover={"rollback": True}), s3_endpoint
@@ -555,7 +555,7 @@ async def test_no_credentials_in_status_or_report(
     buffer = io.BytesIO()
     await ledger.export_report(migration_id, buffer, "jsonl")
     assert secret.encode() not in buffer.getvalue()
-    assert secret not in str(await ledger.get_state(migration_id))
+    assert secret not in (await ledger.get_state(migration_id)).model_dump_json()
 
 
 @pytest.mark.parametrize("s3_backend", ["minio"], indirect=True)

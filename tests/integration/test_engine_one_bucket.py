@@ -10,12 +10,13 @@ Each test runs on moto and on MinIO, behind the fault proxy that counts requests
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 from typing import Any
 
 from objmig.api.migration import ObjectMigration
 from objmig.engine.cleanup import run_cleanup
 from objmig.engine.pipeline import ORIGINAL_CHECKSUM_KEY, ORIGINAL_ETAG_KEY
-from objmig.ledger import InventoryRow, Ledger, ObjectState
+from objmig.ledger import InventoryRow, Ledger, ObjectState, ScanRecord
 from objmig.storage.copy import MIGRATION_METADATA_KEY
 from objmig.storage.endpoint import Endpoint
 from tests.fixtures.s3 import S3Backend, S3Seeder
@@ -131,7 +132,7 @@ async def test_an_interrupted_copy_in_place_is_proven_on_the_next_attempt_not_co
         ],
         scan_id=1,
     )
-    await ledger.update_state(mid, {"scan": {"id": 1, "running": False, "completedAt": "x"}})
+    await ledger.update_state(mid, scan=ScanRecord(id=1, completed_at=datetime.now(UTC)))
     backend_proxy.clear()
 
     result = await run(ledger, resource, backend_via_proxy)
@@ -160,8 +161,8 @@ async def test_catch_up_after_a_rewrite_in_place_finds_nothing_new(
     assert result.outcome == "cut-over"
     state = await ledger.get_state(await ledger.find_migration("test/m") or 0)
     # One catch-up round; its re-scan lists the copies and knows them for the migration's own.
-    assert state["catchUp"]["rounds"] == 1
-    assert state["catchUp"]["lastDelta"] == 0
+    assert state.catch_up.rounds == 1
+    assert state.catch_up.last_delta == 0
     assert writes(backend_proxy, bucket) == 4
 
 

@@ -15,7 +15,10 @@ from objmig.ledger import (
     InventoryRow,
     Ledger,
     MigrationConflict,
+    MigrationState,
     ObjectState,
+    Problem,
+    ScanRecord,
     StepResult,
 )
 from tests.fixtures.postgres import inventory_rows
@@ -257,16 +260,16 @@ async def test_delete_migration_removes_rows_and_counts(ledger: Ledger) -> None:
     assert await ledger.delete_migration(mid) is False
 
 
-async def test_migration_state_patches_merge_shallowly(ledger: Ledger) -> None:
+async def test_migration_state_sections_merge_shallowly(ledger: Ledger) -> None:
     mid = await ledger.ensure_migration("ns/a")
 
-    await ledger.update_state(mid, {"scan": {"id": 1}, "phase": "Scanning"})
-    merged = await ledger.update_state(mid, {"phase": "Copying", "started": "now"})
+    await ledger.update_state(mid, scan=ScanRecord(id=1), paused=Problem(reason="P"))
+    merged = await ledger.update_state(mid, paused=None, generation=3)
 
-    assert merged == {"scan": {"id": 1}, "phase": "Copying", "started": "now"}
+    assert merged == MigrationState(scan=ScanRecord(id=1), generation=3)
     assert await ledger.get_state(mid) == merged
     (listed,) = await ledger.list_migrations()
-    assert listed.state == merged
+    assert MigrationState.model_validate(listed.state) == merged
 
 
 async def test_first_scan_with_a_key_repeated_across_chunks_merges_it(ledger: Ledger) -> None:

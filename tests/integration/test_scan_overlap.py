@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
-from datetime import datetime
 
 import pytest
 
@@ -120,9 +119,8 @@ async def test_a_run_copies_while_its_scan_is_still_listing(
     migration_id = await ledger.find_migration("test/m")
     assert migration_id is not None
     assert await _verified(ledger, migration_id) == OBJECTS
-    scan_done = datetime.fromisoformat(
-        (await ledger.get_state(migration_id))["scan"]["completedAt"]
-    )
+    scan_done = (await ledger.get_state(migration_id)).scan.completed_at
+    assert scan_done is not None
     verified_at = [row.verified_at async for row in ledger.iter_rows(migration_id)]
     early = sum(1 for at in verified_at if at is not None and at < scan_done)
     assert early > 0, "no object was verified before the scan ended"
@@ -155,7 +153,8 @@ async def test_a_scan_failing_midway_stops_the_copy_and_fails_the_run(
     assert result.status.cutover.at is None
     migration_id = await ledger.find_migration("test/m")
     assert migration_id is not None
-    failed = (await ledger.get_state(migration_id))["failed"]
-    assert failed["reason"] == "S3NoSuchBucket"
-    assert "scan" in failed["message"]
+    failed = (await ledger.get_state(migration_id)).failed
+    assert failed is not None
+    assert failed.reason == "S3NoSuchBucket"
+    assert "scan" in failed.message
     assert await _verified(ledger, migration_id) < OBJECTS

@@ -19,6 +19,7 @@ from objmig.engine.policy import (
     failure_budget,
     rollback_gate,
 )
+from objmig.ledger.state import CatchUpRecord, MigrationState
 
 
 def _spec(**overrides: Any) -> ObjectMigrationSpec:
@@ -37,7 +38,9 @@ def _tally(**counts: int) -> Tally:
 def _inputs(
     tally: Tally, *, scan_complete: bool = True, delta: int | None = None, rounds: int = 0
 ) -> CutoverInputs:
-    return CutoverInputs(tally, scan_complete, CatchUp(rounds=rounds, last_delta=delta))
+    return CutoverInputs(
+        tally, scan_complete, CatchUp(CatchUpRecord(rounds=rounds, last_delta=delta))
+    )
 
 
 def test_backoff_grows_exponentially_and_is_capped() -> None:
@@ -123,19 +126,21 @@ def test_cutover_with_catch_up_waits_for_an_empty_delta() -> None:
 
 def test_catch_up_rounds_are_due_until_a_round_finds_nothing_or_the_limit() -> None:
     spec = _spec(cutover={"catchUp": True, "maxCatchUpRounds": 2})
-    assert CatchUp.of({}).due(spec)  # none ran yet
-    assert CatchUp.of(CatchUp().recorded(1, 5)).due(spec)
-    assert not CatchUp.of(CatchUp().recorded(1, 0)).due(spec)
-    assert not CatchUp.of(CatchUp().recorded(2, 5)).due(spec)  # the limit: NotConverging
-    assert not CatchUp.of({}).due(_spec())  # catchUp off
-    assert not CatchUp.of({}).due(_spec(dryRun=True, cutover={"catchUp": True}))
-    assert CatchUp.of({"catchUp": {"rounds": 1, "lastDelta": 3}}) == CatchUp(1, 3)
+    assert CatchUp().due(spec)  # none ran yet
+    assert CatchUp(CatchUp().recorded(1, 5)).due(spec)
+    assert not CatchUp(CatchUp().recorded(1, 0)).due(spec)
+    assert not CatchUp(CatchUp().recorded(2, 5)).due(spec)  # the limit: NotConverging
+    assert not CatchUp().due(_spec())  # catchUp off
+    assert not CatchUp().due(_spec(dryRun=True, cutover={"catchUp": True}))
+    assert CatchUp.of(
+        MigrationState.model_validate({"catchUp": {"rounds": 1, "lastDelta": 3}})
+    ) == CatchUp(CatchUpRecord(rounds=1, last_delta=3))
 
 
 def test_after_a_rollback_the_next_cutover_waits_for_a_re_scan() -> None:
     tally = _tally(verified=10)
-    exhausted = CatchUp(rounds=3, last_delta=2)
-    rolled_back = CatchUp.of(exhausted.after_rollback())
+    exhausted = CatchUp(CatchUpRecord(rounds=3, last_delta=2))
+    rolled_back = CatchUp(exhausted.after_rollback())
     for spec in (_spec(), _spec(cutover={"catchUp": True, "maxCatchUpRounds": 3})):
         assert rolled_back.due(spec)
         gate = cutover_gate(spec, CutoverInputs(tally, True, rolled_back))
@@ -143,15 +148,15 @@ def test_after_a_rollback_the_next_cutover_waits_for_a_re_scan() -> None:
         assert "rolled back" in gate.message
     assert not rolled_back.due(_spec(dryRun=True))
     # One re-scan pays what the rollback owes; with catchUp on, the limit counts afresh.
-    found = CatchUp.of(rolled_back.recorded(4, 2))
+    found = CatchUp(rolled_back.recorded(4, 2))
     assert not found.owed_after_rollback
     assert not found.due(_spec())
     assert cutover_gate(_spec(), CutoverInputs(tally, True, found)).ok
     catching_up = _spec(cutover={"catchUp": True, "maxCatchUpRounds": 3})
     assert found.due(catching_up)
-    assert not CatchUp.of(found.recorded(6, 1)).due(catching_up)
-    assert CatchUp.of(found.recorded(5, 0)).rolled_back_at_round == 3
-    gate = cutover_gate(catching_up, CutoverInputs(tally, True, CatchUp.of(found.recorded(5, 0))))
+    assert not CatchUp(found.recorded(6, 1)).due(catching_up)
+    assert found.recorded(5, 0).rolled_back_at_round == 3
+    gate = cutover_gate(catching_up, CutoverInputs(tally, True, CatchUp(found.recorded(5, 0))))
     assert gate.ok
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import Field
@@ -11,6 +12,96 @@ from pydantic import Field
 from objmig.api.base import ApiModel
 
 ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class ConditionType(StrEnum):
+    """Every condition type objmig sets, on either resource: ``kubectl wait`` names these."""
+
+    # ObjectMigration
+    SCANNED = "Scanned"
+    RESTORED = "Restored"
+    COPIED = "Copied"
+    VERIFIED = "Verified"
+    CUTOVER_READY = "CutoverReady"
+    CUT_OVER = "CutOver"
+    PAUSED = "Paused"
+    FAILED = "Failed"
+    READY = "Ready"
+    # MigrationCleanup (also Failed)
+    GATES_PASSED = "GatesPassed"
+    COMPLETE = "Complete"
+
+
+class Reason(StrEnum):
+    """The fixed reasons of objmig's conditions and Events.
+
+    A condition's reason is one of these, or a reason built from a store's error code
+    (``S3AccessDenied``, ``S3NoSuchBucket``: :func:`s3_reason`), which no list can hold.
+    """
+
+    # Scanned / Restored / Copied / Verified
+    NOT_STARTED = "NotStarted"
+    SCANNING = "Scanning"
+    SCAN_COMPLETE = "ScanComplete"
+    RESTORE_IN_PROGRESS = "RestoreInProgress"
+    NOTHING_TO_RESTORE = "NothingToRestore"
+    COPY_IN_PROGRESS = "CopyInProgress"
+    ALL_COPIED = "AllCopied"
+    VERIFICATION_PENDING = "VerificationPending"
+    SOME_OBJECTS_FAILED = "SomeObjectsFailed"
+    ALL_VERIFIED = "AllVerified"
+    # CutoverReady, CutOver, Ready: the cutover gate and its outcome
+    DRY_RUN = "DryRun"
+    SCAN_INCOMPLETE = "ScanIncomplete"
+    NOTHING_SELECTED = "NothingSelected"
+    NOT_ALL_VERIFIED = "NotAllVerified"
+    OBJECTS_FAILED = "ObjectsFailed"
+    NOTHING_VERIFIED = "NothingVerified"
+    CATCH_UP_PENDING = "CatchUpPending"
+    CATCH_UP_NOT_CONVERGING = "CatchUpNotConverging"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    GATES_PASSED = "GatesPassed"
+    CUT_OVER = "CutOver"
+    NOT_CUT_OVER = "NotCutOver"
+    ROLLED_BACK = "RolledBack"
+    PLAN_READY = "PlanReady"
+    PLANNING = "Planning"
+    # The failure budget (Paused, and the cutover gate)
+    WITHIN_BUDGET = "WithinBudget"
+    FAILURE_BUDGET_EXCEEDED = "FailureBudgetExceeded"
+    FAILURE_RATIO_EXCEEDED = "FailureRatioExceeded"
+    # Paused
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    # Rollback
+    ROLLBACK_ALLOWED = "RollbackAllowed"
+    CLEANUP_STARTED = "CleanupStarted"
+    # Failed
+    NO_ERROR = "NoError"
+    INVALID_SPEC = "InvalidSpec"
+    LEDGER_CONFLICT = "LedgerConflict"
+    SCAN_FAILED = "ScanFailed"
+    WORKER_JOB_FAILED = "WorkerJobFailed"
+    CUTOVER_FAILED = "CutoverFailed"
+    ROLLBACK_FAILED = "RollbackFailed"
+    SECRET_NOT_FOUND = "SecretNotFound"  # noqa: S105 - a reason, not a secret
+    MANIFEST_NOT_FOUND = "ManifestNotFound"
+    CONFIGURATION_ERROR = "ConfigurationError"
+    # MigrationCleanup
+    MIGRATION_NOT_FOUND = "MigrationNotFound"
+    CLEANUP_JOB_FAILED = "CleanupJobFailed"
+    COMPLETE = "Complete"
+    IN_PROGRESS = "InProgress"
+    BLOCKED = "Blocked"
+    # Events only
+    PHASE_CHANGED = "PhaseChanged"
+
+
+def s3_reason(code: str) -> str:
+    """The reason for a migration stopped by a store's error ``code`` (``S3AccessDenied``)."""
+    return f"S3{code}"
+
+
 REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
 

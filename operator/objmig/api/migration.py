@@ -26,6 +26,8 @@ from objmig.api.types import Duration, Quantity, ResourceQuantity, parse_quantit
 GROUP = "objmig.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+# Worker pods of one Job; bounds the index suffix of their hostnames (see controller.jobs).
+MAX_PARALLELISM = 256
 
 StorageClass = Literal[
     "STANDARD",
@@ -529,7 +531,9 @@ class ResourceRequirements(ApiModel):
 class WorkersSpec(ApiModel):
     """The Job pods that claim and copy objects."""
 
-    parallelism: int = Field(default=2, ge=1, le=256, description="Worker pods run at once.")
+    parallelism: int = Field(
+        default=2, ge=1, le=MAX_PARALLELISM, description="Worker pods run at once."
+    )
     image: str | None = Field(
         default=None, description="Worker image. Absent: the operator's configured image."
     )

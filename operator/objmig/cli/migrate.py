@@ -17,8 +17,9 @@ from objmig.api.loading import load_one
 from objmig.api.migration import ObjectMigration, ObjectMigrationSpec
 from objmig.cli.ledger import database_url_option, open_ledger, state_dir_option
 from objmig.cli.progress import ProgressView, human_bytes, status_table, summary_line
+from objmig.engine.bookkeeping import compute_status
 from objmig.engine.cleanup import run_cleanup
-from objmig.engine.run import LocalRun, RunResult, compute_status
+from objmig.engine.run import LocalRun, RunResult
 from objmig.engine.secrets import (
     ChainedSecrets,
     EnvSecrets,
@@ -219,7 +220,7 @@ async def _status_of(ledger: Ledger, name: str) -> tuple[int, ObjectMigrationSpe
     if migration_id is None:
         raise click.ClickException(f"no migration named {name!r} in this ledger")
     state = await ledger.get_state(migration_id)
-    return migration_id, ObjectMigrationSpec.model_validate(state["spec"])
+    return migration_id, ObjectMigrationSpec.model_validate(state.spec)
 
 
 @click.command()

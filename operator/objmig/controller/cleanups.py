@@ -1,7 +1,7 @@
 """Reconciling one MigrationCleanup: report the gates, run the deletion Job, show the outcome.
 
-The gates are reported first, as conditions, whether or not anything can be deleted yet; the
-deletion Job starts only when they hold (its workers re-check every gate per object anyway).
+:func:`objmig.engine.cleanup_lifecycle.decide_cleanup` (which ``objmig cleanup`` asks too)
+says whether a pass runs; here a pass is a Job.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from objmig.api.cleanup import MigrationCleanup, MigrationCleanupStatus, UnmetGate
-from objmig.api.conditions import set_condition
+from objmig.api.conditions import ConditionType, Reason, set_condition
 from objmig.api.loading import explain
 from objmig.api.migration import JobRef, ObjectMeta, ObjectMigration, ObjectMigrationSpec
 from objmig.controller.config import OperatorConfig
-from objmig.controller.jobs import CLEANUP_LABEL, JobWant, cleanup_job
+from objmig.controller.jobs import CLEANUP_LABEL, JobWant, cleanup_job, cleanup_run, job_name
 from objmig.controller.kube import Kube
 from objmig.controller.service import Event, Outcome
 from objmig.engine.cleanup import cleanup_status, migration_facts, take_up_spec
-from objmig.engine.deletion import unmet_gates
+from objmig.engine.cleanup_lifecycle import CleanupObserved, decide_cleanup
 from objmig.ledger import Ledger, MigrationConflict
 
 
@@ -39,14 +39,14 @@ class CleanupService:
         try:
             cleanup = MigrationCleanup.model_validate(dict(body))
         except ValidationError as error:
-            return _blocked(previous, "InvalidSpec", "; ".join(explain(error)), failed=True)
+            return _blocked(previous, Reason.INVALID_SPEC, "; ".join(explain(error)), failed=True)
         meta, spec = cleanup.metadata, cleanup.spec
         migration_name = f"{meta.namespace}/{spec.migration_ref.name}"
         migration_id = await self._ledger.find_migration(migration_name)
         if migration_id is None:
             return _blocked(
                 previous,
-                "MigrationNotFound",
+                Reason.MIGRATION_NOT_FOUND,
                 f"no ObjectMigration {spec.migration_ref.name} has run in this namespace",
             )
         try:
@@ -54,38 +54,36 @@ class CleanupService:
                 f"{meta.namespace}/{meta.name}", meta.uid or "", migration_id
             )
         except MigrationConflict as error:
-            return _blocked(previous, "LedgerConflict", str(error), failed=True)
+            return _blocked(previous, Reason.LEDGER_CONFLICT, str(error), failed=True)
         # The worker reads the spec from the ledger, like migration workers do; a changed
         # spec starts a new pass, with a Job of its own.
         pass_ = await take_up_spec(self._ledger, cleanup_id, spec)
-        await self._ledger.update_cleanup_state(cleanup_id, {"uid": meta.uid})
+        await self._ledger.update_cleanup_state(cleanup_id, uid=meta.uid)
         state = await self._ledger.get_state(migration_id)
-        now = datetime.now(UTC)
-        unmet = unmet_gates(spec, migration_facts(state), now) if spec.what == "source" else []
         jobs = await self._kube.jobs_of(meta.namespace, meta.name, CLEANUP_LABEL)
+        name = job_name(meta.name, cleanup_run(pass_))
+        job = jobs.get(name)
+        decision = decide_cleanup(
+            CleanupObserved(
+                spec=spec,
+                facts=migration_facts(state),
+                state=await self._ledger.get_cleanup_state(cleanup_id),
+                now=datetime.now(UTC),
+                run=job.run() if job is not None else None,
+            )
+        )
         events: list[Event] = []
-        cleanup_state = await self._ledger.get_cleanup_state(cleanup_id)
-        if not unmet and not cleanup_state.get("completedAt") and not cleanup_state.get("failed"):
-            name = (f"{meta.name}-cleanup" + (f"-p{pass_}" if pass_ else ""))[:63]
-            if name not in jobs:
-                migration = ObjectMigration(
-                    metadata=ObjectMeta(name=spec.migration_ref.name, namespace=meta.namespace),
-                    spec=ObjectMigrationSpec.model_validate(state["spec"]),
-                )
-                want = JobWant(name, "cleanup", 1, suspend=False)
-                if await self._kube.create_job(cleanup_job(cleanup, migration, want, self._config)):
-                    verb = "dry run" if spec.dry_run else "deleting"
-                    events.append(Event("Normal", "CleanupStarted", f"gates passed; {verb}"))
-            elif jobs[name].failed_reason is not None:
-                await self._ledger.update_cleanup_state(
-                    cleanup_id,
-                    {
-                        "failed": {
-                            "reason": "CleanupJobFailed",
-                            "message": f"Job {name}: {jobs[name].failed_message}",
-                        }
-                    },
-                )
+        if decision.fail is not None:
+            await self._ledger.update_cleanup_state(cleanup_id, failed=decision.fail)
+        if decision.run_pass:
+            migration = ObjectMigration(
+                metadata=ObjectMeta(name=spec.migration_ref.name, namespace=meta.namespace),
+                spec=ObjectMigrationSpec.model_validate(state.spec),
+            )
+            want = JobWant(name, "cleanup", 1, suspend=False)
+            if await self._kube.create_job(cleanup_job(cleanup, migration, want, self._config)):
+                verb = "dry run" if spec.dry_run else "deleting"
+                events.append(Event("Normal", "CleanupStarted", f"gates passed; {verb}"))
         status = await cleanup_status(
             self._ledger, cleanup_id, migration_id, spec, previous, generation=meta.generation
         )
@@ -134,11 +132,11 @@ def _blocked(
     status = previous.model_copy(deep=True)
     now = datetime.now(UTC)
     status.conditions = set_condition(
-        status.conditions, "GatesPassed", "False", reason, message, now=now
+        status.conditions, ConditionType.GATES_PASSED, "False", reason, message, now=now
     )
     if failed:
         status.conditions = set_condition(
-            status.conditions, "Failed", "True", reason, message, now=now
+            status.conditions, ConditionType.FAILED, "True", reason, message, now=now
         )
     status.unmet_gates = [UnmetGate(gate="Migration", reason=reason, message=message)]
     status.phase = "Failed" if failed else "Blocked"

@@ -20,7 +20,7 @@ from objmig.controller.cleanups import CleanupService
 from objmig.controller.config import OperatorConfig
 from objmig.controller.kube import Kube
 from objmig.controller.service import MigrationService, Outcome, merge_patch
-from objmig.engine.run import RateMeter
+from objmig.engine.bookkeeping import RateMeter
 from objmig.ledger import Ledger
 
 PLURAL = "objectmigrations"

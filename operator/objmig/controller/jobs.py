@@ -1,7 +1,7 @@
 """Worker Jobs: their names and manifests (pure functions of the migration and the config).
 
-Names are deterministic — ``<migration>-<stage>-r<round>[-w<wave>]`` — so an operator that
-restarts finds the Jobs it created instead of creating them twice.
+Names are deterministic (:func:`job_name`), so an operator that restarts finds the Jobs it
+created instead of creating them twice.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from objmig.api.cleanup import MigrationCleanup
-from objmig.api.migration import API_VERSION, ObjectMigration
+from objmig.api.migration import API_VERSION, MAX_PARALLELISM, ObjectMigration
 from objmig.controller.config import OperatorConfig
+from objmig.engine.lifecycle import RunObservation
 from objmig.engine.secrets import SESSION_TOKEN, env_name, referenced_secrets
 from objmig.worker import EXIT_INTERRUPTED, EXIT_PERMANENT
 
@@ -23,13 +24,36 @@ STAGE_LABEL = "objmig.dev/stage"
 WORKER_CONTAINER = "worker"
 
 
-def job_name(migration: str, stage: Stage, round_: int, wave: int = 0) -> str:
-    """A DNS-label-safe, deterministic Job name (at most 63 characters)."""
-    suffix = f"-{stage}-r{round_}" + (f"-w{wave}" if wave else "")
-    if len(migration) + len(suffix) <= 63:
-        return migration + suffix
-    digest = hashlib.sha256(migration.encode()).hexdigest()[:8]
-    return f"{migration[: 63 - len(suffix) - 9]}-{digest}{suffix}"
+# An Indexed Job names each pod's hostname ``<job>-<index>``, and a hostname is a DNS label
+# (63 characters): a Job name must leave room for the largest index its parallelism allows.
+JOB_NAME_LIMIT = 63 - len(f"-{MAX_PARALLELISM - 1}")
+
+
+def job_name(resource: str, run: str) -> str:
+    """The deterministic name of one of a resource's Jobs: ``<resource>-<run>``.
+
+    ``run`` names the stage and its attempt (:func:`stage_run`, :func:`cleanup_run`), so a
+    retry gets a fresh Job instead of finding the failed one again, and a restarted operator
+    finds the Jobs it made. A resource name too long for that keeps a prefix and gains a hash
+    of the whole name: every name the CRD accepts gets distinct, valid Job names through any
+    number of runs.
+    """
+    if len(resource) + 1 + len(run) <= JOB_NAME_LIMIT:
+        return f"{resource}-{run}"
+    digest = hashlib.sha256(resource.encode()).hexdigest()[:8]
+    prefix = resource[: JOB_NAME_LIMIT - len(run) - len(digest) - 2]
+    return f"{prefix}-{digest}-{run}"
+
+
+def stage_run(stage: Stage, round_: int, wave: int = 0) -> str:
+    """A migration stage's run: the catch-up round, and the wave within it (a spec change
+    after a failure counts the wave on)."""
+    return f"{stage}-r{round_}" + (f"-w{wave}" if wave else "")
+
+
+def cleanup_run(pass_: int) -> str:
+    """A cleanup's run: each pass (a changed spec starts one) gets a Job of its own."""
+    return "cleanup" + (f"-p{pass_}" if pass_ else "")
 
 
 @dataclass(frozen=True)
@@ -41,6 +65,32 @@ class JobWant:
     parallelism: int
     suspend: bool
     scan_id: int | None = None
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    """The parts of a Job's status the operator needs."""
+
+    name: str
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    complete: bool = False
+    failed_reason: str | None = None  # the Failed condition's reason, when the Job failed
+    failed_message: str = ""
+    suspended: bool = False
+    parallelism: int = 0
+
+    @property
+    def finished(self) -> bool:
+        """Complete or failed: no pod will run for it any more."""
+        return self.complete or self.failed_reason is not None
+
+    def run(self) -> RunObservation:
+        """The Job as the lifecycle sees a stage's run."""
+        if self.failed_reason is not None:
+            return RunObservation(failed_message=f"Job {self.name}: {self.failed_message}")
+        return RunObservation(complete=self.complete)
 
 
 def worker_env(migration: ObjectMigration, config: OperatorConfig) -> list[dict[str, Any]]:

@@ -14,8 +14,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from objmig.api.migration import ConfigMapAction
-from objmig.controller.decide import JobObservation
-from objmig.controller.jobs import MIGRATION_LABEL
+from objmig.controller.jobs import MIGRATION_LABEL, JobObservation
 
 T = TypeVar("T")
 

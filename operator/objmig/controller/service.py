@@ -1,47 +1,48 @@
 """Reconciling one ObjectMigration: gather, decide, act, and describe the result.
 
 The Kopf handlers call :meth:`MigrationService.reconcile` on a timer. It reads the ledger and
-the migration's Jobs, asks :func:`objmig.controller.decide.decide` what to do, does it, and
-returns the new status (or None when nothing changed), plus the Events worth emitting.
+the migration's Jobs, asks :func:`objmig.engine.lifecycle.decide` what to do (the decision
+``objmig run`` asks too), carries it out with Jobs, and returns the new status (or None when
+nothing changed), plus the Events worth emitting.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from objmig.api.conditions import find_condition, set_condition
+from objmig.api.conditions import ConditionType, Reason, find_condition, set_condition
 from objmig.api.loading import explain
 from objmig.api.migration import (
     JobRef,
     ObjectMigration,
-    ObjectMigrationSpec,
     ObjectMigrationStatus,
     ObjectStatus,
     ReportRef,
 )
 from objmig.controller.config import OperatorConfig
-from objmig.controller.decide import (
-    Decision,
-    JobObservation,
-    Observed,
-    decide,
-    rounds,
-    section,
-)
-from objmig.controller.jobs import JobWant, worker_job
+from objmig.controller.jobs import JobObservation, JobWant, job_name, stage_run, worker_job
 from objmig.controller.kube import Kube, KubeConfigMaps
+from objmig.engine.bookkeeping import (
+    RateMeter,
+    compute_status,
+    cut_over,
+    record_decision,
+    record_failure,
+    refresh_verification,
+    roll_back,
+    take_up_spec,
+)
 from objmig.engine.context import ledger_name
-from objmig.engine.cutover import perform_cutover, perform_rollback, stopped_half_way
-from objmig.engine.policy import CatchUp
-from objmig.engine.run import RateMeter, compute_status, record_verification, switch_plan_mode
-from objmig.engine.scan import config_map_manifest_patch, manifest_config_map
+from objmig.engine.lifecycle import Decision, Observed, RunObservation, StageWant, decide
+from objmig.engine.policy import Tally
+from objmig.engine.scan import config_map_worklist, manifest_config_map
 from objmig.engine.secrets import (
     SESSION_TOKEN,
     ConfigMapNotFound,
@@ -50,11 +51,12 @@ from objmig.engine.secrets import (
     referenced_secrets,
 )
 from objmig.engine.status import tally
-from objmig.ledger import Counts, Ledger, MigrationConflict
+from objmig.ledger import Counts, Ledger, MigrationConflict, MigrationState, Problem
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+#: How a user of the operator tries again after a cutover or rollback stopped half-way.
+_RETRY = "edit the spec"
 
 #: Annotation that keeps the ledger rows (the full report) after the resource is deleted.
 RETAIN_REPORT = "objmig.dev/retain-report"
@@ -68,7 +70,12 @@ ERROR_CHARS = 300
 
 #: CutoverReady reasons that mean "waiting on someone", worth an Event when they appear.
 _BLOCKING = frozenset(
-    {"AwaitingApproval", "FailureBudgetExceeded", "FailureRatioExceeded", "CatchUpNotConverging"}
+    {
+        Reason.AWAITING_APPROVAL,
+        Reason.FAILURE_BUDGET_EXCEEDED,
+        Reason.FAILURE_RATIO_EXCEEDED,
+        Reason.CATCH_UP_NOT_CONVERGING,
+    }
 )
 
 
@@ -105,37 +112,24 @@ class MigrationService:
         try:
             migration = ObjectMigration.model_validate(dict(body))
         except ValidationError as error:
-            return self._failed_outcome(previous, "InvalidSpec", "; ".join(explain(error)))
+            return self._failed_outcome(previous, Reason.INVALID_SPEC, "; ".join(explain(error)))
         name = ledger_name(migration)
         try:
             migration_id = await self._ledger.ensure_migration(name, migration.metadata.uid or "")
         except MigrationConflict as error:
-            return self._failed_outcome(previous, "LedgerConflict", str(error))
+            return self._failed_outcome(previous, Reason.LEDGER_CONFLICT, str(error))
 
         state = await self._sync_spec(migration_id, migration)
         jobs = await self._kube.jobs_of(migration.metadata.namespace, migration.metadata.name)
         counts = await self._ledger.counts(migration_id)
-        decision = decide(
-            Observed(
-                name=migration.metadata.name,
-                spec=migration.spec,
-                tally=tally(counts),
-                state=state,
-                jobs=jobs,
-            )
-        )
+        observed = self._observe(migration, state, tally(counts), jobs)
+        decision = decide(observed)
+        await record_decision(self._ledger, migration_id, observed, decision)
         events = await self._act(migration, migration_id, state, jobs, decision)
 
         # Acting changes bookkeeping and Jobs, not object states: the counts taken for the
         # decision still describe this pass.
-        state = await self._ledger.get_state(migration_id)
-        view = tally(counts)
-        if (
-            not view.outstanding
-            and section(state, "scan").get("completedAt")
-            and section(state, "verification").get("objects") != view.verified
-        ):
-            await record_verification(self._ledger, migration_id)
+        await refresh_verification(self._ledger, migration_id, counts)
         status = await compute_status(
             self._ledger,
             migration_id,
@@ -145,7 +139,7 @@ class MigrationService:
             generation=migration.metadata.generation,
             counts=counts,
         )
-        if decision.job is not None and decision.job.name not in jobs:
+        if decision.stage is not None and self._job_name(migration, decision.stage) not in jobs:
             # A Job was just created: list again so the status names it now.
             jobs = await self._kube.jobs_of(migration.metadata.namespace, migration.metadata.name)
         status.jobs = [_job_ref(job) for job in sorted(jobs.values(), key=lambda j: j.name)]
@@ -158,6 +152,33 @@ class MigrationService:
         wire = status.to_wire()
         changed = wire if wire != previous.to_wire() else None
         return Outcome(changed, events, status, counts)
+
+    @staticmethod
+    def _job_name(migration: ObjectMigration, want: StageWant) -> str:
+        return job_name(migration.metadata.name, stage_run(want.stage, want.round, want.wave))
+
+    def _observe(
+        self,
+        migration: ObjectMigration,
+        state: MigrationState,
+        view: Tally,
+        jobs: Mapping[str, JobObservation],
+    ) -> Observed:
+        """The lifecycle's view: this round's and wave's scan and copy Jobs, if they exist."""
+        name, rounds = migration.metadata.name, state.rounds
+
+        def run(stage: Literal["scan", "copy"]) -> RunObservation | None:
+            job = jobs.get(job_name(name, stage_run(stage, rounds.round, rounds.wave)))
+            return job.run() if job is not None else None
+
+        return Observed(
+            spec=migration.spec,
+            tally=view,
+            state=state,
+            copies_while_scanning=False,
+            scan_run=run("scan"),
+            copy_run=run("copy"),
+        )
 
     async def forget(self, body: Mapping[str, Any]) -> bool:
         """On deletion: drop the ledger rows unless the resource asks to retain the report."""
@@ -172,119 +193,75 @@ class MigrationService:
 
     # -- acting ---------------------------------------------------------------------------
 
-    async def _sync_spec(self, migration_id: int, migration: ObjectMigration) -> dict[str, Any]:
+    async def _sync_spec(self, migration_id: int, migration: ObjectMigration) -> MigrationState:
         """Store the spec for the workers when it changed; a changed spec clears a failure."""
         state = await self._ledger.get_state(migration_id)
         generation = migration.metadata.generation
-        if state.get("generation") == generation and "spec" in state:
+        if state.generation == generation and state.spec is not None:
             return state
-        await switch_plan_mode(self._ledger, migration_id, dry_run=migration.spec.dry_run)
-        patch: dict[str, Any] = {"spec": migration.spec.to_wire(), "generation": generation}
-        if state.get("failed"):
-            round_, wave = rounds(state)
-            # The user changed something: try again with fresh Jobs.
-            patch["failed"] = None
-            patch["operator"] = {"round": round_, "wave": wave + 1}
-        return await self._ledger.update_state(migration_id, patch)
+        return await take_up_spec(self._ledger, migration_id, migration.spec, generation=generation)
 
     async def _act(
         self,
         migration: ObjectMigration,
         migration_id: int,
-        state: dict[str, Any],
+        state: MigrationState,
         jobs: dict[str, JobObservation],
         decision: Decision,
     ) -> list[Event]:
         namespace = migration.metadata.namespace
         events: list[Event] = []
-        if decision.failed is not None:
-            reason, message = decision.failed
-            await self._ledger.update_state(
-                migration_id, {"failed": {"reason": reason, "message": message}}
-            )
-        if (
-            decision.paused is not None
-            and section(state, "paused").get("reason") != (decision.paused[0])
-        ):
-            reason, message = decision.paused
-            await self._ledger.update_state(
-                migration_id, {"paused": {"reason": reason, "message": message}}
-            )
-        if decision.clear_paused:
-            await self._ledger.update_state(migration_id, {"paused": None})
-        if decision.suspend_jobs:
+        if decision.suspend:
             for job in jobs.values():
                 if not job.finished and not job.suspended:
                     await self._kube.suspend_job(namespace, job.name, True)
-        if decision.job is not None:
-            await self._ensure_job(migration, migration_id, decision.job, jobs)
-        round_, wave = rounds(state)
-        if decision.next_wave:
-            await self._ledger.update_state(
-                migration_id, {"operator": {"round": round_, "wave": wave + 1}}
-            )
-        if decision.next_round:
-            await self._ledger.update_state(
-                migration_id, {"operator": {"round": round_ + 1, "wave": 0}}
-            )
-        if decision.catch_up_result is not None:
-            await self._ledger.update_state(
-                migration_id, CatchUp.of(state).recorded(*decision.catch_up_result)
+        if decision.stage is not None:
+            want = decision.stage
+            await self._ensure_job(
+                migration,
+                migration_id,
+                JobWant(
+                    self._job_name(migration, want),
+                    want.stage,
+                    want.parallelism,
+                    suspend=False,
+                    scan_id=want.scan_id,
+                ),
+                jobs,
             )
         if decision.cut_over:
-            # The digest a cleanup approval quotes must describe what is cut over: a
-            # catch-up may have re-copied objects without changing how many are verified.
-            await record_verification(self._ledger, migration_id)
-            record = await self._carry_out(
-                "cutover", migration_id, perform_cutover, migration, events
-            )
-            if record is None:
-                return events
-            events.append(Event("Normal", "CutOver", "; ".join(record["actions"]) or "cut over"))
-        if decision.roll_back:
-            gate = await self._carry_out(
-                "rollback", migration_id, perform_rollback, migration, events
-            )
-            if gate is None:
-                return events
-            if gate.ok:
-                events.append(Event("Normal", "RolledBack", "cutover actions reverted"))
-            elif gate.reason != "NotCutOver" and not section(state, "cutover").get(
-                "rollbackBlocked"
-            ):
-                events.append(Event("Warning", gate.reason, gate.message))
-        return events
-
-    async def _carry_out(
-        self,
-        step: Literal["cutover", "rollback"],
-        migration_id: int,
-        perform: Callable[
-            [Ledger, int, ObjectMigrationSpec, EnvSecrets, KubeConfigMaps], Awaitable[T]
-        ],
-        migration: ObjectMigration,
-        events: list[Event],
-    ) -> T | None:
-        """Perform the cutover or the rollback; None when it raised.
-
-        Some actions may be done by then (catalog rows swapped in committed batches): they
-        stay recorded, for the next attempt to finish (or, after a cutover, a rollback to
-        undo; a half-reverted cutover keeps rollbackStarted, which keeps cleanups out). A
-        Failed condition says so, instead of a reconcile failing every few seconds.
-        """
-        try:
-            return await perform(
+            record = await cut_over(
                 self._ledger,
                 migration_id,
                 migration.spec,
                 await self._secrets_for_cutover(migration),
-                KubeConfigMaps(self._kube, migration.metadata.namespace),
+                KubeConfigMaps(self._kube, namespace),
+                retry=_RETRY,
             )
-        except Exception as error:
-            patch = stopped_half_way(step, error, "edit the spec")
-            await self._ledger.update_state(migration_id, patch)
-            events.append(Event("Warning", patch["failed"]["reason"], patch["failed"]["message"]))
-            return None
+            if isinstance(record, Problem):
+                events.append(Event("Warning", record.reason, record.message))
+            else:
+                events.append(
+                    Event("Normal", Reason.CUT_OVER, "; ".join(record.actions) or "cut over")
+                )
+        if decision.roll_back:
+            gate = await roll_back(
+                self._ledger,
+                migration_id,
+                migration.spec,
+                await self._secrets_for_cutover(migration),
+                KubeConfigMaps(self._kube, namespace),
+                retry=_RETRY,
+            )
+            if isinstance(gate, Problem):
+                events.append(Event("Warning", gate.reason, gate.message))
+            elif gate.ok:
+                events.append(Event("Normal", Reason.ROLLED_BACK, "cutover actions reverted"))
+            elif gate.reason != Reason.NOT_CUT_OVER and not (
+                state.cutover is not None and state.cutover.rollback_blocked
+            ):
+                events.append(Event("Warning", gate.reason, gate.message))
+        return events
 
     async def _ensure_job(
         self,
@@ -326,9 +303,7 @@ class MigrationService:
                     f"Secret {name!r} with key {key!r} (referenced by the spec) not found in "
                     f"namespace {namespace!r}: create it, then edit the spec to retry"
                 )
-                await self._ledger.update_state(
-                    migration_id, {"failed": {"reason": "SecretNotFound", "message": message}}
-                )
+                await record_failure(self._ledger, migration_id, Reason.SECRET_NOT_FOUND, message)
                 return False
         return True
 
@@ -344,14 +319,12 @@ class MigrationService:
         namespace = migration.metadata.namespace
         data = await self._kube.config_map_data(namespace, ref.name)
         try:
-            patch = config_map_manifest_patch(ref, data, f"in namespace {namespace!r}")
+            worklist = config_map_worklist(ref, data, f"in namespace {namespace!r}")
         except ConfigMapNotFound as error:
             message = f"{error}: create it, then edit the spec to retry"
-            await self._ledger.update_state(
-                migration_id, {"failed": {"reason": "ManifestNotFound", "message": message}}
-            )
+            await record_failure(self._ledger, migration_id, Reason.MANIFEST_NOT_FOUND, message)
             return False
-        await self._ledger.update_state(migration_id, patch)
+        await self._ledger.update_state(migration_id, manifest_config_map=worklist)
         return True
 
     async def _secrets_for_cutover(self, migration: ObjectMigration) -> EnvSecrets:
@@ -370,7 +343,7 @@ class MigrationService:
     ) -> Outcome:
         status = previous.model_copy(deep=True)
         status.conditions = set_condition(
-            status.conditions, "Failed", "True", reason, message, now=datetime.now(UTC)
+            status.conditions, ConditionType.FAILED, "True", reason, message, now=datetime.now(UTC)
         )
         status.phase = "Failed"
         wire = status.to_wire()
@@ -445,14 +418,14 @@ def _transition_events(
     if previous.phase != status.phase:
         kind = "Warning" if status.phase in ("Failed", "Paused") else "Normal"
         condition = find_condition(status.conditions, status.phase)
-        reason = "PhaseChanged"
+        reason: str = Reason.PHASE_CHANGED
         if status.phase in ("Failed", "Paused"):
             # The condition's reason says why (FailureBudgetExceeded, Suspended, S3...).
             reason = condition.reason if condition is not None else status.phase
         detail = f": {condition.message}" if condition is not None and condition.message else ""
         events.append(Event(kind, reason, f"{previous.phase} -> {status.phase}{detail}"))
-    before = find_condition(previous.conditions, "CutoverReady")
-    after = find_condition(status.conditions, "CutoverReady")
+    before = find_condition(previous.conditions, ConditionType.CUTOVER_READY)
+    after = find_condition(status.conditions, ConditionType.CUTOVER_READY)
     if (
         after is not None
         and after.reason in _BLOCKING

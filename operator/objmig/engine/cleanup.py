@@ -17,11 +17,11 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
 
 from objmig.api.cleanup import MigrationCleanup, MigrationCleanupSpec, MigrationCleanupStatus
 from objmig.api.migration import ObjectMeta, ObjectMigration, ObjectMigrationSpec
 from objmig.api.types import parse_duration
+from objmig.engine.cleanup_lifecycle import CleanupObserved, decide_cleanup
 from objmig.engine.context import MigrationContext
 from objmig.engine.deletion import (
     MigrationFacts,
@@ -33,7 +33,14 @@ from objmig.engine.deletion import (
 from objmig.engine.secrets import SecretSource
 from objmig.engine.status import CleanupStatusInputs, build_cleanup_status
 from objmig.engine.worker import worker_identity
-from objmig.ledger import CleanupOutcome, Ledger, ObjectRow, ObjectState
+from objmig.ledger import (
+    CleanupOutcome,
+    Ledger,
+    Leftovers,
+    MigrationState,
+    ObjectRow,
+    ObjectState,
+)
 from objmig.storage.copy import MIGRATION_METADATA_KEY
 from objmig.storage.errors import classify
 from objmig.storage.objects import (
@@ -44,10 +51,6 @@ from objmig.storage.objects import (
 )
 from objmig.storage.store import Store
 
-# The aiobotocore stubs are a development dependency: import them for type checking only.
-if TYPE_CHECKING:
-    pass
-
 log = logging.getLogger(__name__)
 
 #: Objects HEADed and decided per claim; one DeleteObjects call per claim at most.
@@ -55,17 +58,16 @@ BATCH = 200
 
 
 def migration_facts(
-    state: dict[str, Any], *, same_bucket: bool = False, name: str = ""
+    state: MigrationState, *, same_bucket: bool = False, name: str = ""
 ) -> MigrationFacts:
     """The gate's view of a migration, from its ledger bookkeeping (and, for the per-object
     gate, whether its source and target are one bucket and the name its copies carry)."""
-    cutover = state.get("cutover", {})
-    at = cutover.get("at")
+    cutover = state.cutover
     return MigrationFacts(
-        cut_over_at=datetime.fromisoformat(at) if at else None,
+        cut_over_at=cutover.at if cutover is not None else None,
         # A rollback under way counts: it may be pointing applications back at the source.
-        rolled_back=bool(cutover.get("rolledBackAt") or state.get("rollbackStarted")),
-        digest=state.get("verification", {}).get("digest"),
+        rolled_back=state.rolled_back or state.rollback_started,
+        digest=state.verification.digest if state.verification is not None else None,
         same_bucket=same_bucket,
         name=name,
     )
@@ -80,15 +82,16 @@ async def take_up_spec(ledger: Ledger, cleanup_id: int, spec: MigrationCleanupSp
     """
     state = await ledger.get_cleanup_state(cleanup_id)
     wire = spec.to_wire()
-    current = int(state.get("pass", 0))
-    if state.get("spec") == wire:
-        return current
-    patch: dict[str, Any] = {"spec": wire}
-    if "spec" in state:
-        await ledger.reopen_cleanup(cleanup_id)
-        current += 1
-        patch |= {"pass": current, "completedAt": None, "failed": None, "summary": None}
-    await ledger.update_cleanup_state(cleanup_id, patch)
+    if state.spec == wire:
+        return state.pass_
+    if state.spec is None:
+        await ledger.update_cleanup_state(cleanup_id, spec=wire)
+        return state.pass_
+    await ledger.reopen_cleanup(cleanup_id)
+    current = state.pass_ + 1
+    await ledger.update_cleanup_state(
+        cleanup_id, spec=wire, pass_=current, completed_at=None, failed=None, summary=None
+    )
     return current
 
 
@@ -326,7 +329,11 @@ async def run_cleanup(
     stop: asyncio.Event | None = None,
     now: datetime | None = None,
 ) -> MigrationCleanupStatus:
-    """One pass of a cleanup in this process (the CLI's driver; a Job runs the same)."""
+    """Decide, and run a pass of the cleanup in this process when one is due.
+
+    ``objmig cleanup`` drives a cleanup with this, and a cleanup Job's pod runs it too (the
+    operator decided the same before it created the Job; deciding again here re-checks).
+    """
     namespace = cleanup.metadata.namespace
     migration_name = f"{namespace}/{cleanup.spec.migration_ref.name}"
     migration_id = await ledger.find_migration(migration_name)
@@ -335,7 +342,7 @@ async def run_cleanup(
     state = await ledger.get_state(migration_id)
     migration = ObjectMigration(
         metadata=ObjectMeta(name=cleanup.spec.migration_ref.name, namespace=namespace),
-        spec=ObjectMigrationSpec.model_validate(state["spec"]),
+        spec=ObjectMigrationSpec.model_validate(state.spec),
     )
     context = MigrationContext.resolve(migration, secrets)
     cleanup_id = await ledger.ensure_cleanup(
@@ -343,6 +350,30 @@ async def run_cleanup(
     )
     spec = cleanup.spec
     await take_up_spec(ledger, cleanup_id, spec)
+    decision = decide_cleanup(
+        CleanupObserved(
+            spec=spec,
+            facts=migration_facts(state),
+            state=await ledger.get_cleanup_state(cleanup_id),
+            now=now or datetime.now(UTC),
+        )
+    )
+    if decision.run_pass:
+        await _run_pass(ledger, cleanup_id, migration_id, spec, context, stop=stop, now=now)
+    return await cleanup_status(ledger, cleanup_id, migration_id, spec, now=now)
+
+
+async def _run_pass(
+    ledger: Ledger,
+    cleanup_id: int,
+    migration_id: int,
+    spec: MigrationCleanupSpec,
+    context: MigrationContext,
+    *,
+    stop: asyncio.Event | None,
+    now: datetime | None,
+) -> None:
+    """One pass: delete what the gates allow (or sweep leftovers) and record how it ended."""
     if spec.what == "source":
         run = await delete_sources(
             ledger, cleanup_id, migration_id, spec, context, stop=stop, now=now
@@ -350,25 +381,20 @@ async def run_cleanup(
         if run.gate is not None and run.gate.delete and not (stop and stop.is_set()):
             await ledger.update_cleanup_state(
                 cleanup_id,
-                {
-                    "completedAt": (now or datetime.now(UTC)).isoformat(),
-                    "summary": f"{run.deleted} deleted, {run.skipped} skipped, {run.failed} failed",
-                },
+                completed_at=now or datetime.now(UTC),
+                summary=f"{run.deleted} deleted, {run.skipped} skipped, {run.failed} failed",
             )
     else:
         leftovers = await remove_leftovers(ledger, migration_id, spec, context, now=now)
         await ledger.update_cleanup_state(
             cleanup_id,
-            {
-                "leftovers": {
-                    "uploadsAborted": leftovers.uploads_aborted,
-                    "objectsDeleted": leftovers.objects_deleted,
-                    "objectsKept": leftovers.objects_kept,
-                },
-                "completedAt": (now or datetime.now(UTC)).isoformat(),
-                "summary": f"{leftovers.uploads_aborted} uploads aborted, "
-                f"{leftovers.objects_deleted} target objects removed"
-                + (" (dry run: nothing changed)" if spec.dry_run else ""),
-            },
+            leftovers=Leftovers(
+                uploads_aborted=leftovers.uploads_aborted,
+                objects_deleted=leftovers.objects_deleted,
+                objects_kept=leftovers.objects_kept,
+            ),
+            completed_at=now or datetime.now(UTC),
+            summary=f"{leftovers.uploads_aborted} uploads aborted, "
+            f"{leftovers.objects_deleted} target objects removed"
+            + (" (dry run: nothing changed)" if spec.dry_run else ""),
         )
-    return await cleanup_status(ledger, cleanup_id, migration_id, spec, now=now)

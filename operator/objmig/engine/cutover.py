@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Protocol
 
 import asyncpg
 
+from objmig.api.conditions import Reason
 from objmig.api.migration import CatalogAction, ConfigMapAction, ObjectMigrationSpec
-from objmig.engine.policy import CatchUp, Gate, cutover_begun, rollback_gate
+from objmig.engine.policy import CatchUp, Gate, rollback_gate
 from objmig.engine.secrets import SecretSource, require
-from objmig.ledger import Ledger, ObjectRow, ObjectState
-from objmig.storage.errors import describe
+from objmig.ledger import CutoverProgress, CutoverRecord, Ledger, ObjectRow, ObjectState
 
 
 class ConfigMapWriter(Protocol):
@@ -132,54 +132,39 @@ async def _batches(rows: AsyncIterator[ObjectRow], size: int) -> AsyncIterator[l
         yield batch
 
 
-def stopped_half_way(
-    step: Literal["cutover", "rollback"], error: Exception, retry: str
-) -> dict[str, Any]:
-    """The ``failed`` state patch for a cutover or rollback that raised.
-
-    ``retry`` says how this driver tries again ("edit the spec", "run again"). What the
-    step did stays done and recorded, for the next attempt to finish (or, for a cutover,
-    a rollback to undo).
-    """
-    undo = ", or set spec.cutover.rollback: true to undo it" if step == "cutover" else ""
-    message = (
-        f"the {step} stopped half-way ({describe(error)}); what was done is kept: fix the "
-        f"cause and {retry} to finish it{undo}"
-    )
-    return {"failed": {"reason": f"{step.capitalize()}Failed", "message": message}}
-
-
 async def perform_cutover(
     ledger: Ledger,
     migration_id: int,
     spec: ObjectMigrationSpec,
     secrets: SecretSource,
     config_maps: ConfigMapWriter | None,
-) -> dict[str, Any]:
+) -> CutoverRecord:
     """Carry out the cutover actions, stamp the ledger, and record what was done.
 
-    Returns the recorded ``cutover`` state (the shape of ``status.cutover``). Progress is
-    recorded in ``cutoverInProgress`` before each action, so a cutover that stops half-way
-    can be finished (the actions are idempotent: the catalog swap counts rows swapped
-    before, the ConfigMap values are set again) or rolled back (`perform_rollback`). The
-    ConfigMap's previous values are saved before it is written: saved after, a crash in
-    between would make the next attempt save the new values as the ones to restore.
+    Progress is recorded in ``cutoverInProgress`` before each action, so a cutover that
+    stops half-way can be finished (the actions are idempotent: the catalog swap counts
+    rows swapped before, the ConfigMap values are set again) or rolled back
+    (`perform_rollback`). The ConfigMap's previous values are saved before it is written:
+    saved after, a crash in between would make the next attempt save the new values as the
+    ones to restore.
     """
     state = await ledger.get_state(migration_id)
-    progress: dict[str, Any] = dict(state.get("cutoverInProgress") or {})
-    if not cutover_begun(state):
-        progress = {"startedAt": datetime.now(UTC).isoformat()}
-        await ledger.update_state(migration_id, {"cutoverInProgress": progress})
+    progress = state.cutover_in_progress
+    if progress is None:
+        progress = CutoverProgress(started_at=datetime.now(UTC))
+        await ledger.update_state(migration_id, cutover_in_progress=progress)
     config_map = spec.cutover.config_map_ref
     if (
         config_map is not None
         and config_maps is not None
-        and "previousConfigMapData" not in progress
+        and progress.previous_config_map_data is None
     ):
         # Read first, before any action: this also finds a missing ConfigMap before a
         # catalog row is swapped.
-        progress["previousConfigMapData"] = await config_maps.read(config_map)
-        await ledger.update_state(migration_id, {"cutoverInProgress": progress})
+        progress = progress.model_copy(
+            update={"previous_config_map_data": await config_maps.read(config_map)}
+        )
+        await ledger.update_state(migration_id, cutover_in_progress=progress)
     actions: list[str] = []
     swapped = 0
     catalog = spec.cutover.catalog
@@ -201,14 +186,14 @@ async def perform_cutover(
             await config_maps.apply(config_map)
             actions.append(f"configMap {config_map.name}: set {', '.join(sorted(config_map.data))}")
     await ledger.mark_cut_over(migration_id)
-    record = {
-        "at": datetime.now(UTC).isoformat(),
-        "actions": actions,
-        "catalogRowsSwapped": swapped,
-        "configMapData": dict(config_map.data) if config_map else {},
-        "previousConfigMapData": progress.get("previousConfigMapData", {}),
-    }
-    await ledger.update_state(migration_id, {"cutover": record, "cutoverInProgress": None})
+    record = CutoverRecord(
+        at=datetime.now(UTC),
+        actions=tuple(actions),
+        catalog_rows_swapped=swapped,
+        config_map_data=dict(config_map.data) if config_map else {},
+        previous_config_map_data=progress.previous_config_map_data,
+    )
+    await ledger.update_state(migration_id, cutover=record, cutover_in_progress=None)
     return record
 
 
@@ -228,28 +213,28 @@ async def perform_rollback(
     source again meanwhile.
     """
     state = await ledger.get_state(migration_id)
-    cutover = state.get("cutover") or {}
-    half_done = cutover_begun(state)
-    cut_over = (bool(cutover.get("at")) and not cutover.get("rolledBackAt")) or half_done
-    gate = rollback_gate(cut_over=cut_over, cleanup_started=bool(state.get("cleanupStarted")))
+    cutover = state.cutover or CutoverRecord()
+    progress = state.cutover_in_progress
+    gate = rollback_gate(
+        cut_over=state.cut_over or progress is not None, cleanup_started=state.cleanup_started
+    )
     if gate.ok and not await ledger.start_rollback(migration_id):
         # A cleanup started since the state was read.
-        gate = rollback_gate(cut_over=cut_over, cleanup_started=True)
+        gate = rollback_gate(cut_over=True, cleanup_started=True)
     if not gate.ok:
-        if gate.reason != "NotCutOver":
+        if gate.reason != Reason.NOT_CUT_OVER:
             await ledger.update_state(
-                migration_id, {"cutover": {**cutover, "rollbackBlocked": gate.message}}
+                migration_id, cutover=cutover.model_copy(update={"rollback_blocked": gate.message})
             )
         return gate
-    if half_done:
+    if progress is not None:
         # What this cutover did is in its progress record; an older record (of a cutover
         # rolled back before) describes nothing that is in place now.
-        progress = state["cutoverInProgress"]
-        cutover = {
-            "actions": ["the cutover stopped before it finished"],
-            "previousConfigMapData": progress.get("previousConfigMapData", {}),
-        }
-    actions = list(cutover.get("actions", []))
+        cutover = CutoverRecord(
+            actions=("the cutover stopped before it finished",),
+            previous_config_map_data=progress.previous_config_map_data,
+        )
+    actions = list(cutover.actions)
     if spec.cutover.catalog is not None:
         ref = spec.cutover.catalog.dsn_secret_ref
         result = await swap_catalog(
@@ -257,21 +242,18 @@ async def perform_rollback(
         )
         actions.append(f"rollback catalog: {result.swapped} rows pointed back at the source")
     config_map = spec.cutover.config_map_ref
-    if config_map is not None and config_maps is not None and ("previousConfigMapData" in cutover):
-        await config_maps.restore(config_map, cutover["previousConfigMapData"])
+    previous = cutover.previous_config_map_data
+    if config_map is not None and config_maps is not None and previous is not None:
+        await config_maps.restore(config_map, previous)
         actions.append(f"rollback configMap {config_map.name}: previous values restored")
     await ledger.clear_cut_over(migration_id)
     await ledger.update_state(
         migration_id,
-        {
-            "cutover": {
-                **cutover,
-                "actions": actions,
-                "rolledBackAt": datetime.now(UTC).isoformat(),
-            },
-            "cutoverInProgress": None,
-            "rollbackStarted": None,
-        }
-        | CatchUp.of(state).after_rollback(),
+        cutover=cutover.model_copy(
+            update={"actions": tuple(actions), "rolled_back_at": datetime.now(UTC)}
+        ),
+        cutover_in_progress=None,
+        rollback_started=False,
+        catch_up=CatchUp.of(state).after_rollback(),
     )
     return gate

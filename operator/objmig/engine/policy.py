@@ -9,13 +9,13 @@ exactly once.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
+from objmig.api.conditions import Reason
 from objmig.api.migration import BackoffSpec, FailurePolicySpec, ObjectMigrationSpec
 from objmig.api.types import parse_duration
+from objmig.ledger.state import CatchUpRecord, MigrationState
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def failure_budget(tally: Tally, policy: FailurePolicySpec, *, final: bool = Fal
     if policy.max_failed_objects is not None and tally.failures > policy.max_failed_objects:
         return Gate(
             False,
-            "FailureBudgetExceeded",
+            Reason.FAILURE_BUDGET_EXCEEDED,
             f"{tally.failures} objects failed, more than maxFailedObjects "
             f"({policy.max_failed_objects}); see the failed objects in the report",
         )
@@ -85,44 +85,48 @@ def failure_budget(tally: Tally, policy: FailurePolicySpec, *, final: bool = Fal
         ratio = tally.failures / tally.finished
         return Gate(
             False,
-            "FailureRatioExceeded",
+            Reason.FAILURE_RATIO_EXCEEDED,
             f"{tally.failures} of {tally.finished} finished objects failed ({ratio:.1%}), "
             f"more than maxFailureRatio ({policy.max_failure_ratio:.1%})",
         )
-    return Gate(True, "WithinBudget", f"{tally.failures} failed objects, within budget")
+    return Gate(True, Reason.WITHIN_BUDGET, f"{tally.failures} failed objects, within budget")
 
 
 @dataclass(frozen=True)
 class CatchUp:
-    """What the catch-up re-scans found so far: the ledger state's ``catchUp`` section.
+    """The stopping rule of the catch-up re-scans, over what they found so far.
 
-    Both drivers run the rounds their own way (in process, or as one scan Job per round)
-    and ask this whether another one is due, so the stopping rule is written once.
+    Both drivers run the rounds through :func:`objmig.engine.lifecycle.decide` and ask
+    this whether another one is due, so the rule is written once.
     """
 
-    rounds: int = 0
-    last_delta: int | None = None  # objects the last re-scan found new or changed; None: none ran
-    # Rounds counted when the cutover was last rolled back (None: never): applications wrote
-    # to the source again since, so a cutover after a rollback waits for a fresh re-scan
-    # (with or without spec.cutover.catchUp), and maxCatchUpRounds counts from here.
-    rolled_back_at_round: int | None = None
+    record: CatchUpRecord = field(default_factory=CatchUpRecord)
 
     @classmethod
-    def of(cls, state: Mapping[str, Any]) -> CatchUp:
-        """Read the section from a migration's state."""
-        section = state.get("catchUp") or {}
-        delta = section.get("lastDelta")
-        base = section.get("rolledBackAtRound")
-        return cls(
-            int(section.get("rounds", 0)),
-            None if delta is None else int(delta),
-            None if base is None else int(base),
-        )
+    def of(cls, state: MigrationState) -> CatchUp:
+        """The rule over a migration's catch-up record."""
+        return cls(state.catch_up)
+
+    @property
+    def rounds(self) -> int:
+        """Catch-up rounds run so far."""
+        return self.record.rounds
+
+    @property
+    def last_delta(self) -> int | None:
+        """Objects the last re-scan found new or changed; None: none ran."""
+        return self.record.last_delta
 
     @property
     def owed_after_rollback(self) -> bool:
-        """A rollback happened and no re-scan has run since."""
-        return self.rolled_back_at_round is not None and self.rounds <= self.rolled_back_at_round
+        """A rollback happened and no re-scan has run since.
+
+        Applications wrote to the source again since the rollback, so a cutover after one
+        waits for a fresh re-scan (with or without spec.cutover.catchUp), and
+        maxCatchUpRounds counts from there.
+        """
+        base = self.record.rolled_back_at_round
+        return base is not None and self.rounds <= base
 
     def due(self, spec: ObjectMigrationSpec) -> bool:
         """Whether another re-scan must run before the cutover gate can hold."""
@@ -133,23 +137,17 @@ class CatchUp:
         return (
             spec.cutover.catch_up
             and self.last_delta != 0
-            and self.rounds - (self.rolled_back_at_round or 0) < spec.cutover.max_catch_up_rounds
+            and self.rounds - (self.record.rolled_back_at_round or 0)
+            < spec.cutover.max_catch_up_rounds
         )
 
-    def recorded(self, round_: int, delta: int) -> dict[str, Any]:
-        """The state patch saying catch-up round ``round_`` (from 1) found ``delta`` objects."""
-        return {"catchUp": self._section(round_, delta, self.rolled_back_at_round)}
+    def recorded(self, round_: int, delta: int) -> CatchUpRecord:
+        """The record saying catch-up round ``round_`` (from 1) found ``delta`` objects."""
+        return self.record.model_copy(update={"rounds": round_, "last_delta": delta})
 
-    def after_rollback(self) -> dict[str, Any]:
-        """The state patch a rollback leaves: the next cutover waits for another re-scan."""
-        return {"catchUp": self._section(self.rounds, None, self.rounds)}
-
-    @staticmethod
-    def _section(rounds: int, delta: int | None, rolled_back_at: int | None) -> dict[str, Any]:
-        section: dict[str, Any] = {"rounds": rounds, "lastDelta": delta}
-        if rolled_back_at is not None:
-            section["rolledBackAtRound"] = rolled_back_at
-        return section
+    def after_rollback(self) -> CatchUpRecord:
+        """The record a rollback leaves: the next cutover waits for another re-scan."""
+        return CatchUpRecord(rounds=self.rounds, last_delta=None, rolled_back_at_round=self.rounds)
 
 
 @dataclass(frozen=True)
@@ -170,15 +168,15 @@ def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
     """
     tally = inputs.tally
     if spec.dry_run:
-        return Gate(False, "DryRun", "dry run: nothing is copied, so nothing can cut over")
+        return Gate(False, Reason.DRY_RUN, "dry run: nothing is copied, so nothing can cut over")
     if not inputs.scan_complete:
-        return Gate(False, "ScanIncomplete", "the source inventory has not finished")
+        return Gate(False, Reason.SCAN_INCOMPLETE, "the source inventory has not finished")
     if tally.total == 0:
-        return Gate(False, "NothingSelected", "the selection matched no objects")
+        return Gate(False, Reason.NOTHING_SELECTED, "the selection matched no objects")
     if tally.outstanding:
         return Gate(
             False,
-            "NotAllVerified",
+            Reason.NOT_ALL_VERIFIED,
             f"{tally.verified} of {tally.total} objects verified, {tally.outstanding} still "
             "in progress",
         )
@@ -190,16 +188,16 @@ def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
         # No budget means none: cutting over without some objects must be asked for.
         return Gate(
             False,
-            "ObjectsFailed",
+            Reason.OBJECTS_FAILED,
             f"{tally.failures} objects failed or changed; fix and retry them, or set "
             "failurePolicy.maxFailedObjects / maxFailureRatio to cut over without them",
         )
     if tally.verified == 0:
-        return Gate(False, "NothingVerified", "no object was verified")
+        return Gate(False, Reason.NOTHING_VERIFIED, "no object was verified")
     if inputs.catch_up.owed_after_rollback:
         return Gate(
             False,
-            "CatchUpPending",
+            Reason.CATCH_UP_PENDING,
             "the cutover was rolled back: the source is re-scanned for what applications "
             "wrote meanwhile before cutting over again",
         )
@@ -207,42 +205,40 @@ def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
         if not inputs.catch_up.due(spec):
             return Gate(
                 False,
-                "CatchUpNotConverging",
+                Reason.CATCH_UP_NOT_CONVERGING,
                 f"{inputs.catch_up.rounds} catch-up rounds still found changes; the source is "
                 "still being written to",
             )
-        return Gate(False, "CatchUpPending", "waiting for a catch-up re-scan to find no changes")
+        return Gate(
+            False, Reason.CATCH_UP_PENDING, "waiting for a catch-up re-scan to find no changes"
+        )
     if spec.cutover.policy == "Manual" and not spec.cutover.approved:
         return Gate(
             False,
-            "AwaitingApproval",
+            Reason.AWAITING_APPROVAL,
             f"all {tally.verified} objects verified; set spec.cutover.approved: true to cut "
             "over (policy Manual)",
         )
     return Gate(
         True,
-        "GatesPassed",
+        Reason.GATES_PASSED,
         f"{tally.verified} objects verified, {tally.failures} failed within budget",
     )
-
-
-def cutover_begun(state: Mapping[str, Any]) -> bool:
-    """Whether a cutover has started and not finished: some actions may be done already."""
-    progress = state.get("cutoverInProgress")
-    return isinstance(progress, dict) and bool(progress.get("startedAt"))
 
 
 def rollback_gate(*, cut_over: bool, cleanup_started: bool) -> Gate:
     """Whether a cutover may be reverted: only while no source object can have been deleted."""
     if not cut_over:
-        return Gate(False, "NotCutOver", "the migration has not cut over; nothing to roll back")
+        return Gate(
+            False, Reason.NOT_CUT_OVER, "the migration has not cut over; nothing to roll back"
+        )
     if cleanup_started:
         return Gate(
             False,
-            "CleanupStarted",
+            Reason.CLEANUP_STARTED,
             "a MigrationCleanup has started deleting source objects; rollback is no longer safe",
         )
-    return Gate(True, "RollbackAllowed", "no source object has been deleted")
+    return Gate(True, Reason.ROLLBACK_ALLOWED, "no source object has been deleted")
 
 
 def object_timeout(spec: ObjectMigrationSpec) -> timedelta:

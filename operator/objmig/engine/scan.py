@@ -13,13 +13,19 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from objmig.api.base import SecretKeySelector
 from objmig.api.migration import ObjectMigrationSpec
 from objmig.engine.context import MigrationContext
 from objmig.engine.secrets import ConfigMapNotFound
-from objmig.ledger import InventoryResult, InventoryRow, Ledger
+from objmig.ledger import (
+    ConfigMapWorklist,
+    InventoryResult,
+    InventoryRow,
+    Ledger,
+    MigrationState,
+    ScanRecord,
+)
 from objmig.storage.errors import classify
 from objmig.storage.manifest import (
     ManifestEntry,
@@ -42,11 +48,6 @@ _MANIFEST_FORMATS: dict[str, ManifestFormat] = {
 }
 # Manifest entries without sizes are HEADed this many at a time.
 _HEAD_CONCURRENCY = 32
-#: Ledger state key holding the worklist of ``selection.manifest.configMapRef``. The driver
-#: stores it before each scan (the operator from the cluster, ``objmig run`` from its
-#: --config-maps file), because the scan runs where there is no Kubernetes API: in a pod
-#: with the ledger and S3 only.
-CONFIG_MAP_MANIFEST = "manifestConfigMap"
 
 
 def manifest_config_map(spec: ObjectMigrationSpec) -> SecretKeySelector | None:
@@ -55,10 +56,14 @@ def manifest_config_map(spec: ObjectMigrationSpec) -> SecretKeySelector | None:
     return manifest.config_map_ref if manifest is not None else None
 
 
-def config_map_manifest_patch(
+def config_map_worklist(
     ref: SecretKeySelector, data: Mapping[str, str] | None, where: str
-) -> dict[str, Any]:
-    """The ledger state patch that hands a ConfigMap's worklist to the scan.
+) -> ConfigMapWorklist:
+    """The ConfigMap's worklist, to hand to the scan through the ledger.
+
+    The driver stores it before each scan (the operator from the cluster, ``objmig run``
+    from its --config-maps file), because the scan runs where there is no Kubernetes API:
+    in a pod with the ledger and S3 only.
 
     ``data`` is the ConfigMap's data (None: no such ConfigMap); ``where`` finishes the
     error message, saying where this driver looked.
@@ -68,7 +73,7 @@ def config_map_manifest_patch(
             f"ConfigMap {ref.name!r} with key {ref.key!r} "
             f"(spec.selection.manifest.configMapRef) not found {where}"
         )
-    return {CONFIG_MAP_MANIFEST: {"name": ref.name, "key": ref.key, "text": data[ref.key]}}
+    return ConfigMapWorklist(name=ref.name, key=ref.key, text=data[ref.key])
 
 
 def keeps_keys_apart(template: str) -> bool:
@@ -109,9 +114,9 @@ async def run_scan(
     """
     state = await ledger.get_state(migration_id)
     if scan_id is None:
-        scan_id = int(state.get("scan", {}).get("id", 0)) + 1
+        scan_id = state.scan.id + 1
     await ledger.update_state(
-        migration_id, {"scan": {**state.get("scan", {}), "id": scan_id, "running": True}}
+        migration_id, scan=state.scan.model_copy(update={"id": scan_id, "running": True})
     )
     rows = _inventory(context, source, state)
     result = await ledger.upsert_inventory(
@@ -124,22 +129,20 @@ async def run_scan(
     finished = datetime.now(UTC)
     await ledger.update_state(
         migration_id,
-        {
-            "scan": {
-                "id": scan_id,
-                "running": False,
-                "completedAt": finished.isoformat(),
-                "new": result.new,
-                "changed": result.changed,
-                "unchanged": result.unchanged,
-            }
-        },
+        scan=ScanRecord(
+            id=scan_id,
+            running=False,
+            completed_at=finished,
+            new=result.new,
+            changed=result.changed,
+            unchanged=result.unchanged,
+        ),
     )
     return ScanOutcome(scan_id, result, finished)
 
 
 async def _inventory(
-    context: MigrationContext, source: Store, state: Mapping[str, Any]
+    context: MigrationContext, source: Store, state: MigrationState
 ) -> AsyncIterator[InventoryRow]:
     selection = context.selection
     listed = (
@@ -190,7 +193,7 @@ async def _from_listing(context: MigrationContext, source: Store) -> AsyncIterat
 
 
 async def _from_manifest(
-    context: MigrationContext, source: Store, state: Mapping[str, Any]
+    context: MigrationContext, source: Store, state: MigrationState
 ) -> AsyncIterator[ObjectInfo]:
     manifest = context.spec.selection.manifest
     assert manifest is not None
@@ -205,13 +208,13 @@ async def _from_manifest(
     else:
         ref = manifest.config_map_ref
         assert ref is not None
-        stored = state.get(CONFIG_MAP_MANIFEST) or {}
-        if (stored.get("name"), stored.get("key")) != (ref.name, ref.key):
+        stored = state.manifest_config_map
+        if stored is None or (stored.name, stored.key) != (ref.name, ref.key):
             raise ConfigMapNotFound(
                 f"ConfigMap {ref.name!r} with key {ref.key!r}: its worklist was not stored "
                 "in the ledger before the scan"
             )
-        lines = str(stored["text"]).splitlines()
+        lines = stored.text.splitlines()
         entries = _aiter(parse_csv(lines) if fmt == "csv" else parse_lines(lines))
     async for batch in _batches(entries, _HEAD_CONCURRENCY * 4):
         for info in await asyncio.gather(*(_describe(context, source.objects, e) for e in batch)):

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from objmig.api.cleanup import (
     CleanupCounts,
@@ -19,7 +18,14 @@ from objmig.api.cleanup import (
     MigrationCleanupStatus,
     UnmetGate,
 )
-from objmig.api.conditions import Condition, ConditionStatus, find_condition, set_conditions
+from objmig.api.conditions import (
+    Condition,
+    ConditionStatus,
+    ConditionType,
+    Reason,
+    find_condition,
+    set_conditions,
+)
 from objmig.api.migration import (
     Counters,
     CutoverStatus,
@@ -35,18 +41,29 @@ from objmig.api.types import format_duration
 from objmig.engine.deletion import Verdict
 from objmig.engine.pipeline import PLAN_COPY, PLAN_IDENTICAL, PLAN_RESTORE
 from objmig.engine.policy import CatchUp, CutoverInputs, Gate, Tally, cutover_gate
-from objmig.ledger import CleanupItem, Counts, ObjectRow, ObjectState, StateCount
+from objmig.ledger import (
+    CleanupItem,
+    CleanupState,
+    Counts,
+    CutoverRecord,
+    Leftovers,
+    MigrationState,
+    ObjectRow,
+    ObjectState,
+    StateCount,
+)
 
+#: The conditions of an ObjectMigration, in the order the status lists them.
 CONDITION_TYPES = (
-    "Scanned",
-    "Restored",
-    "Copied",
-    "Verified",
-    "CutoverReady",
-    "CutOver",
-    "Paused",
-    "Failed",
-    "Ready",
+    ConditionType.SCANNED,
+    ConditionType.RESTORED,
+    ConditionType.COPIED,
+    ConditionType.VERIFIED,
+    ConditionType.CUTOVER_READY,
+    ConditionType.CUT_OVER,
+    ConditionType.PAUSED,
+    ConditionType.FAILED,
+    ConditionType.READY,
 )
 _OUTSTANDING = (ObjectState.PENDING, ObjectState.RESTORING, ObjectState.COPIED)
 
@@ -64,13 +81,10 @@ def tally(counts: Counts) -> Tally:
     )
 
 
-def cutover_inputs(counts: Counts, state: dict[str, Any]) -> CutoverInputs:
+def cutover_inputs(counts: Counts, state: MigrationState) -> CutoverInputs:
     """Gather the cutover gate's inputs from the counts and the bookkeeping state."""
-    scan = state.get("scan", {})
     return CutoverInputs(
-        tally=tally(counts),
-        scan_complete=bool(scan.get("completedAt")) and not scan.get("running", False),
-        catch_up=CatchUp.of(state),
+        tally=tally(counts), scan_complete=state.scan.finished, catch_up=CatchUp.of(state)
     )
 
 
@@ -119,13 +133,12 @@ class StatusInputs:
     spec: ObjectMigrationSpec
     generation: int | None
     counts: Counts
-    state: dict[str, Any]
+    state: MigrationState
     window: Sequence[ObjectRow]
     window_truncated: bool
     rate: float
     objects_rate: float
     now: datetime
-    digest: str | None = None
     plan_reasons: dict[str, StateCount] | None = None
     plan_classes: dict[str, StateCount] | None = None
 
@@ -156,7 +169,7 @@ def build_status(inputs: StatusInputs, previous: ObjectMigrationStatus) -> Objec
             + counts.state(ObjectState.DELETED).bytes,
             mismatched=counts.state(ObjectState.FAILED).objects,
             algorithm=spec.verify.mode,
-            digest=inputs.digest,
+            digest=state.verification.digest if state.verification is not None else None,
         ),
         cutover=_cutover_status(state),
         report=previous.report,
@@ -172,106 +185,151 @@ def build_status(inputs: StatusInputs, previous: ObjectMigrationStatus) -> Objec
 def _stage_conditions(
     spec: ObjectMigrationSpec,
     counts: Counts,
-    state: dict[str, Any],
+    state: MigrationState,
     view: Tally,
     gate: Gate,
 ) -> list[tuple[str, ConditionStatus, str, str]]:
-    scan = state.get("scan", {})
+    scan = state.scan
     restoring = counts.state(ObjectState.RESTORING).objects
     outstanding = view.outstanding
     done = view.total - outstanding
-    failed = state.get("failed")
-    paused = state.get("paused")
-    cutover = state.get("cutover", {})
-    cut_over = bool(cutover.get("at")) and not cutover.get("rolledBackAt")
+    failed, paused, cut_over = state.failed, state.paused, state.cut_over
 
     result: list[tuple[str, ConditionStatus, str, str]] = []
-    if scan.get("running"):
-        result.append(("Scanned", "False", "Scanning", "listing the source"))
-    elif scan.get("completedAt"):
-        result.append(("Scanned", "True", "ScanComplete", f"{view.total} objects selected"))
+    if scan.running:
+        result.append((ConditionType.SCANNED, "False", Reason.SCANNING, "listing the source"))
+    elif scan.completed_at is not None:
+        result.append(
+            (ConditionType.SCANNED, "True", Reason.SCAN_COMPLETE, f"{view.total} objects selected")
+        )
     else:
-        result.append(("Scanned", "False", "NotStarted", "the source has not been listed yet"))
+        result.append(
+            (
+                ConditionType.SCANNED,
+                "False",
+                Reason.NOT_STARTED,
+                "the source has not been listed yet",
+            )
+        )
 
     if restoring:
         result.append(
-            ("Restored", "False", "RestoreInProgress", f"{restoring} objects being restored")
+            (
+                ConditionType.RESTORED,
+                "False",
+                Reason.RESTORE_IN_PROGRESS,
+                f"{restoring} objects being restored",
+            )
         )
     else:
-        result.append(("Restored", "True", "NothingToRestore", "no object waits for a restore"))
-
-    if outstanding or not scan.get("completedAt"):
         result.append(
-            ("Copied", "False", "CopyInProgress", f"{done} of {view.total} objects finished")
+            (
+                ConditionType.RESTORED,
+                "True",
+                Reason.NOTHING_TO_RESTORE,
+                "no object waits for a restore",
+            )
+        )
+
+    if outstanding or scan.completed_at is None:
+        result.append(
+            (
+                ConditionType.COPIED,
+                "False",
+                Reason.COPY_IN_PROGRESS,
+                f"{done} of {view.total} objects finished",
+            )
         )
         result.append(
-            ("Verified", "False", "VerificationPending", f"{view.verified} objects verified")
+            (
+                ConditionType.VERIFIED,
+                "False",
+                Reason.VERIFICATION_PENDING,
+                f"{view.verified} objects verified",
+            )
         )
     else:
         summary = f"{view.verified} verified, {view.failures} failed, {view.skipped} skipped"
-        result.append(("Copied", "True", "AllCopied", summary))
+        result.append((ConditionType.COPIED, "True", Reason.ALL_COPIED, summary))
         if view.failures:
-            result.append(("Verified", "False", "SomeObjectsFailed", summary))
+            result.append((ConditionType.VERIFIED, "False", Reason.SOME_OBJECTS_FAILED, summary))
         else:
-            result.append(("Verified", "True", "AllVerified", summary))
+            result.append((ConditionType.VERIFIED, "True", Reason.ALL_VERIFIED, summary))
 
     if cut_over:
-        result.append(("CutoverReady", "True", "CutOver", "the migration has cut over"))
+        result.append(
+            (ConditionType.CUTOVER_READY, "True", Reason.CUT_OVER, "the migration has cut over")
+        )
     else:
-        result.append(("CutoverReady", "True" if gate.ok else "False", gate.reason, gate.message))
+        result.append(
+            (ConditionType.CUTOVER_READY, "True" if gate.ok else "False", gate.reason, gate.message)
+        )
 
     if cut_over:
-        result.append(("CutOver", "True", "CutOver", _cutover_message(cutover)))
-    elif cutover.get("rolledBackAt"):
-        result.append(("CutOver", "False", "RolledBack", "the cutover was rolled back"))
+        result.append(
+            (ConditionType.CUT_OVER, "True", Reason.CUT_OVER, _cutover_message(state.cutover))
+        )
+    elif state.rolled_back:
+        result.append(
+            (ConditionType.CUT_OVER, "False", Reason.ROLLED_BACK, "the cutover was rolled back")
+        )
     else:
-        result.append(("CutOver", "False", "NotCutOver", gate.message))
+        result.append((ConditionType.CUT_OVER, "False", Reason.NOT_CUT_OVER, gate.message))
 
     if spec.suspend:
-        result.append(("Paused", "True", "Suspended", "spec.suspend is true"))
-    elif paused:
-        result.append(("Paused", "True", paused["reason"], paused["message"]))
+        result.append((ConditionType.PAUSED, "True", Reason.SUSPENDED, "spec.suspend is true"))
+    elif paused is not None:
+        result.append((ConditionType.PAUSED, "True", paused.reason, paused.message))
     else:
-        result.append(("Paused", "False", "Running", "not paused"))
+        result.append((ConditionType.PAUSED, "False", Reason.RUNNING, "not paused"))
 
-    if failed:
-        result.append(("Failed", "True", failed["reason"], failed["message"]))
+    if failed is not None:
+        result.append((ConditionType.FAILED, "True", failed.reason, failed.message))
     else:
-        result.append(("Failed", "False", "NoError", "no migration-wide error"))
+        result.append((ConditionType.FAILED, "False", Reason.NO_ERROR, "no migration-wide error"))
 
     if spec.dry_run:
-        planned = bool(scan.get("completedAt")) and not outstanding
+        planned = scan.completed_at is not None and not outstanding
         result.append(
             (
-                "Ready",
+                ConditionType.READY,
                 "True" if planned else "False",
-                "PlanReady" if planned else "Planning",
+                Reason.PLAN_READY if planned else Reason.PLANNING,
                 "dry run: see status.plan" if planned else "planning",
             )
         )
     else:
         result.append(
             (
-                "Ready",
+                ConditionType.READY,
                 "True" if cut_over else "False",
-                "CutOver" if cut_over else gate.reason,
+                Reason.CUT_OVER if cut_over else gate.reason,
                 "the migration has cut over" if cut_over else gate.message,
             )
         )
     return result
 
 
-def _cutover_status(state: dict[str, Any]) -> CutoverStatus:
-    cutover = CutoverStatus.model_validate(state.get("cutover", {}))
-    if state.get("cleanupStarted") and cutover.rollback_blocked is None:
+def _cutover_status(state: MigrationState) -> CutoverStatus:
+    record = state.cutover or CutoverRecord()
+    cutover = CutoverStatus(
+        at=record.at,
+        actions=list(record.actions),
+        previous_config_map_data=record.previous_config_map_data or {},
+        config_map_data=record.config_map_data,
+        catalog_rows_swapped=record.catalog_rows_swapped,
+        rolled_back_at=record.rolled_back_at,
+        rollback_blocked=record.rollback_blocked,
+    )
+    if state.cleanup_started and cutover.rollback_blocked is None:
         cutover.rollback_blocked = (
             "a MigrationCleanup has started deleting source objects; rollback is no longer possible"
         )
     return cutover
 
 
-def _cutover_message(cutover: dict[str, Any]) -> str:
-    actions = cutover.get("actions") or []
+def _cutover_message(cutover: CutoverRecord | None) -> str:
+    actions = cutover.actions if cutover is not None else ()
     return "cut over" + (": " + "; ".join(actions) if actions else "")
 
 
@@ -286,26 +344,33 @@ def derive_phase(conditions: Sequence[Condition], *, dry_run: bool) -> Phase:
         condition = find_condition(conditions, type_)
         return condition.reason if condition is not None else ""
 
-    if true("Failed"):
+    if true(ConditionType.FAILED):
         return "Failed"
-    if true("Paused"):
+    if true(ConditionType.PAUSED):
         return "Paused"
-    if true("CutOver"):
+    if true(ConditionType.CUT_OVER):
         return "CutOver"
-    if dry_run and true("Ready"):
+    if dry_run and true(ConditionType.READY):
         return "Completed"
-    if reason("Scanned") == "Scanning":
+    if reason(ConditionType.SCANNED) == Reason.SCANNING:
         return "Scanning"
-    if not true("Scanned"):
+    if not true(ConditionType.SCANNED):
         return "Pending"
-    if not true("Restored"):
+    if not true(ConditionType.RESTORED):
         return "Restoring"
-    if not true("Copied"):
+    if not true(ConditionType.COPIED):
         return "Copying"
-    if true("CutoverReady") or reason("CutoverReady") in ("AwaitingApproval",):
+    if (
+        true(ConditionType.CUTOVER_READY)
+        or reason(ConditionType.CUTOVER_READY) == Reason.AWAITING_APPROVAL
+    ):
         return "AwaitingCutover"
-    if not true("Verified"):
-        return "Verifying" if reason("Verified") == "VerificationPending" else "AwaitingCutover"
+    if not true(ConditionType.VERIFIED):
+        return (
+            "Verifying"
+            if reason(ConditionType.VERIFIED) == Reason.VERIFICATION_PENDING
+            else "AwaitingCutover"
+        )
     return "AwaitingCutover"
 
 
@@ -347,7 +412,7 @@ class CleanupStatusInputs:
     counts: dict[tuple[str, str], StateCount]
     window: Sequence[CleanupItem]
     window_truncated: bool
-    state: dict[str, Any]
+    state: CleanupState
     now: datetime
 
 
@@ -370,32 +435,42 @@ def build_cleanup_status(
 
     if inputs.unmet:
         put(
-            "GatesPassed",
+            ConditionType.GATES_PASSED,
             "False",
             inputs.unmet[0].reason,
             "; ".join(f"{v.reason}: {v.message}" for v in inputs.unmet),
         )
     else:
-        put("GatesPassed", "True", "GatesPassed", "every migration-level gate holds")
+        put(
+            ConditionType.GATES_PASSED,
+            "True",
+            Reason.GATES_PASSED,
+            "every migration-level gate holds",
+        )
 
-    failed = state.get("failed")
-    if failed:
-        put("Failed", "True", failed["reason"], failed["message"])
+    failed = state.failed
+    if failed is not None:
+        put(ConditionType.FAILED, "True", failed.reason, failed.message)
     else:
-        put("Failed", "False", "NoError", "no cleanup-wide error")
+        put(ConditionType.FAILED, "False", Reason.NO_ERROR, "no cleanup-wide error")
 
     planned = total("planned").objects
-    complete = bool(state.get("completedAt")) and not planned
+    complete = state.completed_at is not None and not planned
     if complete:
-        put("Complete", "True", "Complete", state.get("summary", "cleanup finished"))
+        put(ConditionType.COMPLETE, "True", Reason.COMPLETE, state.summary or "cleanup finished")
     else:
-        put("Complete", "False", "InProgress" if not inputs.unmet else "Blocked", "not finished")
+        put(
+            ConditionType.COMPLETE,
+            "False",
+            Reason.IN_PROGRESS if not inputs.unmet else Reason.BLOCKED,
+            "not finished",
+        )
 
     conditions = set_conditions(
         previous.conditions, updates, now=inputs.now, observed_generation=inputs.generation
     )
     phase: CleanupPhase
-    if failed:
+    if failed is not None:
         phase = "Failed"
     elif complete:
         phase = "Completed"
@@ -411,7 +486,7 @@ def build_cleanup_status(
     for (kind, reason), count in counts.items():
         if kind == "skipped":
             skipped_by_reason[reason] = skipped_by_reason.get(reason, 0) + count.objects
-    leftovers = state.get("leftovers", {})
+    leftovers = state.leftovers or Leftovers()
     return MigrationCleanupStatus(
         observed_generation=inputs.generation,
         phase=phase,
@@ -421,9 +496,9 @@ def build_cleanup_status(
         ],
         counts=CleanupCounts(
             planned=sum(c.objects for c in counts.values())
-            + int(leftovers.get("uploadsAborted", 0))
-            + int(leftovers.get("objectsDeleted", 0)),
-            deleted=deleted.objects + int(leftovers.get("objectsDeleted", 0)),
+            + leftovers.uploads_aborted
+            + leftovers.objects_deleted,
+            deleted=deleted.objects + leftovers.objects_deleted,
             skipped=total("skipped").objects,
             failed=total("failed").objects,
             bytes_freed=0 if inputs.spec.dry_run else deleted.bytes,
@@ -441,5 +516,5 @@ def build_cleanup_status(
         objects_truncated=inputs.window_truncated,
         jobs=previous.jobs,
         started_at=previous.started_at or (inputs.now if counts else None),
-        completed_at=(datetime.fromisoformat(state["completedAt"]) if complete else None),
+        completed_at=state.completed_at if complete else None,
     )

@@ -10,10 +10,17 @@ belongs here.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, cast
+from typing import Unpack, cast
 
 from objmig.ledger.base import LedgerBase, MigrationConflict, UnknownMigration, _affected
 from objmig.ledger.models import MigrationRow
+from objmig.ledger.state import (
+    CleanupChanges,
+    CleanupState,
+    MigrationChanges,
+    MigrationState,
+    encode_changes,
+)
 
 
 class MigrationsMixin(LedgerBase):
@@ -71,8 +78,8 @@ class MigrationsMixin(LedgerBase):
             )
         return _affected(status) > 0
 
-    async def get_state(self, migration_id: int) -> dict[str, Any]:
-        """The migration's engine bookkeeping (a JSON object).
+    async def get_state(self, migration_id: int) -> MigrationState:
+        """Where the migration's lifecycle stands (its bookkeeping document).
 
         Raises:
             UnknownMigration: no such migration.
@@ -82,13 +89,15 @@ class MigrationsMixin(LedgerBase):
         )
         if state is None:
             raise UnknownMigration(f"no migration with id {migration_id}")
-        return cast(dict[str, Any], state)
+        return MigrationState.model_validate(state)
 
-    async def update_state(self, migration_id: int, patch: dict[str, Any]) -> dict[str, Any]:
-        """Shallow-merge ``patch`` into the migration's state atomically; returns the result.
+    async def update_state(
+        self, migration_id: int, **changes: Unpack[MigrationChanges]
+    ) -> MigrationState:
+        """Set sections of the migration's bookkeeping atomically; returns the result.
 
-        Top-level keys of ``patch`` replace those of the stored object (``jsonb ||``); a key
-        set to None is stored as JSON null. Concurrent patches of different keys both land.
+        Each section given replaces the stored one whole (``jsonb ||``); ``None`` clears it.
+        Concurrent writes of different sections both land.
 
         Raises:
             UnknownMigration: no such migration.
@@ -96,11 +105,11 @@ class MigrationsMixin(LedgerBase):
         state = await self._pool.fetchval(
             "UPDATE migrations SET state = state || $2::jsonb WHERE id = $1 RETURNING state",
             migration_id,
-            patch,
+            encode_changes(MigrationState, changes),
         )
         if state is None:
             raise UnknownMigration(f"no migration with id {migration_id}")
-        return cast(dict[str, Any], state)
+        return MigrationState.model_validate(state)
 
     async def start_cleanup(self, migration_id: int) -> bool:
         """Record that source objects may be deleted from now on; False if not allowed.
@@ -126,7 +135,7 @@ class MigrationsMixin(LedgerBase):
         """Record that the cutover is being reverted; False once a cleanup has started.
 
         The mark stays until the rollback finishes (a half-done rollback keeps cleanups
-        out, see `start_cleanup`); clear it with ``update_state({"rollbackStarted": None})``.
+        out, see `start_cleanup`); clear it with ``update_state(id, rollback_started=False)``.
         """
         started = await self._pool.fetchval(
             """
@@ -145,15 +154,17 @@ class MigrationsMixin(LedgerBase):
         )
         return cast("datetime | None", value)
 
-    async def get_cleanup_state(self, cleanup_id: int) -> dict[str, Any]:
-        """A cleanup's bookkeeping."""
+    async def get_cleanup_state(self, cleanup_id: int) -> CleanupState:
+        """Where a cleanup stands (its bookkeeping document)."""
         value = await self._pool.fetchval("SELECT state FROM cleanups WHERE id = $1", cleanup_id)
-        return cast(dict[str, Any], value or {})
+        return CleanupState.model_validate(value or {})
 
-    async def update_cleanup_state(self, cleanup_id: int, patch: dict[str, Any]) -> None:
-        """Shallow-merge ``patch`` into a cleanup's bookkeeping."""
+    async def update_cleanup_state(
+        self, cleanup_id: int, **changes: Unpack[CleanupChanges]
+    ) -> None:
+        """Set sections of a cleanup's bookkeeping (``None`` clears one)."""
         await self._pool.execute(
             "UPDATE cleanups SET state = state || $2::jsonb WHERE id = $1",
             cleanup_id,
-            patch,
+            encode_changes(CleanupState, changes),
         )

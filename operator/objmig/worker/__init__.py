@@ -13,7 +13,9 @@ import signal
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from objmig.api.conditions import Reason, s3_reason
 from objmig.api.migration import ObjectMeta, ObjectMigration, ObjectMigrationSpec
+from objmig.engine.bookkeeping import record_failure
 from objmig.engine.context import MigrationContext, check_access
 from objmig.engine.pipeline import ConfigurationError
 from objmig.engine.scan import run_scan
@@ -49,13 +51,13 @@ async def work(
         namespace, _, short = name.partition("/")
         migration = ObjectMigration(
             metadata=ObjectMeta(name=short, namespace=namespace),
-            spec=ObjectMigrationSpec.model_validate(state["spec"]),
+            spec=ObjectMigrationSpec.model_validate(state.spec),
         )
         try:
             context = MigrationContext.resolve(migration, EnvSecrets())
         except (SecretNotFound, ValueError) as error:
             log.error("cannot start: %s", error)
-            await _record_failure(ledger, migration_id, "ConfigurationError", str(error))
+            await record_failure(ledger, migration_id, Reason.CONFIGURATION_ERROR, str(error))
             return EXIT_PERMANENT
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -65,7 +67,7 @@ async def work(
         if refused is not None:
             code, message = refused
             log.error("%s", message)
-            await _record_failure(ledger, migration_id, f"S3{code}", message)
+            await record_failure(ledger, migration_id, s3_reason(code), message)
             return EXIT_PERMANENT
         try:
             if stage == "scan":
@@ -84,11 +86,11 @@ async def work(
                 log.info("worker done: %s", dict(stats.results))
         except ConfigurationError as error:
             log.error("%s", error)
-            await _record_failure(ledger, migration_id, f"S3{error.error.code}", str(error))
+            await record_failure(ledger, migration_id, s3_reason(error.error.code), str(error))
             return EXIT_PERMANENT
         except ConfigMapNotFound as error:
             log.error("%s", error)
-            await _record_failure(ledger, migration_id, "ManifestNotFound", str(error))
+            await record_failure(ledger, migration_id, Reason.MANIFEST_NOT_FOUND, str(error))
             return EXIT_PERMANENT
         except Exception as exc:
             # The scan does not classify its S3 errors itself: bad credentials or a missing
@@ -99,7 +101,7 @@ async def work(
             where = f" of s3 bucket {migration.spec.source.bucket!r}" if stage == "scan" else ""
             message = f"{stage}{where}: {problem.message}"
             log.error("%s", message)
-            await _record_failure(ledger, migration_id, f"S3{problem.code}", message)
+            await record_failure(ledger, migration_id, s3_reason(problem.code), message)
             return EXIT_PERMANENT
         return 0
     finally:
@@ -120,8 +122,3 @@ async def _unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> 
             await task
         return None
     return task.result()
-
-
-async def _record_failure(ledger: Ledger, migration_id: int, reason: str, message: str) -> None:
-    """Leave the reason where the operator reads it, for the Failed condition."""
-    await ledger.update_state(migration_id, {"failed": {"reason": reason, "message": message}})

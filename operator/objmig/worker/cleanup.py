@@ -7,11 +7,12 @@ import logging
 import signal
 
 from objmig.api.cleanup import MigrationCleanup, MigrationCleanupSpec
+from objmig.api.conditions import Reason
 from objmig.api.migration import ObjectMeta
 from objmig.engine.cleanup import run_cleanup
 from objmig.engine.pipeline import ConfigurationError
 from objmig.engine.secrets import EnvSecrets, SecretNotFound
-from objmig.ledger import Ledger
+from objmig.ledger import Ledger, Problem
 from objmig.worker import EXIT_PERMANENT
 
 log = logging.getLogger("objmig.worker")
@@ -28,8 +29,8 @@ async def clean(database_url: str, name: str) -> int:
         state = await ledger.get_cleanup_state(cleanup_id)
         namespace, _, short = name.partition("/")
         cleanup = MigrationCleanup(
-            metadata=ObjectMeta(name=short, namespace=namespace, uid=state.get("uid")),
-            spec=MigrationCleanupSpec.model_validate(state["spec"]),
+            metadata=ObjectMeta(name=short, namespace=namespace, uid=state.uid),
+            spec=MigrationCleanupSpec.model_validate(state.spec),
         )
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -38,7 +39,8 @@ async def clean(database_url: str, name: str) -> int:
         except (ConfigurationError, SecretNotFound, ValueError) as error:
             log.error("%s", error)
             await ledger.update_cleanup_state(
-                cleanup_id, {"failed": {"reason": "ConfigurationError", "message": str(error)}}
+                cleanup_id,
+                failed=Problem(reason=Reason.CONFIGURATION_ERROR, message=str(error)),
             )
             return EXIT_PERMANENT
         log.info(

@@ -1,0 +1,243 @@
+"""The ledger writes and reads both drivers make around :func:`objmig.engine.lifecycle.decide`.
+
+Taking up a spec, recording what a decision implies (pause, failure, rounds, catch-up
+results), carrying out a cutover or a rollback with its failure recorded, the verification
+digest, and gathering a status: written once here, so ``objmig run`` and the operator cannot
+drift apart. What only one driver can do (Jobs, Events, a progress display) stays with it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from datetime import UTC, datetime
+from typing import Literal
+
+from objmig.api.conditions import Reason
+from objmig.api.migration import ObjectMigrationSpec, ObjectMigrationStatus
+from objmig.engine.cutover import ConfigMapWriter, perform_cutover, perform_rollback
+from objmig.engine.lifecycle import Decision, Observed
+from objmig.engine.pipeline import PLAN_REASONS
+from objmig.engine.policy import CatchUp, Gate
+from objmig.engine.secrets import SecretSource
+from objmig.engine.status import StatusInputs, build_status, tally
+from objmig.ledger import (
+    Counts,
+    CutoverRecord,
+    Ledger,
+    MigrationState,
+    ObjectState,
+    Problem,
+    Rounds,
+    VerificationRecord,
+)
+from objmig.storage.errors import describe
+
+
+async def take_up_spec(
+    ledger: Ledger,
+    migration_id: int,
+    spec: ObjectMigrationSpec,
+    *,
+    generation: int | None = None,
+) -> MigrationState:
+    """Store the spec the workers run; a spec taken up anew retries a failed migration.
+
+    The operator calls this when the resource's generation changed (the user edited the
+    spec), ``objmig run`` on every run. A failure is cleared and the wave counted on, so
+    the stages start again with fresh runs. Leaving a dry run requeues its plan: a dry run
+    ends each row as skipped with what a real run would do (`PLAN_REASONS`), and a real
+    run must not mistake them for finished work (the cutover gate counts skipped rows).
+    """
+    state = await ledger.get_state(migration_id)
+    if state.dry_run and not spec.dry_run:
+        await ledger.requeue(migration_id, [ObjectState.SKIPPED], skip_reasons=PLAN_REASONS)
+    if state.failed is None:
+        return await ledger.update_state(
+            migration_id, spec=spec.to_wire(), generation=generation, dry_run=spec.dry_run
+        )
+    rounds = state.rounds
+    return await ledger.update_state(
+        migration_id,
+        spec=spec.to_wire(),
+        generation=generation,
+        dry_run=spec.dry_run,
+        failed=None,
+        rounds=Rounds(round=rounds.round, wave=rounds.wave + 1),
+    )
+
+
+async def record_failure(ledger: Ledger, migration_id: int, reason: str, message: str) -> None:
+    """Stop the migration with a reason and message for its Failed condition."""
+    await ledger.update_state(migration_id, failed=Problem(reason=reason, message=message))
+
+
+async def record_decision(
+    ledger: Ledger, migration_id: int, observed: Observed, decision: Decision
+) -> None:
+    """The bookkeeping a decision implies, before its driver acts on the rest."""
+    state = observed.state
+    if decision.fail is not None:
+        await ledger.update_state(migration_id, failed=decision.fail)
+    if decision.pause is not None and (
+        state.paused is None or state.paused.reason != decision.pause.reason
+    ):
+        await ledger.update_state(migration_id, paused=decision.pause)
+    if decision.clear_pause:
+        await ledger.update_state(migration_id, paused=None)
+    rounds = state.rounds
+    if decision.next_wave:
+        await ledger.update_state(
+            migration_id, rounds=Rounds(round=rounds.round, wave=rounds.wave + 1)
+        )
+    if decision.next_round:
+        await ledger.update_state(migration_id, rounds=Rounds(round=rounds.round + 1, wave=0))
+    if decision.catch_up_result is not None:
+        await ledger.update_state(
+            migration_id, catch_up=CatchUp.of(state).recorded(*decision.catch_up_result)
+        )
+
+
+def stopped_half_way(step: Literal["cutover", "rollback"], error: Exception, retry: str) -> Problem:
+    """The failure of a cutover or rollback that raised.
+
+    ``retry`` says how this driver tries again ("edit the spec", "run again"). What the
+    step did stays done and recorded, for the next attempt to finish (or, for a cutover,
+    a rollback to undo; a half-reverted cutover keeps rollbackStarted, which keeps
+    cleanups out).
+    """
+    undo = ", or set spec.cutover.rollback: true to undo it" if step == "cutover" else ""
+    message = (
+        f"the {step} stopped half-way ({describe(error)}); what was done is kept: fix the "
+        f"cause and {retry} to finish it{undo}"
+    )
+    reason = Reason.CUTOVER_FAILED if step == "cutover" else Reason.ROLLBACK_FAILED
+    return Problem(reason=reason, message=message)
+
+
+async def cut_over(
+    ledger: Ledger,
+    migration_id: int,
+    spec: ObjectMigrationSpec,
+    secrets: SecretSource,
+    config_maps: ConfigMapWriter | None,
+    *,
+    retry: str,
+) -> CutoverRecord | Problem:
+    """Perform the cutover; the record of what it did, or the failure recorded when it raised.
+
+    The digest a cleanup approval quotes is taken right before: it must describe what is cut
+    over, and a catch-up may have re-copied objects without changing how many are verified.
+    """
+    await record_verification(ledger, migration_id)
+    try:
+        return await perform_cutover(ledger, migration_id, spec, secrets, config_maps)
+    except Exception as error:
+        problem = stopped_half_way("cutover", error, retry)
+        await ledger.update_state(migration_id, failed=problem)
+        return problem
+
+
+async def roll_back(
+    ledger: Ledger,
+    migration_id: int,
+    spec: ObjectMigrationSpec,
+    secrets: SecretSource,
+    config_maps: ConfigMapWriter | None,
+    *,
+    retry: str,
+) -> Gate | Problem:
+    """Revert the cutover; the rollback gate's verdict, or the failure recorded when it raised."""
+    try:
+        return await perform_rollback(ledger, migration_id, spec, secrets, config_maps)
+    except Exception as error:
+        problem = stopped_half_way("rollback", error, retry)
+        await ledger.update_state(migration_id, failed=problem)
+        return problem
+
+
+async def record_verification(ledger: Ledger, migration_id: int) -> str:
+    """Compute the verification digest over the verified rows and record it; return it."""
+    digest = await ledger.verification_digest(migration_id)
+    value = f"sha256:{digest.sha256}"
+    await ledger.update_state(
+        migration_id,
+        verification=VerificationRecord(digest=value, objects=digest.objects, bytes=digest.bytes),
+    )
+    return value
+
+
+async def refresh_verification(ledger: Ledger, migration_id: int, counts: Counts) -> None:
+    """Record the digest again when the verified objects are all in and it is out of date."""
+    state = await ledger.get_state(migration_id)
+    view = tally(counts)
+    recorded = state.verification.objects if state.verification is not None else None
+    if not view.outstanding and state.scan.completed_at is not None and recorded != view.verified:
+        await record_verification(ledger, migration_id)
+
+
+class RateMeter:
+    """Bytes and objects per second over a sliding window of samples."""
+
+    def __init__(self, window: float = 20.0) -> None:
+        self._window = window
+        self._samples: deque[tuple[float, int, int]] = deque()
+
+    def sample(self, done_bytes: int, done_objects: int) -> tuple[float, float]:
+        """Record the finished totals now; return (bytes/s, objects/s) over the window."""
+        now = time.monotonic()
+        self._samples.append((now, done_bytes, done_objects))
+        while len(self._samples) > 2 and now - self._samples[0][0] > self._window:
+            self._samples.popleft()
+        first = self._samples[0]
+        elapsed = now - first[0]
+        if elapsed <= 0:
+            return 0.0, 0.0
+        return (done_bytes - first[1]) / elapsed, (done_objects - first[2]) / elapsed
+
+
+_FINISHED = (ObjectState.VERIFIED, ObjectState.FAILED, ObjectState.SKIPPED)
+
+
+async def compute_status(
+    ledger: Ledger,
+    migration_id: int,
+    spec: ObjectMigrationSpec,
+    previous: ObjectMigrationStatus | None = None,
+    rates: RateMeter | None = None,
+    *,
+    window: int = 50,
+    generation: int | None = None,
+    counts: Counts | None = None,
+) -> ObjectMigrationStatus:
+    """Gather the ledger's view of a migration and build its status (used by both drivers).
+
+    ``counts`` spares a second read when the caller has just taken them.
+    """
+    if counts is None:
+        counts = await ledger.counts(migration_id)
+    state = await ledger.get_state(migration_id)
+    rows, truncated = await ledger.window(migration_id, window)
+    done_bytes = sum(counts.state(s).bytes for s in _FINISHED)
+    done_objects = sum(counts.state(s).objects for s in _FINISHED)
+    rate, objects_rate = rates.sample(done_bytes, done_objects) if rates else (0.0, 0.0)
+    plan_reasons = plan_classes = None
+    if spec.dry_run:
+        plan_reasons = await ledger.breakdown(migration_id, "skip_reason")
+        plan_classes = await ledger.breakdown(migration_id, "storage_class")
+    return build_status(
+        StatusInputs(
+            spec=spec,
+            generation=generation,
+            counts=counts,
+            state=state,
+            window=rows,
+            window_truncated=truncated,
+            rate=rate,
+            objects_rate=objects_rate,
+            now=datetime.now(UTC),
+            plan_reasons=plan_reasons,
+            plan_classes=plan_classes,
+        ),
+        previous or ObjectMigrationStatus(),
+    )
