@@ -3,13 +3,16 @@ cut over, roll back, and where a migration rests."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from objmig.api.cleanup import MigrationCleanupSpec
 from objmig.api.conditions import Reason
 from objmig.api.migration import ObjectMigrationSpec
+from objmig.engine.cleanup_lifecycle import CleanupDecision, CleanupObserved, decide_cleanup
+from objmig.engine.deletion import MigrationFacts
 from objmig.engine.lifecycle import (
     Decision,
     Observed,
@@ -21,6 +24,7 @@ from objmig.engine.lifecycle import (
 from objmig.engine.policy import CatchUp, Tally
 from objmig.ledger.state import (
     CatchUpRecord,
+    CleanupState,
     CutoverProgress,
     CutoverRecord,
     MigrationState,
@@ -287,3 +291,82 @@ def test_both_drivers_get_the_same_decision_once_the_scan_is_done(local: bool) -
     assert _decide(spec, _tally(outstanding=2), local=local, scan=DONE_SCAN) == Decision(
         stage=StageWant("copy", 0, 0, parallelism=3)
     )
+
+
+# -- cleanups ------------------------------------------------------------------------------
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def _cleanup(
+    *,
+    what: str = "source",
+    approved: bool = True,
+    cut_over_at: datetime | None = T,
+    rolled_back: bool = False,
+    run: RunObservation | None = None,
+    **state: Any,
+) -> CleanupDecision:
+    body: dict[str, Any] = {"migrationRef": {"name": "m"}, "what": what, "gracePeriod": "1h"}
+    if approved:
+        body["approval"] = {"digest": DIGEST}
+    return decide_cleanup(
+        CleanupObserved(
+            spec=MigrationCleanupSpec.model_validate(body),
+            facts=MigrationFacts(cut_over_at=cut_over_at, rolled_back=rolled_back, digest=DIGEST),
+            state=CleanupState(**state),
+            now=T + timedelta(hours=2),
+            run=run,
+        )
+    )
+
+
+def test_a_cleanup_whose_gates_hold_runs_a_pass() -> None:
+    assert _cleanup() == CleanupDecision(run_pass=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "reasons"),
+    [
+        ({"cut_over_at": None, "approved": False}, ["NotCutOver", "ApprovalMissing"]),
+        ({"rolled_back": True}, ["RolledBack"]),
+        ({"approved": False}, ["ApprovalMissing"]),
+        ({"cut_over_at": T + timedelta(minutes=90)}, ["GracePeriodNotElapsed"]),
+    ],
+)
+def test_a_source_cleanup_with_unmet_gates_runs_nothing_and_names_them(
+    change: dict[str, Any], reasons: list[str]
+) -> None:
+    decision = _cleanup(**change)
+
+    assert not decision.run_pass
+    assert decision.fail is None
+    assert [verdict.reason for verdict in decision.unmet] == reasons
+
+
+def test_a_leftovers_cleanup_needs_none_of_the_source_gates() -> None:
+    decision = _cleanup(what="leftovers", approved=False, cut_over_at=None)
+
+    assert decision == CleanupDecision(run_pass=True)
+
+
+def test_a_completed_pass_runs_nothing_more() -> None:
+    assert _cleanup(completed_at=T) == CleanupDecision()
+
+
+def test_a_failed_cleanup_runs_nothing_more() -> None:
+    assert _cleanup(failed=Problem(reason="CleanupJobFailed", message="x")) == CleanupDecision()
+
+
+def test_a_pass_under_way_is_left_to_run() -> None:
+    assert _cleanup(run=RunObservation()) == CleanupDecision()
+    assert _cleanup(run=RunObservation(complete=True)) == CleanupDecision()
+
+
+def test_a_pass_whose_run_failed_fails_the_cleanup_with_its_message() -> None:
+    decision = _cleanup(run=RunObservation(failed_message="Job c-cleanup: BackoffLimitExceeded"))
+
+    assert decision.fail == Problem(
+        reason=Reason.CLEANUP_JOB_FAILED, message="Job c-cleanup: BackoffLimitExceeded"
+    )
+    assert not decision.run_pass
