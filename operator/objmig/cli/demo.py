@@ -24,7 +24,7 @@ from objmig.api.migration import ObjectMigration
 from objmig.cli.ledger import open_ledger
 from objmig.cli.migrate import drive, report_cleanup, report_outcome
 from objmig.engine.cleanup import run_cleanup
-from objmig.engine.secrets import FileSecrets
+from objmig.engine.secrets import file_secrets
 from objmig.local.postgres import EmbeddedPostgres
 from objmig.local.s3server import LocalS3Server
 from objmig.storage.endpoint import Credentials, Endpoint
@@ -176,7 +176,7 @@ async def _demo(state_dir: Path, small: int, multipart: int, archived: int) -> i
         spec_path = state_dir / "migration.yaml"
         spec_path.write_text(yaml.safe_dump(migration.to_wire(), sort_keys=False))
         click.echo(f"migration spec: {spec_path}")
-        secrets = FileSecrets(secrets_file)
+        secrets = file_secrets(secrets_file)
         async with open_ledger(None, state_dir) as ledger:
             started = time.monotonic()
             result = await drive(migration, ledger, secrets, workers=2)

@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 
 from objmig.api.cleanup import MigrationCleanup, MigrationCleanupStatus
-from objmig.api.loading import load_one
+from objmig.api.loading import Bundle, load_bundle
 from objmig.api.migration import ObjectMigration, ObjectMigrationSpec
 from objmig.cli.ledger import database_url_option, open_ledger, state_dir_option
 from objmig.cli.progress import ProgressView, human_bytes, status_table, summary_line
@@ -23,9 +23,10 @@ from objmig.engine.run import LocalRun, RunResult
 from objmig.engine.secrets import (
     ChainedSecrets,
     EnvSecrets,
-    FileSecrets,
+    MappingSecrets,
     SecretSource,
     file_config_maps,
+    file_secrets,
 )
 from objmig.ledger import Ledger, ReportFormat
 
@@ -52,7 +53,8 @@ filename_option = click.option(
     "path",
     required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="ObjectMigration YAML (the same schema the operator reads).",
+    help="ObjectMigration YAML (the same schema the operator reads), with the Secrets and "
+    "ConfigMaps it refers to if you like.",
 )
 secrets_option = click.option(
     "--secrets",
@@ -70,11 +72,12 @@ config_maps_option = click.option(
 )
 
 
-def secret_source(secrets_file: Path | None) -> SecretSource:
-    """Environment first, then the secrets file if one was given."""
+def secret_source(secrets_file: Path | None, bundle: Bundle) -> SecretSource:
+    """Environment first, then the ``--secrets`` file, then the resource file's own Secrets."""
     sources: list[SecretSource] = [EnvSecrets()]
     if secrets_file is not None:
-        sources.append(FileSecrets(secrets_file))
+        sources.append(file_secrets(secrets_file))
+    sources.append(MappingSecrets(bundle.secrets))
     return ChainedSecrets(tuple(sources))
 
 
@@ -149,8 +152,14 @@ def _run(
     workers: int,
     dry_run: bool,
 ) -> int:
-    migration: ObjectMigration = load_one(path, ObjectMigration)
-    config_maps = file_config_maps(config_maps_file) if config_maps_file else None
+    bundle = load_bundle(path)
+    migration: ObjectMigration = bundle.one(ObjectMigration, str(path))
+    # A --config-maps file wins over a ConfigMap of the same name in the resource file.
+    config_maps = bundle.config_maps | (
+        file_config_maps(config_maps_file) if config_maps_file else {}
+    )
+    # Every input file is read before the ledger is touched: a bad one is refused at once.
+    secrets = secret_source(secrets_file, bundle)
     if dry_run:
         migration = migration.model_copy(
             update={"spec": migration.spec.model_copy(update={"dry_run": True})}
@@ -161,7 +170,7 @@ def _run(
             return await drive(
                 migration,
                 ledger,
-                secret_source(secrets_file),
+                secrets,
                 workers=workers,
                 config_maps=config_maps,
             )
@@ -346,11 +355,13 @@ def cleanup(
     path: Path, database_url: str | None, state_dir: Path, secrets_file: Path | None
 ) -> None:
     """Delete migrated source objects (or leftovers), only where every gate holds."""
-    resource: MigrationCleanup = load_one(path, MigrationCleanup)
+    bundle = load_bundle(path)
+    resource: MigrationCleanup = bundle.one(MigrationCleanup, str(path))
+    secrets = secret_source(secrets_file, bundle)
 
     async def main() -> MigrationCleanupStatus:
         async with open_ledger(database_url, state_dir) as ledger:
-            return await run_cleanup(ledger, resource, secret_source(secrets_file))
+            return await run_cleanup(ledger, resource, secrets)
 
     result = asyncio.run(main())
     report_cleanup(resource, result)

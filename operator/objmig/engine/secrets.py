@@ -6,7 +6,8 @@ where the values come from depends on the driver:
 * in a worker pod, the operator maps every referenced Secret key to an environment
   variable (``valueFrom.secretKeyRef``) named by :func:`env_name`, so workers need no
   Kubernetes API access;
-* on a laptop, the same variables, or a YAML file of Secret manifests (``--secrets``).
+* on a laptop, the same variables, a YAML file of Secret manifests (``--secrets``), or the
+  Secrets in the resource file itself, as ``kubectl apply -f`` would create them.
 
 Secret values are never logged, nor put in an error message.
 
@@ -20,14 +21,13 @@ from __future__ import annotations
 import base64
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-
-import yaml
+from typing import Protocol
 
 from objmig.api.base import LocalObjectReference, SecretKeySelector
+from objmig.api.loading import load_bundle
 from objmig.api.migration import BucketSpec, ObjectMigrationSpec
 from objmig.storage.endpoint import Credentials
 
@@ -80,40 +80,25 @@ class EnvSecrets:
         return self.environ.get(env_name(secret, key))
 
 
-def manifests_of_kind(path: Path, kind: str) -> Iterator[dict[str, Any]]:
-    """The documents of ``kind`` in a YAML file of Kubernetes manifests; others are skipped."""
-    for document in yaml.safe_load_all(path.read_text()):
-        if isinstance(document, dict) and document.get("kind") == kind:
-            yield document
+@dataclass(frozen=True)
+class MappingSecrets:
+    """Secret values read from manifests (a ``--secrets`` file, or the resource file itself)."""
 
-
-def _name(document: Mapping[str, Any]) -> str:
-    return str((document.get("metadata") or {}).get("name", ""))
-
-
-class FileSecrets:
-    """Secrets from a YAML file of Kubernetes Secret manifests (``data`` or ``stringData``)."""
-
-    def __init__(self, path: Path) -> None:
-        self._values: dict[tuple[str, str], str] = {}
-        for document in manifests_of_kind(path, "Secret"):
-            name = _name(document)
-            for key, value in (document.get("data") or {}).items():
-                self._values[(name, key)] = base64.b64decode(value).decode()
-            for key, value in (document.get("stringData") or {}).items():
-                self._values[(name, key)] = str(value)
+    values: Mapping[tuple[str, str], str]
 
     def get(self, secret: str, key: str) -> str | None:
         """See :class:`SecretSource`."""
-        return self._values.get((secret, key))
+        return self.values.get((secret, key))
+
+
+def file_secrets(path: Path) -> MappingSecrets:
+    """Secrets from a YAML file of Kubernetes Secret manifests (``data`` or ``stringData``)."""
+    return MappingSecrets(load_bundle(path, objmig_kinds=False).secrets)
 
 
 def file_config_maps(path: Path) -> dict[str, dict[str, str]]:
     """ConfigMap ``data`` by name from a YAML file of ConfigMap manifests."""
-    return {
-        _name(document): {str(k): str(v) for k, v in (document.get("data") or {}).items()}
-        for document in manifests_of_kind(path, "ConfigMap")
-    }
+    return load_bundle(path, objmig_kinds=False).config_maps
 
 
 @dataclass(frozen=True)
