@@ -17,8 +17,8 @@ from objmig.api.migration import ObjectMigration
 from objmig.engine.cleanup import run_cleanup
 from objmig.engine.pipeline import ORIGINAL_CHECKSUM_KEY, ORIGINAL_ETAG_KEY
 from objmig.ledger import InventoryRow, Ledger, ObjectState, ScanRecord
-from objmig.storage.copy import MIGRATION_METADATA_KEY
 from objmig.storage.endpoint import Endpoint
+from objmig.storage.types import MIGRATION_METADATA_KEY
 from tests.fixtures.s3 import S3Backend, S3Seeder
 from tests.integration.engine_support import migration, rows_of, run, secrets_for, sha256_of
 from tests.integration.test_cleanup import cleanup_of

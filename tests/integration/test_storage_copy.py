@@ -21,12 +21,12 @@ from objmig.storage import (
     object_sha256,
     part_layout,
 )
-from objmig.storage.copy import MIGRATION_METADATA_KEY
 from objmig.storage.errors import S3ResponseError, SourceChangedError
-from objmig.storage.objects import resolve_part_layout
+from objmig.storage.parts import resolve_part_layout
 from objmig.storage.s3http import open_http_client
 from objmig.storage.sdk import open_client
 from objmig.storage.streaming import ReadAhead
+from objmig.storage.types import MIGRATION_METADATA_KEY
 from tests.fixtures.s3 import S3Backend, S3Seeder
 from tests.support.s3proxy import Delay, Deny, Fail, S3FaultProxy
 

@@ -15,7 +15,7 @@ from objmig.storage import (
     object_sha256,
     part_layout,
 )
-from objmig.storage.objects import resolve_part_layout
+from objmig.storage.parts import resolve_part_layout
 from objmig.storage.sdk import open_client
 from tests.fixtures.s3 import S3Backend, S3Seeder
 from tests.support.s3proxy import S3FaultProxy

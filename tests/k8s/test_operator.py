@@ -22,8 +22,8 @@ from types_aiobotocore_s3 import S3Client
 from objmig.ledger import Ledger, ObjectRow, ObjectState
 from objmig.local.postgres import EmbeddedPostgres
 from objmig.local.s3server import LocalMinio, LocalS3Server
-from objmig.storage.objects import normalise_etag
 from objmig.storage.sdk import open_client
+from objmig.storage.types import normalise_etag
 from tests.fixtures.operator import OperatorProcess
 from tests.fixtures.s3 import S3Seeder
 from tests.support.catalog import catalog_action, catalog_database, catalog_rows, refuse_location

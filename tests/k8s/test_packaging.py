@@ -34,7 +34,7 @@ from types_aiobotocore_s3 import S3Client
 
 from objmig.local.postgres import EmbeddedPostgres
 from objmig.local.s3server import LocalS3Server
-from objmig.storage.objects import normalise_etag
+from objmig.storage.types import normalise_etag
 from tests.fixtures.s3 import S3Seeder
 from tests.support.catalog import catalog_database, catalog_rows
 from tests.support.cluster import ControlPlane, free_port, wait_until

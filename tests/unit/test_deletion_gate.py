@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from objmig.api.cleanup import MigrationCleanupSpec
 from objmig.engine.deletion import MigrationFacts, Verdict, migration_verdict, object_verdict
 from objmig.ledger import ObjectRow, ObjectState
-from objmig.storage.objects import HeadResult
+from objmig.storage.types import HeadResult
 
 DIGEST = "sha256:" + "ab" * 32
 OTHER_DIGEST = "sha256:" + "cd" * 32

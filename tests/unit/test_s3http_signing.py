@@ -22,7 +22,6 @@ from defusedxml.common import DefusedXmlException
 
 from objmig.storage.endpoint import ClientTimeouts, Credentials, Endpoint
 from objmig.storage.errors import S3ResponseError, classify
-from objmig.storage.objects import ContentHeaders
 from objmig.storage.s3http import (
     UNSIGNED_PAYLOAD,
     S3HttpClient,
@@ -38,6 +37,7 @@ from objmig.storage.s3http import (
     metadata_headers,
     sse_c_headers,
 )
+from objmig.storage.types import ContentHeaders
 
 # A moment whose day differs from its neighbours' (signing keys are per day) and a leap day.
 MOMENT = datetime(2024, 2, 29, 23, 59, 58, tzinfo=UTC)

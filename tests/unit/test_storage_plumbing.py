@@ -12,10 +12,11 @@ import pytest
 
 from objmig.storage.copy import Encryption, run_bounded
 from objmig.storage.endpoint import Credentials, Endpoint, same_store
-from objmig.storage.objects import guess_part_sizes, multipart_part_count, normalise_etag
+from objmig.storage.parts import guess_part_sizes
 from objmig.storage.ratelimit import TokenBucket
 from objmig.storage.sdk import client_config
 from objmig.storage.streaming import ReadAhead
+from objmig.storage.types import multipart_part_count, normalise_etag
 
 MiB = 1024 * 1024
 

@@ -7,12 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from objmig.storage.errors import RestoreNotAllowedError
-from objmig.storage.restore import (
-    RestoreStatus,
-    needs_restore,
-    parse_restore_header,
-    validate_restore,
-)
+from objmig.storage.restore import needs_restore, parse_restore_header, validate_restore
+from objmig.storage.types import RestoreStatus
 
 
 def test_ongoing_restore_header() -> None:

@@ -41,15 +41,10 @@ from objmig.ledger import (
     ObjectRow,
     ObjectState,
 )
-from objmig.storage.copy import MIGRATION_METADATA_KEY
+from objmig.storage.bucket import abort_multipart_upload, delete_objects, list_multipart_uploads
 from objmig.storage.errors import classify
-from objmig.storage.objects import (
-    HeadResult,
-    abort_multipart_upload,
-    delete_objects,
-    list_multipart_uploads,
-)
 from objmig.storage.store import Store
+from objmig.storage.types import MIGRATION_METADATA_KEY, HeadResult
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,7 @@ from datetime import datetime
 from objmig.api.cleanup import MigrationCleanupSpec
 from objmig.api.types import format_duration, parse_duration
 from objmig.ledger import ObjectRow, ObjectState
-from objmig.storage.copy import MIGRATION_METADATA_KEY
-from objmig.storage.objects import HeadResult
+from objmig.storage.types import MIGRATION_METADATA_KEY, HeadResult
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from objmig.storage.objects import ObjectInfo
 from objmig.storage.store import Store
+from objmig.storage.types import ObjectInfo
 
 log = logging.getLogger(__name__)
 

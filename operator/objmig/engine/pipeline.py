@@ -22,7 +22,6 @@ from objmig.engine.lookup import KeyFacts, ListingLookup
 from objmig.engine.policy import backoff_delay
 from objmig.ledger import ObjectRow, ObjectState, StepResult
 from objmig.storage.copy import (
-    MIGRATION_METADATA_KEY,
     CopyOptions,
     CopyResult,
     Encryption,
@@ -31,20 +30,21 @@ from objmig.storage.copy import (
     TargetObject,
     copy_object,
 )
+from objmig.storage.digest import object_sha256
 from objmig.storage.errors import ErrorClass, IntegrityError, classify
-from objmig.storage.objects import (
-    CHECKSUM_ALGORITHMS,
-    EncryptionInfo,
-    HeadResult,
-    multipart_part_count,
-    object_sha256,
-    version_or_none,
-)
 from objmig.storage.ratelimit import RateLimiter
 from objmig.storage.restore import needs_restore, request_restore
 from objmig.storage.selection import metadata_matches
 from objmig.storage.store import Store
 from objmig.storage.streaming import ReadAhead
+from objmig.storage.types import (
+    CHECKSUM_ALGORITHMS,
+    MIGRATION_METADATA_KEY,
+    EncryptionInfo,
+    HeadResult,
+    multipart_part_count,
+    version_or_none,
+)
 
 #: Memory a worker's streamed multipart copies may fill with parts read ahead of their
 #: upload (the worker pod's default limit is 1 GiB; the rest of a worker needs ~100 MiB).

@@ -26,6 +26,7 @@ from objmig.ledger import (
     MigrationState,
     ScanRecord,
 )
+from objmig.storage.bucket import list_objects
 from objmig.storage.errors import classify
 from objmig.storage.manifest import (
     ManifestEntry,
@@ -35,9 +36,9 @@ from objmig.storage.manifest import (
     read_manifest_file,
     read_manifest_object,
 )
-from objmig.storage.objects import ObjectInfo, list_objects
 from objmig.storage.s3http import S3HttpClient
 from objmig.storage.store import Store
+from objmig.storage.types import ObjectInfo
 
 log = logging.getLogger(__name__)
 

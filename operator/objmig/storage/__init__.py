@@ -5,8 +5,11 @@ Table of contents:
 - `endpoint`: `Endpoint`, `Credentials`, `same_store`;
 - `store`: `open_store`, one side's clients; `s3http` (the per-object requests and plain
   listings) and `sdk` (aioboto3, loaded on first use, for everything else);
-- `objects`: listing (`list_objects`), `HeadResult`, part layouts, `object_sha256`,
-  `delete_objects`, multipart upload listing and abort;
+- `types`: the value types (`HeadResult`, `ObjectInfo`, `PartLayout`, ...) and the pure
+  helpers that read S3's spellings of them (ETags, version ids, checksums);
+- `bucket`: the SDK's listings (`list_objects`), `delete_objects`, multipart upload
+  listing and abort;
+- `parts`: part layouts (`resolve_part_layout`); `digest`: `object_sha256`;
 - `selection`: pure key/date/size/class filters and metadata rules;
 - `manifest`: worklists from plain lists, CSV, S3 Inventory and ConfigMaps;
 - `restore`: archived objects (`needs_restore`, `request_restore`, `x-amz-restore`);
@@ -18,6 +21,12 @@ This package does not import `objmig.api`: the engine maps the CRD spec onto the
 dataclasses defined here.
 """
 
+from objmig.storage.bucket import (
+    abort_multipart_upload,
+    delete_objects,
+    list_multipart_uploads,
+    list_objects,
+)
 from objmig.storage.copy import (
     CopyOptions,
     CopyResult,
@@ -27,22 +36,19 @@ from objmig.storage.copy import (
     TargetObject,
     copy_object,
 )
+from objmig.storage.digest import object_sha256
 from objmig.storage.endpoint import Credentials, Endpoint, same_store
 from objmig.storage.errors import ErrorClass, StorageError, classify
-from objmig.storage.objects import (
+from objmig.storage.parts import part_layout
+from objmig.storage.restore import needs_restore, request_restore
+from objmig.storage.selection import MetadataRule, Selection, metadata_matches
+from objmig.storage.types import (
     DeleteResult,
     HeadResult,
     MultipartUploadInfo,
     ObjectInfo,
-    abort_multipart_upload,
-    delete_objects,
-    list_multipart_uploads,
-    list_objects,
-    object_sha256,
-    part_layout,
+    RestoreStatus,
 )
-from objmig.storage.restore import RestoreStatus, needs_restore, request_restore
-from objmig.storage.selection import MetadataRule, Selection, metadata_matches
 
 __all__ = [
     "CopyOptions",

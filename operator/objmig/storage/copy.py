@@ -41,35 +41,28 @@ from objmig.storage.errors import (
     SourceChangedError,
     StorageError,
 )
-from objmig.storage.objects import (
+from objmig.storage.parts import resolve_part_layout
+from objmig.storage.ratelimit import RateLimiter
+from objmig.storage.restore import needs_restore
+from objmig.storage.s3http import S3HttpClient, content_headers, metadata_headers, sse_c_headers
+from objmig.storage.streaming import PartStream, ReadAhead
+from objmig.storage.types import (
+    MIGRATION_METADATA_KEY,
     STREAM_CHUNK,
+    Body,
     EncryptionInfo,
     HeadResult,
     MiB,
     PartLayout,
+    WriteResult,
     multipart_part_count,
     normalise_etag,
-    resolve_part_layout,
 )
-from objmig.storage.ratelimit import RateLimiter
-from objmig.storage.restore import needs_restore
-from objmig.storage.s3http import (
-    Body,
-    S3HttpClient,
-    WriteResult,
-    content_headers,
-    metadata_headers,
-    sse_c_headers,
-)
-from objmig.storage.streaming import PartStream, ReadAhead
 
 log = logging.getLogger(__name__)
 
 EncryptionMode = Literal["none", "SSE-S3", "SSE-KMS", "SSE-C"]
 
-# Metadata entry marking objects (and, through CreateMultipartUpload, their uploads) as
-# written by an objmig migration, so cleanup can recognise them.
-MIGRATION_METADATA_KEY = "objmig-migration"
 # CopyObject refuses sources above 5 GiB; such single-part objects cannot exist (PutObject
 # has the same limit), but a multipart source may be larger, hence UploadPartCopy.
 MAX_COPY_OBJECT_SIZE = 5 * 1024 * MiB

@@ -35,7 +35,7 @@ from urllib.parse import unquote_plus
 import yaml
 
 from objmig.storage.errors import ManifestError
-from objmig.storage.objects import STREAM_CHUNK, normalise_etag
+from objmig.storage.types import STREAM_CHUNK, normalise_etag
 
 # The aiobotocore stubs are a development dependency: import them for type checking only.
 if TYPE_CHECKING:

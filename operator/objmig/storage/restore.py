@@ -10,12 +10,12 @@ restore only once they have moved to an opt-in archive tier (`x-amz-archive-stat
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Literal
 
 from objmig.storage.errors import RestoreNotAllowedError
+from objmig.storage.types import RestoreStatus
 
 # The aiobotocore stubs are a development dependency: import them for type checking only.
 if TYPE_CHECKING:
@@ -26,22 +26,6 @@ RestoreTier = Literal["Bulk", "Standard", "Expedited"]
 ARCHIVE_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 # Intelligent-Tiering's opt-in archive tiers, reported by `x-amz-archive-status`.
 ARCHIVE_STATUSES = frozenset({"ARCHIVE_ACCESS", "DEEP_ARCHIVE_ACCESS"})
-
-
-@dataclass(frozen=True)
-class RestoreStatus:
-    """A parsed `x-amz-restore` header.
-
-    `ongoing` True: S3 is still retrieving the object. `ongoing` False: a readable copy
-    exists until `expiry` (None when the store did not say).
-    """
-
-    ongoing: bool
-    expiry: datetime | None = None
-
-    @property
-    def available(self) -> bool:
-        return not self.ongoing
 
 
 _ONGOING_RE = re.compile(r'ongoing-request\s*=\s*"?(true|false)"?', re.IGNORECASE)

@@ -32,10 +32,9 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from defusedxml import ElementTree as SafeET
@@ -43,16 +42,18 @@ from defusedxml import ElementTree as SafeET
 from objmig.storage.endpoint import DEFAULT_REGION, ClientTimeouts, Credentials, Endpoint
 from objmig.storage.errors import S3ResponseError
 from objmig.storage.http1 import HttpPool, HttpResponse
-from objmig.storage.objects import (
+from objmig.storage.restore import parse_restore_header
+from objmig.storage.types import (
     ContentHeaders,
     EncryptionInfo,
+    GetResult,
     HeadResult,
     ObjectInfo,
+    WriteResult,
     normalise_etag,
     version_or_none,
     whole_seconds,
 )
-from objmig.storage.restore import parse_restore_header
 
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 # Error documents are small; a store that sends more is not sending an error document.
@@ -61,34 +62,6 @@ _XML_NS = re.compile(r"^\{[^}]*\}")
 _RESULT_ETAG = re.compile(rb"<ETag>([^<]*)</ETag>")
 # Characters S3 wants left alone in a canonical URI / query (RFC 3986 unreserved).
 _UNRESERVED = "-_.~"
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """What a PUT, CopyObject, UploadPart or CompleteMultipartUpload answered."""
-
-    etag: str
-    version_id: str | None = None
-    encryption: EncryptionInfo = field(default_factory=EncryptionInfo)
-
-
-class Body(Protocol):
-    """A streamed response body: `read(n)` returns at most n bytes, b"" at the end."""
-
-    async def read(self, n: int = -1) -> bytes: ...
-
-
-@dataclass(frozen=True)
-class GetResult:
-    """A GET's answer: the object's headers (as a HEAD would give them), the bytes sent.
-
-    `head.size` is the whole object's size (from Content-Range for a ranged GET);
-    `content_length` is the number of bytes in this answer's body.
-    """
-
-    head: HeadResult
-    content_length: int
-    body: Body
 
 
 def sse_c_headers(key: bytes | None, *, copy_source: bool = False) -> dict[str, str]:

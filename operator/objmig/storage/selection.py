@@ -30,7 +30,7 @@ from typing import Literal, Protocol
 
 
 class Listed(Protocol):
-    """What selection needs from a listed object (`objmig.storage.objects.ObjectInfo`)."""
+    """What selection needs from a listed object (`objmig.storage.types.ObjectInfo`)."""
 
     @property
     def key(self) -> str: ...

@@ -14,9 +14,8 @@ import hashlib
 from collections.abc import AsyncIterator, Callable
 
 from objmig.storage.errors import TruncatedBodyError
-from objmig.storage.objects import STREAM_CHUNK
 from objmig.storage.ratelimit import RateLimiter
-from objmig.storage.s3http import Body
+from objmig.storage.types import STREAM_CHUNK, Body
 
 # Chunks at least this big are hashed off the event loop (below it the thread hop costs
 # more than the hashing).
