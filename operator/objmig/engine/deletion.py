@@ -14,7 +14,8 @@ from datetime import datetime
 
 from objmig.api.cleanup import MigrationCleanupSpec
 from objmig.api.types import format_duration, parse_duration
-from objmig.ledger import ObjectRow, ObjectState
+from objmig.ledger.models import ObjectRow, ObjectState
+from objmig.storage.compare import Seen, changes
 from objmig.storage.types import MIGRATION_METADATA_KEY, HeadResult
 
 
@@ -152,20 +153,21 @@ def object_verdict(
         )
     if source is None:
         return Verdict(False, "SourceMissing", "the source object is already gone")
-    changes = []
-    if source.etag != row.etag:
-        changes.append(f"ETag {row.etag} -> {source.etag}")
-    if source.size != row.size:
-        changes.append(f"size {row.size} -> {source.size}")
-    if (source.version_id or "") != row.version_id and row.version_id:
-        changes.append(f"version {row.version_id} -> {source.version_id}")
-    if row.last_modified is not None and not _same_second(source.last_modified, row.last_modified):
-        changes.append("last-modified moved")
-    if changes:
+    recorded = Seen(
+        row.etag,
+        row.size,
+        row.version_id,
+        int(row.last_modified.timestamp()) if row.last_modified is not None else None,
+    )
+    current = Seen(
+        source.etag, source.size, source.version_id, int(source.last_modified.timestamp())
+    )
+    changed = changes(recorded, current, version_must_match=True)
+    if changed:
         return Verdict(
             False,
             "SourceChangedSinceVerify",
-            "source changed since verification: " + ", ".join(changes),
+            "source changed since verification: " + ", ".join(changed),
         )
     if target is None:
         return Verdict(False, "TargetMissing", f"the target copy {row.target_key} is gone")

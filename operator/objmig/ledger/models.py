@@ -11,9 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-import asyncpg
+# Annotations only: the pure decision modules read these rows without loading the driver.
+if TYPE_CHECKING:
+    import asyncpg
 
 __all__ = [
     "ACTIVE_STATES",

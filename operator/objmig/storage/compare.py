@@ -1,0 +1,194 @@
+"""What counts as the same object: pure comparisons of what S3 said about two objects.
+
+Which ETags can be compared (content MD5s, unless SSE-KMS or SSE-C makes them opaque),
+when an existing target already holds the source, what changed since an object was seen,
+which checksums of the two sides prove the same bytes, and which metadata is objmig's own.
+The copy (`objmig.storage.copy`), the per-object steps (`objmig.engine.pipeline`) and the
+deletion gate (`objmig.engine.deletion`) all ask here, so a rule is written once. Nothing
+here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from objmig.storage.types import CHECKSUM_ALGORITHMS, HeadResult
+
+#: Encryption modes (the spec's vocabulary, `EncryptionInfo.mode`) under which S3's ETag of
+#: a single-part object is the MD5 of its bytes (of a multipart one, the MD5 of its
+#: parts' MD5s). Under SSE-KMS and SSE-C it is opaque and proves nothing.
+_CONTENT_MD5_MODES = frozenset({"none", "SSE-S3"})
+
+#: Metadata keys objmig adds to what it writes (the migration marker, in-place proofs).
+OBJMIG_METADATA_PREFIX = "objmig-"
+
+
+def etag_is_content_md5(encryption_mode: str) -> bool:
+    """Whether ETags of objects stored under `encryption_mode` are derived from their bytes."""
+    return encryption_mode in _CONTENT_MD5_MODES
+
+
+def etags_comparable(source: HeadResult, target: HeadResult) -> bool:
+    """Whether equal ETags of these two objects mean equal bytes (both content MD5s)."""
+    return all(etag_is_content_md5(h.encryption.mode) for h in (source, target))
+
+
+def looks_like_md5(etag: str) -> bool:
+    """Whether an (unquoted) ETag has the shape of an MD5: 32 hex digits, no part count.
+
+    Stores that do not use MD5 ETags for single-part writes answer with something else.
+    """
+    return len(etag) == 32
+
+
+def looks_identical(source: HeadResult, target: HeadResult) -> bool:
+    """Cheap check that the target already holds this object (ETag and size agree).
+
+    Encrypted ETags say nothing; only verification can tell, and it is cheaper to copy
+    again than to hash both sides just to decide whether to copy.
+    """
+    if source.size != target.size:
+        return False
+    if etags_comparable(source, target):
+        return source.etag == target.etag
+    return False
+
+
+def without_objmig_keys(metadata: Mapping[str, str]) -> dict[str, str]:
+    """Target metadata minus what objmig itself adds (the migration marker and proofs)."""
+    return {k: v for k, v in metadata.items() if not k.startswith(OBJMIG_METADATA_PREFIX)}
+
+
+def metadata_difference(source: HeadResult, target: HeadResult) -> str | None:
+    """What of the user metadata and Content-Type differs (None: nothing), ignoring the
+    keys objmig adds to the copy."""
+    if dict(source.metadata) != without_objmig_keys(target.metadata):
+        return "user metadata differs"
+    if (source.content.content_type or "") != (target.content.content_type or ""):
+        return "Content-Type differs"
+    return None
+
+
+@dataclass(frozen=True)
+class Seen:
+    """An object as it was recorded (the scan's row) or as it is now (a HEAD, a listing).
+
+    `last_modified_seconds` None: not known (then not compared); whole seconds, since
+    HEAD's Last-Modified is an HTTP date while listings may carry milliseconds.
+    """
+
+    etag: str
+    size: int
+    version_id: str | None = None
+    last_modified_seconds: int | None = None
+
+
+def changes(recorded: Seen, now: Seen, *, version_must_match: bool = False) -> list[str]:
+    """What differs between an object as recorded and as it is now, one phrase each.
+
+    Versions are compared only when the record has one; `version_must_match`: a current
+    answer without a version id counts as another version too (otherwise it is unknown).
+    """
+    found = []
+    if now.etag != recorded.etag:
+        found.append(f"ETag {recorded.etag} -> {now.etag}")
+    if now.size != recorded.size:
+        found.append(f"size {recorded.size} -> {now.size}")
+    known = bool(now.version_id) or version_must_match
+    if recorded.version_id and known and (now.version_id or "") != recorded.version_id:
+        found.append(f"version {recorded.version_id} -> {now.version_id}")
+    if (
+        recorded.last_modified_seconds is not None
+        and now.last_modified_seconds is not None
+        and now.last_modified_seconds != recorded.last_modified_seconds
+    ):
+        found.append("last-modified moved")
+    return found
+
+
+# -- checksums ----------------------------------------------------------------------------
+
+
+def label_algorithm(label: str) -> str:
+    """The algorithm of a ledger checksum label (``sha256:<hex>`` -> ``SHA256``)."""
+    return label.split(":", 1)[0].upper()
+
+
+def first_kept_algorithm(head: HeadResult) -> str | None:
+    """The strongest whole-object checksum the store keeps of `head`, if any."""
+    kept = head.whole_checksums()
+    return next((a for a in CHECKSUM_ALGORITHMS if a in kept), None)
+
+
+def proves_by_checksum(
+    mode: str,
+    *,
+    layout_kept: bool,
+    etags_opaque: bool,
+    source_encryption_mode: str | None = None,
+) -> bool:
+    """Whether a copy is proven by checksums rather than by ETags.
+
+    `mode`: `verify.mode`; `layout_kept`: the copy keeps the source's part boundaries;
+    `etags_opaque`: the spec makes ETags opaque (SSE-KMS or SSE-C on either side);
+    `source_encryption_mode`: the source's, when a HEAD told it.
+    """
+    if mode != "etag":
+        return mode == "checksum"
+    return (
+        not layout_kept
+        or etags_opaque
+        or (source_encryption_mode is not None and not etag_is_content_md5(source_encryption_mode))
+    )
+
+
+def checksums_known(
+    source: HeadResult,
+    *,
+    original: str | None = None,
+    streamed_sha256: str | None = None,
+) -> dict[str, str]:
+    """The source's checksums known without reading it, as labels by algorithm.
+
+    What its store keeps, the checksum of an original replaced in place taken before
+    (`original`, a label), the SHA-256 taken as a copy streamed it (hex).
+    """
+    known = source.whole_checksums()
+    if original is not None:
+        known[label_algorithm(original)] = original
+    if streamed_sha256 is not None:
+        known["SHA256"] = f"sha256:{streamed_sha256}"
+    return known
+
+
+def target_checksums_trusted(
+    target: HeadResult, written_algorithm: str | None, *, written: bool
+) -> dict[str, str]:
+    """The target's kept checksums that prove its bytes, as labels by algorithm.
+
+    Of a copy just `written`, only the checksum it had its store compute or check
+    (`written_algorithm`) counts: another one may have been copied along from the
+    source, and would compare the source with itself.
+    """
+    theirs = target.whole_checksums()
+    if written:
+        theirs = {a: v for a, v in theirs.items() if a == written_algorithm}
+    return theirs
+
+
+def checksum_pair(
+    mine: Mapping[str, str], theirs: Mapping[str, str]
+) -> tuple[str | None, str | None] | None:
+    """The labels to compare, by what is known of each side.
+
+    Both sides' values of the strongest algorithm they share; else SHA-256 where either
+    side knows it, None for a side whose SHA-256 must be read; None when nothing is
+    known that reading one side could match (then both are read).
+    """
+    shared = [a for a in CHECKSUM_ALGORITHMS if a in mine and a in theirs]
+    if shared:
+        return mine[shared[0]], theirs[shared[0]]
+    if "SHA256" in mine or "SHA256" in theirs:
+        return mine.get("SHA256"), theirs.get("SHA256")
+    return None

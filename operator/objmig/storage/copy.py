@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar, cast
 from urllib.parse import urlencode
 
+from objmig.storage.compare import etag_is_content_md5, looks_like_md5
 from objmig.storage.errors import (
     IntegrityError,
     S3ResponseError,
@@ -137,7 +138,7 @@ class Encryption:
     @property
     def etag_is_md5(self) -> bool:
         """Whether S3 ETags of objects written this way are MD5s of their content."""
-        return self.mode in ("none", "SSE-S3")
+        return etag_is_content_md5(self.mode)
 
 
 @dataclass(frozen=True)
@@ -476,7 +477,7 @@ def _etag_comparable(plan: _Plan, options: CopyOptions) -> bool:
     # exact, otherwise different ETags prove nothing.
     return (
         plan.layout.exact
-        and plan.head.encryption.mode in ("none", "SSE-S3")
+        and etag_is_content_md5(plan.head.encryption.mode)
         and options.encryption.etag_is_md5
     )
 
@@ -725,13 +726,11 @@ def _check_part_md5(
     if stream.md5 is None or not options.encryption.etag_is_md5:
         return
     # A bucket default of SSE-KMS makes ETags opaque even when we asked for nothing.
-    if (written.encryption.algorithm or "").startswith("aws:kms"):
-        return
-    if written.encryption.customer_algorithm:
+    if not etag_is_content_md5(written.encryption.mode):
         return
     returned = normalise_etag(written.etag)
-    if len(returned) != 32:
-        return  # not an MD5-shaped ETag: a store that does not use MD5 ETags
+    if not looks_like_md5(returned):
+        return  # a store that does not use MD5 ETags
     if returned != stream.md5.hexdigest():
         which = f" part {part}" if part is not None else ""
         raise IntegrityError(
