@@ -13,6 +13,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check operator tests benchmarks scripts
 	$(BIN)/ruff format --check operator tests benchmarks scripts
+	$(BIN)/lint-imports
 
 typecheck: setup
 	$(BIN)/mypy

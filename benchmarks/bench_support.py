@@ -228,8 +228,8 @@ class MotoRequests:
 _STEPS = (
     ("GetObjectTagging (copy plan)", ("_get_tags (objmig/storage/copy.py",)),
     ("HeadObject + part HEADs (copy plan)", ("_plan (objmig/storage/copy.py",)),
-    ("HeadObject source (pipeline: before copy + re-check)", ("_head_source (objmig/engine",)),
-    ("HeadObject target (pipeline: before + after copy)", ("_head_target (objmig/engine",)),
+    ("HeadObject source (pipeline: before copy + re-check)", ("head_source (objmig/engine",)),
+    ("HeadObject target (pipeline: before + after copy)", ("head_target (objmig/engine",)),
     ("server-side copy requests", ("_server_side_", "_multipart (objmig/storage/copy.py")),
     ("GET + PUT / UploadPart (stream)", ("_streamed_", "_get (objmig/storage/copy.py")),
     ("scan (listing + inventory)", ("objmig/engine/scan.py",)),

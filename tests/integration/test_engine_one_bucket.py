@@ -15,7 +15,7 @@ from typing import Any
 
 from objmig.api.migration import ObjectMigration
 from objmig.engine.cleanup import run_cleanup
-from objmig.engine.pipeline import ORIGINAL_CHECKSUM_KEY, ORIGINAL_ETAG_KEY
+from objmig.engine.pipeline.verify import ORIGINAL_CHECKSUM_KEY, ORIGINAL_ETAG_KEY
 from objmig.ledger import InventoryRow, Ledger, ObjectState, ScanRecord
 from objmig.storage.endpoint import Endpoint
 from objmig.storage.types import MIGRATION_METADATA_KEY

@@ -17,7 +17,7 @@ from objmig.api.conditions import Reason
 from objmig.api.migration import ObjectMigrationSpec, ObjectMigrationStatus
 from objmig.engine.cutover import ConfigMapWriter, perform_cutover, perform_rollback
 from objmig.engine.lifecycle import Decision, Observed
-from objmig.engine.pipeline import PLAN_REASONS
+from objmig.engine.pipeline.outcomes import PLAN_REASONS
 from objmig.engine.policy import CatchUp, Gate
 from objmig.engine.secrets import SecretSource
 from objmig.engine.status import StatusInputs, build_status, tally

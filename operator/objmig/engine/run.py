@@ -31,7 +31,7 @@ from objmig.engine.bookkeeping import (
 )
 from objmig.engine.context import MigrationContext, check_access
 from objmig.engine.lifecycle import Decision, Observed, Outcome, StageWant, decide
-from objmig.engine.pipeline import ConfigurationError
+from objmig.engine.pipeline.outcomes import ConfigurationError
 from objmig.engine.scan import config_map_worklist, manifest_config_map, run_scan
 from objmig.engine.secrets import SecretSource
 from objmig.engine.status import tally

@@ -39,19 +39,10 @@ from objmig.api.migration import (
 )
 from objmig.api.types import format_duration
 from objmig.engine.deletion import Verdict
-from objmig.engine.pipeline import PLAN_COPY, PLAN_IDENTICAL, PLAN_RESTORE
+from objmig.engine.pipeline.outcomes import PLAN_COPY, PLAN_IDENTICAL, PLAN_RESTORE
 from objmig.engine.policy import CatchUp, CutoverInputs, Gate, Tally, cutover_gate
-from objmig.ledger import (
-    CleanupItem,
-    CleanupState,
-    Counts,
-    CutoverRecord,
-    Leftovers,
-    MigrationState,
-    ObjectRow,
-    ObjectState,
-    StateCount,
-)
+from objmig.ledger.models import CleanupItem, Counts, ObjectRow, ObjectState, StateCount
+from objmig.ledger.state import CleanupState, CutoverRecord, Leftovers, MigrationState
 
 #: The conditions of an ObjectMigration, in the order the status lists them.
 CONDITION_TYPES = (

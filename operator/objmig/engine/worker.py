@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from objmig.engine.context import MigrationContext
-from objmig.engine.pipeline import ObjectPipeline
+from objmig.engine.pipeline.orchestrator import ObjectPipeline
 from objmig.ledger import ACTIVE_STATES, Ledger, ObjectRow, ObjectState, StepResult
 from objmig.storage.ratelimit import TokenBucket
 

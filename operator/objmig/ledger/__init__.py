@@ -4,6 +4,11 @@ Fixed decision 2 of the brief: the resource status is a bounded summary; the ful
 record lives here. Import from this package, not from its modules::
 
     from objmig.ledger import Ledger, ObjectState, InventoryRow, StepResult
+
+except in the pure decision modules (`objmig.engine.status`, `.policy`, `.lifecycle`,
+`.deletion`, the pipeline's `outcomes`), which import the row and state types from
+`objmig.ledger.models` and `objmig.ledger.state`: this package loads the store and its
+driver, and `make lint` (import-linter) keeps those modules free of I/O.
 """
 
 from objmig.ledger.models import (

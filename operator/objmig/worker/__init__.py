@@ -17,7 +17,7 @@ from objmig.api.conditions import Reason, s3_reason
 from objmig.api.migration import ObjectMeta, ObjectMigration, ObjectMigrationSpec
 from objmig.engine.bookkeeping import record_failure
 from objmig.engine.context import MigrationContext, check_access
-from objmig.engine.pipeline import ConfigurationError
+from objmig.engine.pipeline.outcomes import ConfigurationError
 from objmig.engine.scan import run_scan
 from objmig.engine.secrets import ConfigMapNotFound, EnvSecrets, SecretNotFound
 from objmig.engine.worker import Worker

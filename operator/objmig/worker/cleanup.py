@@ -10,7 +10,7 @@ from objmig.api.cleanup import MigrationCleanup, MigrationCleanupSpec
 from objmig.api.conditions import Reason
 from objmig.api.migration import ObjectMeta
 from objmig.engine.cleanup import run_cleanup
-from objmig.engine.pipeline import ConfigurationError
+from objmig.engine.pipeline.outcomes import ConfigurationError
 from objmig.engine.secrets import EnvSecrets, SecretNotFound
 from objmig.ledger import Ledger, Problem
 from objmig.worker import EXIT_PERMANENT

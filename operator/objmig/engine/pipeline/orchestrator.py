@@ -1,0 +1,248 @@
+"""`ObjectPipeline`: runs the steps (looks, restore, copy, verify) for each claimed row.
+
+A worker hands each claimed ledger row to `ObjectPipeline.process`, which decides the
+object's way — the short one (GET + PUT for a plain object the listing describes) or the
+long one (HEAD, restore, look at the target, copy, verify) — and returns the row's next
+state. It never writes to the ledger (see the package's docstring for why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from objmig.engine.context import MigrationContext
+from objmig.engine.pipeline import outcomes
+from objmig.engine.pipeline.copy import CopyStep
+from objmig.engine.pipeline.looks import Looks, SourceChanged
+from objmig.engine.pipeline.outcomes import PLAN_COPY, PLAN_IDENTICAL, ConfigurationError
+from objmig.engine.pipeline.restore import restore
+from objmig.engine.pipeline.sides import DEADLINE, Sides
+from objmig.engine.pipeline.verify import VerificationError, VerifyStep
+from objmig.ledger.models import ObjectRow, ObjectState, StepResult
+from objmig.storage.compare import looks_identical
+from objmig.storage.copy import TargetExistsError
+from objmig.storage.errors import ErrorClass, classify
+from objmig.storage.ratelimit import RateLimiter
+from objmig.storage.restore import needs_restore
+from objmig.storage.selection import metadata_matches
+from objmig.storage.store import Store
+from objmig.storage.types import HeadResult, multipart_part_count, version_or_none
+
+# Storage classes whose objects are always readable: no HEAD needed to rule out a restore.
+# (Intelligent-Tiering may have moved an object to an archive tier, which only HEAD shows.)
+_NEVER_ARCHIVED = frozenset(
+    {"STANDARD", "STANDARD_IA", "ONEZONE_IA", "REDUCED_REDUNDANCY", "GLACIER_IR", "EXPRESS_ONEZONE"}
+)
+
+
+class ObjectPipeline:
+    """The per-object steps, bound to one migration and one pair of S3 clients."""
+
+    def __init__(
+        self,
+        context: MigrationContext,
+        source: Store,
+        target: Store,
+        *,
+        plan_only: bool = False,
+        limiter: RateLimiter | None = None,
+        on_park: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._sides = Sides(context, source, target, plan_only=plan_only)
+        self._in_flight = 0
+        self._looks = Looks(self._sides, self._busy, on_park)
+        self._copy = CopyStep(self._sides, limiter)
+        self._verify = VerifyStep(self._sides, self._looks)
+
+    def _busy(self) -> int:
+        """Objects in flight that are not parked in a look."""
+        return self._in_flight - self.parked
+
+    @property
+    def parked(self) -> int:
+        """Objects only waiting for a batched look at a bucket (they hold no transfer)."""
+        return self._looks.parked
+
+    def awaits_recheck(self, row: ObjectRow) -> bool:
+        """Whether `row` is copied and parked for its source re-check only."""
+        return version_or_none(row.version_id) is None and self._looks.recheck.is_parked(row.key)
+
+    def drain(self) -> None:
+        """The worker is stopping: send parked looks now instead of lingering."""
+        self._looks.drain()
+
+    def start(self, row: ObjectRow) -> asyncio.Task[StepResult]:
+        """`process(row)` as a task, counted in flight from now (not from its first step,
+        or the looks would see fewer objects than are on their way)."""
+        task = asyncio.create_task(self.process(row), name=f"object:{row.key}")
+        self._in_flight += 1
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, _: asyncio.Task[StepResult]) -> None:
+        self._in_flight -= 1
+        # The objects left may all be waiting for a look now.
+        self._looks.consider()
+
+    async def process(self, row: ObjectRow) -> StepResult:
+        """Advance ``row`` by as many steps as it can go now; never raises for S3 errors.
+
+        Raises :class:`ConfigurationError` when the failure means the migration as a whole
+        cannot proceed (credentials, bucket), so the worker stops instead of failing every
+        object one by one.
+        """
+        sides = self._sides
+        try:
+            async with asyncio.timeout(sides.ctx.object_timeout_seconds) as deadline:
+                DEADLINE.set(deadline)
+                return await self._advance(row)
+        except SourceChanged as changed:
+            return outcomes.source_changed(row, changed.why)
+        except TimeoutError:
+            error = ErrorClass(
+                "retryable",
+                "ObjectTimeout",
+                f"no result within objectTimeout ({sides.spec.retry.object_timeout})",
+            )
+            return outcomes.failure(row, error, "process", sides.spec.retry)
+        except Exception as exc:
+            error = classify(exc)
+            if error.is_config_error:
+                raise ConfigurationError(error, "process", row.key) from exc
+            if error.kind == "precondition":
+                return outcomes.source_changed(row, error.message, error.code)
+            step = "verify" if isinstance(exc, VerificationError) else "copy"
+            return outcomes.failure(row, error, step, sides.spec.retry)
+        finally:
+            sides.originals.pop(row.id, None)
+
+    # -- the object's way -----------------------------------------------------------------
+
+    async def _advance(self, row: ObjectRow) -> StepResult:
+        sides, looks = self._sides, self._looks
+        spec = sides.spec
+        if row.state is ObjectState.COPIED:
+            source = await looks.head_source(row)
+            target = await sides.head_target(row)
+            if target is None:
+                # The copy we made is gone (someone deleted it): copy again.
+                return await self._copy_and_verify(row, source, create_only=True)
+            return self._verified(row, await self._verify.verify(row, source, target))
+
+        if not self._needs_source_head(row):
+            return await self._copy_and_verify(row, None, create_only=sides.create_only)
+        if sides.replaces_original(row):
+            current = await looks.head_source(row, check=False)
+            if self._verify.is_earlier_copy(row, current):
+                return self._verified(row, await self._verify.verify_earlier_copy(row, current))
+            looks.check_unchanged_head(row, current)
+            source = current
+        else:
+            source = await looks.head_source(row)
+        if needs_restore(source.storage_class, source.restore, source.archive_status):
+            return await restore(sides, row, source)
+        if sides.ctx.metadata_rules and not metadata_matches(
+            source.metadata, sides.ctx.metadata_rules
+        ):
+            return outcomes.skipped(row, "MetadataNotMatched")
+
+        if spec.verify.verify_only:
+            target = await sides.head_target(row)
+            if target is None:
+                return outcomes.failed_now(
+                    row, "TargetMissing", "verifyOnly: no copy on the target"
+                )
+            return self._verified(row, await self._verify.verify(row, source, target))
+
+        overwrite = spec.transfer.overwrite
+        look_first = source.is_multipart or sides.ctx.server_side
+        if overwrite == "never" or sides.plan_only or (overwrite != "always" and look_first):
+            # Look before writing: `never` must not rely on stores honouring
+            # If-None-Match, a plan writes nothing, a multipart copy would move every part
+            # before a conditional completion could say the key was taken, and MinIO and
+            # moto ignore If-None-Match on CopyObject (AWS honours it).
+            target = await looks.target(row)
+            if target is not None:
+                return await self._existing_target(row, source, target)
+        if sides.plan_only:
+            return outcomes.skipped(row, PLAN_COPY)
+        return await self._copy_and_verify(row, source, create_only=sides.create_only)
+
+    def _needs_source_head(self, row: ObjectRow) -> bool:
+        """Whether a HEAD must come before the copy, or the copy's own reads suffice.
+
+        A plain single-part object that the listing describes (ETag, size, a class that is
+        never archived) is copied by GET + PUT alone: the GET pins the scanned ETag and
+        brings every header a HEAD would. Everything else looks first.
+        """
+        sides = self._sides
+        return (
+            sides.plan_only
+            or sides.spec.verify.verify_only
+            or bool(sides.ctx.metadata_rules)
+            or sides.ctx.server_side
+            or sides.replaces_original(row)
+            or sides.spec.transfer.overwrite == "never"
+            or not row.etag
+            or multipart_part_count(row.etag) is not None
+            or row.storage_class not in _NEVER_ARCHIVED
+        )
+
+    async def _existing_target(
+        self, row: ObjectRow, source: HeadResult, target: HeadResult
+    ) -> StepResult:
+        """The target key is taken: keep an identical object, else follow `overwrite`."""
+        sides = self._sides
+        if looks_identical(source, target):
+            if sides.plan_only:
+                return outcomes.skipped(row, PLAN_IDENTICAL)
+            return self._verified(row, await self._verify.verify(row, source, target))
+        if sides.spec.transfer.overwrite == "never":
+            return outcomes.skipped(row, "TargetExistsDifferent")
+        if sides.plan_only:
+            return outcomes.skipped(row, PLAN_COPY)
+        return await self._copy_and_verify(row, source, create_only=False)
+
+    async def _copy_and_verify(
+        self, row: ObjectRow, source: HeadResult | None, *, create_only: bool
+    ) -> StepResult:
+        """Copy, then prove the copy. `source` None: the copy reads the source itself.
+
+        Only the copy holds a transfer slot: HEADs before it and the verification after it
+        wait on round trips, not bandwidth, and overlap with the next objects' transfers.
+        """
+        sides = self._sides
+        provenance: dict[str, str] = {}
+        if source is not None and sides.replaces_original(row):
+            provenance = await self._verify.pin_original(row, source)
+        try:
+            result = await self._copy.copy(row, source, create_only, provenance)
+        except TargetExistsError as taken:
+            existing = await sides.head_target(row)
+            if existing is None:
+                raise  # gone again already; the retry copies
+            return await self._existing_target(row, taken.source, existing)
+        target: HeadResult | None
+        if (
+            sides.spec.verify.metadata and sides.spec.transfer.preserve_metadata
+        ) or sides.by_checksum(result.source):
+            # Metadata is proven by reading it back, not by what we asked the store to
+            # keep; so is a checksum the store computed.
+            target = await sides.head_target(row)
+            if target is None:
+                raise VerificationError("TargetMissing", "the copy is not visible on the target")
+        else:
+            # The write's own answer is the store's word on what it stored.
+            target = HeadResult(
+                etag=result.etag,
+                size=result.bytes,
+                last_modified=outcomes.now(),
+                version_id=result.version_id,
+                encryption=result.target_encryption,
+            )
+        proof = await self._verify.verify(row, result.source, target, written=result)
+        return self._verified(row, proof)
+
+    def _verified(self, row: ObjectRow, proof: outcomes.Proof) -> StepResult:
+        return outcomes.verified(row, self._sides.target_key(row), proof)

@@ -1,0 +1,111 @@
+"""How one attempt at an object ends: the row's next state, as a `StepResult`. Pure.
+
+Also the dry-run skip reasons (what a real run would do with the object), which the status
+and the bookkeeping read back, and `ConfigurationError`, the one outcome that stops the
+whole run instead of ending one object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from objmig.engine.policy import backoff_delay
+from objmig.ledger.models import ObjectRow, ObjectState, StepResult
+
+if TYPE_CHECKING:
+    from objmig.api.migration import RetrySpec
+    from objmig.storage.errors import ErrorClass
+
+#: skip_reason values of dry-run rows: what a real run would do with the object.
+PLAN_COPY = "PlanCopy"
+PLAN_IDENTICAL = "PlanIdentical"
+PLAN_RESTORE = "PlanRestore"
+PLAN_REASONS = (PLAN_COPY, PLAN_IDENTICAL, PLAN_RESTORE)
+
+
+class ConfigurationError(Exception):
+    """An error no retry can fix (bad credentials, missing bucket): stop the whole run."""
+
+    def __init__(self, error: ErrorClass, step: str, key: str) -> None:
+        self.error = error
+        super().__init__(f"{step} s3 object {key!r}: {error.code}: {error.message}")
+
+
+@dataclass(frozen=True)
+class Proof:
+    """What verification established about a copy."""
+
+    target_etag: str
+    target_version_id: str | None
+    source_checksum: str | None
+    target_checksum: str | None
+
+
+def verified(row: ObjectRow, target_key: str, proof: Proof) -> StepResult:
+    return StepResult(
+        id=row.id,
+        state=ObjectState.VERIFIED,
+        target_key=target_key,
+        target_etag=proof.target_etag,
+        target_version_id=proof.target_version_id,
+        source_checksum=proof.source_checksum,
+        target_checksum=proof.target_checksum,
+        increment_attempts=True,
+    )
+
+
+def skipped(row: ObjectRow, reason: str) -> StepResult:
+    return StepResult(id=row.id, state=ObjectState.SKIPPED, skip_reason=reason)
+
+
+def source_changed(row: ObjectRow, message: str, code: str = "SourceChanged") -> StepResult:
+    return StepResult(
+        id=row.id,
+        state=ObjectState.SOURCE_CHANGED,
+        last_error=message,
+        error_code=code,
+        increment_attempts=True,
+    )
+
+
+def failed_now(row: ObjectRow, code: str, message: str) -> StepResult:
+    return StepResult(
+        id=row.id,
+        state=ObjectState.FAILED,
+        last_error=message,
+        error_code=code,
+        increment_attempts=True,
+    )
+
+
+def restoring(row: ObjectRow, poll_seconds: float, requested_at: datetime | None) -> StepResult:
+    return StepResult(
+        id=row.id,
+        state=ObjectState.RESTORING,
+        not_before=now() + timedelta(seconds=poll_seconds),
+        restore_requested_at=requested_at,
+    )
+
+
+def failure(row: ObjectRow, error: ErrorClass, step: str, retry: RetrySpec) -> StepResult:
+    """A failed attempt: retry later with backoff while attempts remain, else fail."""
+    attempts = row.attempts + 1
+    message = f"{step}: {error.code}: {error.message}"
+    if error.retryable and attempts < retry.attempts:
+        delay = backoff_delay(attempts, retry.backoff)
+        return StepResult(
+            id=row.id,
+            # A row keeps its state: a copied row's retry only verifies again.
+            state=row.state,
+            last_error=message,
+            error_code=error.code,
+            not_before=now() + timedelta(seconds=delay),
+            increment_attempts=True,
+        )
+    return failed_now(row, error.code, message)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
