@@ -9,7 +9,7 @@ from types_aiobotocore_s3 import S3Client
 
 from objmig.api.loading import parse_resource
 from objmig.api.migration import ObjectMigration
-from objmig.engine.run import LocalRun, RunResult
+from objmig.engine.local_run import LocalRun, RunResult
 from objmig.engine.secrets import EnvSecrets, env_name
 from objmig.ledger import Ledger, ObjectRow
 from objmig.storage.endpoint import Endpoint

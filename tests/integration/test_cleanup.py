@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from types_aiobotocore_s3 import S3Client
 
-from objmig.api.cleanup import MigrationCleanup
 from objmig.api.loading import parse_resource
-from objmig.engine.cleanup import run_cleanup
+from objmig.api.migration_cleanup import MigrationCleanup
+from objmig.engine.deletion_pass import run_cleanup
 from objmig.ledger import InventoryRow, Ledger, ObjectState, StepResult
 from objmig.storage.endpoint import Endpoint
 from tests.fixtures.s3 import S3Seeder

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from types_aiobotocore_s3 import S3Client
 
-from objmig.engine.run import LocalRun
+from objmig.engine.local_run import LocalRun
 from objmig.engine.secrets import env_name
 from objmig.ledger import Ledger, ObjectState
 from objmig.local.postgres import EmbeddedPostgres

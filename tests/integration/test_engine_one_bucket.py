@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from objmig.api.migration import ObjectMigration
-from objmig.engine.cleanup import run_cleanup
+from objmig.engine.deletion_pass import run_cleanup
 from objmig.engine.pipeline.verify import ORIGINAL_CHECKSUM_KEY, ORIGINAL_ETAG_KEY
 from objmig.ledger import InventoryRow, Ledger, ObjectState, ScanRecord
 from objmig.storage.endpoint import Endpoint

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from objmig.engine.claim_loop import Arrivals, ClaimLoop
 from objmig.engine.context import MigrationContext
-from objmig.engine.worker import Arrivals, Worker
 from objmig.ledger import InventoryRow, Ledger, ObjectState
 from objmig.storage.endpoint import Endpoint
 from tests.fixtures.s3 import S3Backend, S3Seeder
@@ -48,7 +48,7 @@ async def test_workers_take_rows_as_they_arrive_and_end_when_arrivals_close(
     migration_id = await ledger.ensure_migration(context.name, "")
     arrivals = Arrivals()
     # An hour between polls of an empty pool: only the arrivals can wake this worker.
-    worker = Worker(ledger, migration_id, context, idle_poll=3600, arrivals=arrivals)
+    worker = ClaimLoop(ledger, migration_id, context, idle_poll=3600, arrivals=arrivals)
     working = asyncio.create_task(worker.run())
     try:
         await asyncio.sleep(0.5)

@@ -23,9 +23,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from objmig.api.cleanup import ApprovalSpec, MigrationCleanupStatus
 from objmig.api.loading import SpecError, parse_resource
 from objmig.api.migration import CatalogAction, CopySpec, ObjectMigrationStatus
+from objmig.api.migration_cleanup import ApprovalSpec, MigrationCleanupStatus
 from tests.support.cluster import ControlPlane, wait_until
 
 pytestmark = pytest.mark.k8s

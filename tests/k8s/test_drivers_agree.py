@@ -22,7 +22,7 @@ import pytest
 
 from objmig.api.loading import parse_resource
 from objmig.api.migration import ObjectMigration
-from objmig.engine.run import LocalRun
+from objmig.engine.local_run import LocalRun
 from objmig.engine.secrets import env_name
 from objmig.ledger import Ledger
 from objmig.local.postgres import EmbeddedPostgres

@@ -46,9 +46,9 @@ def test_minimal_migration_gets_documented_defaults() -> None:
     migration = parse_resource(_migration())
     assert isinstance(migration, ObjectMigration)
     spec = migration.spec
-    assert spec.transfer.mode == "auto"
-    assert spec.transfer.preserve_part_boundaries is True
-    assert spec.transfer.overwrite == "ifDifferent"
+    assert spec.copy_.mode == "auto"
+    assert spec.copy_.preserve_part_boundaries is True
+    assert spec.copy_.overwrite == "ifDifferent"
     assert spec.verify.mode == "etag"
     assert spec.cutover.policy == "Automatic"
     assert spec.target.key_template == "{relative}"

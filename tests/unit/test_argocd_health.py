@@ -16,9 +16,9 @@ import pytest
 
 lupa = pytest.importorskip("lupa")
 
-from objmig.api.cleanup import MigrationCleanupStatus, UnmetGate  # noqa: E402
 from objmig.api.conditions import Condition  # noqa: E402
 from objmig.api.migration import ObjectMigrationStatus  # noqa: E402
+from objmig.api.migration_cleanup import MigrationCleanupStatus, UnmetGate  # noqa: E402
 from objmig.engine.status import derive_phase  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from objmig.api.migration import ObjectMigrationStatus, ObjectStatus
-from objmig.controller.service import bound_window, merge_patch
+from objmig.controller.migration_service import bound_window, merge_patch
 
 
 def _status(keys: list[str], error: str | None = None) -> ObjectMigrationStatus:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from objmig.api.cleanup import MigrationCleanupSpec
+from objmig.api.migration_cleanup import MigrationCleanupSpec
 from objmig.engine.deletion import MigrationFacts, Verdict, migration_verdict, object_verdict
 from objmig.ledger import ObjectRow, ObjectState
 from objmig.storage.types import HeadResult

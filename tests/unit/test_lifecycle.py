@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from objmig.api.cleanup import MigrationCleanupSpec
 from objmig.api.conditions import Reason
 from objmig.api.migration import ObjectMigrationSpec
+from objmig.api.migration_cleanup import MigrationCleanupSpec
 from objmig.engine.cleanup_lifecycle import CleanupDecision, CleanupObserved, decide_cleanup
 from objmig.engine.deletion import MigrationFacts
 from objmig.engine.lifecycle import (

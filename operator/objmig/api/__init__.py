@@ -1,6 +1,5 @@
 """The objmig API: pydantic models of the custom resources, the single source of the CRDs."""
 
-from objmig.api.cleanup import MigrationCleanup, MigrationCleanupSpec, MigrationCleanupStatus
 from objmig.api.conditions import Condition, find_condition, is_true, set_condition
 from objmig.api.migration import (
     API_VERSION,
@@ -9,6 +8,11 @@ from objmig.api.migration import (
     ObjectMigration,
     ObjectMigrationSpec,
     ObjectMigrationStatus,
+)
+from objmig.api.migration_cleanup import (
+    MigrationCleanup,
+    MigrationCleanupSpec,
+    MigrationCleanupStatus,
 )
 from objmig.api.types import format_duration, parse_duration, parse_quantity
 

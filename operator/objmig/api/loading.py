@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from objmig.api.cleanup import MigrationCleanup
 from objmig.api.migration import API_VERSION, ObjectMigration
+from objmig.api.migration_cleanup import MigrationCleanup
 
 Resource = ObjectMigration | MigrationCleanup
 _KINDS: dict[str, type[ObjectMigration] | type[MigrationCleanup]] = {

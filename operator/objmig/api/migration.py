@@ -734,7 +734,8 @@ class ObjectMigrationSpec(ApiModel):
         default=None,
         description="Restore archived objects first. Absent: archived objects are skipped.",
     )
-    transfer: CopySpec = Field(
+    # `copy` on the wire; `copy_` here, since `BaseModel.copy` is a method of every model.
+    copy_: CopySpec = Field(
         default_factory=CopySpec, alias="copy", description="How bytes are copied."
     )
     verify: VerifySpec = Field(
@@ -772,7 +773,7 @@ class ObjectMigrationSpec(ApiModel):
 
     @model_validator(mode="after")
     def _one_bucket_needs_in_place_or_a_prefix_of_its_own(self) -> ObjectMigrationSpec:
-        if self.rewrites_in_place and self.transfer.overwrite != "always":
+        if self.rewrites_in_place and self.copy_.overwrite != "always":
             raise ValueError(_IN_PLACE_MESSAGE)
         if (
             self.same_bucket

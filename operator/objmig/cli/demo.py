@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 import click
 import yaml
 
-from objmig.api.cleanup import MigrationCleanup
 from objmig.api.loading import parse_resource
 from objmig.api.migration import ObjectMigration
+from objmig.api.migration_cleanup import MigrationCleanup
 from objmig.cli.ledger import open_ledger
 from objmig.cli.migrate import drive, report_cleanup, report_outcome
-from objmig.engine.cleanup import run_cleanup
+from objmig.engine.deletion_pass import run_cleanup
 from objmig.engine.secrets import file_secrets
 from objmig.local.postgres import EmbeddedPostgres
 from objmig.local.s3server import LocalS3Server

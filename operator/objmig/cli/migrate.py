@@ -12,14 +12,14 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from objmig.api.cleanup import MigrationCleanup, MigrationCleanupStatus
 from objmig.api.loading import Bundle, load_bundle
 from objmig.api.migration import ObjectMigration, ObjectMigrationSpec
+from objmig.api.migration_cleanup import MigrationCleanup, MigrationCleanupStatus
 from objmig.cli.ledger import database_url_option, open_ledger, state_dir_option
 from objmig.cli.progress import ProgressView, human_bytes, status_table, summary_line
 from objmig.engine.bookkeeping import compute_status
-from objmig.engine.cleanup import run_cleanup
-from objmig.engine.run import LocalRun, RunResult
+from objmig.engine.deletion_pass import run_cleanup
+from objmig.engine.local_run import LocalRun, RunResult
 from objmig.engine.secrets import (
     ChainedSecrets,
     EnvSecrets,
@@ -81,7 +81,7 @@ def secret_source(secrets_file: Path | None, bundle: Bundle) -> SecretSource:
     return ChainedSecrets(tuple(sources))
 
 
-def ledger_name(name: str) -> str:
+def qualified_name(name: str) -> str:
     """``name`` or ``namespace/name`` -> the ledger's ``namespace/name``."""
     return name if "/" in name else f"default/{name}"
 
@@ -249,7 +249,7 @@ def status(
                 for row in await ledger.list_migrations():
                     click.echo(row.name)
                 return
-            full = ledger_name(name)
+            full = qualified_name(name)
             migration_id, spec = await _status_of(ledger, full)
             console = Console()
             while True:
@@ -293,7 +293,7 @@ def report(
 
     async def main() -> int:
         async with open_ledger(database_url, state_dir) as ledger:
-            migration_id, _ = await _status_of(ledger, ledger_name(name))
+            migration_id, _ = await _status_of(ledger, qualified_name(name))
             if output is None:
                 return await ledger.export_report(
                     migration_id,
@@ -322,7 +322,7 @@ def approve(name: str, database_url: str | None, state_dir: Path) -> None:
 
     async def main() -> None:
         async with open_ledger(database_url, state_dir) as ledger:
-            full = ledger_name(name)
+            full = qualified_name(name)
             migration_id, spec = await _status_of(ledger, full)
             current = await compute_status(ledger, migration_id, spec)
             digest = await ledger.verification_digest(migration_id)

@@ -1,4 +1,4 @@
-"""``objmig worker``: the entry point of worker Job pods (see :mod:`objmig.worker`)."""
+"""``objmig worker``: the entry point of worker Job pods (see :mod:`objmig.pod`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 
 import click
 
-from objmig.worker import work
-from objmig.worker.cleanup import clean
+from objmig.pod.cleanup_stage import clean
+from objmig.pod.migration_stages import work
 
 
 @click.command()

@@ -16,10 +16,10 @@ from prometheus_client import start_http_server
 
 from objmig.api.migration import GROUP, VERSION
 from objmig.controller import metrics
-from objmig.controller.cleanups import CleanupService
+from objmig.controller.cleanup_service import CleanupService
 from objmig.controller.config import OperatorConfig
 from objmig.controller.kube import Kube
-from objmig.controller.service import MigrationService, Outcome, merge_patch
+from objmig.controller.migration_service import MigrationService, Outcome, merge_patch
 from objmig.engine.bookkeeping import RateMeter
 from objmig.ledger import Ledger
 

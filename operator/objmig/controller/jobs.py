@@ -10,12 +10,12 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from objmig.api.cleanup import MigrationCleanup
 from objmig.api.migration import API_VERSION, MAX_PARALLELISM, ObjectMigration
+from objmig.api.migration_cleanup import MigrationCleanup
 from objmig.controller.config import OperatorConfig
 from objmig.engine.lifecycle import RunObservation
 from objmig.engine.secrets import SESSION_TOKEN, env_name, referenced_secrets
-from objmig.worker import EXIT_INTERRUPTED, EXIT_PERMANENT
+from objmig.pod.exit_codes import EXIT_INTERRUPTED, EXIT_PERMANENT
 
 Stage = Literal["scan", "copy", "cleanup"]
 MIGRATION_LABEL = "objmig.dev/migration"

@@ -4,7 +4,7 @@ The cleanup's counterpart of :mod:`objmig.engine.lifecycle`, used by both driver
 operator runs a pass as a Job, ``objmig cleanup`` in its own process. The migration-level
 gates are reported whether or not anything can be deleted yet; a pass starts only when they
 hold (its workers re-check every gate per object anyway). A changed spec starts a new pass
-(:func:`objmig.engine.cleanup.take_up_spec`), which is how a finished cleanup runs again.
+(:func:`objmig.engine.deletion_pass.take_up_spec`), which is how a finished cleanup runs again.
 
 No I/O, no clock: ``now`` is observed like everything else.
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from objmig.api.cleanup import MigrationCleanupSpec
 from objmig.api.conditions import Reason
+from objmig.api.migration_cleanup import MigrationCleanupSpec
 from objmig.engine.deletion import MigrationFacts, Verdict, unmet_gates
 from objmig.engine.lifecycle import RunObservation
 from objmig.ledger.state import CleanupState, Problem

@@ -87,7 +87,7 @@ class MigrationContext:
         spec = migration.spec
         source = endpoint_of(spec.source, secrets)
         target = endpoint_of(spec.target, secrets)
-        mode = spec.transfer.mode
+        mode = spec.copy_.mode
         return cls(
             name=ledger_name(migration),
             spec=spec,
@@ -101,8 +101,8 @@ class MigrationContext:
                 spec.target.encryption.customer_key_secret_ref, secrets
             ),
             bandwidth_limit=(
-                parse_quantity(spec.transfer.bandwidth_limit)
-                if spec.transfer.bandwidth_limit is not None
+                parse_quantity(spec.copy_.bandwidth_limit)
+                if spec.copy_.bandwidth_limit is not None
                 else None
             ),
             restore_poll_seconds=(
@@ -135,10 +135,10 @@ class MigrationContext:
     @property
     def connections(self) -> int:
         """Pool size per client: every transfer may have all its parts in flight."""
-        transfer = self.spec.transfer
+        copy_spec = self.spec.copy_
         # Transfers with all their parts, plus one HEAD each for the objects verifying
         # beside them (see `ObjectPipeline._copy_and_verify`), plus the re-check listing.
-        return transfer.concurrency * (transfer.part_concurrency + 1) + 4
+        return copy_spec.concurrency * (copy_spec.part_concurrency + 1) + 4
 
     @asynccontextmanager
     async def clients(self) -> AsyncIterator[tuple[Store, Store]]:
@@ -173,7 +173,7 @@ async def check_access(context: MigrationContext) -> tuple[str, str] | None:
             ("target", target, spec.target),
         ):
             try:
-                await client.objects.list_page(bucket.bucket, bucket.prefix, max_keys=1)
+                await client.http.list_page(bucket.bucket, bucket.prefix, max_keys=1)
             except Exception as exc:
                 problem = classify(exc)
                 if problem.is_config_error:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from objmig.api.cleanup import MigrationCleanupSpec
+from objmig.api.migration_cleanup import MigrationCleanupSpec
 from objmig.api.types import format_duration, parse_duration
 from objmig.ledger.models import ObjectRow, ObjectState
 from objmig.storage.compare import Seen, changes

@@ -199,7 +199,7 @@ class ListingLookup:
         start_after = _just_before(keys[0])
         token = None
         for _ in range(MAX_PAGES):
-            page, token = await self._store.objects.list_page(
+            page, token = await self._store.http.list_page(
                 self._bucket,
                 self._prefix,
                 start_after=start_after,

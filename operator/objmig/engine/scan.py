@@ -174,12 +174,12 @@ async def _inventory(
 
 async def _from_listing(context: MigrationContext, source: Store) -> AsyncIterator[ObjectInfo]:
     spec = context.spec
-    versioning = await source.objects.bucket_versioning(spec.source.bucket)
+    versioning = await source.http.bucket_versioning(spec.source.bucket)
     versioned = versioning in ("Enabled", "Suspended")
     if not versioned and not spec.selection.all_versions:
         # The common case, on the lean client: a page of 1,000 keys costs a tenth of the
         # CPU botocore's modelled parsing spends on it.
-        async for info in source.objects.list_objects(spec.source.bucket, spec.source.prefix):
+        async for info in source.http.list_objects(spec.source.bucket, spec.source.prefix):
             yield info
         return
     async for info in list_objects(
@@ -218,7 +218,7 @@ async def _from_manifest(
         lines = stored.text.splitlines()
         entries = _aiter(parse_csv(lines) if fmt == "csv" else parse_lines(lines))
     async for batch in _batches(entries, _HEAD_CONCURRENCY * 4):
-        for info in await asyncio.gather(*(_describe(context, source.objects, e) for e in batch)):
+        for info in await asyncio.gather(*(_describe(context, source.http, e) for e in batch)):
             if info is not None:
                 yield info
 

@@ -11,13 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from objmig.api.cleanup import (
-    CleanupCounts,
-    CleanupPhase,
-    MigrationCleanupSpec,
-    MigrationCleanupStatus,
-    UnmetGate,
-)
 from objmig.api.conditions import (
     Condition,
     ConditionStatus,
@@ -36,6 +29,13 @@ from objmig.api.migration import (
     PlanStatus,
     Progress,
     VerificationStatus,
+)
+from objmig.api.migration_cleanup import (
+    CleanupCounts,
+    CleanupPhase,
+    MigrationCleanupSpec,
+    MigrationCleanupStatus,
+    UnmetGate,
 )
 from objmig.api.types import format_duration
 from objmig.engine.deletion import Verdict

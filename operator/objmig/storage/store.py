@@ -19,7 +19,7 @@ _SDK_CONNECTIONS = 8
 
 
 class Store:
-    """`objects` (`s3http`) for the requests made once per object or part and for plain
+    """`http` (`s3http`) for the requests made once per object or part and for plain
     listings; `sdk()` (aioboto3) for the rest: versions, restores, deletes, multipart
     upload listings, manifests in S3. The SDK client is opened on first use (see
     `objmig.storage.sdk` for why)."""
@@ -27,11 +27,11 @@ class Store:
     def __init__(
         self,
         endpoint: Endpoint,
-        objects: S3HttpClient,
+        http: S3HttpClient,
         stack: AsyncExitStack,
         timeouts: ClientTimeouts | None,
     ) -> None:
-        self.objects = objects
+        self.http = http
         self._endpoint = endpoint
         self._stack = stack
         self._timeouts = timeouts
@@ -61,7 +61,7 @@ async def open_store(
 ) -> AsyncIterator[Store]:
     """The store behind `endpoint`; `max_connections` sizes the per-object pool."""
     async with AsyncExitStack() as stack:
-        objects = await stack.enter_async_context(
+        http = await stack.enter_async_context(
             open_http_client(endpoint, max_connections, timeouts)
         )
-        yield Store(endpoint, objects, stack, timeouts)
+        yield Store(endpoint, http, stack, timeouts)

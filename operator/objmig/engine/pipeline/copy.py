@@ -39,7 +39,7 @@ class CopyStep:
         self._sides = sides
         self._limiter = limiter
         self._read_ahead = ReadAhead(READ_AHEAD_BYTES)
-        self._transfers = asyncio.Semaphore(sides.spec.transfer.concurrency)
+        self._transfers = asyncio.Semaphore(sides.spec.copy_.concurrency)
 
     async def copy(
         self,
@@ -79,7 +79,7 @@ class CopyStep:
     ) -> CopyResult:
         sides = self._sides
         ctx, spec = sides.ctx, sides.spec
-        transfer = spec.transfer
+        copy_spec = spec.copy_
         by_checksum = sides.by_checksum(source)
         checksum_algorithm = None
         if by_checksum and ctx.server_side and source is not None:
@@ -87,8 +87,8 @@ class CopyStep:
             # else SHA-256, which one read of the source can match.
             checksum_algorithm = first_kept_algorithm(source) or "SHA256"
         return await copy_object(
-            sides.src.objects,
-            sides.dst.objects,
+            sides.src.http,
+            sides.dst.http,
             SourceObject(
                 bucket=spec.source.bucket,
                 key=row.key,
@@ -106,9 +106,9 @@ class CopyStep:
                     kms_key_id=spec.target.encryption.kms_key_id,
                     sse_c_key=ctx.target_customer_key,
                 ),
-                preserve_metadata=transfer.preserve_metadata,
-                preserve_tags=transfer.preserve_tags,
-                part_concurrency=transfer.part_concurrency,
+                preserve_metadata=copy_spec.preserve_metadata,
+                preserve_tags=copy_spec.preserve_tags,
+                part_concurrency=copy_spec.part_concurrency,
                 server_side=ctx.server_side,
                 compute_sha256=by_checksum and not ctx.server_side,
                 checksum_algorithm=checksum_algorithm,
@@ -119,7 +119,7 @@ class CopyStep:
                 extra_metadata=provenance,
                 exact_layout=sides.replaces_original(row),
                 part_size=None
-                if transfer.preserve_part_boundaries
-                else parse_quantity(transfer.part_size),
+                if copy_spec.preserve_part_boundaries
+                else parse_quantity(copy_spec.part_size),
             ),
         )

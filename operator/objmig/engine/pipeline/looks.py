@@ -56,7 +56,7 @@ class Looks:
     async def head_source(self, row: ObjectRow, *, check: bool = True) -> HeadResult:
         """HEAD the source; `check`: raise `SourceChanged` unless it is as scanned."""
         sides = self._sides
-        head = await sides.src.objects.head(
+        head = await sides.src.http.head(
             sides.spec.source.bucket,
             row.key,
             version_id=row.version_id or None,
@@ -144,7 +144,7 @@ async def _key_facts(
 ) -> KeyFacts | None:
     """A HEAD's answer as a look's (None: no such key)."""
     try:
-        head = await store.objects.head(bucket, key, sse_c=customer_key)
+        head = await store.http.head(bucket, key, sse_c=customer_key)
     except Exception as exc:
         if classify(exc).kind == "not_found":
             return None

@@ -155,7 +155,7 @@ class ObjectPipeline:
                 )
             return self._verified(row, await self._verify.verify(row, source, target))
 
-        overwrite = spec.transfer.overwrite
+        overwrite = spec.copy_.overwrite
         look_first = source.is_multipart or sides.ctx.server_side
         if overwrite == "never" or sides.plan_only or (overwrite != "always" and look_first):
             # Look before writing: `never` must not rely on stores honouring
@@ -183,7 +183,7 @@ class ObjectPipeline:
             or bool(sides.ctx.metadata_rules)
             or sides.ctx.server_side
             or sides.replaces_original(row)
-            or sides.spec.transfer.overwrite == "never"
+            or sides.spec.copy_.overwrite == "never"
             or not row.etag
             or multipart_part_count(row.etag) is not None
             or row.storage_class not in _NEVER_ARCHIVED
@@ -198,7 +198,7 @@ class ObjectPipeline:
             if sides.plan_only:
                 return outcomes.skipped(row, PLAN_IDENTICAL)
             return self._verified(row, await self._verify.verify(row, source, target))
-        if sides.spec.transfer.overwrite == "never":
+        if sides.spec.copy_.overwrite == "never":
             return outcomes.skipped(row, "TargetExistsDifferent")
         if sides.plan_only:
             return outcomes.skipped(row, PLAN_COPY)
@@ -224,9 +224,9 @@ class ObjectPipeline:
                 raise  # gone again already; the retry copies
             return await self._existing_target(row, taken.source, existing)
         target: HeadResult | None
-        if (
-            sides.spec.verify.metadata and sides.spec.transfer.preserve_metadata
-        ) or sides.by_checksum(result.source):
+        if (sides.spec.verify.metadata and sides.spec.copy_.preserve_metadata) or sides.by_checksum(
+            result.source
+        ):
             # Metadata is proven by reading it back, not by what we asked the store to
             # keep; so is a checksum the store computed.
             target = await sides.head_target(row)

@@ -56,7 +56,7 @@ class Sides:
 
     @property
     def create_only(self) -> bool:
-        return self.spec.transfer.overwrite != "always"
+        return self.spec.copy_.overwrite != "always"
 
     @property
     def checksums_wanted(self) -> bool:
@@ -71,7 +71,7 @@ class Sides:
         """
         return proves_by_checksum(
             self.spec.verify.mode,
-            layout_kept=self.spec.transfer.preserve_part_boundaries,
+            layout_kept=self.spec.copy_.preserve_part_boundaries,
             etags_opaque=self.etags_opaque_by_spec,
             source_encryption_mode=source.encryption.mode if source is not None else None,
         )
@@ -88,7 +88,7 @@ class Sides:
     async def head_target(self, row: ObjectRow) -> HeadResult | None:
         """HEAD the target key of `row`; None when it is free."""
         try:
-            return await self.dst.objects.head(
+            return await self.dst.http.head(
                 self.spec.target.bucket,
                 self.target_key(row),
                 sse_c=self.ctx.target_customer_key,

@@ -74,7 +74,7 @@ class VerifyStep:
         mode = spec.verify.mode
         # A copy found on the target was cut into parts of its own unless boundaries are
         # kept.
-        etag_proves = written.layout_kept if written else spec.transfer.preserve_part_boundaries
+        etag_proves = written.layout_kept if written else spec.copy_.preserve_part_boundaries
         if mode == "etag" and not (etag_proves and etags_comparable(source, target)):
             # Opaque ETags (KMS, SSE-C) or parts cut anew: only the bytes can tell.
             mode = "checksum"
@@ -97,7 +97,7 @@ class VerifyStep:
                 raise VerificationError(
                     "ChecksumMismatch", f"{algorithm} of target differs from source"
                 )
-        if spec.verify.metadata and spec.transfer.preserve_metadata:
+        if spec.verify.metadata and spec.copy_.preserve_metadata:
             difference = metadata_difference(source, target)
             if difference is not None:
                 raise VerificationError("MetadataMismatch", difference)
@@ -156,7 +156,7 @@ class VerifyStep:
         store_computes = (
             sides.ctx.server_side
             and not source.is_multipart
-            and sides.spec.transfer.preserve_part_boundaries
+            and sides.spec.copy_.preserve_part_boundaries
         )
         if mode != "full" and algorithm is not None and store_computes:
             original = source.whole_checksums()[algorithm]
@@ -216,7 +216,7 @@ class VerifyStep:
                 "was taken before to compare it with",
             )
         digest, _ = await object_sha256(
-            sides.src.objects,
+            sides.src.http,
             sides.spec.source.bucket,
             row.key,
             row.version_id or None,
@@ -230,7 +230,7 @@ class VerifyStep:
         """The SHA-256 label of the copy's bytes, read whole."""
         sides = self._sides
         digest, _ = await object_sha256(
-            sides.dst.objects,
+            sides.dst.http,
             sides.spec.target.bucket,
             sides.target_key(row),
             target.version_id,

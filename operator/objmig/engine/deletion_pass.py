@@ -18,9 +18,14 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from objmig.api.cleanup import MigrationCleanup, MigrationCleanupSpec, MigrationCleanupStatus
 from objmig.api.migration import ObjectMeta, ObjectMigration, ObjectMigrationSpec
+from objmig.api.migration_cleanup import (
+    MigrationCleanup,
+    MigrationCleanupSpec,
+    MigrationCleanupStatus,
+)
 from objmig.api.types import parse_duration
+from objmig.engine.claim_loop import worker_identity
 from objmig.engine.cleanup_lifecycle import CleanupObserved, decide_cleanup
 from objmig.engine.context import MigrationContext
 from objmig.engine.deletion import (
@@ -32,7 +37,6 @@ from objmig.engine.deletion import (
 )
 from objmig.engine.secrets import SecretSource
 from objmig.engine.status import CleanupStatusInputs, build_cleanup_status
-from objmig.engine.worker import worker_identity
 from objmig.ledger import (
     CleanupOutcome,
     Ledger,
@@ -104,7 +108,7 @@ async def _head(
     store: Store, bucket: str, key: str, version_id: str | None, sse_c: bytes | None
 ) -> HeadResult | None:
     try:
-        return await store.objects.head(bucket, key, version_id=version_id, sse_c=sse_c)
+        return await store.http.head(bucket, key, version_id=version_id, sse_c=sse_c)
     except Exception as exc:
         if classify(exc).kind == "not_found":
             return None

@@ -6,14 +6,14 @@ import asyncio
 import logging
 import signal
 
-from objmig.api.cleanup import MigrationCleanup, MigrationCleanupSpec
 from objmig.api.conditions import Reason
 from objmig.api.migration import ObjectMeta
-from objmig.engine.cleanup import run_cleanup
+from objmig.api.migration_cleanup import MigrationCleanup, MigrationCleanupSpec
+from objmig.engine.deletion_pass import run_cleanup
 from objmig.engine.pipeline.outcomes import ConfigurationError
 from objmig.engine.secrets import EnvSecrets, SecretNotFound
 from objmig.ledger import Ledger, Problem
-from objmig.worker import EXIT_PERMANENT
+from objmig.pod.exit_codes import EXIT_PERMANENT
 
 log = logging.getLogger("objmig.worker")
 

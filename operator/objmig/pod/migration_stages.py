@@ -1,4 +1,4 @@
-"""The process inside a worker Job pod: one stage of one migration, ledger and S3 only.
+"""The scan and copy stages of a worker Job pod: one stage of one migration.
 
 The operator stores the migration's spec in the ledger and maps every Secret the spec
 references into the pod's environment, so a worker needs no Kubernetes API access at all.
@@ -16,25 +16,17 @@ from typing import Any, TypeVar
 from objmig.api.conditions import Reason, s3_reason
 from objmig.api.migration import ObjectMeta, ObjectMigration, ObjectMigrationSpec
 from objmig.engine.bookkeeping import record_failure
+from objmig.engine.claim_loop import ClaimLoop
 from objmig.engine.context import MigrationContext, check_access
 from objmig.engine.pipeline.outcomes import ConfigurationError
 from objmig.engine.scan import run_scan
 from objmig.engine.secrets import ConfigMapNotFound, EnvSecrets, SecretNotFound
-from objmig.engine.worker import Worker
 from objmig.ledger import Ledger
+from objmig.pod.exit_codes import EXIT_INTERRUPTED, EXIT_PERMANENT
 from objmig.storage.errors import classify
 
 log = logging.getLogger("objmig.worker")
 T = TypeVar("T")
-
-#: Exit code for errors no retry can fix (credentials, missing bucket, missing Secret key).
-#: The Job's podFailurePolicy fails the index on it instead of retrying the pod.
-EXIT_PERMANENT = 42
-#: Exit code of a worker stopped by SIGTERM/SIGINT before its work was done (pod deleted,
-#: Job suspended, node drained), after giving its leases back. Not 0: the Job must not count
-#: the index as complete. The podFailurePolicy ignores it, so the pod is replaced (or, when
-#: suspended, started again on resume) without using up the index's retries.
-EXIT_INTERRUPTED = 143
 
 
 async def work(
@@ -79,7 +71,7 @@ async def work(
                     return EXIT_INTERRUPTED
                 log.info("scan %d: %s", outcome.scan_id, outcome.result)
             else:
-                stats = await Worker(ledger, migration_id, context, owner=owner).run(stop)
+                stats = await ClaimLoop(ledger, migration_id, context, owner=owner).run(stop)
                 if stop.is_set():
                     log.info("worker stopped on request: %s", dict(stats.results))
                     return EXIT_INTERRUPTED

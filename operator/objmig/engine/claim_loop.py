@@ -93,7 +93,7 @@ class Arrivals:
 
 
 @dataclass
-class WorkerStats:
+class ClaimLoopStats:
     """What one worker did."""
 
     results: Counter[str] = field(default_factory=Counter)
@@ -101,7 +101,7 @@ class WorkerStats:
     leases_lost: int = 0
 
 
-class Worker:
+class ClaimLoop:
     """Claims and processes rows of one migration until no work is left (or it is stopped).
 
     The ledger is never waited on between objects: claims run ahead in the background into
@@ -130,7 +130,7 @@ class Worker:
         # Objects in flight: `concurrency` transfers (the pipeline's slots) plus as many
         # in their HEAD and verification round trips around them. Objects parked in the
         # batched looks at a bucket come on top (see `lookup`): they only wait.
-        self._slots = 2 * context.spec.transfer.concurrency
+        self._slots = 2 * context.spec.copy_.concurrency
         self._pipeline: ObjectPipeline | None = None
         # Set whenever the loop has something to do: an object, a claim or a flush finished,
         # or an object parked (its slot can take the next row before anything finishes).
@@ -150,9 +150,9 @@ class Worker:
         self._claim_saw = 0
         if arrivals is not None:
             arrivals.subscribe(self._rows_arrived)
-        self.stats = WorkerStats()
+        self.stats = ClaimLoopStats()
 
-    async def run(self, stop: asyncio.Event | None = None) -> WorkerStats:
+    async def run(self, stop: asyncio.Event | None = None) -> ClaimLoopStats:
         """Work until no active row remains, ``stop`` is set, or a configuration error.
 
         Raises :class:`ConfigurationError` (after releasing every lease) when S3 refuses the
@@ -382,7 +382,7 @@ class Worker:
             self._backlog.clear()
 
 
-async def run_workers(
+async def run_claim_loops(
     ledger: Ledger,
     migration_id: int,
     context: MigrationContext,
@@ -391,10 +391,10 @@ async def run_workers(
     *,
     owner_prefix: str | None = None,
     arrivals: Arrivals | None = None,
-) -> WorkerStats:
+) -> ClaimLoopStats:
     """Run ``count`` workers in this process; the first configuration error stops them all."""
     workers = [
-        Worker(
+        ClaimLoop(
             ledger, migration_id, context, owner=worker_identity(owner_prefix), arrivals=arrivals
         )
         for _ in range(count)
@@ -406,7 +406,7 @@ async def run_workers(
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-    total = WorkerStats()
+    total = ClaimLoopStats()
     for stats in done:
         total.results.update(stats.results)
         total.bytes_done += stats.bytes_done

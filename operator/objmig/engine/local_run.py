@@ -29,13 +29,13 @@ from objmig.engine.bookkeeping import (
     roll_back,
     take_up_spec,
 )
+from objmig.engine.claim_loop import Arrivals, dead_local_owners, run_claim_loops
 from objmig.engine.context import MigrationContext, check_access
 from objmig.engine.lifecycle import Decision, Observed, Outcome, StageWant, decide
 from objmig.engine.pipeline.outcomes import ConfigurationError
 from objmig.engine.scan import config_map_worklist, manifest_config_map, run_scan
 from objmig.engine.secrets import SecretSource
 from objmig.engine.status import tally
-from objmig.engine.worker import Arrivals, dead_local_owners, run_workers
 from objmig.ledger import Ledger
 from objmig.storage.errors import classify
 
@@ -195,7 +195,7 @@ class LocalRun:
             scan.add_done_callback(stop_workers_if_failed)
         monitor = asyncio.create_task(self._monitor(stop, workers_stop))
         try:
-            await run_workers(
+            await run_claim_loops(
                 self._ledger,
                 self._migration_id,
                 context,

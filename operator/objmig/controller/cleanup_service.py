@@ -12,16 +12,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from objmig.api.cleanup import MigrationCleanup, MigrationCleanupStatus, UnmetGate
 from objmig.api.conditions import ConditionType, Reason, set_condition
 from objmig.api.loading import explain
 from objmig.api.migration import JobRef, ObjectMeta, ObjectMigration, ObjectMigrationSpec
+from objmig.api.migration_cleanup import MigrationCleanup, MigrationCleanupStatus, UnmetGate
 from objmig.controller.config import OperatorConfig
 from objmig.controller.jobs import CLEANUP_LABEL, JobWant, cleanup_job, cleanup_run, job_name
 from objmig.controller.kube import Kube
-from objmig.controller.service import Event, Outcome
-from objmig.engine.cleanup import cleanup_status, migration_facts, take_up_spec
+from objmig.controller.migration_service import Event, Outcome
 from objmig.engine.cleanup_lifecycle import CleanupObserved, decide_cleanup
+from objmig.engine.deletion_pass import cleanup_status, migration_facts, take_up_spec
 from objmig.ledger import Ledger, MigrationConflict
 
 

@@ -1,0 +1,11 @@
+"""How a worker pod's process tells its Job what happened: the exit codes the operator's
+podFailurePolicy reads (see `objmig.controller.jobs`)."""
+
+#: Exit code for errors no retry can fix (credentials, missing bucket, missing Secret key).
+#: The Job's podFailurePolicy fails the index on it instead of retrying the pod.
+EXIT_PERMANENT = 42
+#: Exit code of a worker stopped by SIGTERM/SIGINT before its work was done (pod deleted,
+#: Job suspended, node drained), after giving its leases back. Not 0: the Job must not count
+#: the index as complete. The podFailurePolicy ignores it, so the pod is replaced (or, when
+#: suspended, started again on resume) without using up the index's retries.
+EXIT_INTERRUPTED = 143
