@@ -1,0 +1,138 @@
+"""The multipart frame both paths share: create the upload, run its parts with bounded
+concurrency, complete it, and abort it on any failure or cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar, cast
+
+from objmig.storage.copy.model import (
+    ABORT_TIMEOUT,
+    CopyOptions,
+    CopyResult,
+    TargetExistsError,
+    TargetObject,
+)
+from objmig.storage.copy.planning import (
+    Plan,
+    copy_result,
+    create_only_headers,
+    object_headers,
+    target_taken,
+)
+from objmig.storage.errors import S3ResponseError
+from objmig.storage.s3http import S3HttpClient
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def multipart_upload(
+    client: S3HttpClient,
+    target: TargetObject,
+    options: CopyOptions,
+    plan: Plan,
+    write_parts: Callable[[str], Awaitable[list[str]]],
+    *,
+    server_side: bool,
+    sha256: Callable[[], str] | None = None,
+) -> CopyResult:
+    """Create an upload, run `write_parts(upload_id)`, which returns the ETags of every
+    part in order, complete it; abort on any failure (cancellation included) before
+    re-raising."""
+    upload_id = await client.create_multipart_upload(
+        target.bucket, target.key, object_headers(target, options, plan)
+    )
+    try:
+        if options.on_upload_started is not None:
+            await options.on_upload_started(upload_id)
+        etags = await write_parts(upload_id)
+        try:
+            written = await client.complete_multipart_upload(
+                target.bucket,
+                target.key,
+                upload_id,
+                etags,
+                {**options.encryption.part_headers(), **create_only_headers(options)},
+            )
+        except S3ResponseError as exc:
+            if target_taken(exc, options):
+                raise TargetExistsError(
+                    f"s3://{target.bucket}/{target.key} exists", plan.head
+                ) from None
+            raise
+    except BaseException:
+        await abort_quietly(client, target, upload_id)
+        raise
+    return copy_result(
+        written=written,
+        plan=plan,
+        options=options,
+        server_side=server_side,
+        sha256=sha256() if sha256 is not None else None,
+        upload_id=upload_id,
+    )
+
+
+async def abort_quietly(client: S3HttpClient, target: TargetObject, upload_id: str) -> None:
+    """Abort an upload after a failure; never raise over the original error.
+
+    Shielded, so a second cancellation (e.g. a worker shutting down) does not leave the
+    upload behind; time-limited, so a dead store cannot hang the error path.
+    """
+
+    async def abort() -> None:
+        try:
+            await asyncio.wait_for(
+                client.abort_multipart_upload(target.bucket, target.key, upload_id),
+                ABORT_TIMEOUT,
+            )
+        except S3ResponseError as exc:
+            if exc.code != "NoSuchUpload":
+                log.warning(
+                    "could not abort upload %s of s3://%s/%s: %s",
+                    upload_id,
+                    target.bucket,
+                    target.key,
+                    exc,
+                )
+        except Exception as exc:
+            log.warning(
+                "could not abort upload %s of s3://%s/%s: %r",
+                upload_id,
+                target.bucket,
+                target.key,
+                exc,
+            )
+
+    # If we are cancelled again while waiting, the shielded abort still runs to completion
+    # in the background and the cancellation propagates.
+    await asyncio.shield(asyncio.ensure_future(abort()))
+
+
+async def run_bounded(count: int, concurrency: int, work: Callable[[int], Awaitable[T]]) -> list[T]:
+    """Run `work(0..count-1)` with at most `concurrency` in flight; results in index order.
+
+    Indexes are handed out in order. The first failure
+    cancels the rest and is raised as itself (not wrapped in an ExceptionGroup), so
+    `classify` sees the real cause.
+    """
+    results: list[T | None] = [None] * count
+    indexes = iter(range(count))
+
+    async def worker() -> None:
+        for index in indexes:
+            results[index] = await work(index)
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(min(max(1, concurrency), count))]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return cast(list[T], results)

@@ -1,0 +1,228 @@
+"""Everything decided before the first byte moves: the source re-checked against the scan,
+its part layout, the metadata and tags the copy carries, the headers every write sends,
+and what the result proves (`CopyResult.etag_matches_source`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from objmig.storage.compare import etag_is_content_md5
+from objmig.storage.copy.model import (
+    CopyOptions,
+    CopyResult,
+    ObjectArchivedError,
+    SourceObject,
+    TargetObject,
+)
+from objmig.storage.errors import S3ResponseError, SourceChangedError
+from objmig.storage.parts import resolve_part_layout
+from objmig.storage.restore import needs_restore
+from objmig.storage.s3http import S3HttpClient, content_headers, metadata_headers
+from objmig.storage.types import (
+    MIGRATION_METADATA_KEY,
+    HeadResult,
+    PartLayout,
+    WriteResult,
+    multipart_part_count,
+    normalise_etag,
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided before the first byte moves."""
+
+    head: HeadResult
+    layout: PartLayout
+    version_id: str | None
+    metadata: dict[str, str]
+    metadata_changed: bool
+    tags: dict[str, str] | None
+
+
+def single_part_by_listing(source: SourceObject, options: CopyOptions) -> bool:
+    """Whether the listing alone shows a plain single-part object (no HEAD needed)."""
+    return (
+        source.head is None
+        and bool(source.etag)
+        and source.size is not None
+        and source.size <= options.max_single_part_size
+        and (options.part_size is None or source.size <= options.part_size)
+        and multipart_part_count(source.etag) is None
+    )
+
+
+def check_source(source: SourceObject, head: HeadResult) -> None:
+    """Refuse a source that is not what was scanned, or not readable yet."""
+    where = f"s3://{source.bucket}/{source.key}"
+    if source.etag and normalise_etag(source.etag) != head.etag:
+        raise SourceChangedError(f"{where}: ETag is now {head.etag}, scanned {source.etag}")
+    if source.size is not None and source.size != head.size:
+        raise SourceChangedError(f"{where}: size is now {head.size}, scanned {source.size}")
+    if source.version_id and head.version_id and source.version_id != head.version_id:
+        raise SourceChangedError(f"{where}: HEAD returned version {head.version_id}")
+    if needs_restore(head.storage_class, head.restore, head.archive_status):
+        state = "being restored" if head.restore else "archived and not restored"
+        raise ObjectArchivedError(f"{where} ({head.storage_class}) is {state}")
+
+
+async def plan_copy(
+    client: S3HttpClient, source: SourceObject, options: CopyOptions, head: HeadResult
+) -> Plan:
+    check_source(source, head)
+    count = multipart_part_count(head.etag)
+    given = source.part_sizes
+    if options.part_size is not None and (count is not None or head.size > options.part_size):
+        sizes = tuple(split_sizes(head.size, options.part_size)) or (0,)
+        layout = PartLayout(sizes, "resized", multipart=len(sizes) > 1)
+    elif given and sum(given) == head.size and (count is None or count == len(given)):
+        layout = PartLayout(tuple(given), "head" if count else "single", multipart=bool(count))
+    elif count is None:
+        layout = PartLayout((head.size,), "single", multipart=False)
+    elif options.exact_layout:
+        layout = await resolve_part_layout(
+            client, source.bucket, source.key, head.version_id, source.sse_c_key, head=head
+        )
+    else:
+        layout = await _multipart_layout(client, source, head, count)
+    if not layout.multipart and head.size > options.max_single_part_size:
+        # Some stores (MinIO) accept single PUTs above AWS's 5 GiB; neither PutObject nor
+        # CopyObject can write those to S3, so they become multipart (new ETag).
+        layout = PartLayout(
+            tuple(split_sizes(head.size, options.split_part_size)), "split", multipart=True
+        )
+    tags: dict[str, str] | None = None
+    # A single-part copy gets the tags another way: CopyObject copies them, and the GET of
+    # a streamed copy says whether there are any (x-amz-tagging-count).
+    if options.preserve_tags and layout.multipart:
+        tags = await client.get_tags(source.bucket, source.key, head.version_id)
+    return plan_for(source, options, head, layout, tags)
+
+
+def plan_for(
+    source: SourceObject,
+    options: CopyOptions,
+    head: HeadResult,
+    layout: PartLayout,
+    tags: dict[str, str] | None,
+) -> Plan:
+    metadata = dict(head.metadata) if options.preserve_metadata else {}
+    metadata.update({k.lower(): v for k, v in options.extra_metadata.items()})
+    if options.migration_tag:
+        metadata[MIGRATION_METADATA_KEY] = options.migration_tag
+    return Plan(
+        head=head,
+        layout=layout,
+        # Pin the version we saw, so every part reads the same version.
+        version_id=head.version_id or source.version_id,
+        metadata=metadata,
+        metadata_changed=metadata != dict(head.metadata),
+        tags=tags,
+    )
+
+
+async def _multipart_layout(
+    client: S3HttpClient, source: SourceObject, head: HeadResult, count: int
+) -> PartLayout:
+    """The source's parts: equal parts when part 1 and the part count allow it, else exact.
+
+    Uploaders cut objects into equal parts and a shorter last one, so HEAD of part 1 and
+    the part count usually tell every size in one request; `copy_object` checks the
+    resulting ETag and falls back to asking for every part when the guess was wrong.
+    """
+    try:
+        first = await client.head(
+            source.bucket,
+            source.key,
+            version_id=head.version_id,
+            part_number=1,
+            sse_c=source.sse_c_key,
+        )
+    except S3ResponseError:
+        first = None
+    if first is not None and first.parts_count == count and first.size > 0:
+        last = head.size - first.size * (count - 1)
+        if 0 < last <= first.size:
+            return PartLayout((first.size,) * (count - 1) + (last,), "uniform", multipart=True)
+    return await resolve_part_layout(
+        client, source.bucket, source.key, head.version_id, source.sse_c_key, head=head
+    )
+
+
+def object_headers(target: TargetObject, options: CopyOptions, plan: Plan) -> dict[str, str]:
+    """Headers shared by PutObject and CreateMultipartUpload."""
+    headers = {
+        **metadata_headers(plan.metadata),
+        **content_headers(plan.head.content),
+        **options.encryption.object_headers(),
+    }
+    if options.storage_class:
+        headers["x-amz-storage-class"] = options.storage_class
+    if plan.tags:
+        headers["x-amz-tagging"] = urlencode(plan.tags)
+    return headers
+
+
+def create_only_headers(options: CopyOptions) -> dict[str, str]:
+    return {"if-none-match": "*"} if options.create_only else {}
+
+
+def target_taken(exc: S3ResponseError, options: CopyOptions) -> bool:
+    return options.create_only and exc.status == 412
+
+
+def etag_proves_copy(plan: Plan, options: CopyOptions) -> bool:
+    # Both ETags must be content MD5s (no KMS / SSE-C on either side) and the layout
+    # exact, otherwise different ETags prove nothing.
+    return (
+        plan.layout.exact
+        and etag_is_content_md5(plan.head.encryption.mode)
+        and options.encryption.etag_is_md5
+    )
+
+
+def copy_result(
+    *,
+    written: WriteResult,
+    plan: Plan,
+    options: CopyOptions,
+    server_side: bool,
+    sha256: str | None = None,
+    upload_id: str | None = None,
+    checksum_algorithm: str | None = None,
+) -> CopyResult:
+    etag = normalise_etag(written.etag)
+    return CopyResult(
+        etag=etag,
+        version_id=written.version_id,
+        bytes=plan.head.size,
+        sha256=sha256,
+        parts=len(plan.layout.sizes) if plan.layout.multipart else 1,
+        server_side=server_side,
+        source=plan.head,
+        source_version_id=plan.version_id,
+        etag_matches_source=(etag == plan.head.etag) if etag_proves_copy(plan, options) else None,
+        layout_kept=plan.layout.exact,
+        target_encryption=written.encryption,
+        upload_id=upload_id,
+        checksum_algorithm=checksum_algorithm,
+    )
+
+
+def split_sizes(size: int, part: int) -> list[int]:
+    """`size` bytes in parts of `part` bytes, the last one shorter."""
+    full, rest = divmod(size, part)
+    return [part] * full + ([rest] if rest else [])
+
+
+def byte_ranges(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """(first byte, last byte) of each part."""
+    ranges = []
+    start = 0
+    for size in sizes:
+        ranges.append((start, start + size - 1))
+        start += size
+    return ranges
