@@ -1,0 +1,105 @@
+"""The ObjectMigration resource: what to move, how to copy and prove it, and when to cut over.
+
+Every field carries a description because the CRD is generated from these models and
+``kubectl explain objectmigration.spec...`` shows exactly these texts.
+
+One module a section of the spec: `endpoints` (source, target), `selection`, `copying`
+(restore, copy, verify), `running` (workers, retry, failure policy), `cutover`, `spec`
+(the whole spec and its cross-field rules), `status`, `resource` (the custom resource),
+and `common` (group, version, storage classes, phases, metadata). Import the models from
+this package.
+"""
+
+from objmig.api.migration.common import (
+    API_VERSION,
+    BUCKET_PATTERN,
+    GROUP,
+    KEY_TEMPLATE_FIELDS,
+    MAX_PARALLELISM,
+    VERSION,
+    ArchivedStorageClass,
+    ObjectMeta,
+    Phase,
+    StorageClass,
+)
+from objmig.api.migration.copying import CopySpec, RestoreSpec, VerifySpec
+from objmig.api.migration.cutover import CatalogAction, ConfigMapAction, CutoverSpec
+from objmig.api.migration.endpoints import (
+    BucketSpec,
+    Encryption,
+    EncryptionSpec,
+    SourceSpec,
+    TargetSpec,
+)
+from objmig.api.migration.resource import ObjectMigration
+from objmig.api.migration.running import (
+    BackoffSpec,
+    FailurePolicySpec,
+    ResourceRequirements,
+    RetrySpec,
+    Toleration,
+    WorkersSpec,
+)
+from objmig.api.migration.selection import (
+    ManifestObjectRef,
+    ManifestSpec,
+    MetadataRequirement,
+    SelectionSpec,
+)
+from objmig.api.migration.spec import ObjectMigrationSpec
+from objmig.api.migration.status import (
+    Counters,
+    CutoverStatus,
+    JobRef,
+    ObjectMigrationStatus,
+    ObjectStatus,
+    PlanStatus,
+    Progress,
+    ReportRef,
+    VerificationStatus,
+)
+
+__all__ = [
+    "API_VERSION",
+    "BUCKET_PATTERN",
+    "GROUP",
+    "KEY_TEMPLATE_FIELDS",
+    "MAX_PARALLELISM",
+    "VERSION",
+    "ArchivedStorageClass",
+    "BackoffSpec",
+    "BucketSpec",
+    "CatalogAction",
+    "ConfigMapAction",
+    "CopySpec",
+    "Counters",
+    "CutoverSpec",
+    "CutoverStatus",
+    "Encryption",
+    "EncryptionSpec",
+    "FailurePolicySpec",
+    "JobRef",
+    "ManifestObjectRef",
+    "ManifestSpec",
+    "MetadataRequirement",
+    "ObjectMeta",
+    "ObjectMigration",
+    "ObjectMigrationSpec",
+    "ObjectMigrationStatus",
+    "ObjectStatus",
+    "Phase",
+    "PlanStatus",
+    "Progress",
+    "ReportRef",
+    "ResourceRequirements",
+    "RestoreSpec",
+    "RetrySpec",
+    "SelectionSpec",
+    "SourceSpec",
+    "StorageClass",
+    "TargetSpec",
+    "Toleration",
+    "VerificationStatus",
+    "VerifySpec",
+    "WorkersSpec",
+]

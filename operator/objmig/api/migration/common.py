@@ -1,0 +1,65 @@
+"""Shared by every section of the ObjectMigration: the API group and version, storage
+classes, phases, the bucket name pattern, key template fields, and object metadata.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from objmig.api.base import ApiModel
+
+GROUP = "objmig.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+# Worker pods of one Job; bounds the index suffix of their hostnames (see controller.jobs).
+MAX_PARALLELISM = 256
+
+StorageClass = Literal[
+    "STANDARD",
+    "REDUCED_REDUNDANCY",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+    "GLACIER_IR",
+    "OUTPOSTS",
+    "SNOW",
+    "EXPRESS_ONEZONE",
+]
+ArchivedStorageClass = Literal["GLACIER", "DEEP_ARCHIVE"]
+Phase = Literal[
+    "Pending",
+    "Scanning",
+    "Restoring",
+    "Copying",
+    "Verifying",
+    "AwaitingCutover",
+    "CutOver",
+    "Completed",
+    "Paused",
+    "Failed",
+]
+
+BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$"
+KEY_TEMPLATE_FIELDS = frozenset(
+    {"key", "relative", "dirname", "basename", "year", "month", "day", "etag"}
+)
+
+
+class ObjectMeta(ApiModel):
+    """The subset of Kubernetes object metadata that objmig reads."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(
+        description="Name of the resource.",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    )
+    namespace: str = Field(default="default", description="Namespace of the resource.")
+    uid: str | None = Field(default=None, description="Unique id assigned by the API server.")
+    generation: int | None = Field(default=None, description="Generation of the spec.")

@@ -1,0 +1,103 @@
+"""How objects are restored, copied and proven: `spec.restore`, `spec.copy`, `spec.verify`."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from pydantic import Field, model_validator
+
+from objmig.api.base import ApiModel, cel_rule, cel_validations
+from objmig.api.migration.common import ArchivedStorageClass
+from objmig.api.types import Duration, Quantity
+
+
+class RestoreSpec(ApiModel):
+    """Restore archived objects before copying them. Absent: archived objects are skipped."""
+
+    model_config = cel_validations(
+        cel_rule(
+            # storageClasses has a schema default, so the API server always sees it here.
+            "self.tier != 'Expedited' || !('DEEP_ARCHIVE' in self.storageClasses)",
+            "Expedited retrieval is not available for DEEP_ARCHIVE; "
+            "use Standard or Bulk, or restrict storageClasses to GLACIER",
+            field_path=".tier",
+        ),
+    )
+
+    tier: Literal["Bulk", "Standard", "Expedited"] = Field(
+        default="Bulk",
+        description="Retrieval tier. Expedited is not available for DEEP_ARCHIVE.",
+    )
+    days: int = Field(default=3, ge=1, le=365, description="Days the restored copy stays readable.")
+    poll_interval: Duration = Field(
+        default="15m", description="How often to check whether a restore has finished."
+    )
+    # A plain default (pydantic copies it per instance) so the CRD carries it too: the CEL rule
+    # above reads storageClasses, which must not be absent on the API server.
+    storage_classes: list[ArchivedStorageClass] = Field(
+        default=list(get_args(ArchivedStorageClass)),
+        description="Archived classes to restore. GLACIER_IR is readable and needs no restore.",
+        min_length=1,
+        max_length=2,
+    )
+
+    @model_validator(mode="after")
+    def _no_expedited_deep_archive(self) -> RestoreSpec:
+        if self.tier == "Expedited" and "DEEP_ARCHIVE" in self.storage_classes:
+            raise ValueError(
+                "Expedited retrieval is not available for DEEP_ARCHIVE; "
+                "use Standard or Bulk, or restrict storageClasses to GLACIER"
+            )
+        return self
+
+
+class CopySpec(ApiModel):
+    """How bytes move from source to target."""
+
+    mode: Literal["auto", "serverSide", "stream"] = Field(
+        default="auto",
+        description="serverSide: CopyObject / UploadPartCopy inside one store; stream: GET "
+        "then PUT through the worker; auto: serverSide when source and target share endpoint "
+        "and credentials.",
+    )
+    preserve_part_boundaries: bool = Field(
+        default=True,
+        description="Write multipart objects with the source's part sizes, so ETags match.",
+    )
+    part_size: Quantity = Field(
+        default="16Mi",
+        description="Part size when part boundaries are not preserved.",
+    )
+    concurrency: int = Field(default=16, ge=1, le=1024, description="Objects in flight per worker.")
+    part_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Parts in flight per multipart object."
+    )
+    preserve_metadata: bool = Field(
+        default=True, description="Copy user metadata and content headers."
+    )
+    preserve_tags: bool = Field(default=True, description="Copy object tags.")
+    overwrite: Literal["never", "ifDifferent", "always"] = Field(
+        default="ifDifferent",
+        description="An existing target object: never (skip it), ifDifferent (skip when "
+        "identical, else replace), always (replace).",
+    )
+    bandwidth_limit: Quantity | None = Field(
+        default=None, description="Bytes per second per worker, e.g. 100Mi. Absent: unlimited."
+    )
+
+
+class VerifySpec(ApiModel):
+    """How each copy is proven identical before it can be cut over."""
+
+    mode: Literal["etag", "checksum", "full"] = Field(
+        default="etag",
+        description="etag: target ETag equals source ETag (falls back to checksum when "
+        "encryption makes ETags opaque); checksum: S3 checksums or a SHA-256 taken while "
+        "copying; full: re-read both sides and compare SHA-256.",
+    )
+    metadata: bool = Field(
+        default=True, description="Also compare user metadata and content headers."
+    )
+    verify_only: bool = Field(
+        default=False, description="Check an existing copy; write nothing to the target."
+    )

@@ -1,0 +1,127 @@
+"""`ObjectMigrationSpec`: the sections together, with the rules that span them (one bucket
+as source and target, rewrites in place).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from objmig.api.base import ApiModel, cel_rule, cel_validations
+from objmig.api.migration.copying import CopySpec, RestoreSpec, VerifySpec
+from objmig.api.migration.cutover import CutoverSpec
+from objmig.api.migration.endpoints import SourceSpec, TargetSpec
+from objmig.api.migration.running import FailurePolicySpec, RetrySpec, WorkersSpec
+from objmig.api.migration.selection import SelectionSpec
+
+_SAME_BUCKET = (
+    "self.source.endpoint == self.target.endpoint && self.source.bucket == self.target.bucket"
+)
+_IN_PLACE = (
+    f"{_SAME_BUCKET} && self.source.prefix == self.target.prefix"
+    " && self.target.keyTemplate == '{relative}'"
+)
+_IN_PLACE_MESSAGE = (
+    "source and target are the same bucket, prefix and keys, so objects are rewritten in "
+    "place (e.g. to re-encrypt them or change their storage class): that needs "
+    "copy.overwrite: always, as any other policy finds every object already there"
+)
+_OWN_PREFIX_MESSAGE = (
+    "source and target are one bucket: write the copies under a prefix of their own (a "
+    "target.prefix that the source prefix does not start with), or rewrite the objects in "
+    "place (the same prefix, keyTemplate {relative}); otherwise copies could land on source "
+    "objects not copied yet"
+)
+
+
+class ObjectMigrationSpec(ApiModel):
+    """What to migrate, how, and when to cut over."""
+
+    model_config = cel_validations(
+        cel_rule(
+            f"!({_IN_PLACE}) || (has(self.copy) && self.copy.overwrite == 'always')",
+            _IN_PLACE_MESSAGE,
+            field_path=".copy.overwrite",
+        ),
+        cel_rule(
+            f"!({_SAME_BUCKET}) || ({_IN_PLACE})"
+            " || !self.source.prefix.startsWith(self.target.prefix)",
+            _OWN_PREFIX_MESSAGE,
+            field_path=".target.prefix",
+        ),
+    )
+
+    source: SourceSpec = Field(
+        description="Where objects are copied from.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self == oldSelf", "message": "source is immutable"}
+            ]
+        },
+    )
+    target: TargetSpec = Field(
+        description="Where objects are copied to.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.bucket == oldSelf.bucket && self.endpoint == oldSelf.endpoint "
+                    "&& self.prefix == oldSelf.prefix && self.keyTemplate == oldSelf.keyTemplate",
+                    "message": "target endpoint, bucket, prefix and keyTemplate are immutable",
+                }
+            ]
+        },
+    )
+    selection: SelectionSpec = Field(
+        default_factory=SelectionSpec, description="Which source objects take part."
+    )
+    restore: RestoreSpec | None = Field(
+        default=None,
+        description="Restore archived objects first. Absent: archived objects are skipped.",
+    )
+    # `copy` on the wire; `copy_` here, since `BaseModel.copy` is a method of every model.
+    copy_: CopySpec = Field(
+        default_factory=CopySpec, alias="copy", description="How bytes are copied."
+    )
+    verify: VerifySpec = Field(
+        default_factory=VerifySpec, description="How copies are proven identical."
+    )
+    workers: WorkersSpec = Field(default_factory=WorkersSpec, description="Worker pods.")
+    retry: RetrySpec = Field(default_factory=RetrySpec, description="Retries per object.")
+    failure_policy: FailurePolicySpec = Field(
+        default_factory=FailurePolicySpec, description="Failure budget before pausing."
+    )
+    cutover: CutoverSpec = Field(
+        default_factory=CutoverSpec, description="Gated switch of applications to the target."
+    )
+    dry_run: bool = Field(
+        default=False, description="Plan only: inventory and report, write nothing."
+    )
+    suspend: bool = Field(default=False, description="Pause all work; set false to resume.")
+
+    @property
+    def same_bucket(self) -> bool:
+        """Whether source and target are one bucket (of one endpoint)."""
+        return (
+            self.source.endpoint.rstrip("/").lower() == self.target.endpoint.rstrip("/").lower()
+            and self.source.bucket == self.target.bucket
+        )
+
+    @property
+    def rewrites_in_place(self) -> bool:
+        """Whether every object is copied onto its own key in its own bucket."""
+        return (
+            self.same_bucket
+            and self.source.prefix == self.target.prefix
+            and self.target.key_template == "{relative}"
+        )
+
+    @model_validator(mode="after")
+    def _one_bucket_needs_in_place_or_a_prefix_of_its_own(self) -> ObjectMigrationSpec:
+        if self.rewrites_in_place and self.copy_.overwrite != "always":
+            raise ValueError(_IN_PLACE_MESSAGE)
+        if (
+            self.same_bucket
+            and not self.rewrites_in_place
+            and self.source.prefix.startswith(self.target.prefix)
+        ):
+            raise ValueError(_OWN_PREFIX_MESSAGE)
+        return self

@@ -1,0 +1,142 @@
+"""`ObjectMigrationStatus`: what the operator and `objmig status` report (phase,
+conditions, counters, progress, the bounded window of objects, verification, cutover).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import ConfigDict, Field
+
+from objmig.api.base import ApiModel
+from objmig.api.conditions import Condition
+from objmig.api.migration.common import Phase
+
+
+class Counters(ApiModel):
+    """Objects or bytes by state."""
+
+    total: int = Field(default=0, ge=0, description="Selected.")
+    pending: int = Field(default=0, ge=0, description="Waiting to be copied or restored.")
+    in_progress: int = Field(default=0, ge=0, description="Held by a worker right now.")
+    succeeded: int = Field(default=0, ge=0, description="Copied and verified.")
+    failed: int = Field(default=0, ge=0, description="Failed for good, or changed at source.")
+    skipped: int = Field(default=0, ge=0, description="Deliberately left alone.")
+
+
+class Progress(ApiModel):
+    """How far the migration has come."""
+
+    objects: Counters = Field(default_factory=Counters, description="Object counts.")
+    bytes: Counters = Field(default_factory=Counters, description="Byte counts.")
+    percent: int = Field(default=0, ge=0, le=100, description="Finished share of bytes.")
+    bytes_per_second: int = Field(default=0, ge=0, description="Recent copy throughput.")
+    objects_per_second: int = Field(default=0, ge=0, description="Recent object rate.")
+    eta: str | None = Field(default=None, description="Estimated time left, e.g. 1h20m.")
+    started_at: datetime | None = Field(default=None, description="When copying started.")
+
+
+class ObjectStatus(ApiModel):
+    """One object's state, in the bounded window of the status."""
+
+    key: str = Field(description="Source key.")
+    version_id: str | None = Field(default=None, description="Source version id, if versioned.")
+    state: str = Field(description="Ledger state, e.g. failed, verified.")
+    attempts: int = Field(default=0, ge=0, description="Attempts so far.")
+    last_error: str | None = Field(default=None, description="Most recent error.")
+
+
+class JobRef(ApiModel):
+    """A worker Job and its counts."""
+
+    name: str = Field(description="Job name.")
+    stage: str = Field(description="scan, restore, copy, catchup or cleanup.")
+    active: int = Field(default=0, ge=0, description="Running pods.")
+    succeeded: int = Field(default=0, ge=0, description="Finished indexes.")
+    failed: int = Field(default=0, ge=0, description="Failed pods.")
+
+
+class VerificationStatus(ApiModel):
+    """What has been proven, and the digest a cleanup approval must quote."""
+
+    objects: int = Field(default=0, ge=0, description="Verified objects.")
+    bytes: int = Field(default=0, ge=0, description="Verified bytes.")
+    mismatched: int = Field(default=0, ge=0, description="Objects whose copy differed.")
+    algorithm: str = Field(default="", description="etag, checksum or sha256.")
+    digest: str | None = Field(
+        default=None,
+        description="sha256 over every verified (key, version, size, ETag, target) tuple; "
+        "a MigrationCleanup's approval.digest must equal it.",
+    )
+
+
+class CutoverStatus(ApiModel):
+    """What the cutover did, and what rollback needs."""
+
+    at: datetime | None = Field(default=None, description="When the cutover happened.")
+    actions: list[str] = Field(default_factory=list, description="Actions performed.")
+    previous_config_map_data: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="ConfigMap values before the cutover. Keys that did not exist are not "
+        "listed; rollback removes them again.",
+    )
+    config_map_data: dict[str, str] = Field(
+        default_factory=dict, description="Values written to the ConfigMap at cutover."
+    )
+    catalog_rows_swapped: int = Field(default=0, ge=0, description="Catalog rows switched.")
+    rolled_back_at: datetime | None = Field(default=None, description="When rolled back.")
+    rollback_blocked: str | None = Field(
+        default=None, description="Why rollback is no longer possible, if it is not."
+    )
+
+
+class ReportRef(ApiModel):
+    """Where the full per-object report can be read."""
+
+    location: str = Field(description="Where the report lives, e.g. ledger://ns/name.")
+    command: str = Field(description="How to fetch it.")
+
+
+class PlanStatus(ApiModel):
+    """Dry-run result: what a real run would do."""
+
+    objects: int = Field(default=0, ge=0, description="Objects selected.")
+    bytes: int = Field(default=0, ge=0, description="Bytes selected.")
+    by_storage_class: dict[str, int] = Field(
+        default_factory=dict, description="Objects per source storage class."
+    )
+    bytes_by_storage_class: dict[str, int] = Field(
+        default_factory=dict, description="Bytes per source storage class."
+    )
+    need_restore: int = Field(default=0, ge=0, description="Objects that need a restore.")
+    would_skip: int = Field(default=0, ge=0, description="Objects already identical on the target.")
+    would_copy: int = Field(default=0, ge=0, description="Objects that would be copied.")
+
+
+class ObjectMigrationStatus(ApiModel):
+    """Observed state of an ObjectMigration: a bounded summary of the ledger."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    observed_generation: int | None = Field(
+        default=None, description="The generation this status describes."
+    )
+    phase: Phase = Field(default="Pending", description="Summary of the conditions.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Scanned, Restored, Copied, Verified, ..."
+    )
+    progress: Progress = Field(default_factory=Progress, description="Counters and rates.")
+    objects: list[ObjectStatus] = Field(
+        default_factory=list,
+        description="A bounded window of objects: failed first, then in progress.",
+    )
+    objects_truncated: bool = Field(
+        default=False, description="More objects exist than the window shows."
+    )
+    jobs: list[JobRef] = Field(default_factory=list, description="Worker Jobs.")
+    verification: VerificationStatus = Field(
+        default_factory=VerificationStatus, description="Verification summary."
+    )
+    cutover: CutoverStatus = Field(default_factory=CutoverStatus, description="Cutover record.")
+    report: ReportRef | None = Field(default=None, description="The full per-object report.")
+    plan: PlanStatus | None = Field(default=None, description="Dry-run plan.")
