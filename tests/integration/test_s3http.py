@@ -25,7 +25,8 @@ from objmig.storage import (
 from objmig.storage.copy import TargetExistsError
 from objmig.storage.endpoint import Credentials, Endpoint
 from objmig.storage.errors import S3ResponseError
-from objmig.storage.s3http import S3HttpClient, content_headers, metadata_headers, open_http_client
+from objmig.storage.s3http import S3HttpClient, open_http_client
+from objmig.storage.s3wire import content_headers, metadata_headers
 from objmig.storage.types import ContentHeaders, multipart_part_count
 from tests.fixtures.s3 import S3Backend, S3Seeder, payload
 from tests.support.s3proxy import Fail, S3FaultProxy

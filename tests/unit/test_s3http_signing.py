@@ -27,15 +27,17 @@ from objmig.storage.s3http import (
     S3HttpClient,
     _canonical_query,
     _CredentialSource,
-    _error,
-    _head_result,
-    _result_etag,
-    _total_size,
-    _xml_body,
-    content_headers,
     http_pool,
+)
+from objmig.storage.s3wire import (
+    content_headers,
+    head_result,
     metadata_headers,
+    response_error,
+    result_etag,
     sse_c_headers,
+    total_size,
+    xml_body,
 )
 from objmig.storage.types import ContentHeaders
 
@@ -258,7 +260,7 @@ def test_head_result_from_a_full_set_of_headers() -> None:
         }
     )
 
-    head = _head_result(headers, 1234)
+    head = head_result(headers, 1234)
 
     assert head.etag == "0123456789abcdef0123456789abcdef-3"
     assert head.is_multipart
@@ -308,7 +310,7 @@ def test_head_result_defaults_for_a_bare_answer() -> None:
     )
     before = datetime.now(UTC).replace(microsecond=0)
 
-    head = _head_result(headers, 0)
+    head = head_result(headers, 0)
 
     assert head.etag == "abc"
     assert not head.is_multipart
@@ -342,7 +344,7 @@ def test_head_result_defaults_for_a_bare_answer() -> None:
     ],
 )
 def test_total_size_from_content_range(value: str | None, size: int | None) -> None:
-    assert _total_size(value) == size
+    assert total_size(value) == size
 
 
 def test_request_header_helpers() -> None:
@@ -388,7 +390,7 @@ def _document(code: str, message: str, **extra: str) -> bytes:
 
 
 async def _parse_error(answer: _Answer, operation: str = "GetObject") -> S3ResponseError:
-    return await _error(operation, answer.method, answer)  # type: ignore[arg-type]
+    return await response_error(operation, answer.method, answer)  # type: ignore[arg-type]
 
 
 async def test_error_document_gives_code_and_message_only() -> None:
@@ -436,12 +438,12 @@ async def test_a_200_answer_carrying_an_error_document_is_an_error() -> None:
     # CopyObject, UploadPartCopy and CompleteMultipartUpload may fail after sending 200.
     failed = _Answer(200, _document("InternalError", "We encountered an internal error"))
     with pytest.raises(S3ResponseError) as raised:
-        await _xml_body("CompleteMultipartUpload", failed)  # type: ignore[arg-type]
+        await xml_body("CompleteMultipartUpload", failed)  # type: ignore[arg-type]
     assert (raised.value.status, raised.value.code) == (200, "InternalError")
     assert classify(raised.value).kind == "retryable"
 
     with pytest.raises(S3ResponseError) as malformed:
-        await _xml_body("CopyObject", _Answer(200, b"<CopyObjectResult>"))  # type: ignore[arg-type]
+        await xml_body("CopyObject", _Answer(200, b"<CopyObjectResult>"))  # type: ignore[arg-type]
     assert malformed.value.code == "MalformedResponse"
 
     ok = _Answer(
@@ -449,7 +451,7 @@ async def test_a_200_answer_carrying_an_error_document_is_an_error() -> None:
         b'<CopyObjectResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
         b"<ETag>&quot;abc&quot;</ETag></CopyObjectResult>",
     )
-    root = await _xml_body("CopyObject", ok)  # type: ignore[arg-type]
+    root = await xml_body("CopyObject", ok)  # type: ignore[arg-type]
     assert root.tag.endswith("CopyObjectResult")
 
 
@@ -459,7 +461,7 @@ async def test_xml_documents_with_entities_are_refused() -> None:
         b'<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]><Error><Code>&b;</Code></Error>'
     )
     with pytest.raises(DefusedXmlException):
-        await _xml_body("CopyObject", _Answer(200, bomb))  # type: ignore[arg-type]
+        await xml_body("CopyObject", _Answer(200, bomb))  # type: ignore[arg-type]
 
 
 async def test_copy_result_etag_takes_the_short_way_only_for_plain_documents() -> None:
@@ -479,17 +481,17 @@ async def test_copy_result_etag_takes_the_short_way_only_for_plain_documents() -
         b"<CopyObjectResult><ETag>&a;</ETag></CopyObjectResult>"
     )
 
-    assert await _result_etag("CopyObject", _Answer(200, plain)) == '"0123abc"'  # type: ignore[arg-type]
-    assert await _result_etag("UploadPartCopy", _Answer(200, prefixed)) == '"def"'  # type: ignore[arg-type]
+    assert await result_etag("CopyObject", _Answer(200, plain)) == '"0123abc"'  # type: ignore[arg-type]
+    assert await result_etag("UploadPartCopy", _Answer(200, prefixed)) == '"def"'  # type: ignore[arg-type]
     with pytest.raises(S3ResponseError) as raised:
-        await _result_etag("CopyObject", _Answer(200, failed))  # type: ignore[arg-type]
+        await result_etag("CopyObject", _Answer(200, failed))  # type: ignore[arg-type]
     assert raised.value.code == "SlowDown"
     with pytest.raises(DefusedXmlException):
-        await _result_etag("CopyObject", _Answer(200, bomb))  # type: ignore[arg-type]
+        await result_etag("CopyObject", _Answer(200, bomb))  # type: ignore[arg-type]
 
 
 def test_whole_object_checksums_are_labelled_like_objmigs_own_sha256() -> None:
-    full = _head_result(
+    full = head_result(
         _lower(
             {
                 "ETag": '"abc"',
@@ -501,7 +503,7 @@ def test_whole_object_checksums_are_labelled_like_objmigs_own_sha256() -> None:
         0,
     )
     # Without a type, a "-N" suffix still marks a composite value.
-    untyped = _head_result(_lower({"ETag": '"abc-2"', "x-amz-checksum-crc32c": "AAAAAA==-2"}), 0)
+    untyped = head_result(_lower({"ETag": '"abc-2"', "x-amz-checksum-crc32c": "AAAAAA==-2"}), 0)
 
     # The SHA-256 of b"", in the hex objmig records for the SHA-256 it computes itself.
     assert full.whole_checksums() == {

@@ -22,30 +22,31 @@ is compared with the ETag the store returns instead (see `copy.py`).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
-import html
-import re
 import ssl
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
-
-from defusedxml import ElementTree as SafeET
 
 from objmig.storage.endpoint import DEFAULT_REGION, ClientTimeouts, Credentials, Endpoint
 from objmig.storage.errors import S3ResponseError
 from objmig.storage.http1 import HttpPool, HttpResponse
-from objmig.storage.restore import parse_restore_header
+from objmig.storage.s3wire import (
+    child_text,
+    head_result,
+    local_name,
+    response_error,
+    result_etag,
+    sse_c_headers,
+    total_size,
+    write_result,
+    xml_body,
+)
 from objmig.storage.types import (
-    ContentHeaders,
-    EncryptionInfo,
     GetResult,
     HeadResult,
     ObjectInfo,
@@ -56,49 +57,8 @@ from objmig.storage.types import (
 )
 
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
-# Error documents are small; a store that sends more is not sending an error document.
-_MAX_ERROR_BODY = 64 * 1024
-_XML_NS = re.compile(r"^\{[^}]*\}")
-_RESULT_ETAG = re.compile(rb"<ETag>([^<]*)</ETag>")
 # Characters S3 wants left alone in a canonical URI / query (RFC 3986 unreserved).
 _UNRESERVED = "-_.~"
-
-
-def sse_c_headers(key: bytes | None, *, copy_source: bool = False) -> dict[str, str]:
-    """The three SSE-C headers for a 32-byte customer key (none for None)."""
-    if key is None:
-        return {}
-    prefix = "x-amz-copy-source-" if copy_source else "x-amz-"
-    return {
-        f"{prefix}server-side-encryption-customer-algorithm": "AES256",
-        f"{prefix}server-side-encryption-customer-key": base64.b64encode(key).decode(),
-        f"{prefix}server-side-encryption-customer-key-md5": base64.b64encode(
-            hashlib.md5(key, usedforsecurity=False).digest()
-        ).decode(),
-    }
-
-
-def metadata_headers(metadata: Mapping[str, str]) -> dict[str, str]:
-    """User metadata as `x-amz-meta-*` headers."""
-    return {f"x-amz-meta-{name.lower()}": value for name, value in metadata.items()}
-
-
-def content_headers(content: ContentHeaders) -> dict[str, str]:
-    """The representation headers of an object, for PUT / CreateMultipartUpload / Copy."""
-    pairs = {
-        "content-type": content.content_type,
-        "cache-control": content.cache_control,
-        "content-disposition": content.content_disposition,
-        "content-encoding": content.content_encoding,
-        "content-language": content.content_language,
-        "expires": _http_date(content.expires) if content.expires else None,
-        "x-amz-website-redirect-location": content.website_redirect_location,
-    }
-    return {name: value for name, value in pairs.items() if value is not None}
-
-
-def _http_date(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
 
 
 class S3HttpClient:
@@ -147,7 +107,7 @@ class S3HttpClient:
         if checksums:
             headers["x-amz-checksum-mode"] = "ENABLED"
         async with self._request("HeadObject", "HEAD", bucket, key, query, headers) as response:
-            return _head_result(response.headers, int(response.headers.get("content-length", 0)))
+            return head_result(response.headers, int(response.headers.get("content-length", 0)))
 
     @asynccontextmanager
     async def get(
@@ -173,8 +133,8 @@ class S3HttpClient:
         query = _version_query(version_id)
         async with self._request("GetObject", "GET", bucket, key, query, headers) as response:
             length = int(response.headers.get("content-length", 0))
-            size = _total_size(response.headers.get("content-range")) or length
-            yield GetResult(_head_result(response.headers, size), length, response)
+            size = total_size(response.headers.get("content-range")) or length
+            yield GetResult(head_result(response.headers, size), length, response)
 
     async def put(
         self,
@@ -203,7 +163,7 @@ class S3HttpClient:
             "x-amz-copy-source": _copy_source(source_bucket, source_key, source_version_id),
         }
         async with self._request("CopyObject", "PUT", bucket, key, {}, headers) as response:
-            return _write_result(response.headers, await _result_etag("CopyObject", response))
+            return write_result(response.headers, await result_etag("CopyObject", response))
 
     async def create_multipart_upload(
         self, bucket: str, key: str, headers: Mapping[str, str]
@@ -212,8 +172,8 @@ class S3HttpClient:
         async with self._request(
             "CreateMultipartUpload", "POST", bucket, key, {"uploads": ""}, dict(headers)
         ) as response:
-            root = await _xml_body("CreateMultipartUpload", response)
-            upload_id = _text(root, "UploadId")
+            root = await xml_body("CreateMultipartUpload", response)
+            upload_id = child_text(root, "UploadId")
             if not upload_id:
                 raise S3ResponseError("CreateMultipartUpload", response.status, "NoUploadId", "")
             return upload_id
@@ -256,7 +216,7 @@ class S3HttpClient:
             headers["x-amz-copy-source-range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
         query = {"partNumber": str(part_number), "uploadId": upload_id}
         async with self._request("UploadPartCopy", "PUT", bucket, key, query, headers) as response:
-            return normalise_etag(await _result_etag("UploadPartCopy", response))
+            return normalise_etag(await result_etag("UploadPartCopy", response))
 
     async def complete_multipart_upload(
         self,
@@ -283,8 +243,8 @@ class S3HttpClient:
             body=document,
             length=len(document),
         ) as response:
-            root = await _xml_body("CompleteMultipartUpload", response)
-            return _write_result(response.headers, _text(root, "ETag"))
+            root = await xml_body("CompleteMultipartUpload", response)
+            return write_result(response.headers, child_text(root, "ETag"))
 
     async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
         async with self._request(
@@ -298,11 +258,11 @@ class S3HttpClient:
         """The object's tags (GetObjectTagging)."""
         query = {"tagging": "", **_version_query(version_id)}
         async with self._request("GetObjectTagging", "GET", bucket, key, query, {}) as response:
-            root = await _xml_body("GetObjectTagging", response)
+            root = await xml_body("GetObjectTagging", response)
         tags: dict[str, str] = {}
         for tag in root.iter():
-            if _local(tag.tag) == "Tag":
-                children = {_local(child.tag): child.text or "" for child in tag}
+            if local_name(tag.tag) == "Tag":
+                children = {local_name(child.tag): child.text or "" for child in tag}
                 tags[children.get("Key", "")] = children.get("Value", "")
         return tags
 
@@ -324,18 +284,18 @@ class S3HttpClient:
             async with self._request(
                 "GetObjectAttributes", "GET", bucket, key, query, headers
             ) as response:
-                root = await _xml_body("GetObjectAttributes", response)
-            parts = [element for element in root.iter() if _local(element.tag) == "Part"]
+                root = await xml_body("GetObjectAttributes", response)
+            parts = [element for element in root.iter() if local_name(element.tag) == "Part"]
             if not parts:
                 return None
             for part in parts:
-                size = next((c.text for c in part if _local(c.tag) == "Size"), None)
+                size = next((c.text for c in part if local_name(c.tag) == "Size"), None)
                 if size is None:
                     return None
                 sizes.append(int(size))
-            if _text(root, "IsTruncated") != "true":
+            if child_text(root, "IsTruncated") != "true":
                 return sizes
-            marker = int(_text(root, "NextPartNumberMarker") or 0)
+            marker = int(child_text(root, "NextPartNumberMarker") or 0)
             if not marker:
                 return sizes
 
@@ -344,8 +304,8 @@ class S3HttpClient:
         async with self._request(
             "GetBucketVersioning", "GET", bucket, "", {"versioning": ""}, {}
         ) as response:
-            root = await _xml_body("GetBucketVersioning", response)
-        return _text(root, "Status")
+            root = await xml_body("GetBucketVersioning", response)
+        return child_text(root, "Status")
 
     async def list_page(
         self,
@@ -363,12 +323,12 @@ class S3HttpClient:
         if continuation_token:
             query["continuation-token"] = continuation_token
         async with self._request("ListObjectsV2", "GET", bucket, "", query, {}) as response:
-            root = await _xml_body("ListObjectsV2", response)
+            root = await xml_body("ListObjectsV2", response)
         objects = []
         for element in root:
-            if _local(element.tag) != "Contents":
+            if local_name(element.tag) != "Contents":
                 continue
-            fields = {_local(child.tag): child.text or "" for child in element}
+            fields = {local_name(child.tag): child.text or "" for child in element}
             objects.append(
                 ObjectInfo(
                     key=fields.get("Key", ""),
@@ -379,8 +339,8 @@ class S3HttpClient:
                     storage_class=fields.get("StorageClass") or "STANDARD",
                 )
             )
-        truncated = _text(root, "IsTruncated") == "true"
-        return objects, (_text(root, "NextContinuationToken") or None) if truncated else None
+        truncated = child_text(root, "IsTruncated") == "true"
+        return objects, (child_text(root, "NextContinuationToken") or None) if truncated else None
 
     async def list_objects(
         self,
@@ -420,7 +380,7 @@ class S3HttpClient:
         async with self._request(
             operation, "PUT", bucket, key, query, headers, body=body, length=length
         ) as response:
-            return _write_result(response.headers, response.headers.get("etag"))
+            return write_result(response.headers, response.headers.get("etag"))
 
     @asynccontextmanager
     async def _request(
@@ -447,7 +407,7 @@ class S3HttpClient:
         target = f"{path}?{query_string}" if query_string else path
         async with self._pool.request(method, host, target, request_headers, body) as response:
             if response.status >= 300:
-                raise await _error(operation, method, response)
+                raise await response_error(operation, method, response)
             yield response
 
     async def close(self) -> None:
@@ -596,142 +556,3 @@ def _copy_source(bucket: str, key: str, version_id: str | None) -> str:
     source = f"/{bucket}/{_quote(key, safe='/')}"
     version = version_or_none(version_id)
     return f"{source}?versionId={_quote(version)}" if version else source
-
-
-def _total_size(content_range: str | None) -> int | None:
-    """The object size from `Content-Range: bytes a-b/total`."""
-    if not content_range or "/" not in content_range:
-        return None
-    total = content_range.rsplit("/", 1)[1].strip()
-    return int(total) if total.isdigit() else None
-
-
-def _http_datetime(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _encryption(headers: Mapping[str, str]) -> EncryptionInfo:
-    bucket_key = headers.get("x-amz-server-side-encryption-bucket-key-enabled")
-    return EncryptionInfo(
-        algorithm=headers.get("x-amz-server-side-encryption"),
-        kms_key_id=headers.get("x-amz-server-side-encryption-aws-kms-key-id"),
-        bucket_key_enabled=None if bucket_key is None else bucket_key.lower() == "true",
-        customer_algorithm=headers.get("x-amz-server-side-encryption-customer-algorithm"),
-        customer_key_md5=headers.get("x-amz-server-side-encryption-customer-key-md5"),
-    )
-
-
-def _head_result(headers: Mapping[str, str], size: int) -> HeadResult:
-    """What a HEAD (or GET) answer's headers say; `headers` has lower-case names."""
-    metadata: dict[str, str] = {}
-    checksums: dict[str, str] = {}
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower.startswith("x-amz-meta-"):
-            # S3 lower-cases user metadata keys; so do we, so comparisons are stable.
-            metadata[lower[len("x-amz-meta-") :]] = value
-        elif lower.startswith("x-amz-checksum-") and lower != "x-amz-checksum-type":
-            checksums[lower[len("x-amz-checksum-") :].upper()] = value
-    last_modified = _http_datetime(headers.get("last-modified")) or datetime.now(UTC)
-    parts = headers.get("x-amz-mp-parts-count")
-    return HeadResult(
-        etag=normalise_etag(headers.get("etag")),
-        size=size,
-        last_modified=whole_seconds(last_modified),
-        version_id=version_or_none(headers.get("x-amz-version-id")),
-        storage_class=headers.get("x-amz-storage-class") or "STANDARD",
-        restore=parse_restore_header(headers.get("x-amz-restore")),
-        archive_status=headers.get("x-amz-archive-status"),
-        metadata=metadata,
-        content=ContentHeaders(
-            content_type=headers.get("content-type"),
-            cache_control=headers.get("cache-control"),
-            content_disposition=headers.get("content-disposition"),
-            content_encoding=headers.get("content-encoding"),
-            content_language=headers.get("content-language"),
-            expires=_http_datetime(headers.get("expires")),
-            website_redirect_location=headers.get("x-amz-website-redirect-location"),
-        ),
-        parts_count=int(parts) if parts and parts.isdigit() else None,
-        checksums=checksums,
-        checksum_type=(headers.get("x-amz-checksum-type") or "").upper() or None,
-        encryption=_encryption(headers),
-        tag_count=int(headers.get("x-amz-tagging-count") or 0),
-    )
-
-
-def _write_result(headers: Mapping[str, str], etag: str | None) -> WriteResult:
-    return WriteResult(
-        etag=normalise_etag(etag),
-        version_id=version_or_none(headers.get("x-amz-version-id")),
-        encryption=_encryption(headers),
-    )
-
-
-def _local(tag: str) -> str:
-    return _XML_NS.sub("", tag)
-
-
-def _text(root: ET.Element, name: str) -> str:
-    for element in root.iter():
-        if _local(element.tag) == name:
-            return element.text or ""
-    return ""
-
-
-async def _xml_body(operation: str, response: HttpResponse) -> ET.Element:
-    """The XML document of a 2xx answer; an `<Error>` document in it is raised."""
-    return _xml_document(operation, response.status, await response.read())
-
-
-async def _result_etag(operation: str, response: HttpResponse) -> str:
-    """The ETag in a CopyObject / UploadPartCopy result document.
-
-    Every server-side copy reads one of these few hundred bytes, and building a parser
-    for them cost more than the rest of the answer's handling. A plain document (no
-    declarations, no error, the ETag element unprefixed) gives up its ETag to a regular
-    expression; anything else is parsed, and an error document raised, as always.
-    """
-    data = await response.read()
-    if b"<!" not in data and b"Error>" not in data:
-        found = _RESULT_ETAG.search(data)
-        if found is not None:
-            return html.unescape(found.group(1).decode())
-    return _text(_xml_document(operation, response.status, data), "ETag")
-
-
-def _xml_document(operation: str, status: int, data: bytes) -> ET.Element:
-    try:
-        root = SafeET.fromstring(data)
-    except SafeET.ParseError as exc:
-        raise S3ResponseError(
-            operation, status, "MalformedResponse", f"unparsable XML answer: {exc}"
-        ) from None
-    if _local(root.tag) == "Error":
-        raise S3ResponseError(
-            operation,
-            status,
-            _text(root, "Code") or "InternalError",
-            _text(root, "Message"),
-        )
-    return root
-
-
-async def _error(operation: str, method: str, response: HttpResponse) -> S3ResponseError:
-    """The error an unsuccessful answer stands for (HEAD answers carry no document)."""
-    code, message = str(response.status), response.reason or ""
-    if method != "HEAD":
-        data = await response.read(_MAX_ERROR_BODY)
-        try:
-            root = SafeET.fromstring(data)
-        except SafeET.ParseError:
-            root = None
-        if root is not None and _local(root.tag) == "Error":
-            code = _text(root, "Code") or code
-            message = _text(root, "Message") or message
-    return S3ResponseError(operation, response.status, code, message)

@@ -12,7 +12,7 @@ from typing import Literal
 from objmig.storage.compare import etag_is_content_md5
 from objmig.storage.errors import StorageError
 from objmig.storage.ratelimit import RateLimiter
-from objmig.storage.s3http import sse_c_headers
+from objmig.storage.s3wire import sse_c_headers
 from objmig.storage.streaming import ReadAhead
 from objmig.storage.types import EncryptionInfo, HeadResult, MiB
 

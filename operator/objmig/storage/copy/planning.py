@@ -20,7 +20,8 @@ from objmig.storage.copy.model import (
 from objmig.storage.errors import S3ResponseError, SourceChangedError
 from objmig.storage.parts import resolve_part_layout
 from objmig.storage.restore import needs_restore
-from objmig.storage.s3http import S3HttpClient, content_headers, metadata_headers
+from objmig.storage.s3http import S3HttpClient
+from objmig.storage.s3wire import content_headers, metadata_headers
 from objmig.storage.types import (
     MIGRATION_METADATA_KEY,
     HeadResult,

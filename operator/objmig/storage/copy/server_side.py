@@ -22,7 +22,8 @@ from objmig.storage.copy.planning import (
     target_taken,
 )
 from objmig.storage.errors import S3ResponseError
-from objmig.storage.s3http import S3HttpClient, content_headers, metadata_headers, sse_c_headers
+from objmig.storage.s3http import S3HttpClient
+from objmig.storage.s3wire import content_headers, metadata_headers, sse_c_headers
 
 
 def _copy_conditions(source: SourceObject, plan: Plan) -> dict[str, str]:
