@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from objmig.local import pg_binaries, processes
 from objmig.local import postgres as embedded
 from objmig.local.postgres import EmbeddedPostgres, PostgresNotFoundError
 
@@ -101,7 +102,7 @@ def test_server_outlives_a_killed_starter_and_is_reused(state_dir: Path) -> None
 
 
 def test_explicit_port_is_used(state_dir: Path) -> None:
-    port = embedded._free_port()
+    port = processes.free_port()
     with EmbeddedPostgres(state_dir, port=port, fast=True) as server:
         assert server.port == port
         assert server.dsn == f"postgresql://postgres@127.0.0.1:{port}/postgres"
@@ -114,8 +115,8 @@ def test_port_of_a_stopped_server_is_an_error(state_dir: Path) -> None:
 
 
 def test_missing_binaries_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(embedded.shutil, "which", lambda _name: None)
-    monkeypatch.setattr(embedded.glob, "glob", lambda _pattern: [])
+    monkeypatch.setattr(pg_binaries.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(pg_binaries.glob, "glob", lambda _pattern: [])
 
     with pytest.raises(PostgresNotFoundError, match="apt-get install postgresql"):
         embedded.find_postgres_binaries()

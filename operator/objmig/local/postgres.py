@@ -30,14 +30,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import glob
 import logging
 import os
 import pwd
 import re
 import shlex
-import shutil
-import socket
 import stat
 import subprocess
 import time
@@ -46,6 +43,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+from objmig.local.pg_binaries import (
+    EmbeddedPostgresError,
+    PostgresBinaries,
+    PostgresNotFoundError,
+    find_postgres_binaries,
+)
+from objmig.local.processes import free_port, is_postgres, pid_alive, port_accepts, tail
 
 __all__ = [
     "EmbeddedPostgres",
@@ -67,42 +72,6 @@ DEFAULT_TIMEOUT = 120.0
 #: Unix socket paths are limited to 107 bytes on Linux; past that we disable the socket.
 _MAX_SOCKET_PATH = 100
 
-_INSTALL_HINT = (
-    "PostgreSQL server binaries (initdb, pg_ctl, postgres) were not found: install them "
-    "(Debian/Ubuntu: `apt-get install postgresql`; macOS: `brew install postgresql`), "
-    "put their directory on PATH, or pass --database-url to use an existing server"
-)
-
-
-class EmbeddedPostgresError(RuntimeError):
-    """The embedded server could not be created, started or stopped."""
-
-
-class PostgresNotFoundError(EmbeddedPostgresError):
-    """No PostgreSQL server binaries were found on this machine."""
-
-
-@dataclass(frozen=True, slots=True)
-class PostgresBinaries:
-    """Paths to the server programs we need."""
-
-    bindir: Path
-
-    @property
-    def initdb(self) -> Path:
-        """The ``initdb`` program."""
-        return self.bindir / "initdb"
-
-    @property
-    def pg_ctl(self) -> Path:
-        """The ``pg_ctl`` program."""
-        return self.bindir / "pg_ctl"
-
-    @property
-    def postgres(self) -> Path:
-        """The ``postgres`` server program."""
-        return self.bindir / "postgres"
-
 
 @dataclass(frozen=True, slots=True)
 class RunningServer:
@@ -113,45 +82,6 @@ class RunningServer:
     status: str
 
 
-def _has_server_programs(bindir: Path) -> bool:
-    return all(os.access(bindir / name, os.X_OK) for name in ("initdb", "pg_ctl", "postgres"))
-
-
-def _version_key(path: str) -> tuple[int, ...]:
-    # /usr/lib/postgresql/15/bin -> (15,); non-numeric versions sort first.
-    parts = Path(path).parent.name.split(".")
-    return tuple(int(p) if p.isdigit() else -1 for p in parts)
-
-
-def find_postgres_binaries() -> PostgresBinaries:
-    """Locate initdb/pg_ctl/postgres.
-
-    Order: ``pg_config --bindir`` (the server the system considers its default), then the
-    highest ``/usr/lib/postgresql/*/bin`` (Debian keeps server binaries off PATH), then PATH.
-
-    Raises:
-        PostgresNotFoundError: with a message that names what to install.
-    """
-    candidates: list[Path] = []
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run(
-                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
-            ).stdout.strip()
-            if out:
-                candidates.append(Path(out))
-    versioned = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True)
-    candidates.extend(Path(d) for d in versioned)
-    initdb = shutil.which("initdb")
-    if initdb:
-        candidates.append(Path(initdb).resolve().parent)
-    for candidate in candidates:
-        if _has_server_programs(candidate):
-            return PostgresBinaries(bindir=candidate)
-    raise PostgresNotFoundError(_INSTALL_HINT)
-
-
 def _default_shared_buffers() -> str:
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -159,54 +89,6 @@ def _default_shared_buffers() -> str:
         return "256MB"
     mib = min(1024, max(128, total // 16 // 2**20))
     return f"{mib}MB"
-
-
-def _free_port() -> int:
-    # Bind-and-release has a small race; start() retries with another port if bind fails.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _port_accepts(port: int, timeout: float = 1.0) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        # Exists but belongs to another user (the postgres account when we are not root).
-        return True
-    return True
-
-
-def _is_postgres(pid: int) -> bool:
-    """Whether ``pid`` runs a postgres binary (a stale postmaster.pid may name a reused pid).
-
-    Linux only (``/proc``); elsewhere, or when unreadable, assume it is.
-    """
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True
-    program = cmdline.split(b"\0", 1)[0]
-    return program.endswith((b"postgres", b"postmaster")) or b"postgres:" in program
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,7 +234,7 @@ class EmbeddedPostgres:
         if len(lines) < 4 or not lines[0].strip().isdigit():
             return None
         pid = int(lines[0].strip())
-        if not _pid_alive(pid) or not _is_postgres(pid):
+        if not pid_alive(pid) or not is_postgres(pid):
             return None
         try:
             port = int(lines[3].strip())
@@ -537,8 +419,8 @@ class EmbeddedPostgres:
         if result.returncode != 0:
             raise EmbeddedPostgresError(
                 f"{what} failed (exit {result.returncode}) for {self.data_dir}\n"
-                f"--- {self.ctl_log_file.name} ---\n{_tail(self.ctl_log_file)}\n"
-                f"--- {self.log_file.name} ---\n{_tail(self.log_file)}"
+                f"--- {self.ctl_log_file.name} ---\n{tail(self.ctl_log_file)}\n"
+                f"--- {self.log_file.name} ---\n{tail(self.log_file)}"
             )
 
     def _initdb(self, run_as: _RunAs | None) -> None:
@@ -606,7 +488,7 @@ class EmbeddedPostgres:
             os.chown(self.socket_dir, run_as.uid, run_as.gid)
         attempts = 1 if self._requested_port else 3
         for attempt in range(1, attempts + 1):
-            port = self._requested_port or _free_port()
+            port = self._requested_port or free_port()
             try:
                 self._run(
                     [
@@ -627,7 +509,7 @@ class EmbeddedPostgres:
                 )
             except EmbeddedPostgresError:
                 # Another process may have grabbed the port between _free_port and bind.
-                bind_failed = re.search(r"could not (bind|create listen)", _tail(self.log_file))
+                bind_failed = re.search(r"could not (bind|create listen)", tail(self.log_file))
                 if attempt < attempts and bind_failed:
                     log.warning("port %d was taken; retrying on another port", port)
                     continue
@@ -675,10 +557,10 @@ class EmbeddedPostgres:
 
     def _wait_accepting(self, port: int) -> None:
         deadline = time.monotonic() + self.timeout
-        while not _port_accepts(port):
+        while not port_accepts(port):
             if time.monotonic() > deadline:
                 raise EmbeddedPostgresError(
                     f"PostgreSQL in {self.pgdata} does not accept connections on port {port}\n"
-                    f"--- {self.log_file.name} ---\n{_tail(self.log_file)}"
+                    f"--- {self.log_file.name} ---\n{tail(self.log_file)}"
                 )
             time.sleep(0.1)
