@@ -1,3 +1,5 @@
+"""`python -m objmig`: the `objmig` command."""
+
 from objmig.cli.main import main
 
 main()
