@@ -22,6 +22,7 @@ from objmig.storage.compare import (
     looks_like_md5,
     metadata_difference,
     proves_by_checksum,
+    same_answers,
     target_checksums_trusted,
     without_objmig_keys,
 )
@@ -109,6 +110,19 @@ def test_an_unknown_version_or_time_is_not_a_change_unless_the_version_must_matc
     ]
     # A record without a version compares none.
     assert changes(Seen("e", 10), Seen("e", 10, "v9"), version_must_match=True) == []
+
+
+def test_same_answers_need_etag_size_version_and_the_same_second() -> None:
+    head = _head(version_id="v1")
+    assert same_answers(
+        head, replace(head, last_modified=head.last_modified.replace(microsecond=5))
+    )
+    assert not same_answers(head, replace(head, etag="1" * 32))
+    assert not same_answers(head, replace(head, size=11))
+    assert not same_answers(head, replace(head, version_id=None))
+    assert not same_answers(
+        head, replace(head, last_modified=datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC))
+    )
 
 
 def test_checksum_labels_name_their_algorithm() -> None:

@@ -15,7 +15,7 @@ from datetime import datetime
 from objmig.api.migration_cleanup import MigrationCleanupSpec
 from objmig.api.types import format_duration, parse_duration
 from objmig.ledger.models import ObjectRow, ObjectState
-from objmig.storage.compare import Seen, changes
+from objmig.storage.compare import Seen, changes, same_answers
 from objmig.storage.types import MIGRATION_METADATA_KEY, HeadResult
 
 
@@ -53,11 +53,6 @@ _GATE_OF_REASON = {
     "ApprovalDigestMismatch": "Approval",
     "GracePeriodNotElapsed": "GracePeriod",
 }
-
-
-def _same_second(a: datetime, b: datetime) -> bool:
-    # Listings may carry milliseconds, HEAD answers in whole seconds (an HTTP date).
-    return int(a.timestamp()) == int(b.timestamp())
 
 
 def unmet_gates(spec: MigrationCleanupSpec, facts: MigrationFacts, now: datetime) -> list[Verdict]:
@@ -205,9 +200,4 @@ def _may_be_one_object(source: HeadResult, target: HeadResult, migration: str) -
         return True
     if ours(target):
         return False
-    return (
-        source.etag == target.etag
-        and source.size == target.size
-        and (source.version_id or "") == (target.version_id or "")
-        and _same_second(source.last_modified, target.last_modified)
-    )
+    return same_answers(source, target)

@@ -55,6 +55,18 @@ def looks_identical(source: HeadResult, target: HeadResult) -> bool:
     return False
 
 
+def same_answers(a: HeadResult, b: HeadResult) -> bool:
+    """Whether two HEADs answered alike: ETag, size, version and last-modified (to the
+    second, as HTTP dates have it). Two names of one object answer so, and so may two
+    identical objects written in the same second."""
+    return (
+        a.etag == b.etag
+        and a.size == b.size
+        and (a.version_id or "") == (b.version_id or "")
+        and int(a.last_modified.timestamp()) == int(b.last_modified.timestamp())
+    )
+
+
 def without_objmig_keys(metadata: Mapping[str, str]) -> dict[str, str]:
     """Target metadata minus what objmig itself adds (the migration marker and proofs)."""
     return {k: v for k, v in metadata.items() if not k.startswith(OBJMIG_METADATA_PREFIX)}
