@@ -49,8 +49,50 @@ class CopyStep:
         provenance: Mapping[str, str],
     ) -> CopyResult:
         """Copy `row`'s object (`source`: its HEAD, None to have the copy read it)."""
+        sides = self._sides
+        ctx, spec = sides.ctx, sides.spec
+        copy_spec = spec.copy_
+        by_checksum = sides.by_checksum(source)
+        checksum_algorithm = None
+        if by_checksum and ctx.server_side and source is not None:
+            # The algorithm the source keeps, so the two stored values can be compared;
+            # else SHA-256, which one read of the source can match.
+            checksum_algorithm = first_kept_algorithm(source) or "SHA256"
+        what = SourceObject(
+            bucket=spec.source.bucket,
+            key=row.key,
+            version_id=row.version_id or None,
+            size=row.size,
+            etag=row.etag,
+            sse_c_key=ctx.source_customer_key,
+            head=source,
+        )
+        where = TargetObject(bucket=spec.target.bucket, key=sides.target_key(row))
+        options = CopyOptions(
+            storage_class=spec.target.storage_class,
+            encryption=Encryption(
+                mode=spec.target.encryption.mode,
+                kms_key_id=spec.target.encryption.kms_key_id,
+                sse_c_key=ctx.target_customer_key,
+            ),
+            preserve_metadata=copy_spec.preserve_metadata,
+            preserve_tags=copy_spec.preserve_tags,
+            part_concurrency=copy_spec.part_concurrency,
+            server_side=ctx.server_side,
+            compute_sha256=by_checksum and not ctx.server_side,
+            checksum_algorithm=checksum_algorithm,
+            create_only=create_only,
+            rate_limiter=self._limiter,
+            read_ahead=self._read_ahead,
+            migration_tag=ctx.name,
+            extra_metadata=provenance,
+            exact_layout=sides.replaces_original(row),
+            part_size=None
+            if copy_spec.preserve_part_boundaries
+            else parse_quantity(copy_spec.part_size),
+        )
         async with self._transfer_slot():
-            return await self._copy(row, source, create_only, provenance)
+            return await copy_object(sides.src.http, sides.dst.http, what, where, options)
 
     @asynccontextmanager
     async def _transfer_slot(self) -> AsyncIterator[None]:
@@ -69,57 +111,3 @@ class CopyStep:
             yield
         finally:
             self._transfers.release()
-
-    async def _copy(
-        self,
-        row: ObjectRow,
-        source: HeadResult | None,
-        create_only: bool,
-        provenance: Mapping[str, str],
-    ) -> CopyResult:
-        sides = self._sides
-        ctx, spec = sides.ctx, sides.spec
-        copy_spec = spec.copy_
-        by_checksum = sides.by_checksum(source)
-        checksum_algorithm = None
-        if by_checksum and ctx.server_side and source is not None:
-            # The algorithm the source keeps, so the two stored values can be compared;
-            # else SHA-256, which one read of the source can match.
-            checksum_algorithm = first_kept_algorithm(source) or "SHA256"
-        return await copy_object(
-            sides.src.http,
-            sides.dst.http,
-            SourceObject(
-                bucket=spec.source.bucket,
-                key=row.key,
-                version_id=row.version_id or None,
-                size=row.size,
-                etag=row.etag,
-                sse_c_key=ctx.source_customer_key,
-                head=source,
-            ),
-            TargetObject(bucket=spec.target.bucket, key=sides.target_key(row)),
-            CopyOptions(
-                storage_class=spec.target.storage_class,
-                encryption=Encryption(
-                    mode=spec.target.encryption.mode,
-                    kms_key_id=spec.target.encryption.kms_key_id,
-                    sse_c_key=ctx.target_customer_key,
-                ),
-                preserve_metadata=copy_spec.preserve_metadata,
-                preserve_tags=copy_spec.preserve_tags,
-                part_concurrency=copy_spec.part_concurrency,
-                server_side=ctx.server_side,
-                compute_sha256=by_checksum and not ctx.server_side,
-                checksum_algorithm=checksum_algorithm,
-                create_only=create_only,
-                rate_limiter=self._limiter,
-                read_ahead=self._read_ahead,
-                migration_tag=ctx.name,
-                extra_metadata=provenance,
-                exact_layout=sides.replaces_original(row),
-                part_size=None
-                if copy_spec.preserve_part_boundaries
-                else parse_quantity(copy_spec.part_size),
-            ),
-        )

@@ -61,22 +61,16 @@ def skipped(row: ObjectRow, reason: str) -> StepResult:
 
 
 def source_changed(row: ObjectRow, message: str, code: str = "SourceChanged") -> StepResult:
-    return StepResult(
-        id=row.id,
-        state=ObjectState.SOURCE_CHANGED,
-        last_error=message,
-        error_code=code,
-        increment_attempts=True,
-    )
+    return _ended(row, ObjectState.SOURCE_CHANGED, code, message)
 
 
 def failed_now(row: ObjectRow, code: str, message: str) -> StepResult:
+    return _ended(row, ObjectState.FAILED, code, message)
+
+
+def _ended(row: ObjectRow, state: ObjectState, code: str, message: str) -> StepResult:
     return StepResult(
-        id=row.id,
-        state=ObjectState.FAILED,
-        last_error=message,
-        error_code=code,
-        increment_attempts=True,
+        id=row.id, state=state, last_error=message, error_code=code, increment_attempts=True
     )
 
 
