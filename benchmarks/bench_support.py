@@ -226,12 +226,12 @@ class MotoRequests:
 # the first matching *step* (which S3 call of the pipeline it serves) and to the first
 # matching *layer* (which library burns it). Order matters: innermost concerns first.
 _STEPS = (
-    ("GetObjectTagging (copy plan)", ("_get_tags (objmig/storage/copy.py",)),
-    ("HeadObject + part HEADs (copy plan)", ("_plan (objmig/storage/copy.py",)),
+    ("GetObjectTagging (copy plan)", ("get_tags (objmig/storage/",)),
+    ("HeadObject + part HEADs (copy plan)", ("objmig/storage/copy/planning.py",)),
     ("HeadObject source (pipeline: before copy + re-check)", ("head_source (objmig/engine",)),
     ("HeadObject target (pipeline: before + after copy)", ("head_target (objmig/engine",)),
-    ("server-side copy requests", ("_server_side_", "_multipart (objmig/storage/copy.py")),
-    ("GET + PUT / UploadPart (stream)", ("_streamed_", "_get (objmig/storage/copy.py")),
+    ("server-side copy requests", ("objmig/storage/copy/server_side.py",)),
+    ("GET + PUT / UploadPart (stream)", ("objmig/storage/copy/streamed.py",)),
     ("scan (listing + inventory)", ("objmig/engine/scan.py",)),
     ("ledger (claim / record / status)", ("asyncpg/", "objmig/ledger/")),
     ("progress view (rich)", ("rich/",)),
