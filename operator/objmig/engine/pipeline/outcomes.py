@@ -44,6 +44,7 @@ class Proof:
 
 
 def verified(row: ObjectRow, target_key: str, proof: Proof) -> StepResult:
+    """The copy at `target_key` is proven: the row is done."""
     return StepResult(
         id=row.id,
         state=ObjectState.VERIFIED,
@@ -57,14 +58,17 @@ def verified(row: ObjectRow, target_key: str, proof: Proof) -> StepResult:
 
 
 def skipped(row: ObjectRow, reason: str) -> StepResult:
+    """Not copied, for `reason` (a plan's reasons say what a real run would do)."""
     return StepResult(id=row.id, state=ObjectState.SKIPPED, skip_reason=reason)
 
 
 def source_changed(row: ObjectRow, message: str, code: str = "SourceChanged") -> StepResult:
+    """The source is no longer the object scanned; a catch-up re-scan may take it up."""
     return _ended(row, ObjectState.SOURCE_CHANGED, code, message)
 
 
 def failed_now(row: ObjectRow, code: str, message: str) -> StepResult:
+    """Failed for good: no retry can help."""
     return _ended(row, ObjectState.FAILED, code, message)
 
 
@@ -75,6 +79,7 @@ def _ended(row: ObjectRow, state: ObjectState, code: str, message: str) -> StepR
 
 
 def restoring(row: ObjectRow, poll_seconds: float, requested_at: datetime | None) -> StepResult:
+    """Waiting for a restore; claimed again after `poll_seconds`."""
     return StepResult(
         id=row.id,
         state=ObjectState.RESTORING,
