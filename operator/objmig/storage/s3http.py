@@ -17,7 +17,7 @@ raises `S3ResponseError` for any non-2xx answer, and for the 200 answers whose b
 `<Error>` document (CopyObject, UploadPartCopy and CompleteMultipartUpload may fail after
 the status line was sent). Signing is AWS Signature Version 4 with an unsigned payload:
 bodies stream from a source GET and cannot be hashed before they are sent; each part's MD5
-is compared with the ETag the store returns instead (see `copy.py`).
+is compared with the ETag the store returns instead (see `copy/streamed.py`).
 """
 
 from __future__ import annotations
