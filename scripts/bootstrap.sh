@@ -8,20 +8,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
-apt_updated=0
-apt_install() {
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "bootstrap: need root (or sudo) to apt-get install $*" >&2
-    SUDO=sudo
-  else
-    SUDO=
-  fi
-  if [ "$apt_updated" -eq 0 ]; then
-    $SUDO apt-get update -qq
-    apt_updated=1
-  fi
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
+. scripts/apt.sh
 
 # PostgreSQL server binaries back the embedded ledger database (initdb + pg_ctl).
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then

@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# Produce etcd, kube-apiserver, kube-controller-manager and kubectl for the test suite.
+# Produce etcd, kube-apiserver, kube-controller-manager and kubectl for the test suite, plus
+# kube-scheduler and kubelet for the real node (tests/support/node.py).
 #
 # The binaries are built from Go modules (no Docker, no release tarballs needed) and cached in
 #   ${OBJMIG_CACHE:-$HOME/.cache/objmig}/k8s/<K8S_VERSION>/bin
 # A warm cache means no work at all. The bin directory is printed as the LAST line of stdout;
 # all progress goes to stderr, so callers can do: BIN=$(scripts/k8s-tools.sh | tail -n1).
 #
-# If KUBEBUILDER_ASSETS names a directory that already holds the four binaries it is used
-# as-is and nothing is built (same convention as controller-runtime's envtest).
+# If KUBEBUILDER_ASSETS names a directory that already holds all six binaries it is used
+# as-is and nothing is built (same convention as controller-runtime's envtest, whose asset
+# directories hold no kubelet: then the cache is filled as usual). Only missing binaries are
+# built, so adding one to the list costs that one build, not all of them.
 set -euo pipefail
 
 # The one place the versions are pinned. Bump both together with docs/testing-kubernetes.md.
 K8S_VERSION="v1.35.4"
 ETCD_VERSION="v3.6.16"
 
-BINARIES=(etcd kube-apiserver kube-controller-manager kubectl)
+K8S_COMMANDS=(kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet)
+BINARIES=(etcd "${K8S_COMMANDS[@]}")
 
 log() { printf '[k8s-tools] %s\n' "$*" >&2; }
 
@@ -114,13 +118,17 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     LDFLAGS+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
 
+missing() { [[ ! -x "$BIN_DIR/$1" ]]; }
+
 (
     cd "$K8S_MOD"
     log "downloading module graph"
     go mod download k8s.io/kubernetes >&2
-    for cmd in kube-apiserver kube-controller-manager kubectl; do
+    for cmd in "${K8S_COMMANDS[@]}"; do
+        missing "$cmd" || continue
         log "building $cmd (go build -p $GO_P)"
         go build -p "$GO_P" -trimpath -ldflags "$LDFLAGS" -o "$OUT/$cmd" "k8s.io/kubernetes/cmd/$cmd" >&2
+        if [[ $cmd == kubectl ]]; then "$OUT/$cmd" version --client >&2; else "$OUT/$cmd" --version >&2; fi
     done
 )
 
@@ -130,17 +138,19 @@ ETCD_MOD="$WORK/etcd"
 mkdir -p "$ETCD_MOD"
 printf 'module objmig.dev/etcd-tools\n\ngo 1.25\n\nrequire go.etcd.io/etcd/server/v3 %s\n' \
     "$ETCD_VERSION" >"$ETCD_MOD/go.mod"
-(
-    cd "$ETCD_MOD"
-    log "building etcd $ETCD_VERSION"
-    go build -p "$GO_P" -trimpath -ldflags "-s -w" -o "$OUT/etcd" go.etcd.io/etcd/server/v3 >&2
-)
+if missing etcd; then
+    (
+        cd "$ETCD_MOD"
+        log "building etcd $ETCD_VERSION"
+        go build -p "$GO_P" -trimpath -ldflags "-s -w" -o "$OUT/etcd" go.etcd.io/etcd/server/v3 >&2
+    )
+    "$OUT/etcd" --version >&2
+fi
 
-"$OUT/kube-apiserver" --version >&2
-"$OUT/etcd" --version >&2
-
-# Atomic publish: rename the finished directory into place.
-rm -rf "$BIN_DIR"
-mv "$OUT" "$BIN_DIR"
+# Publish binary by binary (rename is atomic): a cache that already held some keeps them.
+mkdir -p "$BIN_DIR"
+for b in "$OUT"/*; do
+    mv "$b" "$BIN_DIR/"
+done
 log "built in $(($(date +%s) - START))s: $BIN_DIR"
 echo "$BIN_DIR"

@@ -1,0 +1,3 @@
+module objmig.dev/pause
+
+go 1.22
