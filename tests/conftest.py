@@ -4,5 +4,6 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.s3",
     "tests.fixtures.cluster",
+    "tests.fixtures.node",
     "tests.fixtures.operator",
 ]

@@ -89,8 +89,8 @@ def pinned_k8s_version() -> str:
     return match.group(1)
 
 
-def _has_all(directory: Path) -> bool:
-    return all(os.access(directory / name, os.X_OK) for name in BINARIES)
+def _has_all(directory: Path, names: Sequence[str] = BINARIES) -> bool:
+    return all(os.access(directory / name, os.X_OK) for name in names)
 
 
 def cached_bin_dir() -> Path:
@@ -99,8 +99,9 @@ def cached_bin_dir() -> Path:
     return cache / "k8s" / pinned_k8s_version() / "bin"
 
 
-def find_bin_dir(*, build: bool = False) -> Path:
-    """Return a directory holding etcd, kube-apiserver, kube-controller-manager and kubectl.
+def find_bin_dir(*, build: bool = False, names: Sequence[str] = BINARIES) -> Path:
+    """Return a directory holding etcd, kube-apiserver, kube-controller-manager and kubectl
+    (or the binaries in ``names``: the real node also needs kube-scheduler and kubelet).
 
     Order: ``$KUBEBUILDER_ASSETS`` (if complete), then the k8s-tools cache. With ``build=True`` a
     missing cache is filled by running ``scripts/k8s-tools.sh`` (a cold build takes 10-25 min),
@@ -108,20 +109,20 @@ def find_bin_dir(*, build: bool = False) -> Path:
     common, warm case free of a subprocess.
     """
     assets = os.environ.get("KUBEBUILDER_ASSETS")
-    if assets and _has_all(Path(assets)):
+    if assets and _has_all(Path(assets), names):
         return Path(assets)
     cached = cached_bin_dir()
-    if _has_all(cached):
+    if _has_all(cached, names):
         return cached
     if not build:
         raise BinariesMissing(
-            f"Kubernetes binaries not found in {cached}"
+            f"Kubernetes binaries ({', '.join(names)}) not found in {cached}"
             + (f" nor KUBEBUILDER_ASSETS={assets}" if assets else "")
             + f"; build them with {TOOLS_SCRIPT.relative_to(REPO_ROOT)} (cold: 10-25 min)"
         )
     out = subprocess.run([str(TOOLS_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True)
     bin_dir = Path(out.stdout.strip().splitlines()[-1])
-    if not _has_all(bin_dir):
+    if not _has_all(bin_dir, names):
         raise BinariesMissing(f"{TOOLS_SCRIPT} reported {bin_dir} but it is incomplete")
     return bin_dir
 
@@ -494,8 +495,7 @@ class ControlPlane:
             self._start_apiserver()
             write_kubeconfig(self.kubeconfig, self.server, self.pki)
             self._start_controller_manager()
-            if self.with_pod_runner:
-                self._start_pod_runner()
+            self._start_nodes()
         except BaseException:
             self.stop()
             raise
@@ -560,6 +560,21 @@ class ControlPlane:
         )
         self._wait(comp, lambda: _http_ok(f"{self.etcd_url}/health"), "etcd /health")
 
+    def _start_nodes(self) -> None:
+        """Start what runs pods (the pod runner here; a real kubelet in a subclass)."""
+        if self.with_pod_runner:
+            self._start_pod_runner()
+
+    def _apiserver_args(self) -> list[str]:
+        """Flags a subclass adds to or changes in the API server's command line."""
+        # As envtest: pods get no projected token volume (there is no kubelet to mount it)
+        # and need not wait for their ServiceAccount to exist.
+        return ["--disable-admission-plugins=ServiceAccount"]
+
+    def _controllers(self) -> tuple[str, ...]:
+        """The kube-controller-manager controllers to run."""
+        return CONTROLLERS
+
     def _start_apiserver(self) -> None:
         assert self.pki is not None
         port = free_port()
@@ -584,9 +599,7 @@ class ControlPlane:
                 f"--service-account-key-file={pki.sa_pub}",
                 f"--service-account-signing-key-file={pki.sa_key}",
                 "--service-cluster-ip-range=10.0.0.0/24",
-                # As envtest: pods get no projected token volume (there is no kubelet to mount
-                # it) and need not wait for their ServiceAccount to exist.
-                "--disable-admission-plugins=ServiceAccount",
+                *self._apiserver_args(),
                 "--allow-privileged=true",
                 # One apiserver, no other instance to reconcile endpoints with.
                 "--endpoint-reconciler-type=none",
@@ -608,7 +621,7 @@ class ControlPlane:
                 f"--secure-port={free_port()}",
                 f"--cert-dir={self.state_dir / 'kcm-certs'}",
                 "--leader-elect=false",
-                f"--controllers={','.join(CONTROLLERS)}",
+                f"--controllers={','.join(self._controllers())}",
                 f"--service-account-private-key-file={self.pki.sa_key}",
                 f"--root-ca-file={self.pki.ca_cert}",
                 # Tests create and finish many Jobs quickly; more workers shorten the tail.
@@ -747,6 +760,14 @@ class ControlPlane:
             )
             # pod names cannot contain "_", so the prefix is unambiguous
         )
+
+    def namespace_pod_logs(self, namespace: str) -> dict[str, str]:
+        """Every captured container log of a namespace's pods, by ``<pod>/<container>``."""
+        logs = {}
+        for path in sorted(self.pod_logs_dir.glob(f"{glob_escape(namespace)}_*.log")):
+            _, pod, container = path.stem.split("_", 2)
+            logs[f"{pod}/{container}"] = path.read_text(errors="replace")
+        return logs
 
     @contextlib.asynccontextmanager
     async def api_client(self) -> AsyncIterator[Any]:
