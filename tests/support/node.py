@@ -524,22 +524,42 @@ async def _connect(address: tuple[str, int], sock: socket.socket | None = None) 
     return await asyncio.open_connection(sock=sock)
 
 
-async def _relay(args: argparse.Namespace) -> None:
+def _relay(args: argparse.Namespace) -> None:
+    """Bind every listening socket, say so in the ready file, then serve until killed."""
     home = os.open("/proc/self/ns/net", os.O_RDONLY)
     netns = os.open(args.netns, os.O_RDONLY)
-    servers = []
-
+    into = []
     for spec in args.into:
         listen, _, target = spec.partition("=")
         with _in_netns(netns, home):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(_split_address(listen))
+            sock.listen(256)
+        into.append((sock, _split_address(target)))
+    proxy = None
+    if args.connect_proxy:
+        Path(args.connect_proxy).unlink(missing_ok=True)
+        proxy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        proxy.bind(args.connect_proxy)
+        proxy.listen(256)
+    Path(args.ready_file).touch()
+    asyncio.run(_serve_relay(into, proxy, netns, home))
+
+
+async def _serve_relay(
+    into: list[tuple[socket.socket, tuple[str, int]]],
+    proxy: socket.socket | None,
+    netns: int,
+    home: int,
+) -> None:
+    servers = []
+    for sock, target in into:
 
         async def forward_into(
             reader: asyncio.StreamReader,
             writer: asyncio.StreamWriter,
-            target: tuple[str, int] = _split_address(target),
+            target: tuple[str, int] = target,
         ) -> None:
             try:
                 up_reader, up_writer = await _connect(target)
@@ -548,9 +568,9 @@ async def _relay(args: argparse.Namespace) -> None:
                 return
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
 
-        servers.append(await asyncio.start_server(forward_into, sock=sock, backlog=256))
+        servers.append(await asyncio.start_server(forward_into, sock=sock))
 
-    async def connect_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def connect_into(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
@@ -566,10 +586,8 @@ async def _relay(args: argparse.Namespace) -> None:
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
 
-    if args.connect_proxy:
-        Path(args.connect_proxy).unlink(missing_ok=True)
-        servers.append(await asyncio.start_unix_server(connect_proxy, path=args.connect_proxy))
-    Path(args.ready_file).touch()
+    if proxy is not None:
+        servers.append(await asyncio.start_unix_server(connect_into, sock=proxy))
     await asyncio.gather(*(server.serve_forever() for server in servers))
 
 
@@ -697,7 +715,8 @@ class NodeCluster(ControlPlane):
         self._wait(comp, ready, "kube-scheduler /readyz")
 
     def _start_node(self) -> None:
-        assert self.images is not None and self.pki is not None
+        assert self.images is not None
+        assert self.pki is not None
         node = self.node_dir
         node.mkdir(parents=True, exist_ok=True)
         (node / "pod-logs").mkdir(exist_ok=True)
@@ -906,7 +925,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "init":
         return node_init(InitConfig.load(args.config))
-    asyncio.run(_relay(args))
+    _relay(args)
     return 0
 
 
