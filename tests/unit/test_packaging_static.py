@@ -225,6 +225,8 @@ def test_operator_deployment_is_single_recreate_and_locked_down() -> None:
     (container,) = pod["containers"]
     assert container["args"][0] == "operator"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert not any(arg.startswith("--leader-elect") for arg in container["args"])
     assert container["resources"]["requests"]
     assert container["resources"]["limits"]
     security = container["securityContext"]
@@ -241,6 +243,48 @@ def test_operator_deployment_is_single_recreate_and_locked_down() -> None:
     assert env["OBJMIG_WORKER_IMAGE"]["value"] == "ghcr.io/objmig/objmig:0.1.0"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 8080, "health": 8081}
+
+
+def test_two_replicas_elect_a_leader_on_a_lease_and_roll() -> None:
+    objects = helm_template(*DEFAULT_SETS, "--set", "operator.replicas=2")
+    spec = one(objects, "Deployment")["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate"}
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["args"][-3:] == [
+        "--leader-elect",
+        f"--leader-election-namespace={RELEASE_NAMESPACE}",
+        f"--leader-election-id={RELEASE}",
+    ]
+    (role,) = by_kind(objects, "Role")
+    assert role["metadata"]["namespace"] == RELEASE_NAMESPACE
+    # Its own Lease only: create cannot be limited by name, the rest is.
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [RELEASE],
+            "verbs": ["get", "update"],
+        },
+    ]
+    (binding,) = by_kind(objects, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": RELEASE, "namespace": RELEASE_NAMESPACE}
+    ]
+    # One replica may ask for it too; two without it would be two operators at once.
+    one_elected = one(
+        helm_template(*DEFAULT_SETS, "--set", "operator.leaderElection.enabled=true"),
+        "Deployment",
+    )
+    assert "--leader-elect" in one_elected["spec"]["template"]["spec"]["containers"][0]["args"]
+    refused = helm(
+        "template", RELEASE, str(CHART), *DEFAULT_SETS, "--set", "operator.replicas=2",
+        "--set", "operator.leaderElection.enabled=false", check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "needs operator.leaderElection.enabled" in refused.stderr
 
 
 def test_cluster_wide_by_default_with_one_cluster_role() -> None:
@@ -412,7 +456,7 @@ def test_kustomize_deployment_matches_the_charts_security_settings() -> None:
     base = one(kustomize(MANIFESTS / "base"), "Deployment")["spec"]
     assert base["replicas"] == chart["replicas"]
     assert base["strategy"] == chart["strategy"]
-    keep = ("securityContext", "livenessProbe", "resources", "args", "ports")
+    keep = ("securityContext", "livenessProbe", "readinessProbe", "resources", "args", "ports")
     (cc,), (bc,) = chart["template"]["spec"]["containers"], base["template"]["spec"]["containers"]
     assert {k: bc[k] for k in keep} == {k: cc[k] for k in keep}
     assert (

@@ -56,6 +56,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (include "objmig.image" .) .Values.workers.image -}}
 {{- end -}}
 
+{{/* Leader election ------------------------------------------------------------------- */}}
+
+{{/* "true" when the operator takes a Lease before it works: asked for, or more than one replica. */}}
+{{- define "objmig.leaderElection" -}}
+{{- $enabled := .Values.operator.leaderElection.enabled -}}
+{{- $replicas := int .Values.operator.replicas -}}
+{{- if and (gt $replicas 1) (eq (toString $enabled) "false") -}}
+{{- fail "objmig: operator.replicas > 1 needs operator.leaderElection.enabled (two operators must never act at once)" -}}
+{{- end -}}
+{{- if or (eq (toString $enabled) "true") (and (eq (toString $enabled) "<nil>") (gt $replicas 1)) -}}true{{- end -}}
+{{- end -}}
+
 {{/* Namespaces ------------------------------------------------------------------------- */}}
 
 {{/* Watched namespaces, de-duplicated, comma-joined ("" = the whole cluster). */}}

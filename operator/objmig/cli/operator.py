@@ -24,7 +24,21 @@ import click
     type=int,
     default=8081,
     show_default=True,
-    help="Port of the liveness endpoint /healthz.",
+    help="Port of the probe endpoints /healthz (liveness) and /readyz (readiness); 0: off.",
+)
+@click.option(
+    "--leader-elect/--no-leader-elect",
+    default=False,
+    show_default=True,
+    help="Work only while holding a coordination.k8s.io Lease; other replicas stand by.",
+)
+@click.option(
+    "--leader-election-namespace",
+    default=None,
+    help="Namespace of the Lease (default $POD_NAMESPACE, else default).",
+)
+@click.option(
+    "--leader-election-id", default="objmig-operator", show_default=True, help="Lease name."
 )
 @click.option(
     "--status-interval",
@@ -39,11 +53,18 @@ def operator(
     namespaces: tuple[str, ...],
     metrics_port: int,
     health_port: int,
+    leader_elect: bool,
+    leader_election_namespace: str | None,
+    leader_election_id: str,
     status_interval: float | None,
     log_format: str,
 ) -> None:
     """Reconcile ObjectMigrations: Jobs, status, gated cutover. Needs OBJMIG_DATABASE_URL."""
     os.environ["OBJMIG_METRICS_PORT"] = str(metrics_port)
+    os.environ["OBJMIG_HEALTH_PORT"] = str(health_port)
+    if leader_elect:
+        namespace = leader_election_namespace or os.environ.get("POD_NAMESPACE") or "default"
+        os.environ["OBJMIG_LEADER_ELECTION"] = f"{namespace}/{leader_election_id}"
     if status_interval is not None:
         os.environ["OBJMIG_STATUS_INTERVAL"] = str(status_interval)
     watched = list(namespaces) or [
@@ -61,5 +82,4 @@ def operator(
         standalone=True,
         clusterwide=not watched,
         namespaces=watched,
-        liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz" if health_port else None,
     )

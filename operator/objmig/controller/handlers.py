@@ -18,7 +18,9 @@ from objmig.api.migration import GROUP, VERSION
 from objmig.controller import metrics
 from objmig.controller.cleanup_service import CleanupService
 from objmig.controller.config import OperatorConfig
+from objmig.controller.health import readiness_checks, serve_from_env
 from objmig.controller.kube import Kube
+from objmig.controller.leader import lead_from_env
 from objmig.controller.migration_service import MigrationService, Outcome, merge_patch
 from objmig.engine.bookkeeping import RateMeter
 from objmig.ledger import Ledger
@@ -50,6 +52,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.level = logging.WARNING
     settings.peering.standalone = True
 
+    if "health" not in memo:  # a retried start-up keeps the endpoints it opened
+        memo.health = await serve_from_env()
     memo.ledger = await Ledger.connect(config.database_url)
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
         kube_config.load_incluster_config()  # type: ignore[no-untyped-call]
@@ -61,11 +65,19 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     port = int(os.environ.get("OBJMIG_METRICS_PORT", "8080"))
     if port:
         start_http_server(port)
+    if memo.health is not None:
+        memo.health.checks.update(readiness_checks(memo.ledger, memo.api))
+    # Kopf handles no resource before start-up returns: a standby replica waits here.
+    memo.leader = await lead_from_env(memo.api)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Close the ledger pool and the API client."""
+    """Give the Lease to a standby at once, close the ledger pool and the API client."""
+    if memo.get("leader") is not None:
+        await memo.leader.release()
+    if memo.get("health") is not None:
+        await memo.health.stop()
     await memo.ledger.close()
     await memo.api.close()
 
@@ -80,6 +92,8 @@ async def reconcile(
     **_: Any,
 ) -> None:
     """Move the migration forward and write its status, at most once per interval."""
+    if not _leading(memo):
+        return
     namespace = namespace or "default"
     if "rates" not in memo:
         memo.rates = RateMeter()
@@ -108,6 +122,8 @@ async def reconcile_cleanup(
     **_: Any,
 ) -> None:
     """Report the cleanup's gates, run its deletion Job once they hold, show the outcome."""
+    if not _leading(memo):
+        return
     outcome = await memo.cleanups.reconcile(body)
     _write(body, patch, outcome)
     status = outcome.status if outcome.status is not None else dict(body.get("status") or {})
@@ -126,6 +142,11 @@ async def cleanup_deleted(
     """Its Job goes with its owner; its per-object outcomes go here."""
     await memo.cleanups.forget(body)
     metrics.forget_cleanup(namespace or "default", name)
+
+
+def _leading(memo: Any) -> bool:
+    """False only in the seconds between a missed Lease renewal and the exit that follows."""
+    return memo.get("leader") is None or bool(memo.leader.leading())
 
 
 def _write(body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> bool:
