@@ -15,6 +15,7 @@ operator as it was, and the next ones may fail with it).
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import Iterator
@@ -25,14 +26,29 @@ from typing import Any
 import asyncpg
 import pytest
 import yaml
+from types_aiobotocore_s3 import S3Client
 
 from objmig.local.postgres import EmbeddedPostgres
+from objmig.local.s3server import LocalMinio
+from tests.fixtures.s3 import S3Seeder
+from tests.k8s.test_cleanup_operator import CLEANUPS, apply_cleanup, get_mcl
+from tests.k8s.test_operator import (
+    apply_migration,
+    condition,
+    create_secret,
+    listing,
+    patch_spec,
+    wait_cut_over,
+    wait_for,
+)
 from tests.k8s.test_packaging import helm
 from tests.support.cluster import wait_until
 from tests.support.node import NodeCluster
 from tests.unit.test_packaging_static import CHART
 
 pytestmark = [pytest.mark.k8s, pytest.mark.node, pytest.mark.slow]
+# MinIO, a real store on disk: moto would hold 1 GiB objects in memory.
+on_minio = pytest.mark.parametrize("s3_backend", ["minio"], indirect=True)
 
 OPERATOR = "app.kubernetes.io/component=operator"
 # Fast probes, so a test sees the kubelet act in seconds; the chart's defaults are slower.
@@ -117,7 +133,7 @@ def install(
     postgres: EmbeddedPostgres,
     workdir: Path,
     *,
-    extra_values: dict[str, Any] | None = None,
+    operator: dict[str, Any] | None = None,
 ) -> Release:
     """Namespaces, a ledger database, ``helm install``; returns once the operator is Ready."""
     assert cluster.images is not None
@@ -138,8 +154,7 @@ def install(
         },
         "watchNamespaces": [apps],
         "externalDatabase": {"url": node_url},
-        "operator": {"statusInterval": 1, "jobTTLSeconds": 600, **PROBES},
-        **(extra_values or {}),
+        "operator": {"statusInterval": 1, "jobTTLSeconds": 600, **PROBES, **(operator or {})},
     }
     values_file = workdir / f"values-{token}.yaml"
     values_file.write_text(yaml.safe_dump(values))
@@ -255,3 +270,187 @@ def test_readiness_follows_the_ledger_and_liveness_restarts_a_wedged_operator(
     pod = release.wait_operator_ready(timeout=90)
     last = container_status(pod)["lastState"]["terminated"]
     assert last["exitCode"] == 137, last  # SIGKILL after the probe's grace period
+
+
+# -- migrations on the node --------------------------------------------------------------------
+
+MiB = 1024 * 1024
+WORKERS_512MI = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
+#: Less than Python needs to import objmig: the kernel kills the worker at once.
+WORKERS_TINY = {"requests": {"memory": "32Mi"}, "limits": {"memory": "32Mi"}}
+
+
+def stage_pods(release: Release, migration: str, stage: str) -> list[dict[str, Any]]:
+    return release.pods(f"objmig.dev/migration={migration},objmig.dev/stage={stage}", release.apps)
+
+
+def index_of(pod: dict[str, Any]) -> str:
+    return str(pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"])
+
+
+def terminated(pod: dict[str, Any]) -> dict[str, Any]:
+    return dict(container_status(pod, "worker").get("state", {}).get("terminated") or {})
+
+
+def minio_setup(release: Release, minio: LocalMinio) -> str:
+    """The credentials Secret in the apps namespace; returns MinIO's URL as the node sees it."""
+    port = int(minio.endpoint_url.rsplit(":", 1)[1])
+    create_secret(
+        release.cluster,
+        release.apps,
+        minio.credentials.access_key_id,
+        minio.credentials.secret_access_key,
+    )
+    return f"http://{release.cluster.expose(port)}"
+
+
+@on_minio
+async def test_1gib_objects_stream_under_512mib_while_a_tiny_limit_is_oom_killed_and_pods_die(
+    release: Release,
+    minio_server: LocalMinio,
+    backend_seed: S3Seeder,
+    backend_client: S3Client,
+) -> None:
+    cluster, apps = release.cluster, release.apps
+    endpoint = minio_setup(release, minio_server)
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+
+    big_source, big_target = await backend_seed.bucket(), await backend_seed.bucket()
+    expected = {}
+    for i in range(2):  # one per worker: 16 parts of 64 MiB each
+        seeded = await backend_seed.put_multipart(big_source, f"big/{i}", [64 * MiB] * 16)
+        expected[seeded.key] = seeded.etag
+    for i in range(40):
+        seeded = await backend_seed.put_object(big_source, f"small/{i:02d}", 4096 + i)
+        expected[seeded.key] = seeded.etag
+    tiny_source, tiny_target = await backend_seed.bucket(), await backend_seed.bucket()
+    tiny_expected = {}
+    for i in range(10):
+        seeded = await backend_seed.put_object(tiny_source, f"t/{i}", 1000 + i)
+        tiny_expected[seeded.key] = seeded.etag
+    timings["seed"] = time.monotonic() - started
+
+    apply_migration(
+        cluster, apps, "big", endpoint, big_source, big_target,
+        copy={"mode": "stream"}, workers={"parallelism": 2, "resources": WORKERS_512MI},
+    )  # fmt: skip
+    apply_migration(
+        cluster, apps, "tiny", endpoint, tiny_source, tiny_target,
+        workers={"parallelism": 1, "resources": WORKERS_TINY},
+    )  # fmt: skip
+    applied = time.monotonic()
+
+    # Both copy workers run; one of them is deleted, and the Job controller replaces it.
+    def both_running() -> list[dict[str, Any]] | None:
+        pods = stage_pods(release, "big", "copy")
+        running = [p for p in pods if p["status"].get("phase") == "Running"]
+        return running if len(running) == 2 else None
+
+    running = wait_until(both_running, timeout=180, what="two copy workers running")
+    victim = running[0]
+    cluster.kubectl("delete", "pod", "-n", apps, victim["metadata"]["name"], "--wait=false")
+    replacement = wait_until(
+        lambda: [
+            p
+            for p in stage_pods(release, "big", "copy")
+            if index_of(p) == index_of(victim) and p["metadata"]["uid"] != victim["metadata"]["uid"]
+        ],
+        timeout=60,
+        what="the Job controller to replace the deleted worker",
+    )[0]
+    assert replacement["spec"]["nodeName"] == cluster.node_name
+
+    # The operator's container is killed; the kubelet starts it again, the work goes on.
+    operator = release.operator_pod()
+    restarts = container_status(operator)["restartCount"]
+    cluster.signal_container(container_status(operator)["containerID"], "SIGKILL")
+    wait_until(
+        lambda: container_status(release.operator_pod())["restartCount"] > restarts,
+        timeout=60,
+        what="the kubelet to restart the killed operator",
+    )
+    assert container_status(release.operator_pod())["lastState"]["terminated"]["exitCode"] == 137
+
+    resource = wait_cut_over(cluster, apps, "big", timeout=600)
+    timings["big_cut_over"] = time.monotonic() - applied
+    assert await listing(backend_client, big_target) == expected
+    assert resource["status"]["progress"]["objects"]["succeeded"] == len(expected)
+
+    # The worker under 32Mi is OOM-killed, the migration fails; a raised limit gets it through.
+    oom = wait_until(
+        lambda: [
+            p
+            for stage in ("scan", "copy")
+            for p in stage_pods(release, "tiny", stage)
+            if terminated(p).get("reason") == "OOMKilled"
+        ],
+        timeout=120,
+        what="a worker under 32Mi to be OOM-killed",
+    )
+    assert terminated(oom[0])["exitCode"] == 137
+    wait_for(
+        cluster, apps, "tiny", lambda om: condition(om, "Failed").get("status") == "True",
+        what="the tiny migration to fail", timeout=300,
+    )  # fmt: skip
+    patch_spec(cluster, apps, "tiny", {"workers": {"resources": WORKERS_512MI}})
+    tiny = wait_cut_over(cluster, apps, "tiny", timeout=300)
+    timings["tiny_cut_over"] = time.monotonic() - applied
+    assert await listing(backend_client, tiny_target) == tiny_expected
+    assert tiny["status"]["phase"] == "CutOver"
+
+    # Every worker of the big migration finished on its own: none OOM-killed under 512Mi.
+    copies = stage_pods(release, "big", "copy")
+    assert copies
+    for pod in copies:
+        assert pod["spec"]["nodeName"] == cluster.node_name
+        (container,) = pod["spec"]["containers"]
+        assert container["resources"]["limits"]["memory"] == "512Mi"
+        assert pod["status"]["phase"] == "Succeeded", terminated(pod)
+    (job,) = cluster.kubectl_json(
+        "get", "jobs", "-n", apps, "-l", "objmig.dev/migration=big,objmig.dev/stage=copy"
+    )["items"]
+    assert job["status"]["succeeded"] == 2
+    # The deleted worker stopped on SIGTERM and gave its leases back: not a failure.
+    assert not job["status"].get("failed"), job["status"]
+    print(f"node migration timings: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
+
+
+@on_minio
+async def test_a_migration_cleanup_deletes_the_sources_from_a_job_on_the_node(
+    release: Release,
+    minio_server: LocalMinio,
+    backend_seed: S3Seeder,
+    backend_client: S3Client,
+) -> None:
+    cluster, apps = release.cluster, release.apps
+    endpoint = minio_setup(release, minio_server)
+    source, target = await backend_seed.bucket(), await backend_seed.bucket()
+    for i in range(10):
+        await backend_seed.put_object(source, f"photos/{i}", 2048 + i)
+    apply_migration(cluster, apps, "photos", endpoint, source, target)
+    digest = wait_cut_over(cluster, apps, "photos")["status"]["verification"]["digest"]
+
+    apply_cleanup(
+        cluster, apps, "photos-source", migrationRef={"name": "photos"},
+        gracePeriod="0s", minAge="0s", approval={"digest": digest},
+    )  # fmt: skip
+    cluster.kubectl(
+        "wait", "--for=condition=Complete", f"{CLEANUPS}/photos-source", "-n", apps,
+        "--timeout=180s", timeout=195,
+    )  # fmt: skip
+    assert get_mcl(cluster, apps, "photos-source")["status"]["counts"]["deleted"] == 10
+    assert await listing(backend_client, source) == {}
+    assert len(await listing(backend_client, target)) == 10
+    # The ledger says Complete as the worker finishes; its pod exits a moment later.
+    (pod,) = wait_until(
+        lambda: [
+            p
+            for p in release.pods("objmig.dev/cleanup=photos-source", apps)
+            if p["status"].get("phase") == "Succeeded"
+        ],
+        timeout=60,
+        what="the cleanup Job's pod to succeed",
+    )
+    assert pod["spec"]["nodeName"] == cluster.node_name
+    assert "deleted" in cluster.kubectl("logs", "-n", apps, pod["metadata"]["name"]).stdout
