@@ -454,3 +454,96 @@ async def test_a_migration_cleanup_deletes_the_sources_from_a_job_on_the_node(
     )
     assert pod["spec"]["nodeName"] == cluster.node_name
     assert "deleted" in cluster.kubectl("logs", "-n", apps, pod["metadata"]["name"]).stdout
+
+
+# -- two replicas ------------------------------------------------------------------------------
+
+
+def lease_holder(release: Release) -> str | None:
+    """The pod holding the release's Lease (identities are ``<pod>_<random>``)."""
+    spec = release.cluster.kubectl_json("get", "lease", release.name, "-n", release.namespace)
+    holder = spec["spec"].get("holderIdentity") or ""
+    return holder.rpartition("_")[0] or None
+
+
+def reconciles(release: Release, pod: str) -> float:
+    """The pod's ``objmig_reconciles`` total, read through the API server's pod proxy."""
+    text = release.cluster.kubectl(
+        "get", "--raw", f"/api/v1/namespaces/{release.namespace}/pods/{pod}:8080/proxy/metrics"
+    ).stdout
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith("objmig_reconciles_total{")
+    )
+
+
+@pytest.fixture
+def two_replicas(
+    k8s_node: NodeCluster, postgres_server: EmbeddedPostgres, tmp_path: Path
+) -> Iterator[Release]:
+    """A release of its own with ``operator.replicas: 2`` (leader election on)."""
+    installed = install(k8s_node, postgres_server, tmp_path, operator={"replicas": 2})
+    try:
+        yield installed
+    finally:
+        uninstall(installed, postgres_server)
+
+
+@on_minio
+async def test_two_replicas_one_leads_and_the_standby_takes_over_within_30s_of_its_death(
+    two_replicas: Release,
+    minio_server: LocalMinio,
+    backend_seed: S3Seeder,
+    backend_client: S3Client,
+) -> None:
+    release = two_replicas
+    cluster, apps = release.cluster, release.apps
+    cluster.kubectl(
+        "wait", "-n", release.namespace, "-l", OPERATOR, "--for=condition=Ready", "pod",
+        "--timeout=120s", timeout=135,
+    )  # fmt: skip
+    pods = {p["metadata"]["name"]: p for p in release.pods()}
+    assert len(pods) == 2
+    leader = wait_until(lambda: lease_holder(release), timeout=60, what="a leader")
+    (standby,) = set(pods) - {leader}
+    # Both are ready (a standby can work the moment it leads); only one works.
+    assert all(ready(p) for p in pods.values())
+
+    endpoint = minio_setup(release, minio_server)
+    source, target = await backend_seed.bucket(), await backend_seed.bucket()
+    expected = {}
+    for i in range(60):
+        seeded = await backend_seed.put_object(source, f"ha/{i:03d}", 1024 + i)
+        expected[seeded.key] = seeded.etag
+    apply_migration(cluster, apps, "ha", endpoint, source, target, workers={"parallelism": 1})
+    wait_for(
+        cluster, apps, "ha", lambda om: om.get("status", {}).get("jobs"),
+        what="the leader to create a Job",
+    )  # fmt: skip
+    assert reconciles(release, leader) > 0
+    assert reconciles(release, standby) == 0
+
+    # The leader dies without a word (its container killed: no Lease release).
+    cluster.signal_container(container_status(pods[leader])["containerID"], "SIGKILL")
+    died = time.monotonic()
+    wait_until(
+        lambda: lease_holder(release) == standby, timeout=45, what="the standby to take over"
+    )
+    takeover = time.monotonic() - died
+    print(f"standby took over {takeover:.1f}s after the leader's death")
+    assert takeover < 30
+
+    resource = wait_cut_over(cluster, apps, "ha", timeout=300)
+    assert await listing(backend_client, target) == expected
+    assert resource["status"]["progress"]["objects"]["succeeded"] == len(expected)
+    # The old leader's container was restarted by the kubelet and now stands by.
+    restarted = {p["metadata"]["name"]: p for p in release.pods()}[leader]
+    assert container_status(restarted)["restartCount"] >= 1
+    assert lease_holder(release) == standby
+    assert reconciles(release, leader) == 0
+    assert "standing by" in cluster.kubectl("logs", "-n", release.namespace, leader).stdout
+    # One Job per stage and round, whoever led: no duplicates.
+    jobs = cluster.kubectl_json("get", "jobs", "-n", apps, "-l", "objmig.dev/migration=ha")
+    names = sorted(j["metadata"]["name"] for j in jobs["items"])
+    assert names == ["ha-copy-r0", "ha-scan-r0"], names
