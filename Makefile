@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint typecheck unit crds bench clean
+.PHONY: setup demo test lint typecheck unit crds image bench clean
 
 setup:
 	@scripts/bootstrap.sh
@@ -22,11 +22,19 @@ crds: setup
 	$(BIN)/objmig crds --output crds
 	for d in charts/objmig/crds manifests/base/crds; do $(BIN)/objmig crds --output $$d; done
 
-# The whole suite: static checks, then every test against real PostgreSQL, S3 and Kubernetes.
+# The container image from the Dockerfile, without a Docker daemon (buildah); prints where the
+# OCI archives are. docs/install.md says how to push it.
+image:
+	@scripts/image.sh
+
+# The whole suite: static checks, then every test against real PostgreSQL, S3 and Kubernetes
+# (a control plane with the pod runner, and one with a real node running the image).
 test: setup
 	scripts/k8s-tools.sh
 	scripts/minio.sh
 	scripts/helm.sh
+	scripts/node-runtime.sh
+	scripts/image.sh
 	$(MAKE) lint typecheck
 	$(BIN)/python -m pytest
 

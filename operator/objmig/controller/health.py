@@ -87,7 +87,7 @@ async def _run(check: Check) -> str | None:
     try:
         return await asyncio.wait_for(check(), CHECK_TIMEOUT)
     except TimeoutError:
-        return f"no answer within {CHECK_TIMEOUT:.0f}s"
+        return f"no answer within {CHECK_TIMEOUT:g}s"
     except Exception as error:  # a probe reports what failed; it never raises
         return f"{type(error).__name__}: {error}"[:300]
 
