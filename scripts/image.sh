@@ -76,6 +76,7 @@ OBJMIG_REF="objmig.local/objmig:$KEY"
 PAUSE_REF="objmig.local/pause:$KEY"
 
 if [[ -f "$OUT/images.env" ]]; then
+    touch "$OUT" # in use: the clean-up below keeps the newest
     log "cached: $OUT"
     echo "$OUT"
     exit 0
@@ -174,8 +175,12 @@ mv "$WORK" "$OUT"
 trap - EXIT
 buildah rm --all >/dev/null 2>&1 || true
 
-# Keep the three newest image sets; older ones are only stale builds.
-ls -1dt "$CACHE_ROOT"/*/ 2>/dev/null | grep -v '/storage/$' | tail -n +4 | xargs -r rm -rf
+# Keep the three image sets used last, and any used within a day (another checkout's test run
+# may be about to import it); the rest are stale builds.
+ls -1dt "$CACHE_ROOT"/*/ 2>/dev/null | grep -v '/storage/$' | tail -n +4 |
+    while read -r old; do
+        if [[ -z $(find "$old" -maxdepth 0 -mmin -1440) ]]; then rm -rf "$old"; fi
+    done
 
 log "built in $(($(date +%s) - START))s: $OUT ($(du -sh "$OUT/objmig.oci.tar" | cut -f1) objmig.oci.tar)"
 echo "$OUT"

@@ -640,10 +640,6 @@ class ControlPlane:
         )
 
     def _start_pod_runner(self) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]
-        )
         comp = self._spawn(
             "pod-runner",
             [
@@ -655,7 +651,7 @@ class ControlPlane:
                 f"--log-dir={self.pod_logs_dir}",
                 f"--work-dir={self.pod_work_dir}",
             ],
-            env=env,
+            env=repo_python_env(),
         )
         self._wait(
             comp,
@@ -812,6 +808,13 @@ def reap_pod_processes(pod_work_dir: Path) -> int:
         except (OSError, ValueError, IndexError):
             continue
     return killed
+
+
+def repo_python_env() -> dict[str, str]:
+    """This environment, with the repository on PYTHONPATH (for ``python -m tests.support...``)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    return env
 
 
 def _http_ok(url: str) -> bool:

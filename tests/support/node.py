@@ -65,6 +65,7 @@ from tests.support.cluster import (
     Component,
     ControlPlane,
     free_port,
+    repo_python_env,
     wait_until,
 )
 
@@ -755,10 +756,6 @@ class NodeCluster(ControlPlane):
         )
         (node / "init.json").write_text(json.dumps(asdict(init), indent=2))
 
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]
-        )
         comp = self._spawn(
             "node",
             [
@@ -767,7 +764,7 @@ class NodeCluster(ControlPlane):
                 "--kill-child",
                 sys.executable, "-m", "tests.support.node", "init", str(node / "init.json"),
             ],
-            env=env,
+            env=repo_python_env(),
         )  # fmt: skip
         self._wait(comp, lambda: self.init_pid() is not None, "the node's init process")
         self._start_relay(
@@ -807,10 +804,6 @@ class NodeCluster(ControlPlane):
         pid = self.init_pid()
         assert pid is not None
         ready = self.state_dir / f"{name}.ready"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]
-        )
         comp = Component(
             name,
             [
@@ -818,7 +811,7 @@ class NodeCluster(ControlPlane):
                 f"--netns=/proc/{pid}/ns/net", f"--ready-file={ready}", *into, *extra,
             ],
             self.logs_dir / f"{name}.log",
-            env,
+            repo_python_env(),
         )  # fmt: skip
         if vital:
             self.components.append(comp)

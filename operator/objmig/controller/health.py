@@ -38,8 +38,8 @@ class Health:
 
     port: int
     checks: dict[str, Check] = field(default_factory=dict)
-    _runner: web.AppRunner | None = None
-    _cached: tuple[float, dict[str, str]] | None = None
+    _runner: web.AppRunner | None = field(default=None, init=False)
+    _cached: tuple[float, dict[str, str]] | None = field(default=None, init=False)
 
     async def start(self) -> None:
         """Listen on all interfaces (the kubelet probes the pod IP)."""

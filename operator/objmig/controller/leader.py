@@ -40,6 +40,9 @@ LEASE_DURATION = 15.0
 RENEW_DEADLINE = 10.0
 RETRY_PERIOD = 2.0
 
+# The renewal task of this process; the event loop keeps only a weak reference to tasks.
+_background: set[asyncio.Task[None]] = set()
+
 
 @dataclass(frozen=True)
 class Observed:
@@ -243,11 +246,8 @@ async def lead_from_env(api: client.ApiClient) -> LeaderElector | None:
     elector = LeaderElector(api, namespace, name, identity)
     await elector.acquire()
     task = asyncio.create_task(elector.hold(lambda: exit_on_lost_lease(elector)))
-    _background.add(task)  # the loop keeps only a weak reference to tasks
+    _background.add(task)
     return elector
-
-
-_background: set[asyncio.Task[None]] = set()
 
 
 def exit_on_lost_lease(elector: LeaderElector) -> NoReturn:
