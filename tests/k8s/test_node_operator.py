@@ -312,6 +312,7 @@ async def test_1gib_objects_stream_under_512mib_while_a_tiny_limit_is_oom_killed
     backend_client: S3Client,
 ) -> None:
     cluster, apps = release.cluster, release.apps
+    assert cluster.images is not None
     endpoint = minio_setup(release, minio_server)
     timings: dict[str, float] = {}
     started = time.monotonic()
@@ -389,6 +390,7 @@ async def test_1gib_objects_stream_under_512mib_while_a_tiny_limit_is_oom_killed
         what="a worker under 32Mi to be OOM-killed",
     )
     assert terminated(oom[0])["exitCode"] == 137
+    assert oom[0]["spec"]["containers"][0]["resources"]["limits"]["memory"] == "32Mi"
     wait_for(
         cluster, apps, "tiny", lambda om: condition(om, "Failed").get("status") == "True",
         what="the tiny migration to fail", timeout=300,
@@ -405,6 +407,7 @@ async def test_1gib_objects_stream_under_512mib_while_a_tiny_limit_is_oom_killed
     for pod in copies:
         assert pod["spec"]["nodeName"] == cluster.node_name
         (container,) = pod["spec"]["containers"]
+        assert container["image"] == cluster.images.objmig  # the operator's own image
         assert container["resources"]["limits"]["memory"] == "512Mi"
         assert pod["status"]["phase"] == "Succeeded", terminated(pod)
     (job,) = cluster.kubectl_json(
