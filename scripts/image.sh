@@ -97,9 +97,9 @@ if [[ -f "$OUT/images.env" ]]; then
 fi
 
 START=$(date +%s)
-# objmig's own containers/storage, apart from anything else on the machine; runroot on /run so
-# a reboot clears its mount bookkeeping.
-RUNROOT="/run/objmig-buildah-$(id -u)"
+# objmig's own containers/storage, apart from anything else on the machine; its runroot on /run
+# (a reboot clears the mount bookkeeping there), one per storage root.
+RUNROOT="/run/objmig-buildah-$(id -u)-$(printf %s "$CACHE_ROOT" | sha | cut -c1-8)"
 buildah() {
     command buildah --root "$CACHE_ROOT/storage" --runroot "$RUNROOT" --storage-driver overlay "$@"
 }
