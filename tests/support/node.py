@@ -315,8 +315,8 @@ def kubelet_config(
         "readOnlyPort": 0,
         "healthzBindAddress": "127.0.0.1",
         "containerRuntimeEndpoint": f"unix://{socket_path}",
-        # This kernel mounts cgroup v1 controllers (plus an empty v2 hierarchy): a hybrid,
-        # which the kubelet treats as v1 and, from v1.35 on, refuses unless told otherwise.
+        # This kernel mounts cgroup v1 controllers (plus a v2 hierarchy with only hugetlb):
+        # a hybrid, which the kubelet treats as v1 and, from v1.35 on, refuses unless told.
         "failCgroupV1": False,
         "cgroupDriver": "cgroupfs",
         "cgroupRoot": f"/{cgroup_root}",
@@ -373,8 +373,8 @@ def _run(*argv: str) -> None:
 def _setup_mounts(state: Path) -> None:
     # unshare gave us a private copy of the host's mounts; these stay in the node.
     _run("mount", "-t", "tmpfs", "-o", "mode=755", "tmpfs", "/run")
-    # containerd's content and snapshots in memory: importing the images onto a busy shared
-    # disk took 20 s (its writes are synced), from memory 3 s; and the node takes them along.
+    # containerd's content and snapshots in memory: importing the images took 20 s on the busy
+    # shared disk, 3-5 s into memory; and they go with the node.
     (state / "containerd").mkdir(exist_ok=True)
     _run("mount", "-t", "tmpfs", "-o", "mode=700,size=4g", "tmpfs", str(state / "containerd"))
     for target, source in (
@@ -442,7 +442,6 @@ def node_init(config: InitConfig) -> int:
                 "images", "import", archive,
             )  # fmt: skip
         note("images imported")
-        (state / "runtime-ready").touch()
         # The relay to the API server is the test fixture's to start; the kubelet's first
         # requests would only fail and back off without it.
         _wait_connectable((API_SERVICE_IP, 443), 60, "the API server relay")
@@ -498,21 +497,37 @@ def _split_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _splice(
+    client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+) -> None:
+    """Copy both ways until both are done; a half-close is passed on, an error ends both."""
+    writers = (client[1], upstream[1])
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(256 * 1024):
+                writer.write(data)
+                await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+                return
+        except OSError:
+            pass
+        for each in writers:
+            each.close()
+
     try:
-        while data := await reader.read(256 * 1024):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except OSError:
-        pass
+        await asyncio.gather(pipe(client[0], upstream[1]), pipe(upstream[0], client[1]))
     finally:
-        with contextlib.suppress(OSError):
-            writer.close()
+        for each in writers:
+            with contextlib.suppress(OSError):
+                each.close()
 
 
-async def _connect(address: tuple[str, int], sock: socket.socket | None = None) -> Any:
+async def _connect(
+    address: tuple[str, int], sock: socket.socket | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     loop = asyncio.get_running_loop()
     if sock is None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -563,11 +578,11 @@ async def _serve_relay(
             target: tuple[str, int] = target,
         ) -> None:
             try:
-                up_reader, up_writer = await _connect(target)
+                upstream = await _connect(target)
             except (OSError, TimeoutError):
                 writer.close()
                 return
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await _splice((reader, writer), upstream)
 
         servers.append(await asyncio.start_server(forward_into, sock=sock))
 
@@ -579,13 +594,13 @@ async def _serve_relay(
                 raise ValueError(method)
             with _in_netns(netns, home):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            up_reader, up_writer = await _connect(_split_address(target), sock)
+            upstream = await _connect(_split_address(target), sock)
         except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError):
             writer.write(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
             writer.close()
             return
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        await _splice((reader, writer), upstream)
 
     if proxy is not None:
         servers.append(await asyncio.start_unix_server(connect_into, sock=proxy))
