@@ -57,6 +57,7 @@ class Reason(StrEnum):
     NOT_ALL_VERIFIED = "NotAllVerified"
     OBJECTS_FAILED = "ObjectsFailed"
     NOTHING_VERIFIED = "NothingVerified"
+    STEPS_PENDING = "StepsPending"
     CATCH_UP_PENDING = "CatchUpPending"
     CATCH_UP_NOT_CONVERGING = "CatchUpNotConverging"
     AWAITING_APPROVAL = "AwaitingApproval"
@@ -87,6 +88,10 @@ class Reason(StrEnum):
     SECRET_NOT_FOUND = "SecretNotFound"  # noqa: S105 - a reason, not a secret
     MANIFEST_NOT_FOUND = "ManifestNotFound"
     CONFIGURATION_ERROR = "ConfigurationError"
+    # Failed: the application's side (spec.selection.manifest.sql, spec.backfill, spec.hooks)
+    WORKLIST_QUERY_FAILED = "WorklistQueryFailed"
+    BACKFILL_INVALID = "BackfillInvalid"
+    HOOK_UNREACHABLE = "HookUnreachable"
     # MigrationCleanup
     MIGRATION_NOT_FOUND = "MigrationNotFound"
     CLEANUP_JOB_FAILED = "CleanupJobFailed"
@@ -95,6 +100,7 @@ class Reason(StrEnum):
     BLOCKED = "Blocked"
     # Events only
     PHASE_CHANGED = "PhaseChanged"
+    OBJECTS_MISSING = "ObjectsMissing"
 
 
 def s3_reason(code: str) -> str:

@@ -48,7 +48,7 @@ from objmig.engine.secrets import (
     ConfigMapNotFound,
     EnvSecrets,
     env_name,
-    referenced_secrets,
+    secret_fields,
 )
 from objmig.engine.status import tally
 from objmig.ledger import Counts, Ledger, MigrationConflict, MigrationState, Problem
@@ -294,13 +294,13 @@ class MigrationService:
         the migration failed, when one is missing.
         """
         namespace = migration.metadata.namespace
-        for name, key in referenced_secrets(migration.spec):
+        for (name, key), named_by in secret_fields(migration.spec).items():
             if key == SESSION_TOKEN:
                 continue  # optional
             # None (not allowed to read Secrets): the pods will tell.
             if await self._kube.secret_has_key(namespace, name, key) is False:
                 message = (
-                    f"Secret {name!r} with key {key!r} (referenced by the spec) not found in "
+                    f"Secret {name!r} with key {key!r} ({named_by}) not found in "
                     f"namespace {namespace!r}: create it, then edit the spec to retry"
                 )
                 await record_failure(self._ledger, migration_id, Reason.SECRET_NOT_FOUND, message)
@@ -328,11 +328,16 @@ class MigrationService:
         return True
 
     async def _secrets_for_cutover(self, migration: ObjectMigration) -> EnvSecrets:
-        """The Secret values the cutover needs (the catalog DSN), read from the cluster."""
+        """The Secret values the cutover needs (the catalog's and the backfill's DSNs), read
+        from the cluster."""
         environ: dict[str, str] = {}
-        catalog = migration.spec.cutover.catalog
-        if catalog is not None:
-            ref = catalog.dsn_secret_ref
+        spec = migration.spec
+        refs = [
+            action.dsn_secret_ref
+            for action in (spec.cutover.catalog, spec.backfill)
+            if action is not None
+        ]
+        for ref in refs:
             value = await self._kube.read_secret(migration.metadata.namespace, ref.name, ref.key)
             if value is not None:
                 environ[env_name(ref.name, ref.key)] = value

@@ -17,7 +17,7 @@ from objmig.api.conditions import Reason
 from objmig.api.migration import ObjectMigrationSpec, ObjectMigrationStatus
 from objmig.engine.cutover import ConfigMapWriter, perform_cutover, perform_rollback
 from objmig.engine.lifecycle import Decision, Observed
-from objmig.engine.pipeline.outcomes import PLAN_REASONS
+from objmig.engine.pipeline.outcomes import HOOK_PENDING, NOT_FOUND, PLAN_REASONS
 from objmig.engine.policy import CatchUp, Gate
 from objmig.engine.secrets import SecretSource
 from objmig.engine.status import StatusInputs, build_status, tally
@@ -48,10 +48,15 @@ async def take_up_spec(
     the stages start again with fresh runs. Leaving a dry run requeues its plan: a dry run
     ends each row as skipped with what a real run would do (`PLAN_REASONS`), and a real
     run must not mistake them for finished work (the cutover gate counts skipped rows).
+    Likewise leaving a verify-only run requeues the objects it found without their hook.
     """
     state = await ledger.get_state(migration_id)
     if state.dry_run and not spec.dry_run:
         await ledger.requeue(migration_id, [ObjectState.SKIPPED], skip_reasons=PLAN_REASONS)
+    if spec.per_object_hook and not spec.verify.verify_only:
+        # A verify-only run left the objects whose hook is not done skipped (HookPending):
+        # a real run calls their hooks.
+        await ledger.requeue(migration_id, [ObjectState.SKIPPED], skip_reasons=[HOOK_PENDING])
     if state.failed is None:
         return await ledger.update_state(
             migration_id, spec=spec.to_wire(), generation=generation, dry_run=spec.dry_run
@@ -176,6 +181,12 @@ async def refresh_verification(ledger: Ledger, migration_id: int, counts: Counts
         await record_verification(ledger, migration_id)
 
 
+def has_application_steps(spec: ObjectMigrationSpec) -> bool:
+    """Whether the status counts the application's steps (one scan of the rows each time:
+    only specs with a backfill, a hook or no copy pay for it)."""
+    return spec.backfill is not None or spec.per_object_hook or not spec.copy_.writes
+
+
 class RateMeter:
     """Bytes and objects per second over a sliding window of samples."""
 
@@ -221,10 +232,14 @@ async def compute_status(
     done_bytes = sum(counts.state(s).bytes for s in _FINISHED)
     done_objects = sum(counts.state(s).objects for s in _FINISHED)
     rate, objects_rate = rates.sample(done_bytes, done_objects) if rates else (0.0, 0.0)
-    plan_reasons = plan_classes = None
+    plan_reasons = plan_classes = steps = None
     if spec.dry_run:
         plan_reasons = await ledger.breakdown(migration_id, "skip_reason")
         plan_classes = await ledger.breakdown(migration_id, "storage_class")
+    if has_application_steps(spec):
+        steps = await ledger.step_counts(
+            migration_id, missing_reason=NOT_FOUND, hook_pending_reason=HOOK_PENDING
+        )
     return build_status(
         StatusInputs(
             spec=spec,
@@ -238,6 +253,7 @@ async def compute_status(
             now=datetime.now(UTC),
             plan_reasons=plan_reasons,
             plan_classes=plan_classes,
+            steps=steps,
         ),
         previous or ObjectMigrationStatus(),
     )

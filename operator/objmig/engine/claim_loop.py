@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from objmig.engine.backfill import BackfillQueue
 from objmig.engine.context import MigrationContext
 from objmig.engine.pipeline.orchestrator import ObjectPipeline
 from objmig.ledger import ACTIVE_STATES, Ledger, ObjectRow, ObjectState, StepResult
@@ -31,8 +32,14 @@ log = logging.getLogger(__name__)
 
 #: How long a stopping worker waits for parked objects' re-check (one listing, normally).
 PARKED_GRACE_SECONDS = 10.0
-#: Copied rows first (only verification is left), then new work, then restores to poll.
-CLAIM_ORDER = (ObjectState.COPIED, ObjectState.PENDING, ObjectState.RESTORING)
+#: Rows closest to done first (only the application's steps, or verification, are left),
+#: then new work, then restores to poll.
+CLAIM_ORDER = (
+    ObjectState.FINISHING,
+    ObjectState.COPIED,
+    ObjectState.PENDING,
+    ObjectState.RESTORING,
+)
 
 
 def worker_identity(prefix: str | None = None) -> str:
@@ -148,6 +155,11 @@ class ClaimLoop:
         self._arrivals = arrivals
         # `arrivals.batches` when the claim in progress started.
         self._claim_saw = 0
+        # copy.mode none with a backfill: objects found wait here for their rows to be
+        # written in batches, one batch at a time.
+        self._backfill: BackfillQueue | None = None
+        self._backfilling: asyncio.Task[list[StepResult]] | None = None
+        self._backfilling_ids: list[int] = []
         if arrivals is not None:
             arrivals.subscribe(self._rows_arrived)
         self.stats = ClaimLoopStats()
@@ -160,6 +172,10 @@ class ClaimLoop:
         """
         stop = stop or asyncio.Event()
         limiter = TokenBucket(self._ctx.bandwidth_limit) if self._ctx.bandwidth_limit else None
+        spec = self._ctx.spec
+        if spec.backfills_per_object and not (spec.verify.verify_only or spec.dry_run):
+            assert self._ctx.backfill_dsn is not None
+            self._backfill = BackfillQueue(spec, self._ctx.backfill_dsn, self._ledger, self.owner)
         async with self._ctx.clients() as (source, target):
             pipeline = ObjectPipeline(
                 self._ctx, source, target, limiter=limiter, on_park=self._wake
@@ -173,6 +189,9 @@ class ClaimLoop:
                 with contextlib.suppress(asyncio.CancelledError):
                     await heartbeat
                 await self._shutdown()
+                await pipeline.aclose()
+                if self._backfill is not None:
+                    await self._backfill.close()
         return self.stats
 
     async def _loop(self, pipeline: ObjectPipeline, stop: asyncio.Event) -> None:
@@ -181,9 +200,17 @@ class ClaimLoop:
             self._progress.clear()
             self._harvest()
             self._start(pipeline)
+            self._backfill_in_background()
             self._flush_in_background()
             self._claim_in_background()
-            if self._inflight or self._backlog or self._claiming or self._results:
+            if (
+                self._inflight
+                or self._backlog
+                or self._claiming
+                or self._results
+                or self._backfilling
+                or (self._backfill is not None and self._backfill.held)
+            ):
                 idle = 0
             elif self._flushing is None:
                 if not await self._work_remains():
@@ -205,6 +232,12 @@ class ClaimLoop:
         if self._flushing is not None and self._flushing.done():
             flushing, self._flushing = self._flushing, None
             flushing.result()
+        if self._backfilling is not None and self._backfilling.done():
+            backfilling, self._backfilling = self._backfilling, None
+            # An ApplicationError (the table cannot take the backfill) stops the worker;
+            # the batch's rows stay held, so shutdown releases them.
+            self._results.extend(backfilling.result())
+            self._backfilling_ids = []
         finished, self._finished = self._finished, []
         for object_id, task in finished:
             entry = self._inflight.get(object_id)
@@ -218,7 +251,10 @@ class ClaimLoop:
                 raise error
             del self._inflight[object_id]
             result = task.result()
-            self._results.append(result)
+            if self._backfill is not None and self._backfill.wants(row, result):
+                self._backfill.add(row, result)
+            else:
+                self._results.append(result)
             self.stats.results[result.state.value] += 1
             if result.state is ObjectState.VERIFIED:
                 self.stats.bytes_done += row.size
@@ -268,6 +304,17 @@ class ClaimLoop:
         )
         self._claiming.add_done_callback(self._wake)
 
+    def _backfill_in_background(self) -> None:
+        """Write the next batch of rows to backfill when it is due (one batch at a time)."""
+        queue = self._backfill
+        if queue is None or self._backfilling is not None:
+            return
+        if queue.due(idle=not self._inflight and not self._backlog):
+            batch = queue.take()
+            self._backfilling_ids = [row.id for row, _ in batch]
+            self._backfilling = asyncio.create_task(queue.write(batch))
+            self._backfilling.add_done_callback(self._wake)
+
     def _flush_in_background(self) -> None:
         """Write finished results; results finishing meanwhile go in the next batch."""
         if self._flushing is None and self._results:
@@ -306,7 +353,13 @@ class ClaimLoop:
         return any(counts.state(state).objects for state in ACTIVE_STATES)
 
     def _held_ids(self) -> list[int]:
-        return [*self._inflight, *(row.id for row in self._backlog)]
+        waiting = self._backfill.held if self._backfill is not None else []
+        return [
+            *self._inflight,
+            *(row.id for row in self._backlog),
+            *waiting,
+            *self._backfilling_ids,
+        ]
 
     async def _heartbeat_loop(self) -> None:
         """Extend the leases every third of their length, for as long as the worker runs.
@@ -363,6 +416,14 @@ class ClaimLoop:
         if self._flushing is not None:
             with contextlib.suppress(Exception):
                 await self._flushing
+        if self._backfilling is not None:
+            # A batch being written is let finish (its transaction is short), so what it
+            # wrote is recorded rather than found again by the next run.
+            with contextlib.suppress(Exception):
+                self._results.extend(await self._backfilling)
+                self._backfilling_ids = []
+        # Objects found but not backfilled yet: the next run looks at them again.
+        released = self._backfill.give_back() if self._backfill is not None else []
         finished = [
             (object_id, task)
             for object_id, (_, task) in self._inflight.items()
@@ -375,11 +436,12 @@ class ClaimLoop:
             batch, self._results = self._results, []
             with contextlib.suppress(Exception):
                 await self._record(batch)
-        unfinished = self._held_ids()
+        unfinished = self._held_ids() + released
         if unfinished:
             await self._ledger.release(self.owner, unfinished)
             self._inflight.clear()
             self._backlog.clear()
+            self._backfilling_ids = []
 
 
 async def run_claim_loops(

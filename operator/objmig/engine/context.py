@@ -8,13 +8,26 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
+import asyncpg
+
+from objmig.api.conditions import Reason
 from objmig.api.migration import BucketSpec, ObjectMigration, ObjectMigrationSpec
 from objmig.api.types import parse_duration, parse_quantity
+from objmig.engine.appdb import connect, describe_error
+from objmig.engine.backfill import BackfillTable
+from objmig.engine.hooks import check_reachable
 from objmig.engine.keys import target_key
-from objmig.engine.secrets import SecretSource, bucket_credentials, customer_key
+from objmig.engine.pipeline.outcomes import ApplicationError
+from objmig.engine.secrets import (
+    SecretSource,
+    application_secrets,
+    bucket_credentials,
+    customer_key,
+)
+from objmig.storage.compare import MetadataChange
 from objmig.storage.endpoint import Endpoint, same_store
 from objmig.storage.errors import classify
 from objmig.storage.selection import MetadataRule, Selection
@@ -64,6 +77,15 @@ def metadata_rules_of(spec: ObjectMigrationSpec) -> tuple[MetadataRule, ...]:
     )
 
 
+def metadata_change_of(spec: ObjectMigrationSpec) -> MetadataChange:
+    """The user metadata ``spec.target.metadata`` sets and removes, in the storage layer's
+    terms."""
+    change = spec.target.metadata
+    if change is None:
+        return MetadataChange()
+    return MetadataChange(set=dict(change.set), remove=frozenset(change.remove))
+
+
 @dataclass(frozen=True)
 class MigrationContext:
     """Everything the steps need that does not change while a migration runs."""
@@ -80,6 +102,11 @@ class MigrationContext:
     bandwidth_limit: int | None
     restore_poll_seconds: float
     object_timeout_seconds: float
+    metadata_change: MetadataChange = field(default_factory=MetadataChange)
+    # The application's side: Secret values its steps need (never shown in reprs).
+    hook_token: str | None = field(default=None, repr=False)
+    backfill_dsn: str | None = field(default=None, repr=False)
+    worklist_dsn: str | None = field(default=None, repr=False)
 
     @classmethod
     def resolve(cls, migration: ObjectMigration, secrets: SecretSource) -> MigrationContext:
@@ -88,6 +115,7 @@ class MigrationContext:
         source = endpoint_of(spec.source, secrets)
         target = endpoint_of(spec.target, secrets)
         mode = spec.copy_.mode
+        application = application_secrets(spec, secrets)
         return cls(
             name=ledger_name(migration),
             spec=spec,
@@ -109,6 +137,10 @@ class MigrationContext:
                 parse_duration(spec.restore.poll_interval).total_seconds() if spec.restore else 0
             ),
             object_timeout_seconds=parse_duration(spec.retry.object_timeout).total_seconds(),
+            metadata_change=metadata_change_of(spec),
+            hook_token=application.get("hook_token"),
+            backfill_dsn=application.get("backfill_dsn"),
+            worklist_dsn=application.get("worklist_dsn"),
         )
 
     @property
@@ -155,6 +187,29 @@ class MigrationContext:
 def ledger_name(migration: ObjectMigration) -> str:
     """The ledger's name for a migration: ``namespace/name``, the same from both drivers."""
     return f"{migration.metadata.namespace}/{migration.metadata.name}"
+
+
+async def check_application(context: MigrationContext) -> None:
+    """Refuse, before anything is written, an application side that cannot work: a hook
+    nobody listens at, a backfill table or column that does not exist or cannot hold its
+    attribute. Raises `ApplicationError` naming the field."""
+    spec = context.spec
+    if spec.hooks is not None and spec.hooks.per_object is not None:
+        await check_reachable(spec.hooks.per_object)
+    if spec.backfill is not None and not spec.dry_run:
+        assert context.backfill_dsn is not None
+        try:
+            conn = await connect(context.backfill_dsn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            raise ApplicationError(
+                Reason.BACKFILL_INVALID,
+                "spec.backfill.dsnSecretRef: cannot connect to the application's database: "
+                + describe_error(error),
+            ) from None
+        try:
+            await BackfillTable.open(spec.backfill, conn)
+        finally:
+            await conn.close()
 
 
 async def check_access(context: MigrationContext) -> tuple[str, str] | None:

@@ -4,19 +4,22 @@ The catalog action compare-and-swaps each verified object's location in the appl
 own table: a row is changed only if it still holds the old location, so a row the
 application rewrote meanwhile is left alone (and counted), and running the swap twice
 changes nothing the second time. Rollback is the same swap in the other direction.
+
+The backfill (`objmig.engine.backfill`) writes the target's attributes beside it, into the
+rows of objects not backfilled yet; its rollback puts back what it wrote.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-import asyncpg
-
 from objmig.api.conditions import Reason
 from objmig.api.migration import CatalogAction, ConfigMapAction, ObjectMigrationSpec
+from objmig.engine.appdb import batches, connection, quote_identifier
+from objmig.engine.backfill import backfill_verified, revert_backfill
+from objmig.engine.pipeline.outcomes import HOOK_PENDING, NOT_FOUND
 from objmig.engine.policy import CatchUp, Gate, rollback_gate
 from objmig.engine.secrets import SecretSource, require
 from objmig.ledger import CutoverProgress, CutoverRecord, Ledger, ObjectRow, ObjectState
@@ -47,12 +50,6 @@ class SwapResult:
     conflicts: int = 0
 
 
-def _quote_identifier(name: str) -> str:
-    # The API model restricts names to [A-Za-z_][A-Za-z0-9_]* (optionally schema.table);
-    # quoting keeps mixed case intact and makes the SQL safe by construction anyway.
-    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
-
-
 def locations(spec: ObjectMigrationSpec, action: CatalogAction, row: ObjectRow) -> tuple[str, str]:
     """The (source, target) locations of one object as the application writes them."""
     source = action.location_format.format(bucket=spec.source.bucket, key=row.key)
@@ -71,9 +68,9 @@ async def swap_catalog(
     """Point the application's rows at the target (or, ``reverse``, back at the source)."""
     action = spec.cutover.catalog
     assert action is not None
-    table = _quote_identifier(action.table)
-    key_column = _quote_identifier(action.key_column)
-    location_column = _quote_identifier(action.location_column)
+    table = quote_identifier(action.table)
+    key_column = quote_identifier(action.key_column)
+    location_column = quote_identifier(action.location_column)
     # One statement per batch: swap where the old value still stands, and report rows that
     # already hold the new value, so a re-run after a crash counts them as done.
     statement = f"""
@@ -93,9 +90,8 @@ async def swap_catalog(
             (SELECT count(*) FROM wanted) AS wanted
     """  # noqa: S608 - identifiers are validated by the API model and quoted
     total = SwapResult()
-    connection = await asyncpg.connect(dsn)
-    try:
-        async for batch in _batches(
+    async with connection(dsn) as conn:
+        async for batch in batches(
             ledger.iter_rows(migration_id, [ObjectState.VERIFIED]), action.batch_size
         ):
             keys, olds, news = [], [], []
@@ -105,8 +101,8 @@ async def swap_catalog(
                 keys.append(row.key)
                 olds.append(old)
                 news.append(new)
-            async with connection.transaction():
-                record = await connection.fetchrow(statement, keys, olds, news)
+            async with conn.transaction():
+                record = await conn.fetchrow(statement, keys, olds, news)
             assert record is not None
             swapped, already, wanted = record["swapped"], record["already"], record["wanted"]
             # `already` is read after the update in the same snapshot rules: rows swapped
@@ -116,20 +112,7 @@ async def swap_catalog(
                 already=total.already + already,
                 conflicts=total.conflicts + max(0, wanted - swapped - already),
             )
-    finally:
-        await connection.close()
     return total
-
-
-async def _batches(rows: AsyncIterator[ObjectRow], size: int) -> AsyncIterator[list[ObjectRow]]:
-    batch: list[ObjectRow] = []
-    async for row in rows:
-        batch.append(row)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 async def perform_cutover(
@@ -175,6 +158,19 @@ async def perform_cutover(
         actions.append(
             f"catalog {catalog.table}: {result.swapped} swapped, {result.already} already "
             f"on target, {result.conflicts} changed by the application and left alone"
+        )
+    backfill = spec.backfill
+    if backfill is not None:
+        ref = backfill.dsn_secret_ref
+        dsn = require(secrets, ref.name, ref.key, "spec.backfill.dsnSecretRef")
+        await backfill_verified(ledger, migration_id, spec, dsn)
+        counts = await ledger.step_counts(
+            migration_id, missing_reason=NOT_FOUND, hook_pending_reason=HOOK_PENDING
+        )
+        actions.append(
+            f"backfill {backfill.table}: {counts.backfill_written} rows written, "
+            f"{counts.backfill_already_set} already set, {counts.backfill_no_row} without a "
+            f"row, {counts.backfill_conflicts} changed by the application and left alone"
         )
     if config_map is not None:
         if config_maps is None:
@@ -241,6 +237,15 @@ async def perform_rollback(
             ledger, migration_id, spec, require(secrets, ref.name, ref.key), reverse=True
         )
         actions.append(f"rollback catalog: {result.swapped} rows pointed back at the source")
+    backfill = spec.backfill
+    if backfill is not None:
+        ref = backfill.dsn_secret_ref
+        dsn = require(secrets, ref.name, ref.key, "spec.backfill.dsnSecretRef")
+        reverted = await revert_backfill(ledger, migration_id, spec, dsn)
+        actions.append(
+            f"rollback backfill {backfill.table}: {reverted.restored} rows put back, "
+            f"{reverted.conflicts} changed by the application and left alone"
+        )
     config_map = spec.cutover.config_map_ref
     previous = cutover.previous_config_map_data
     if config_map is not None and config_maps is not None and previous is not None:

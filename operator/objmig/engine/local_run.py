@@ -30,9 +30,9 @@ from objmig.engine.bookkeeping import (
     take_up_spec,
 )
 from objmig.engine.claim_loop import Arrivals, dead_local_owners, run_claim_loops
-from objmig.engine.context import MigrationContext, check_access
+from objmig.engine.context import MigrationContext, check_access, check_application
 from objmig.engine.lifecycle import Decision, Observed, Outcome, StageWant, decide
-from objmig.engine.pipeline.outcomes import ConfigurationError
+from objmig.engine.pipeline.outcomes import ApplicationError, ConfigurationError
 from objmig.engine.scan import config_map_worklist, manifest_config_map, run_scan
 from objmig.engine.secrets import SecretSource
 from objmig.engine.status import tally
@@ -120,6 +120,9 @@ class LocalRun:
         except ConfigurationError as error:
             await record_failure(self._ledger, mid, s3_reason(error.error.code), str(error))
             return RunResult("failed", await self._publish())
+        except ApplicationError as error:
+            await record_failure(self._ledger, mid, error.reason, str(error))
+            return RunResult("failed", await self._publish())
 
     async def _observe(self) -> Observed:
         counts = await self._ledger.counts(self._migration_id)
@@ -148,6 +151,7 @@ class LocalRun:
                     code, message = refused
                     await record_failure(self._ledger, mid, s3_reason(code), message)
                     return None
+                await check_application(context)
                 self._access_checked = True
             return await self._run_stage(context, stop, decision.stage)
         if decision.outcome is None:

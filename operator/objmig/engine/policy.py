@@ -36,7 +36,9 @@ class Tally:
     failed: int
     source_changed: int
     skipped: int
-    outstanding: int  # pending, restoring, copied, or leased: work not yet finished
+    outstanding: int  # pending, restoring, copied, finishing: work not yet finished
+    #: Of the outstanding, objects verified whose application steps (hook) are not done.
+    finishing: int = 0
 
     @property
     def finished(self) -> int:
@@ -162,8 +164,9 @@ class CutoverInputs:
 def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
     """Whether the migration may cut over now, and if not, the first reason why not.
 
-    Holds when: not a dry run; the scan finished; every selected object is verified or
-    ended within the failure budget (without a budget, no failure is tolerated); catch-up
+    Holds when: not a dry run; the scan finished; every selected object is verified, its
+    application steps (hook, backfill) done, or ended within the failure budget (without a
+    budget, no failure is tolerated); catch-up
     (if asked) found an empty delta; and, for the Manual policy, the user approved.
     """
     tally = inputs.tally
@@ -173,12 +176,19 @@ def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
         return Gate(False, Reason.SCAN_INCOMPLETE, "the source inventory has not finished")
     if tally.total == 0:
         return Gate(False, Reason.NOTHING_SELECTED, "the selection matched no objects")
-    if tally.outstanding:
+    if tally.outstanding > tally.finishing:
         return Gate(
             False,
             Reason.NOT_ALL_VERIFIED,
             f"{tally.verified} of {tally.total} objects verified, {tally.outstanding} still "
             "in progress",
+        )
+    if tally.finishing:
+        return Gate(
+            False,
+            Reason.STEPS_PENDING,
+            f"{tally.finishing} verified objects wait for their per-object hook; the cutover "
+            "waits for every one",
         )
     budget = failure_budget(tally, spec.failure_policy, final=True)
     if not budget.ok:

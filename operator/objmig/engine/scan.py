@@ -16,6 +16,7 @@ from pathlib import Path
 
 from objmig.api.base import SecretKeySelector
 from objmig.api.migration import ObjectMigrationSpec
+from objmig.engine.appdb import stream_worklist
 from objmig.engine.context import MigrationContext
 from objmig.engine.secrets import ConfigMapNotFound
 from objmig.ledger import (
@@ -153,8 +154,8 @@ async def _inventory(
     )
     count = 0
     limit = context.spec.selection.limit
-    async for info in listed:
-        if not selection.matches(info):
+    async for info, row_id in listed:
+        if info.etag and not selection.matches(info):
             continue
         yield InventoryRow(
             key=info.key,
@@ -166,13 +167,18 @@ async def _inventory(
             last_modified=None if info.last_modified == _EPOCH else info.last_modified,
             storage_class=info.storage_class or "STANDARD",
             target_key=context.target_key_for(info.key, info.last_modified, info.etag),
+            row_id=row_id,
         )
         count += 1
         if limit is not None and count >= limit:
             return
 
 
-async def _from_listing(context: MigrationContext, source: Store) -> AsyncIterator[ObjectInfo]:
+#: An object as a scan found it, and the application's row id a SQL worklist gave with it.
+Found = tuple[ObjectInfo, str | None]
+
+
+async def _from_listing(context: MigrationContext, source: Store) -> AsyncIterator[Found]:
     spec = context.spec
     versioning = await source.http.bucket_versioning(spec.source.bucket)
     versioned = versioning in ("Enabled", "Suspended")
@@ -180,7 +186,7 @@ async def _from_listing(context: MigrationContext, source: Store) -> AsyncIterat
         # The common case, on the lean client: a page of 1,000 keys costs a tenth of the
         # CPU botocore's modelled parsing spends on it.
         async for info in source.http.list_objects(spec.source.bucket, spec.source.prefix):
-            yield info
+            yield info, None
         return
     async for info in list_objects(
         await source.sdk(),
@@ -190,17 +196,21 @@ async def _from_listing(context: MigrationContext, source: Store) -> AsyncIterat
         # Pin the exact version listed, so every later step (and cleanup) acts on it alone.
         pin_versions=versioned and not spec.selection.all_versions,
     ):
-        yield info
+        yield info, None
 
 
 async def _from_manifest(
     context: MigrationContext, source: Store, state: MigrationState
-) -> AsyncIterator[ObjectInfo]:
+) -> AsyncIterator[Found]:
     manifest = context.spec.selection.manifest
     assert manifest is not None
     fmt = _MANIFEST_FORMATS[manifest.format]
     entries: AsyncIterator[ManifestEntry]
-    if manifest.object is not None:
+    row_ids: dict[str, str] = {}
+    if manifest.sql is not None:
+        assert context.worklist_dsn is not None
+        entries = _sql_entries(context.worklist_dsn, manifest.sql.query, row_ids)
+    elif manifest.object is not None:
         entries = read_manifest_object(
             await source.sdk(), manifest.object.bucket, manifest.object.key, fmt
         )
@@ -218,9 +228,22 @@ async def _from_manifest(
         lines = stored.text.splitlines()
         entries = _aiter(parse_csv(lines) if fmt == "csv" else parse_lines(lines))
     async for batch in _batches(entries, _HEAD_CONCURRENCY * 4):
-        for info in await asyncio.gather(*(_describe(context, source.http, e) for e in batch)):
+        infos = await asyncio.gather(*(_describe(context, source.http, e) for e in batch))
+        for entry, info in zip(batch, infos, strict=True):
+            row_id = row_ids.pop(entry.key, None)
             if info is not None:
-                yield info
+                yield info, row_id
+
+
+async def _sql_entries(
+    dsn: str, query: str, row_ids: dict[str, str]
+) -> AsyncIterator[ManifestEntry]:
+    """The SQL worklist's keys as manifest entries; each id goes to ``row_ids`` until its
+    key is described (a batch's worth at a time)."""
+    async for row in stream_worklist(dsn, query):
+        if row.row_id is not None:
+            row_ids[row.key] = row.row_id
+        yield ManifestEntry(key=row.key)
 
 
 async def _describe(
@@ -229,7 +252,9 @@ async def _describe(
     """Listing facts for a manifest entry; HEAD when the manifest does not carry them.
 
     A key the manifest names but the source lacks is left out of the inventory (it cannot
-    be migrated); the scan's counts show how many were listed.
+    be copied); the scan's counts show how many were listed. A run that copies nothing
+    (copy.mode none) records it without facts instead: its look finds it missing and says
+    so (skipped, reason NotFound), which is what such a run is for.
     """
     if entry.size is not None and entry.etag is not None:
         return ObjectInfo(
@@ -245,9 +270,13 @@ async def _describe(
             context.spec.source.bucket, entry.key, version_id=entry.version_id or None
         )
     except Exception as exc:
-        if classify(exc).kind == "not_found":
+        if classify(exc).kind != "not_found":
+            raise
+        if context.spec.copy_.writes:
             return None
-        raise
+        return ObjectInfo(
+            key=entry.key, version_id=entry.version_id, size=0, etag="", last_modified=_EPOCH
+        )
     return ObjectInfo(
         key=entry.key,
         version_id=entry.version_id,

@@ -116,15 +116,25 @@ class ChainedSecrets:
         return None
 
 
-def require(source: SecretSource, secret: str, key: str) -> str:
-    """The value, or an error that says where it was looked for (never the value itself)."""
+def require(source: SecretSource, secret: str, key: str, field: str | None = None) -> str:
+    """The value, or an error that says where it was looked for (never the value itself)
+    and, given its ``field``, which field of the spec names it."""
     value = source.get(secret, key)
     if value is None:
+        named = f" ({field})" if field else ""
         raise SecretNotFound(
-            f"Secret {secret!r} has no key {key!r} here: set {env_name(secret, key)} "
+            f"Secret {secret!r} has no key {key!r}{named} here: set {env_name(secret, key)} "
             "or pass --secrets FILE with the Secret manifest"
         )
     return value
+
+
+def application_secrets(spec: ObjectMigrationSpec, source: SecretSource) -> dict[str, str]:
+    """The values of `application_secret_refs`; raises `SecretNotFound` naming the field."""
+    return {
+        name: require(source, ref.name, ref.key, field)
+        for name, (ref, field) in application_secret_refs(spec).items()
+    }
 
 
 def bucket_credentials(bucket: BucketSpec, source: SecretSource) -> Credentials | None:
@@ -175,15 +185,50 @@ def customer_key(ref: SecretKeySelector | None, source: SecretSource) -> bytes |
 
 def referenced_secrets(spec: ObjectMigrationSpec) -> list[tuple[str, str]]:
     """Every (secret, key) pair a worker of ``spec`` reads, for the operator to map into env."""
-    pairs: list[tuple[str, str]] = []
-    for bucket in (spec.source, spec.target):
+    return list(secret_fields(spec))
+
+
+def application_secret_refs(
+    spec: ObjectMigrationSpec,
+) -> dict[str, tuple[SecretKeySelector, str]]:
+    """The Secret keys the application's steps read, each with the field naming it:
+    ``worklist_dsn``, ``backfill_dsn``, ``hook_token`` (only those the spec names)."""
+    manifest = spec.selection.manifest
+    hook = spec.hooks.per_object if spec.hooks is not None else None
+    refs = {
+        "worklist_dsn": (
+            manifest.sql.dsn_secret_ref if manifest is not None and manifest.sql else None,
+            "spec.selection.manifest.sql.dsnSecretRef",
+        ),
+        "backfill_dsn": (
+            spec.backfill.dsn_secret_ref if spec.backfill is not None else None,
+            "spec.backfill.dsnSecretRef",
+        ),
+        "hook_token": (
+            hook.bearer_token_secret_ref if hook is not None else None,
+            "spec.hooks.perObject.bearerTokenSecretRef",
+        ),
+    }
+    return {name: (ref, field) for name, (ref, field) in refs.items() if ref is not None}
+
+
+def secret_fields(spec: ObjectMigrationSpec) -> dict[tuple[str, str], str]:
+    """Every (secret, key) pair a worker of ``spec`` reads, with the field that names it."""
+    found: dict[tuple[str, str], str] = {}
+    for side, bucket in (("source", spec.source), ("target", spec.target)):
         if bucket.credentials_secret_ref is not None:
             name = bucket.credentials_secret_ref.name
-            pairs += [(name, ACCESS_KEY_ID), (name, SECRET_ACCESS_KEY), (name, SESSION_TOKEN)]
-    for ref in (
-        spec.source.customer_key_secret_ref,
-        spec.target.encryption.customer_key_secret_ref,
-    ):
+            for key in (ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN):
+                found.setdefault((name, key), f"spec.{side}.credentialsSecretRef")
+    refs: list[tuple[SecretKeySelector | None, str]] = [
+        (spec.source.customer_key_secret_ref, "spec.source.customerKeySecretRef"),
+        (
+            spec.target.encryption.customer_key_secret_ref,
+            "spec.target.encryption.customerKeySecretRef",
+        ),
+        *application_secret_refs(spec).values(),
+    ]
+    for ref, named_by in refs:
         if ref is not None:
-            pairs.append((ref.name, ref.key))
-    return list(dict.fromkeys(pairs))
+            found.setdefault((ref.name, ref.key), named_by)
+    return found

@@ -28,6 +28,7 @@ from objmig.api.migration import (
     Phase,
     PlanStatus,
     Progress,
+    StepsStatus,
     VerificationStatus,
 )
 from objmig.api.migration_cleanup import (
@@ -41,7 +42,14 @@ from objmig.api.types import format_duration
 from objmig.engine.deletion import Verdict
 from objmig.engine.pipeline.outcomes import PLAN_COPY, PLAN_IDENTICAL, PLAN_RESTORE
 from objmig.engine.policy import CatchUp, CutoverInputs, Gate, Tally, cutover_gate
-from objmig.ledger.models import CleanupItem, Counts, ObjectRow, ObjectState, StateCount
+from objmig.ledger.models import (
+    CleanupItem,
+    Counts,
+    ObjectRow,
+    ObjectState,
+    StateCount,
+    StepCounts,
+)
 from objmig.ledger.state import CleanupState, CutoverRecord, Leftovers, MigrationState
 
 #: The conditions of an ObjectMigration, in the order the status lists them.
@@ -56,7 +64,12 @@ CONDITION_TYPES = (
     ConditionType.FAILED,
     ConditionType.READY,
 )
-_OUTSTANDING = (ObjectState.PENDING, ObjectState.RESTORING, ObjectState.COPIED)
+_OUTSTANDING = (
+    ObjectState.PENDING,
+    ObjectState.RESTORING,
+    ObjectState.COPIED,
+    ObjectState.FINISHING,
+)
 
 
 def tally(counts: Counts) -> Tally:
@@ -69,6 +82,7 @@ def tally(counts: Counts) -> Tally:
         source_changed=counts.state(ObjectState.SOURCE_CHANGED).objects,
         skipped=counts.state(ObjectState.SKIPPED).objects,
         outstanding=sum(counts.state(s).objects for s in _OUTSTANDING),
+        finishing=counts.state(ObjectState.FINISHING).objects,
     )
 
 
@@ -79,34 +93,44 @@ def cutover_inputs(counts: Counts, state: MigrationState) -> CutoverInputs:
     )
 
 
-def progress_of(counts: Counts, *, rate: float, objects_rate: float) -> Progress:
-    """Objects and bytes by state, percent done by bytes, and the ETA at the current rate."""
+def progress_of(
+    counts: Counts, *, rate: float, objects_rate: float, by_objects: bool = False
+) -> Progress:
+    """Objects and bytes by state, percent done by bytes (``by_objects``: by objects, for
+    runs that move no bytes), and the ETA at the current rate."""
 
     def counters(field: str) -> Counters:
         def n(*states: ObjectState) -> int:
             return sum(int(getattr(counts.state(s), field)) for s in states)
 
         in_flight = int(getattr(counts.in_flight, field))
+        total = int(getattr(counts.total, field))
+        succeeded = n(ObjectState.VERIFIED, ObjectState.DELETED)
+        failed = n(ObjectState.FAILED, ObjectState.SOURCE_CHANGED)
+        skipped = n(ObjectState.SKIPPED)
+        processed = succeeded + failed + skipped
         return Counters(
-            total=int(getattr(counts.total, field)),
+            total=total,
             pending=max(0, n(*_OUTSTANDING) - in_flight),
             in_progress=in_flight,
-            succeeded=n(ObjectState.VERIFIED, ObjectState.DELETED),
-            failed=n(ObjectState.FAILED, ObjectState.SOURCE_CHANGED),
-            skipped=n(ObjectState.SKIPPED),
+            succeeded=succeeded,
+            failed=failed,
+            skipped=skipped,
+            processed=processed,
+            remaining=max(0, total - processed),
         )
 
     objects, size = counters("objects"), counters("bytes")
-    finished = size.succeeded + size.failed + size.skipped
-    remaining = size.total - finished
     percent = 100 if size.total == 0 and objects.total else 0
-    if size.total:
-        percent = min(100, finished * 100 // size.total)
+    if size.total and not by_objects:
+        percent = min(100, size.processed * 100 // size.total)
     elif objects.total:
-        percent = (objects.succeeded + objects.failed + objects.skipped) * 100 // objects.total
+        percent = objects.processed * 100 // objects.total
     eta = None
-    if remaining > 0 and rate > 0:
-        eta = format_duration(timedelta(seconds=remaining / rate))
+    if by_objects and objects.remaining > 0 and objects_rate > 0:
+        eta = format_duration(timedelta(seconds=objects.remaining / objects_rate))
+    elif not by_objects and size.remaining > 0 and rate > 0:
+        eta = format_duration(timedelta(seconds=size.remaining / rate))
     return Progress(
         objects=objects,
         bytes=size,
@@ -132,6 +156,7 @@ class StatusInputs:
     now: datetime
     plan_reasons: dict[str, StateCount] | None = None
     plan_classes: dict[str, StateCount] | None = None
+    steps: StepCounts | None = None  # for specs with application steps
 
 
 def build_status(inputs: StatusInputs, previous: ObjectMigrationStatus) -> ObjectMigrationStatus:
@@ -150,7 +175,12 @@ def build_status(inputs: StatusInputs, previous: ObjectMigrationStatus) -> Objec
         observed_generation=inputs.generation,
         phase=derive_phase(conditions, dry_run=spec.dry_run),
         conditions=conditions,
-        progress=progress_of(counts, rate=inputs.rate, objects_rate=inputs.objects_rate),
+        progress=progress_of(
+            counts,
+            rate=inputs.rate,
+            objects_rate=inputs.objects_rate,
+            by_objects=not spec.copy_.writes,
+        ),
         objects=[_object_status(row) for row in inputs.window],
         objects_truncated=inputs.window_truncated,
         jobs=previous.jobs,
@@ -165,6 +195,7 @@ def build_status(inputs: StatusInputs, previous: ObjectMigrationStatus) -> Objec
         cutover=_cutover_status(state),
         report=previous.report,
         plan=_plan(inputs) if spec.dry_run else None,
+        steps=_steps(inputs.steps) if inputs.steps is not None else None,
     )
     if previous.progress.started_at is not None:
         result.progress.started_at = previous.progress.started_at
@@ -372,6 +403,18 @@ def _object_status(row: ObjectRow) -> ObjectStatus:
         state=row.state.value,
         attempts=row.attempts,
         last_error=row.last_error or row.skip_reason,
+    )
+
+
+def _steps(counts: StepCounts) -> StepsStatus:
+    return StepsStatus(
+        missing=counts.missing,
+        hooks_done=counts.hooks_done,
+        hooks_pending=counts.hooks_pending,
+        backfill_written=counts.backfill_written,
+        backfill_already_set=counts.backfill_already_set,
+        backfill_no_row=counts.backfill_no_row,
+        backfill_conflicts=counts.backfill_conflicts,
     )
 
 

@@ -13,6 +13,7 @@ driver, and `make lint` (import-linter) keeps those modules free of I/O.
 
 from objmig.ledger.models import (
     ACTIVE_STATES,
+    BackfillRecord,
     CleanupItem,
     CleanupOutcome,
     Counts,
@@ -23,6 +24,7 @@ from objmig.ledger.models import (
     ObjectRow,
     ObjectState,
     StateCount,
+    StepCounts,
     StepResult,
 )
 from objmig.ledger.report import DigestBuilder, ReportFormat
@@ -51,6 +53,7 @@ from objmig.ledger.store import (
 __all__ = [
     "ACTIVE_STATES",
     "AsyncSink",
+    "BackfillRecord",
     "CatchUpRecord",
     "CleanupItem",
     "CleanupOutcome",
@@ -77,6 +80,7 @@ __all__ = [
     "ScanRecord",
     "SchemaTooNew",
     "StateCount",
+    "StepCounts",
     "StepResult",
     "UnknownMigration",
     "VerificationRecord",

@@ -33,6 +33,7 @@ _INVENTORY_COLUMNS = (
     "last_modified",
     "storage_class",
     "target_key",
+    "row_id",
     "last_seen_scan",
 )
 
@@ -191,6 +192,7 @@ class InventoryMixin(LedgerBase):
                 r.last_modified,
                 r.storage_class,
                 r.target_key,
+                r.row_id,
             )
             for r in unique.values()
         ]
@@ -257,6 +259,10 @@ class InventoryMixin(LedgerBase):
                     "cut_over_at",
                     "lease_owner",
                     "lease_expires_at",
+                    # The new version is another object for the application's hook. (What a
+                    # backfill wrote stays recorded: a rollback still puts it back.)
+                    "hook_done_at",
+                    "target_last_modified",
                 )
             },
         }
@@ -268,13 +274,14 @@ class InventoryMixin(LedgerBase):
         merge = f"""
             WITH merged AS (
                 INSERT INTO objects (migration_id, key, version_id, size, etag, last_modified,
-                                     storage_class, target_key, last_seen_scan)
+                                     storage_class, target_key, row_id, last_seen_scan)
                 SELECT $1, key, version_id, size, etag, last_modified, storage_class,
-                       target_key, $2
+                       target_key, row_id, $2
                 FROM objmig_inventory_stage s
                 {ours}
                 ON CONFLICT (migration_id, key, version_id) DO UPDATE SET
                     {assignments},
+                    row_id = EXCLUDED.row_id,
                     last_seen_scan = EXCLUDED.last_seen_scan
                 RETURNING (xmax = 0) AS inserted, (updated_at = now()) AS touched
             )
@@ -293,7 +300,8 @@ class InventoryMixin(LedgerBase):
                     etag text,
                     last_modified timestamptz,
                     storage_class text,
-                    target_key text
+                    target_key text,
+                    row_id text
                 ) ON COMMIT DROP
                 """
             )

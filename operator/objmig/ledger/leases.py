@@ -34,6 +34,7 @@ _RECORD_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("source_checksum", "text", "keep"),
     ("target_checksum", "text", "keep"),
     ("restore_requested_at", "timestamptz", "keep"),
+    ("target_last_modified", "timestamptz", "keep"),
     ("last_error", "text", "clear"),
     ("error_code", "text", "clear"),
     ("skip_reason", "text", "clear"),
@@ -42,12 +43,13 @@ _RECORD_FIELDS: tuple[tuple[str, str, str], ...] = (
 
 
 @functools.cache
-def _record_sql(present: tuple[str, ...], increments: bool) -> str:
+def _record_sql(present: tuple[str, ...], increments: bool, hooks: bool = False) -> str:
     """The UPDATE ... FROM unnest(...) of ``Ledger.record`` for one shape of batch.
 
     ``present`` names the optional fields sent as arrays (in ``_RECORD_FIELDS`` order);
-    at most 2**11 shapes exist and a worker uses a handful, so caching the text keeps
-    asyncpg's prepared-statement cache effective.
+    at most 2**13 shapes exist and a worker uses a handful, so caching the text keeps
+    asyncpg's prepared-statement cache effective. ``increments`` and ``hooks``: the
+    batch sends the ``increment_attempts`` and ``hook_done`` flags.
     """
     params = ["$2::bigint[]", "$3::text[]"]
     names = ["id", "state"]
@@ -58,6 +60,9 @@ def _record_sql(present: tuple[str, ...], increments: bool) -> str:
     if increments:
         params.append(f"${len(params) + 2}::bool[]")
         names.append("increment_attempts")
+    if hooks:
+        params.append(f"${len(params) + 2}::bool[]")
+        names.append("hook_done")
     sets = ["state = r.state"]
     for name, _, mode in _RECORD_FIELDS:
         if name in present:
@@ -68,8 +73,12 @@ def _record_sql(present: tuple[str, ...], increments: bool) -> str:
             sets.append(f"{name} = NULL")
     if increments:
         sets.append("attempts = o.attempts + CASE WHEN r.increment_attempts THEN 1 ELSE 0 END")
+    if hooks:
+        sets.append("hook_done_at = CASE WHEN r.hook_done THEN now() ELSE o.hook_done_at END")
     sets += [
-        "verified_at = CASE WHEN r.state = 'verified' THEN now() ELSE o.verified_at END",
+        # A row finishing its application steps was verified when it entered `finishing`.
+        "verified_at = CASE WHEN r.state IN ('verified', 'finishing')"
+        " AND o.state <> 'finishing' THEN now() ELSE o.verified_at END",
         "deleted_at = CASE WHEN r.state = 'deleted' THEN now() ELSE o.deleted_at END",
         "lease_owner = NULL",
         "lease_expires_at = NULL",
@@ -319,7 +328,11 @@ class LeasesMixin(LedgerBase):
         has_increments = any(increments)
         if has_increments:
             arrays.append(increments)
-        sql = _record_sql(tuple(present), has_increments)
+        hooks = [r.hook_done for r in results]
+        has_hooks = any(hooks)
+        if has_hooks:
+            arrays.append(hooks)
+        sql = _record_sql(tuple(present), has_increments, has_hooks)
         status = await self._pool.execute(sql, owner, *arrays)
         return _affected(status)
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACTIVE_STATES",
+    "BackfillRecord",
     "CleanupItem",
     "CleanupOutcome",
     "CleanupOutcomeKind",
@@ -30,6 +31,7 @@ __all__ = [
     "ObjectRow",
     "ObjectState",
     "StateCount",
+    "StepCounts",
     "StepResult",
 ]
 
@@ -50,6 +52,9 @@ class ObjectState(StrEnum):
     COPIED = "copied"
     #: Target proven identical to the source (``verified_at`` says when).
     VERIFIED = "verified"
+    #: Verified (or, with copy.mode none, looked at), and a step of the application's (its
+    #: hook, its backfill) is still to be done: claimed again like pending work.
+    FINISHING = "finishing"
     #: Deliberately left alone; ``skip_reason`` says why.
     SKIPPED = "skipped"
     #: Permanent error or attempts exhausted; ``last_error`` / ``error_code`` say why.
@@ -65,6 +70,7 @@ ACTIVE_STATES: tuple[ObjectState, ...] = (
     ObjectState.PENDING,
     ObjectState.RESTORING,
     ObjectState.COPIED,
+    ObjectState.FINISHING,
 )
 
 
@@ -84,7 +90,8 @@ class InventoryRow:
     """One source object as listed by a scan.
 
     ``version_id`` is ``""`` for unversioned buckets (never None: it is part of the key).
-    ``target_key`` is where the engine intends to write the object.
+    ``target_key`` is where the engine intends to write the object. ``row_id`` is the
+    application's id a SQL worklist returned with the key.
     """
 
     key: str
@@ -94,6 +101,7 @@ class InventoryRow:
     version_id: str = ""
     storage_class: str = "STANDARD"
     target_key: str | None = None
+    row_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +160,12 @@ class ObjectRow(NamedTuple):
     updated_at: datetime
     last_seen_scan: int
     skip_reason: str | None
+    # Added by schema version 3 (defaults keep rows made in code short).
+    row_id: str | None = None
+    target_last_modified: datetime | None = None
+    hook_done_at: datetime | None = None
+    backfill: dict[str, Any] | None = None
+    backfilled_at: datetime | None = None
 
     @classmethod
     def from_record(cls, record: asyncpg.Record | Mapping[str, Any]) -> ObjectRow:
@@ -183,8 +197,10 @@ class StepResult(NamedTuple):
       leaves no stale error behind).
     * ``increment_attempts`` adds one to ``attempts`` (set it for every attempt that did
       real work, successful or not, so retry budgets count correctly).
-    * ``verified_at`` is set to ``now()`` when ``state`` is ``verified``; ``deleted_at``
-      when it is ``deleted``.
+    * ``verified_at`` is set to ``now()`` when ``state`` becomes ``verified`` or
+      ``finishing`` (from another state); ``deleted_at`` when it is ``deleted``.
+    * ``hook_done`` sets ``hook_done_at = now()`` (the per-object hook answered 2xx);
+      ``target_last_modified`` accumulates like the other target fields.
     """
 
     id: int
@@ -200,6 +216,8 @@ class StepResult(NamedTuple):
     not_before: datetime | None = None
     increment_attempts: bool = False
     restore_requested_at: datetime | None = None
+    target_last_modified: datetime | None = None
+    hook_done: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +269,29 @@ class Digest:
     def algorithm(self) -> str:
         """Name and version of the encoding, for ``status.verification.algorithm``."""
         return "objmig-verification-v1/sha256"
+
+
+@dataclass(frozen=True, slots=True)
+class StepCounts:
+    """Objects by where their application steps stand (see ``Ledger.step_counts``)."""
+
+    missing: int = 0
+    hooks_done: int = 0
+    hooks_pending: int = 0
+    backfill_written: int = 0
+    backfill_already_set: int = 0
+    backfill_no_row: int = 0
+    backfill_conflicts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillRecord:
+    """One row's backfill as the ledger holds it: planned (maybe written) or done."""
+
+    id: int
+    key: str
+    row_id: str | None
+    backfill: dict[str, Any]
 
 
 CleanupOutcomeKind = Literal["planned", "deleted", "would_delete", "skipped", "failed"]

@@ -63,6 +63,8 @@ def _text(value: Any) -> str:
         return value.isoformat()
     if isinstance(value, StrEnum):
         return value.value
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     return str(value)
 
 

@@ -10,7 +10,7 @@ themselves re-check before they act, which covers the window in between).
 All SQL is parameterised; the only identifiers built in Python are fixed strings.
 
 The methods live in one module per concern (``migrations``, ``inventory``, ``leases``,
-``cutover``, ``reads``, ``cleanups``), each a mixin over ``LedgerBase``; this module
+``cutover``, ``reads``, ``cleanups``, ``steps``), each a mixin over ``LedgerBase``; this module
 composes them into ``Ledger`` and owns its lifecycle (pool, schema, closing).
 """
 
@@ -30,6 +30,7 @@ from objmig.ledger.leases import LeasesMixin
 from objmig.ledger.migrations import MigrationsMixin
 from objmig.ledger.reads import AsyncSink, ReadsMixin
 from objmig.ledger.schema import apply_schema
+from objmig.ledger.steps import StepsMixin
 
 __all__ = [
     "AsyncSink",
@@ -45,7 +46,15 @@ async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     await conn.set_type_codec("jsonb", schema="pg_catalog", encoder=json.dumps, decoder=json.loads)
 
 
-class Ledger(MigrationsMixin, InventoryMixin, LeasesMixin, CutoverMixin, ReadsMixin, CleanupsMixin):
+class Ledger(
+    MigrationsMixin,
+    InventoryMixin,
+    LeasesMixin,
+    CutoverMixin,
+    ReadsMixin,
+    CleanupsMixin,
+    StepsMixin,
+):
     """Per-object state of migrations, shared by the operator, the workers and the CLI.
 
     Create with :meth:`connect` (which applies the schema) and close with :meth:`close`, or

@@ -17,8 +17,8 @@ from objmig.api.conditions import Reason, s3_reason
 from objmig.api.migration import ObjectMeta, ObjectMigration, ObjectMigrationSpec
 from objmig.engine.bookkeeping import record_failure
 from objmig.engine.claim_loop import ClaimLoop
-from objmig.engine.context import MigrationContext, check_access
-from objmig.engine.pipeline.outcomes import ConfigurationError
+from objmig.engine.context import MigrationContext, check_access, check_application
+from objmig.engine.pipeline.outcomes import ApplicationError, ConfigurationError
 from objmig.engine.scan import run_scan
 from objmig.engine.secrets import ConfigMapNotFound, EnvSecrets, SecretNotFound
 from objmig.ledger import Ledger
@@ -62,6 +62,7 @@ async def work(
             await record_failure(ledger, migration_id, s3_reason(code), message)
             return EXIT_PERMANENT
         try:
+            await check_application(context)
             if stage == "scan":
                 async with context.clients() as (source, _):
                     scan = run_scan(ledger, migration_id, context, source, scan_id=scan_id)
@@ -83,6 +84,10 @@ async def work(
         except ConfigMapNotFound as error:
             log.error("%s", error)
             await record_failure(ledger, migration_id, Reason.MANIFEST_NOT_FOUND, str(error))
+            return EXIT_PERMANENT
+        except ApplicationError as error:
+            log.error("%s", error)
+            await record_failure(ledger, migration_id, error.reason, str(error))
             return EXIT_PERMANENT
         except Exception as exc:
             # The scan does not classify its S3 errors itself: bad credentials or a missing

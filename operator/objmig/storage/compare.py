@@ -11,7 +11,7 @@ here does I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from objmig.storage.types import CHECKSUM_ALGORITHMS, HeadResult
 
@@ -72,11 +72,40 @@ def without_objmig_keys(metadata: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in metadata.items() if not k.startswith(OBJMIG_METADATA_PREFIX)}
 
 
-def metadata_difference(source: HeadResult, target: HeadResult) -> str | None:
+@dataclass(frozen=True)
+class MetadataChange:
+    """User metadata a copy sets and removes on its way (a new storage version, say).
+
+    Keys as S3 keeps them, lower-case. What a copy writes and what its verification
+    expects are both `apply` of the source's metadata, so the two cannot disagree.
+    """
+
+    set: Mapping[str, str] = field(default_factory=dict)
+    remove: frozenset[str] = frozenset()
+
+    def apply(self, metadata: Mapping[str, str]) -> dict[str, str]:
+        """`metadata` as the copy carries it: without `remove`, with `set`."""
+        meant = {k: v for k, v in metadata.items() if k not in self.remove}
+        meant.update(self.set)
+        return meant
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.remove)
+
+
+def metadata_difference(
+    source: HeadResult, target: HeadResult, change: MetadataChange | None = None
+) -> str | None:
     """What of the user metadata and Content-Type differs (None: nothing), ignoring the
-    keys objmig adds to the copy."""
-    if dict(source.metadata) != without_objmig_keys(target.metadata):
-        return "user metadata differs"
+    keys objmig adds to the copy. With a `change`, the target is compared with the
+    source's metadata so changed: what was meant, not what was there."""
+    meant = change.apply(source.metadata) if change else dict(source.metadata)
+    written = without_objmig_keys(target.metadata)
+    if meant != written:
+        if not change:
+            return "user metadata differs"
+        keys = sorted(k for k in meant.keys() | written.keys() if meant.get(k) != written.get(k))
+        return "user metadata differs from what was meant: " + ", ".join(keys)
     if (source.content.content_type or "") != (target.content.content_type or ""):
         return "Content-Type differs"
     return None

@@ -4,12 +4,20 @@ Every field carries a description because the CRD is generated from these models
 ``kubectl explain objectmigration.spec...`` shows exactly these texts.
 
 One module a section of the spec: `endpoints` (source, target), `selection`, `copying`
-(restore, copy, verify), `running` (workers, retry, failure policy), `cutover`, `spec`
+(restore, copy, verify), `running` (workers, retry, failure policy), `cutover`,
+`application` (backfill, hooks: the application's side), `spec`
 (the whole spec and its cross-field rules), `status`, `resource` (the custom resource),
 and `common` (group, version, storage classes, phases, metadata). Import the models from
 this package.
 """
 
+from objmig.api.migration.application import (
+    BACKFILL_ATTRIBUTES,
+    BackfillColumns,
+    BackfillSpec,
+    HooksSpec,
+    PerObjectHook,
+)
 from objmig.api.migration.common import (
     API_VERSION,
     BUCKET_PATTERN,
@@ -28,6 +36,7 @@ from objmig.api.migration.endpoints import (
     BucketSpec,
     Encryption,
     EncryptionSpec,
+    MetadataChangeSpec,
     SourceSpec,
     TargetSpec,
 )
@@ -45,6 +54,7 @@ from objmig.api.migration.selection import (
     ManifestSpec,
     MetadataRequirement,
     SelectionSpec,
+    SqlWorklist,
 )
 from objmig.api.migration.spec import ObjectMigrationSpec
 from objmig.api.migration.status import (
@@ -56,17 +66,21 @@ from objmig.api.migration.status import (
     PlanStatus,
     Progress,
     ReportRef,
+    StepsStatus,
     VerificationStatus,
 )
 
 __all__ = [
     "API_VERSION",
+    "BACKFILL_ATTRIBUTES",
     "BUCKET_PATTERN",
     "GROUP",
     "KEY_TEMPLATE_FIELDS",
     "MAX_PARALLELISM",
     "VERSION",
     "ArchivedStorageClass",
+    "BackfillColumns",
+    "BackfillSpec",
     "BackoffSpec",
     "BucketSpec",
     "CatalogAction",
@@ -78,15 +92,18 @@ __all__ = [
     "Encryption",
     "EncryptionSpec",
     "FailurePolicySpec",
+    "HooksSpec",
     "JobRef",
     "ManifestObjectRef",
     "ManifestSpec",
+    "MetadataChangeSpec",
     "MetadataRequirement",
     "ObjectMeta",
     "ObjectMigration",
     "ObjectMigrationSpec",
     "ObjectMigrationStatus",
     "ObjectStatus",
+    "PerObjectHook",
     "Phase",
     "PlanStatus",
     "Progress",
@@ -96,6 +113,8 @@ __all__ = [
     "RetrySpec",
     "SelectionSpec",
     "SourceSpec",
+    "SqlWorklist",
+    "StepsStatus",
     "StorageClass",
     "TargetSpec",
     "Toleration",

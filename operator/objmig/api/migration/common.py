@@ -44,6 +44,10 @@ Phase = Literal[
 ]
 
 BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$"
+#: A table of the application's database, optionally schema-qualified, and a column: the
+#: unquoted identifiers PostgreSQL reads (objmig quotes them, keeping their case).
+TABLE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+COLUMN_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 KEY_TEMPLATE_FIELDS = frozenset(
     {"key", "relative", "dirname", "basename", "year", "month", "day", "etag"}
 )

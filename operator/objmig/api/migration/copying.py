@@ -51,14 +51,33 @@ class RestoreSpec(ApiModel):
         return self
 
 
+_MISSING_NEEDS_NONE = "missingObjects is only meaningful with mode none"
+
+
 class CopySpec(ApiModel):
     """How bytes move from source to target."""
 
-    mode: Literal["auto", "serverSide", "stream"] = Field(
+    model_config = cel_validations(
+        cel_rule(
+            "!has(self.missingObjects) || self.mode == 'none'",
+            _MISSING_NEEDS_NONE,
+            field_path=".missingObjects",
+        ),
+    )
+
+    mode: Literal["auto", "serverSide", "stream", "none"] = Field(
         default="auto",
         description="serverSide: CopyObject / UploadPartCopy inside one store; stream: GET "
         "then PUT through the worker; auto: serverSide when source and target share endpoint "
-        "and credentials.",
+        "and credentials; none: write no object, only look at each selected one where it is "
+        "(listing facts, or a HEAD where they do not suffice) and run the application's "
+        "steps (spec.backfill, spec.hooks). With none, target must name the source itself.",
+    )
+    missing_objects: Literal["Skip", "Fail"] | None = Field(
+        default=None,
+        description="mode none: a selected object that does not exist is Skip (skipped with "
+        "reason NotFound and a warning; the default) or Fail (failed, counted against the "
+        "failure budget).",
     )
     preserve_part_boundaries: bool = Field(
         default=True,
@@ -85,6 +104,17 @@ class CopySpec(ApiModel):
         default=None, description="Bytes per second per worker, e.g. 100Mi. Absent: unlimited."
     )
 
+    @model_validator(mode="after")
+    def _missing_needs_none(self) -> CopySpec:
+        if self.missing_objects is not None and self.mode != "none":
+            raise ValueError(_MISSING_NEEDS_NONE)
+        return self
+
+    @property
+    def writes(self) -> bool:
+        """Whether objects are written at all (every mode but none)."""
+        return self.mode != "none"
+
 
 class VerifySpec(ApiModel):
     """How each copy is proven identical before it can be cut over."""
@@ -99,5 +129,8 @@ class VerifySpec(ApiModel):
         default=True, description="Also compare user metadata and content headers."
     )
     verify_only: bool = Field(
-        default=False, description="Check an existing copy; write nothing to the target."
+        default=False,
+        description="Check an existing copy; write nothing to the target, call no hook and "
+        "backfill nothing. Objects whose per-object hook is not done are skipped with reason "
+        "HookPending, so the status and report show them.",
     )

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from objmig.api.base import ApiModel, SecretKeySelector, cel_rule, cel_validations
+from objmig.api.migration.common import COLUMN_PATTERN, TABLE_PATTERN
 
 
 class ConfigMapAction(ApiModel):
@@ -34,15 +35,15 @@ class CatalogAction(ApiModel):
     )
     table: str = Field(
         description="Table, optionally schema-qualified.",
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$",
+        pattern=TABLE_PATTERN,
     )
     key_column: str = Field(
         description="Column holding the object's source key.",
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        pattern=COLUMN_PATTERN,
     )
     location_column: str = Field(
         description="Column holding the object's location, swapped at cutover.",
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        pattern=COLUMN_PATTERN,
     )
     location_format: str = Field(
         default="s3://{bucket}/{key}",

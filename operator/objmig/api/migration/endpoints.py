@@ -4,8 +4,9 @@ prefix, credentials, target encryption and key template).
 
 from __future__ import annotations
 
+import re
 from string import Formatter
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -123,6 +124,71 @@ class EncryptionSpec(ApiModel):
         return self
 
 
+#: A user-metadata key as S3 stores it (lower-case; S3 lower-cases keys it is given).
+METADATA_KEY_PATTERN = r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$"
+#: objmig marks what it writes with keys of this prefix (`objmig-migration`, proofs).
+_OWN_PREFIX = "objmig-"
+_KEYS_DISJOINT = "a key cannot be both set and removed"
+_KEY_NOT_OURS = f"keys starting with {_OWN_PREFIX} are objmig's own and cannot be changed"
+_KEY_SHAPE = (
+    "metadata keys are lower-case letters, digits, '.', '_' and '-', "
+    "starting and ending with a letter or digit"
+)
+
+MetadataKey = Annotated[str, Field(min_length=1, max_length=128, pattern=METADATA_KEY_PATTERN)]
+
+
+class MetadataChangeSpec(ApiModel):
+    """User metadata (x-amz-meta-*) set on, or removed from, every object written.
+
+    What an object says about itself, e.g. a new storage version. The copy carries the
+    source's metadata with these changes (a server-side copy uses the REPLACE directive,
+    keeping the content headers), and verification compares the copy with what was meant:
+    the source's metadata, plus set, minus remove.
+    """
+
+    model_config = cel_validations(
+        cel_rule(
+            "!has(self.set) || !has(self.remove) || self.remove.all(k, !(k in self.set))",
+            _KEYS_DISJOINT,
+            field_path=".remove",
+        ),
+        cel_rule(
+            f"(!has(self.set) || self.set.all(k, !k.startsWith('{_OWN_PREFIX}')))"
+            f" && (!has(self.remove) || self.remove.all(k, !k.startsWith('{_OWN_PREFIX}')))",
+            _KEY_NOT_OURS,
+        ),
+    )
+
+    set: dict[str, Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=dict,
+        description='Keys and values to write, e.g. storage-version: "3". A key the source '
+        "has is replaced.",
+        max_length=64,
+    )
+    remove: list[MetadataKey] = Field(
+        default_factory=list,
+        description="Keys to leave out of the written object, e.g. legacy-layout.",
+        max_length=64,
+    )
+
+    @model_validator(mode="after")
+    def _keys_are_ours_to_change(self) -> MetadataChangeSpec:
+        for key in self.set:
+            if len(key) > 128 or not re.fullmatch(METADATA_KEY_PATTERN, key):
+                raise ValueError(f"{_KEY_SHAPE}: {key!r}")
+        if set(self.set) & set(self.remove):
+            raise ValueError(_KEYS_DISJOINT)
+        if any(k.startswith(_OWN_PREFIX) for k in [*self.set, *self.remove]):
+            raise ValueError(_KEY_NOT_OURS)
+        return self
+
+    @property
+    def changes_anything(self) -> bool:
+        """Whether written objects differ in their metadata from their sources."""
+        return bool(self.set or self.remove)
+
+
 class TargetSpec(BucketSpec):
     """The store objects are copied to, and how they are written there."""
 
@@ -132,6 +198,12 @@ class TargetSpec(BucketSpec):
     )
     encryption: EncryptionSpec = Field(
         default_factory=EncryptionSpec, description="Server-side encryption of written objects."
+    )
+    metadata: MetadataChangeSpec | None = Field(
+        default=None,
+        description="User metadata set on, or removed from, every written object (e.g. a new "
+        "storage version). Verification compares the copy with the source's metadata so "
+        "changed.",
     )
     key_template: str = Field(
         default="{relative}",

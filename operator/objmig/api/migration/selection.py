@@ -74,9 +74,27 @@ class ManifestObjectRef(ApiModel):
     )
 
 
+class SqlWorklist(ApiModel):
+    """A worklist the application's own database returns: one row per object."""
+
+    dsn_secret_ref: SecretKeySelector = Field(
+        description="Secret key holding the PostgreSQL DSN of the application's database."
+    )
+    query: str = Field(
+        description="A SELECT returning a column key (the object's key in the source bucket) "
+        "and optionally a column id (the application's row id, which spec.backfill can "
+        "match on). Run in a read-only transaction and streamed through a cursor, never "
+        "loaded whole. Rows with a NULL key are left out.",
+        min_length=1,
+        max_length=65536,
+    )
+
+
 _INVENTORY_NEEDS_OBJECT = (
     "format s3-inventory reads an S3 Inventory manifest.json from its bucket: set object"
 )
+_ONE_SOURCE = "set exactly one of configMapRef, object, path or sql"
+_SQL_HAS_NO_FORMAT = "format describes a file; a sql worklist returns rows (leave format out)"
 
 
 class ManifestSpec(ApiModel):
@@ -84,8 +102,15 @@ class ManifestSpec(ApiModel):
 
     model_config = cel_validations(
         cel_rule(
-            "[has(self.configMapRef), has(self.object), has(self.path)].filter(x, x).size() == 1",
-            "set exactly one of configMapRef, object or path",
+            "[has(self.configMapRef), has(self.object), has(self.path), has(self.sql)]"
+            ".filter(x, x).size() == 1",
+            _ONE_SOURCE,
+        ),
+        cel_rule(
+            # format has a schema default, so the API server always sees it here.
+            "!has(self.sql) || self.format == 'lines'",
+            _SQL_HAS_NO_FORMAT,
+            field_path=".format",
         ),
         cel_rule(
             "!has(self.format) || self.format != 's3-inventory' || has(self.object)",
@@ -108,14 +133,19 @@ class ManifestSpec(ApiModel):
     path: str | None = Field(
         default=None, description="CLI only: a local file holding the worklist.", min_length=1
     )
+    sql: SqlWorklist | None = Field(
+        default=None, description="The keys the application's database returns for a query."
+    )
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> ManifestSpec:
-        given = [x for x in (self.config_map_ref, self.object, self.path) if x is not None]
-        if len(given) != 1:
-            raise ValueError("set exactly one of configMapRef, object or path")
+        sources = (self.config_map_ref, self.object, self.path, self.sql)
+        if sum(x is not None for x in sources) != 1:
+            raise ValueError(_ONE_SOURCE)
         if self.format == "s3-inventory" and self.object is None:
             raise ValueError(_INVENTORY_NEEDS_OBJECT)
+        if self.sql is not None and self.format != "lines":
+            raise ValueError(_SQL_HAS_NO_FORMAT)
         return self
 
 

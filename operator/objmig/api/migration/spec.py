@@ -1,5 +1,5 @@
 """`ObjectMigrationSpec`: the sections together, with the rules that span them (one bucket
-as source and target, rewrites in place).
+as source and target, rewrites in place, look-only runs, backfills matched by worklist id).
 """
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from objmig.api.base import ApiModel, cel_rule, cel_validations
+from objmig.api.migration.application import BackfillSpec, HooksSpec
 from objmig.api.migration.copying import CopySpec, RestoreSpec, VerifySpec
 from objmig.api.migration.cutover import CutoverSpec
 from objmig.api.migration.endpoints import SourceSpec, TargetSpec
@@ -25,6 +26,14 @@ _IN_PLACE_MESSAGE = (
     "place (e.g. to re-encrypt them or change their storage class): that needs "
     "copy.overwrite: always, as any other policy finds every object already there"
 )
+_LOOK_ONLY = "has(self.copy) && self.copy.mode == 'none'"
+_LOOK_ONLY_MESSAGE = (
+    "copy.mode none writes no object: it looks at each one where it is, so target must "
+    "name the source itself (the same endpoint, bucket and prefix, keyTemplate {relative})"
+)
+_ID_NEEDS_SQL = (
+    "backfill.match id matches the id column of a SQL worklist: set selection.manifest.sql"
+)
 _OWN_PREFIX_MESSAGE = (
     "source and target are one bucket: write the copies under a prefix of their own (a "
     "target.prefix that the source prefix does not start with), or rewrite the objects in "
@@ -38,9 +47,17 @@ class ObjectMigrationSpec(ApiModel):
 
     model_config = cel_validations(
         cel_rule(
-            f"!({_IN_PLACE}) || (has(self.copy) && self.copy.overwrite == 'always')",
+            f"!({_IN_PLACE}) || {_LOOK_ONLY}"
+            " || (has(self.copy) && self.copy.overwrite == 'always')",
             _IN_PLACE_MESSAGE,
             field_path=".copy.overwrite",
+        ),
+        cel_rule(f"!({_LOOK_ONLY}) || ({_IN_PLACE})", _LOOK_ONLY_MESSAGE, field_path=".target"),
+        cel_rule(
+            "!has(self.backfill) || self.backfill.match != 'id' || (has(self.selection)"
+            " && has(self.selection.manifest) && has(self.selection.manifest.sql))",
+            _ID_NEEDS_SQL,
+            field_path=".backfill.match",
         ),
         cel_rule(
             f"!({_SAME_BUCKET}) || ({_IN_PLACE})"
@@ -92,6 +109,14 @@ class ObjectMigrationSpec(ApiModel):
     cutover: CutoverSpec = Field(
         default_factory=CutoverSpec, description="Gated switch of applications to the target."
     )
+    backfill: BackfillSpec | None = Field(
+        default=None,
+        description="Write each object's attributes (ETag, last-modified, size, ...) into "
+        "the application's own table.",
+    )
+    hooks: HooksSpec | None = Field(
+        default=None, description="Steps of the application's own, run for each object."
+    )
     dry_run: bool = Field(
         default=False, description="Plan only: inventory and report, write nothing."
     )
@@ -114,9 +139,26 @@ class ObjectMigrationSpec(ApiModel):
             and self.target.key_template == "{relative}"
         )
 
+    @property
+    def per_object_hook(self) -> bool:
+        """Whether each object has a hook of the application's to run."""
+        return self.hooks is not None and self.hooks.per_object is not None
+
+    @property
+    def backfills_per_object(self) -> bool:
+        """Whether each object's row is backfilled as soon as the object is looked at.
+
+        After a real copy the target's attributes are written at cutover instead, when
+        the applications are pointed at the target.
+        """
+        return self.backfill is not None and not self.copy_.writes
+
     @model_validator(mode="after")
     def _one_bucket_needs_in_place_or_a_prefix_of_its_own(self) -> ObjectMigrationSpec:
-        if self.rewrites_in_place and self.copy_.overwrite != "always":
+        if not self.copy_.writes:
+            if not self.rewrites_in_place:
+                raise ValueError(_LOOK_ONLY_MESSAGE)
+        elif self.rewrites_in_place and self.copy_.overwrite != "always":
             raise ValueError(_IN_PLACE_MESSAGE)
         if (
             self.same_bucket
@@ -124,4 +166,11 @@ class ObjectMigrationSpec(ApiModel):
             and self.source.prefix.startswith(self.target.prefix)
         ):
             raise ValueError(_OWN_PREFIX_MESSAGE)
+        manifest = self.selection.manifest
+        if (
+            self.backfill is not None
+            and self.backfill.match == "id"
+            and (manifest is None or manifest.sql is None)
+        ):
+            raise ValueError(_ID_NEEDS_SQL)
         return self

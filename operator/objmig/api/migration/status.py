@@ -22,6 +22,10 @@ class Counters(ApiModel):
     succeeded: int = Field(default=0, ge=0, description="Copied and verified.")
     failed: int = Field(default=0, ge=0, description="Failed for good, or changed at source.")
     skipped: int = Field(default=0, ge=0, description="Deliberately left alone.")
+    processed: int = Field(
+        default=0, ge=0, description="Finished one way or another: succeeded, failed or skipped."
+    )
+    remaining: int = Field(default=0, ge=0, description="Not finished yet: total - processed.")
 
 
 class Progress(ApiModel):
@@ -29,7 +33,13 @@ class Progress(ApiModel):
 
     objects: Counters = Field(default_factory=Counters, description="Object counts.")
     bytes: Counters = Field(default_factory=Counters, description="Byte counts.")
-    percent: int = Field(default=0, ge=0, le=100, description="Finished share of bytes.")
+    percent: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="Finished share of bytes (of objects with copy.mode none, which moves no "
+        "bytes).",
+    )
     bytes_per_second: int = Field(default=0, ge=0, description="Recent copy throughput.")
     objects_per_second: int = Field(default=0, ge=0, description="Recent object rate.")
     eta: str | None = Field(default=None, description="Estimated time left, e.g. 1h20m.")
@@ -90,6 +100,36 @@ class CutoverStatus(ApiModel):
     )
 
 
+class StepsStatus(ApiModel):
+    """The application's steps: missing objects, per-object hooks, backfilled rows."""
+
+    missing: int = Field(
+        default=0, ge=0, description="Selected objects that do not exist (copy.mode none)."
+    )
+    hooks_done: int = Field(default=0, ge=0, description="Objects whose hook answered 2xx.")
+    hooks_pending: int = Field(
+        default=0,
+        ge=0,
+        description="Verified objects whose hook is not done yet (with verifyOnly: skipped "
+        "with reason HookPending).",
+    )
+    backfill_written: int = Field(
+        default=0, ge=0, description="Rows objmig wrote at least one value into."
+    )
+    backfill_already_set: int = Field(
+        default=0, ge=0, description="Rows whose columns held values already (left alone)."
+    )
+    backfill_no_row: int = Field(
+        default=0, ge=0, description="Objects the application's table has no row for."
+    )
+    backfill_conflicts: int = Field(
+        default=0,
+        ge=0,
+        description="Rows the application changed while objmig was writing them (left as "
+        "the application wrote them).",
+    )
+
+
 class ReportRef(ApiModel):
     """Where the full per-object report can be read."""
 
@@ -140,3 +180,7 @@ class ObjectMigrationStatus(ApiModel):
     cutover: CutoverStatus = Field(default_factory=CutoverStatus, description="Cutover record.")
     report: ReportRef | None = Field(default=None, description="The full per-object report.")
     plan: PlanStatus | None = Field(default=None, description="Dry-run plan.")
+    steps: StepsStatus | None = Field(
+        default=None,
+        description="The application's steps (spec.backfill, spec.hooks, copy.mode none).",
+    )

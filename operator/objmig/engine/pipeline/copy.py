@@ -85,6 +85,7 @@ class CopyStep:
             rate_limiter=self._limiter,
             read_ahead=self._read_ahead,
             migration_tag=ctx.name,
+            metadata_change=ctx.metadata_change,
             extra_metadata=provenance,
             exact_layout=sides.replaces_original(row),
             part_size=None

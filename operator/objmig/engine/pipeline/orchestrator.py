@@ -9,18 +9,21 @@ state. It never writes to the ledger (see the package's docstring for why).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from objmig.engine.context import MigrationContext
+from objmig.engine.hooks import HookClient
 from objmig.engine.pipeline import outcomes
 from objmig.engine.pipeline.copy import CopyStep
 from objmig.engine.pipeline.looks import Looks, SourceChanged
 from objmig.engine.pipeline.outcomes import PLAN_COPY, PLAN_IDENTICAL, ConfigurationError
 from objmig.engine.pipeline.restore import restore
 from objmig.engine.pipeline.sides import DEADLINE, Sides
+from objmig.engine.pipeline.steps import ApplicationSteps
 from objmig.engine.pipeline.verify import VerificationError, VerifyStep
 from objmig.ledger.models import ObjectRow, ObjectState, StepResult
-from objmig.storage.compare import looks_identical
+from objmig.storage.compare import first_kept_algorithm, looks_identical, metadata_difference
 from objmig.storage.copy import TargetExistsError
 from objmig.storage.errors import ErrorClass, classify
 from objmig.storage.ratelimit import RateLimiter
@@ -28,6 +31,8 @@ from objmig.storage.restore import needs_restore
 from objmig.storage.selection import metadata_matches
 from objmig.storage.store import Store
 from objmig.storage.types import HeadResult, multipart_part_count, version_or_none
+
+log = logging.getLogger(__name__)
 
 # Storage classes whose objects are always readable: no HEAD needed to rule out a restore.
 # (Intelligent-Tiering may have moved an object to an archive tier, which only HEAD shows.)
@@ -54,6 +59,17 @@ class ObjectPipeline:
         self._looks = Looks(self._sides, self._busy, on_park)
         self._copy = CopyStep(self._sides, limiter)
         self._verify = VerifyStep(self._sides, self._looks)
+        hook = context.spec.hooks.per_object if context.spec.hooks is not None else None
+        self._steps = ApplicationSteps(
+            self._sides,
+            HookClient(hook, context.hook_token, limit=context.connections)
+            if hook is not None
+            else None,
+        )
+
+    async def aclose(self) -> None:
+        """Close what the steps hold open (the hook's connections)."""
+        await self._steps.close()
 
     def _busy(self) -> int:
         """Objects in flight that are not parked in a look."""
@@ -96,7 +112,12 @@ class ObjectPipeline:
         try:
             async with asyncio.timeout(sides.ctx.object_timeout_seconds) as deadline:
                 DEADLINE.set(deadline)
-                return await self._advance(row)
+                if row.state is ObjectState.FINISHING:
+                    return await self._steps.run(row, outcomes.still_verified(row))
+                result = await self._advance(row)
+                if result.state is ObjectState.VERIFIED:
+                    return await self._steps.run(row, result)
+                return result
         except SourceChanged as changed:
             return outcomes.source_changed(row, changed.why)
         except TimeoutError:
@@ -122,6 +143,8 @@ class ObjectPipeline:
     async def _advance(self, row: ObjectRow) -> StepResult:
         sides, looks = self._sides, self._looks
         spec = sides.spec
+        if not spec.copy_.writes:
+            return await self._look(row)
         if row.state is ObjectState.COPIED:
             source = await looks.head_source(row)
             target = await sides.head_target(row)
@@ -169,6 +192,40 @@ class ObjectPipeline:
             return outcomes.skipped(row, PLAN_COPY)
         return await self._copy_and_verify(row, source, create_only=sides.create_only)
 
+    async def _look(self, row: ObjectRow) -> StepResult:
+        """copy.mode none: the object is verified where it is, once it is known to exist.
+
+        The listing's facts suffice unless a metadata rule or a checksum is wanted, or the
+        worklist said nothing of the object; then it is HEADed. What was seen is recorded
+        as the row's target (the object itself), which the backfill and the hook read.
+        """
+        sides = self._sides
+        checksum_wanted = sides.spec.backfill is not None and bool(
+            sides.spec.backfill.columns.checksum
+        )
+        if row.etag and not sides.ctx.metadata_rules and not checksum_wanted:
+            proof = outcomes.Proof(
+                row.etag, version_or_none(row.version_id), None, None, row.last_modified
+            )
+            return self._verified(row, proof)
+        try:
+            head = await self._looks.head_source(row, check=bool(row.etag))
+        except SourceChanged:
+            raise
+        except Exception as exc:
+            if classify(exc).kind != "not_found":
+                raise
+            log.warning("s3://%s/%s does not exist", sides.spec.source.bucket, row.key)
+            return outcomes.missing(row, fail=sides.spec.copy_.missing_objects == "Fail")
+        if sides.ctx.metadata_rules and not metadata_matches(
+            head.metadata, sides.ctx.metadata_rules
+        ):
+            return outcomes.skipped(row, "MetadataNotMatched")
+        algorithm = first_kept_algorithm(head)
+        checksum = head.whole_checksums()[algorithm] if algorithm is not None else None
+        proof = outcomes.Proof(head.etag, head.version_id, checksum, checksum, head.last_modified)
+        return self._verified(row, proof)
+
     def _needs_source_head(self, row: ObjectRow) -> bool:
         """Whether a HEAD must come before the copy, or the copy's own reads suffice.
 
@@ -194,7 +251,11 @@ class ObjectPipeline:
     ) -> StepResult:
         """The target key is taken: keep an identical object, else follow `overwrite`."""
         sides = self._sides
-        if looks_identical(source, target):
+        change = sides.ctx.metadata_change
+        if looks_identical(source, target) and not (
+            # An identical copy without the spec's metadata is rewritten, not kept.
+            change and metadata_difference(source, target, change)
+        ):
             if sides.plan_only:
                 return outcomes.skipped(row, PLAN_IDENTICAL)
             return self._verified(row, await self._verify.verify(row, source, target))
@@ -224,9 +285,7 @@ class ObjectPipeline:
                 raise  # gone again already; the retry copies
             return await self._existing_target(row, taken.source, existing)
         target: HeadResult | None
-        if (sides.spec.verify.metadata and sides.spec.copy_.preserve_metadata) or sides.by_checksum(
-            result.source
-        ):
+        if sides.needs_target_head or sides.by_checksum(result.source):
             # Metadata is proven by reading it back, not by what we asked the store to
             # keep; so is a checksum the store computed.
             target = await sides.head_target(row)

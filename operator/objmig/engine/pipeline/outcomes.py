@@ -23,6 +23,10 @@ PLAN_COPY = "PlanCopy"
 PLAN_IDENTICAL = "PlanIdentical"
 PLAN_RESTORE = "PlanRestore"
 PLAN_REASONS = (PLAN_COPY, PLAN_IDENTICAL, PLAN_RESTORE)
+#: skip_reason of a selected object that does not exist (copy.mode none).
+NOT_FOUND = "NotFound"
+#: skip_reason of an object a verify-only run found without its per-object hook done.
+HOOK_PENDING = "HookPending"
 
 
 class ConfigurationError(Exception):
@@ -33,6 +37,17 @@ class ConfigurationError(Exception):
         super().__init__(f"{step} s3 object {key!r}: {error.code}: {error.message}")
 
 
+class ApplicationError(Exception):
+    """The application's side of the spec cannot work (a worklist query that fails, a
+    backfill column that does not exist, a hook nobody answers): stop the whole run,
+    before anything is written, with a reason for the Failed condition and a message
+    that names the field."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
 @dataclass(frozen=True)
 class Proof:
     """What verification established about a copy."""
@@ -41,10 +56,12 @@ class Proof:
     target_version_id: str | None
     source_checksum: str | None
     target_checksum: str | None
+    target_last_modified: datetime | None = None
 
 
 def verified(row: ObjectRow, target_key: str, proof: Proof) -> StepResult:
-    """The copy at `target_key` is proven: the row is done."""
+    """The copy at `target_key` is proven: the row is done (or, with application steps
+    still to run, those come next)."""
     return StepResult(
         id=row.id,
         state=ObjectState.VERIFIED,
@@ -53,8 +70,14 @@ def verified(row: ObjectRow, target_key: str, proof: Proof) -> StepResult:
         target_version_id=proof.target_version_id,
         source_checksum=proof.source_checksum,
         target_checksum=proof.target_checksum,
+        target_last_modified=proof.target_last_modified,
         increment_attempts=True,
     )
+
+
+def still_verified(row: ObjectRow) -> StepResult:
+    """A `finishing` row, claimed for its application steps: verified as recorded."""
+    return StepResult(id=row.id, state=ObjectState.VERIFIED)
 
 
 def skipped(row: ObjectRow, reason: str) -> StepResult:
@@ -104,6 +127,35 @@ def failure(row: ObjectRow, error: ErrorClass, step: str, retry: RetrySpec) -> S
             increment_attempts=True,
         )
     return failed_now(row, error.code, message)
+
+
+def missing(row: ObjectRow, fail: bool) -> StepResult:
+    """A selected object that does not exist (copy.mode none): skipped, or failed if asked."""
+    if fail:
+        return failed_now(row, NOT_FOUND, "the object does not exist")
+    return skipped(row, NOT_FOUND)
+
+
+def unfinished(
+    row: ObjectRow, done: StepResult, error: ErrorClass, step: str, retry: RetrySpec
+) -> StepResult:
+    """A verified object whose application step (hook, backfill) failed: `finishing` again
+    after a backoff while attempts remain, else failed. What was proven, and what steps
+    did (`done`), is recorded either way."""
+    attempts = row.attempts + 1
+    message = f"{step}: {error.code}: {error.message}"
+    if error.retryable and attempts < retry.attempts:
+        delay = backoff_delay(attempts, retry.backoff)
+        return done._replace(
+            state=ObjectState.FINISHING,
+            last_error=message,
+            error_code=error.code,
+            not_before=now() + timedelta(seconds=delay),
+            increment_attempts=True,
+        )
+    return done._replace(
+        state=ObjectState.FAILED, last_error=message, error_code=error.code, increment_attempts=True
+    )
 
 
 def now() -> datetime:

@@ -55,6 +55,23 @@ class Sides:
         return unversioned and self.ctx.in_place(row.key, self.target_key(row))
 
     @property
+    def checks_metadata(self) -> bool:
+        """Whether verification compares user metadata (and Content-Type) with what was
+        meant: the source's, as kept and changed by the spec."""
+        return self.spec.verify.metadata and (
+            self.spec.copy_.preserve_metadata or bool(self.ctx.metadata_change)
+        )
+
+    @property
+    def needs_target_head(self) -> bool:
+        """Whether a copy's target is read back (HEAD) rather than taken from the write's
+        answer: its metadata is compared, or its last-modified is backfilled."""
+        backfill = self.spec.backfill
+        return self.checks_metadata or (
+            backfill is not None and backfill.columns.last_modified is not None
+        )
+
+    @property
     def create_only(self) -> bool:
         return self.spec.copy_.overwrite != "always"
 

@@ -97,13 +97,18 @@ class VerifyStep:
                 raise VerificationError(
                     "ChecksumMismatch", f"{algorithm} of target differs from source"
                 )
-        if spec.verify.metadata and spec.copy_.preserve_metadata:
-            difference = metadata_difference(source, target)
+        if self._sides.checks_metadata:
+            # What was meant: the source's metadata (none without preserveMetadata) with
+            # the spec's changes.
+            basis = source if spec.copy_.preserve_metadata else replace(source, metadata={})
+            difference = metadata_difference(basis, target, self._sides.ctx.metadata_change)
             if difference is not None:
                 raise VerificationError("MetadataMismatch", difference)
         # The last word: the source must still be what was listed, or the copy proves nothing.
         await self._looks.recheck_source(row, target)
-        return Proof(target.etag, target.version_id, source_checksum, target_checksum)
+        return Proof(
+            target.etag, target.version_id, source_checksum, target_checksum, target.last_modified
+        )
 
     def is_earlier_copy(self, row: ObjectRow, current: HeadResult) -> bool:
         """Whether the object in place of `row` is this migration's copy of it, written

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from objmig.storage.compare import etag_is_content_md5
+from objmig.storage.compare import MetadataChange, etag_is_content_md5
 from objmig.storage.errors import StorageError
 from objmig.storage.ratelimit import RateLimiter
 from objmig.storage.s3wire import sse_c_headers
@@ -134,6 +134,10 @@ class CopyOptions:
       PUT, CopyObject or CompleteMultipartUpload); a taken key raises `TargetExistsError`.
       Stores that ignore the header overwrite, so callers that must never overwrite still
       look first.
+    - `metadata_change`: user metadata set and removed on the way (with or without
+      `preserve_metadata`, the set keys are written); a server-side copy then replaces
+      the metadata (REPLACE directive, content headers kept).
+    - `extra_metadata`: metadata of objmig's own the copy carries (in-place proofs).
     - `migration_tag`: stored as metadata `objmig-migration` on the target.
     - `on_upload_started(upload_id)`: awaited right after CreateMultipartUpload, so the
       engine can record the upload id (S3 shows no metadata for incomplete uploads; the
@@ -168,6 +172,7 @@ class CopyOptions:
     create_only: bool = False
     rate_limiter: RateLimiter | None = None
     migration_tag: str | None = None
+    metadata_change: MetadataChange = field(default_factory=MetadataChange)
     extra_metadata: Mapping[str, str] = field(default_factory=dict)
     on_upload_started: Callable[[str], Awaitable[None]] | None = None
     on_progress: Callable[[int], None] | None = None

@@ -110,7 +110,8 @@ def plan_for(
     layout: PartLayout,
     tags: dict[str, str] | None,
 ) -> Plan:
-    metadata = dict(head.metadata) if options.preserve_metadata else {}
+    change = options.metadata_change
+    metadata = change.apply(head.metadata) if options.preserve_metadata else dict(change.set)
     metadata.update({k.lower(): v for k, v in options.extra_metadata.items()})
     if options.migration_tag:
         metadata[MIGRATION_METADATA_KEY] = options.migration_tag
