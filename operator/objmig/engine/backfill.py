@@ -24,32 +24,24 @@ type, which `BackfillTable.open` learns (and checks against each attribute) firs
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import asyncpg
-
 from objmig.api.conditions import Reason
 from objmig.api.migration import BackfillSpec, ObjectMigrationSpec
 from objmig.engine.appdb import (
-    ApplicationDatabaseError,
     Connection,
     Table,
     answer,
     batches,
-    connect,
     connection,
-    describe_error,
     describe_table,
     quote_identifier,
 )
-from objmig.engine.pipeline import outcomes
 from objmig.engine.pipeline.outcomes import ApplicationError
-from objmig.ledger import Ledger, ObjectRow, ObjectState, StepResult
-from objmig.storage.errors import ErrorClass, ErrorKind
+from objmig.ledger import Ledger, ObjectRow, ObjectState
 
 Outcome = Literal["written", "alreadySet", "noRow", "conflict"]
 #: What the ledger keeps per column: [value before, value written], as text.
@@ -79,23 +71,16 @@ def attribute_text(
     return str(value)
 
 
-def object_attributes(row: ObjectRow, *, of_target: bool) -> dict[str, Any]:
-    """What the backfill writes of one object: its own attributes where it stays
-    (copy.mode none), or after a copy, the target's."""
-    if of_target:
-        return {
-            "hash": row.target_etag,
-            "lastModified": row.target_last_modified,
-            "size": row.size,
-            "checksum": row.target_checksum,
-            "versionId": row.target_version_id,
-        }
+def object_attributes(row: ObjectRow) -> dict[str, Any]:
+    """What the backfill writes of one object: the object as verified, that is after a copy
+    the target's attributes, and with copy.mode none what the look saw of the object where
+    it is (both are recorded as the row's target)."""
     return {
-        "hash": row.etag,
-        "lastModified": row.last_modified,
+        "hash": row.target_etag,
+        "lastModified": row.target_last_modified,
         "size": row.size,
-        "checksum": row.source_checksum,
-        "versionId": row.version_id or None,
+        "checksum": row.target_checksum,
+        "versionId": row.target_version_id,
     }
 
 
@@ -115,16 +100,14 @@ class BackfillItem:
         return plan
 
 
-def backfill_items(
-    spec: ObjectMigrationSpec, rows: Iterable[ObjectRow], *, of_target: bool
-) -> list[BackfillItem]:
+def backfill_items(spec: ObjectMigrationSpec, rows: Iterable[ObjectRow]) -> list[BackfillItem]:
     """The backfill's view of rows: where each object's row is found and what goes there."""
     action = spec.backfill
     assert action is not None
     columns = action.columns.by_attribute()
     items = []
     for row in rows:
-        attributes = object_attributes(row, of_target=of_target)
+        attributes = object_attributes(row)
         values = {}
         for attribute, column in columns.items():
             text = attribute_text(attribute, attributes[attribute], action.last_modified_as)
@@ -148,6 +131,35 @@ class Seen:
     values: list[str | None]
     after: list[bool]
     before: list[bool]
+
+
+def plan_columns(
+    columns: Sequence[str], overwrite: bool, item: BackfillItem, seen: Seen
+) -> tuple[dict[str, Change], dict[str, Change], Outcome]:
+    """What to do with one object's row, as it was found locked: (columns to write now,
+    columns an earlier attempt wrote, the outcome). Pure; see the module's steps 2 and 5.
+    """
+    plan: dict[str, Change] = {}
+    written: dict[str, Change] = {}
+    conflict = False
+    earlier = item.earlier_plan
+    for index, column in enumerate(columns):
+        if column in earlier:
+            if seen.after[index]:
+                written[column] = list(earlier[column])
+            elif seen.before[index]:
+                plan[column] = list(earlier[column])
+            else:
+                conflict = True  # the application wrote it since: leave it alone
+            continue
+        after = item.values.get(column)
+        if after is None or seen.after[index]:
+            continue
+        if seen.values[index] is None or overwrite:
+            plan[column] = [seen.values[index], after]
+    if plan or written:
+        return plan, written, "written"
+    return plan, written, "conflict" if conflict else "alreadySet"
 
 
 @dataclass(frozen=True)
@@ -320,7 +332,9 @@ class BackfillTable:
                 if seen is None:
                     records[item.id] = {"outcome": "noRow"}
                     continue
-                plan, written, outcome = self._plan(item, seen)
+                plan, written, outcome = plan_columns(
+                    self._columns, self.action.overwrite, item, seen
+                )
                 if plan:
                     plans[item.id] = plan
                 records[item.id] = {"outcome": outcome, "written": written | plan}
@@ -339,32 +353,6 @@ class BackfillTable:
         done = {i: r for i, r in records.items() if i in held or i not in plans}
         kept = await ledger.finish_backfill(owner, done)
         return {i: r for i, r in done.items() if i in kept}
-
-    def _plan(
-        self, item: BackfillItem, seen: Seen
-    ) -> tuple[dict[str, Change], dict[str, Change], Outcome]:
-        """(columns to write now, columns an earlier attempt wrote, the outcome)."""
-        plan: dict[str, Change] = {}
-        written: dict[str, Change] = {}
-        conflict = False
-        earlier = item.earlier_plan
-        for index, column in enumerate(self._columns):
-            if column in earlier:
-                if seen.after[index]:
-                    written[column] = list(earlier[column])
-                elif seen.before[index]:
-                    plan[column] = list(earlier[column])
-                else:
-                    conflict = True  # the application wrote it since: leave it alone
-                continue
-            after = item.values.get(column)
-            if after is None or seen.after[index]:
-                continue
-            if seen.values[index] is None or self.action.overwrite:
-                plan[column] = [seen.values[index], after]
-        if plan or written:
-            return plan, written, "written"
-        return plan, written, "conflict" if conflict else "alreadySet"
 
     # -- taking back ------------------------------------------------------------------------
 
@@ -443,7 +431,7 @@ async def backfill_verified(
 
     After a copy this writes the target's attributes, as the applications are pointed at
     the target; with copy.mode none the workers did it object by object already, and this
-    finds what they did not (objects verified again after a rollback).
+    finds what they did not (objects verified before a rollback took their values back).
     """
     action = spec.backfill
     assert action is not None
@@ -452,7 +440,7 @@ async def backfill_verified(
         table = await BackfillTable.open(action, conn)
         due = _not_backfilled(ledger.iter_rows(migration_id, [ObjectState.VERIFIED]))
         async for batch in batches(due, action.batch_size):
-            items = backfill_items(spec, batch, of_target=spec.copy_.writes)
+            items = backfill_items(spec, batch)
             totals = totals.add((await table.write(conn, ledger, None, items)).values())
     return totals
 
@@ -482,130 +470,3 @@ async def revert_backfill(
                 )
                 await ledger.forget_backfill([r.id for r in chunk])
     return result
-
-
-# -- a worker's batches (copy.mode none) ----------------------------------------------------
-
-#: How long the first object of a worker's batch waits for others at most.
-LINGER_SECONDS = 1.0
-
-
-class BackfillQueue:
-    """A worker's objects waiting for their rows to be backfilled (copy.mode none).
-
-    The claim loop hands each object it found (its result verified, its row not
-    backfilled yet) here instead of recording it; a batch goes out when ``batchSize``
-    objects wait, when the first has waited `LINGER_SECONDS`, or when nothing else is on
-    its way. The rows stay leased meanwhile (the claim loop's heartbeat covers them).
-    """
-
-    def __init__(self, spec: ObjectMigrationSpec, dsn: str, ledger: Ledger, owner: str) -> None:
-        assert spec.backfill is not None
-        self._spec = spec
-        self._size = spec.backfill.batch_size
-        self._dsn = dsn
-        self._ledger = ledger
-        self._owner = owner
-        self._waiting: list[tuple[ObjectRow, StepResult]] = []
-        self._since = 0.0
-        self._table: BackfillTable | None = None
-        self._conn: Connection | None = None
-
-    @staticmethod
-    def wants(row: ObjectRow, result: StepResult) -> bool:
-        """Whether this object's row is still to be backfilled."""
-        return result.state is ObjectState.VERIFIED and row.backfilled_at is None
-
-    def add(self, row: ObjectRow, result: StepResult) -> None:
-        if not self._waiting:
-            self._since = time.monotonic()
-        self._waiting.append((row, result))
-
-    @property
-    def held(self) -> list[int]:
-        """Rows waiting here (their leases must be kept)."""
-        return [row.id for row, _ in self._waiting]
-
-    def due(self, *, idle: bool) -> bool:
-        """Whether a batch should go now (``idle``: nothing else is on its way)."""
-        return bool(self._waiting) and (
-            idle
-            or len(self._waiting) >= self._size
-            or time.monotonic() - self._since >= LINGER_SECONDS
-        )
-
-    def take(self) -> list[tuple[ObjectRow, StepResult]]:
-        """The next batch (at most batchSize objects)."""
-        batch, self._waiting = self._waiting[: self._size], self._waiting[self._size :]
-        self._since = time.monotonic()
-        return batch
-
-    def give_back(self) -> list[int]:
-        """Empty the queue (the worker stops); the ids to release unrecorded."""
-        ids, self._waiting = self.held, []
-        return ids
-
-    async def write(self, batch: Sequence[tuple[ObjectRow, StepResult]]) -> list[StepResult]:
-        """Backfill a batch; the results to record: the objects' own for those written,
-        a retry (or a failure) for each when the write did not happen.
-
-        Raises `ApplicationError` when the table cannot take the backfill at all.
-        """
-        try:
-            table, conn = await self._open()
-            rows = [_learnt(row, result) for row, result in batch]
-            done = await table.write(
-                conn, self._ledger, self._owner, backfill_items(self._spec, rows, of_target=False)
-            )
-        except ApplicationDatabaseError as failed:
-            await self.close()
-            problem = _classify(failed.__cause__ or failed)
-            return [
-                outcomes.unfinished(row, result, problem, "backfill", self._spec.retry)
-                for row, result in batch
-            ]
-        # Objects missing from `done` lost their lease: whoever holds them now finishes them.
-        return [result for row, result in batch if row.id in done]
-
-    async def _open(self) -> tuple[BackfillTable, Connection]:
-        if self._conn is None or self._conn.is_closed():
-            self._conn = await answer(connect(self._dsn))
-            self._table = None
-        if self._table is None:
-            assert self._spec.backfill is not None
-            self._table = await BackfillTable.open(self._spec.backfill, self._conn)
-        return self._table, self._conn
-
-    async def close(self) -> None:
-        conn, self._conn, self._table = self._conn, None, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close()
-
-
-def _learnt(row: ObjectRow, result: StepResult) -> ObjectRow:
-    """The row with what its look learnt: a checksum the HEAD brought."""
-    if result.source_checksum is not None:
-        return row._replace(source_checksum=result.source_checksum)
-    return row
-
-
-#: Errors of the application's database that a later attempt may not meet again.
-_TRANSIENT = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.AdminShutdownError,
-)
-
-
-def _classify(error: Exception) -> ErrorClass:
-    """A failed write to the application's database: a dropped connection or a server
-    starting up is retried; anything the server refuses (a value, a constraint) is not."""
-    kind: ErrorKind = "retryable" if isinstance(error, _TRANSIENT) else "permanent"
-    return ErrorClass(kind, "BackfillFailed", describe_error(error))

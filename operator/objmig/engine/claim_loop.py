@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from objmig.engine.backfill import BackfillQueue
+from objmig.engine.backfill_queue import BackfillQueue
 from objmig.engine.context import MigrationContext
 from objmig.engine.pipeline.orchestrator import ObjectPipeline
 from objmig.ledger import ACTIVE_STATES, Ledger, ObjectRow, ObjectState, StepResult

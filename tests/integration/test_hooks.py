@@ -1,0 +1,189 @@
+"""A per-object step of the application's own (write-up 004): an HTTP hook per object.
+
+The endpoint is a real aiohttp server on loopback that fails a share of the calls with
+500 (some until a retry succeeds, one always) and one with 400, and counts every call.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from objmig.api.migration import ObjectMigration
+from objmig.engine.secrets import EnvSecrets, env_name
+from objmig.ledger import Ledger, ObjectState
+from objmig.storage.endpoint import Endpoint
+from tests.fixtures.s3 import S3Seeder
+from tests.integration.engine_support import migration, rows_of, run, secrets_for
+from tests.support.hook_endpoint import HookEndpoint
+
+TOKEN = "hook-s3cr3t"
+OK = [f"ok/{i}" for i in range(6)]
+FLAKY = ["flaky/0", "flaky/1"]  # 500 twice, then 200
+DOWN = "down/0"  # 500 every time
+BAD = "bad/0"  # 400: the application refuses this object
+
+
+def answer(key: str, call: int) -> tuple[int, str]:
+    if key in FLAKY and call <= 2:
+        return 500, "index service busy"
+    if key == DOWN:
+        return 500, "index service down"
+    if key == BAD:
+        return 400, "no such upload: the space was deleted"
+    return 200, "registered"
+
+
+def hooked(endpoint: Endpoint, source: str, target: str, url: str, **spec: Any) -> ObjectMigration:
+    """A migration whose objects go to the hook at ``url`` (4 attempts, fast backoff)."""
+    return migration(
+        endpoint,
+        source,
+        target,
+        hooks={
+            "perObject": {
+                "url": url,
+                "bearerTokenSecretRef": {"name": "hook", "key": "token"},
+                "timeout": "5s",
+            }
+        },
+        **spec,
+    )
+
+
+def with_token(endpoint: Endpoint) -> EnvSecrets:
+    return secrets_for(endpoint, **{env_name("hook", "token"): TOKEN})
+
+
+async def seed(seed: S3Seeder, keys: list[str]) -> str:
+    bucket = await seed.bucket()
+    for key in keys:
+        await seed.put_object(bucket, key, 256)
+    return bucket
+
+
+async def test_each_object_is_hooked_once_5xx_retried_4xx_failed_with_the_endpoints_message(
+    ledger: Ledger, s3_seed: S3Seeder, s3_endpoint: Endpoint
+) -> None:
+    keys = [*OK, *FLAKY, DOWN, BAD]
+    bucket = await seed(s3_seed, keys)
+    async with HookEndpoint(answer) as hook:
+        resource = hooked(
+            s3_endpoint,
+            bucket,
+            bucket,
+            hook.url,
+            copy={"mode": "none"},
+            failurePolicy={"maxFailedObjects": 2},
+        )
+        result = await run(ledger, resource, s3_endpoint, secrets=with_token(s3_endpoint))
+
+        assert result.outcome == "cut-over", result.status.conditions
+        assert dict(hook.calls) == {
+            **dict.fromkeys(OK, 1),
+            **dict.fromkeys(FLAKY, 3),
+            DOWN: 4,
+            BAD: 1,
+        }
+        rows = await rows_of(ledger)
+        assert rows[BAD].state is ObjectState.FAILED
+        assert rows[BAD].error_code == "Hook400"
+        assert "no such upload: the space was deleted" in (rows[BAD].last_error or "")
+        assert rows[DOWN].state is ObjectState.FAILED
+        assert rows[DOWN].error_code == "Hook500"
+        for key in [*OK, *FLAKY]:
+            assert rows[key].state is ObjectState.VERIFIED, key
+            assert rows[key].hook_done_at is not None, key
+        assert {h["authorization"] for h in hook.headers} == {f"Bearer {TOKEN}"}
+        first = next(d for d in hook.documents if d["source"]["key"] == OK[0])
+        assert first == {
+            "migration": "test/m",
+            "source": {"bucket": bucket, "key": OK[0], "versionId": None},
+            "target": {"bucket": bucket, "key": OK[0], "versionId": None},
+            "size": 256,
+            "etag": rows[OK[0]].etag,
+            "checksum": None,
+        }
+        keys_sent = {h["idempotency-key"] for h in hook.headers}
+        assert len(keys_sent) == len(keys)  # one key per object, however often it was sent
+        steps = result.status.steps
+        assert steps is not None
+        assert (steps.hooks_done, steps.hooks_pending) == (8, 0)
+
+        # Running again sends nothing: every hook done is recorded, failures are final.
+        before = dict(hook.calls)
+        again = await run(ledger, resource, s3_endpoint, secrets=with_token(s3_endpoint))
+        assert again.outcome == "cut-over"
+        assert dict(hook.calls) == before
+
+
+async def test_after_a_copy_the_hook_hears_of_the_target_before_the_cutover(
+    ledger: Ledger, s3_seed: S3Seeder, s3_endpoint: Endpoint
+) -> None:
+    source = await seed(s3_seed, OK)
+    target = await s3_seed.bucket()
+    async with HookEndpoint() as hook:
+        resource = hooked(s3_endpoint, source, target, hook.url)
+        result = await run(ledger, resource, s3_endpoint, secrets=with_token(s3_endpoint))
+
+    assert result.outcome == "cut-over"
+    assert dict(hook.calls) == dict.fromkeys(OK, 1)
+    assert {d["target"]["bucket"] for d in hook.documents} == {target}
+    rows = await rows_of(ledger)
+    cut_over = result.status.cutover.at
+    assert cut_over is not None
+    assert all(r.hook_done_at is not None and r.hook_done_at <= cut_over for r in rows.values())
+
+
+async def test_verify_only_shows_which_hooks_are_not_done_and_calls_none(
+    ledger: Ledger, s3_seed: S3Seeder, s3_endpoint: Endpoint
+) -> None:
+    bucket = await seed(s3_seed, OK)
+    async with HookEndpoint() as hook:
+
+        def spec(verify_only: bool) -> ObjectMigration:
+            return hooked(
+                s3_endpoint,
+                bucket,
+                bucket,
+                hook.url,
+                copy={"mode": "none"},
+                verify={"verifyOnly": verify_only},
+            )
+
+        checked = await run(ledger, spec(True), s3_endpoint, secrets=with_token(s3_endpoint))
+
+        assert hook.calls == {}
+        rows = await rows_of(ledger)
+        assert {r.skip_reason for r in rows.values()} == {"HookPending"}
+        steps = checked.status.steps
+        assert steps is not None
+        assert (steps.hooks_pending, steps.hooks_done) == (len(OK), 0)
+        assert {o.last_error for o in checked.status.objects} == {"HookPending"}
+
+        done = await run(ledger, spec(False), s3_endpoint, secrets=with_token(s3_endpoint))
+
+        assert done.outcome == "cut-over"
+        assert dict(hook.calls) == dict.fromkeys(OK, 1)
+
+
+async def test_a_hook_url_that_refuses_connections_fails_the_run_before_any_object(
+    ledger: Ledger, s3_seed: S3Seeder, s3_endpoint: Endpoint
+) -> None:
+    bucket = await seed(s3_seed, OK)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Nothing listens on the port any more.
+    url = f"http://127.0.0.1:{port}/objects"
+    resource = hooked(s3_endpoint, bucket, bucket, url, copy={"mode": "none"})
+
+    result = await run(ledger, resource, s3_endpoint, secrets=with_token(s3_endpoint))
+
+    failed = next(c for c in result.status.conditions if c.type == "Failed")
+    assert result.outcome == "failed"
+    assert (failed.status, failed.reason) == ("True", "HookUnreachable")
+    assert failed.message.startswith(
+        f"spec.hooks.perObject.url: cannot connect to 127.0.0.1:{port}"
+    )
+    assert await rows_of(ledger) == {}
