@@ -8,6 +8,11 @@ A trigger in the application's database counts the writes that changed each row.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
+import subprocess
+import sys
 from typing import Any
 
 import asyncpg
@@ -85,7 +90,11 @@ async def assert_backfilled(
 
 
 async def test_backfill_writes_each_existing_objects_attributes_once_and_skips_the_missing(
-    ledger: Ledger, postgres_server: EmbeddedPostgres, s3_seed: S3Seeder, s3_endpoint: Endpoint
+    ledger: Ledger,
+    database_url: str,
+    postgres_server: EmbeddedPostgres,
+    s3_seed: S3Seeder,
+    s3_endpoint: Endpoint,
 ) -> None:
     bucket, modified = await seed_files(s3_seed)
     async with files_database(postgres_server, KEYS, PRESET) as dsn:
@@ -106,6 +115,32 @@ async def test_backfill_writes_each_existing_objects_attributes_once_and_skips_t
     steps = result.status.steps
     assert steps is not None
     assert (steps.missing, steps.backfill_written, steps.backfill_already_set) == (5, 55, 0)
+
+    # `objmig status` says it the write-up's way: total, processed, remaining, succeeded,
+    # failed, completion %.
+    command = [sys.executable, "-m", "objmig", "status", "test/m", "--database-url", database_url]
+    shown = await asyncio.to_thread(
+        subprocess.run, [*command, "--json"], capture_output=True, text=True, check=True
+    )
+    status = json.loads(shown.stdout)
+    assert status["progress"]["objects"] | {"inProgress": 0} == {
+        "total": 60,
+        "pending": 0,
+        "inProgress": 0,
+        "succeeded": 55,
+        "failed": 0,
+        "skipped": 5,
+        "processed": 60,
+        "remaining": 0,
+    }
+    assert status["progress"]["percent"] == 100
+    assert status["steps"]["missing"] == 5
+    assert status["steps"]["backfillWritten"] == 55
+    table = await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, check=True
+    )
+    for label, value in (("processed", "60"), ("remaining", "0"), ("complete", "100%")):
+        assert re.search(rf"│ {label} +│ +{value} │", table.stdout), (label, table.stdout)
 
 
 async def test_a_crash_mid_batch_and_a_re_run_lose_no_row_and_write_none_twice(

@@ -3,7 +3,9 @@ every call and answers as the test decides, per object key and call number."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections import Counter
 from collections.abc import Callable
 from types import TracebackType
@@ -58,3 +60,27 @@ class HookEndpoint:
     ) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+class ThreadedHookEndpoint:
+    """A `HookEndpoint` serving from a thread of its own: for tests whose event loop blocks
+    (waiting on the control plane) while worker pods call the hook."""
+
+    def __init__(self, answer: Answer = always_ok) -> None:
+        self.endpoint = HookEndpoint(answer)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> HookEndpoint:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.endpoint.__aenter__(), self._loop).result(30)
+        return self.endpoint
+
+    def __exit__(self, *exc: object) -> None:
+        done = asyncio.run_coroutine_threadsafe(
+            self.endpoint.__aexit__(None, None, None), self._loop
+        )
+        done.result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+        self._loop.close()

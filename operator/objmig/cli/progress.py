@@ -26,12 +26,10 @@ def human_bytes(count: float) -> str:
 def summary_line(name: str, status: ObjectMigrationStatus) -> str:
     """One line: phase, objects and bytes done, rate, ETA, failures."""
     p = status.progress
-    done = p.objects.succeeded + p.objects.failed + p.objects.skipped
-    bytes_done = p.bytes.succeeded + p.bytes.failed + p.bytes.skipped
     parts = [
         f"{name}: {status.phase}",
-        f"{done}/{p.objects.total} objects",
-        f"{human_bytes(bytes_done)}/{human_bytes(p.bytes.total)} ({p.percent}%)",
+        f"{p.objects.processed}/{p.objects.total} objects",
+        f"{human_bytes(p.bytes.processed)}/{human_bytes(p.bytes.total)} ({p.percent}%)",
         f"{human_bytes(p.bytes_per_second)}/s",
     ]
     if p.eta:
@@ -42,6 +40,9 @@ def summary_line(name: str, status: ObjectMigrationStatus) -> str:
         parts.append(f"{p.objects.failed} failed")
     if p.objects.skipped:
         parts.append(f"{p.objects.skipped} skipped")
+    steps = status.steps
+    if steps is not None and steps.missing:
+        parts.append(f"{steps.missing} missing")
     return " | ".join(parts)
 
 
@@ -54,6 +55,8 @@ def status_table(name: str, status: ObjectMigrationStatus) -> Table:
     p = status.progress
     for label, attr in (
         ("total", "total"),
+        ("processed", "processed"),
+        ("remaining", "remaining"),
         ("pending", "pending"),
         ("in progress", "in_progress"),
         ("verified", "succeeded"),
@@ -61,8 +64,21 @@ def status_table(name: str, status: ObjectMigrationStatus) -> Table:
         ("skipped", "skipped"),
     ):
         table.add_row(label, str(getattr(p.objects, attr)), human_bytes(getattr(p.bytes, attr)))
+    table.add_row("complete", f"{p.percent}%", "")
     rate = f"{human_bytes(p.bytes_per_second)}/s, {p.objects_per_second} objects/s"
     table.add_row("rate", rate, f"ETA {p.eta}" if p.eta else "")
+    steps = status.steps
+    if steps is not None:
+        for label, value in (
+            ("missing", steps.missing),
+            ("hooks done", steps.hooks_done),
+            ("hooks pending", steps.hooks_pending),
+            ("backfill written", steps.backfill_written),
+            ("backfill already set", steps.backfill_already_set),
+            ("backfill no row", steps.backfill_no_row),
+            ("backfill conflicts", steps.backfill_conflicts),
+        ):
+            table.add_row(label, str(value), "")
     for type_ in ("CutoverReady", "CutOver", "Paused", "Failed"):
         condition = find_condition(status.conditions, type_)
         if condition is not None and (condition.status == "True" or type_ == "CutoverReady"):

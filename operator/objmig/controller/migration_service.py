@@ -429,6 +429,16 @@ def _transition_events(
             reason = condition.reason if condition is not None else status.phase
         detail = f": {condition.message}" if condition is not None and condition.message else ""
         events.append(Event(kind, reason, f"{previous.phase} -> {status.phase}{detail}"))
+    missing = status.steps.missing if status.steps is not None else 0
+    if missing > (previous.steps.missing if previous.steps is not None else 0):
+        events.append(
+            Event(
+                "Warning",
+                Reason.OBJECTS_MISSING,
+                f"{missing} selected objects do not exist (skipped, reason NotFound); "
+                "objmig report NAME lists them",
+            )
+        )
     before = find_condition(previous.conditions, ConditionType.CUTOVER_READY)
     after = find_condition(status.conditions, ConditionType.CUTOVER_READY)
     if (

@@ -1,0 +1,244 @@
+"""The application's own migrations through the operator on a real control plane: a
+storage-version rewrite, a backfill into the application's database (and its rollback),
+a per-object hook, and the bad inputs each refused with a condition naming the field.
+
+Worker pods run as local processes through the pod runner, against moto, the test
+PostgreSQL (the ledger, and the application's database beside it) and, for hooks, an
+aiohttp endpoint on loopback served from a thread of its own.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+
+from objmig.ledger import Ledger, ObjectState
+from objmig.local.postgres import EmbeddedPostgres
+from objmig.local.s3server import LocalS3Server
+from tests.fixtures.operator import OperatorProcess
+from tests.fixtures.s3 import S3Seeder
+from tests.k8s.test_operator import (
+    apply_migration,
+    apply_secret,
+    condition,
+    create_secret,
+    ledger_rows,
+    moto_keys,
+    patch_spec,
+    wait_cut_over,
+    wait_for,
+)
+from tests.support.appdb import FILES_QUERY, backfill_action, files_database, files_of
+from tests.support.cluster import ControlPlane
+from tests.support.hook_endpoint import ThreadedHookEndpoint
+
+pytestmark = [pytest.mark.k8s, pytest.mark.slow]
+
+KiB = 1024
+SQL_WORKLIST = {"sql": {"dsnSecretRef": {"name": "app-db", "key": "dsn"}, "query": FILES_QUERY}}
+
+
+def events_of(cluster: ControlPlane, namespace: str, reason: str) -> list[dict[str, Any]]:
+    items = cluster.kubectl_json("get", "events", "-n", namespace)["items"]
+    return [e for e in items if e.get("reason") == reason]
+
+
+async def test_a_storage_version_rewrite_through_the_operator(
+    k8s_cluster: ControlPlane,
+    k8s_namespace: str,
+    objmig_operator: OperatorProcess,
+    s3_server: LocalS3Server,
+    s3_seed: S3Seeder,
+) -> None:
+    ns, name = k8s_namespace, "stamp"
+    bucket = await s3_seed.bucket()
+    old = [
+        await s3_seed.put_object(bucket, "a", 16 * KiB, metadata={"storage-version": "2"}),
+        await s3_seed.put_multipart(
+            bucket, "parts", [4 * KiB, 4 * KiB, 1000], metadata={"storage-version": "1"}
+        ),
+    ]
+    await s3_seed.put_object(bucket, "c", 4 * KiB, metadata={"storage-version": "3"})
+    untouched = await s3_seed.client.head_object(Bucket=bucket, Key="c")
+    create_secret(k8s_cluster, ns, *moto_keys(s3_server))
+
+    target = {
+        "endpoint": s3_server.endpoint_url, "bucket": bucket, "addressingStyle": "path",
+        "region": "us-east-1", "credentialsSecretRef": {"name": "s3-creds"},
+        "encryption": {"mode": "SSE-S3"}, "metadata": {"set": {"storage-version": "3"}},
+    }  # fmt: skip
+    apply_migration(
+        k8s_cluster, ns, name, s3_server.endpoint_url, bucket, bucket, target=target,
+        selection={"metadata": [{"key": "storage-version", "operator": "Lt", "values": ["3"]}]},
+        copy={"mode": "serverSide", "overwrite": "always"},
+    )  # fmt: skip
+    done = wait_cut_over(k8s_cluster, ns, name)
+
+    objects = done["status"]["progress"]["objects"]
+    assert (objects["succeeded"], objects["skipped"]) == (2, 1)
+    for obj in old:
+        head = await s3_seed.client.head_object(Bucket=bucket, Key=obj.key)
+        assert head["Metadata"]["storage-version"] == "3"
+        assert head["ServerSideEncryption"] == "AES256"
+        assert head["ETag"].strip('"') == obj.etag
+    after = await s3_seed.client.head_object(Bucket=bucket, Key="c")
+    assert after["LastModified"] == untouched["LastModified"]
+
+
+async def test_a_backfill_through_the_operator_then_its_rollback(
+    k8s_cluster: ControlPlane,
+    k8s_namespace: str,
+    objmig_operator: OperatorProcess,
+    postgres_server: EmbeddedPostgres,
+    s3_server: LocalS3Server,
+    s3_seed: S3Seeder,
+    ledger: Ledger,
+) -> None:
+    ns, name = k8s_namespace, "backfill"
+    bucket = await s3_seed.bucket()
+    keys = [f"files/{i:02d}" for i in range(24)]
+    missing = {keys[5], keys[17]}
+    sizes = {}
+    for index, key in enumerate(keys):
+        if key not in missing:
+            sizes[key] = (await s3_seed.put_object(bucket, key, 50 + index)).size
+    create_secret(k8s_cluster, ns, *moto_keys(s3_server))
+    async with files_database(postgres_server, keys) as dsn:
+        apply_secret(k8s_cluster, ns, "app-db", {"dsn": dsn})
+        spec = {
+            "copy": {"mode": "none"},
+            "selection": {"manifest": SQL_WORKLIST},
+            "backfill": backfill_action(batchSize=5),
+        }
+        apply_migration(k8s_cluster, ns, name, s3_server.endpoint_url, bucket, bucket, **spec)
+        done = wait_cut_over(k8s_cluster, ns, name)
+
+        objects = done["status"]["progress"]["objects"]
+        assert (objects["total"], objects["processed"], objects["remaining"]) == (24, 24, 0)
+        assert (objects["succeeded"], objects["skipped"]) == (22, 2)
+        assert done["status"]["progress"]["percent"] == 100
+        assert done["status"]["steps"]["missing"] == 2
+        assert done["status"]["steps"]["backfillWritten"] == 22
+        files = await files_of(dsn)
+        for key in keys:
+            expected = None if key in missing else sizes[key]
+            assert files[key]["size"] == expected, key
+            assert files[key]["writes"] == (0 if key in missing else 1), key
+        assert events_of(k8s_cluster, ns, "ObjectsMissing")
+        rows = await ledger_rows(ledger, ns, name)
+        assert {r.key for r in rows if r.state is ObjectState.SKIPPED} == missing
+
+        patch_spec(k8s_cluster, ns, name, {"cutover": {"rollback": True}})
+        rolled = wait_for(
+            k8s_cluster, ns, name,
+            lambda r: condition(r, "CutOver").get("reason") == "RolledBack",
+            what="CutOver=False RolledBack", operator=objmig_operator,
+        )  # fmt: skip
+        assert "22 rows put back" in " ".join(rolled["status"]["cutover"]["actions"])
+        files = await files_of(dsn)
+        assert all(row["hash"] is None and row["size"] is None for row in files.values())
+
+
+async def test_a_per_object_hook_through_the_operator(
+    k8s_cluster: ControlPlane,
+    k8s_namespace: str,
+    objmig_operator: OperatorProcess,
+    s3_server: LocalS3Server,
+    s3_seed: S3Seeder,
+) -> None:
+    ns, name = k8s_namespace, "hooked"
+    bucket = await s3_seed.bucket()
+    keys = [f"uploads/{i}" for i in range(8)]
+    for key in keys:
+        await s3_seed.put_object(bucket, key, 128)
+    create_secret(k8s_cluster, ns, *moto_keys(s3_server))
+    apply_secret(k8s_cluster, ns, "hook", {"token": "t0ken"})
+
+    def answer(key: str, call: int) -> tuple[int, str]:
+        if key == keys[1] and call == 1:
+            return 503, "busy"
+        if key == keys[2]:
+            return 409, "already claimed by another space"
+        return 200, "ok"
+
+    with ThreadedHookEndpoint(answer) as hook:
+        apply_migration(
+            k8s_cluster, ns, name, s3_server.endpoint_url, bucket, bucket,
+            copy={"mode": "none"},
+            selection={"limit": 6},
+            failurePolicy={"maxFailedObjects": 1},
+            hooks={"perObject": {"url": hook.url,
+                                 "bearerTokenSecretRef": {"name": "hook", "key": "token"}}},
+        )  # fmt: skip
+        done = wait_cut_over(k8s_cluster, ns, name)
+
+        assert dict(hook.calls) == {**dict.fromkeys(keys[:6], 1), keys[1]: 2}
+        assert {h["authorization"] for h in hook.headers} == {"Bearer t0ken"}
+        steps = done["status"]["steps"]
+        assert (steps["hooksDone"], steps["hooksPending"]) == (5, 0)
+        failed = [o for o in done["status"]["objects"] if o["state"] == "failed"]
+        assert [(o["key"], o["lastError"]) for o in failed] == [
+            (keys[2], "hook: Hook409: HTTP 409: already claimed by another space")
+        ]
+
+
+async def test_bad_application_inputs_are_conditions_naming_the_field(
+    k8s_cluster: ControlPlane,
+    k8s_namespace: str,
+    objmig_operator: OperatorProcess,
+    postgres_server: EmbeddedPostgres,
+    s3_server: LocalS3Server,
+    s3_seed: S3Seeder,
+) -> None:
+    ns = k8s_namespace
+    bucket = await s3_seed.bucket()
+    await s3_seed.put_object(bucket, "files/00", 10)
+    create_secret(k8s_cluster, ns, *moto_keys(s3_server))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    async with files_database(postgres_server, ["files/00"]) as dsn:
+        apply_secret(k8s_cluster, ns, "app-db", {"dsn": dsn})
+        look = {"copy": {"mode": "none"}}
+        cases: dict[str, tuple[dict[str, Any], str, str]] = {
+            "no-column": (
+                {**look, "backfill": backfill_action(
+                    match="key", keyColumn="location_key", columns={"hash": "hsh"})},
+                "BackfillInvalid",
+                "spec.backfill.columns.hash: column 'hsh' does not exist",
+            ),
+            "bad-query": (
+                {**look, "selection": {"manifest": {"sql": {
+                    "dsnSecretRef": {"name": "app-db", "key": "dsn"},
+                    "query": "SELECT nope AS key FROM files"}}}},
+                "WorklistQueryFailed",
+                "spec.selection.manifest.sql.query: the application's database refused it",
+            ),
+            "no-secret": (
+                {**look, "backfill": backfill_action(
+                    dsnSecretRef={"name": "app-db-missing", "key": "dsn"}, match="key",
+                    keyColumn="location_key")},
+                "SecretNotFound",
+                "Secret 'app-db-missing' with key 'dsn' (spec.backfill.dsnSecretRef) not found",
+            ),
+            "hook-refused": (
+                {**look, "hooks": {"perObject": {
+                    "url": f"http://127.0.0.1:{closed_port}/objects"}}},
+                "HookUnreachable",
+                f"spec.hooks.perObject.url: cannot connect to 127.0.0.1:{closed_port}",
+            ),
+        }  # fmt: skip
+        for name, (spec, _, _) in cases.items():
+            apply_migration(k8s_cluster, ns, name, s3_server.endpoint_url, bucket, bucket, **spec)
+        for name, (_, reason, message) in cases.items():
+            failed = wait_for(
+                k8s_cluster, ns, name, lambda r: condition(r, "Failed").get("status") == "True",
+                what=f"{name}: Failed=True", operator=objmig_operator,
+            )  # fmt: skip
+            assert condition(failed, "Failed")["reason"] == reason, name
+            assert message in condition(failed, "Failed")["message"], name
+            assert failed["status"]["progress"]["objects"]["succeeded"] == 0, name
+        files = await files_of(dsn)
+        assert files["files/00"]["writes"] == 0
