@@ -64,16 +64,29 @@ async def test_a_storage_version_rewrite_through_the_operator(
     untouched = await s3_seed.client.head_object(Bucket=bucket, Key="c")
     create_secret(k8s_cluster, ns, *moto_keys(s3_server))
 
-    target = {
+    side = {
         "endpoint": s3_server.endpoint_url, "bucket": bucket, "addressingStyle": "path",
         "region": "us-east-1", "credentialsSecretRef": {"name": "s3-creds"},
-        "encryption": {"mode": "SSE-S3"}, "metadata": {"set": {"storage-version": "3"}},
     }  # fmt: skip
-    apply_migration(
-        k8s_cluster, ns, name, s3_server.endpoint_url, bucket, bucket, target=target,
-        selection={"metadata": [{"key": "storage-version", "operator": "Lt", "values": ["3"]}]},
-        copy={"mode": "serverSide", "overwrite": "always"},
-    )  # fmt: skip
+    spec = {
+        "source": side,
+        "target": {
+            **side,
+            "encryption": {"mode": "SSE-S3"},
+            "metadata": {"set": {"storage-version": "3"}},
+        },
+        "selection": {"metadata": [{"key": "storage-version", "operator": "Lt", "values": ["3"]}]},
+        "copy": {"mode": "serverSide", "overwrite": "always"},
+    }
+    k8s_cluster.apply_yaml(
+        {
+            "apiVersion": "objmig.dev/v1alpha1",
+            "kind": "ObjectMigration",
+            "metadata": {"name": name},
+            "spec": spec,
+        },
+        namespace=ns,
+    )
     done = wait_cut_over(k8s_cluster, ns, name)
 
     objects = done["status"]["progress"]["objects"]
