@@ -8,13 +8,13 @@ per row, the updates that changed anything, so a test can prove no row was writt
 from __future__ import annotations
 
 import contextlib
-import secrets
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
 
 from objmig.local.postgres import EmbeddedPostgres
+from tests.fixtures.postgres import scratch_database
 
 FILES_DDL = """
 CREATE TABLE files (
@@ -45,31 +45,17 @@ async def files_database(
 ) -> AsyncIterator[str]:
     """A fresh database whose `files` table has one row per key (ids in key order);
     ``preset`` gives some rows a hash already, as the application wrote it."""
-    name = f"app_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(server.dsn)
-    try:
-        # Identifiers cannot be parameters; the name is generated above.
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = server.dsn_for(name)
-    app = await asyncpg.connect(dsn)
-    try:
-        await app.execute(FILES_DDL)
-        await app.executemany(
-            "INSERT INTO files (location_key, hash) VALUES ($1, $2)",
-            [(key, (preset or {}).get(key)) for key in keys],
-        )
-    finally:
-        await app.close()
-    try:
-        yield dsn
-    finally:
-        admin = await asyncpg.connect(server.dsn)
+    async with scratch_database(server, "app") as dsn:
+        app = await asyncpg.connect(dsn)
         try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await app.execute(FILES_DDL)
+            await app.executemany(
+                "INSERT INTO files (location_key, hash) VALUES ($1, $2)",
+                [(key, (preset or {}).get(key)) for key in keys],
+            )
         finally:
-            await admin.close()
+            await app.close()
+        yield dsn
 
 
 async def files_of(dsn: str) -> dict[str, dict[str, Any]]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 
 from objmig.local.postgres import EmbeddedPostgres
+from tests.fixtures.postgres import scratch_database
 
 
 @contextlib.asynccontextmanager
@@ -17,29 +17,16 @@ async def catalog_database(
     server: EmbeddedPostgres, keys: list[str], bucket: str
 ) -> AsyncIterator[str]:
     """An application database whose table points at the source objects."""
-    name = f"app_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(server.dsn)
-    try:
-        # Identifiers cannot be parameters; the name is generated above.
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    app = await asyncpg.connect(server.dsn_for(name))
-    try:
-        await app.execute("CREATE TABLE assets (key text PRIMARY KEY, location text)")
-        await app.executemany(
-            "INSERT INTO assets VALUES ($1, $2)", [(k, f"s3://{bucket}/{k}") for k in keys]
-        )
-    finally:
-        await app.close()
-    try:
-        yield server.dsn_for(name)
-    finally:
-        admin = await asyncpg.connect(server.dsn)
+    async with scratch_database(server, "app") as dsn:
+        app = await asyncpg.connect(dsn)
         try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await app.execute("CREATE TABLE assets (key text PRIMARY KEY, location text)")
+            await app.executemany(
+                "INSERT INTO assets VALUES ($1, $2)", [(k, f"s3://{bucket}/{k}") for k in keys]
+            )
         finally:
-            await admin.close()
+            await app.close()
+        yield dsn
 
 
 async def catalog_rows(dsn: str) -> dict[str, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from objmig.api.base import SecretKeySelector
 from objmig.api.migration import ObjectMigrationSpec
-from objmig.engine.appdb import stream_worklist
+from objmig.engine.appdb import batches, stream_worklist
 from objmig.engine.context import MigrationContext
 from objmig.engine.secrets import ConfigMapNotFound
 from objmig.ledger import (
@@ -227,7 +227,7 @@ async def _from_manifest(
             )
         lines = stored.text.splitlines()
         entries = _aiter(parse_csv(lines) if fmt == "csv" else parse_lines(lines))
-    async for batch in _batches(entries, _HEAD_CONCURRENCY * 4):
+    async for batch in batches(entries, _HEAD_CONCURRENCY * 4):
         infos = await asyncio.gather(*(_describe(context, source.http, e) for e in batch))
         for entry, info in zip(batch, infos, strict=True):
             row_id = row_ids.pop(entry.key, None)
@@ -290,19 +290,6 @@ async def _describe(
 async def _aiter(entries: Iterable[ManifestEntry]) -> AsyncIterator[ManifestEntry]:
     for entry in entries:
         yield entry
-
-
-async def _batches(
-    entries: AsyncIterator[ManifestEntry], size: int
-) -> AsyncIterator[list[ManifestEntry]]:
-    batch: list[ManifestEntry] = []
-    async for entry in entries:
-        batch.append(entry)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
