@@ -167,6 +167,27 @@ async def test_verify_only_shows_which_hooks_are_not_done_and_calls_none(
         assert dict(hook.calls) == dict.fromkeys(OK, 1)
 
 
+async def test_a_dry_run_calls_no_hook_and_the_real_run_after_it_calls_each_once(
+    ledger: Ledger, s3_seed: S3Seeder, s3_endpoint: Endpoint
+) -> None:
+    bucket = await seed(s3_seed, OK)
+    async with HookEndpoint() as hook:
+
+        def spec(dry_run: bool) -> ObjectMigration:
+            return hooked(
+                s3_endpoint, bucket, bucket, hook.url, copy={"mode": "none"}, dryRun=dry_run
+            )
+
+        planned = await run(ledger, spec(True), s3_endpoint, secrets=with_token(s3_endpoint))
+
+        assert planned.outcome == "planned"
+        assert hook.calls == {}
+        assert {r.skip_reason for r in (await rows_of(ledger)).values()} == {"PlanCopy"}
+        done = await run(ledger, spec(False), s3_endpoint, secrets=with_token(s3_endpoint))
+        assert done.outcome == "cut-over"
+        assert dict(hook.calls) == dict.fromkeys(OK, 1)
+
+
 async def test_a_hook_url_that_refuses_connections_fails_the_run_before_any_object(
     ledger: Ledger, s3_seed: S3Seeder, s3_endpoint: Endpoint
 ) -> None:

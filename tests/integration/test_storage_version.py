@@ -71,9 +71,13 @@ async def test_a_storage_version_rewrite_stamps_old_objects_once_and_a_second_ru
         for obj in (current, unversioned)
     }
 
-    result = await run(ledger, rewrite(backend_via_proxy, bucket), backend_via_proxy)
+    # A catch-up round re-scans the bucket before the cutover: it finds nothing new.
+    resource = rewrite(backend_via_proxy, bucket, cutover={"catchUp": True})
+    result = await run(ledger, resource, backend_via_proxy)
 
     assert result.outcome == "cut-over", [(o.key, o.last_error) for o in result.status.objects]
+    state = await ledger.get_state(await ledger.ensure_migration("test/m"))
+    assert (state.catch_up.rounds, state.catch_up.last_delta) == (1, 0)
     rows = await rows_of(ledger)
     assert {k: r.state for k, r in rows.items()} == {
         "a": ObjectState.VERIFIED,
@@ -102,7 +106,7 @@ async def test_a_storage_version_rewrite_stamps_old_objects_once_and_a_second_ru
 
     # The same migration again, and a new one over the same bucket: nothing is old any more.
     backend_proxy.clear()
-    again = await run(ledger, rewrite(backend_via_proxy, bucket), backend_via_proxy)
+    again = await run(ledger, resource, backend_via_proxy)
     assert again.outcome == "cut-over"
     fresh = await run(ledger, rewrite(backend_via_proxy, bucket, name="m2"), backend_via_proxy)
     second = await rows_of(ledger, "test/m2")

@@ -204,6 +204,8 @@ class ObjectPipeline:
             sides.spec.backfill.columns.checksum
         )
         if row.etag and not sides.ctx.metadata_rules and not checksum_wanted:
+            if sides.plan_only:
+                return outcomes.skipped(row, PLAN_COPY)
             proof = outcomes.Proof(
                 row.etag, version_or_none(row.version_id), None, None, row.last_modified
             )
@@ -221,6 +223,8 @@ class ObjectPipeline:
             head.metadata, sides.ctx.metadata_rules
         ):
             return outcomes.skipped(row, "MetadataNotMatched")
+        if sides.plan_only:
+            return outcomes.skipped(row, PLAN_COPY)  # a real run would take it up
         algorithm = first_kept_algorithm(head)
         checksum = head.whole_checksums()[algorithm] if algorithm is not None else None
         proof = outcomes.Proof(head.etag, head.version_id, checksum, checksum, head.last_modified)
