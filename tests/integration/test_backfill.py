@@ -282,3 +282,59 @@ async def test_a_missing_dsn_secret_is_refused_naming_the_field(
         refused.value
     )
     assert await ledger.list_migrations() == []
+
+
+async def test_after_a_copy_the_targets_attributes_are_written_with_the_location_swap(
+    ledger: Ledger, postgres_server: EmbeddedPostgres, s3_seed: S3Seeder, s3_endpoint: Endpoint
+) -> None:
+    source, target = await s3_seed.bucket(), await s3_seed.bucket()
+    keys = [f"docs/{i}.pdf" for i in range(12)]
+    for index, key in enumerate(keys):
+        await s3_seed.put_object(source, key, 300 + index)
+    async with files_database(postgres_server, keys, bucket=source) as dsn:
+        secrets = with_app(s3_endpoint, dsn)
+        cutover = {
+            "catalog": {
+                "dsnSecretRef": {"name": "app-db", "key": "dsn"},
+                "table": "files",
+                "keyColumn": "location_key",
+                "locationColumn": "location",
+            }
+        }
+        backfill = backfill_action(match="key", keyColumn="location_key", batchSize=5)
+        # Stored with SSE-S3 on the target, read back by its own HEAD.
+        resource = migration(
+            s3_endpoint, source, target, cutover=cutover, backfill=backfill,
+            target_extra={"encryption": {"mode": "SSE-S3"}},
+        )  # fmt: skip
+
+        result = await run(ledger, resource, s3_endpoint, secrets=secrets)
+
+        assert result.outcome == "cut-over", result.status.conditions
+        files = await files_of(dsn)
+        for index, key in enumerate(keys):
+            head = await s3_seed.client.head_object(Bucket=target, Key=key)
+            row = files[key]
+            assert row["location"] == f"s3://{target}/{key}"
+            assert row["hash"] == head["ETag"].strip('"')
+            assert row["last_modified"] == int(head["LastModified"].timestamp()) * 1000
+            assert (row["size"], row["writes"]) == (300 + index, 2)  # the swap, the backfill
+        assert any(
+            a.startswith("backfill files: 12 rows written") for a in result.status.cutover.actions
+        )
+
+        rolled = await run(
+            ledger,
+            migration(
+                s3_endpoint, source, target, backfill=backfill,
+                cutover={**cutover, "rollback": True},
+                target_extra={"encryption": {"mode": "SSE-S3"}},
+            ),
+            s3_endpoint,
+            secrets=secrets,
+        )  # fmt: skip
+
+        assert rolled.outcome == "rolled-back"
+        for key, row in (await files_of(dsn)).items():
+            assert row["location"] == f"s3://{source}/{key}"
+            assert (row["hash"], row["last_modified"], row["size"]) == (None, None, None)

@@ -22,7 +22,8 @@ CREATE TABLE files (
     location_key  text NOT NULL UNIQUE,
     hash          text,
     last_modified bigint,
-    size          bigint
+    size          bigint,
+    location      text
 );
 CREATE TABLE file_writes (file_id bigint PRIMARY KEY, writes integer NOT NULL);
 CREATE FUNCTION count_write() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -41,17 +42,25 @@ FILES_QUERY = "SELECT location_key AS key, id FROM files ORDER BY id"
 
 @contextlib.asynccontextmanager
 async def files_database(
-    server: EmbeddedPostgres, keys: Sequence[str], preset: dict[str, str] | None = None
+    server: EmbeddedPostgres,
+    keys: Sequence[str],
+    preset: dict[str, str] | None = None,
+    *,
+    bucket: str | None = None,
 ) -> AsyncIterator[str]:
     """A fresh database whose `files` table has one row per key (ids in key order);
-    ``preset`` gives some rows a hash already, as the application wrote it."""
+    ``preset`` gives some rows a hash already, as the application wrote it; ``bucket``
+    gives each row its location there (``s3://bucket/key``), for a catalog cutover."""
     async with scratch_database(server, "app") as dsn:
         app = await asyncpg.connect(dsn)
         try:
             await app.execute(FILES_DDL)
             await app.executemany(
-                "INSERT INTO files (location_key, hash) VALUES ($1, $2)",
-                [(key, (preset or {}).get(key)) for key in keys],
+                "INSERT INTO files (location_key, hash, location) VALUES ($1, $2, $3)",
+                [
+                    (key, (preset or {}).get(key), f"s3://{bucket}/{key}" if bucket else None)
+                    for key in keys
+                ],
             )
         finally:
             await app.close()
