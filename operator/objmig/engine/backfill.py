@@ -118,9 +118,9 @@ def backfill_items(spec: ObjectMigrationSpec, rows: Iterable[ObjectRow]) -> list
     return items
 
 
-def _planned(item: BackfillItem, which: int) -> dict[str, str | None]:
-    """The earlier plan's values from before (``which`` 0) or to be written (1)."""
-    return {column: change[which] for column, change in item.earlier_plan.items()}
+def _side(changes: Mapping[str, Change], which: int) -> dict[str, str | None]:
+    """Each column's value from before (``which`` 0) or the one written (1)."""
+    return {column: change[which] for column, change in changes.items()}
 
 
 @dataclass(frozen=True)
@@ -323,8 +323,8 @@ class BackfillTable:
                 self._lock(
                     conn,
                     [item.match or "" for item in reachable],
-                    [item.values | _planned(item, 1) for item in reachable],
-                    [_planned(item, 0) for item in reachable],
+                    [item.values | _side(item.earlier_plan, 1) for item in reachable],
+                    [_side(item.earlier_plan, 0) for item in reachable],
                 )
             )
             for position, item in enumerate(reachable):
@@ -372,8 +372,8 @@ class BackfillTable:
             found = await self._lock(
                 conn,
                 [match or "" for match, _ in wanted],
-                [{c: ch[1] for c, ch in cols.items()} for _, cols in wanted],
-                [{c: ch[0] for c, ch in cols.items()} for _, cols in wanted],
+                [_side(cols, 1) for _, cols in wanted],
+                [_side(cols, 0) for _, cols in wanted],
             )
             changes: list[tuple[str, dict[str, Change]]] = []
             for position, (match, cols) in enumerate(wanted):
