@@ -174,7 +174,7 @@ def test_the_cutover_waits_for_every_hook() -> None:
     inputs = CutoverInputs(replace(tally, finishing=2), True, CatchUp())
     gate = cutover_gate(_spec(), inputs)
     assert (gate.ok, gate.reason) == (False, "StepsPending")
-    assert "2 verified objects wait for their per-object hook" in gate.message
+    assert "2 verified objects wait for their per-object hook or backfill" in gate.message
     busy = CutoverInputs(replace(tally, outstanding=3, finishing=2), True, CatchUp())
     assert cutover_gate(_spec(), busy).reason == "NotAllVerified"
 

@@ -37,7 +37,7 @@ class Tally:
     source_changed: int
     skipped: int
     outstanding: int  # pending, restoring, copied, finishing: work not yet finished
-    #: Of the outstanding, objects verified whose application steps (hook) are not done.
+    #: Of the outstanding, objects verified whose application steps (hook, backfill) wait.
     finishing: int = 0
 
     @property
@@ -187,8 +187,8 @@ def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
         return Gate(
             False,
             Reason.STEPS_PENDING,
-            f"{tally.finishing} verified objects wait for their per-object hook; the cutover "
-            "waits for every one",
+            f"{tally.finishing} verified objects wait for their per-object hook or backfill "
+            "(being retried); the cutover waits for every one",
         )
     budget = failure_budget(tally, spec.failure_policy, final=True)
     if not budget.ok:

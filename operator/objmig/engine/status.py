@@ -195,7 +195,7 @@ def build_status(inputs: StatusInputs, previous: ObjectMigrationStatus) -> Objec
         cutover=_cutover_status(state),
         report=previous.report,
         plan=_plan(inputs) if spec.dry_run else None,
-        steps=_steps(inputs.steps) if inputs.steps is not None else None,
+        steps=_steps(inputs.steps, spec) if inputs.steps is not None else None,
     )
     if previous.progress.started_at is not None:
         result.progress.started_at = previous.progress.started_at
@@ -406,11 +406,13 @@ def _object_status(row: ObjectRow) -> ObjectStatus:
     )
 
 
-def _steps(counts: StepCounts) -> StepsStatus:
+def _steps(counts: StepCounts, spec: ObjectMigrationSpec) -> StepsStatus:
+    # A row may wait in `finishing` for its backfill too: only a hook makes it a pending hook.
+    hooked = spec.per_object_hook
     return StepsStatus(
         missing=counts.missing,
-        hooks_done=counts.hooks_done,
-        hooks_pending=counts.hooks_pending,
+        hooks_done=counts.hooks_done if hooked else 0,
+        hooks_pending=counts.hooks_pending if hooked else 0,
         backfill_written=counts.backfill_written,
         backfill_already_set=counts.backfill_already_set,
         backfill_no_row=counts.backfill_no_row,
