@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 from pydantic.alias_generators import to_camel
+
+# The names Kubernetes gives things, as its API validation spells them: what the API server
+# would refuse in a Job or a pod made from a spec is refused in the spec itself, at apply.
+#: A DNS label (RFC 1123): namespaces, names that become labels or hostnames.
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: A DNS subdomain (RFC 1123): Secrets, ConfigMaps, ServiceAccounts.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: A key of a Secret's or a ConfigMap's data.
+DATA_KEY = r"^[-._a-zA-Z0-9]+$"
+#: A label key (or resource name, or taint key): an optional DNS-subdomain prefix and "/",
+#: then a name of at most 63 characters.
+QUALIFIED_NAME = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]$"
+)
+#: A label value (or a taint value): empty, or up to 63 characters.
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+
+QualifiedName = Annotated[str, StringConstraints(max_length=317, pattern=QUALIFIED_NAME)]
+"""A label key, resource name or taint key: ``example.com/name`` or ``name``."""
+LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE)]
+"""A label or taint value."""
+DataKey = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=DATA_KEY)]
+"""A key of a ConfigMap's or a Secret's data."""
 
 
 class ApiModel(BaseModel):
@@ -33,7 +57,7 @@ class LocalObjectReference(ApiModel):
         description="Name of the referenced object.",
         min_length=1,
         max_length=253,
-        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        pattern=DNS_SUBDOMAIN,
     )
 
 
@@ -44,9 +68,14 @@ class SecretKeySelector(ApiModel):
         description="Name of the Secret.",
         min_length=1,
         max_length=253,
-        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        pattern=DNS_SUBDOMAIN,
     )
-    key: str = Field(description="Key within the Secret's data.", min_length=1, max_length=253)
+    key: str = Field(
+        description="Key within the Secret's data (letters, digits, '-', '_', '.').",
+        min_length=1,
+        max_length=253,
+        pattern=DATA_KEY,
+    )
 
 
 def cel_rule(

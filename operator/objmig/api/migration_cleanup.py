@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
-from objmig.api.base import ApiModel, LocalObjectReference
+from objmig.api.base import DNS_LABEL, ApiModel
 from objmig.api.conditions import Condition
 from objmig.api.migration import JobRef, ObjectMeta, ObjectStatus, WorkersSpec
-from objmig.api.types import Duration
+from objmig.api.migration.common import MAX_COUNT
+from objmig.api.types import Duration, DurationBetween
+
+#: Longest wait a cleanup's gates may ask for.
+WaitDuration = Annotated[Duration, DurationBetween("0s", "8760h")]
 
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 CleanupPhase = Literal["Pending", "Blocked", "Deleting", "Completed", "Failed"]
+
+
+class MigrationReference(ApiModel):
+    """The ObjectMigration a cleanup belongs to, in the cleanup's namespace."""
+
+    name: str = Field(
+        description="Name of the ObjectMigration.",
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+    )
 
 
 class ApprovalSpec(ApiModel):
@@ -29,7 +44,7 @@ class ApprovalSpec(ApiModel):
 class MigrationCleanupSpec(ApiModel):
     """What to delete, and the conditions under which deleting is allowed."""
 
-    migration_ref: LocalObjectReference = Field(
+    migration_ref: MigrationReference = Field(
         description="The ObjectMigration whose objects are cleaned up.",
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -49,19 +64,22 @@ class MigrationCleanupSpec(ApiModel):
             ]
         },
     )
-    grace_period: Duration = Field(
-        default="72h", description="Time that must pass after the cutover before deleting."
+    grace_period: WaitDuration = Field(
+        default="72h",
+        description="Time that must pass after the cutover before deleting (at most 8760h).",
     )
-    min_age: Duration = Field(
+    min_age: WaitDuration = Field(
         default="1h",
         description="Time that must pass since an object's verification (or, for leftovers, "
-        "since an upload started) before it may be deleted.",
+        "since an upload started) before it may be deleted (at most 8760h).",
     )
     approval: ApprovalSpec | None = Field(
         default=None, description="Approval quoting the verification digest; required to delete."
     )
     dry_run: bool = Field(default=False, description="List what would be deleted; delete nothing.")
-    limit: int | None = Field(default=None, ge=1, description="Delete at most this many objects.")
+    limit: int | None = Field(
+        default=None, ge=1, le=MAX_COUNT, description="Delete at most this many objects."
+    )
     workers: WorkersSpec = Field(default_factory=WorkersSpec, description="Deletion worker pods.")
 
 

@@ -8,11 +8,20 @@ numbers.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    WithJsonSchema,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
 
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
@@ -108,10 +117,13 @@ def _check_resource_quantity(value: int | str) -> int | str:
     return value
 
 
+#: Longest duration or quantity string: keeps the API server's CEL cost estimates small.
+_MAX_SCALAR_CHARS = 64
+
 Duration = Annotated[
     str,
     AfterValidator(_check_duration),
-    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN}),
+    WithJsonSchema({"type": "string", "maxLength": _MAX_SCALAR_CHARS, "pattern": DURATION_PATTERN}),
 ]
 """A duration string such as ``"30s"``, ``"15m"``, ``"72h"`` or ``"1h30m"``."""
 
@@ -124,6 +136,7 @@ Quantity = Annotated[
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             # minimum checks the integer form; the pattern (no sign) the string form.
             "minimum": 0,
+            "maxLength": _MAX_SCALAR_CHARS,
             "pattern": QUANTITY_PATTERN,
             "x-kubernetes-int-or-string": True,
         }
@@ -139,9 +152,87 @@ ResourceQuantity = Annotated[
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "minimum": 0,
+            "maxLength": _MAX_SCALAR_CHARS,
             "pattern": RESOURCE_QUANTITY_PATTERN,
             "x-kubernetes-int-or-string": True,
         }
     ),
 ]
 """A Kubernetes resource quantity for worker pods: ``500m`` or ``2`` CPUs, ``256Mi`` of memory."""
+
+
+@dataclass(frozen=True)
+class _Between:
+    """Bounds on a :data:`Duration` or :data:`Quantity` field, inclusive at both ends.
+
+    Put in the field's ``Annotated`` metadata (``Annotated[Duration, DurationBetween(...)]``),
+    it checks the value in pydantic and adds the same check as a CEL rule to the field's
+    schema, so the CLI and ``kubectl apply`` refuse the same values in the same words: the
+    bounds, and ``why`` they are there.
+    """
+
+    minimum: str
+    maximum: str
+    why: str = ""
+
+    @property
+    def message(self) -> str:
+        """What the rule says when it is broken."""
+        return f"must be between {self.minimum} and {self.maximum}" + (
+            f": {self.why}" if self.why else ""
+        )
+
+    def _size(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    def _rule(self) -> str:
+        raise NotImplementedError
+
+    def _within(self, value: Any) -> Any:
+        if not self._size(self.minimum) <= self._size(value) <= self._size(self.maximum):
+            raise ValueError(f"{value} {self.message}")
+        return value
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self._within, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema["x-kubernetes-validations"] = [{"rule": self._rule(), "message": self.message}]
+        return json_schema
+
+
+@dataclass(frozen=True)
+class DurationBetween(_Between):
+    """Bounds on a :data:`Duration` (``"1s"``, ``"168h"``)."""
+
+    def _size(self, value: Any) -> Any:
+        return parse_duration(value)
+
+    def _rule(self) -> str:
+        # The API server runs the rule even on a value its pattern refused: skip those.
+        return (
+            f"!self.matches(r'{DURATION_PATTERN}') || "
+            f"(duration(self) >= duration('{self.minimum}') && "
+            f"duration(self) <= duration('{self.maximum}'))"
+        )
+
+
+@dataclass(frozen=True)
+class QuantityBetween(_Between):
+    """Bounds on a :data:`Quantity` (``"5Mi"``, ``"5Gi"``)."""
+
+    def _size(self, value: Any) -> Any:
+        return parse_quantity(value)
+
+    def _rule(self) -> str:
+        size = "quantity(string(self))"
+        # The API server runs the rule even on a value its pattern refused: skip those.
+        return (
+            f"!isQuantity(string(self)) || ({size}.compareTo(quantity('{self.minimum}')) >= 0 "
+            f"&& {size}.compareTo(quantity('{self.maximum}')) <= 0)"
+        )

@@ -8,13 +8,15 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
-from objmig.api.base import ApiModel
+from objmig.api.base import DNS_LABEL, ApiModel
 
 GROUP = "objmig.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 # Worker pods of one Job; bounds the index suffix of their hostnames (see controller.jobs).
 MAX_PARALLELISM = 256
+#: Largest count a spec may give (objects, failures): far beyond any bucket, small for JSON.
+MAX_COUNT = 10**12
 
 StorageClass = Literal[
     "STANDARD",
@@ -58,12 +60,21 @@ class ObjectMeta(ApiModel):
 
     model_config = ConfigDict(extra="allow")
 
+    # A DNS label, not the subdomain Kubernetes allows other resources: the name becomes a
+    # label value of the resource's Jobs and a part of their pods' hostnames.
     name: str = Field(
-        description="Name of the resource.",
+        description="Name of the resource (a DNS label: at most 63 lowercase letters, "
+        "digits and '-').",
         min_length=1,
         max_length=63,
-        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        pattern=DNS_LABEL,
     )
-    namespace: str = Field(default="default", description="Namespace of the resource.")
+    namespace: str = Field(
+        default="default",
+        description="Namespace of the resource.",
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+    )
     uid: str | None = Field(default=None, description="Unique id assigned by the API server.")
     generation: int | None = Field(default=None, description="Generation of the spec.")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field, model_validator
 
 from objmig.api.base import ApiModel, cel_rule, cel_validations
 from objmig.api.migration.common import ArchivedStorageClass
-from objmig.api.types import Duration, Quantity
+from objmig.api.types import Duration, DurationBetween, Quantity, QuantityBetween
 
 
 class RestoreSpec(ApiModel):
@@ -29,8 +29,9 @@ class RestoreSpec(ApiModel):
         description="Retrieval tier. Expedited is not available for DEEP_ARCHIVE.",
     )
     days: int = Field(default=3, ge=1, le=365, description="Days the restored copy stays readable.")
-    poll_interval: Duration = Field(
-        default="15m", description="How often to check whether a restore has finished."
+    poll_interval: Annotated[Duration, DurationBetween("100ms", "24h")] = Field(
+        default="15m",
+        description="How often to check whether a restore has finished (100ms to 24h).",
     )
     # A plain default (pydantic copies it per instance) so the CRD carries it too: the CEL rule
     # above reads storageClasses, which must not be absent on the API server.
@@ -83,9 +84,14 @@ class CopySpec(ApiModel):
         default=True,
         description="Write multipart objects with the source's part sizes, so ETags match.",
     )
-    part_size: Quantity = Field(
+    part_size: Annotated[
+        Quantity,
+        QuantityBetween(
+            "5Mi", "5Gi", "S3 refuses parts under 5 MiB (but an object's last) and over 5 GiB"
+        ),
+    ] = Field(
         default="16Mi",
-        description="Part size when part boundaries are not preserved.",
+        description="Part size when part boundaries are not preserved (5Mi to 5Gi).",
     )
     concurrency: int = Field(default=16, ge=1, le=1024, description="Objects in flight per worker.")
     part_concurrency: int = Field(
@@ -100,8 +106,11 @@ class CopySpec(ApiModel):
         description="An existing target object: never (skip it), ifDifferent (skip when "
         "identical, else replace), always (replace).",
     )
-    bandwidth_limit: Quantity | None = Field(
-        default=None, description="Bytes per second per worker, e.g. 100Mi. Absent: unlimited."
+    bandwidth_limit: (
+        Annotated[Quantity, QuantityBetween("1Ki", "100Gi", "leave it out for no limit")] | None
+    ) = Field(
+        default=None,
+        description="Bytes per second per worker, e.g. 100Mi (1Ki to 100Gi). Absent: unlimited.",
     )
 
     @model_validator(mode="after")

@@ -8,7 +8,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from objmig.api.base import ApiModel, SecretKeySelector, cel_rule, cel_validations
+from objmig.api.base import (
+    DNS_SUBDOMAIN,
+    ApiModel,
+    DataKey,
+    SecretKeySelector,
+    cel_rule,
+    cel_validations,
+)
 from objmig.api.migration.common import COLUMN_PATTERN, TABLE_PATTERN
 
 
@@ -19,11 +26,12 @@ class ConfigMapAction(ApiModel):
         description="ConfigMap in the migration's namespace.",
         min_length=1,
         max_length=253,
-        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        pattern=DNS_SUBDOMAIN,
     )
-    data: dict[str, str] = Field(
+    data: dict[DataKey, str] = Field(
         description="Keys and values to set at cutover, e.g. BUCKET: new-bucket.",
         min_length=1,
+        max_length=64,
     )
 
 
@@ -48,6 +56,8 @@ class CatalogAction(ApiModel):
     location_format: str = Field(
         default="s3://{bucket}/{key}",
         description="How a location is written; {bucket} and {key} are filled in.",
+        min_length=1,
+        max_length=1024,
     )
     batch_size: int = Field(default=1000, ge=1, le=100000, description="Rows per transaction.")
 

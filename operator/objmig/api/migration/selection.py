@@ -11,8 +11,11 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from objmig.api.base import ApiModel, SecretKeySelector, cel_rule, cel_validations
-from objmig.api.migration.common import BUCKET_PATTERN, StorageClass
-from objmig.api.types import Quantity, parse_quantity
+from objmig.api.migration.common import BUCKET_PATTERN, MAX_COUNT, StorageClass
+from objmig.api.types import Quantity, QuantityBetween, parse_quantity
+
+#: The widest size bounds a filter takes (S3's largest object is a few TiB).
+ObjectSize = Annotated[Quantity, QuantityBetween("0", "1Pi")]
 
 
 class MetadataRequirement(ApiModel):
@@ -184,11 +187,11 @@ class SelectionSpec(ApiModel):
     modified_before: datetime | None = Field(
         default=None, description="Only objects last modified before this time (RFC 3339)."
     )
-    min_size: Quantity | None = Field(
-        default=None, description="Only objects at least this large, e.g. 1Mi."
+    min_size: ObjectSize | None = Field(
+        default=None, description="Only objects at least this large, e.g. 1Mi (at most 1Pi)."
     )
-    max_size: Quantity | None = Field(
-        default=None, description="Only objects at most this large, e.g. 5Gi."
+    max_size: ObjectSize | None = Field(
+        default=None, description="Only objects at most this large, e.g. 5Gi (at most 1Pi)."
     )
     storage_classes: list[StorageClass] = Field(
         default_factory=list,
@@ -208,7 +211,10 @@ class SelectionSpec(ApiModel):
         description="Copy every version of a versioned source, not only the latest.",
     )
     limit: int | None = Field(
-        default=None, ge=1, description="Select at most this many objects (in listing order)."
+        default=None,
+        ge=1,
+        le=MAX_COUNT,
+        description="Select at most this many objects (in listing order).",
     )
 
     @model_validator(mode="after")
