@@ -165,8 +165,10 @@ async def test_dry_run_deletes_nothing_and_lists_what_it_would(
 
     status = await run_cleanup(ledger, cleanup_of(digest, dryRun=True), secrets_for(s3_endpoint))
 
-    assert status.counts.deleted == 6
+    # What would go is counted as such: the Deleted column of a dry run says 0.
+    assert (status.counts.deleted, status.counts.would_delete) == (0, 6)
     assert status.counts.bytes_freed == 0
+    assert status.phase == "Completed"
     assert {o.state for o in status.objects} == {"would_delete"}
     assert len(await keys_of(s3_client, source)) == 7
     assert {r.state for r in (await rows_of(ledger)).values()} == {ObjectState.VERIFIED}
@@ -199,6 +201,21 @@ async def test_limit_caps_the_deletions(
 
     assert status.counts.deleted == 4
     assert len(await keys_of(s3_client, source)) == 7
+    # The pass ended at the limit: complete, with what it left said (not Deleting forever).
+    assert status.phase == "Completed"
+    assert status.counts.left_by_limit == 6
+    complete = next(c for c in status.conditions if c.type == "Complete")
+    assert complete.status == "True"
+    assert "stopped at spec.limit" in complete.message
+
+    # Raising the limit is a new pass that goes on from there.
+    status = await run_cleanup(ledger, cleanup_of(digest, limit=8), secrets_for(s3_endpoint))
+    assert (status.phase, status.counts.deleted, status.counts.left_by_limit) == (
+        "Completed",
+        8,
+        2,
+    )
+    assert len(await keys_of(s3_client, source)) == 3
 
 
 @pytest.mark.parametrize("s3_backend", ["minio"], indirect=True)

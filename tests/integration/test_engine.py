@@ -798,3 +798,31 @@ async def test_looks_at_source_and_target_are_listings_in_batches(
     assert heads(source) == (0 if mode == "stream" else count)
     assert listings(target) <= (1 if mode == "stream" else 6)
     assert heads(target) == count
+
+
+@pytest.mark.parametrize("mode", ["stream", "serverSide"])
+async def test_unequal_parts_are_learned_before_the_copy_and_copied_once(
+    ledger: Ledger,
+    proxy_endpoint: Endpoint,
+    s3_proxy: S3FaultProxy,
+    s3_seed: S3Seeder,
+    mode: str,
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    # Part 1 and the part count suggest equal parts of 6 KiB: wrong for the middle one.
+    uneven = await s3_seed.put_multipart(source, "uneven", [6 * KiB, 5 * KiB, 6 * KiB])
+    resource = migration(proxy_endpoint, source, target, copy={"mode": mode})
+
+    result = await run(ledger, resource, proxy_endpoint)
+
+    assert result.outcome == "cut-over"
+    assert (await rows_of(ledger))["uneven"].target_etag == uneven.etag
+    parts = [r for r in s3_proxy.seen("PUT") if r.bucket == target and "partNumber" in r.query]
+    assert sorted(r.query["partNumber"] for r in parts) == ["1", "2", "3"], "copied twice"
+    # Every byte written was counted by the worker, and the status shows it done.
+    migration_id = await ledger.find_migration("test/m")
+    assert migration_id is not None
+    assert (await ledger.activity(migration_id)).bytes_moved == uneven.size
+    progress = result.status.progress
+    assert (progress.objects_done, progress.percent, progress.eta) == ("1/1", 100, None)

@@ -138,6 +138,10 @@ async def test_window_lists_failed_first_then_in_flight_and_reports_truncation(
     )
     done = await ledger.claim(mid, "w", [ObjectState.PENDING], 10, LEASE)
     await ledger.record("w", [StepResult(id=r.id, state=ObjectState.VERIFIED) for r in done])
+    left = await ledger.claim(mid, "w", [ObjectState.PENDING], 6, LEASE)
+    await ledger.record(
+        "w", [StepResult(id=r.id, state=ObjectState.SKIPPED, skip_reason="Why") for r in left]
+    )
     busy = await ledger.claim(mid, "w", [ObjectState.PENDING], 4, LEASE)
 
     rows, truncated = await ledger.window(mid, 12)
@@ -146,17 +150,21 @@ async def test_window_lists_failed_first_then_in_flight_and_reports_truncation(
     assert len(rows) == 12
     assert {r.id for r in rows[:5]} == {r.id for r in bad}
     assert {r.id for r in rows[5:9]} == {r.id for r in busy}
-    # Then the most recently updated others: the verified rows.
-    assert all(r.state is ObjectState.VERIFIED for r in rows[9:])
+    # Then objects left alone, with their reasons; never the verified (or pending) ones.
+    assert all(r.state is ObjectState.SKIPPED for r in rows[9:])
 
 
-async def test_window_is_complete_when_everything_fits(ledger: Ledger) -> None:
+async def test_window_leaves_out_verified_and_pending_objects(ledger: Ledger) -> None:
     mid = await ledger.ensure_migration("ns/a")
     await ledger.upsert_inventory(mid, inventory_rows(20), scan_id=1)
+    done = await ledger.claim(mid, "w", [ObjectState.PENDING], 15, LEASE)
+    await ledger.record("w", [StepResult(id=r.id, state=ObjectState.VERIFIED) for r in done])
+    assert await ledger.window(mid, 10) == ([], False)
+    assert await ledger.window(mid, 0) == ([], False)
 
-    rows, truncated = await ledger.window(mid, 20)
-    more, more_truncated = await ledger.window(mid, 100)
+    bad = await ledger.claim(mid, "w", [ObjectState.PENDING], 2, LEASE)
+    await ledger.record("w", [StepResult(id=r.id, state=ObjectState.FAILED) for r in bad])
+    rows, truncated = await ledger.window(mid, 10)
 
-    assert (len(rows), truncated) == (20, False)
-    assert (len(more), more_truncated) == (20, False)
+    assert ([r.id for r in rows], truncated) == ([r.id for r in reversed(bad)], False)
     assert await ledger.window(mid, 0) == ([], True)

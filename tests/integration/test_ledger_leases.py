@@ -334,3 +334,33 @@ async def test_a_second_ledger_on_the_same_database_claims_what_is_left(
 
     assert len(rest) == 2
     assert {r.id for r in rest}.isdisjoint({r.id for r in taken})
+
+
+async def test_a_claim_bounded_by_bytes_leaves_large_objects_to_other_workers(
+    ledger: Ledger,
+) -> None:
+    mid = await ledger.ensure_migration("ns/a")
+    large = inventory_rows(5, prefix="large/", size=1000)
+    small = inventory_rows(20, prefix="small/", size=1)
+    await ledger.upsert_inventory(mid, large + small, scan_id=1)
+
+    # Five workers, each allowed its share: about a thousand bytes. The first row of a claim
+    # is always taken; the next large one does not fit and stays for the next worker.
+    claims = [
+        await ledger.claim(mid, f"w{i}", [ObjectState.PENDING], 64, LEASE, max_bytes=1004)
+        for i in range(5)
+    ]
+
+    assert [[row.key for row in rows] for rows in claims] == [[f"large/{i:08d}"] for i in range(5)]
+    # Nothing was left leased by the rows given back: the small ones go in one claim.
+    rest = await ledger.claim(mid, "w5", [ObjectState.PENDING], 64, LEASE, max_bytes=1000)
+    assert len(rest) == 20
+    counts = await ledger.counts(mid)
+    assert counts.in_flight.objects == 25
+
+
+async def test_a_claim_without_a_byte_bound_takes_its_count(ledger: Ledger) -> None:
+    mid = await ledger.ensure_migration("ns/a")
+    await ledger.upsert_inventory(mid, inventory_rows(5, size=10**9), scan_id=1)
+    rows = await ledger.claim(mid, "w", [ObjectState.PENDING], 64, LEASE)
+    assert len(rows) == 5

@@ -240,13 +240,14 @@ def object_migration_crd() -> dict[str, Any]:
             {
                 "name": "Progress",
                 "type": "integer",
-                "description": "Percent of selected bytes finished.",
+                "description": "Percent done, by objects and bytes.",
                 "jsonPath": ".status.progress.percent",
             },
             {
                 "name": "Objects",
-                "type": "integer",
-                "jsonPath": ".status.progress.objects.total",
+                "type": "string",
+                "description": "Finished objects of all selected.",
+                "jsonPath": ".status.progress.objectsDone",
             },
             {
                 "name": "Failed",
@@ -254,6 +255,13 @@ def object_migration_crd() -> dict[str, Any]:
                 "priority": 1,
                 "jsonPath": ".status.progress.objects.failed",
             },
+            {
+                "name": "Retries",
+                "type": "integer",
+                "priority": 1,
+                "jsonPath": ".status.progress.retries",
+            },
+            {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta"},
             _condition_column("CutOver"),
             _AGE,
         ],
@@ -276,6 +284,13 @@ def migration_cleanup_crd() -> dict[str, Any]:
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
             _condition_column("GatesPassed"),
             {"name": "Deleted", "type": "integer", "jsonPath": ".status.counts.deleted"},
+            {
+                "name": "Would Delete",
+                "type": "integer",
+                "description": "What a dry run found deletable.",
+                "priority": 1,
+                "jsonPath": ".status.counts.wouldDelete",
+            },
             _AGE,
         ],
     )

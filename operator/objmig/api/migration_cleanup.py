@@ -96,6 +96,17 @@ class CleanupCounts(ApiModel):
 
     planned: int = Field(default=0, ge=0, description="Objects the cleanup considers.")
     deleted: int = Field(default=0, ge=0, description="Objects deleted.")
+    would_delete: int = Field(
+        default=0,
+        ge=0,
+        description="Dry run: objects every gate would let go (nothing is deleted).",
+    )
+    left_by_limit: int = Field(
+        default=0,
+        ge=0,
+        description="Objects not considered because spec.limit was reached; raise the limit "
+        "to go on.",
+    )
     skipped: int = Field(default=0, ge=0, description="Objects left in place.")
     failed: int = Field(default=0, ge=0, description="Deletions that failed.")
     bytes_freed: int = Field(default=0, ge=0, description="Bytes deleted.")

@@ -376,11 +376,20 @@ def report_cleanup(resource: MigrationCleanup, result: MigrationCleanupStatus) -
     for gate in result.unmet_gates:
         console.print(f"  gate {gate.gate}: {gate.reason}: {gate.message}", highlight=False)
     counts = result.counts
-    verb = "would delete" if resource.spec.dry_run else "deleted"
+    done = (
+        f"would delete {counts.would_delete}"
+        if resource.spec.dry_run
+        else f"deleted {counts.deleted}"
+    )
     console.print(
-        f"  planned {counts.planned}, {verb} {counts.deleted}, skipped {counts.skipped}, "
+        f"  planned {counts.planned}, {done}, skipped {counts.skipped}, "
         f"failed {counts.failed}, freed {human_bytes(counts.bytes_freed)}",
         highlight=False,
     )
+    if counts.left_by_limit:
+        console.print(
+            f"  left {counts.left_by_limit} for later: spec.limit reached (raise it to go on)",
+            highlight=False,
+        )
     for reason, count in sorted(counts.skipped_by_reason.items()):
         console.print(f"  skipped {count}: {reason}", highlight=False)

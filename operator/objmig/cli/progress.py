@@ -23,12 +23,16 @@ def human_bytes(count: float) -> str:
     return f"{count:.1f} TiB"
 
 
+#: Longest last error the progress line shows (the status and the report keep all of it).
+ERROR_CHARS = 120
+
+
 def summary_line(name: str, status: ObjectMigrationStatus) -> str:
-    """One line: phase, objects and bytes done, rate, ETA, failures."""
+    """One line: phase, objects and bytes done, rate, ETA, failures, retries."""
     p = status.progress
     parts = [
         f"{name}: {status.phase}",
-        f"{p.objects.processed}/{p.objects.total} objects",
+        f"{p.objects_done} objects",
         f"{human_bytes(p.bytes.processed)}/{human_bytes(p.bytes.total)} ({p.percent}%)",
         f"{human_bytes(p.bytes_per_second)}/s",
     ]
@@ -36,6 +40,8 @@ def summary_line(name: str, status: ObjectMigrationStatus) -> str:
         parts.append(f"ETA {p.eta}")
     if p.objects.in_progress:
         parts.append(f"{p.objects.in_progress} in flight")
+    if p.objects.stalled:
+        parts.append(f"{p.objects.stalled} stalled (their worker is gone)")
     if p.objects.failed:
         parts.append(f"{p.objects.failed} failed")
     if p.objects.skipped:
@@ -43,7 +49,17 @@ def summary_line(name: str, status: ObjectMigrationStatus) -> str:
     steps = status.steps
     if steps is not None and steps.missing:
         parts.append(f"{steps.missing} missing")
+    if p.retries:
+        retried = f"{p.retries} retries"
+        if p.last_retryable_error:
+            retried += f", last: {_shorten(p.last_retryable_error)}"
+        parts.append(retried)
     return " | ".join(parts)
+
+
+def _shorten(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= ERROR_CHARS else line[: ERROR_CHARS - 3] + "..."
 
 
 def status_table(name: str, status: ObjectMigrationStatus) -> Table:
@@ -59,14 +75,19 @@ def status_table(name: str, status: ObjectMigrationStatus) -> Table:
         ("remaining", "remaining"),
         ("pending", "pending"),
         ("in progress", "in_progress"),
+        ("stalled", "stalled"),
         ("verified", "succeeded"),
         ("failed", "failed"),
         ("skipped", "skipped"),
     ):
+        if attr == "stalled" and not p.objects.stalled:
+            continue
         table.add_row(label, str(getattr(p.objects, attr)), human_bytes(getattr(p.bytes, attr)))
     table.add_row("complete", f"{p.percent}%", "")
     rate = f"{human_bytes(p.bytes_per_second)}/s, {p.objects_per_second} objects/s"
     table.add_row("rate", rate, f"ETA {p.eta}" if p.eta else "")
+    if p.retries:
+        table.add_row("retries", str(p.retries), _shorten(p.last_retryable_error or ""))
     steps = status.steps
     if steps is not None:
         for label, value in (

@@ -138,6 +138,7 @@ class MigrationService:
             rates,
             generation=migration.metadata.generation,
             counts=counts,
+            scan_starting=decision.stage is not None and decision.stage.stage == "scan",
         )
         if decision.stage is not None and self._job_name(migration, decision.stage) not in jobs:
             # A Job was just created: list again so the status names it now.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -20,7 +21,7 @@ from objmig.engine.lifecycle import Decision, Observed
 from objmig.engine.pipeline.outcomes import HOOK_PENDING, NOT_FOUND, PLAN_REASONS
 from objmig.engine.policy import CatchUp, Gate
 from objmig.engine.secrets import SecretSource
-from objmig.engine.status import StatusInputs, build_status, tally
+from objmig.engine.status import FINISHED, Rates, StatusInputs, build_status, tally
 from objmig.ledger import (
     Counts,
     CutoverRecord,
@@ -188,26 +189,32 @@ def has_application_steps(spec: ObjectMigrationSpec) -> bool:
 
 
 class RateMeter:
-    """Bytes and objects per second over a sliding window of samples."""
+    """Bytes and objects per second over a sliding window of samples.
 
-    def __init__(self, window: float = 20.0) -> None:
+    It is given totals that only grow in a healthy run (bytes written, objects finished);
+    a total that shrinks (objects re-queued by a catch-up, a retry) reads as no progress,
+    never as a negative rate.
+    """
+
+    def __init__(self, window: float = 20.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._window = window
+        self._clock = clock
         self._samples: deque[tuple[float, int, int]] = deque()
 
-    def sample(self, done_bytes: int, done_objects: int) -> tuple[float, float]:
-        """Record the finished totals now; return (bytes/s, objects/s) over the window."""
-        now = time.monotonic()
-        self._samples.append((now, done_bytes, done_objects))
+    def sample(self, moved_bytes: int, done_objects: int) -> Rates:
+        """Record the totals now; return the rates over the window."""
+        now = self._clock()
+        self._samples.append((now, moved_bytes, done_objects))
         while len(self._samples) > 2 and now - self._samples[0][0] > self._window:
             self._samples.popleft()
         first = self._samples[0]
         elapsed = now - first[0]
         if elapsed <= 0:
-            return 0.0, 0.0
-        return (done_bytes - first[1]) / elapsed, (done_objects - first[2]) / elapsed
-
-
-_FINISHED = (ObjectState.VERIFIED, ObjectState.FAILED, ObjectState.SKIPPED)
+            return Rates()
+        return Rates(
+            bytes_per_second=max(0.0, (moved_bytes - first[1]) / elapsed),
+            objects_per_second=max(0.0, (done_objects - first[2]) / elapsed),
+        )
 
 
 async def compute_status(
@@ -220,18 +227,20 @@ async def compute_status(
     window: int = 50,
     generation: int | None = None,
     counts: Counts | None = None,
+    scan_starting: bool = False,
 ) -> ObjectMigrationStatus:
     """Gather the ledger's view of a migration and build its status (used by both drivers).
 
-    ``counts`` spares a second read when the caller has just taken them.
+    ``counts`` spares a second read when the caller has just taken them; ``scan_starting``
+    says the driver is starting a scan that has not reported itself yet.
     """
     if counts is None:
         counts = await ledger.counts(migration_id)
     state = await ledger.get_state(migration_id)
     rows, truncated = await ledger.window(migration_id, window)
-    done_bytes = sum(counts.state(s).bytes for s in _FINISHED)
-    done_objects = sum(counts.state(s).objects for s in _FINISHED)
-    rate, objects_rate = rates.sample(done_bytes, done_objects) if rates else (0.0, 0.0)
+    activity = await ledger.activity(migration_id)
+    done_objects = sum(counts.state(s).objects for s in FINISHED)
+    measured = rates.sample(activity.bytes_moved, done_objects) if rates else Rates()
     plan_reasons = plan_classes = steps = None
     if spec.dry_run:
         plan_reasons = await ledger.breakdown(migration_id, "skip_reason")
@@ -248,8 +257,9 @@ async def compute_status(
             state=state,
             window=rows,
             window_truncated=truncated,
-            rate=rate,
-            objects_rate=objects_rate,
+            activity=activity,
+            rates=measured,
+            scan_starting=scan_starting,
             now=datetime.now(UTC),
             plan_reasons=plan_reasons,
             plan_classes=plan_classes,

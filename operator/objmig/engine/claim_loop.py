@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from objmig.engine.activity import REPORT_SECONDS, ActivityMeter
 from objmig.engine.backfill_queue import BackfillQueue
 from objmig.engine.context import MigrationContext
 from objmig.engine.pipeline.orchestrator import ObjectPipeline
@@ -40,6 +41,11 @@ CLAIM_ORDER = (
     ObjectState.PENDING,
     ObjectState.RESTORING,
 )
+#: Bytes a worker may always hold, whatever its share of the work: small objects are
+#: claimed in batches.
+MIN_HELD_BYTES = 64 * 1024 * 1024
+#: Seconds between two looks at how many bytes are left to do (for the worker's share).
+OUTSTANDING_SECONDS = 5.0
 
 
 def worker_identity(prefix: str | None = None) -> str:
@@ -127,7 +133,11 @@ class ClaimLoop:
         lease: timedelta = timedelta(minutes=2),
         idle_poll: float = 1.0,
         arrivals: Arrivals | None = None,
+        share: int = 1,
     ) -> None:
+        """``share``: how many workers share the migration's work. Each then claims at
+        most its share of the bytes left (and at least ``MIN_HELD_BYTES``), so the large
+        objects of a run spread over the workers instead of queueing in the first."""
         self._ledger = ledger
         self._migration_id = migration_id
         self._ctx = context
@@ -163,6 +173,10 @@ class ClaimLoop:
         if arrivals is not None:
             arrivals.subscribe(self._rows_arrived)
         self.stats = ClaimLoopStats()
+        self._activity = ActivityMeter()
+        self._share = max(1, share)
+        # Bytes of objects not finished yet, as last read (None: not read yet).
+        self._outstanding: int | None = None
 
     async def run(self, stop: asyncio.Event | None = None) -> ClaimLoopStats:
         """Work until no active row remains, ``stop`` is set, or a configuration error.
@@ -178,20 +192,30 @@ class ClaimLoop:
             self._backfill = BackfillQueue(spec, self._ctx.backfill_dsn, self._ledger, self.owner)
         async with self._ctx.clients() as (source, target):
             pipeline = ObjectPipeline(
-                self._ctx, source, target, limiter=limiter, on_park=self._wake
+                self._ctx,
+                source,
+                target,
+                limiter=limiter,
+                on_park=self._wake,
+                on_bytes=self._activity.moved,
             )
             self._pipeline = pipeline
-            heartbeat = asyncio.create_task(self._heartbeat_loop())
+            background = [
+                asyncio.create_task(self._heartbeat_loop()),
+                asyncio.create_task(self._report_loop()),
+            ]
             try:
                 await self._loop(pipeline, stop)
             finally:
-                heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await heartbeat
+                for task in background:
+                    task.cancel()
+                await asyncio.gather(*background, return_exceptions=True)
                 await self._shutdown()
                 await pipeline.aclose()
                 if self._backfill is not None:
                     await self._backfill.close()
+                with contextlib.suppress(Exception):
+                    await self._activity.send(self._ledger, self._migration_id, self.owner)
         return self.stats
 
     async def _loop(self, pipeline: ObjectPipeline, stop: asyncio.Event) -> None:
@@ -251,6 +275,7 @@ class ClaimLoop:
                 raise error
             del self._inflight[object_id]
             result = task.result()
+            self._activity.finished(object_id, result)
             if self._backfill is not None and self._backfill.wants(row, result):
                 self._backfill.add(row, result)
             else:
@@ -287,8 +312,12 @@ class ClaimLoop:
         if self._claiming is not None or asyncio.get_running_loop().time() < self._next_claim_at:
             return
         wanted = 2 * self._slots - self._working() - len(self._backlog)
+        holding = bool(self._backlog or self._working())
         # Claim in batches, not one row per finished object: a claim is a transaction.
-        if wanted < max(1, self._slots // 2) and (self._backlog or self._working()):
+        if wanted < max(1, self._slots // 2) and holding:
+            return
+        room = self._byte_room()
+        if room is not None and room <= 0 and holding:
             return
         self._claim_saw = self._arrivals.batches if self._arrivals is not None else 0
         self._claiming = asyncio.create_task(
@@ -300,9 +329,18 @@ class ClaimLoop:
                 self._lease,
                 # Every version of a key goes to one target key: oldest first, one at once.
                 versions_in_order=self._ctx.spec.selection.all_versions,
+                max_bytes=room if room is None or room > 0 else None,
             )
         )
         self._claiming.add_done_callback(self._wake)
+
+    def _byte_room(self) -> int | None:
+        """Bytes this worker may still claim within its share (None: no bound)."""
+        if self._share == 1 or self._outstanding is None:
+            return None
+        share = max(MIN_HELD_BYTES, self._outstanding // self._share)
+        held = sum(row.size for row, _ in self._inflight.values())
+        return share - held - sum(row.size for row in self._backlog)
 
     def _backfill_in_background(self) -> None:
         """Write the next batch of rows to backfill when it is due (one batch at a time)."""
@@ -387,7 +425,25 @@ class ClaimLoop:
                 entry = self._inflight.pop(object_id, None)
                 if entry is not None:
                     entry[1].cancel()
+                self._activity.abandoned(object_id)
                 self.stats.leases_lost += 1
+
+    async def _report_loop(self) -> None:
+        """Tell the ledger what this worker is doing, every few seconds (see `activity`),
+        and (when workers share the work) read how much is left."""
+        loop = asyncio.get_running_loop()
+        next_look = loop.time()
+        while True:
+            try:
+                await self._activity.send(self._ledger, self._migration_id, self.owner)
+                if self._share > 1 and loop.time() >= next_look:
+                    counts = await self._ledger.counts(self._migration_id)
+                    self._outstanding = sum(counts.state(s).bytes for s in ACTIVE_STATES)
+                    next_look = loop.time() + OUTSTANDING_SECONDS
+                    self._wake()
+            except Exception as exc:
+                log.debug("worker %s: reporting activity failed: %s", self.owner, exc)
+            await asyncio.sleep(REPORT_SECONDS)
 
     async def _shutdown(self) -> None:
         """Cancel unfinished work, keep finished results, give the rest back to the pool.
@@ -437,6 +493,8 @@ class ClaimLoop:
             with contextlib.suppress(Exception):
                 await self._record(batch)
         unfinished = self._held_ids() + released
+        for object_id in unfinished:
+            self._activity.abandoned(object_id)
         if unfinished:
             await self._ledger.release(self.owner, unfinished)
             self._inflight.clear()
@@ -457,7 +515,12 @@ async def run_claim_loops(
     """Run ``count`` workers in this process; the first configuration error stops them all."""
     workers = [
         ClaimLoop(
-            ledger, migration_id, context, owner=worker_identity(owner_prefix), arrivals=arrivals
+            ledger,
+            migration_id,
+            context,
+            owner=worker_identity(owner_prefix),
+            arrivals=arrivals,
+            share=count,
         )
         for _ in range(count)
     ]

@@ -102,6 +102,20 @@ class CleanupRun:
     skipped: int = 0
     failed: int = 0
     gate: Verdict | None = None
+    would_delete: int = 0  # a dry run's "deleted"
+    limit_reached: bool = False
+    dry_run: bool = False
+
+    @property
+    def summary(self) -> str:
+        """One line for the Complete condition."""
+        done = (
+            f"dry run: {self.would_delete} would be deleted"
+            if self.dry_run
+            else f"{self.deleted} deleted"
+        )
+        text = f"{done}, {self.skipped} skipped, {self.failed} failed"
+        return text + ("; stopped at spec.limit" if self.limit_reached else "")
 
 
 async def _head(
@@ -140,7 +154,8 @@ async def delete_sources(
     await ledger.plan_cleanup(cleanup_id, migration_id)
     owner = worker_identity()
     source_spec, target_spec = context.spec.source, context.spec.target
-    deleted = skipped = failed = 0
+    deleted = skipped = failed = would_delete = 0
+    limit_reached = False
     async with context.clients() as (source, target):
         while not stop.is_set():
             room = BATCH
@@ -148,6 +163,7 @@ async def delete_sources(
                 done = await ledger.cleanup_deleted(cleanup_id)
                 room = min(room, spec.limit - done)
                 if room <= 0:
+                    limit_reached = True
                     break
             rows = await ledger.claim_cleanup(cleanup_id, owner, room)
             if not rows:
@@ -209,9 +225,12 @@ async def delete_sources(
                         )
             await ledger.record_cleanup(cleanup_id, owner, outcomes)
             deleted += sum(1 for o in outcomes if o.outcome == "deleted")
+            would_delete += sum(1 for o in outcomes if o.outcome == "would_delete")
             skipped += sum(1 for o in outcomes if o.outcome == "skipped")
             failed += sum(1 for o in outcomes if o.outcome == "failed")
-    return CleanupRun(deleted, skipped, failed, gate)
+    return CleanupRun(
+        deleted, skipped, failed, gate, would_delete, limit_reached, dry_run=spec.dry_run
+    )
 
 
 @dataclass(frozen=True)
@@ -381,7 +400,7 @@ async def _run_pass(
             await ledger.update_cleanup_state(
                 cleanup_id,
                 completed_at=now or datetime.now(UTC),
-                summary=f"{run.deleted} deleted, {run.skipped} skipped, {run.failed} failed",
+                summary=run.summary,
             )
     else:
         leftovers = await remove_leftovers(ledger, migration_id, spec, context, now=now)

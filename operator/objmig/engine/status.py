@@ -8,7 +8,7 @@ cutover gate. The functions are pure; the drivers gather the inputs and write th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from objmig.api.conditions import (
@@ -43,6 +43,7 @@ from objmig.engine.deletion import Verdict
 from objmig.engine.pipeline.outcomes import PLAN_COPY, PLAN_IDENTICAL, PLAN_RESTORE
 from objmig.engine.policy import CatchUp, CutoverInputs, Gate, Tally, cutover_gate
 from objmig.ledger.models import (
+    Activity,
     CleanupItem,
     Counts,
     ObjectRow,
@@ -93,18 +94,43 @@ def cutover_inputs(counts: Counts, state: MigrationState) -> CutoverInputs:
     )
 
 
+#: States whose objects are done with, one way or another (a cleanup's deletions included).
+FINISHED = (
+    ObjectState.VERIFIED,
+    ObjectState.DELETED,
+    ObjectState.FAILED,
+    ObjectState.SOURCE_CHANGED,
+    ObjectState.SKIPPED,
+)
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Recent throughput: bytes written per second (of objects finished or not), objects
+    finished per second."""
+
+    bytes_per_second: float = 0.0
+    objects_per_second: float = 0.0
+
+
 def progress_of(
-    counts: Counts, *, rate: float, objects_rate: float, by_objects: bool = False
+    counts: Counts, activity: Activity, rates: Rates, *, by_objects: bool = False
 ) -> Progress:
-    """Objects and bytes by state, percent done by bytes (``by_objects``: by objects, for
-    runs that move no bytes), and the ETA at the current rate."""
+    """Objects and bytes by state, how far along, and the time left at the recent rates.
 
-    def counters(field: str) -> Counters:
+    Bytes already written of objects not finished yet count as done for the percentage
+    and the ETA: a few large objects in flight are most of a migration's bytes.
+    ``by_objects``: a run that moves no bytes (``copy.mode: none``) goes by objects alone.
+    """
+    stalled = activity.stalled
+
+    def counters(unit: str) -> Counters:
         def n(*states: ObjectState) -> int:
-            return sum(int(getattr(counts.state(s), field)) for s in states)
+            return sum(int(getattr(counts.state(s), unit)) for s in states)
 
-        in_flight = int(getattr(counts.in_flight, field))
-        total = int(getattr(counts.total, field))
+        in_flight = int(getattr(counts.in_flight, unit))
+        stuck = min(in_flight, int(getattr(stalled, unit)))
+        total = int(getattr(counts.total, unit))
         succeeded = n(ObjectState.VERIFIED, ObjectState.DELETED)
         failed = n(ObjectState.FAILED, ObjectState.SOURCE_CHANGED)
         skipped = n(ObjectState.SKIPPED)
@@ -112,7 +138,8 @@ def progress_of(
         return Counters(
             total=total,
             pending=max(0, n(*_OUTSTANDING) - in_flight),
-            in_progress=in_flight,
+            in_progress=in_flight - stuck,
+            stalled=stuck,
             succeeded=succeeded,
             failed=failed,
             skipped=skipped,
@@ -121,24 +148,50 @@ def progress_of(
         )
 
     objects, size = counters("objects"), counters("bytes")
-    percent = 100 if size.total == 0 and objects.total else 0
-    if size.total and not by_objects:
-        percent = min(100, size.processed * 100 // size.total)
-    elif objects.total:
-        percent = objects.processed * 100 // objects.total
-    eta = None
-    if by_objects and objects.remaining > 0 and objects_rate > 0:
-        eta = format_duration(timedelta(seconds=objects.remaining / objects_rate))
-    elif not by_objects and size.remaining > 0 and rate > 0:
-        eta = format_duration(timedelta(seconds=size.remaining / rate))
+    # Written bytes of objects under way, never more than those objects hold.
+    moving = min(max(0, activity.bytes_in_flight), size.remaining)
+    left_bytes = 0 if by_objects else size.remaining - moving
     return Progress(
         objects=objects,
         bytes=size,
-        percent=percent,
-        bytes_per_second=int(rate),
-        objects_per_second=int(objects_rate),
-        eta=eta,
+        objects_done=f"{objects.processed}/{objects.total}",
+        percent=_percent(
+            objects.processed,
+            objects.total,
+            size.processed + moving,
+            0 if by_objects else size.total,
+        ),
+        bytes_per_second=max(0, int(rates.bytes_per_second)),
+        objects_per_second=max(0, int(rates.objects_per_second)),
+        eta=_eta(objects.remaining, left_bytes, rates),
+        retries=max(0, activity.retries),
+        last_retryable_error=activity.last_error,
     )
+
+
+def _percent(done_objects: int, objects: int, done_bytes: int, size: int) -> int:
+    """The mean of the objects' and the bytes' shares done (objects alone when no bytes)."""
+    if not objects:
+        return 0
+    share = done_objects / objects
+    if size:
+        share = (share + min(1.0, done_bytes / size)) / 2
+    return max(0, min(100, int(share * 100)))
+
+
+def _eta(left_objects: int, left_bytes: int, rates: Rates) -> str | None:
+    """The longer of the bytes' and the objects' time left; None when nothing moves."""
+    seconds = [
+        left / rate
+        for left, rate in (
+            (left_bytes, rates.bytes_per_second),
+            (left_objects, rates.objects_per_second),
+        )
+        if left > 0 and rate > 0
+    ]
+    if not seconds:
+        return None
+    return format_duration(timedelta(seconds=max(seconds)))
 
 
 @dataclass(frozen=True)
@@ -151,9 +204,11 @@ class StatusInputs:
     state: MigrationState
     window: Sequence[ObjectRow]
     window_truncated: bool
-    rate: float
-    objects_rate: float
     now: datetime
+    activity: Activity = field(default_factory=Activity)
+    rates: Rates = field(default_factory=Rates)
+    #: The driver starts (or runs) a scan now: show Scanning before the scan reports itself.
+    scan_starting: bool = False
     plan_reasons: dict[str, StateCount] | None = None
     plan_classes: dict[str, StateCount] | None = None
     steps: StepCounts | None = None  # for specs with application steps
@@ -166,7 +221,7 @@ def build_status(inputs: StatusInputs, previous: ObjectMigrationStatus) -> Objec
     view = tally(counts)
     conditions = set_conditions(
         previous.conditions,
-        _stage_conditions(spec, counts, state, view, gate),
+        _stage_conditions(spec, counts, state, view, gate, scan_starting=inputs.scan_starting),
         now=inputs.now,
         observed_generation=inputs.generation,
     )
@@ -176,10 +231,7 @@ def build_status(inputs: StatusInputs, previous: ObjectMigrationStatus) -> Objec
         phase=derive_phase(conditions, dry_run=spec.dry_run),
         conditions=conditions,
         progress=progress_of(
-            counts,
-            rate=inputs.rate,
-            objects_rate=inputs.objects_rate,
-            by_objects=not spec.copy_.writes,
+            counts, inputs.activity, inputs.rates, by_objects=not spec.copy_.writes
         ),
         objects=[_object_status(row) for row in inputs.window],
         objects_truncated=inputs.window_truncated,
@@ -210,6 +262,8 @@ def _stage_conditions(
     state: MigrationState,
     view: Tally,
     gate: Gate,
+    *,
+    scan_starting: bool = False,
 ) -> list[tuple[str, ConditionStatus, str, str]]:
     scan = state.scan
     restoring = counts.state(ObjectState.RESTORING).objects
@@ -218,7 +272,7 @@ def _stage_conditions(
     failed, paused, cut_over = state.failed, state.paused, state.cut_over
 
     result: list[tuple[str, ConditionStatus, str, str]] = []
-    if scan.running:
+    if scan.running or (scan_starting and not state.failed):
         result.append((ConditionType.SCANNED, "False", Reason.SCANNING, "listing the source"))
     elif scan.completed_at is not None:
         result.append(
@@ -491,7 +545,10 @@ def build_cleanup_status(
         put(ConditionType.FAILED, "False", Reason.NO_ERROR, "no cleanup-wide error")
 
     planned = total("planned").objects
-    complete = state.completed_at is not None and not planned
+    let_go = total("would_delete" if inputs.spec.dry_run else "deleted").objects
+    # A pass that stopped at spec.limit leaves the rest planned: finished all the same.
+    limit_reached = inputs.spec.limit is not None and let_go >= inputs.spec.limit
+    complete = state.completed_at is not None and (not planned or limit_reached)
     if complete:
         put(ConditionType.COMPLETE, "True", Reason.COMPLETE, state.summary or "cleanup finished")
     else:
@@ -517,7 +574,7 @@ def build_cleanup_status(
     else:
         phase = "Pending"
 
-    deleted = total("would_delete" if inputs.spec.dry_run else "deleted")
+    deleted = total("deleted")
     skipped_by_reason: dict[str, int] = {}
     for (kind, reason), count in counts.items():
         if kind == "skipped":
@@ -534,10 +591,13 @@ def build_cleanup_status(
             planned=sum(c.objects for c in counts.values())
             + leftovers.uploads_aborted
             + leftovers.objects_deleted,
-            deleted=deleted.objects + leftovers.objects_deleted,
+            deleted=deleted.objects + (0 if inputs.spec.dry_run else leftovers.objects_deleted),
+            would_delete=total("would_delete").objects
+            + (leftovers.objects_deleted if inputs.spec.dry_run else 0),
+            left_by_limit=planned if complete else 0,
             skipped=total("skipped").objects,
             failed=total("failed").objects,
-            bytes_freed=0 if inputs.spec.dry_run else deleted.bytes,
+            bytes_freed=deleted.bytes,
             skipped_by_reason=skipped_by_reason,
         ),
         objects=[

@@ -13,6 +13,7 @@ driver, and `make lint` (import-linter) keeps those modules free of I/O.
 
 from objmig.ledger.models import (
     ACTIVE_STATES,
+    Activity,
     BackfillRecord,
     CleanupItem,
     CleanupOutcome,
@@ -26,6 +27,7 @@ from objmig.ledger.models import (
     StateCount,
     StepCounts,
     StepResult,
+    WorkerReport,
 )
 from objmig.ledger.report import DigestBuilder, ReportFormat
 from objmig.ledger.schema import SchemaTooNew, apply_schema, code_schema_version
@@ -52,6 +54,7 @@ from objmig.ledger.store import (
 
 __all__ = [
     "ACTIVE_STATES",
+    "Activity",
     "AsyncSink",
     "BackfillRecord",
     "CatchUpRecord",
@@ -84,6 +87,7 @@ __all__ = [
     "StepResult",
     "UnknownMigration",
     "VerificationRecord",
+    "WorkerReport",
     "apply_schema",
     "code_schema_version",
 ]

@@ -17,6 +17,7 @@ import asyncpg
 
 from objmig.ledger.base import _O_COLUMNS, LedgerBase, _affected
 from objmig.ledger.models import ACTIVE_STATES, ObjectRow, ObjectState, StepResult
+from objmig.ledger.schema import Connection
 
 # The claim index orders on this exact expression; queries must spell it identically.
 _NOT_BEFORE = "COALESCE(not_before, '-infinity'::timestamptz)"
@@ -163,6 +164,34 @@ RETURNING picked.swept, {_O_COLUMNS}
 """  # noqa: S608 - only module constants are interpolated
 
 
+def _within(
+    pairs: list[tuple[ObjectRow, bool]], budget: int | None, *, first: bool
+) -> tuple[list[tuple[ObjectRow, bool]], list[int]]:
+    """The claimed rows (in claim order) that fit ``budget`` bytes, and the ids beyond it.
+
+    ``first``: nothing was claimed before, so the first row is kept whatever its size.
+    """
+    if budget is None:
+        return pairs, []
+    kept: list[tuple[ObjectRow, bool]] = []
+    for index, (row, swept) in enumerate(pairs):
+        if row.size > budget and not (first and not kept):
+            return kept, [other.id for other, _ in pairs[index:]]
+        kept.append((row, swept))
+        budget -= row.size
+    return kept, []
+
+
+async def _give_back(conn: Connection, owner: str, ids: list[int]) -> None:
+    """End leases just taken on rows past a claim's byte budget (nothing else changed)."""
+    await conn.execute(
+        "UPDATE objects SET lease_owner = NULL, lease_expires_at = NULL "
+        "WHERE id = ANY($1::bigint[]) AND lease_owner = $2",
+        ids,
+        owner,
+    )
+
+
 class LeasesMixin(LedgerBase):
     """Claiming, renewing and releasing rows, and recording step results."""
 
@@ -182,6 +211,7 @@ class LeasesMixin(LedgerBase):
         lease: timedelta,
         *,
         versions_in_order: bool = False,
+        max_bytes: int | None = None,
     ) -> list[ObjectRow]:
         """Lease up to ``limit`` claimable rows in ``states`` to ``owner``.
 
@@ -202,12 +232,20 @@ class LeasesMixin(LedgerBase):
         ``versions_in_order`` (a migration of every version of each key): a version is
         claimable only once every older version of its key is done, so that versions
         reach their one target key oldest first and never two at once.
+
+        ``max_bytes`` bounds the claim by size as well as by count: rows are taken in order
+        while their sizes add up to at most ``max_bytes`` (the first row always), so one
+        worker does not take every large object of a run while others idle.
         """
         if limit <= 0:
             return []
         claimed: list[ObjectRow] = []
+        budget = max_bytes
+        full = False  # the byte budget is spent: no state is claimed from any more
         async with self._pool.acquire() as conn:
             for state in dict.fromkeys(states):  # de-duplicated, order kept
+                if full:
+                    break
                 value = str(ObjectState(state))
                 hint_key = (migration_id, value)
                 hint = self._claim_hints.get(hint_key)
@@ -223,13 +261,19 @@ class LeasesMixin(LedgerBase):
                         ((ObjectRow.from_record(r), bool(r["swept"])) for r in records),
                         key=lambda pair: (pair[0].not_before or _NEVER, pair[0].id),
                     )
+                    pairs, surplus = _within(pairs, budget, first=not claimed)
+                    if surplus:
+                        await _give_back(conn, owner, surplus)
                     rows = [row for row, _ in pairs]
                     claimed.extend(rows)
+                    if budget is not None:
+                        budget -= sum(row.size for row in rows)
+                        full = bool(surplus) or budget <= 0
                     swept = [row for row, from_sweep in pairs if from_sweep]
                     if swept:
                         # The sweep's last row: expired leases found elsewhere don't move it.
                         self._claim_hints[hint_key] = (swept[-1].not_before, swept[-1].id)
-                    if len(rows) >= remaining or hint is None:
+                    if full or len(rows) >= remaining or hint is None:
                         break
                     # The sweep reached the end: start again from the front once, for
                     # rows released or re-queued behind the hint.

@@ -317,3 +317,29 @@ class CleanupItem:
     outcome: CleanupOutcomeKind
     reason: str | None
     message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReport:
+    """What one worker says about itself: totals since it started, and its latest retry."""
+
+    bytes_moved: int = 0
+    bytes_in_flight: int = 0
+    retries: int = 0
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """The sum of a migration's worker reports (see ``Ledger.activity``).
+
+    ``stalled`` counts leases (live by their expiry time) whose owner stopped reporting:
+    work nobody does any more, which returns to the pool when the lease expires.
+    """
+
+    bytes_moved: int = 0
+    bytes_in_flight: int = 0
+    retries: int = 0
+    last_error: str | None = None
+    stalled: StateCount = field(default_factory=StateCount)

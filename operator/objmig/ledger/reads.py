@@ -165,13 +165,20 @@ class ReadsMixin(LedgerBase):
 
         Order: ``failed`` and ``source_changed`` rows (most recently updated first), then
         leased rows (in flight; most recently claimed or renewed first, so a lease that
-        expired without being cleared comes last), then all others, most recently updated
-        first. ``truncated`` is True when the migration has more than ``limit``
-        rows.
+        expired without being cleared comes last), then ``skipped`` rows (each with the
+        reason it was left alone), most recently updated first. Verified, deleted and
+        pending rows are not listed: the counts say how many there are, and a window full
+        of them would hide nothing but noise. ``truncated`` is True when more rows of those
+        kinds exist than ``limit``.
         """
         if limit <= 0:
             total = await self._pool.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM objects WHERE migration_id = $1)", migration_id
+                """
+                SELECT EXISTS (SELECT 1 FROM objects WHERE migration_id = $1
+                               AND (state IN ('failed', 'source_changed', 'skipped')
+                                    OR lease_owner IS NOT NULL))
+                """,
+                migration_id,
             )
             return [], bool(total)
         # Each branch fetches limit + 1 so that "more than limit in total" is decidable.
@@ -189,8 +196,7 @@ class ReadsMixin(LedgerBase):
              ORDER BY lease_expires_at DESC, id DESC LIMIT $2)
             UNION ALL
             (SELECT 2, {_COLUMNS} FROM objects
-             WHERE migration_id = $1 AND lease_owner IS NULL
-               AND state NOT IN ('failed', 'source_changed')
+             WHERE migration_id = $1 AND lease_owner IS NULL AND state = 'skipped'
              ORDER BY updated_at DESC, id DESC LIMIT $2)
             """,  # noqa: S608 - only module constants are interpolated
             migration_id,

@@ -10,8 +10,9 @@ themselves re-check before they act, which covers the window in between).
 All SQL is parameterised; the only identifiers built in Python are fixed strings.
 
 The methods live in one module per concern (``migrations``, ``inventory``, ``leases``,
-``cutover``, ``reads``, ``cleanups``, ``steps``), each a mixin over ``LedgerBase``; this module
-composes them into ``Ledger`` and owns its lifecycle (pool, schema, closing).
+``cutover``, ``reads``, ``cleanups``, ``steps``, ``activity``), each a mixin over
+``LedgerBase``; this module composes them into ``Ledger`` and owns its lifecycle (pool,
+schema, closing).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Self
 
 import asyncpg
 
+from objmig.ledger.activity import ActivityMixin
 from objmig.ledger.base import LedgerError, MigrationConflict, UnknownMigration
 from objmig.ledger.cleanups import CleanupsMixin
 from objmig.ledger.cutover import CutoverMixin
@@ -54,6 +56,7 @@ class Ledger(
     ReadsMixin,
     CleanupsMixin,
     StepsMixin,
+    ActivityMixin,
 ):
     """Per-object state of migrations, shared by the operator, the workers and the CLI.
 

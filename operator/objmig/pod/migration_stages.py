@@ -72,7 +72,10 @@ async def work(
                     return EXIT_INTERRUPTED
                 log.info("scan %d: %s", outcome.scan_id, outcome.result)
             else:
-                stats = await ClaimLoop(ledger, migration_id, context, owner=owner).run(stop)
+                # Every pod of the Job shares the work: each claims its share of the bytes.
+                share = migration.spec.workers.parallelism
+                worker = ClaimLoop(ledger, migration_id, context, owner=owner, share=share)
+                stats = await worker.run(stop)
                 if stop.is_set():
                     log.info("worker stopped on request: %s", dict(stats.results))
                     return EXIT_INTERRUPTED

@@ -19,6 +19,12 @@ class Counters(ApiModel):
     total: int = Field(default=0, ge=0, description="Selected.")
     pending: int = Field(default=0, ge=0, description="Waiting to be copied or restored.")
     in_progress: int = Field(default=0, ge=0, description="Held by a worker right now.")
+    stalled: int = Field(
+        default=0,
+        ge=0,
+        description="Held by a worker that stopped reporting (killed, or cut off): nobody "
+        "works on them, and they return to pending when the worker's lease expires.",
+    )
     succeeded: int = Field(default=0, ge=0, description="Copied and verified.")
     failed: int = Field(default=0, ge=0, description="Failed for good, or changed at source.")
     skipped: int = Field(default=0, ge=0, description="Deliberately left alone.")
@@ -33,16 +39,40 @@ class Progress(ApiModel):
 
     objects: Counters = Field(default_factory=Counters, description="Object counts.")
     bytes: Counters = Field(default_factory=Counters, description="Byte counts.")
+    objects_done: str = Field(
+        default="0/0",
+        description="Finished objects (verified, failed or skipped) of all selected, e.g. "
+        "1441/1500.",
+    )
     percent: int = Field(
         default=0,
         ge=0,
         le=100,
-        description="Finished share of bytes (of objects with copy.mode none, which moves no "
+        description="How far along: the mean of the finished share of objects and the share "
+        "of bytes finished or already written, so neither many small objects nor a few "
+        "large ones make it misleading (objects alone with copy.mode none, which moves no "
         "bytes).",
     )
-    bytes_per_second: int = Field(default=0, ge=0, description="Recent copy throughput.")
-    objects_per_second: int = Field(default=0, ge=0, description="Recent object rate.")
-    eta: str | None = Field(default=None, description="Estimated time left, e.g. 1h20m.")
+    bytes_per_second: int = Field(
+        default=0,
+        ge=0,
+        description="Bytes written to the target per second, recently (including bytes of "
+        "objects still being copied).",
+    )
+    objects_per_second: int = Field(default=0, ge=0, description="Objects finished per second.")
+    eta: str | None = Field(
+        default=None,
+        description="Estimated time left at the recent rates of bytes and objects, e.g. 1h20m.",
+    )
+    retries: int = Field(
+        default=0,
+        ge=0,
+        description="Attempts that ended in an error to be retried (throttling, 5xx, "
+        "timeouts), over the whole migration.",
+    )
+    last_retryable_error: str | None = Field(
+        default=None, description="The most recent error that led to a retry."
+    )
     started_at: datetime | None = Field(default=None, description="When copying started.")
 
 

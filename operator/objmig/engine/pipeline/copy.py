@@ -8,7 +8,8 @@ copies run at once. Waiting for a slot does not count against `retry.objectTimeo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import functools
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 from objmig.api.types import parse_quantity
@@ -35,9 +36,15 @@ READ_AHEAD_BYTES = 128 * 1024 * 1024
 class CopyStep:
     """Copies objects of one migration, at most `copy.concurrency` at once."""
 
-    def __init__(self, sides: Sides, limiter: RateLimiter | None) -> None:
+    def __init__(
+        self,
+        sides: Sides,
+        limiter: RateLimiter | None,
+        on_bytes: Callable[[int, int], None] | None = None,
+    ) -> None:
         self._sides = sides
         self._limiter = limiter
+        self._on_bytes = on_bytes
         self._read_ahead = ReadAhead(READ_AHEAD_BYTES)
         self._transfers = asyncio.Semaphore(sides.spec.copy_.concurrency)
 
@@ -87,7 +94,10 @@ class CopyStep:
             migration_tag=ctx.name,
             metadata_change=ctx.metadata_change,
             extra_metadata=provenance,
-            exact_layout=sides.replaces_original(row),
+            on_progress=functools.partial(self._on_bytes, row.id) if self._on_bytes else None,
+            # Every part's size is asked for before the first byte moves: a guess of equal
+            # parts that turns out wrong costs a second copy of the whole object.
+            exact_layout=copy_spec.preserve_part_boundaries or sides.replaces_original(row),
             part_size=None
             if copy_spec.preserve_part_boundaries
             else parse_quantity(copy_spec.part_size),

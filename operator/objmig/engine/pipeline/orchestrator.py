@@ -53,11 +53,13 @@ class ObjectPipeline:
         plan_only: bool = False,
         limiter: RateLimiter | None = None,
         on_park: Callable[[], None] = lambda: None,
+        on_bytes: Callable[[int, int], None] | None = None,
     ) -> None:
+        """``on_bytes(object_id, nbytes)`` hears of every byte written to the target."""
         self._sides = Sides(context, source, target, plan_only=plan_only)
         self._in_flight = 0
         self._looks = Looks(self._sides, self._busy, on_park)
-        self._copy = CopyStep(self._sides, limiter)
+        self._copy = CopyStep(self._sides, limiter, on_bytes)
         self._verify = VerifyStep(self._sides, self._looks)
         hook = context.spec.hooks.per_object if context.spec.hooks is not None else None
         self._steps = ApplicationSteps(
