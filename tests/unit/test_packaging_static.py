@@ -309,12 +309,15 @@ def test_namespaced_mode_has_a_role_per_namespace_and_read_only_cluster_rules() 
     assert cluster == {
         ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+        ("", "namespaces", "get"),
         ("", "namespaces", "list"),
         ("", "namespaces", "watch"),
     }
     # The per-namespace rules are exactly what the cluster-wide role grants in every namespace.
     cluster_wide = rule_set(one(helm_template(*DEFAULT_SETS), "ClusterRole")["rules"])
-    namespaced_part = {r for r in cluster_wide if r[0] != "apiextensions.k8s.io"}
+    namespaced_part = {
+        r for r in cluster_wide if r[0] != "apiextensions.k8s.io" and r[1] != "namespaces"
+    }
     assert roles["a"] == roles["b"] == namespaced_part
     env = {
         e["name"]: e.get("value")
@@ -324,13 +327,15 @@ def test_namespaced_mode_has_a_role_per_namespace_and_read_only_cluster_rules() 
 
 
 def test_operator_rules_are_least_privilege() -> None:
-    """No wildcard, no delete, no pods, no cluster-wide writes; Secrets read-only and optional."""
+    """No wildcard, no delete but of Jobs, no pods, no cluster-wide writes; Secrets read-only
+    and optional; namespaces read one by one."""
     granted = rule_set(one(helm_template(*DEFAULT_SETS), "ClusterRole")["rules"])
     assert not any("*" in part for rule in granted for part in rule)
+    assert {(g, r) for g, r, v in granted if v == "delete"} == {("batch", "jobs")}
     assert not any(
-        verb in {"delete", "deletecollection", "escalate", "bind", "impersonate"}
-        for _, _, verb in granted
+        verb in {"deletecollection", "escalate", "bind", "impersonate"} for _, _, verb in granted
     )
+    assert {verb for _, resource, verb in granted if resource == "namespaces"} == {"get"}
     assert not any(resource.startswith("pods") for _, resource, _ in granted)
     assert {verb for _, resource, verb in granted if resource == "secrets"} == {"get"}
     writes = {(g, r) for g, r, v in granted if v in {"create", "update", "patch"}}

@@ -175,11 +175,12 @@ the set sufficient by running the operator as this ServiceAccount and recording 
 - apiGroups: ["objmig.dev"]
   resources: ["objectmigrations/finalizers"]
   verbs: ["update"]
-# Indexed worker Jobs: found by label, created, resized and suspended. Deletion is left to the
-# garbage collector (ownerReferences) and ttlSecondsAfterFinished.
+# Indexed worker Jobs: found by label, created, resized and suspended. Deleted only when their
+# namespace is being deleted (a Job with backoffLimitPerIndex would hold its pods, and the
+# namespace, forever); otherwise the garbage collector and ttlSecondsAfterFinished do it.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["list", "create", "patch"]
+  verbs: ["list", "create", "patch", "delete"]
 # Events on transitions (kopf.event posts core/v1 Events).
 - apiGroups: [""]
   resources: ["events"]
@@ -203,9 +204,15 @@ the set sufficient by running the operator as this ServiceAccount and recording 
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
 {{- if .Values.watchNamespaces }}
-# Kopf lists and watches namespaces to match its namespace list.
+# Kopf lists and watches namespaces to match its namespace list; the operator reads a
+# resource's namespace to notice it being deleted.
 - apiGroups: [""]
   resources: ["namespaces"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
+{{- else }}
+# The operator reads a resource's namespace to notice it being deleted.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get"]
 {{- end }}
 {{- end -}}

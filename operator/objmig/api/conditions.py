@@ -30,6 +30,8 @@ class ConditionType(StrEnum):
     # MigrationCleanup (also Failed)
     GATES_PASSED = "GatesPassed"
     COMPLETE = "Complete"
+    # Both: the operator could not reach the ledger database
+    LEDGER_UNAVAILABLE = "LedgerUnavailable"
 
 
 class Reason(StrEnum):
@@ -92,6 +94,10 @@ class Reason(StrEnum):
     WORKLIST_QUERY_FAILED = "WorklistQueryFailed"
     BACKFILL_INVALID = "BackfillInvalid"
     HOOK_UNREACHABLE = "HookUnreachable"
+    JOB_REJECTED = "JobRejected"
+    # LedgerUnavailable (either resource)
+    LEDGER_UNAVAILABLE = "LedgerUnavailable"
+    LEDGER_AVAILABLE = "LedgerAvailable"
     # MigrationCleanup
     MIGRATION_NOT_FOUND = "MigrationNotFound"
     CLEANUP_JOB_FAILED = "CleanupJobFailed"
@@ -101,6 +107,7 @@ class Reason(StrEnum):
     # Events only
     PHASE_CHANGED = "PhaseChanged"
     OBJECTS_MISSING = "ObjectsMissing"
+    RECONCILE_ERROR = "ReconcileError"
 
 
 def s3_reason(code: str) -> str:

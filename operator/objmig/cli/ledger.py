@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
-from objmig.ledger import Ledger
+from objmig.api.types import parse_duration
+from objmig.ledger import Ledger, LedgerWait
 from objmig.local.postgres import EmbeddedPostgres
 
 
@@ -27,6 +32,25 @@ database_url_option = click.option(
     envvar="OBJMIG_DATABASE_URL",
     help="PostgreSQL URL of the ledger. Default: an embedded server in --state-dir.",
 )
+
+
+def _ledger_wait(_ctx: click.Context, _param: click.Parameter, value: str) -> LedgerWait:
+    try:
+        seconds = parse_duration(value).total_seconds()
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    return LedgerWait(timeout=seconds)
+
+
+ledger_wait_option = click.option(
+    "--ledger-wait",
+    envvar="OBJMIG_LEDGER_WAIT",
+    default="10m",
+    show_default=True,
+    callback=_ledger_wait,
+    help="How long to wait for an unreachable ledger database (retrying with backoff) "
+    "before giving up with exit code 75.",
+)
 state_dir_option = click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -37,21 +61,64 @@ state_dir_option = click.option(
 
 
 @asynccontextmanager
-async def open_ledger(database_url: str | None, state_dir: Path) -> AsyncIterator[Ledger]:
+async def open_ledger(
+    database_url: str | None, state_dir: Path, wait: LedgerWait | None = None
+) -> AsyncIterator[Ledger]:
     """Connect to the ledger, starting (or reusing) the embedded server when no URL is given.
 
     The embedded server is left running on exit: a later command (or a re-run after a
     crash) reuses it at once; ``objmig db stop`` stops it, ``objmig db status`` shows it.
+    An unreachable ledger is waited for (``wait``); the embedded server, if it went away
+    meanwhile (killed, stopped), is started again on its port.
     """
+    wait = wait or LedgerWait()
     if database_url is None:
         server = EmbeddedPostgres(state_dir / "postgres")
         await server.start()
         database_url = server.dsn
-    ledger = await Ledger.connect(database_url)
+        wait.on_wait = functools.partial(_revive, state_dir, server.port)
+    ledger = await Ledger.connect(database_url, wait=wait)
     try:
         yield ledger
     finally:
         await ledger.close()
+
+
+async def _revive(state_dir: Path, port: int) -> None:
+    """Start the embedded server again where it ran, if it is not running."""
+    server = EmbeddedPostgres(state_dir / "postgres", port=port)
+    if server.running() is None:
+        with contextlib.suppress(Exception):  # the next try reports what is wrong
+            await server.start()
+
+
+@dataclass(frozen=True)
+class LedgerPlace:
+    """Where a command finds its ledger (``--database-url``, ``--state-dir``) and how long
+    it waits for it (``--ledger-wait``)."""
+
+    database_url: str | None
+    state_dir: Path
+    wait: LedgerWait
+
+    def open(self) -> AbstractAsyncContextManager[Ledger]:
+        """Connect (see :func:`open_ledger`)."""
+        return open_ledger(self.database_url, self.state_dir, self.wait)
+
+
+def ledger_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--database-url``, ``--state-dir`` and ``--ledger-wait`` to a command, which
+    receives them as one ``ledger: LedgerPlace``."""
+
+    @functools.wraps(command)
+    def with_place(
+        *args: Any, database_url: str | None, state_dir: Path, ledger_wait: LedgerWait, **kw: Any
+    ) -> Any:
+        return command(*args, ledger=LedgerPlace(database_url, state_dir, ledger_wait), **kw)
+
+    for option in (ledger_wait_option, state_dir_option, database_url_option):
+        with_place = option(with_place)
+    return with_place
 
 
 @click.group()

@@ -13,7 +13,9 @@ from objmig.api.crd import write_crds
 from objmig.api.loading import SpecError, load_resources
 from objmig.cli import demo, migrate, operator, worker
 from objmig.cli.ledger import db
+from objmig.cli.migrate import EXIT_LEDGER_UNAVAILABLE
 from objmig.engine.secrets import NotProvided
+from objmig.ledger import LedgerUnavailable
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,6 +82,14 @@ def main() -> None:
     except (SpecError, NotProvided) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
+    except LedgerUnavailable as error:
+        click.echo(
+            f"error: {error}. Start it (objmig db status shows the embedded one), or wait "
+            "longer with --ledger-wait, and run the same command again: it resumes where "
+            "the ledger stands.",
+            err=True,
+        )
+        sys.exit(EXIT_LEDGER_UNAVAILABLE)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

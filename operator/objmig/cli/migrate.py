@@ -15,7 +15,7 @@ from rich.console import Console
 from objmig.api.loading import Bundle, load_bundle
 from objmig.api.migration import ObjectMigration, ObjectMigrationSpec
 from objmig.api.migration_cleanup import MigrationCleanup, MigrationCleanupStatus
-from objmig.cli.ledger import database_url_option, open_ledger, state_dir_option
+from objmig.cli.ledger import LedgerPlace, ledger_options
 from objmig.cli.progress import ProgressView, human_bytes, status_table, summary_line
 from objmig.engine.bookkeeping import compute_status
 from objmig.engine.deletion_pass import run_cleanup
@@ -35,6 +35,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_AWAITING = 2
 EXIT_PAUSED = 3
+#: The ledger database stayed unreachable for --ledger-wait (EX_TEMPFAIL): run again later.
+EXIT_LEDGER_UNAVAILABLE = 75
 EXIT_INTERRUPTED = 130
 
 _EXIT_CODES = {
@@ -145,8 +147,7 @@ def report_outcome(name: str, result: RunResult) -> None:
 
 def _run(
     path: Path,
-    database_url: str | None,
-    state_dir: Path,
+    ledger_place: LedgerPlace,
     secrets_file: Path | None,
     config_maps_file: Path | None,
     workers: int,
@@ -166,7 +167,7 @@ def _run(
         )
 
     async def main() -> RunResult:
-        async with open_ledger(database_url, state_dir) as ledger:
+        async with ledger_place.open() as ledger:
             return await drive(
                 migration,
                 ledger,
@@ -182,8 +183,7 @@ def _run(
 
 @click.command()
 @filename_option
-@database_url_option
-@state_dir_option
+@ledger_options
 @secrets_option
 @config_maps_option
 @click.option(
@@ -195,33 +195,28 @@ def _run(
 )
 def run(
     path: Path,
-    database_url: str | None,
-    state_dir: Path,
+    ledger: LedgerPlace,
     secrets_file: Path | None,
     config_maps_file: Path | None,
     workers: int,
 ) -> None:
     """Run a migration to its end: scan, copy, verify, cut over. Re-run to resume."""
-    sys.exit(
-        _run(path, database_url, state_dir, secrets_file, config_maps_file, workers, dry_run=False)
-    )
+    sys.exit(_run(path, ledger, secrets_file, config_maps_file, workers, dry_run=False))
 
 
 @click.command()
 @filename_option
-@database_url_option
-@state_dir_option
+@ledger_options
 @secrets_option
 @config_maps_option
 def plan(
     path: Path,
-    database_url: str | None,
-    state_dir: Path,
+    ledger: LedgerPlace,
     secrets_file: Path | None,
     config_maps_file: Path | None,
 ) -> None:
     """Dry run: inventory and report what a run would do; write nothing to the target."""
-    sys.exit(_run(path, database_url, state_dir, secrets_file, config_maps_file, 1, dry_run=True))
+    sys.exit(_run(path, ledger, secrets_file, config_maps_file, 1, dry_run=True))
 
 
 async def _status_of(ledger: Ledger, name: str) -> tuple[int, ObjectMigrationSpec]:
@@ -234,26 +229,23 @@ async def _status_of(ledger: Ledger, name: str) -> tuple[int, ObjectMigrationSpe
 
 @click.command()
 @click.argument("name", required=False)
-@database_url_option
-@state_dir_option
+@ledger_options
 @click.option("--watch", "-w", is_flag=True, help="Refresh every 2 seconds until Ctrl-C.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-def status(
-    name: str | None, database_url: str | None, state_dir: Path, watch: bool, as_json: bool
-) -> None:
+def status(name: str | None, ledger: LedgerPlace, watch: bool, as_json: bool) -> None:
     """Show a migration's status (or list migrations when no NAME is given)."""
 
     async def main() -> None:
-        async with open_ledger(database_url, state_dir) as ledger:
+        async with ledger.open() as opened:
             if name is None:
-                for row in await ledger.list_migrations():
+                for row in await opened.list_migrations():
                     click.echo(row.name)
                 return
             full = qualified_name(name)
-            migration_id, spec = await _status_of(ledger, full)
+            migration_id, spec = await _status_of(opened, full)
             console = Console()
             while True:
-                current = await compute_status(ledger, migration_id, spec)
+                current = await compute_status(opened, migration_id, spec)
                 if as_json:
                     click.echo(json.dumps(current.to_wire(), indent=2))
                 else:
@@ -267,8 +259,7 @@ def status(
 
 @click.command()
 @click.argument("name")
-@database_url_option
-@state_dir_option
+@ledger_options
 @click.option(
     "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
 )
@@ -281,8 +272,7 @@ def status(
 )
 def report(
     name: str,
-    database_url: str | None,
-    state_dir: Path,
+    ledger: LedgerPlace,
     fmt: str,
     only_failed: bool,
     output: Path | None,
@@ -292,17 +282,17 @@ def report(
     report_format: ReportFormat = "csv" if fmt == "csv" else "jsonl"
 
     async def main() -> int:
-        async with open_ledger(database_url, state_dir) as ledger:
-            migration_id, _ = await _status_of(ledger, qualified_name(name))
+        async with ledger.open() as opened:
+            migration_id, _ = await _status_of(opened, qualified_name(name))
             if output is None:
-                return await ledger.export_report(
+                return await opened.export_report(
                     migration_id,
                     sys.stdout.buffer,
                     report_format,
                     only_failed=only_failed,
                 )
             with output.open("wb") as handle:
-                return await ledger.export_report(
+                return await opened.export_report(
                     migration_id,
                     handle,
                     report_format,
@@ -315,17 +305,16 @@ def report(
 
 @click.command()
 @click.argument("name")
-@database_url_option
-@state_dir_option
-def approve(name: str, database_url: str | None, state_dir: Path) -> None:
+@ledger_options
+def approve(name: str, ledger: LedgerPlace) -> None:
     """Show what was verified, and the digest a MigrationCleanup approval must quote."""
 
     async def main() -> None:
-        async with open_ledger(database_url, state_dir) as ledger:
+        async with ledger.open() as opened:
             full = qualified_name(name)
-            migration_id, spec = await _status_of(ledger, full)
-            current = await compute_status(ledger, migration_id, spec)
-            digest = await ledger.verification_digest(migration_id)
+            migration_id, spec = await _status_of(opened, full)
+            current = await compute_status(opened, migration_id, spec)
+            digest = await opened.verification_digest(migration_id)
             Console().print(status_table(full, current))
             click.echo(
                 f"verified: {digest.objects} objects, {human_bytes(digest.bytes)} "
@@ -348,20 +337,17 @@ def approve(name: str, database_url: str | None, state_dir: Path) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="MigrationCleanup YAML (the same schema the operator reads).",
 )
-@database_url_option
-@state_dir_option
+@ledger_options
 @secrets_option
-def cleanup(
-    path: Path, database_url: str | None, state_dir: Path, secrets_file: Path | None
-) -> None:
+def cleanup(path: Path, ledger: LedgerPlace, secrets_file: Path | None) -> None:
     """Delete migrated source objects (or leftovers), only where every gate holds."""
     bundle = load_bundle(path)
     resource: MigrationCleanup = bundle.one(MigrationCleanup, str(path))
     secrets = secret_source(secrets_file, bundle)
 
     async def main() -> MigrationCleanupStatus:
-        async with open_ledger(database_url, state_dir) as ledger:
-            return await run_cleanup(ledger, resource, secrets)
+        async with ledger.open() as opened:
+            return await run_cleanup(opened, resource, secrets)
 
     result = asyncio.run(main())
     report_cleanup(resource, result)

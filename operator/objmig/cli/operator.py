@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import click
@@ -49,6 +50,12 @@ import click
 @click.option(
     "--log-format", type=click.Choice(["json", "plain"]), default="json", show_default=True
 )
+@click.option(
+    "--verbose",
+    is_flag=True,
+    help="Also log what goes well: every handler run and every API watch event "
+    "(by default only changes, warnings and errors are logged).",
+)
 def operator(
     namespaces: tuple[str, ...],
     metrics_port: int,
@@ -58,6 +65,7 @@ def operator(
     leader_election_id: str,
     status_interval: float | None,
     log_format: str,
+    verbose: bool,
 ) -> None:
     """Reconcile ObjectMigrations: Jobs, status, gated cutover. Needs OBJMIG_DATABASE_URL."""
     os.environ["OBJMIG_METRICS_PORT"] = str(metrics_port)
@@ -78,6 +86,10 @@ def operator(
     import objmig.controller.handlers  # noqa: F401 - importing registers the handlers
 
     kopf.configure(log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.PLAIN)
+    if not verbose:
+        # Kopf says "Timer 'reconcile' succeeded." for every resource at every status
+        # interval, which buries everything else. Its warnings and errors still come.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
         standalone=True,
         clusterwide=not watched,

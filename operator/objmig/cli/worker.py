@@ -9,6 +9,8 @@ import sys
 
 import click
 
+from objmig.cli.ledger import ledger_wait_option
+from objmig.ledger import LedgerWait
 from objmig.pod.cleanup_stage import clean
 from objmig.pod.migration_stages import work
 
@@ -23,8 +25,14 @@ from objmig.pod.migration_stages import work
 )
 @click.option("--scan-id", type=int, default=None, help="Number of the scan (stage scan).")
 @click.option("--cleanup", "cleanup_name", default=None, help="namespace/name (stage cleanup).")
+@ledger_wait_option
 def worker(
-    name: str, stage: str, database_url: str, scan_id: int | None, cleanup_name: str | None
+    name: str,
+    stage: str,
+    database_url: str,
+    scan_id: int | None,
+    cleanup_name: str | None,
+    ledger_wait: LedgerWait,
 ) -> None:
     """Work on one migration from inside a Job pod (ledger and S3 only)."""
     logging.basicConfig(
@@ -35,5 +43,5 @@ def worker(
     if stage == "cleanup":
         if not cleanup_name:
             raise click.UsageError("--stage cleanup needs --cleanup NAMESPACE/NAME")
-        sys.exit(asyncio.run(clean(database_url, cleanup_name)))
-    sys.exit(asyncio.run(work(database_url, name, stage, owner, scan_id)))
+        sys.exit(asyncio.run(clean(database_url, cleanup_name, wait=ledger_wait)))
+    sys.exit(asyncio.run(work(database_url, name, stage, owner, scan_id, wait=ledger_wait)))

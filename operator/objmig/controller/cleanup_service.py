@@ -18,11 +18,11 @@ from objmig.api.migration import JobRef, ObjectMeta, ObjectMigration, ObjectMigr
 from objmig.api.migration_cleanup import MigrationCleanup, MigrationCleanupStatus, UnmetGate
 from objmig.controller.config import OperatorConfig
 from objmig.controller.jobs import CLEANUP_LABEL, JobWant, cleanup_job, cleanup_run, job_name
-from objmig.controller.kube import Kube
-from objmig.controller.migration_service import Event, Outcome
+from objmig.controller.kube import Kube, KubeRefused
+from objmig.controller.outcome import Event, Outcome, ledger_reachable
 from objmig.engine.cleanup_lifecycle import CleanupObserved, decide_cleanup
 from objmig.engine.deletion_pass import cleanup_status, migration_facts, take_up_spec
-from objmig.ledger import Ledger, MigrationConflict
+from objmig.ledger import Ledger, MigrationConflict, Problem
 
 
 class CleanupService:
@@ -41,6 +41,13 @@ class CleanupService:
         except ValidationError as error:
             return _blocked(previous, Reason.INVALID_SPEC, "; ".join(explain(error)), failed=True)
         meta, spec = cleanup.metadata, cleanup.spec
+        if await self._kube.namespace_terminating(meta.namespace):
+            # See MigrationService._wind_down: a deleted Job lets the namespace go.
+            running = await self._kube.jobs_of(meta.namespace, meta.name, CLEANUP_LABEL)
+            for unfinished in running.values():
+                if not unfinished.finished:
+                    await self._kube.delete_job(meta.namespace, unfinished.name)
+            return Outcome(None)
         migration_name = f"{meta.namespace}/{spec.migration_ref.name}"
         migration_id = await self._ledger.find_migration(migration_name)
         if migration_id is None:
@@ -81,7 +88,18 @@ class CleanupService:
                 spec=ObjectMigrationSpec.model_validate(state.spec),
             )
             want = JobWant(name, "cleanup", 1, suspend=False)
-            if await self._kube.create_job(cleanup_job(cleanup, migration, want, self._config)):
+            try:
+                created = await self._kube.create_job(
+                    cleanup_job(cleanup, migration, want, self._config)
+                )
+            except KubeRefused as refused:
+                if not refused.permanent:
+                    raise  # tried again at the next pass (the handler says so in an Event)
+                message = f"{refused}; fix the spec (editing it tries again)"
+                failure = Problem(reason=Reason.JOB_REJECTED, message=message)
+                await self._ledger.update_cleanup_state(cleanup_id, failed=failure)
+                created = False
+            if created:
                 verb = "dry run" if spec.dry_run else "deleting"
                 events.append(Event("Normal", "CleanupStarted", f"gates passed; {verb}"))
         status = await cleanup_status(
@@ -97,6 +115,8 @@ class CleanupService:
             )
             for j in sorted(jobs.values(), key=lambda j: j.name)
         ]
+        status.conditions, back = ledger_reachable(status.conditions)
+        events += back
         if previous.phase != status.phase:
             kind = "Warning" if status.phase in ("Blocked", "Failed") else "Normal"
             detail = "; ".join(f"{g.reason}: {g.message}" for g in status.unmet_gates)
@@ -141,6 +161,6 @@ def _blocked(
     status.unmet_gates = [UnmetGate(gate="Migration", reason=reason, message=message)]
     status.phase = "Failed" if failed else "Blocked"
     wire = status.to_wire()
-    return Outcome(
-        wire if wire != previous.to_wire() else None, [Event("Warning", reason, message)]
-    )
+    if wire == previous.to_wire():
+        return Outcome(None)  # said already: no new Event every pass
+    return Outcome(wire, [Event("Warning", reason, message)])

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pydantic import BaseModel, Field
 
 from objmig.api.base import SecretKeySelector
+from objmig.api.types import Duration
 
 
 class OperatorConfig(BaseModel):
@@ -38,6 +39,11 @@ class OperatorConfig(BaseModel):
     namespaces: list[str] = Field(
         default_factory=list, description="Namespaces to watch; empty: the whole cluster."
     )
+    ledger_wait: Duration | None = Field(
+        default=None,
+        description="How long the operator at start-up, and each worker, waits for an "
+        "unreachable ledger before giving up (default 10m).",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -56,6 +62,8 @@ class OperatorConfig(BaseModel):
             values["status_interval"] = float(env["OBJMIG_STATUS_INTERVAL"])
         if "OBJMIG_JOB_TTL_SECONDS" in env:
             values["job_ttl_seconds"] = int(env["OBJMIG_JOB_TTL_SECONDS"])
+        if env.get("OBJMIG_LEDGER_WAIT"):
+            values["ledger_wait"] = env["OBJMIG_LEDGER_WAIT"]
         if env.get("OBJMIG_WATCH_NAMESPACES"):
             values["namespaces"] = [n for n in env["OBJMIG_WATCH_NAMESPACES"].split(",") if n]
         return cls.model_validate(values)

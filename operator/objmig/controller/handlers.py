@@ -12,18 +12,26 @@ from typing import Any
 import kopf
 from kubernetes_asyncio import client
 from kubernetes_asyncio import config as kube_config
+from kubernetes_asyncio.client.rest import ApiException
 from prometheus_client import start_http_server
 
-from objmig.api.migration import GROUP, VERSION
+from objmig.api.conditions import Reason
+from objmig.api.migration import GROUP, VERSION, ObjectMigrationStatus
+from objmig.api.migration_cleanup import MigrationCleanupStatus
+from objmig.api.types import parse_duration
 from objmig.controller import metrics
 from objmig.controller.cleanup_service import CleanupService
 from objmig.controller.config import OperatorConfig
 from objmig.controller.health import readiness_checks, serve_from_env
 from objmig.controller.kube import Kube
 from objmig.controller.leader import lead_from_env
-from objmig.controller.migration_service import MigrationService, Outcome, merge_patch
+from objmig.controller.migration_service import MigrationService, merge_patch
+from objmig.controller.outcome import Outcome, describe_failure, ledger_unavailable
 from objmig.engine.bookkeeping import RateMeter
-from objmig.ledger import Ledger
+from objmig.ledger import Ledger, LedgerUnavailable, LedgerWait
+from objmig.ledger.outage import DEFAULT_WAIT_SECONDS
+
+log = logging.getLogger(__name__)
 
 PLURAL = "objectmigrations"
 CLEANUP_PLURAL = "migrationcleanups"
@@ -54,7 +62,15 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
     if "health" not in memo:  # a retried start-up keeps the endpoints it opened
         memo.health = await serve_from_env()
-    memo.ledger = await Ledger.connect(config.database_url)
+    # At start-up the operator waits as long as a worker would; afterwards a reconcile
+    # waits no longer than its interval, and says LedgerUnavailable on the resource instead.
+    start_wait = (
+        parse_duration(config.ledger_wait).total_seconds()
+        if config.ledger_wait
+        else DEFAULT_WAIT_SECONDS
+    )
+    memo.ledger = await Ledger.connect(config.database_url, wait=LedgerWait(timeout=start_wait))
+    memo.ledger.wait.timeout = STATUS_INTERVAL
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
         kube_config.load_incluster_config()  # type: ignore[no-untyped-call]
     else:
@@ -82,7 +98,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     await memo.api.close()
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=STATUS_INTERVAL)
+@kopf.timer(GROUP, VERSION, PLURAL, interval=STATUS_INTERVAL, backoff=STATUS_INTERVAL)
 async def reconcile(
     body: kopf.Body,
     memo: Any,
@@ -97,7 +113,14 @@ async def reconcile(
     namespace = namespace or "default"
     if "rates" not in memo:
         memo.rates = RateMeter()
-    outcome = await memo.service.reconcile(body, memo.rates)
+    try:
+        outcome = await memo.service.reconcile(body, memo.rates)
+    except LedgerUnavailable as error:
+        outcome = _ledger_down(body, ObjectMigrationStatus, error)
+    except Exception as error:
+        _failed_pass(body, memo, error)
+        return
+    memo.last_failure = None
     if _write(body, patch, outcome):
         metrics.STATUS_PATCHES.labels(namespace, name).inc()
     metrics.RECONCILES.labels(namespace, name).inc()
@@ -108,11 +131,15 @@ async def reconcile(
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def deleted(body: kopf.Body, memo: Any, namespace: str | None, name: str, **_: Any) -> None:
     """Jobs go with their owner; the ledger rows go here, unless the report is retained."""
-    await memo.service.forget(body)
+    try:
+        await memo.service.forget(body)
+    except LedgerUnavailable as error:
+        # The finalizer stays until the rows can go: tried again after an interval.
+        raise kopf.TemporaryError(str(error), delay=STATUS_INTERVAL) from error
     metrics.forget(namespace or "default", name)
 
 
-@kopf.timer(GROUP, VERSION, CLEANUP_PLURAL, interval=STATUS_INTERVAL)
+@kopf.timer(GROUP, VERSION, CLEANUP_PLURAL, interval=STATUS_INTERVAL, backoff=STATUS_INTERVAL)
 async def reconcile_cleanup(
     body: kopf.Body,
     memo: Any,
@@ -124,7 +151,14 @@ async def reconcile_cleanup(
     """Report the cleanup's gates, run its deletion Job once they hold, show the outcome."""
     if not _leading(memo):
         return
-    outcome = await memo.cleanups.reconcile(body)
+    try:
+        outcome = await memo.cleanups.reconcile(body)
+    except LedgerUnavailable as error:
+        outcome = _ledger_down(body, MigrationCleanupStatus, error)
+    except Exception as error:
+        _failed_pass(body, memo, error)
+        return
+    memo.last_failure = None
     _write(body, patch, outcome)
     status = outcome.status if outcome.status is not None else dict(body.get("status") or {})
     conditions = status.get("conditions") or []
@@ -140,13 +174,48 @@ async def cleanup_deleted(
     body: kopf.Body, memo: Any, namespace: str | None, name: str, **_: Any
 ) -> None:
     """Its Job goes with its owner; its per-object outcomes go here."""
-    await memo.cleanups.forget(body)
+    try:
+        await memo.cleanups.forget(body)
+    except LedgerUnavailable as error:
+        raise kopf.TemporaryError(str(error), delay=STATUS_INTERVAL) from error
     metrics.forget_cleanup(namespace or "default", name)
 
 
 def _leading(memo: Any) -> bool:
     """False only in the seconds between a missed Lease renewal and the exit that follows."""
     return memo.get("leader") is None or bool(memo.leader.leading())
+
+
+def _ledger_down(
+    body: kopf.Body,
+    model: type[ObjectMigrationStatus] | type[MigrationCleanupStatus],
+    error: LedgerUnavailable,
+) -> Outcome:
+    """The status as it was, with LedgerUnavailable (and an Event when it is news)."""
+    try:
+        previous = model.model_validate(dict(body.get("status") or {}))
+    except ValueError:
+        previous = model()
+    status = previous.model_copy(deep=True)
+    status.conditions, events = ledger_unavailable(status.conditions, error, STATUS_INTERVAL)
+    return Outcome(status.to_wire(), events)
+
+
+def _failed_pass(body: kopf.Body, memo: Any, error: Exception) -> None:
+    """Say why this pass failed: one Warning Event and one log line (with the traceback)
+    while the cause stays the same. The timer tries again after one interval."""
+    message = describe_failure(error)
+    if memo.get("last_failure") == message:
+        return
+    memo.last_failure = message
+    kopf.event(body, type="Warning", reason=Reason.RECONCILE_ERROR, message=message)
+    log.warning(
+        "%s/%s: reconcile failed: %s",
+        body.metadata.namespace,
+        body.metadata.name,
+        message,
+        exc_info=not isinstance(error, ApiException),
+    )
 
 
 def _write(body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> bool:

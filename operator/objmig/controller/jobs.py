@@ -15,7 +15,7 @@ from objmig.api.migration_cleanup import MigrationCleanup
 from objmig.controller.config import OperatorConfig
 from objmig.engine.lifecycle import RunObservation
 from objmig.engine.secrets import SESSION_TOKEN, env_name, referenced_secrets
-from objmig.pod.exit_codes import EXIT_INTERRUPTED, EXIT_PERMANENT
+from objmig.pod.exit_codes import EXIT_INTERRUPTED, EXIT_LEDGER_UNAVAILABLE, EXIT_PERMANENT
 
 Stage = Literal["scan", "copy", "cleanup"]
 MIGRATION_LABEL = "objmig.dev/migration"
@@ -125,6 +125,8 @@ def worker_env(migration: ObjectMigration, config: OperatorConfig) -> list[dict[
             }
         )
     env.append({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+    if config.ledger_wait is not None:
+        env.append({"name": "OBJMIG_LEDGER_WAIT", "value": config.ledger_wait})
     return env
 
 
@@ -262,12 +264,13 @@ def _job(
                     },
                     {
                         # Stopped by SIGTERM (pod deleted, Job suspended) after giving its
-                        # leases back: replace the pod without using up the index's retries.
+                        # leases back, or gave up waiting for an unreachable ledger: replace
+                        # the pod without using up the index's retries.
                         "action": "Ignore",
                         "onExitCodes": {
                             "containerName": WORKER_CONTAINER,
                             "operator": "In",
-                            "values": [EXIT_INTERRUPTED],
+                            "values": [EXIT_LEDGER_UNAVAILABLE, EXIT_INTERRUPTED],
                         },
                     },
                 ]

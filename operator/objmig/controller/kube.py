@@ -6,7 +6,7 @@ Thin wrappers over kubernetes_asyncio; every decision about *what* to do lives e
 from __future__ import annotations
 
 import base64
-import json
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -15,16 +15,45 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from objmig.api.migration import ConfigMapAction
 from objmig.controller.jobs import MIGRATION_LABEL, JobObservation
+from objmig.controller.outcome import api_message, describe_failure
 
 T = TypeVar("T")
 
+#: Seconds a namespace's phase is taken as known: every resource of a namespace asks each
+#: reconcile, and namespaces rarely start terminating.
+NAMESPACE_TTL = 5.0
+
+
+class KubeRefused(RuntimeError):
+    """The API server refused a write. The message is its own, without response headers."""
+
+    def __init__(self, what: str, error: ApiException) -> None:
+        self.status = int(error.status or 0)
+        #: Refused because the namespace is being deleted: nothing is to be done about it.
+        self.namespace_terminating = "NamespaceTerminating" in str(error.body or "") or (
+            "being terminated" in api_message(error)
+        )
+        super().__init__(f"{what}: {describe_failure(error)}")
+
+    @property
+    def permanent(self) -> bool:
+        """A refusal that the same request would meet again (an invalid Job, a forbidden
+        one): only a change of the spec can help. Conflicts, throttling and server errors
+        are worth another try."""
+        return (
+            400 <= self.status < 500
+            and self.status not in (408, 409, 429)
+            and not self.namespace_terminating
+        )
+
 
 class Kube:
-    """Jobs, ConfigMaps and Secrets of one cluster."""
+    """Jobs, ConfigMaps, Secrets and namespaces of one cluster."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self._batch = client.BatchV1Api(api)
         self._core = client.CoreV1Api(api)
+        self._namespaces: dict[str, tuple[float, bool]] = {}
 
     async def jobs_of(
         self, namespace: str, owner: str, label: str = MIGRATION_LABEL
@@ -34,31 +63,71 @@ class Kube:
         return {job.metadata.name: _observe(job) for job in jobs.items}
 
     async def create_job(self, manifest: dict[str, Any]) -> bool:
-        """Create a Job; False when one of that name exists already (a previous attempt)."""
+        """Create a Job; False when one of that name exists already (a previous attempt).
+
+        Raises:
+            KubeRefused: the API server refused the Job.
+        """
         # The client serialises plain dicts as they are; building V1Job objects would only
         # round-trip the same manifest through another type.
         body: Any = manifest
+        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         try:
-            await self._batch.create_namespaced_job(manifest["metadata"]["namespace"], body)
+            await self._batch.create_namespaced_job(namespace, body)
         except ApiException as error:
             if error.status == 409:
                 return False
-            raise
+            raise KubeRefused(f"creating Job {namespace}/{name}", error) from None
         return True
 
     async def scale_job(
         self, namespace: str, name: str, parallelism: int, *, suspend: bool
     ) -> None:
         """Set parallelism (and completions, which must stay equal) and suspension."""
-        await self._batch.patch_namespaced_job(
-            name,
-            namespace,
-            {"spec": {"parallelism": parallelism, "completions": parallelism, "suspend": suspend}},
-        )
+        spec = {"parallelism": parallelism, "completions": parallelism, "suspend": suspend}
+        await self._patch_job(namespace, name, {"spec": spec})
 
     async def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:
         """Suspend or resume one Job."""
-        await self._batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
+        await self._patch_job(namespace, name, {"spec": {"suspend": suspend}})
+
+    async def _patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        try:
+            await self._batch.patch_namespaced_job(name, namespace, patch)
+        except ApiException as error:
+            raise KubeRefused(f"changing Job {namespace}/{name}", error) from None
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a Job now; its pods follow (garbage collector). Gone already is fine."""
+        try:
+            await self._batch.delete_namespaced_job(
+                name, namespace, propagation_policy="Background"
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise KubeRefused(f"deleting Job {namespace}/{name}", error) from None
+
+    async def namespace_terminating(self, namespace: str) -> bool:
+        """Whether the namespace is being deleted (or is gone). False when the operator may
+        not read namespaces: it then learns of it from refused creations instead."""
+        now = time.monotonic()
+        known = self._namespaces.get(namespace)
+        if known is not None and now - known[0] < NAMESPACE_TTL:
+            return known[1]
+        try:
+            found = await self._core.read_namespace(namespace)
+            terminating = found.metadata.deletion_timestamp is not None or (
+                found.status is not None and found.status.phase == "Terminating"
+            )
+        except ApiException as error:
+            if error.status == 404:
+                terminating = True
+            elif error.status == 403:
+                terminating = False
+            else:
+                raise
+        self._namespaces[namespace] = (now, terminating)
+        return terminating
 
     async def secret_has_key(self, namespace: str, name: str, key: str) -> bool | None:
         """Whether a Secret exists with `key`; None when the operator may not read Secrets
@@ -145,15 +214,8 @@ class KubeConfigMaps:
             return await request
         except ApiException as error:
             raise ConfigMapActionError(
-                f"ConfigMap {self._namespace}: HTTP {error.status}: {_api_message(error)}"
+                f"ConfigMap {self._namespace}: HTTP {error.status}: {api_message(error)}"
             ) from None
-
-
-def _api_message(error: ApiException) -> str:
-    try:
-        return str(json.loads(error.body or b"")["message"])
-    except (TypeError, ValueError, KeyError):
-        return str(error.reason)
 
 
 def _observe(job: Any) -> JobObservation:

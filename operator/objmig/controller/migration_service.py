@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -28,7 +27,8 @@ from objmig.api.migration import (
 )
 from objmig.controller.config import OperatorConfig
 from objmig.controller.jobs import JobObservation, JobWant, job_name, stage_run, worker_job
-from objmig.controller.kube import Kube, KubeConfigMaps
+from objmig.controller.kube import Kube, KubeConfigMaps, KubeRefused
+from objmig.controller.outcome import Event, Outcome, ledger_reachable
 from objmig.engine.bookkeeping import (
     RateMeter,
     compute_status,
@@ -51,7 +51,7 @@ from objmig.engine.secrets import (
     secret_fields,
 )
 from objmig.engine.status import tally
-from objmig.ledger import Counts, Ledger, MigrationConflict, MigrationState, Problem
+from objmig.ledger import Ledger, MigrationConflict, MigrationState, Problem
 
 log = logging.getLogger(__name__)
 
@@ -79,25 +79,6 @@ _BLOCKING = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class Event:
-    """A Kubernetes Event to post about the migration."""
-
-    type: str  # Normal or Warning
-    reason: str
-    message: str
-
-
-@dataclass
-class Outcome:
-    """What a reconcile produced: the status to write (None: unchanged) and Events."""
-
-    status: dict[str, Any] | None
-    events: list[Event] = field(default_factory=list)
-    current: ObjectMigrationStatus | None = None
-    counts: Counts | None = None
-
-
 class MigrationService:
     """Reconciles ObjectMigrations against the ledger and the cluster."""
 
@@ -113,6 +94,9 @@ class MigrationService:
             migration = ObjectMigration.model_validate(dict(body))
         except ValidationError as error:
             return self._failed_outcome(previous, Reason.INVALID_SPEC, "; ".join(explain(error)))
+        if await self._kube.namespace_terminating(migration.metadata.namespace):
+            await self._wind_down(migration)
+            return Outcome(None)
         name = ledger_name(migration)
         try:
             migration_id = await self._ledger.ensure_migration(name, migration.metadata.uid or "")
@@ -149,7 +133,8 @@ class MigrationService:
             command=f"objmig report {name} --database-url $OBJMIG_DATABASE_URL",
         )
         bound_window(status)
-        events += _transition_events(previous, status)
+        status.conditions, back = ledger_reachable(status.conditions)
+        events += back + _transition_events(previous, status)
         wire = status.to_wire()
         changed = wire if wire != previous.to_wire() else None
         return Outcome(changed, events, status, counts)
@@ -180,6 +165,23 @@ class MigrationService:
             scan_run=run("scan"),
             copy_run=run("copy"),
         )
+
+    async def _wind_down(self, migration: ObjectMigration) -> None:
+        """The namespace is being deleted: delete the migration's unfinished Jobs.
+
+        Kubernetes deletes a terminating namespace's pods before anything else. The Job
+        controller keeps a failed pod of an index with ``backoffLimitPerIndex`` (and its
+        tracking finalizer) until it has created the index's replacement pod, which a
+        terminating namespace refuses: the pods, and with them the namespace, would stay
+        forever. A deleted Job lets its pods go; the ObjectMigration follows, and its
+        ledger rows with it (see :meth:`forget`).
+        """
+        namespace = migration.metadata.namespace
+        jobs = await self._kube.jobs_of(namespace, migration.metadata.name)
+        for job in jobs.values():
+            if not job.finished:
+                await self._kube.delete_job(namespace, job.name)
+                log.info("namespace %s is terminating: deleted Job %s", namespace, job.name)
 
     async def forget(self, body: Mapping[str, Any]) -> bool:
         """On deletion: drop the ledger rows unless the resource asks to retain the report."""
@@ -212,24 +214,31 @@ class MigrationService:
     ) -> list[Event]:
         namespace = migration.metadata.namespace
         events: list[Event] = []
-        if decision.suspend:
-            for job in jobs.values():
-                if not job.finished and not job.suspended:
-                    await self._kube.suspend_job(namespace, job.name, True)
-        if decision.stage is not None:
-            want = decision.stage
-            await self._ensure_job(
-                migration,
-                migration_id,
-                JobWant(
-                    self._job_name(migration, want),
-                    want.stage,
-                    want.parallelism,
-                    suspend=False,
-                    scan_id=want.scan_id,
-                ),
-                jobs,
-            )
+        try:
+            if decision.suspend:
+                for job in jobs.values():
+                    if not job.finished and not job.suspended:
+                        await self._kube.suspend_job(namespace, job.name, True)
+            if decision.stage is not None:
+                want = decision.stage
+                await self._ensure_job(
+                    migration,
+                    migration_id,
+                    JobWant(
+                        self._job_name(migration, want),
+                        want.stage,
+                        want.parallelism,
+                        suspend=False,
+                        scan_id=want.scan_id,
+                    ),
+                    jobs,
+                )
+        except KubeRefused as refused:
+            if not refused.permanent:
+                raise  # tried again at the next pass (the handler says so in an Event)
+            # The same Job would be refused again: only a changed spec can help.
+            message = f"{refused}; fix the spec (editing it tries again)"
+            await record_failure(self._ledger, migration_id, Reason.JOB_REJECTED, message)
         if decision.cut_over:
             record = await cut_over(
                 self._ledger,
@@ -353,9 +362,9 @@ class MigrationService:
         )
         status.phase = "Failed"
         wire = status.to_wire()
-        return Outcome(
-            None if wire == previous.to_wire() else wire, [Event("Warning", reason, message)]
-        )
+        if wire == previous.to_wire():
+            return Outcome(None)  # said already: no new Event every pass
+        return Outcome(wire, [Event("Warning", reason, message)])
 
 
 def merge_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:

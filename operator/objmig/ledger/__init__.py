@@ -48,6 +48,8 @@ from objmig.ledger.store import (
     AsyncSink,
     Ledger,
     LedgerError,
+    LedgerUnavailable,
+    LedgerWait,
     MigrationConflict,
     UnknownMigration,
 )
@@ -71,6 +73,8 @@ __all__ = [
     "InventoryRow",
     "Ledger",
     "LedgerError",
+    "LedgerUnavailable",
+    "LedgerWait",
     "Leftovers",
     "MigrationConflict",
     "MigrationRow",

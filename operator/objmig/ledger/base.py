@@ -10,22 +10,14 @@ from __future__ import annotations
 
 import asyncpg
 
+from objmig.ledger.errors import LedgerError, MigrationConflict, UnknownMigration
 from objmig.ledger.models import OBJECT_COLUMNS
+from objmig.ledger.outage import LedgerWait
+
+__all__ = ["LedgerBase", "LedgerError", "MigrationConflict", "UnknownMigration"]
 
 _COLUMNS = ", ".join(OBJECT_COLUMNS)
 _O_COLUMNS = ", ".join(f"o.{c}" for c in OBJECT_COLUMNS)
-
-
-class LedgerError(RuntimeError):
-    """Base class of ledger errors."""
-
-
-class UnknownMigration(LedgerError):
-    """No migration with that id."""
-
-
-class MigrationConflict(LedgerError):
-    """A migration of that name exists but belongs to another resource (another uid)."""
 
 
 def _affected(status: str) -> int:
@@ -34,7 +26,9 @@ def _affected(status: str) -> int:
 
 
 class LedgerBase:
-    """The state all ledger mixins share: the connection pool."""
+    """The state all ledger mixins share: the connection pool, and how long calls wait for
+    a database that cannot be reached."""
 
-    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], wait: LedgerWait | None = None) -> None:
         self._pool = pool
+        self._wait = wait or LedgerWait()

@@ -17,6 +17,7 @@ import asyncpg
 
 from objmig.ledger.base import _O_COLUMNS, LedgerBase, _affected
 from objmig.ledger.models import ACTIVE_STATES, ObjectRow, ObjectState, StepResult
+from objmig.ledger.outage import LedgerWait
 from objmig.ledger.schema import Connection
 
 # The claim index orders on this exact expression; queries must spell it identically.
@@ -195,8 +196,8 @@ async def _give_back(conn: Connection, owner: str, ids: list[int]) -> None:
 class LeasesMixin(LedgerBase):
     """Claiming, renewing and releasing rows, and recording step results."""
 
-    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
-        super().__init__(pool)
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], wait: LedgerWait | None = None) -> None:
+        super().__init__(pool, wait)
         # claim() sweeps each (migration, state) queue from where its last claim ended:
         # the rows before that point were claimed, and their dead index entries would
         # otherwise be stepped over by every claim until VACUUM removes them.

@@ -17,9 +17,12 @@ schema, closing).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import asyncpg
 
@@ -30,6 +33,7 @@ from objmig.ledger.cutover import CutoverMixin
 from objmig.ledger.inventory import InventoryMixin
 from objmig.ledger.leases import LeasesMixin
 from objmig.ledger.migrations import MigrationsMixin
+from objmig.ledger.outage import LedgerUnavailable, LedgerWait, redact
 from objmig.ledger.reads import AsyncSink, ReadsMixin
 from objmig.ledger.schema import apply_schema
 from objmig.ledger.steps import StepsMixin
@@ -38,6 +42,8 @@ __all__ = [
     "AsyncSink",
     "Ledger",
     "LedgerError",
+    "LedgerUnavailable",
+    "LedgerWait",
     "MigrationConflict",
     "UnknownMigration",
 ]
@@ -62,7 +68,9 @@ class Ledger(
 
     Create with :meth:`connect` (which applies the schema) and close with :meth:`close`, or
     wrap an existing pool with ``Ledger(pool)`` after calling ``apply_schema`` yourself.
-    Every method is safe to call concurrently from many tasks and processes.
+    Every method is safe to call concurrently from many tasks and processes, and every
+    coroutine method waits (within its :class:`LedgerWait`) for a database that cannot be
+    reached, then raises :class:`LedgerUnavailable` (see ``objmig.ledger.outage``).
     """
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -76,31 +84,47 @@ class Ledger(
         max_size: int = 10,
         apply_schema_on_connect: bool = True,
         command_timeout: float | None = 300.0,
+        wait: LedgerWait | None = None,
     ) -> Ledger:
         """Open a connection pool to ``dsn`` and bring the schema up to date.
 
+        ``wait`` says how long this and every later call waits for an unreachable database
+        (default: ``LedgerWait`` naming ``dsn`` without its password).
+
         Raises:
             SchemaTooNew: the database was migrated by a newer objmig.
+            LedgerUnavailable: the database could not be reached within ``wait``.
         """
-        pool = await asyncpg.create_pool(
-            dsn,
-            min_size=min_size,
-            max_size=max_size,
-            init=_init_connection,
-            command_timeout=command_timeout,
-        )
-        try:
-            if apply_schema_on_connect:
-                await apply_schema(pool)
-        except BaseException:
-            await pool.close()
-            raise
-        return cls(pool)
+        wait = wait or LedgerWait()
+        wait.database = redact(dsn)
+
+        async def open_pool() -> asyncpg.Pool[asyncpg.Record]:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                init=_init_connection,
+                command_timeout=command_timeout,
+            )
+            try:
+                if apply_schema_on_connect:
+                    await apply_schema(pool)
+            except BaseException:
+                await pool.close()
+                raise
+            return pool
+
+        return cls(await wait.call(open_pool), wait)
 
     @property
     def pool(self) -> asyncpg.Pool[asyncpg.Record]:
         """The underlying asyncpg pool."""
         return self._pool
+
+    @property
+    def wait(self) -> LedgerWait:
+        """How long calls wait for an unreachable database (adjustable after connecting)."""
+        return self._wait
 
     async def close(self) -> None:
         """Close the pool, waiting for borrowed connections to come back."""
@@ -116,3 +140,18 @@ class Ledger(
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _waiting(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(method)
+    async def call(self: Ledger, *args: Any, **kwargs: Any) -> Any:
+        return await self._wait.call(lambda: method(self, *args, **kwargs))
+
+    return call
+
+
+# Every public coroutine method waits for an unreachable database (async iterators, which
+# stream, and the lifecycle methods do not).
+for _name, _method in inspect.getmembers(Ledger, inspect.iscoroutinefunction):
+    if not _name.startswith("_") and _name not in ("connect", "close"):
+        setattr(Ledger, _name, _waiting(_method))

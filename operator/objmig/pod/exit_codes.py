@@ -9,3 +9,7 @@ EXIT_PERMANENT = 42
 #: the index as complete. The podFailurePolicy ignores it, so the pod is replaced (or, when
 #: suspended, started again on resume) without using up the index's retries.
 EXIT_INTERRUPTED = 143
+#: Exit code of a worker that gave up waiting for an unreachable ledger database
+#: (EX_TEMPFAIL). The podFailurePolicy ignores it too: the pod is replaced and waits again,
+#: without using up the index's retries, for as long as the ledger stays away.
+EXIT_LEDGER_UNAVAILABLE = 75
