@@ -42,7 +42,7 @@ from tests.k8s.test_operator import (
     wait_for,
 )
 from tests.support.cluster import ControlPlane, wait_until
-from tests.support.s3proxy import Delay, S3FaultProxy
+from tests.support.s3proxy import Delay, Deny, S3FaultProxy
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
@@ -400,3 +400,38 @@ async def test_a_namespace_deleted_during_a_copy_goes_and_takes_its_ledger_rows(
     kept = await ledger.find_migration(f"{ns}/kept")
     assert kept is not None
     assert await ledger_rows(ledger, ns, "kept")
+
+
+# -- 23.2: the retry annotation -------------------------------------------------------------
+
+
+async def test_failed_objects_are_retried_by_annotation_and_cut_over(
+    k8s_cluster: ControlPlane,
+    k8s_namespace: str,
+    objmig_operator: OperatorProcess,
+    s3_server: LocalS3Server,
+    s3_seed: S3Seeder,
+    s3_client: Any,
+) -> None:
+    ns, name = k8s_namespace, "retried"
+    source, target = await s3_seed.bucket(), await s3_seed.bucket()
+    expected = await seed_many(s3_seed, source, (f"k/{i}" for i in range(5)), 32)
+    create_secret(k8s_cluster, ns, *moto_keys(s3_server))
+    with S3FaultProxy(s3_server.endpoint_url) as proxy:
+        denied = proxy.add_rule(Deny(), bucket=source, key="k/3")
+        apply_migration(k8s_cluster, ns, name, proxy.endpoint_url, source, target)
+        wait_for(
+            k8s_cluster, ns, name,
+            lambda r: condition(r, "CutoverReady").get("reason") == "ObjectsFailed",
+            what="CutoverReady ObjectsFailed", operator=objmig_operator,
+        )  # fmt: skip
+        proxy.remove_rule(denied)
+
+        k8s_cluster.kubectl("annotate", GROUP_PLURAL, name, "-n", ns, "objmig.dev/retry-failed=1")
+        done = wait_cut_over(k8s_cluster, ns, name)
+
+    assert await listing(s3_client, target) == expected
+    assert done["status"]["progress"]["objects"]["failed"] == 0
+    retried = [e for e in events_of(k8s_cluster, ns, name) if e["reason"] == "RetryRequested"]
+    assert len(retried) == 1, retried
+    assert "1 failed objects pending again" in retried[0]["message"]

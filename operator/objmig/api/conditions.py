@@ -104,6 +104,9 @@ class Reason(StrEnum):
     COMPLETE = "Complete"
     IN_PROGRESS = "InProgress"
     BLOCKED = "Blocked"
+    # Retrying failed objects (Events, and the CLI)
+    RETRY_REQUESTED = "RetryRequested"
+    RETRY_REFUSED = "RetryRefused"
     # Events only
     PHASE_CHANGED = "PhaseChanged"
     OBJECTS_MISSING = "ObjectsMissing"

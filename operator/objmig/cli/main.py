@@ -11,7 +11,7 @@ import click
 from objmig import __version__
 from objmig.api.crd import write_crds
 from objmig.api.loading import SpecError, load_resources
-from objmig.cli import demo, migrate, operator, worker
+from objmig.cli import demo, migrate, operator, retry, worker
 from objmig.cli.ledger import db
 from objmig.cli.migrate import EXIT_LEDGER_UNAVAILABLE
 from objmig.engine.secrets import NotProvided
@@ -63,6 +63,7 @@ for command in (
     migrate.report,
     migrate.approve,
     migrate.cleanup,
+    retry.retry,
     db,
     demo.demo,
     worker.worker,

@@ -36,6 +36,7 @@ from objmig.engine.bookkeeping import (
     record_decision,
     record_failure,
     refresh_verification,
+    retry_failed,
     roll_back,
     take_up_spec,
 )
@@ -51,7 +52,7 @@ from objmig.engine.secrets import (
     secret_fields,
 )
 from objmig.engine.status import tally
-from objmig.ledger import Ledger, MigrationConflict, MigrationState, Problem
+from objmig.ledger import Ledger, MigrationConflict, MigrationState, Problem, RetryRecord
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ _RETRY = "edit the spec"
 
 #: Annotation that keeps the ledger rows (the full report) after the resource is deleted.
 RETAIN_REPORT = "objmig.dev/retain-report"
+#: Annotation asking to retry the failed objects (``objmig retry`` in the cluster): each new
+#: value is honoured once, e.g. ``kubectl annotate om NAME objmig.dev/retry-failed=$(date +%s)``.
+RETRY_FAILED = "objmig.dev/retry-failed"
 
 #: Most bytes the per-object window may take in the status. The window holds up to 50
 #: entries, and an S3 key alone may be 1 KiB: without a byte bound the status could pass
@@ -104,12 +108,13 @@ class MigrationService:
             return self._failed_outcome(previous, Reason.LEDGER_CONFLICT, str(error))
 
         state = await self._sync_spec(migration_id, migration)
+        asked = await self._honour_retry(body, migration_id, state)
         jobs = await self._kube.jobs_of(migration.metadata.namespace, migration.metadata.name)
         counts = await self._ledger.counts(migration_id)
         observed = self._observe(migration, state, tally(counts), jobs)
         decision = decide(observed)
         await record_decision(self._ledger, migration_id, observed, decision)
-        events = await self._act(migration, migration_id, state, jobs, decision)
+        events = asked + await self._act(migration, migration_id, state, jobs, decision)
 
         # Acting changes bookkeeping and Jobs, not object states: the counts taken for the
         # decision still describe this pass.
@@ -165,6 +170,31 @@ class MigrationService:
             scan_run=run("scan"),
             copy_run=run("copy"),
         )
+
+    async def _honour_retry(
+        self, body: Mapping[str, Any], migration_id: int, state: MigrationState
+    ) -> list[Event]:
+        """Retry the failed objects once per new value of the retry annotation."""
+        annotations = body.get("metadata", {}).get("annotations") or {}
+        request = annotations.get(RETRY_FAILED)
+        if not request or (state.retried is not None and state.retried.request == request):
+            return []
+        outcome = await retry_failed(
+            self._ledger, migration_id, reason=f"{RETRY_FAILED}={request}", request=request
+        )
+        if isinstance(outcome, Problem):
+            # Answered all the same: the same request is not refused again every pass.
+            await self._ledger.update_state(
+                migration_id,
+                retried=RetryRecord(
+                    at=datetime.now(UTC),
+                    request=request,
+                    count=state.retried.count if state.retried is not None else 0,
+                ),
+            )
+            return [Event("Warning", Reason.RETRY_REFUSED, outcome.message)]
+        message = f"{outcome.objects} failed objects pending again, with fresh attempts"
+        return [Event("Normal", Reason.RETRY_REQUESTED, f"{message} ({RETRY_FAILED}={request})")]
 
     async def _wind_down(self, migration: ObjectMigration) -> None:
         """The namespace is being deleted: delete the migration's unfinished Jobs.

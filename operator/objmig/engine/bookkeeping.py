@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -29,6 +29,7 @@ from objmig.ledger import (
     MigrationState,
     ObjectState,
     Problem,
+    RetryRecord,
     Rounds,
     VerificationRecord,
 )
@@ -71,6 +72,38 @@ async def take_up_spec(
         failed=None,
         rounds=Rounds(round=rounds.round, wave=rounds.wave + 1),
     )
+
+
+async def retry_failed(
+    ledger: Ledger,
+    migration_id: int,
+    *,
+    keys: Sequence[str] | None = None,
+    reason: str = "",
+    request: str | None = None,
+) -> RetryRecord | Problem:
+    """Return failed objects (all, or those of ``keys``) to pending with fresh attempts.
+
+    Recorded in the ledger (``retried``: when, how many, why, and the request answered).
+    Refused once the migration has cut over: applications read the target by then, and
+    an object copied now would not be cut over with the rest (roll back first). Objects
+    whose source changed are not retried: a catch-up re-scan takes them up with what the
+    source holds now.
+    """
+    state = await ledger.get_state(migration_id)
+    if state.cut_over:
+        return Problem(
+            reason=Reason.RETRY_REFUSED,
+            message="the migration has cut over: its failed objects stay as they are "
+            "(set spec.cutover.rollback to retry them before a new cutover)",
+        )
+    count = await ledger.requeue(migration_id, [ObjectState.FAILED], keys=keys)
+    previous = state.retried.count if state.retried is not None else 0
+    record = RetryRecord(
+        at=datetime.now(UTC), objects=count, reason=reason, request=request, count=previous + 1
+    )
+    await ledger.update_state(migration_id, retried=record)
+    return record
 
 
 async def record_failure(ledger: Ledger, migration_id: int, reason: str, message: str) -> None:

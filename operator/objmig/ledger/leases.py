@@ -415,12 +415,14 @@ class LeasesMixin(LedgerBase):
         states: Sequence[ObjectState],
         *,
         skip_reasons: Sequence[str] | None = None,
+        keys: Sequence[str] | None = None,
     ) -> int:
         """Send rows in ``states`` back to ``pending`` with a clean slate; returns how many.
 
         Used when the meaning of an end state no longer holds: a dry run's plan rows when
         the real run starts (``skip_reasons`` narrows to those), or failed rows the user
-        asked to retry. Leased rows are left alone: their worker is still on them.
+        asked to retry (``keys`` narrows to those, every version of each). Leased rows are
+        left alone: their worker is still on them.
         """
         status = await self._pool.execute(
             """
@@ -430,11 +432,13 @@ class LeasesMixin(LedgerBase):
                 lease_owner = NULL, lease_expires_at = NULL
             WHERE migration_id = $1 AND state = ANY($2::text[])
               AND ($3::text[] IS NULL OR skip_reason = ANY($3::text[]))
+              AND ($4::text[] IS NULL OR key = ANY($4::text[]))
               AND (lease_expires_at IS NULL OR lease_expires_at <= now())
             """,
             migration_id,
             [str(ObjectState(s)) for s in states],
             list(skip_reasons) if skip_reasons is not None else None,
+            list(keys) if keys is not None else None,
         )
         return _affected(status)
 

@@ -122,6 +122,18 @@ class VerificationRecord(StateModel):
     bytes: int = 0
 
 
+class RetryRecord(StateModel):
+    """The latest request to retry failed objects (``objmig retry``, or the annotation)."""
+
+    at: datetime
+    objects: int = 0  # rows returned to pending
+    reason: str = ""
+    #: The annotation's value it answered (an annotation is honoured once per value).
+    request: str | None = None
+    #: Requests honoured so far, over the migration's life.
+    count: int = 1
+
+
 class ConfigMapWorklist(StateModel):
     """A ConfigMap worklist handed to the scan, which runs where there is no Kubernetes API."""
 
@@ -148,6 +160,7 @@ class MigrationState(StateModel):
     cleanup_started: bool = False
     rollback_started: bool = False
     manifest_config_map: ConfigMapWorklist | None = None
+    retried: RetryRecord | None = None
 
     @property
     def cut_over(self) -> bool:
@@ -186,6 +199,7 @@ class MigrationChanges(TypedDict, total=False):
     cleanup_started: bool
     rollback_started: bool
     manifest_config_map: ConfigMapWorklist
+    retried: RetryRecord
 
 
 class Leftovers(StateModel):
