@@ -125,6 +125,9 @@ async def test_kill_9_mid_copy_then_rerun_finishes_with_every_object_verified(
     for obj in seeded[::20] + seeded[-4:]:
         assert await sha256_of(s3_client, target, obj.key) == obj.sha256
     assert SECRET_KEY.encode() not in first_output
+    # The objects the kill caught in flight count that attempt too.
+    interrupted = [row async for row in ledger.iter_rows(migration_id) if row.attempts >= 2]
+    assert interrupted, "the attempts the kill interrupted were not counted"
 
 
 def test_cli_status_report_and_approve_after_a_run(tmp_path: Path) -> None:

@@ -364,3 +364,20 @@ async def test_a_claim_without_a_byte_bound_takes_its_count(ledger: Ledger) -> N
     await ledger.upsert_inventory(mid, inventory_rows(5, size=10**9), scan_id=1)
     rows = await ledger.claim(mid, "w", [ObjectState.PENDING], 64, LEASE)
     assert len(rows) == 5
+
+
+async def test_an_attempt_ended_by_an_expired_lease_is_counted(ledger: Ledger) -> None:
+    mid = await ledger.ensure_migration("ns/a")
+    await ledger.upsert_inventory(mid, inventory_rows(3), scan_id=1)
+    # A worker is killed holding two rows: its leases run out.
+    await ledger.claim(mid, "killed", [ObjectState.PENDING], 2, timedelta(0))
+    # Another takes them over, and gives one back without a result (it was stopped).
+    taken = await ledger.claim(mid, "next", [ObjectState.PENDING], 3, LEASE)
+    assert sorted(row.attempts for row in taken) == [0, 1, 1]
+    await ledger.release("next", [taken[0].id])
+    again = await ledger.claim(mid, "third", [ObjectState.PENDING], 1, LEASE)
+    assert again[0].attempts == taken[0].attempts, "a row given back was no interrupted attempt"
+    # Leases of a worker known dead end at once, counted the same way.
+    assert await ledger.expire_leases(mid, ["next", "third"]) == 3
+    rows = {row.id: row async for row in ledger.iter_rows(mid)}
+    assert sorted(row.attempts for row in rows.values()) == [1, 2, 2]

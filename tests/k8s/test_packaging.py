@@ -367,6 +367,8 @@ async def test_helm_installed_operator_runs_as_its_service_account_and_cuts_over
             assert body in notes, f"{script.name} is not in NOTES verbatim"
         # The chart copies the ledger Secret to the served namespace: no plain-URL warning.
         assert "WARNING" not in notes
+        # The worker ServiceAccount it suggests is the one it made in the served namespace.
+        assert f"spec.workers.serviceAccountName: {release}-worker" in notes, notes
         token = k8s_cluster.kubectl(
             "create", "token", release, "-n", release_ns, "--duration=2h"
         ).stdout.strip()

@@ -26,6 +26,10 @@ _NOT_BEFORE = "COALESCE(not_before, '-infinity'::timestamptz)"
 #: Sorts before any real not_before, as NULL does in the claim index.
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
+#: A lease that ended without a result was an attempt all the same (its worker was killed,
+#: or cut off): it counts. A restore poll is no attempt at the object.
+_INTERRUPTED = "CASE WHEN state = 'restoring' THEN 0 ELSE 1 END"
+
 
 #: Optional StepResult fields: (name, SQL type, "keep" = None keeps the stored value, or
 #: "clear" = None stores NULL because the field describes only the latest step).
@@ -158,7 +162,9 @@ WITH expired AS (
     LIMIT $3
 )
 UPDATE objects o
-SET lease_owner = $4, lease_expires_at = now() + $5::interval
+SET lease_owner = $4, lease_expires_at = now() + $5::interval,
+    -- A row taken from an expired lease: that lease's attempt was interrupted.
+    attempts = o.attempts + CASE WHEN picked.swept THEN 0 ELSE {_INTERRUPTED} END
 FROM picked
 WHERE o.id = picked.id
 RETURNING picked.swept, {_O_COLUMNS}
@@ -224,7 +230,8 @@ class LeasesMixin(LedgerBase):
         became eligible, id). Unleased rows are taken as a sweep: each claim continues after
         the last row this Ledger claimed in that state, and starts again from the front
         when the sweep reaches the end (so a row released behind the sweep waits at most one
-        pass). Only the lease columns change; ``attempts`` is counted by ``record``.
+        pass). Only the lease columns change, and ``attempts`` of a row taken from an expired
+        lease (an interrupted attempt); a finished attempt is counted by ``record``.
 
         ``owner`` must be unique per worker incarnation (e.g. pod name plus a random
         suffix): a restarted worker must not be able to record results for leases its
@@ -334,10 +341,11 @@ class LeasesMixin(LedgerBase):
         and the status window stop showing dead workers' rows as in flight sooner.
         """
         status = await self._pool.execute(
-            """
-            UPDATE objects SET lease_owner = NULL, lease_expires_at = NULL
+            f"""
+            UPDATE objects SET lease_owner = NULL, lease_expires_at = NULL,
+                               attempts = attempts + {_INTERRUPTED}
             WHERE migration_id = $1 AND lease_owner IS NOT NULL AND lease_expires_at <= now()
-            """,
+            """,  # noqa: S608 - only module constants are interpolated
             migration_id,
         )
         return _affected(status)
@@ -454,12 +462,15 @@ class LeasesMixin(LedgerBase):
         return [r["lease_owner"] for r in records]
 
     async def expire_leases(self, migration_id: int, owners: Sequence[str]) -> int:
-        """End the leases of ``owners`` now (they are known to be dead); returns how many."""
+        """End the leases of ``owners`` now (they are known to be dead); returns how many.
+
+        Each counts as an attempt of its object: it was interrupted."""
         status = await self._pool.execute(
-            """
-            UPDATE objects SET lease_owner = NULL, lease_expires_at = NULL
+            f"""
+            UPDATE objects SET lease_owner = NULL, lease_expires_at = NULL,
+                               attempts = attempts + {_INTERRUPTED}
             WHERE migration_id = $1 AND lease_owner = ANY($2::text[])
-            """,
+            """,  # noqa: S608 - only module constants are interpolated
             migration_id,
             list(owners),
         )
