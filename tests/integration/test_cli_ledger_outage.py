@@ -64,6 +64,13 @@ async def _objmig(*args: str) -> asyncio.subprocess.Process:
     )
 
 
+async def _seeded(seed: S3Seeder, objects: int) -> tuple[str, str]:
+    source, target = await seed.bucket(), await seed.bucket()
+    for i in range(objects):
+        await seed.put_object(source, f"k/{i:03d}", 256)
+    return source, target
+
+
 @pytest.fixture
 def own_server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL server of the test's own, on a fixed port, to stop and start."""
@@ -95,9 +102,7 @@ async def test_run_waits_through_a_ledger_outage_of_twenty_seconds_and_converges
     s3_client: object,
     tmp_path: Path,
 ) -> None:
-    source, target = await s3_seed.bucket(), await s3_seed.bucket()
-    for i in range(80):
-        await s3_seed.put_object(source, f"k/{i:03d}", 256)
+    source, target = await _seeded(s3_seed, 80)
     with S3FaultProxy(s3_server.endpoint_url) as proxy:
         proxy.add_rule(Delay(0.2), method="PUT", bucket=target)
         spec = _inputs(tmp_path, s3_server, proxy.endpoint_url, source, target)
@@ -129,7 +134,7 @@ async def test_run_waits_through_a_ledger_outage_of_twenty_seconds_and_converges
 async def test_run_gives_up_on_a_dead_ledger_with_exit_75_naming_it_without_the_password(
     s3_server: LocalS3Server, s3_seed: S3Seeder, tmp_path: Path
 ) -> None:
-    source, target = await s3_seed.bucket(), await s3_seed.bucket()
+    source, target = await _seeded(s3_seed, 0)
     spec = _inputs(tmp_path, s3_server, s3_server.endpoint_url, source, target)
     port = free_port()  # nothing listens there
     dsn = f"postgresql://objmig:hunter2-secret@127.0.0.1:{port}/ledger?sslmode=disable"
@@ -151,9 +156,7 @@ async def test_run_starts_its_embedded_ledger_again_when_it_is_stopped_mid_run(
     s3_client: object,
     tmp_path: Path,
 ) -> None:
-    source, target = await s3_seed.bucket(), await s3_seed.bucket()
-    for i in range(60):
-        await s3_seed.put_object(source, f"k/{i:03d}", 256)
+    source, target = await _seeded(s3_seed, 60)
     state = tmp_path / "state"
     embedded = EmbeddedPostgres(state / "postgres")
     with S3FaultProxy(s3_server.endpoint_url) as proxy:

@@ -74,6 +74,17 @@ def reconciled(operator: OperatorProcess, namespace: str, name: str, passes: int
     )
 
 
+async def seeded_buckets(
+    cluster: ControlPlane, namespace: str, server: LocalS3Server, seed: S3Seeder, objects: int
+) -> tuple[str, str, dict[str, str]]:
+    """A source of ``objects`` small objects, an empty target, and the namespace's Secret
+    for both; the source's keys and ETags."""
+    source, target = await seed.bucket(), await seed.bucket()
+    expected = await seed_many(seed, source, (f"k/{i:03d}" for i in range(objects)), 64)
+    create_secret(cluster, namespace, *moto_keys(server))
+    return source, target, expected
+
+
 def apply_cleanup(cluster: ControlPlane, namespace: str, name: str, **spec: Any) -> None:
     cluster.apply_yaml(
         {
@@ -117,9 +128,7 @@ async def test_names_of_63_characters_run_every_pass_of_both_kinds(
     s3_client: Any,
 ) -> None:
     ns = k8s_namespace
-    source, target = await s3_seed.bucket(), await s3_seed.bucket()
-    expected = await seed_many(s3_seed, source, (f"k/{i}" for i in range(6)), 32)
-    create_secret(k8s_cluster, ns, *moto_keys(s3_server))
+    source, target, expected = await seeded_buckets(k8s_cluster, ns, s3_server, s3_seed, 6)
     # catchUp: a second round, with Jobs of longer run names (scan-r1).
     apply_migration(
         k8s_cluster, ns, LONG_MIGRATION, s3_server.endpoint_url, source, target,
@@ -180,9 +189,7 @@ async def test_a_refused_job_and_other_standing_problems_say_so_once(
     s3_client: Any,
 ) -> None:
     ns, name = k8s_namespace, "refused"
-    source, target = await s3_seed.bucket(), await s3_seed.bucket()
-    expected = await seed_many(s3_seed, source, (f"k/{i}" for i in range(4)), 32)
-    create_secret(k8s_cluster, ns, *moto_keys(s3_server))
+    source, target, expected = await seeded_buckets(k8s_cluster, ns, s3_server, s3_seed, 4)
     # Valid for the CRD, refused by the API server in a pod: "gpu" is no standard resource.
     apply_migration(
         k8s_cluster, ns, name, s3_server.endpoint_url, source, target,
@@ -276,9 +283,7 @@ async def test_a_ledger_outage_of_ninety_seconds_converges_to_cutover(
         k8s_cluster, dsn, ns, tmp_path / "operator.log", env={"OBJMIG_LEDGER_WAIT": "20s"}
     )
     operator.start()
-    source, target = await s3_seed.bucket(), await s3_seed.bucket()
-    expected = await seed_many(s3_seed, source, (f"k/{i:03d}" for i in range(objects)), 64)
-    create_secret(k8s_cluster, ns, *moto_keys(s3_server))
+    source, target, expected = await seeded_buckets(k8s_cluster, ns, s3_server, s3_seed, objects)
     try:
         with S3FaultProxy(s3_server.endpoint_url) as proxy:
             # Slow writes: the copy is still under way when the ledger goes.
@@ -364,9 +369,7 @@ async def test_a_namespace_deleted_during_a_copy_goes_and_takes_its_ledger_rows(
     ledger: Ledger,
 ) -> None:
     ns = k8s_namespace
-    source, target = await s3_seed.bucket(), await s3_seed.bucket()
-    await seed_many(s3_seed, source, (f"k/{i:03d}" for i in range(200)), 64)
-    create_secret(k8s_cluster, ns, *moto_keys(s3_server))
+    source, target, _ = await seeded_buckets(k8s_cluster, ns, s3_server, s3_seed, 200)
     with S3FaultProxy(s3_server.endpoint_url) as proxy:
         proxy.add_rule(Delay(0.5), method="PUT", bucket=target)
         for name, annotations in (
@@ -414,11 +417,9 @@ async def test_failed_objects_are_retried_by_annotation_and_cut_over(
     s3_client: Any,
 ) -> None:
     ns, name = k8s_namespace, "retried"
-    source, target = await s3_seed.bucket(), await s3_seed.bucket()
-    expected = await seed_many(s3_seed, source, (f"k/{i}" for i in range(5)), 32)
-    create_secret(k8s_cluster, ns, *moto_keys(s3_server))
+    source, target, expected = await seeded_buckets(k8s_cluster, ns, s3_server, s3_seed, 5)
     with S3FaultProxy(s3_server.endpoint_url) as proxy:
-        denied = proxy.add_rule(Deny(), bucket=source, key="k/3")
+        denied = proxy.add_rule(Deny(), bucket=source, key="k/003")
         apply_migration(k8s_cluster, ns, name, proxy.endpoint_url, source, target)
         wait_for(
             k8s_cluster, ns, name,
