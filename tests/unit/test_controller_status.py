@@ -62,3 +62,64 @@ def test_merge_patch_is_empty_when_nothing_changed_and_replaces_lists_whole() ->
     status = {"progress": {"percent": 5}, "objects": [{"key": "a"}, {"key": "b"}]}
     assert merge_patch(status, status) == {}
     assert merge_patch(status, {**status, "objects": [{"key": "a"}]}) == {"objects": [{"key": "a"}]}
+
+
+def test_a_ledger_outage_is_a_condition_with_one_event_until_it_ends() -> None:
+    from objmig.controller.outcome import ledger_down, ledger_reachable
+    from objmig.ledger import LedgerUnavailable
+
+    error = LedgerUnavailable("postgresql://objmig@db:5432/objmig", "ConnectionRefusedError", 3)
+    before = {"phase": "Copying", "progress": {"percent": 40}}
+
+    first = ledger_down(before, ObjectMigrationStatus, error, 5)
+    assert first.status is not None
+    again = ledger_down(first.status, ObjectMigrationStatus, error, 5)
+
+    # The numbers stay as they were; the condition names the database, once.
+    assert first.status["phase"] == "Copying"
+    assert first.status["progress"]["percent"] == 40
+    (condition,) = first.status["conditions"]
+    assert (condition["type"], condition["status"]) == ("LedgerUnavailable", "True")
+    assert "postgresql://objmig@db:5432/objmig" in condition["message"]
+    assert [e.reason for e in first.events] == ["LedgerUnavailable"]
+    assert again.events == []
+
+    conditions = ObjectMigrationStatus.model_validate(again.status).conditions
+    back, events = ledger_reachable(conditions)
+    assert [(c.type, c.status, c.reason) for c in back] == [
+        ("LedgerUnavailable", "False", "LedgerAvailable")
+    ]
+    assert [e.reason for e in events] == ["LedgerAvailable"]
+    assert ledger_reachable(back) == (back, [])
+    assert ledger_reachable([]) == ([], [])
+
+
+def test_an_api_refusal_is_described_by_the_servers_message_not_its_headers() -> None:
+    from kubernetes_asyncio.client.rest import ApiException
+
+    from objmig.controller.kube import KubeRefused
+    from objmig.controller.outcome import describe_failure
+
+    error = ApiException(status=422, reason="Unprocessable Entity")
+    error.body = json.dumps({"message": 'Job.batch "x" is invalid: spec.template: bad'})
+    error.headers = {"Audit-Id": "0b6c", "Content-Type": "application/json"}
+
+    text = describe_failure(error)
+
+    assert text == (
+        'the Kubernetes API answered 422 Unprocessable Entity: Job.batch "x" is invalid: '
+        "spec.template: bad"
+    )
+    assert KubeRefused("creating Job ns/x", error).permanent
+    error.status = 503
+    assert not KubeRefused("creating Job ns/x", error).permanent
+    terminating = ApiException(status=403, reason="Forbidden")
+    terminating.body = json.dumps(
+        {"message": "unable to create new content in namespace ns because it is being terminated"}
+    )
+    refused = KubeRefused("creating Job ns/x", terminating)
+    assert refused.namespace_terminating
+    assert not refused.permanent
+    quota = ApiException(status=403, reason="Forbidden")
+    quota.body = json.dumps({"message": 'jobs.batch "x" is forbidden: exceeded quota: jobs'})
+    assert not KubeRefused("creating Job ns/x", quota).permanent

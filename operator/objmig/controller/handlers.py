@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Awaitable
 from typing import Any
 
 import kopf
@@ -26,7 +27,7 @@ from objmig.controller.health import readiness_checks, serve_from_env
 from objmig.controller.kube import Kube
 from objmig.controller.leader import lead_from_env
 from objmig.controller.migration_service import MigrationService, merge_patch
-from objmig.controller.outcome import Outcome, describe_failure, ledger_unavailable
+from objmig.controller.outcome import Outcome, describe_failure, ledger_down
 from objmig.engine.bookkeeping import RateMeter
 from objmig.ledger import Ledger, LedgerUnavailable, LedgerWait
 from objmig.ledger.outage import DEFAULT_WAIT_SECONDS
@@ -113,14 +114,11 @@ async def reconcile(
     namespace = namespace or "default"
     if "rates" not in memo:
         memo.rates = RateMeter()
-    try:
-        outcome = await memo.service.reconcile(body, memo.rates)
-    except LedgerUnavailable as error:
-        outcome = _ledger_down(body, ObjectMigrationStatus, error)
-    except Exception as error:
-        _failed_pass(body, memo, error)
+    outcome = await _one_pass(
+        body, memo, ObjectMigrationStatus, memo.service.reconcile(body, memo.rates)
+    )
+    if outcome is None:
         return
-    memo.last_failure = None
     if _write(body, patch, outcome):
         metrics.STATUS_PATCHES.labels(namespace, name).inc()
     metrics.RECONCILES.labels(namespace, name).inc()
@@ -151,14 +149,9 @@ async def reconcile_cleanup(
     """Report the cleanup's gates, run its deletion Job once they hold, show the outcome."""
     if not _leading(memo):
         return
-    try:
-        outcome = await memo.cleanups.reconcile(body)
-    except LedgerUnavailable as error:
-        outcome = _ledger_down(body, MigrationCleanupStatus, error)
-    except Exception as error:
-        _failed_pass(body, memo, error)
+    outcome = await _one_pass(body, memo, MigrationCleanupStatus, memo.cleanups.reconcile(body))
+    if outcome is None:
         return
-    memo.last_failure = None
     _write(body, patch, outcome)
     status = outcome.status if outcome.status is not None else dict(body.get("status") or {})
     conditions = status.get("conditions") or []
@@ -186,24 +179,29 @@ def _leading(memo: Any) -> bool:
     return memo.get("leader") is None or bool(memo.leader.leading())
 
 
-def _ledger_down(
+async def _one_pass(
     body: kopf.Body,
+    memo: Any,
     model: type[ObjectMigrationStatus] | type[MigrationCleanupStatus],
-    error: LedgerUnavailable,
-) -> Outcome:
-    """The status as it was, with LedgerUnavailable (and an Event when it is news)."""
+    reconcile: Awaitable[Outcome],
+) -> Outcome | None:
+    """A service's pass, or what to show when it could not be made: with the ledger away,
+    the status as it was plus LedgerUnavailable; on any other failure nothing (None), and
+    the failure said once (see `_failed`). The timer comes again after its interval."""
     try:
-        previous = model.model_validate(dict(body.get("status") or {}))
-    except ValueError:
-        previous = model()
-    status = previous.model_copy(deep=True)
-    status.conditions, events = ledger_unavailable(status.conditions, error, STATUS_INTERVAL)
-    return Outcome(status.to_wire(), events)
+        outcome = await reconcile
+    except LedgerUnavailable as error:
+        return ledger_down(dict(body.get("status") or {}), model, error, STATUS_INTERVAL)
+    except Exception as error:
+        _failed(body, memo, error)
+        return None
+    memo.last_failure = None
+    return outcome
 
 
-def _failed_pass(body: kopf.Body, memo: Any, error: Exception) -> None:
-    """Say why this pass failed: one Warning Event and one log line (with the traceback)
-    while the cause stays the same. The timer tries again after one interval."""
+def _failed(body: kopf.Body, memo: Any, error: Exception) -> None:
+    """Say why a pass failed: one Warning Event and one log line (with the traceback)
+    while the cause stays the same."""
     message = describe_failure(error)
     if memo.get("last_failure") == message:
         return

@@ -29,21 +29,24 @@ class KubeRefused(RuntimeError):
 
     def __init__(self, what: str, error: ApiException) -> None:
         self.status = int(error.status or 0)
+        message = api_message(error)
         #: Refused because the namespace is being deleted: nothing is to be done about it.
         self.namespace_terminating = "NamespaceTerminating" in str(error.body or "") or (
-            "being terminated" in api_message(error)
+            "being terminated" in message
         )
+        #: Refused by a ResourceQuota, which may have room again later.
+        self.over_quota = "exceeded quota" in message
         super().__init__(f"{what}: {describe_failure(error)}")
 
     @property
     def permanent(self) -> bool:
         """A refusal that the same request would meet again (an invalid Job, a forbidden
-        one): only a change of the spec can help. Conflicts, throttling and server errors
-        are worth another try."""
+        one): only a change of the spec can help. Conflicts, throttling, quotas and server
+        errors are worth another try."""
         return (
             400 <= self.status < 500
             and self.status not in (408, 409, 429)
-            and not self.namespace_terminating
+            and not (self.namespace_terminating or self.over_quota)
         )
 
 

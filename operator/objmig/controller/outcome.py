@@ -5,7 +5,7 @@ could be reached, and the failures the API server answers with."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +14,7 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from objmig.api.conditions import Condition, ConditionType, Reason, find_condition, set_condition
 from objmig.api.migration import ObjectMigrationStatus
+from objmig.api.migration_cleanup import MigrationCleanupStatus
 from objmig.ledger import Counts, LedgerUnavailable
 
 
@@ -58,6 +59,23 @@ def ledger_unavailable(
     if before is not None and before.status == "True":
         return updated, []
     return updated, [Event("Warning", Reason.LEDGER_UNAVAILABLE, message)]
+
+
+def ledger_down(
+    status: Mapping[str, Any],
+    model: type[ObjectMigrationStatus] | type[MigrationCleanupStatus],
+    error: LedgerUnavailable,
+    retry_seconds: float,
+) -> Outcome:
+    """What a pass shows while the ledger is away: ``status`` as it was, with the
+    ``LedgerUnavailable`` condition (and an Event when that is news)."""
+    try:
+        previous = model.model_validate(dict(status))
+    except ValueError:
+        previous = model()  # a status this operator cannot read is rebuilt later
+    current = previous.model_copy(deep=True)
+    current.conditions, events = ledger_unavailable(current.conditions, error, retry_seconds)
+    return Outcome(current.to_wire(), events)
 
 
 def ledger_reachable(conditions: Sequence[Condition]) -> tuple[list[Condition], list[Event]]:
