@@ -11,14 +11,8 @@ from objmig.api.migration import ObjectMigrationSpec, ObjectMigrationStatus
 from objmig.api.migration_cleanup import MigrationCleanupSpec, MigrationCleanupStatus
 from objmig.engine.activity import ActivityMeter, retry_error
 from objmig.engine.bookkeeping import RateMeter
-from objmig.engine.status import (
-    CleanupStatusInputs,
-    Rates,
-    StatusInputs,
-    build_cleanup_status,
-    build_status,
-    progress_of,
-)
+from objmig.engine.cleanup_status import CleanupStatusInputs, build_cleanup_status
+from objmig.engine.status import Rates, StatusInputs, build_status, progress_of
 from objmig.ledger.models import Activity, Counts, ObjectState, StateCount, StepResult
 from objmig.ledger.state import CleanupState, MigrationState, ScanRecord
 

@@ -27,6 +27,7 @@ from objmig.api.migration_cleanup import (
 from objmig.api.types import parse_duration
 from objmig.engine.claim_loop import worker_identity
 from objmig.engine.cleanup_lifecycle import CleanupObserved, decide_cleanup
+from objmig.engine.cleanup_status import CleanupStatusInputs, build_cleanup_status
 from objmig.engine.context import MigrationContext
 from objmig.engine.deletion import (
     MigrationFacts,
@@ -36,7 +37,6 @@ from objmig.engine.deletion import (
     unmet_gates,
 )
 from objmig.engine.secrets import SecretSource
-from objmig.engine.status import CleanupStatusInputs, build_cleanup_status
 from objmig.ledger import (
     CleanupOutcome,
     Ledger,
