@@ -381,3 +381,22 @@ async def test_an_attempt_ended_by_an_expired_lease_is_counted(ledger: Ledger) -
     assert await ledger.expire_leases(mid, ["next", "third"]) == 3
     rows = {row.id: row async for row in ledger.iter_rows(mid)}
     assert sorted(row.attempts for row in rows.values()) == [1, 2, 2]
+
+
+async def test_a_plan_is_recorded_only_while_the_migration_is_a_dry_run(ledger: Ledger) -> None:
+    mid = await ledger.ensure_migration("ns/a")
+    await ledger.upsert_inventory(mid, inventory_rows(4), scan_id=1)
+    await ledger.update_state(mid, dry_run=True)
+    rows = await ledger.claim(mid, "planner", [ObjectState.PENDING], 4, LEASE)
+    plan = [StepResult(id=r.id, state=ObjectState.SKIPPED, skip_reason="PlanCopy") for r in rows]
+
+    assert await ledger.record("planner", plan[:2], only_while_dry_run=True) == 2
+    # The real run begins while the planner still holds two rows: its plan no longer applies.
+    await ledger.update_state(mid, dry_run=False)
+    assert await ledger.record("planner", plan[2:], only_while_dry_run=True) == 0
+    assert await ledger.release("planner", [r.id for r in rows[2:]]) == 2
+    counts = await ledger.counts(mid)
+    assert (
+        counts.state(ObjectState.SKIPPED).objects,
+        counts.state(ObjectState.PENDING).objects,
+    ) == (2, 2)

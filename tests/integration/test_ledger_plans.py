@@ -89,7 +89,7 @@ async def test_recording_a_batch_reads_its_arguments_once(ledger: Ledger) -> Non
 
     nodes = await _explain(
         ledger,
-        _record_sql((), True),
+        _record_sql((), True, False),
         "worker",
         ids,
         [str(ObjectState.COPIED)] * len(ids),

@@ -53,25 +53,30 @@ async def take_up_spec(
     Likewise leaving a verify-only run requeues the objects it found without their hook.
     """
     state = await ledger.get_state(migration_id)
-    if state.dry_run and not spec.dry_run:
-        await ledger.requeue(migration_id, [ObjectState.SKIPPED], skip_reasons=PLAN_REASONS)
     if spec.per_object_hook and not spec.verify.verify_only:
         # A verify-only run left the objects whose hook is not done skipped (HookPending):
         # a real run calls their hooks.
         await ledger.requeue(migration_id, [ObjectState.SKIPPED], skip_reasons=[HOOK_PENDING])
     if state.failed is None:
-        return await ledger.update_state(
+        updated = await ledger.update_state(
             migration_id, spec=spec.to_wire(), generation=generation, dry_run=spec.dry_run
         )
-    rounds = state.rounds
-    return await ledger.update_state(
-        migration_id,
-        spec=spec.to_wire(),
-        generation=generation,
-        dry_run=spec.dry_run,
-        failed=None,
-        rounds=Rounds(round=rounds.round, wave=rounds.wave + 1),
-    )
+    else:
+        rounds = state.rounds
+        updated = await ledger.update_state(
+            migration_id,
+            spec=spec.to_wire(),
+            generation=generation,
+            dry_run=spec.dry_run,
+            failed=None,
+            rounds=Rounds(round=rounds.round, wave=rounds.wave + 1),
+        )
+    if state.dry_run and not spec.dry_run:
+        # After the state says so: a dry-run worker still running records a plan only
+        # while the migration is a dry run (`Ledger.record(..., only_while_dry_run=True)`),
+        # so what it recorded before is requeued here, and nothing after.
+        await ledger.requeue(migration_id, [ObjectState.SKIPPED], skip_reasons=PLAN_REASONS)
+    return updated
 
 
 async def retry_failed(

@@ -175,6 +175,8 @@ class ClaimLoop:
         self.stats = ClaimLoopStats()
         self._activity = ActivityMeter()
         self._share = max(1, share)
+        # A dry-run worker whose plan the ledger no longer takes (the real run began).
+        self._stop_planning = False
         # Bytes of objects not finished yet, as last read (None: not read yet).
         self._outstanding: int | None = None
 
@@ -220,7 +222,7 @@ class ClaimLoop:
 
     async def _loop(self, pipeline: ObjectPipeline, stop: asyncio.Event) -> None:
         idle = 0
-        while not stop.is_set():
+        while not stop.is_set() and not self._stop_planning:
             self._progress.clear()
             self._harvest()
             self._start(pipeline)
@@ -361,7 +363,16 @@ class ClaimLoop:
             self._flushing.add_done_callback(self._wake)
 
     async def _record(self, batch: list[StepResult]) -> None:
-        applied = await self._ledger.record(self.owner, batch)
+        if self._ctx.spec.dry_run:
+            applied = await self._ledger.record(self.owner, batch, only_while_dry_run=True)
+            if applied < len(batch):
+                # The real run began meanwhile: these rows are its work, not a plan's.
+                await self._ledger.release(self.owner, [result.id for result in batch])
+                self._stop_planning = True
+                log.info("worker %s: the dry run is over; stopping", self.owner)
+                return
+        else:
+            applied = await self._ledger.record(self.owner, batch)
         lost = len(batch) - applied
         if lost:
             # Our lease ran out and someone else owns those rows now; their result stands.

@@ -49,13 +49,19 @@ _RECORD_FIELDS: tuple[tuple[str, str, str], ...] = (
 
 
 @functools.cache
-def _record_sql(present: tuple[str, ...], increments: bool, hooks: bool = False) -> str:
+def _record_sql(
+    present: tuple[str, ...],
+    increments: bool,
+    hooks: bool = False,
+    only_while_dry_run: bool = False,
+) -> str:
     """The UPDATE ... FROM unnest(...) of ``Ledger.record`` for one shape of batch.
 
     ``present`` names the optional fields sent as arrays (in ``_RECORD_FIELDS`` order);
-    at most 2**13 shapes exist and a worker uses a handful, so caching the text keeps
+    at most 2**14 shapes exist and a worker uses a handful, so caching the text keeps
     asyncpg's prepared-statement cache effective. ``increments`` and ``hooks``: the
-    batch sends the ``increment_attempts`` and ``hook_done`` flags.
+    batch sends the ``increment_attempts`` and ``hook_done`` flags. ``only_while_dry_run``:
+    see ``record``.
     """
     params = ["$2::bigint[]", "$3::text[]"]
     names = ["id", "state"]
@@ -100,10 +106,16 @@ def _record_sql(present: tuple[str, ...], increments: bool, hooks: bool = False)
     params.append("array_fill($1::text, ARRAY[cardinality($2::bigint[])])")
     names.append("owner")
     set_list = ",\n    ".join(sets)
+    dry_run = (
+        "\n  AND (SELECT (m.state->>'dryRun')::boolean FROM migrations m"
+        " WHERE m.id = o.migration_id)"
+        if only_while_dry_run
+        else ""
+    )
     return (
         f"UPDATE objects o SET\n    {set_list}\n"
         f"FROM unnest({', '.join(params)}) AS r({', '.join(names)})\n"
-        "WHERE o.id = r.id AND o.lease_owner IS NOT DISTINCT FROM r.owner"
+        f"WHERE o.id = r.id AND o.lease_owner IS NOT DISTINCT FROM r.owner{dry_run}"
     )
 
 
@@ -350,7 +362,9 @@ class LeasesMixin(LedgerBase):
         )
         return _affected(status)
 
-    async def record(self, owner: str, results: Sequence[StepResult]) -> int:
+    async def record(
+        self, owner: str, results: Sequence[StepResult], *, only_while_dry_run: bool = False
+    ) -> int:
         """Write step results in one round trip; returns how many were applied.
 
         A result applies only while ``owner`` still holds the row's lease (even an expired
@@ -358,6 +372,11 @@ class LeasesMixin(LedgerBase):
         result from a worker that lost its lease is dropped. Applying clears the lease and
         sets ``updated_at``. See :class:`StepResult` for which fields overwrite and which
         accumulate.
+
+        ``only_while_dry_run``: the results are a dry run's plan, which applies only while
+        the migration is still a dry run (its state says ``dryRun``): a worker that started
+        as one must not end rows as planned once the real run has begun. Rows not applied
+        stay leased to ``owner``.
         """
         if not results:
             return 0
@@ -385,7 +404,7 @@ class LeasesMixin(LedgerBase):
         has_hooks = any(hooks)
         if has_hooks:
             arrays.append(hooks)
-        sql = _record_sql(tuple(present), has_increments, has_hooks)
+        sql = _record_sql(tuple(present), has_increments, has_hooks, only_while_dry_run)
         status = await self._pool.execute(sql, owner, *arrays)
         return _affected(status)
 
