@@ -634,7 +634,12 @@ def test_cluster_wide_rbac_grants_every_namespace_what_the_operator_uses(
                 assert can_i(k8s_cluster, user, verb, target, *extra, *scope), (verb, target)
         assert not can_i(k8s_cluster, user, "list", "pods", "--all-namespaces")
         assert not can_i(k8s_cluster, user, "list", "secrets", "--all-namespaces")
-        assert not can_i(k8s_cluster, user, "delete", "jobs.batch", "-n", "default")
+        # Jobs are the one thing it deletes (those of a namespace being deleted).
+        assert not can_i(
+            k8s_cluster, user, "delete", "objectmigrations.objmig.dev", "-n", "default"
+        )
+        assert not can_i(k8s_cluster, user, "delete", "pods", "-n", "default")
+        assert not can_i(k8s_cluster, user, "list", "namespaces")
     finally:
         for kind in ("clusterrolebinding", "clusterrole"):
             k8s_cluster.kubectl("delete", kind, release, "--wait=false", check=False)
