@@ -15,8 +15,8 @@ from objmig.api.migration import ObjectMigrationSpec, RetrySpec
 from objmig.engine.backfill import BackfillItem, Seen, attribute_text, plan_columns
 from objmig.engine.pipeline import outcomes
 from objmig.engine.policy import CatchUp, CutoverInputs, Tally, cutover_gate
-from objmig.engine.status import progress_of
-from objmig.ledger.models import Counts, ObjectRow, ObjectState, StateCount, StepResult
+from objmig.engine.status import Rates, progress_of
+from objmig.ledger.models import Activity, Counts, ObjectRow, ObjectState, StateCount, StepResult
 from objmig.storage.compare import MetadataChange, metadata_difference
 from objmig.storage.errors import ErrorClass
 from objmig.storage.types import HeadResult
@@ -187,7 +187,7 @@ def test_a_run_that_moves_no_bytes_counts_progress_by_objects() -> None:
             ObjectState.PENDING: StateCount(4, 0),
         }
     )
-    progress = progress_of(counts, rate=0, objects_rate=2, by_objects=True)
+    progress = progress_of(counts, Activity(), Rates(objects_per_second=2), by_objects=True)
     objects = progress.objects
     assert (objects.total, objects.processed, objects.remaining) == (8, 4, 4)
     assert progress.percent == 50
