@@ -25,7 +25,8 @@ VERSION_KEY = "storage-version"
 
 
 def rewrite(endpoint: Endpoint, bucket: str, name: str = "m", **spec: Any) -> ObjectMigration:
-    """Rewrite every object of `bucket` below storage version 3 to 3, in place, as SSE-S3."""
+    """Rewrite every object of `bucket` below storage version 3 (or without one: written
+    before versions existed) to 3, in place, as SSE-S3."""
     spec.setdefault("copy", {"mode": "serverSide", "overwrite": "always"})
     return migration(
         endpoint,
@@ -36,7 +37,9 @@ def rewrite(endpoint: Endpoint, bucket: str, name: str = "m", **spec: Any) -> Ob
             "encryption": {"mode": "SSE-S3"},
             "metadata": {"set": {VERSION_KEY: "3"}, "remove": ["legacy-layout"]},
         },
-        selection={"metadata": [{"key": VERSION_KEY, "operator": "Lt", "values": ["3"]}]},
+        selection={
+            "metadata": [{"key": VERSION_KEY, "operator": "Lt", "values": ["3"], "default": "0"}]
+        },
         **spec,
     )
 
@@ -63,12 +66,13 @@ async def test_a_storage_version_rewrite_stamps_old_objects_once_and_a_second_ru
             bucket, "parts", [part, part, part // 2], metadata={VERSION_KEY: "2"}
         ),
     ]
+    # Written before versions existed: no storage-version at all, which counts as 0.
+    old.append(await backend_seed.put_object(bucket, "d", 8 * KiB, metadata={"owner": "y"}))
     current = await backend_seed.put_object(bucket, "c", 8 * KiB, metadata={VERSION_KEY: "3"})
-    unversioned = await backend_seed.put_object(bucket, "d", 8 * KiB)
+    newer = await backend_seed.put_object(bucket, "e", 8 * KiB, metadata={VERSION_KEY: "4"})
     client = backend_seed.client
     untouched_before = {
-        obj.key: await client.head_object(Bucket=bucket, Key=obj.key)
-        for obj in (current, unversioned)
+        obj.key: await client.head_object(Bucket=bucket, Key=obj.key) for obj in (current, newer)
     }
 
     # A catch-up round re-scans the bucket before the cutover: it finds nothing new.
@@ -83,10 +87,11 @@ async def test_a_storage_version_rewrite_stamps_old_objects_once_and_a_second_ru
         "a": ObjectState.VERIFIED,
         "b": ObjectState.VERIFIED,
         "parts": ObjectState.VERIFIED,
+        "d": ObjectState.VERIFIED,
         "c": ObjectState.SKIPPED,
-        "d": ObjectState.SKIPPED,
+        "e": ObjectState.SKIPPED,
     }
-    assert rows["c"].skip_reason == rows["d"].skip_reason == "MetadataNotMatched"
+    assert rows["c"].skip_reason == rows["e"].skip_reason == "MetadataNotMatched"
     for obj in old:
         head = await client.head_object(Bucket=bucket, Key=obj.key)
         assert head["Metadata"][VERSION_KEY] == "3", obj.key
@@ -98,11 +103,12 @@ async def test_a_storage_version_rewrite_stamps_old_objects_once_and_a_second_ru
     b = await client.head_object(Bucket=bucket, Key="b")
     assert b["Metadata"]["owner"] == "x"
     assert b["ContentType"] == "image/png"
+    assert (await client.head_object(Bucket=bucket, Key="d"))["Metadata"]["owner"] == "y"
     for key, before in untouched_before.items():
         after = await client.head_object(Bucket=bucket, Key=key)
         assert after["LastModified"] == before["LastModified"], key
         assert after["Metadata"] == before["Metadata"], key
-    assert writes(backend_proxy, bucket) == 3
+    assert writes(backend_proxy, bucket) == 4
 
     # The same migration again, and a new one over the same bucket: nothing is old any more.
     backend_proxy.clear()
@@ -111,7 +117,7 @@ async def test_a_storage_version_rewrite_stamps_old_objects_once_and_a_second_ru
     fresh = await run(ledger, rewrite(backend_via_proxy, bucket, name="m2"), backend_via_proxy)
     second = await rows_of(ledger, "test/m2")
     assert {r.skip_reason for r in second.values()} == {"MetadataNotMatched"}
-    assert fresh.status.progress.objects.skipped == 5
+    assert fresh.status.progress.objects.skipped == 6
     assert writes(backend_proxy, bucket) == 0
 
 

@@ -105,6 +105,18 @@ def test_minimal_migration_gets_documented_defaults() -> None:
             {"selection": {"metadata": [{"key": "v", "operator": "Lt", "values": ["x"]}]}},
             "spec.selection.metadata[0]: Lt and Gt need exactly one integer value",
         ),
+        (
+            {
+                "selection": {
+                    "metadata": [{"key": "v", "operator": "Lt", "values": ["3"], "default": "x"}]
+                }
+            },
+            "spec.selection.metadata[0]: with Lt and Gt, default must be an integer",
+        ),
+        (
+            {"selection": {"metadata": [{"key": "v", "operator": "Exists", "default": "0"}]}},
+            "spec.selection.metadata[0]: default is what a missing key counts as",
+        ),
     ],
 )
 def test_bad_spec_names_the_field(spec: dict[str, Any], expected: str) -> None:
