@@ -12,6 +12,7 @@ import pytest
 
 from objmig.api.loading import SpecError, parse_resource
 from objmig.api.migration import ObjectMigrationSpec, RetrySpec
+from objmig.api.migration.endpoints import BucketSpec
 from objmig.engine.backfill import BackfillItem, Seen, attribute_text, plan_columns
 from objmig.engine.pipeline import outcomes
 from objmig.engine.policy import CatchUp, CutoverInputs, Tally, cutover_gate
@@ -215,10 +216,6 @@ def _problems(**spec: Any) -> list[str]:
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        (
-            {"copy": {"mode": "stream", "missingObjects": "Fail"}},
-            "spec.copy: missingObjects is only meaningful with mode none",
-        ),
         ({"copy": {"mode": "none"}}, "spec: copy.mode none writes no object"),
         (
             {
@@ -297,3 +294,26 @@ def test_a_look_only_run_over_the_source_itself_is_accepted() -> None:
     spec = _spec(target={"bucket": "src-bucket"}, copy={"mode": "none"})
     assert not spec.copy_.writes
     assert spec.rewrites_in_place
+
+
+def test_a_look_only_run_without_a_target_looks_at_the_source() -> None:
+    source = {
+        "endpoint": "http://127.0.0.1:9000",
+        "bucket": "src-bucket",
+        "prefix": "media/",
+        "credentialsSecretRef": {"name": "src-creds"},
+        "addressingStyle": "path",
+    }
+    spec = ObjectMigrationSpec.model_validate({"source": source, "copy": {"mode": "none"}})
+    assert spec.target.model_dump(include=set(BucketSpec.model_fields)) == (
+        spec.source.model_dump(include=set(BucketSpec.model_fields))
+    )
+    assert spec.rewrites_in_place
+    # Only a run that writes nothing may leave the target out.
+    with pytest.raises(ValueError, match="target"):
+        ObjectMigrationSpec.model_validate({"source": source, "copy": {"mode": "stream"}})
+
+
+def test_missing_objects_applies_to_every_copy_mode() -> None:
+    spec = _spec(copy={"mode": "stream", "missingObjects": "Fail"})
+    assert spec.copy_.missing_objects == "Fail"

@@ -221,9 +221,15 @@ async def refresh_verification(ledger: Ledger, migration_id: int, counts: Counts
 
 
 def has_application_steps(spec: ObjectMigrationSpec) -> bool:
-    """Whether the status counts the application's steps (one scan of the rows each time:
-    only specs with a backfill, a hook or no copy pay for it)."""
-    return spec.backfill is not None or spec.per_object_hook or not spec.copy_.writes
+    """Whether the status counts the application's steps and missing objects (one scan of
+    the rows each time: only specs with a backfill, a hook, no copy or a worklist, whose
+    keys may name nothing, pay for it)."""
+    return (
+        spec.backfill is not None
+        or spec.per_object_hook
+        or not spec.copy_.writes
+        or spec.selection.manifest is not None
+    )
 
 
 class RateMeter:

@@ -23,7 +23,8 @@ PLAN_COPY = "PlanCopy"
 PLAN_IDENTICAL = "PlanIdentical"
 PLAN_RESTORE = "PlanRestore"
 PLAN_REASONS = (PLAN_COPY, PLAN_IDENTICAL, PLAN_RESTORE)
-#: skip_reason of a selected object that does not exist (copy.mode none).
+#: skip_reason (or, with copy.missingObjects Fail, error_code) of a worklist's key that
+#: does not exist.
 NOT_FOUND = "NotFound"
 #: skip_reason of an object a verify-only run found without its per-object hook done.
 HOOK_PENDING = "HookPending"
@@ -130,7 +131,7 @@ def failure(row: ObjectRow, error: ErrorClass, step: str, retry: RetrySpec) -> S
 
 
 def missing(row: ObjectRow, fail: bool) -> StepResult:
-    """A selected object that does not exist (copy.mode none): skipped, or failed if asked."""
+    """A worklist's key that does not exist: skipped, or failed if the spec asks."""
     if fail:
         return failed_now(row, NOT_FOUND, "the object does not exist")
     return skipped(row, NOT_FOUND)
