@@ -77,7 +77,8 @@ async def test_a_worklist_key_the_bucket_lacks_is_skipped_not_found_in_a_copy(
     assert {k for k, r in rows.items() if r.state is ObjectState.VERIFIED} == set(etags)
     assert await keys_of(s3_seed.client, target) == etags
     steps = result.status.steps
-    assert steps is not None and steps.missing == len(MISSING)
+    assert steps is not None
+    assert steps.missing == len(MISSING)
     objects = result.status.progress.objects
     assert (objects.total, objects.succeeded, objects.skipped, objects.failed) == (8, 6, 2, 0)
     report = await _report(database_url, "test/m")
@@ -109,7 +110,8 @@ async def test_missing_objects_fail_fails_each_missing_key_of_a_copy(
     assert await keys_of(s3_seed.client, target) == etags
     assert result.status.progress.objects.failed == len(MISSING)
     steps = result.status.steps
-    assert steps is not None and steps.missing == len(MISSING)
+    assert steps is not None
+    assert steps.missing == len(MISSING)
 
 
 async def test_a_look_only_run_without_a_target_looks_at_the_source(
