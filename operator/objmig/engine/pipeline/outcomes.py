@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from objmig.api.types import parse_duration
 from objmig.engine.policy import backoff_delay
 from objmig.ledger.models import ObjectRow, ObjectState, StepResult
 
@@ -138,15 +139,28 @@ def missing(row: ObjectRow, fail: bool) -> StepResult:
 
 
 def unfinished(
-    row: ObjectRow, done: StepResult, error: ErrorClass, step: str, retry: RetrySpec
+    row: ObjectRow,
+    done: StepResult,
+    error: ErrorClass,
+    step: str,
+    retry: RetrySpec,
+    *,
+    at_least: float | None = None,
 ) -> StepResult:
     """A verified object whose application step (hook, backfill) failed: `finishing` again
     after a backoff while attempts remain, else failed. What was proven, and what steps
-    did (`done`), is recorded either way."""
+    did (`done`), is recorded either way.
+
+    ``at_least`` is the wait the step was asked for (a hook's ``Retry-After``), honoured up
+    to ``retry.backoff.max``: never shorter than the backoff, never unbounded.
+    """
     attempts = row.attempts + 1
     message = f"{step}: {error.code}: {error.message}"
     if error.retryable and attempts < retry.attempts:
         delay = backoff_delay(attempts, retry.backoff)
+        if at_least is not None:
+            cap = parse_duration(retry.backoff.max).total_seconds()
+            delay = max(delay, min(at_least, cap))
         return done._replace(
             state=ObjectState.FINISHING,
             last_error=message,
