@@ -74,7 +74,7 @@ def apply_migration(
     name: str,
     endpoint: str,
     source: str,
-    target: str,
+    target: str | None,
     *,
     target_endpoint: str | None = None,
     source_secret: str = SECRET,
@@ -82,7 +82,8 @@ def apply_migration(
     annotations: dict[str, str] | None = None,
     **spec: Any,
 ) -> None:
-    """Apply an ObjectMigration between two buckets, with fast retries."""
+    """Apply an ObjectMigration between two buckets, with fast retries (``target`` None:
+    none, as copy.mode none allows)."""
     side = {"addressingStyle": "path", "region": "us-east-1"}
     body: dict[str, Any] = {
         "source": {
@@ -100,6 +101,8 @@ def apply_migration(
         "retry": {"attempts": 2, "backoff": {"initial": "50ms", "max": "200ms"}},
         **spec,
     }
+    if target is None:
+        del body["target"]
     metadata: dict[str, Any] = {"name": name}
     if annotations:
         metadata["annotations"] = annotations

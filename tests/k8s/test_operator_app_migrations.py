@@ -59,6 +59,8 @@ async def test_a_storage_version_rewrite_through_the_operator(
         await s3_seed.put_multipart(
             bucket, "parts", [4 * KiB, 4 * KiB, 1000], metadata={"storage-version": "1"}
         ),
+        # Written before versions existed: no storage-version, which counts as 0.
+        await s3_seed.put_object(bucket, "before-versions", 4 * KiB),
     ]
     await s3_seed.put_object(bucket, "c", 4 * KiB, metadata={"storage-version": "3"})
     untouched = await s3_seed.client.head_object(Bucket=bucket, Key="c")
@@ -75,7 +77,11 @@ async def test_a_storage_version_rewrite_through_the_operator(
             "encryption": {"mode": "SSE-S3"},
             "metadata": {"set": {"storage-version": "3"}},
         },
-        "selection": {"metadata": [{"key": "storage-version", "operator": "Lt", "values": ["3"]}]},
+        "selection": {
+            "metadata": [
+                {"key": "storage-version", "operator": "Lt", "values": ["3"], "default": "0"}
+            ]
+        },
         "copy": {"mode": "serverSide", "overwrite": "always"},
     }
     k8s_cluster.apply_yaml(
@@ -90,7 +96,7 @@ async def test_a_storage_version_rewrite_through_the_operator(
     done = wait_cut_over(k8s_cluster, ns, name)
 
     objects = done["status"]["progress"]["objects"]
-    assert (objects["succeeded"], objects["skipped"]) == (2, 1)
+    assert (objects["succeeded"], objects["skipped"]) == (3, 1)
     for obj in old:
         head = await s3_seed.client.head_object(Bucket=bucket, Key=obj.key)
         assert head["Metadata"]["storage-version"] == "3"
@@ -125,7 +131,8 @@ async def test_a_backfill_through_the_operator_then_its_rollback(
             "selection": {"manifest": SQL_WORKLIST},
             "backfill": backfill_action(batchSize=5),
         }
-        apply_migration(k8s_cluster, ns, name, s3_server.endpoint_url, bucket, bucket, **spec)
+        # No target: a run that writes nothing looks at the source where it is.
+        apply_migration(k8s_cluster, ns, name, s3_server.endpoint_url, bucket, None, **spec)
         done = wait_cut_over(k8s_cluster, ns, name)
 
         objects = done["status"]["progress"]["objects"]
