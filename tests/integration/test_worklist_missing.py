@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from objmig.api.migration import ObjectMigration
 from objmig.ledger import Ledger, ObjectState
 from objmig.storage.endpoint import Endpoint
 from tests.fixtures.s3 import S3Seeder
@@ -134,3 +135,35 @@ async def test_a_look_only_run_without_a_target_looks_at_the_source(
     assert {k for k, r in rows.items() if r.state is ObjectState.VERIFIED} == set(etags)
     assert {k for k, r in rows.items() if r.skip_reason == "NotFound"} == MISSING
     assert await keys_of(s3_seed.client, source) == etags  # nothing written
+
+
+async def test_a_worklist_key_deleted_after_the_scan_is_missing_not_failed(
+    ledger: Ledger, s3_seed: S3Seeder, s3_endpoint: Endpoint, tmp_path: Path
+) -> None:
+    source, etags, worklist = await _seeded(s3_seed, tmp_path)
+    target = await s3_seed.bucket()
+
+    def spec(dry_run: bool) -> ObjectMigration:
+        return migration(
+            s3_endpoint,
+            source,
+            target,
+            copy={"mode": "stream"},
+            selection={"manifest": {"path": str(worklist)}},
+            dryRun=dry_run,
+        )
+
+    # A plan records the worklist as it is; then the application deletes one of its keys.
+    planned = await run(ledger, spec(True), s3_endpoint)
+    assert planned.outcome == "planned"
+    gone = KEYS[0]
+    await s3_seed.client.delete_object(Bucket=source, Key=gone)
+
+    result = await run(ledger, spec(False), s3_endpoint)
+
+    assert result.outcome == "cut-over", result.status.conditions
+    rows = await rows_of(ledger)
+    assert {k for k, r in rows.items() if r.skip_reason == "NotFound"} == {*MISSING, gone}
+    assert rows[gone].state is ObjectState.SKIPPED
+    del etags[gone]
+    assert await keys_of(s3_seed.client, target) == etags

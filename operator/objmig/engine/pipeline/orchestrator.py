@@ -135,6 +135,8 @@ class ObjectPipeline:
                 raise ConfigurationError(error, "process", row.key) from exc
             if error.kind == "precondition":
                 return outcomes.source_changed(row, error.message, error.code)
+            if error.kind == "not_found" and await self._worklist_key_gone(row):
+                return self._missing(row)
             step = "verify" if isinstance(exc, VerificationError) else "copy"
             return outcomes.failure(row, error, step, sides.spec.retry)
         finally:
@@ -242,6 +244,17 @@ class ObjectPipeline:
             if classify(exc).kind != "not_found":
                 raise
             return None
+
+    async def _worklist_key_gone(self, row: ObjectRow) -> bool:
+        """Whether a worklist's key that was there at the scan is gone now (an inventory
+        older than a deletion): the same as one missing at the scan, once a HEAD says so.
+        A row already copied is not: its copy is in the ledger, its source may be gone."""
+        if self._sides.spec.selection.manifest is None or row.state is ObjectState.COPIED:
+            return False
+        try:
+            return await self._head_or_missing(row, check=False) is None
+        except Exception:
+            return False  # the failure as it was is the better report
 
     def _missing(self, row: ObjectRow) -> StepResult:
         """A selected object that does not exist: skipped with reason NotFound (or failed,
