@@ -124,14 +124,23 @@ async def _waiting(holder: asyncpg.Connection, run: asyncio.subprocess.Process) 
     raise AssertionError("no statement came to wait for the held lock")
 
 
-async def _kill(run: asyncio.subprocess.Process, holder: asyncpg.Connection) -> None:
-    """SIGKILL ``run`` while it waits, and end its waiting sessions as its death would."""
-    waiting = await _waiting(holder, run)
-    run.send_signal(signal.SIGKILL)
-    await asyncio.wait_for(run.communicate(), timeout=30)
-    assert run.returncode == -signal.SIGKILL
-    for pid in waiting:
-        await holder.execute("SELECT pg_terminate_backend($1)", pid)
+async def _killed_at(
+    dsn: str, table: str, when: str, spec: Path, secrets: Path, database_url: str
+) -> None:
+    """Run ``objmig run`` until a row update of ``table`` matching ``when`` waits, SIGKILL
+    it there, and end its waiting sessions as its death would."""
+    async with _held(dsn, table, when) as holder:
+        run = await _start(spec, secrets, database_url)
+        try:
+            waiting = await _waiting(holder, run)
+            run.send_signal(signal.SIGKILL)
+            await asyncio.wait_for(run.communicate(), timeout=30)
+            assert run.returncode == -signal.SIGKILL
+            for pid in waiting:
+                await holder.execute("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            if run.returncode is None:
+                run.kill()
 
 
 async def test_objmig_run_killed_mid_batch_twice_then_rerun_writes_each_row_exactly_once(
@@ -148,18 +157,13 @@ async def test_objmig_run_killed_mid_batch_twice_then_rerun_writes_each_row_exac
 
         # 1. Killed inside the application's transaction: the batch was planned in the
         #    ledger, some of its rows updated, nothing committed.
-        async with _held(dsn, "files", f"NEW.location_key = '{BEFORE_COMMIT}'") as holder:
-            first = await _start(spec, secrets, database_url)
-            try:
-                await _kill(first, holder)
-            finally:
-                if first.returncode is None:
-                    first.kill()
+        when = f"NEW.location_key = '{BEFORE_COMMIT}'"
+        await _killed_at(dsn, "files", when, spec, secrets, database_url)
         migration_id = await ledger.find_migration("cli/backfill")
         assert migration_id is not None
         rows = {r.key: r async for r in ledger.iter_rows(migration_id)}
         assert rows[BEFORE_COMMIT].backfill is not None
-        assert "plan" in rows[BEFORE_COMMIT].backfill
+        assert "plan" in (rows[BEFORE_COMMIT].backfill or {})
         assert rows[BEFORE_COMMIT].backfilled_at is None
         files = await files_of(dsn)
         assert files[BEFORE_COMMIT]["writes"] == 0
@@ -172,17 +176,11 @@ async def test_objmig_run_killed_mid_batch_twice_then_rerun_writes_each_row_exac
             f"NEW.key = '{BEFORE_RECORD}' AND NEW.backfilled_at IS NOT NULL "
             "AND OLD.backfilled_at IS NULL"
         )
-        async with _held(database_url, "objects", when) as holder:
-            second = await _start(spec, secrets, database_url)
-            try:
-                await _kill(second, holder)
-            finally:
-                if second.returncode is None:
-                    second.kill()
+        await _killed_at(database_url, "objects", when, spec, secrets, database_url)
         rows = {r.key: r async for r in ledger.iter_rows(migration_id)}
         assert rows[BEFORE_RECORD].backfilled_at is None
         assert rows[BEFORE_RECORD].backfill is not None
-        assert "plan" in rows[BEFORE_RECORD].backfill
+        assert "plan" in (rows[BEFORE_RECORD].backfill or {})
         files = await files_of(dsn)
         assert files[BEFORE_RECORD]["writes"] == 1  # committed before the kill
         assert all(f["writes"] <= 1 for f in files.values())

@@ -238,13 +238,10 @@ async def test_retry_after_is_honoured_up_to_the_backoff_cap_and_a_timeout_is_re
             bucket,
             bucket,
             hook.url,
+            timeout="500ms",
             copy={"mode": "none"},
             retry={"attempts": 3, "backoff": {"initial": "20ms", "max": "2s"}},
         )
-        hook_spec = resource.spec.hooks
-        assert hook_spec is not None
-        assert hook_spec.per_object is not None
-        hook_spec.per_object.timeout = "500ms"
 
         result = await run(ledger, resource, s3_endpoint, secrets=with_token(s3_endpoint))
 
