@@ -10,6 +10,7 @@ import io
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,15 @@ async def _seeded(seed: S3Seeder, tmp_path: Path) -> tuple[str, dict[str, str], 
     worklist = tmp_path / "keys.txt"
     worklist.write_text("\n".join(KEYS) + "\n")
     return bucket, etags, worklist
+
+
+def from_worklist(
+    endpoint: Endpoint, source: str, target: str | None, worklist: Path, **spec: Any
+) -> ObjectMigration:
+    """A migration of the keys the worklist file names."""
+    return migration(
+        endpoint, source, target, selection={"manifest": {"path": str(worklist)}}, **spec
+    )
 
 
 async def _report(database_url: str, name: str) -> list[dict[str, str]]:
@@ -59,12 +69,12 @@ async def test_a_worklist_key_the_bucket_lacks_is_skipped_not_found_in_a_copy(
 ) -> None:
     source, etags, worklist = await _seeded(s3_seed, tmp_path)
     target = await s3_seed.bucket()
-    resource = migration(
+    resource = from_worklist(
         s3_endpoint,
         source,
         target,
+        worklist,
         copy={"mode": mode},
-        selection={"manifest": {"path": str(worklist)}},
     )
 
     result = await run(ledger, resource, s3_endpoint)
@@ -91,12 +101,12 @@ async def test_missing_objects_fail_fails_each_missing_key_of_a_copy(
 ) -> None:
     source, etags, worklist = await _seeded(s3_seed, tmp_path)
     target = await s3_seed.bucket()
-    resource = migration(
+    resource = from_worklist(
         s3_endpoint,
         source,
         target,
+        worklist,
         copy={"mode": "stream", "missingObjects": "Fail"},
-        selection={"manifest": {"path": str(worklist)}},
         failurePolicy={"maxFailedObjects": 10},
     )
 
@@ -119,12 +129,12 @@ async def test_a_look_only_run_without_a_target_looks_at_the_source(
     ledger: Ledger, s3_seed: S3Seeder, s3_endpoint: Endpoint, tmp_path: Path
 ) -> None:
     source, etags, worklist = await _seeded(s3_seed, tmp_path)
-    resource = migration(
+    resource = from_worklist(
         s3_endpoint,
         source,
         None,
+        worklist,
         copy={"mode": "none"},
-        selection={"manifest": {"path": str(worklist)}},
     )
     assert resource.spec.target.bucket == source
 
@@ -144,12 +154,12 @@ async def test_a_worklist_key_deleted_after_the_scan_is_missing_not_failed(
     target = await s3_seed.bucket()
 
     def spec(dry_run: bool) -> ObjectMigration:
-        return migration(
+        return from_worklist(
             s3_endpoint,
             source,
             target,
+            worklist,
             copy={"mode": "stream"},
-            selection={"manifest": {"path": str(worklist)}},
             dryRun=dry_run,
         )
 
