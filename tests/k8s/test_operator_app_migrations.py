@@ -20,6 +20,7 @@ from objmig.local.s3server import LocalS3Server
 from tests.fixtures.operator import OperatorProcess
 from tests.fixtures.s3 import S3Seeder
 from tests.k8s.test_operator import (
+    apply_config_map,
     apply_migration,
     apply_secret,
     condition,
@@ -32,7 +33,7 @@ from tests.k8s.test_operator import (
 )
 from tests.support.appdb import FILES_QUERY, backfill_action, files_database, files_of
 from tests.support.cluster import ControlPlane
-from tests.support.hook_endpoint import ThreadedHookEndpoint
+from tests.support.hook_endpoint import Reply, ThreadedHookEndpoint
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
@@ -178,9 +179,9 @@ async def test_a_per_object_hook_through_the_operator(
     create_secret(k8s_cluster, ns, *moto_keys(s3_server))
     apply_secret(k8s_cluster, ns, "hook", {"token": "t0ken"})
 
-    def answer(key: str, call: int) -> tuple[int, str]:
+    def answer(key: str, call: int) -> Reply:
         if key == keys[1] and call == 1:
-            return 503, "busy"
+            return 429, "slow down", {"Retry-After": "1"}
         if key == keys[2]:
             return 409, "already claimed by another space"
         return 200, "ok"
@@ -191,12 +192,15 @@ async def test_a_per_object_hook_through_the_operator(
             copy={"mode": "none"},
             selection={"limit": 6},
             failurePolicy={"maxFailedObjects": 1},
+            retry={"attempts": 2, "backoff": {"initial": "50ms", "max": "5s"}},
             hooks={"perObject": {"url": hook.url,
                                  "bearerTokenSecretRef": {"name": "hook", "key": "token"}}},
         )  # fmt: skip
         done = wait_cut_over(k8s_cluster, ns, name)
 
         assert dict(hook.calls) == {**dict.fromkeys(keys[:6], 1), keys[1]: 2}
+        # The 429's Retry-After was honoured (the backoff alone is 50 ms).
+        assert hook.times[keys[1]][1] - hook.times[keys[1]][0] >= 1.0
         assert {h["authorization"] for h in hook.headers} == {"Bearer t0ken"}
         steps = done["status"]["steps"]
         assert (steps["hooksDone"], steps["hooksPending"]) == (5, 0)
@@ -204,6 +208,38 @@ async def test_a_per_object_hook_through_the_operator(
         assert [(o["key"], o["lastError"]) for o in failed] == [
             (keys[2], "hook: Hook409: HTTP 409: already claimed by another space")
         ]
+
+
+async def test_a_copy_from_a_worklist_with_missing_keys_through_the_operator(
+    k8s_cluster: ControlPlane,
+    k8s_namespace: str,
+    objmig_operator: OperatorProcess,
+    s3_server: LocalS3Server,
+    s3_seed: S3Seeder,
+) -> None:
+    ns, name = k8s_namespace, "worklist"
+    source, target = await s3_seed.bucket(), await s3_seed.bucket()
+    keys = [f"photos/{i}.jpg" for i in range(6)]
+    missing = {keys[1], keys[4]}
+    for key in keys:
+        if key not in missing:
+            await s3_seed.put_object(source, key, 256)
+    create_secret(k8s_cluster, ns, *moto_keys(s3_server))
+    apply_config_map(k8s_cluster, ns, "worklist", {"keys": "\n".join(keys)})
+    apply_migration(
+        k8s_cluster, ns, name, s3_server.endpoint_url, source, target,
+        copy={"mode": "stream"},
+        selection={"manifest": {"configMapRef": {"name": "worklist", "key": "keys"}}},
+    )  # fmt: skip
+    done = wait_cut_over(k8s_cluster, ns, name)
+
+    objects = done["status"]["progress"]["objects"]
+    assert (objects["succeeded"], objects["skipped"], objects["failed"]) == (4, 2, 0)
+    assert done["status"]["steps"]["missing"] == 2
+    (event,) = events_of(k8s_cluster, ns, "ObjectsMissing")
+    assert event.get("count", 1) == 1
+    listing = await s3_seed.client.list_objects_v2(Bucket=target)
+    assert {o["Key"] for o in listing.get("Contents", [])} == set(keys) - missing
 
 
 async def test_bad_application_inputs_are_conditions_naming_the_field(
