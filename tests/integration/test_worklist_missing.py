@@ -160,20 +160,32 @@ async def test_a_worklist_key_deleted_after_the_scan_is_missing_not_failed(
             target,
             worklist,
             copy={"mode": "stream"},
+            cutover={"catchUp": True},
             dryRun=dry_run,
         )
 
-    # A plan records the worklist as it is; then the application deletes one of its keys.
+    # A plan records the worklist as it is; then the application deletes one of its keys,
+    # and writes one the plan found missing.
     planned = await run(ledger, spec(True), s3_endpoint)
     assert planned.outcome == "planned"
-    gone = KEYS[0]
+    assert {k for k, r in (await rows_of(ledger)).items() if r.skip_reason == "NotFound"} == (
+        MISSING
+    )
+    gone, come = KEYS[0], sorted(MISSING)[0]
     await s3_seed.client.delete_object(Bucket=source, Key=gone)
+    etags[come] = (await s3_seed.put_object(source, come, 77)).etag
 
     result = await run(ledger, spec(False), s3_endpoint)
 
     assert result.outcome == "cut-over", result.status.conditions
     rows = await rows_of(ledger)
-    assert {k for k, r in rows.items() if r.skip_reason == "NotFound"} == {*MISSING, gone}
+    assert {k for k, r in rows.items() if r.skip_reason == "NotFound"} == {
+        *(MISSING - {come}),
+        gone,
+    }
     assert rows[gone].state is ObjectState.SKIPPED
+    # Missing at the plan, there at the run: not the object the plan recorded, so it ends
+    # source_changed and the catch-up round's scan takes it up as it is now.
+    assert rows[come].state is ObjectState.VERIFIED
     del etags[gone]
     assert await keys_of(s3_seed.client, target) == etags

@@ -74,8 +74,11 @@ async def take_up_spec(
     if state.dry_run and not spec.dry_run:
         # After the state says so: a dry-run worker still running records a plan only
         # while the migration is a dry run (`Ledger.record(..., only_while_dry_run=True)`),
-        # so what it recorded before is requeued here, and nothing after.
-        await ledger.requeue(migration_id, [ObjectState.SKIPPED], skip_reasons=PLAN_REASONS)
+        # so what it recorded before is requeued here, and nothing after. A worklist key
+        # the plan found missing is looked for again: it may exist by now.
+        await ledger.requeue(
+            migration_id, [ObjectState.SKIPPED], skip_reasons=[*PLAN_REASONS, NOT_FOUND]
+        )
     return updated
 
 
