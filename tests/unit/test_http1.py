@@ -211,6 +211,12 @@ async def until(condition: Callable[[], object], what: str) -> None:
         await asyncio.sleep(0.001)
 
 
+async def client_waits(pool: HttpPool) -> None:
+    """Until a connection of the pool has taken in what arrived and waits for more (white
+    box): a server writing in pieces knows the client saw each piece on its own."""
+    await until(lambda: any(c._waiter is not None for c in pool._conns), "the client waiting")
+
+
 async def outcome(coro: Awaitable[object]) -> BaseException | None:
     """Run `coro` and return what it raised (None if it returned). Fails if it has not ended
     within PATIENCE: a guard that cannot be mistaken for a TimeoutError of the code tested."""
@@ -311,12 +317,10 @@ async def test_chunked_body_with_extensions_and_trailers() -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
         writer.write(b"5;name=value\r\nhello\r\n")
         await writer.drain()
-        # Pacing, not synchronisation: the client likely reads in the middle of the
-        # framing, and must parse the same whichever way the bytes arrive.
-        await asyncio.sleep(0.01)
+        await client_waits(pool)  # in the middle of the framing
         writer.write(b"1\r\n \r\n1A ; ext\r\n")
         await writer.drain()
-        await asyncio.sleep(0.01)
+        await client_waits(pool)
         # The last data and the end of the body in one write, so they arrive together.
         writer.write(b"abcdefghijklmnopqrstuvwxyz\r\n0\r\nx-checksum: 123\r\nx-other: 4\r\n\r\n")
 
@@ -344,8 +348,7 @@ async def test_body_until_close_without_length() -> None:
         for part in (b"first ", b"second ", b"third"):
             writer.write(part)
             await writer.drain()
-            # Pacing: a body trickling in until the close; read whole however it arrives.
-            await asyncio.sleep(0.01)
+            await client_waits(pool)  # the body arrives piece by piece until the close
         return False
 
     async with Server(respond) as server, HttpPool(scheme="http", limit=1) as pool:
@@ -380,8 +383,7 @@ async def test_interim_100_continue_is_skipped() -> None:
     async def respond(request: Request, reader: Any, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         await writer.drain()
-        # Pacing: the interim answer likely arrives on its own; skipped either way.
-        await asyncio.sleep(0.01)
+        await client_waits(pool)  # the interim answer arrived on its own
         writer.write(b"HTTP/1.1 102 Processing\r\nX-Progress: 1\r\n\r\n")
         writer.write(response(201, b"made", reason="Created"))
 
