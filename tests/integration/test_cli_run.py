@@ -136,9 +136,9 @@ async def test_kill_9_mid_copy_then_rerun_finishes_with_every_object_verified(
     assert interrupted, "the attempts the kill interrupted were not counted"
 
 
-def test_cli_status_report_and_approve_after_a_run(tmp_path: Path) -> None:
+def test_cli_status_report_and_approve_after_a_run(tmp_path: Path, postgres_dir: Path) -> None:
     """The read-only commands against an embedded ledger, as a user runs them."""
-    state = tmp_path / "state"
+    state = postgres_dir
     with LocalS3Server() as server:
         import boto3
 

@@ -30,13 +30,13 @@ def no_linger_end(monkeypatch: pytest.MonkeyPatch) -> None:
 def _count_listings(store: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record each listing the lookup starts (by its start-after)."""
     started: list[str] = []
-    original = store.objects.list_page
+    original = store.http.list_page
 
     async def list_page(*args: Any, **kwargs: Any) -> Any:
         started.append(kwargs.get("start_after") or "")
         return await original(*args, **kwargs)
 
-    monkeypatch.setattr(store.objects, "list_page", list_page)
+    monkeypatch.setattr(store.http, "list_page", list_page)
     return started
 
 
