@@ -42,7 +42,7 @@ from tests.k8s.test_operator import (
     wait_for,
 )
 from tests.support.cluster import ControlPlane, wait_until
-from tests.support.s3proxy import Delay, Deny, S3FaultProxy
+from tests.support.s3proxy import Delay, Deny, Hold, S3FaultProxy
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
@@ -286,8 +286,10 @@ async def test_a_ledger_outage_of_ninety_seconds_converges_to_cutover(
     source, target, expected = await seeded_buckets(k8s_cluster, ns, s3_server, s3_seed, objects)
     try:
         with S3FaultProxy(s3_server.endpoint_url) as proxy:
-            # Slow writes: the copy is still under way when the ledger goes.
-            proxy.add_rule(Delay(0.4), method="PUT", bucket=target)
+            # The last key's write waits for the test (rows are claimed in key order): the
+            # copy is still under way when the ledger goes, however fast the rest goes.
+            last = Hold()
+            proxy.add_rule(last, method="PUT", bucket=target, key=f"k/{objects - 1:03d}")
             apply_migration(
                 k8s_cluster, ns, name, proxy.endpoint_url, source, target,
                 copy={"concurrency": 2}, workers={"parallelism": 2},
@@ -298,9 +300,12 @@ async def test_a_ledger_outage_of_ninety_seconds_converges_to_cutover(
                 .get("succeeded", 0) >= 10,
                 what="ten objects verified", operator=operator,
             )  # fmt: skip
+            await last.arrived()
 
             own_ledger_server.stop_blocking()
             stopped = time.monotonic()
+            # Its result now has to be recorded while the ledger is away.
+            last.release()
             down = wait_for(
                 k8s_cluster, ns, name,
                 lambda r: condition(r, "LedgerUnavailable").get("status") == "True",
