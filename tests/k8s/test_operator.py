@@ -175,7 +175,7 @@ def wait_for(
 
 
 def wait_status_passes(
-    operator: OperatorProcess, namespace: str, name: str, passes: int = 3, timeout: float = 120
+    operator: OperatorProcess, namespace: str, name: str, passes: int = 3
 ) -> None:
     """Wait until the operator has finished ``passes`` more reconcile passes of a migration.
 
@@ -191,7 +191,7 @@ def wait_status_passes(
     start = count()
     wait_until(
         lambda: count() >= start + passes,
-        timeout=timeout,
+        timeout=60 + 10 * passes,
         what=f"{passes} more reconcile passes of {namespace}/{name}",
     )
 

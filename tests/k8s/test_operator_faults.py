@@ -40,6 +40,7 @@ from tests.k8s.test_operator import (
     seed_many,
     wait_cut_over,
     wait_for,
+    wait_status_passes,
 )
 from tests.support.cluster import ControlPlane, wait_until
 from tests.support.s3proxy import Delay, Deny, Hold, S3FaultProxy
@@ -59,19 +60,6 @@ def events_of(cluster: ControlPlane, namespace: str, name: str) -> list[dict[str
 
 def event_reasons(cluster: ControlPlane, namespace: str, name: str) -> list[str]:
     return [e["reason"] for e in events_of(cluster, namespace, name)]
-
-
-def reconciled(operator: OperatorProcess, namespace: str, name: str, passes: int) -> None:
-    """Wait until the operator has reconciled ``name`` ``passes`` more times."""
-    start = operator.metric("objmig_reconciles_total", namespace=namespace, migration=name)
-    wait_until(
-        lambda: (
-            operator.metric("objmig_reconciles_total", namespace=namespace, migration=name)
-            >= start + passes
-        ),
-        timeout=30 + 5 * passes,
-        what=f"{passes} more reconciles of {name}",
-    )
 
 
 async def seeded_buckets(
@@ -233,8 +221,8 @@ async def test_a_refused_job_and_other_standing_problems_say_so_once(
     )
 
     # Ten more passes each: no new Job, no new Event, no new pod.
-    reconciled(objmig_operator, ns, name, 10)
-    reconciled(objmig_operator, ns, "invalid", 10)
+    wait_status_passes(objmig_operator, ns, name, 10)
+    wait_status_passes(objmig_operator, ns, "invalid", 10)
     assert event_reasons(k8s_cluster, ns, name).count("JobRejected") == 1
     assert event_reasons(k8s_cluster, ns, "invalid").count("InvalidSpec") == 1
     assert event_reasons(k8s_cluster, ns, "orphan").count("MigrationNotFound") == 1
