@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from objmig.storage.types import CHECKSUM_ALGORITHMS, HeadResult
 
@@ -64,6 +65,16 @@ def same_answers(a: HeadResult, b: HeadResult) -> bool:
         and a.size == b.size
         and (a.version_id or "") == (b.version_id or "")
         and int(a.last_modified.timestamp()) == int(b.last_modified.timestamp())
+    )
+
+
+def told_apart(source_last_modified: datetime, copy_last_modified: datetime | None) -> bool:
+    """Whether a copy without objmig's mark answers unlike its source: written in another
+    second (HEADs show whole seconds). Otherwise `same_answers` holds for the two, and the
+    deletion gate must take them for one object reached twice (and never delete it).
+    `copy_last_modified` None: the store did not say, so they may not be told apart."""
+    return copy_last_modified is not None and int(copy_last_modified.timestamp()) != int(
+        source_last_modified.timestamp()
     )
 
 

@@ -108,6 +108,31 @@ async def part_layout(
 _COMMON_PART_SIZES_MIB = (8, 5, 16, 10, 15, 32, 50, 64, 100, 128, 256, 512, 1024)
 
 
+def uniform_layout_by_listing(size: int, count: int) -> PartLayout | None:
+    """Equal parts and a shorter last one, when the listing alone (size and the ETag's part
+    count) leaves one way to cut them: exactly one whole number of MiB does it.
+
+    Uploaders cut in whole MiB (aws-cli and boto3 8, the SDKs 5, rclone 5, s3cmd 15, ...);
+    with many parts only one such size fits at all (16 parts of 128 MiB: 8 MiB, nothing
+    else), with few several do, and then None: HEAD of part 1 must tell. A wrong guess
+    costs no proof: the copy's ETag then differs and `copy_object` copies again with every
+    part's size asked for (layout source "uniform").
+    """
+    if count < 2 or size <= 0:
+        return None
+    # Parts of p bytes make `count` parts when (count - 1) * p < size <= count * p.
+    smallest = math.ceil(size / count / MiB)
+    fitting = [
+        p for p in range(max(1, smallest), smallest + 2) if math.ceil(size / (p * MiB)) == count
+    ]
+    if len(fitting) != 1:
+        return None
+    part = fitting[0] * MiB
+    return PartLayout(
+        (part,) * (count - 1) + (size - part * (count - 1),), "uniform", multipart=True
+    )
+
+
 def _unsupported(exc: S3ResponseError) -> bool:
     """A store's way of saying "I do not implement this parameter" (not a transient error)."""
     return exc.status in (400, 405, 416, 501) or exc.code in ("NotImplemented", "InvalidArgument")

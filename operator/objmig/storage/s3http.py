@@ -37,6 +37,7 @@ from objmig.storage.errors import S3ResponseError
 from objmig.storage.http1 import HttpPool, HttpResponse
 from objmig.storage.s3wire import (
     child_text,
+    copy_result,
     head_result,
     local_name,
     response_error,
@@ -163,7 +164,8 @@ class S3HttpClient:
             "x-amz-copy-source": _copy_source(source_bucket, source_key, source_version_id),
         }
         async with self._request("CopyObject", "PUT", bucket, key, {}, headers) as response:
-            return write_result(response.headers, await result_etag("CopyObject", response))
+            etag, last_modified = await copy_result("CopyObject", response)
+            return write_result(response.headers, etag, last_modified)
 
     async def create_multipart_upload(
         self, bucket: str, key: str, headers: Mapping[str, str]

@@ -35,6 +35,7 @@ from objmig.storage.types import (
 _MAX_ERROR_BODY = 64 * 1024
 _XML_NS = re.compile(r"^\{[^}]*\}")
 _RESULT_ETAG = re.compile(rb"<ETag>([^<]*)</ETag>")
+_RESULT_LAST_MODIFIED = re.compile(rb"<LastModified>([^<]*)</LastModified>")
 
 
 def sse_c_headers(key: bytes | None, *, copy_source: bool = False) -> dict[str, str]:
@@ -141,11 +142,14 @@ def head_result(headers: Mapping[str, str], size: int) -> HeadResult:
     )
 
 
-def write_result(headers: Mapping[str, str], etag: str | None) -> WriteResult:
+def write_result(
+    headers: Mapping[str, str], etag: str | None, last_modified: datetime | None = None
+) -> WriteResult:
     return WriteResult(
         etag=normalise_etag(etag),
         version_id=version_or_none(headers.get("x-amz-version-id")),
         encryption=encryption_of(headers),
+        last_modified=last_modified,
     )
 
 
@@ -166,19 +170,38 @@ async def xml_body(operation: str, response: HttpResponse) -> ET.Element:
 
 
 async def result_etag(operation: str, response: HttpResponse) -> str:
-    """The ETag in a CopyObject / UploadPartCopy result document.
+    """The ETag in a CopyObject / UploadPartCopy result document."""
+    return (await copy_result(operation, response))[0]
+
+
+async def copy_result(operation: str, response: HttpResponse) -> tuple[str, datetime | None]:
+    """The ETag and LastModified in a CopyObject / UploadPartCopy result document.
 
     Every server-side copy reads one of these few hundred bytes, and building a parser
     for them cost more than the rest of the answer's handling. A plain document (no
-    declarations, no error, the ETag element unprefixed) gives up its ETag to a regular
-    expression; anything else is parsed, and an error document raised, as always.
+    declarations, no error, the ETag element unprefixed) gives up its fields to regular
+    expressions; anything else is parsed, and an error document raised, as always.
     """
     data = await response.read()
     if b"<!" not in data and b"Error>" not in data:
         found = _RESULT_ETAG.search(data)
         if found is not None:
-            return html.unescape(found.group(1).decode())
-    return child_text(xml_document(operation, response.status, data), "ETag")
+            modified = _RESULT_LAST_MODIFIED.search(data)
+            return (
+                html.unescape(found.group(1).decode()),
+                iso_datetime(modified.group(1).decode()) if modified else None,
+            )
+    root = xml_document(operation, response.status, data)
+    return child_text(root, "ETag"), iso_datetime(child_text(root, "LastModified"))
+
+
+def iso_datetime(value: str) -> datetime | None:
+    """An XML document's time (`2026-12-02T18:49:03.123Z`); None when absent or unreadable."""
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def xml_document(operation: str, status: int, data: bytes) -> ET.Element:

@@ -159,10 +159,33 @@ class HeadResult:
     checksum_type: str | None = None
     encryption: EncryptionInfo = field(default_factory=EncryptionInfo)
     tag_count: int = 0
+    #: Only what a listing says (ETag, size, last-modified, class, version): the
+    #: object's metadata, content headers, encryption, tags and checksums are unknown,
+    #: not empty. See `listed`.
+    listed_only: bool = False
 
     @property
     def is_multipart(self) -> bool:
         return multipart_part_count(self.etag) is not None
+
+    @classmethod
+    def listed(
+        cls,
+        etag: str,
+        size: int,
+        last_modified: datetime,
+        version_id: str | None = None,
+        storage_class: str | None = None,
+    ) -> HeadResult:
+        """An object as its listing showed it, standing in for a HEAD nobody made."""
+        return cls(
+            etag=normalise_etag(etag),
+            size=size,
+            last_modified=whole_seconds(last_modified),
+            version_id=version_or_none(version_id),
+            storage_class=storage_class or "STANDARD",
+            listed_only=True,
+        )
 
     def whole_checksums(self) -> dict[str, str]:
         """The additional checksums of the whole object's bytes, as ledger labels (see
@@ -197,11 +220,11 @@ def checksum_label(algorithm: str, value: str) -> str:
 class PartLayout:
     """Part sizes of an object and how we learned them.
 
-    `source`: "single" (not multipart), "head" (HEAD ?partNumber=n, exact), "uniform"
-    (equal parts read from HEAD of part 1 and the part count; the copy checks the resulting
-    ETag and asks for every part's size if it differs), "attributes"
-    (GetObjectAttributes ObjectParts, exact), "resized" (the copy's own part size, as
-    `copy.preservePartBoundaries: false` asks; another ETag), "guess" (equal parts
+    `source`: "single" (not multipart), "head" (HEAD ?partNumber=n, exact), "uniform" (equal
+    parts read from HEAD of part 1 and the part count, or implied by the listing alone; the
+    copy checks the resulting ETag and asks for every part's size if it differs),
+    "attributes" (GetObjectAttributes ObjectParts, exact), "resized" (the copy's own part
+    size, as `copy.preservePartBoundaries: false` asks; another ETag), "guess" (equal parts
     inferred from the ETag's part count: the store answered neither; the copy may then get
     another ETag, which verification reports) or "split" (a single-part object too big for
     one PUT or CopyObject, cut into parts by the copy; its ETag cannot be kept).
@@ -244,6 +267,8 @@ class WriteResult:
     etag: str
     version_id: str | None = None
     encryption: EncryptionInfo = field(default_factory=EncryptionInfo)
+    #: When the store says the object was written (CopyObject's result document).
+    last_modified: datetime | None = None
 
 
 class Body(Protocol):

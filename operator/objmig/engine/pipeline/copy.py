@@ -73,6 +73,8 @@ class CopyStep:
             etag=row.etag,
             sse_c_key=ctx.source_customer_key,
             head=source,
+            last_modified=row.last_modified,
+            storage_class=row.storage_class,
         )
         where = TargetObject(bucket=spec.target.bucket, key=sides.target_key(row))
         options = CopyOptions(

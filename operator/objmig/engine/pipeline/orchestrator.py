@@ -23,7 +23,12 @@ from objmig.engine.pipeline.sides import DEADLINE, Sides
 from objmig.engine.pipeline.steps import ApplicationSteps
 from objmig.engine.pipeline.verify import VerificationError, VerifyStep
 from objmig.ledger.models import ObjectRow, ObjectState, StepResult
-from objmig.storage.compare import first_kept_algorithm, looks_identical, metadata_difference
+from objmig.storage.compare import (
+    etags_comparable,
+    first_kept_algorithm,
+    looks_identical,
+    metadata_difference,
+)
 from objmig.storage.copy import TargetExistsError
 from objmig.storage.errors import ErrorClass, classify
 from objmig.storage.ratelimit import RateLimiter
@@ -156,15 +161,47 @@ class ObjectPipeline:
                 return self._missing(row)
             raise SourceChanged("the worklist's key did not exist at the scan; it does now")
         if row.state is ObjectState.COPIED:
-            source = await looks.head_source(row)
+            return await self._verify_copied(row)
+        looked = await self._look_at_source(row) if self._needs_source_head(row) else None
+        if isinstance(looked, StepResult):
+            return looked
+        source = looked
+        if spec.verify.verify_only:
+            assert source is not None
             target = await sides.head_target(row)
             if target is None:
-                # The copy we made is gone (someone deleted it): copy again.
-                return await self._copy_and_verify(row, source, create_only=True)
+                return outcomes.failed_now(
+                    row, "TargetMissing", "verifyOnly: no copy on the target"
+                )
             return self._verified(row, await self._verify.verify(row, source, target))
 
-        if not self._needs_source_head(row):
-            return await self._copy_and_verify(row, None, create_only=sides.create_only)
+        overwrite = spec.copy_.overwrite
+        look_first = multipart_part_count(row.etag) is not None or sides.ctx.server_side
+        if overwrite == "never" or sides.plan_only or (overwrite != "always" and look_first):
+            # Look before writing: `never` must not rely on stores honouring
+            # If-None-Match, a plan writes nothing, a multipart copy would move every part
+            # before a conditional completion could say the key was taken, and MinIO and
+            # moto ignore If-None-Match on CopyObject (AWS honours it).
+            target = await looks.target(row)
+            if target is not None:
+                return await self._existing_target(row, source or sides.listed(row), target)
+        if sides.plan_only:
+            return outcomes.skipped(row, PLAN_COPY)
+        return await self._copy_and_verify(row, source, create_only=sides.create_only)
+
+    async def _verify_copied(self, row: ObjectRow) -> StepResult:
+        """A row copied by an attempt that ended before its verification: verify it."""
+        source = await self._looks.head_source(row)
+        target = await self._sides.head_target(row)
+        if target is None:
+            # The copy we made is gone (someone deleted it): copy again.
+            return await self._copy_and_verify(row, source, create_only=True)
+        return self._verified(row, await self._verify.verify(row, source, target))
+
+    async def _look_at_source(self, row: ObjectRow) -> HeadResult | StepResult:
+        """HEAD the source before copying it; a StepResult when that ends the object
+        (an earlier in-place copy verified, a restore, metadata rules not met)."""
+        sides, looks = self._sides, self._looks
         if sides.replaces_original(row):
             current = await looks.head_source(row, check=False)
             if self._verify.is_earlier_copy(row, current):
@@ -179,28 +216,7 @@ class ObjectPipeline:
             source.metadata, sides.ctx.metadata_rules
         ):
             return outcomes.skipped(row, "MetadataNotMatched")
-
-        if spec.verify.verify_only:
-            target = await sides.head_target(row)
-            if target is None:
-                return outcomes.failed_now(
-                    row, "TargetMissing", "verifyOnly: no copy on the target"
-                )
-            return self._verified(row, await self._verify.verify(row, source, target))
-
-        overwrite = spec.copy_.overwrite
-        look_first = source.is_multipart or sides.ctx.server_side
-        if overwrite == "never" or sides.plan_only or (overwrite != "always" and look_first):
-            # Look before writing: `never` must not rely on stores honouring
-            # If-None-Match, a plan writes nothing, a multipart copy would move every part
-            # before a conditional completion could say the key was taken, and MinIO and
-            # moto ignore If-None-Match on CopyObject (AWS honours it).
-            target = await looks.target(row)
-            if target is not None:
-                return await self._existing_target(row, source, target)
-        if sides.plan_only:
-            return outcomes.skipped(row, PLAN_COPY)
-        return await self._copy_and_verify(row, source, create_only=sides.create_only)
+        return source
 
     async def _look(self, row: ObjectRow) -> StepResult:
         """copy.mode none: the object is verified where it is, once it is known to exist.
@@ -264,23 +280,27 @@ class ObjectPipeline:
         return outcomes.missing(row, fail=sides.spec.copy_.missing_objects == "Fail")
 
     def _needs_source_head(self, row: ObjectRow) -> bool:
-        """Whether a HEAD must come before the copy, or the copy's own reads suffice.
+        """Whether the pipeline must HEAD the source before the copy, or the listing and
+        the copy's own requests suffice.
 
-        A plain single-part object that the listing describes (ETag, size, a class that is
-        never archived) is copied by GET + PUT alone: the GET pins the scanned ETag and
-        brings every header a HEAD would. Everything else looks first.
+        The listing tells ETag, size and class; the copy pins the listed ETag on every
+        read (`If-Match`, `x-amz-copy-source-if-match`) and asks the store itself for what
+        else it needs (see `objmig.storage.copy.route`). A HEAD first is needed for what
+        the pipeline decides before copying: restores (a class that may be archived),
+        metadata rules, an in-place copy's proof, plans and verify-only runs, `never`,
+        and the checksum a server-side copy has its store compute (it is the source's).
         """
         sides = self._sides
         return (
             sides.plan_only
             or sides.spec.verify.verify_only
             or bool(sides.ctx.metadata_rules)
-            or sides.ctx.server_side
             or sides.replaces_original(row)
             or sides.spec.copy_.overwrite == "never"
             or not row.etag
-            or multipart_part_count(row.etag) is not None
+            or row.last_modified is None
             or row.storage_class not in _NEVER_ARCHIVED
+            or (sides.ctx.server_side and sides.by_checksum(None))
         )
 
     async def _existing_target(
@@ -295,6 +315,9 @@ class ObjectPipeline:
         ):
             if sides.plan_only:
                 return outcomes.skipped(row, PLAN_IDENTICAL)
+            if source.listed_only:
+                # Verifying a copy objmig did not just write compares what both say.
+                source = await self._looks.head_source(row)
             return self._verified(row, await self._verify.verify(row, source, target))
         if sides.spec.copy_.overwrite == "never":
             return outcomes.skipped(row, "TargetExistsDifferent")
@@ -321,23 +344,19 @@ class ObjectPipeline:
             if existing is None:
                 raise  # gone again already; the retry copies
             return await self._existing_target(row, taken.source, existing)
-        target: HeadResult | None
-        if sides.needs_target_head or sides.by_checksum(result.source):
-            # Metadata is proven by reading it back, not by what we asked the store to
-            # keep; so is a checksum the store computed.
-            target = await sides.head_target(row)
-            if target is None:
-                raise VerificationError("TargetMissing", "the copy is not visible on the target")
-        else:
-            # The write's own answer is the store's word on what it stored.
-            target = HeadResult(
-                etag=result.etag,
-                size=result.bytes,
-                last_modified=outcomes.now(),
-                version_id=result.version_id,
-                encryption=result.target_encryption,
-            )
-        proof = await self._verify.verify(row, result.source, target, written=result)
+        target = await self._verify.copy_as_written(row, result)
+        try:
+            proof = await self._verify.verify(row, result.source, target, written=result)
+        except VerificationError as failed:
+            if failed.code != "ETagMismatch" or not result.source.listed_only:
+                raise
+            # Copied on the listing's word, which does not tell the source's encryption:
+            # under SSE-KMS or SSE-C its ETag is no MD5. A HEAD tells; checksums decide.
+            source = await self._looks.head_source(row)
+            if etags_comparable(source, target):
+                raise
+            target = await self._verify.read_copy(row)
+            proof = await self._verify.verify(row, source, target, written=result)
         return self._verified(row, proof)
 
     def _verified(self, row: ObjectRow, proof: outcomes.Proof) -> StepResult:

@@ -46,6 +46,12 @@ class Sides:
             return row.target_key
         return self.ctx.target_key_for(row.key, row.last_modified or _EPOCH, row.etag)
 
+    def listed(self, row: ObjectRow) -> HeadResult:
+        """The source as the scan listed it, standing in for a HEAD nobody made."""
+        return HeadResult.listed(
+            row.etag, row.size, row.last_modified or _EPOCH, row.version_id, row.storage_class
+        )
+
     def replaces_original(self, row: ObjectRow) -> bool:
         """Whether the copy of `row` overwrites the very object it copies (one bucket, one
         key, no versioning to keep the original): the original's bytes are gone once the
@@ -64,12 +70,14 @@ class Sides:
 
     @property
     def needs_target_head(self) -> bool:
-        """Whether a copy's target is read back (HEAD) rather than taken from the write's
-        answer: its metadata is compared, or its last-modified is backfilled."""
+        """Whether a copy just written is read back (HEAD) rather than taken from the
+        write's answer: its last-modified is backfilled, and no write answer tells it.
+
+        Metadata never needs the read: the copy carries what it was written with (see
+        `VerifyStep.verify`).
+        """
         backfill = self.spec.backfill
-        return self.checks_metadata or (
-            backfill is not None and backfill.columns.last_modified is not None
-        )
+        return backfill is not None and backfill.columns.last_modified is not None
 
     @property
     def create_only(self) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from objmig.engine.pipeline.looks import Looks
-from objmig.engine.pipeline.outcomes import Proof
+from objmig.engine.pipeline.outcomes import Proof, now
 from objmig.engine.pipeline.sides import Sides
 from objmig.ledger.models import ObjectRow
 from objmig.storage.compare import (
@@ -97,7 +97,11 @@ class VerifyStep:
                 raise VerificationError(
                     "ChecksumMismatch", f"{algorithm} of target differs from source"
                 )
-        if self._sides.checks_metadata:
+        # A copy just written carries what it was written with: the source's metadata as
+        # the store copied it (directive COPY) or as objmig sent it (the source's own
+        # headers with the spec's changes). Reading it back would prove the store's
+        # honesty, not the copy; only a copy found on the target is compared.
+        if self._sides.checks_metadata and written is None:
             # What was meant: the source's metadata (none without preserveMetadata) with
             # the spec's changes.
             basis = source if spec.copy_.preserve_metadata else replace(source, metadata={})
@@ -109,6 +113,32 @@ class VerifyStep:
         return Proof(
             target.etag, target.version_id, source_checksum, target_checksum, target.last_modified
         )
+
+    async def copy_as_written(self, row: ObjectRow, written: CopyResult) -> HeadResult:
+        """The copy just made, as verification sees it: the write's own answer, or a HEAD
+        where it must tell what the answer does not.
+
+        The answer is the store's word on what it stored: the ETag and version, the
+        encryption. Only checksums the store computed of the copy are read with a HEAD
+        (`checksum` verification, or `etag` where encryption makes ETags opaque), and the
+        copy's last-modified where the backfill records it.
+        """
+        if self._sides.needs_target_head or self._sides.by_checksum(written.source):
+            return await self.read_copy(row)
+        return HeadResult(
+            etag=written.etag,
+            size=written.bytes,
+            last_modified=now(),
+            version_id=written.version_id,
+            encryption=written.target_encryption,
+        )
+
+    async def read_copy(self, row: ObjectRow) -> HeadResult:
+        """HEAD the copy on the target; it must be there."""
+        target = await self._sides.head_target(row)
+        if target is None:
+            raise VerificationError("TargetMissing", "the copy is not visible on the target")
+        return target
 
     def is_earlier_copy(self, row: ObjectRow, current: HeadResult) -> bool:
         """Whether the object in place of `row` is this migration's copy of it, written

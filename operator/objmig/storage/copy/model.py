@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 from objmig.storage.compare import MetadataChange, etag_is_content_md5
@@ -99,7 +100,8 @@ class SourceObject:
 
     `etag` and `size` are checked against what the store reports before any byte moves;
     empty `etag` skips the check. `head`: a HEAD the caller already made (saves one).
-    `part_sizes` empty means "find out" (HEAD ?partNumber=n).
+    `part_sizes` empty means "find out" (HEAD ?partNumber=n). `last_modified` and
+    `storage_class`: what the listing said, so a copy that needs no HEAD can stand for one.
     """
 
     bucket: str
@@ -110,6 +112,16 @@ class SourceObject:
     part_sizes: tuple[int, ...] = ()
     sse_c_key: bytes | None = field(default=None, repr=False)
     head: HeadResult | None = None
+    last_modified: datetime | None = None
+    storage_class: str | None = None
+
+    def listed(self) -> HeadResult | None:
+        """The object as its listing showed it, or None when the listing said too little."""
+        if not self.etag or self.size is None or self.last_modified is None:
+            return None
+        return HeadResult.listed(
+            self.etag, self.size, self.last_modified, self.version_id, self.storage_class
+        )
 
 
 @dataclass(frozen=True)
@@ -207,6 +219,11 @@ class CopyResult:
     layout_kept: bool = True
     target_encryption: EncryptionInfo = field(default_factory=EncryptionInfo)
     upload_id: str | None = None
+    #: When the store wrote the copy, where its answer says (CopyObject).
+    last_modified: datetime | None = None
+    #: How the copy's parts were cut (`PartLayout.source`): "uniform" ones were assumed
+    #: equal, so a differing ETag may mean only that the guess was wrong.
+    layout_source: str = "single"
     #: The additional checksum this copy had its store compute or check (its value on the
     #: target is the store's word on the bytes written); None: any the target shows came
     #: some other way, perhaps copied along from the source.

@@ -6,7 +6,7 @@ and what the result proves (`CopyResult.etag_matches_source`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlencode
 
 from objmig.storage.compare import etag_is_content_md5
@@ -44,16 +44,79 @@ class Plan:
     tags: dict[str, str] | None
 
 
-def single_part_by_listing(source: SourceObject, options: CopyOptions) -> bool:
-    """Whether the listing alone shows a plain single-part object (no HEAD needed)."""
+def single_part_by_listing(listed: HeadResult, options: CopyOptions) -> bool:
+    """Whether the listing shows a plain single-part object that one write copies whole."""
     return (
-        source.head is None
-        and bool(source.etag)
-        and source.size is not None
-        and source.size <= options.max_single_part_size
-        and (options.part_size is None or source.size <= options.part_size)
-        and multipart_part_count(source.etag) is None
+        not listed.is_multipart
+        and listed.size <= options.max_single_part_size
+        and (options.part_size is None or listed.size <= options.part_size)
     )
+
+
+def copies_metadata_unchanged(options: CopyOptions) -> bool:
+    """Whether a server-side copy may leave metadata to the store (directive COPY).
+
+    Only then can CopyObject go without a HEAD: REPLACE must name every metadata key and
+    content header, which only a HEAD tells. COPY cannot add a key either, so such a copy
+    carries no `objmig-migration` mark (see `plan_by_listing`).
+    """
+    return options.preserve_metadata and not options.metadata_change and not options.extra_metadata
+
+
+def multipart_by_listing(listed: HeadResult, options: CopyOptions) -> bool:
+    """Whether a multipart source may be copied in the layout its listing implies."""
+    return listed.is_multipart and options.part_size is None and not options.exact_layout
+
+
+def plan_by_listing(source: SourceObject, listed: HeadResult) -> Plan:
+    """A server-side single-part copy planned from the listing alone: CopyObject with
+    directive COPY (the store copies metadata, content headers and, with tagging directive
+    COPY, tags) pinned to the listed ETag by `x-amz-copy-source-if-match`.
+
+    Writing the migration's mark would take REPLACE and so a HEAD per object; without it,
+    a cleanup of leftovers keeps such a copy of a failed attempt (it cannot tell it from
+    an object someone else wrote) and the deletion gate tells source from copy by their
+    answers (a copy is written later than its source).
+    """
+    return Plan(
+        head=listed,
+        layout=PartLayout((listed.size,), "single", multipart=False),
+        version_id=source.version_id,
+        metadata={},
+        metadata_changed=False,
+        tags=None,
+    )
+
+
+async def head_by_first_part(
+    client: S3HttpClient, source: SourceObject, listed: HeadResult
+) -> tuple[HeadResult, PartLayout | None]:
+    """The source's headers and part layout from one HEAD `?partNumber=1` where a store
+    answers it with the object's headers (AWS, MinIO: the object's ETag, metadata and
+    content headers; the part's length and the part count), instead of a HEAD and a
+    HEAD of part 1. Elsewhere (moto gives the part's ETag) a plain HEAD.
+    """
+    count = multipart_part_count(listed.etag)
+    try:
+        first = await client.head(
+            source.bucket,
+            source.key,
+            version_id=listed.version_id,
+            part_number=1,
+            sse_c=source.sse_c_key,
+        )
+    except S3ResponseError:
+        first = None
+    if first is not None and first.etag == listed.etag and count and first.parts_count == count:
+        layout = None
+        last = listed.size - first.size * (count - 1)
+        if first.size > 0 and 0 < last <= first.size:
+            layout = PartLayout((first.size,) * (count - 1) + (last,), "uniform", multipart=True)
+        return replace(first, size=listed.size, parts_count=None), layout
+    head = await client.head(
+        source.bucket, source.key, version_id=source.version_id, sse_c=source.sse_c_key
+    )
+    return head, None
 
 
 def check_source(source: SourceObject, head: HeadResult) -> None:
@@ -71,24 +134,16 @@ def check_source(source: SourceObject, head: HeadResult) -> None:
 
 
 async def plan_copy(
-    client: S3HttpClient, source: SourceObject, options: CopyOptions, head: HeadResult
+    client: S3HttpClient,
+    source: SourceObject,
+    options: CopyOptions,
+    head: HeadResult,
+    layout: PartLayout | None = None,
 ) -> Plan:
+    """The plan for a copy of `head` (`layout`: the part layout, when already known)."""
     check_source(source, head)
-    count = multipart_part_count(head.etag)
-    given = source.part_sizes
-    if options.part_size is not None and (count is not None or head.size > options.part_size):
-        sizes = tuple(split_sizes(head.size, options.part_size)) or (0,)
-        layout = PartLayout(sizes, "resized", multipart=len(sizes) > 1)
-    elif given and sum(given) == head.size and (count is None or count == len(given)):
-        layout = PartLayout(tuple(given), "head" if count else "single", multipart=bool(count))
-    elif count is None:
-        layout = PartLayout((head.size,), "single", multipart=False)
-    elif options.exact_layout:
-        layout = await resolve_part_layout(
-            client, source.bucket, source.key, head.version_id, source.sse_c_key, head=head
-        )
-    else:
-        layout = await _multipart_layout(client, source, head, count)
+    if layout is None:
+        layout = await _layout(client, source, options, head)
     if not layout.multipart and head.size > options.max_single_part_size:
         # Some stores (MinIO) accept single PUTs above AWS's 5 GiB; neither PutObject nor
         # CopyObject can write those to S3, so they become multipart (new ETag).
@@ -101,6 +156,26 @@ async def plan_copy(
     if options.preserve_tags and layout.multipart:
         tags = await client.get_tags(source.bucket, source.key, head.version_id)
     return plan_for(source, options, head, layout, tags)
+
+
+async def _layout(
+    client: S3HttpClient, source: SourceObject, options: CopyOptions, head: HeadResult
+) -> PartLayout:
+    """How the copy of `head` is cut: the source's parts, or the copy's own size."""
+    count = multipart_part_count(head.etag)
+    given = source.part_sizes
+    if options.part_size is not None and (count is not None or head.size > options.part_size):
+        sizes = tuple(split_sizes(head.size, options.part_size)) or (0,)
+        return PartLayout(sizes, "resized", multipart=len(sizes) > 1)
+    if given and sum(given) == head.size and (count is None or count == len(given)):
+        return PartLayout(tuple(given), "head" if count else "single", multipart=bool(count))
+    if count is None:
+        return PartLayout((head.size,), "single", multipart=False)
+    if options.exact_layout:
+        return await resolve_part_layout(
+            client, source.bucket, source.key, head.version_id, source.sse_c_key, head=head
+        )
+    return await multipart_layout(client, source, head, count)
 
 
 def plan_for(
@@ -126,7 +201,7 @@ def plan_for(
     )
 
 
-async def _multipart_layout(
+async def multipart_layout(
     client: S3HttpClient, source: SourceObject, head: HeadResult, count: int
 ) -> PartLayout:
     """The source's parts: equal parts when part 1 and the part count allow it, else exact.
@@ -208,6 +283,8 @@ def copy_result(
         source_version_id=plan.version_id,
         etag_matches_source=(etag == plan.head.etag) if etag_proves_copy(plan, options) else None,
         layout_kept=plan.layout.exact,
+        layout_source=plan.layout.source,
+        last_modified=written.last_modified,
         target_encryption=written.encryption,
         upload_id=upload_id,
         checksum_algorithm=checksum_algorithm,

@@ -1,5 +1,18 @@
-"""`copy_object`: look at the source, plan the copy, and take the server-side or the
-streamed path; copy again with exact part sizes when equal parts were a wrong guess.
+"""`copy_object`: look at the source as little as the copy allows, plan it, and take the
+server-side or the streamed path; copy again with exact part sizes when equal parts were a
+wrong guess.
+
+Which request proves what, per path (docs/storage.md, "Requests per object"):
+
+- streamed, single-part: the GET (pinned by `If-Match` to the listed ETag) brings every
+  header a HEAD would, the PUT sends them: 2 requests;
+- server-side, single-part, metadata kept: CopyObject pinned by
+  `x-amz-copy-source-if-match`, directive COPY: 1 request;
+- streamed, multipart: the listing's size and part count imply the parts (else HEAD of
+  part 1 tells), the GET brings the headers: GET, create, N parts, complete;
+- server-side, multipart: HEAD `?partNumber=1` gives the headers and the parts (only a
+  HEAD can tell the metadata UploadPartCopy does not carry), the tags, create, N part
+  copies, complete.
 """
 
 from __future__ import annotations
@@ -7,13 +20,24 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+from objmig.storage.compare import told_apart
 from objmig.storage.copy.model import CopyOptions, CopyResult, SourceObject, TargetObject
-from objmig.storage.copy.planning import Plan, plan_copy, single_part_by_listing
+from objmig.storage.copy.planning import (
+    Plan,
+    copies_metadata_unchanged,
+    head_by_first_part,
+    multipart_by_listing,
+    multipart_layout,
+    plan_by_listing,
+    plan_copy,
+    single_part_by_listing,
+)
 from objmig.storage.copy.server_side import server_side_multipart, server_side_single
 from objmig.storage.copy.streamed import streamed_multipart, streamed_single
 from objmig.storage.errors import S3ResponseError, SourceChangedError
-from objmig.storage.parts import resolve_part_layout
+from objmig.storage.parts import resolve_part_layout, uniform_layout_by_listing
 from objmig.storage.s3http import S3HttpClient
+from objmig.storage.types import HeadResult, multipart_part_count
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +49,7 @@ async def copy_object(
     target: TargetObject,
     options: CopyOptions | None = None,
 ) -> CopyResult:
-    """Copy `source` to `target` (see the module docstring for the two paths).
+    """Copy `source` to `target` (see the module docstring for the paths).
 
     Raises `SourceChangedError` when the source no longer matches the scan,
     `ObjectArchivedError` when it needs a restore first, `TargetExistsError` for a
@@ -34,40 +58,110 @@ async def copy_object(
     `objmig.storage.errors.classify`).
     """
     options = options or CopyOptions()
-    if single_part_by_listing(source, options) and not options.server_side:
-        # The GET that reads the bytes also returns every header a HEAD would; its
-        # If-Match pins the scanned version. One request saved per small object.
-        try:
+    listed = source.listed() if source.head is None else None
+    try:
+        if listed is not None:
+            result = await _copy_by_listing(src_client, dst_client, source, target, options, listed)
+            if result is not None:
+                return await _again_if_guessed_wrong(
+                    src_client, dst_client, source, target, options, result
+                )
+        head = source.head
+        layout = None
+        if head is None and listed is not None and listed.is_multipart:
+            head, first_parts = await head_by_first_part(src_client, source, listed)
+            # Parts the copy cuts itself, or must know exactly, are not the first's.
+            layout = first_parts if multipart_by_listing(listed, options) else None
+        if head is None:
+            head = await src_client.head(
+                source.bucket, source.key, version_id=source.version_id, sse_c=source.sse_c_key
+            )
+        plan = await plan_copy(src_client, source, options, head, layout)
+        result = await _copy_planned(src_client, dst_client, source, target, options, plan)
+        return await _again_if_guessed_wrong(
+            src_client, dst_client, source, target, options, result, plan
+        )
+    except S3ResponseError as exc:
+        if exc.operation == "GetObject" and exc.status == 412:
+            # The GET's If-Match pins the listed (or HEADed) ETag: the source changed.
+            raise SourceChangedError(
+                f"s3://{source.bucket}/{source.key}: ETag is no longer {source.etag}"
+            ) from None
+        raise
+
+
+async def _copy_by_listing(
+    src_client: S3HttpClient,
+    dst_client: S3HttpClient,
+    source: SourceObject,
+    target: TargetObject,
+    options: CopyOptions,
+    listed: HeadResult,
+) -> CopyResult | None:
+    """The copy when the listing tells enough to go without a HEAD; None when it does not."""
+    if single_part_by_listing(listed, options):
+        if not options.server_side:
+            # The GET that reads the bytes also returns every header a HEAD would.
             return await streamed_single(src_client, dst_client, source, target, options, None)
-        except S3ResponseError as exc:
-            if exc.operation == "GetObject" and exc.status == 412:
-                # The GET stands in for the HEAD: its 412 is the scan-time check failing.
-                raise SourceChangedError(
-                    f"s3://{source.bucket}/{source.key}: ETag is no longer {source.etag}"
-                ) from None
-            raise
-    head = source.head or await src_client.head(
-        source.bucket, source.key, version_id=source.version_id, sse_c=source.sse_c_key
+        if copies_metadata_unchanged(options):
+            plan = plan_by_listing(source, listed)
+            result = await server_side_single(dst_client, source, target, options, plan)
+            if told_apart(listed.last_modified, result.last_modified):
+                return result
+            # Written in its source's second, the unmarked copy would answer like the
+            # source itself, and no cleanup could ever delete the source. Copy it again
+            # with the mark, which needs the source's headers (REPLACE), over our own copy.
+            log.debug(
+                "s3://%s/%s: copied in its source's second; marking it", target.bucket, target.key
+            )
+            head = await src_client.head(
+                source.bucket, source.key, version_id=source.version_id, sse_c=source.sse_c_key
+            )
+            again = replace(options, create_only=False)
+            marked = await plan_copy(src_client, source, again, head)
+            return await server_side_single(dst_client, source, target, again, marked)
+        return None
+    if options.server_side or not multipart_by_listing(listed, options):
+        return None
+    count = multipart_part_count(listed.etag) or 1
+    layout = uniform_layout_by_listing(listed.size, count) or await multipart_layout(
+        src_client, source, listed, count
     )
-    plan = await plan_copy(src_client, source, options, head)
-    result = await _copy_planned(src_client, dst_client, source, target, options, plan)
-    if result.etag_matches_source is False and plan.layout.source == "uniform":
-        # Equal parts were assumed from part 1 and the count; the ETag says the source's
-        # parts differ. Learn every part's size and copy again.
-        log.info(
-            "s3://%s/%s: parts are not equal; copying again with exact sizes",
-            source.bucket,
-            source.key,
-        )
-        exact = await resolve_part_layout(
-            src_client, source.bucket, source.key, plan.version_id, source.sse_c_key, head=head
-        )
+    return await streamed_multipart(
+        src_client, dst_client, source, target, options, None, layout=layout
+    )
+
+
+async def _again_if_guessed_wrong(
+    src_client: S3HttpClient,
+    dst_client: S3HttpClient,
+    source: SourceObject,
+    target: TargetObject,
+    options: CopyOptions,
+    result: CopyResult,
+    plan: Plan | None = None,
+) -> CopyResult:
+    """Copy again with every part's size asked for when equal parts were assumed (from
+    part 1 and the count, or from the listing) and the ETag says the parts differ."""
+    if result.etag_matches_source is not False or result.layout_source != "uniform":
+        return result
+    log.info(
+        "s3://%s/%s: parts are not equal; copying again with exact sizes",
+        source.bucket,
+        source.key,
+    )
+    head = result.source
+    exact = await resolve_part_layout(
+        src_client, source.bucket, source.key, result.source_version_id, source.sse_c_key, head=head
+    )
+    # The first copy took the key (create-only or not): the second replaces our own
+    # object, so If-None-Match would only refuse it.
+    again = replace(options, create_only=False)
+    if plan is not None:
         plan = replace(plan, layout=exact)
-        # The first copy took the key (create-only or not): the second replaces our own
-        # object, so If-None-Match would only refuse it.
-        again = replace(options, create_only=False)
-        result = await _copy_planned(src_client, dst_client, source, target, again, plan)
-    return result
+    else:
+        plan = await plan_copy(src_client, source, again, head, exact)
+    return await _copy_planned(src_client, dst_client, source, target, again, plan)
 
 
 async def _copy_planned(

@@ -138,16 +138,52 @@ async def streamed_multipart(
     source: SourceObject,
     target: TargetObject,
     options: CopyOptions,
-    plan: Plan,
+    plan: Plan | None,
+    layout: PartLayout | None = None,
 ) -> CopyResult:
+    """One GET piped into UploadParts. Without a `plan`, the GET's headers make it, with
+    `layout` (the parts the listing implies): the upload is created once they are read.
+
+    One GET for the whole object, front to back (stores like moto read the whole object
+    for every ranged GET), so its SHA-256 is simply taken as it goes.
+    """
+    sizes = plan.layout.sizes if plan is not None else layout.sizes if layout else ()
+    ranges = byte_ranges(sizes)
+    whole_object = src_client.get(
+        source.bucket,
+        source.key,
+        version_id=plan.version_id if plan else source.version_id,
+        if_match=plan.head.etag if plan else source.etag,
+        byte_range=(ranges[0][0], ranges[-1][1]),
+        sse_c=source.sse_c_key,
+    )
+    async with whole_object as got:
+        if plan is None:
+            assert layout is not None
+            check_source(source, got.head)
+            tags = None
+            if options.preserve_tags and got.head.tag_count:
+                tags = await src_client.get_tags(source.bucket, source.key, got.head.version_id)
+            plan = plan_for(source, options, got.head, layout, tags)
+        return await _upload_streamed(dst_client, source, target, options, plan, got.body)
+
+
+async def _upload_streamed(
+    dst_client: S3HttpClient,
+    source: SourceObject,
+    target: TargetObject,
+    options: CopyOptions,
+    plan: Plan,
+    body: Body,
+) -> CopyResult:
+    """The multipart upload of `body` (the GET of the whole object) in `plan`'s parts."""
     ranges = byte_ranges(plan.layout.sizes)
     window = max(1, options.part_concurrency)
     read_ahead = options.read_ahead if window > 1 else None
-    # One GET reads the object front to back, so its SHA-256 is simply taken as it goes.
     digest = hashlib.sha256() if options.compute_sha256 else None
     part_md5 = not etag_proves_copy(plan, options)
 
-    def part_stream(index: int, body: Body) -> PartStream:
+    def part_stream(index: int) -> PartStream:
         first, last = ranges[index]
         return PartStream(
             body,
@@ -160,7 +196,7 @@ async def streamed_multipart(
         )
 
     async def upload(
-        upload_id: str, index: int, stream: PartStream, body: bytes | PartStream
+        upload_id: str, index: int, stream: PartStream, data: bytes | PartStream
     ) -> str:
         try:
             written = await dst_client.upload_part(
@@ -168,7 +204,7 @@ async def streamed_multipart(
                 target.key,
                 upload_id,
                 index + 1,
-                body,
+                data,
                 stream.length,
                 sse_c=options.encryption.sse_c_key,
             )
@@ -190,10 +226,9 @@ async def streamed_multipart(
             read_ahead.give(stream.length)
 
     async def copy_parts(upload_id: str) -> list[str]:
-        # One GET for the whole object (stores like moto read the whole object for every
-        # ranged GET). Up to `window` parts upload at once: while one streams, the parts
-        # after it are read into memory as far as the shared read-ahead budget allows;
-        # without room, the next part streams straight from the GET when its turn comes.
+        # Up to `window` parts upload at once: while one streams, the parts after it are
+        # read into memory as far as the shared read-ahead budget allows; without room,
+        # the next part streams straight from the GET when its turn comes.
         etags = [""] * len(ranges)
         uploads: dict[asyncio.Task[str], int] = {}
 
@@ -203,29 +238,20 @@ async def streamed_multipart(
                 etags[uploads.pop(task)] = task.result()
 
         try:
-            whole_object = src_client.get(
-                source.bucket,
-                source.key,
-                version_id=plan.version_id,
-                if_match=plan.head.etag,
-                byte_range=(ranges[0][0], ranges[-1][1]),
-                sse_c=source.sse_c_key,
-            )
-            async with whole_object as got:
-                for index in range(len(ranges)):
-                    while len(uploads) >= window:
-                        await settle(asyncio.FIRST_COMPLETED)
-                    stream = part_stream(index, got.body)
-                    if read_ahead is not None and read_ahead.try_take(stream.length):
-                        try:
-                            data = await stream.collect()
-                        except BaseException:
-                            read_ahead.give(stream.length)
-                            raise
-                        task = asyncio.create_task(upload_held(upload_id, index, stream, data))
-                        uploads[task] = index
-                    else:
-                        etags[index] = await upload(upload_id, index, stream, stream)
+            for index in range(len(ranges)):
+                while len(uploads) >= window:
+                    await settle(asyncio.FIRST_COMPLETED)
+                stream = part_stream(index)
+                if read_ahead is not None and read_ahead.try_take(stream.length):
+                    try:
+                        data = await stream.collect()
+                    except BaseException:
+                        read_ahead.give(stream.length)
+                        raise
+                    task = asyncio.create_task(upload_held(upload_id, index, stream, data))
+                    uploads[task] = index
+                else:
+                    etags[index] = await upload(upload_id, index, stream, stream)
             while uploads:
                 await settle(asyncio.FIRST_EXCEPTION)
         finally:
