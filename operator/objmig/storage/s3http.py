@@ -319,7 +319,30 @@ class S3HttpClient:
         max_keys: int = 1000,
     ) -> tuple[list[ObjectInfo], str | None]:
         """One ListObjectsV2 page: the objects and the token of the next page (None: last)."""
+        objects, _, token = await self.list_level(
+            bucket,
+            prefix,
+            start_after=start_after,
+            continuation_token=continuation_token,
+            max_keys=max_keys,
+        )
+        return objects, token
+
+    async def list_level(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        delimiter: str | None = None,
+        start_after: str | None = None,
+        continuation_token: str | None = None,
+        max_keys: int = 1000,
+    ) -> tuple[list[ObjectInfo], list[str], str | None]:
+        """One ListObjectsV2 page, with `delimiter` rolling keys up into common prefixes:
+        the objects, the common prefixes and the token of the next page (None: last)."""
         query = {"list-type": "2", "prefix": prefix, "max-keys": str(max_keys)}
+        if delimiter:
+            query["delimiter"] = delimiter
         if start_after:
             query["start-after"] = start_after
         if continuation_token:
@@ -327,8 +350,13 @@ class S3HttpClient:
         async with self._request("ListObjectsV2", "GET", bucket, "", query, {}) as response:
             root = await xml_body("ListObjectsV2", response)
         objects = []
+        prefixes = []
         for element in root:
-            if local_name(element.tag) != "Contents":
+            name = local_name(element.tag)
+            if name == "CommonPrefixes":
+                prefixes.append(child_text(element, "Prefix"))
+                continue
+            if name != "Contents":
                 continue
             fields = {local_name(child.tag): child.text or "" for child in element}
             objects.append(
@@ -342,7 +370,8 @@ class S3HttpClient:
                 )
             )
         truncated = child_text(root, "IsTruncated") == "true"
-        return objects, (child_text(root, "NextContinuationToken") or None) if truncated else None
+        token = (child_text(root, "NextContinuationToken") or None) if truncated else None
+        return objects, prefixes, token
 
     async def list_objects(
         self,
