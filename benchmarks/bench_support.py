@@ -12,7 +12,12 @@ Kept apart from the benchmark so the measuring code is easy to review on its own
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import socket
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -70,6 +75,107 @@ class TreeSampler:
                 self.peak_root = max(self.peak_root, rss)
         self.peak_tree = max(self.peak_tree, total)
         self.peak_processes = max(self.peak_processes, len(processes))
+
+
+CACHE = Path(os.environ.get("OBJMIG_CACHE") or Path.home() / ".cache" / "objmig")
+
+
+def find_toxiproxy() -> str | None:
+    """toxiproxy-server built by scripts/toxiproxy.sh (or on PATH)."""
+    candidates = sorted((CACHE / "toxiproxy").glob("*/bin/toxiproxy-server"), reverse=True)
+    return str(candidates[0]) if candidates else shutil.which("toxiproxy-server")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class LatencyProxy:
+    """A TCP proxy on loopback that delays every byte by half a round trip each way.
+
+    Real stores are tens of milliseconds away; a loopback S3 server answers in well under
+    one. This kernel has no netem qdisc (CONFIG_NET_SCH_NETEM is off, so a veth pair in a
+    network namespace cannot be given a delay), hence toxiproxy: its latency toxic holds
+    each chunk of data for `rtt_ms / 2` on the way up and again on the way down, so a
+    request and its answer take `rtt_ms` longer, and streams keep their throughput.
+    """
+
+    def __init__(self, upstream: str, rtt_ms: float, binary: str) -> None:
+        self.upstream = upstream  # host:port
+        self.rtt_ms = rtt_ms
+        self.binary = binary
+        self.api_port = free_port()
+        self.listen_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listen_port}"
+
+    def __enter__(self) -> LatencyProxy:
+        self.process = subprocess.Popen(
+            [self.binary, "-host", "127.0.0.1", "-port", str(self.api_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self._api("GET", "/version")
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError("toxiproxy-server did not start") from None
+                time.sleep(0.1)
+        self._api(
+            "POST",
+            "/proxies",
+            {
+                "name": "s3",
+                "listen": f"127.0.0.1:{self.listen_port}",
+                "upstream": self.upstream,
+                "enabled": True,
+            },
+        )
+        for stream in ("upstream", "downstream"):
+            self._api(
+                "POST",
+                "/proxies/s3/toxics",
+                {
+                    "name": f"latency-{stream}",
+                    "type": "latency",
+                    "stream": stream,
+                    "toxicity": 1.0,
+                    "attributes": {"latency": round(self.rtt_ms / 2), "jitter": 0},
+                },
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the proxy has used so far (it shares the cores too)."""
+        if self.process is None:
+            return 0.0
+        times = psutil.Process(self.process.pid).cpu_times()
+        return float(times.user + times.system)
+
+    def _api(self, method: str, path: str, body: object | None = None) -> object:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.api_port}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read()
+        return json.loads(text) if text else None
 
 
 class MetricsMinio(LocalMinio):

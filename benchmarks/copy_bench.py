@@ -74,10 +74,12 @@ from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_support import (
+    LatencyProxy,
     MetricsMinio,
     MinioRequests,
     MotoRequests,
     TreeSampler,
+    find_toxiproxy,
     format_profile,
     summarise_profile,
 )
@@ -99,9 +101,13 @@ TOOLS = (
     "objmig-serverSide",
     "rclone-stream",
     "rclone-serverSide",
+    "s3sync-stream",
+    "s3sync-serverSide",
     "aws-cli",
     "floor",
 )
+#: Tools whose rows are compared with objmig's (the peers issue 22 names).
+PEERS = ("rclone", "s3sync", "aws-cli")
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,7 @@ class Result:
     etag_mismatch: int = 0
     server_cpu_seconds: float = 0.0
     ledger_cpu_seconds: float = 0.0
+    proxy_cpu_seconds: float = 0.0  # the latency proxy's (--latency-ms), not the tool's
     note: str = ""
     profile: dict[str, float] = field(default_factory=dict)
     repetition: int = 1
@@ -327,6 +334,14 @@ class Context:
     rclone: str | None
     aws: str | None
     ledger_pid: int | None
+    s3sync: str | None = None
+    #: The latency proxy in front of the server, when --latency-ms asks for one.
+    proxy: LatencyProxy | None = None
+
+    @property
+    def url(self) -> str:
+        """Where the tools reach the server: through the latency proxy, if any."""
+        return self.proxy.url if self.proxy is not None else self.server.url
 
 
 def objmig_command(ctx: Context, run_id: str, source: str, target: str, mode: str) -> list[str]:
@@ -337,14 +352,14 @@ def objmig_command(ctx: Context, run_id: str, source: str, target: str, mode: st
         "metadata": {"name": run_id, "namespace": "default"},
         "spec": {
             "source": {
-                "endpoint": ctx.server.url,
+                "endpoint": ctx.url,
                 "region": "us-east-1",
                 "addressingStyle": "path",
                 "bucket": source,
                 "credentialsSecretRef": {"name": SECRET_NAME},
             },
             "target": {
-                "endpoint": ctx.server.url,
+                "endpoint": ctx.url,
                 "region": "us-east-1",
                 "addressingStyle": "path",
                 "bucket": target,
@@ -405,7 +420,7 @@ def rclone_command(
             {
                 prefix + "TYPE": "s3",
                 prefix + "PROVIDER": "Minio" if ctx.server.kind == "minio" else "Other",
-                prefix + "ENDPOINT": ctx.server.url,
+                prefix + "ENDPOINT": ctx.url,
                 prefix + "ACCESS_KEY_ID": ctx.server.access_key,
                 prefix + "SECRET_ACCESS_KEY": ctx.server.secret_key,
                 prefix + "REGION": "us-east-1",
@@ -476,16 +491,57 @@ def aws_command(ctx: Context, source: str, target: str) -> tuple[list[str], dict
         f"s3://{target}",
         "--recursive",
         "--endpoint-url",
-        ctx.server.url,
+        ctx.url,
         "--only-show-errors",
         "--no-progress",
     ]
     return command, env
 
 
+def s3sync_command(
+    ctx: Context, source: str, target: str, server_side: bool
+) -> tuple[list[str], dict[str, str]]:
+    """s3sync between the buckets: `--worker-size` = objmig's concurrency, parts of the
+    same size, `--max-parallel-uploads` = part concurrency; its default verification
+    (the ETag of what it wrote against the source's) is on."""
+    assert ctx.s3sync is not None
+    args = ctx.args
+    part = f"{args.part_size // MiB}MiB"
+    command = [ctx.s3sync]
+    for side in ("source", "target"):
+        command += [
+            f"--{side}-endpoint-url",
+            ctx.url,
+            f"--{side}-region",
+            "us-east-1",
+            f"--{side}-force-path-style",
+        ]
+    command += [
+        "--worker-size",
+        str(args.concurrency),
+        "--max-parallel-uploads",
+        str(args.part_concurrency),
+        "--multipart-threshold",
+        part,
+        "--multipart-chunksize",
+        part,
+        "--show-no-progress",
+    ]
+    if server_side:
+        command.append("--server-side-copy")
+    command += [f"s3://{source}", f"s3://{target}"]
+    env = dict(os.environ)
+    # Credentials through its environment, never on a command line others can read.
+    for side in ("SOURCE", "TARGET"):
+        env[f"{side}_ACCESS_KEY"] = ctx.server.access_key
+        env[f"{side}_SECRET_ACCESS_KEY"] = ctx.server.secret_key
+    return command, env
+
+
 def run_tool(ctx: Context, tool: str, workload: Workload, source: str, index: int) -> Result | None:
     server = ctx.server
     mode = "serverSide" if tool.endswith("serverSide") or tool == "aws-cli" else "stream"
+    proxy_cpu_before = ctx.proxy.cpu_seconds() if ctx.proxy is not None else 0.0
     target = f"bench-{workload.name}-{index:02d}"
     run_id = f"bench-{server.kind}-{workload.name}-{tool.lower()}-{int(time.time())}"
     env = dict(os.environ)
@@ -496,7 +552,7 @@ def run_tool(ctx: Context, tool: str, workload: Workload, source: str, index: in
             sys.executable,
             str(Path(__file__).resolve().parent / "floor_copy.py"),
             "--endpoint",
-            server.url,
+            ctx.url,
             "--access-key",
             server.access_key,
             "--secret-key",
@@ -516,6 +572,10 @@ def run_tool(ctx: Context, tool: str, workload: Workload, source: str, index: in
         if ctx.rclone is None:
             return None
         command, env = rclone_command(ctx, source, target, mode == "serverSide")
+    elif tool.startswith("s3sync"):
+        if ctx.s3sync is None:
+            return None
+        command, env = s3sync_command(ctx, source, target, mode == "serverSide")
     else:
         if ctx.aws is None:
             return None
@@ -567,6 +627,7 @@ def run_tool(ctx: Context, tool: str, workload: Workload, source: str, index: in
         # Only objmig uses the ledger; the other rows read the idle server's background.
         ledger_cpu_seconds=ledger_cpu if tool.startswith("objmig") else 0.0,
         requests=server.requests_between(before, after, mode == "serverSide"),
+        proxy_cpu_seconds=(ctx.proxy.cpu_seconds() - proxy_cpu_before) if ctx.proxy else 0.0,
     )
     check_target(ctx, result, source, target, strict_etag=tool.startswith("objmig"))
     if tool.startswith("objmig"):
@@ -690,27 +751,62 @@ def markdown(results: list[Result]) -> str:
 
 
 def medians(results: list[Result]) -> str:
-    """Per tool: the median wall time of its repetitions, and objmig's median over it."""
-    walls: dict[tuple[str, str, str, str], list[float]] = {}
+    """Per tool: the medians of its repetitions (wall time, CPU of the tool, the ledger and
+    the server, requests per object), objmig's speed over it, and per workload and mode
+    objmig against the fastest peer."""
+    runs: dict[tuple[str, str, str, str], list[Result]] = {}
     for r in results:
         if r.ok:
-            walls.setdefault((r.server, r.workload, r.tool, r.mode), []).append(r.seconds)
+            runs.setdefault((r.server, r.workload, r.tool, r.mode), []).append(r)
+
+    def median_of(key: tuple[str, str, str, str], field: str) -> float:
+        return statistics.median(getattr(r, field) for r in runs[key])
+
     lines = [
         "| server | workload | tool | mode | runs | median wall s | min | max "
-        "| objmig speed ÷ tool (medians) |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        "| objmig speed ÷ tool (medians) | CPU s | ledger CPU s | S3 server CPU s "
+        "| S3 req/object |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for (server, workload, tool, mode), seconds in walls.items():
+    for key, group in runs.items():
+        server, workload, tool, mode = key
+        seconds = [r.seconds for r in group]
         median = statistics.median(seconds)
-        mine = walls.get((server, workload, "objmig", mode))
-        ratio = f"{median / statistics.median(mine):.2f}" if mine and tool != "objmig" else ""
+        mine = (server, workload, "objmig", mode)
+        ratio = (
+            f"{median / median_of(mine, 'seconds'):.2f}"
+            if mine in runs and tool != "objmig"
+            else ""
+        )
         lines.append(
             f"| {server} | {workload} | {tool} | {mode} | {len(seconds)} | {median:.1f} "
-            f"| {min(seconds):.1f} | {max(seconds):.1f} | {ratio} |"
+            f"| {min(seconds):.1f} | {max(seconds):.1f} | {ratio} "
+            f"| {median_of(key, 'cpu_seconds'):.1f} | {median_of(key, 'ledger_cpu_seconds'):.1f} "
+            f"| {median_of(key, 'server_cpu_seconds'):.1f} "
+            f"| {median_of(key, 'requests_per_object'):.2f} |"
+        )
+    best = [
+        "| server | workload | mode | objmig median s | fastest peer | its median s "
+        "| objmig speed ÷ fastest peer |",
+        "|---|---|---|---:|---|---:|---:|",
+    ]
+    for key in runs:
+        server, workload, tool, mode = key
+        if tool != "objmig":
+            continue
+        peers = [k for k in runs if k[:2] == key[:2] and k[3] == mode and k[2] in PEERS]
+        if not peers:
+            continue
+        fastest = min(peers, key=lambda k: median_of(k, "seconds"))
+        mine = median_of(key, "seconds")
+        theirs = median_of(fastest, "seconds")
+        best.append(
+            f"| {server} | {workload} | {mode} | {mine:.1f} | {fastest[2]} | {theirs:.1f} "
+            f"| {theirs / mine:.2f} |"
         )
     return (
         "(median of the repetitions; objmig speed ÷ tool above 1.00 means objmig was faster)"
-        "\n\n" + "\n".join(lines)
+        "\n\n" + "\n".join(lines) + "\n\n" + "\n".join(best)
     )
 
 
@@ -742,8 +838,17 @@ def find_rclone(explicit: str | None) -> str | None:
 def find_aws(explicit: str | None) -> str | None:
     if explicit:
         return explicit
-    candidate = CACHE / "awscli-venv" / "bin" / "aws"
-    return str(candidate) if candidate.exists() else shutil.which("aws")
+    candidates = sorted((CACHE / "awscli").glob("*/bin/aws"), reverse=True)
+    candidates.append(CACHE / "awscli-venv" / "bin" / "aws")
+    found = next((c for c in candidates if c.exists()), None)
+    return str(found) if found else shutil.which("aws")
+
+
+def find_s3sync(explicit: str | None) -> str | None:
+    if explicit:
+        return explicit
+    candidates = sorted((CACHE / "s3sync").glob("*/bin/s3sync"), reverse=True)
+    return str(candidates[0]) if candidates else shutil.which("s3sync")
 
 
 def precompile_objmig() -> None:
@@ -816,7 +921,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--database-url", help="ledger for objmig (default: an embedded PostgreSQL)")
     p.add_argument("--fast-ledger", action="store_true", help="embedded PostgreSQL without fsync")
     p.add_argument("--rclone", help="rclone binary (default: scripts/rclone.sh cache, PATH)")
-    p.add_argument("--aws", help="aws binary (default: ~/.cache/objmig/awscli-venv, PATH)")
+    p.add_argument("--aws", help="aws binary (default: scripts/awscli.sh cache, PATH)")
+    p.add_argument("--s3sync", help="s3sync binary (default: scripts/s3sync.sh cache, PATH)")
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="round-trip time added between every tool and the server (toxiproxy, built by "
+        "scripts/toxiproxy.sh): a WAN instead of loopback",
+    )
     p.add_argument("--keep-targets", action="store_true", help="do not delete target buckets")
     p.add_argument(
         "--repeat",
@@ -874,12 +987,16 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown tools: {sorted(unknown)}")
     servers = ("moto", "minio") if args.server == "both" else (args.server,)
-    rclone, aws = find_rclone(args.rclone), find_aws(args.aws)
+    rclone, aws, s3sync = find_rclone(args.rclone), find_aws(args.aws), find_s3sync(args.s3sync)
+    toxiproxy = find_toxiproxy() if args.latency_ms > 0 else None
+    if args.latency_ms > 0 and toxiproxy is None:
+        raise SystemExit("--latency-ms needs toxiproxy-server: run scripts/toxiproxy.sh")
     precompile_objmig()
     versions = {
         "objmig": tool_version([sys.executable, "-m", "objmig", "--version"]),
         "rclone": tool_version([rclone, "version"]) if rclone else "missing",
         "aws-cli": tool_version([aws, "--version"]) if aws else "missing",
+        "s3sync": tool_version([s3sync, "--version"]) if s3sync else "missing",
     }
     header = (
         f"date {dt.datetime.now().astimezone().isoformat(timespec='seconds')}, "
@@ -893,14 +1010,21 @@ def main(argv: list[str] | None = None) -> int:
         f"objmig verify.metadata {str(args.verify_metadata).lower()}, "
         f"ledger {'--database-url' if args.database_url else 'embedded PostgreSQL'}"
         f"{' (fast: no fsync)' if args.fast_ledger else ' (durable defaults)'}; "
-        "objmig bytecode precompiled; before each run: sync, then wait for an idle server; "
+        + (
+            f"{args.latency_ms:g} ms round trip added by toxiproxy between tools and server; "
+            if args.latency_ms > 0
+            else "tools on loopback; "
+        )
+        + "objmig bytecode precompiled; before each run: sync, then wait for an idle server; "
         "tool order reversed every other repetition"
     )
     print(header, flush=True)
     if rclone is None:
         print("rclone not found: run scripts/rclone.sh (rclone rows skipped)", flush=True)
     if aws is None:
-        print("aws not found: pip install awscli into ~/.cache/objmig/awscli-venv", flush=True)
+        print("aws not found: run scripts/awscli.sh (aws-cli rows skipped)", flush=True)
+    if s3sync is None:
+        print("s3sync not found: run scripts/s3sync.sh (s3sync rows skipped)", flush=True)
 
     workdir_cm: Any = (
         contextlib.nullcontext(str(args.workdir))
@@ -914,8 +1038,16 @@ def main(argv: list[str] | None = None) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         with ledger_dsn(args, workdir) as (dsn, ledger_pid):
             for kind in servers:
-                with Server(kind) as server:
-                    ctx = Context(args, server, workdir, dsn, rclone, aws, ledger_pid)
+                with Server(kind) as server, contextlib.ExitStack() as stack:
+                    proxy = None
+                    if toxiproxy is not None:
+                        upstream = server.url.removeprefix("http://").rstrip("/")
+                        proxy = stack.enter_context(
+                            LatencyProxy(upstream, args.latency_ms, toxiproxy)
+                        )
+                    ctx = Context(
+                        args, server, workdir, dsn, rclone, aws, ledger_pid, s3sync, proxy
+                    )
                     for workload in workloads:
                         source = f"src-{workload.name}"
                         started = time.monotonic()
