@@ -254,6 +254,13 @@ class S3HttpClient:
         ):
             pass
 
+    async def delete_version(self, bucket: str, key: str, version_id: str) -> None:
+        """DeleteObject of one version, named by its id (never the key's current object)."""
+        async with self._request(
+            "DeleteObject", "DELETE", bucket, key, {"versionId": version_id}, {}
+        ):
+            pass
+
     async def get_tags(
         self, bucket: str, key: str, version_id: str | None = None
     ) -> dict[str, str]:

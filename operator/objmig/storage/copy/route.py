@@ -82,8 +82,10 @@ async def copy_object(
             src_client, dst_client, source, target, options, result, plan
         )
     except S3ResponseError as exc:
-        if exc.operation == "GetObject" and exc.status == 412:
-            # The GET's If-Match pins the listed (or HEADed) ETag: the source changed.
+        if exc.status == 412 and exc.operation in ("GetObject", "CopyObject", "UploadPartCopy"):
+            # Every read pins the listed (or HEADed) ETag (`If-Match`,
+            # `x-amz-copy-source-if-match`); a taken target was told apart before (it is
+            # a `TargetExistsError`): the source changed.
             raise SourceChangedError(
                 f"s3://{source.bucket}/{source.key}: ETag is no longer {source.etag}"
             ) from None
@@ -119,7 +121,9 @@ async def _copy_by_listing(
             )
             again = replace(options, create_only=False)
             marked = await plan_copy(src_client, source, again, head)
-            return await server_side_single(dst_client, source, target, again, marked)
+            final = await server_side_single(dst_client, source, target, again, marked)
+            await _drop_superseded_version(dst_client, target, result, final)
+            return final
         return None
     if options.server_side or not multipart_by_listing(listed, options):
         return None
@@ -130,6 +134,18 @@ async def _copy_by_listing(
     return await streamed_multipart(
         src_client, dst_client, source, target, options, None, layout=layout
     )
+
+
+async def _drop_superseded_version(
+    client: S3HttpClient, target: TargetObject, first: CopyResult, final: CopyResult
+) -> None:
+    """On a versioned target, a copy written again leaves the first as an older version:
+    a key's history would gain a version its source never had. That version is objmig's
+    own, written a moment ago and named by the id its write returned, so it goes. (A
+    suspended bucket's "null" version was overwritten by the second write already.)"""
+    version = first.version_id
+    if version and version != "null" and version != final.version_id:
+        await client.delete_version(target.bucket, target.key, version)
 
 
 async def _again_if_guessed_wrong(
@@ -161,7 +177,9 @@ async def _again_if_guessed_wrong(
         plan = replace(plan, layout=exact)
     else:
         plan = await plan_copy(src_client, source, again, head, exact)
-    return await _copy_planned(src_client, dst_client, source, target, again, plan)
+    final = await _copy_planned(src_client, dst_client, source, target, again, plan)
+    await _drop_superseded_version(dst_client, target, result, final)
+    return final
 
 
 async def _copy_planned(
