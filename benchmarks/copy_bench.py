@@ -1,13 +1,18 @@
-"""Copy benchmark (issue 3): objmig against rclone and aws-cli on the same local S3 server.
+"""Copy benchmark (issues 3, 22): objmig against rclone, s3sync and aws-cli on the same
+local S3 server.
 
 Usage::
 
-    scripts/rclone.sh                       # once: builds rclone into the cache
-    python3 -m venv ~/.cache/objmig/awscli-venv           # once: aws-cli in its own venv
-    ~/.cache/objmig/awscli-venv/bin/pip install awscli    # (it pins botocore exactly)
+    scripts/rclone.sh; scripts/s3sync.sh; scripts/awscli.sh   # once: the peers, cached
+    scripts/toxiproxy.sh                                       # once: for --latency-ms
     .venv/bin/python benchmarks/copy_bench.py --server both            # small + large
     .venv/bin/python benchmarks/copy_bench.py --server minio --huge    # + 2 x 1 GiB
     .venv/bin/python benchmarks/copy_bench.py --small-count 500 --large-count 2   # quick
+    .venv/bin/python benchmarks/copy_bench.py --server minio --latency-ms 20     # a WAN
+
+``--latency-ms`` puts toxiproxy between every tool and the server (this kernel has no netem
+qdisc for a veth pair in a network namespace): each request and its answer take that much
+longer, streams keep their throughput.
 
 For each server (moto's server mode and/or MinIO, both local child processes) and each
 workload, a source bucket is seeded once, then every tool copies it to a fresh target
@@ -20,6 +25,9 @@ bucket, one tool at a time:
 * ``rclone stream`` (two remotes, so rclone reads and writes the bytes itself) and
   ``rclone serverSide`` (one remote: rclone uses CopyObject / UploadPartCopy);
   ``--transfers`` = objmig's ``copy.concurrency``, 8 MiB parts.
+* ``s3sync stream`` and ``s3sync serverSide`` (``--server-side-copy``): ``--worker-size``
+  = objmig's concurrency, the same part size and part concurrency, its default
+  verification (the ETag of what it wrote) on.
 * ``aws-cli``: ``aws s3 cp --recursive`` between two buckets, which is always a server-side
   copy (CopyObject / UploadPartCopy); ``max_concurrent_requests`` = objmig's concurrency,
   8 MiB multipart threshold and chunk size.
