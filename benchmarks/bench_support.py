@@ -175,7 +175,9 @@ class LatencyProxy:
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             text = response.read()
-        return json.loads(text) if text else None
+            is_json = "json" in response.headers.get("Content-Type", "")
+        # GET /version answers plain text ("2.5.0"); the rest JSON.
+        return json.loads(text) if text and is_json else text
 
 
 class MetricsMinio(LocalMinio):
