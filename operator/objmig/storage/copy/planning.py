@@ -97,21 +97,9 @@ async def head_by_first_part(
     HEAD of part 1. Elsewhere (moto gives the part's ETag) a plain HEAD.
     """
     count = multipart_part_count(listed.etag)
-    try:
-        first = await client.head(
-            source.bucket,
-            source.key,
-            version_id=listed.version_id,
-            part_number=1,
-            sse_c=source.sse_c_key,
-        )
-    except S3ResponseError:
-        first = None
+    first = await _first_part(client, source, listed.version_id)
     if first is not None and first.etag == listed.etag and count and first.parts_count == count:
-        layout = None
-        last = listed.size - first.size * (count - 1)
-        if first.size > 0 and 0 < last <= first.size:
-            layout = PartLayout((first.size,) * (count - 1) + (last,), "uniform", multipart=True)
+        layout = _equal_parts(first, listed.size, count)
         return replace(first, size=listed.size, parts_count=None), layout
     head = await client.head(
         source.bucket, source.key, version_id=source.version_id, sse_c=source.sse_c_key
@@ -210,23 +198,33 @@ async def multipart_layout(
     the part count usually tell every size in one request; `copy_object` checks the
     resulting ETag and falls back to asking for every part when the guess was wrong.
     """
-    try:
-        first = await client.head(
-            source.bucket,
-            source.key,
-            version_id=head.version_id,
-            part_number=1,
-            sse_c=source.sse_c_key,
-        )
-    except S3ResponseError:
-        first = None
-    if first is not None and first.parts_count == count and first.size > 0:
-        last = head.size - first.size * (count - 1)
-        if 0 < last <= first.size:
-            return PartLayout((first.size,) * (count - 1) + (last,), "uniform", multipart=True)
-    return await resolve_part_layout(
+    first = await _first_part(client, source, head.version_id)
+    layout = _equal_parts(first, head.size, count) if first is not None else None
+    return layout or await resolve_part_layout(
         client, source.bucket, source.key, head.version_id, source.sse_c_key, head=head
     )
+
+
+async def _first_part(
+    client: S3HttpClient, source: SourceObject, version_id: str | None
+) -> HeadResult | None:
+    """HEAD `?partNumber=1`, or None where the store refuses it."""
+    try:
+        return await client.head(
+            source.bucket, source.key, version_id=version_id, part_number=1, sse_c=source.sse_c_key
+        )
+    except S3ResponseError:
+        return None
+
+
+def _equal_parts(first: HeadResult, size: int, count: int) -> PartLayout | None:
+    """`count` parts the size of the first and a shorter last one, if they add up."""
+    if first.parts_count != count or first.size <= 0:
+        return None
+    last = size - first.size * (count - 1)
+    if not 0 < last <= first.size:
+        return None
+    return PartLayout((first.size,) * (count - 1) + (last,), "uniform", multipart=True)
 
 
 def object_headers(target: TargetObject, options: CopyOptions, plan: Plan) -> dict[str, str]:
