@@ -11,7 +11,9 @@ A MinIO child process is seeded once with `prefixes x keys-per-prefix` empty obj
 (`p0042/k000123`), then both listings read every key through toxiproxy (each request and
 its answer `--latency-ms` later), `--repeat` times in turns (sequential first on odd
 rounds, fanned out first on even ones). Reported per listing: median wall seconds, keys/s,
-requests the server answered (its metrics), and the speed-up of the medians. Both listings
+requests the server answered (its metrics), MinIO's CPU seconds (on a small machine the
+server's CPU, not the round trip, can be what a parallel listing waits for), and the
+speed-up of the medians. Both listings
 must return the same keys in the same order, or the run fails.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
 import sys
 import time
@@ -27,6 +30,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import boto3  # type: ignore[import-untyped]
+import psutil  # type: ignore[import-untyped]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -112,34 +116,47 @@ def main(argv: list[str] | None = None) -> int:
                 credentials=endpoint.credentials,
             )
         counter = MinioRequests(minio.endpoint_url)
+        server = psutil.Process(minio.pid)
+
+        def server_cpu() -> float:
+            times = server.cpu_times()
+            return float(times.user + times.system)
+
         seconds: dict[str, list[float]] = {name: [] for name in LISTERS}
+        cpu: dict[str, list[float]] = {name: [] for name in LISTERS}
         requests: dict[str, list[float]] = {name: [] for name in LISTERS}
         reference: list[str] | None = None
         for round_ in range(args.repeat):
             order = list(LISTERS) if round_ % 2 == 0 else list(reversed(LISTERS))
             for name in order:
-                before = counter.snapshot()
+                before, cpu_before = counter.snapshot(), server_cpu()
                 wall, keys = asyncio.run(list_all(listed_through, LISTERS[name]))
                 after = counter.snapshot()
+                cpu[name].append(server_cpu() - cpu_before)
                 if reference is None:
                     reference = keys
                 if len(keys) != total or keys != reference:
                     raise SystemExit(f"{name}: {len(keys)} keys, not the {total} expected in order")
                 seconds[name].append(wall)
                 requests[name].append(sum(after.values()) - sum(before.values()))
-                print(f"  round {round_ + 1} {name:<11} {wall:7.2f}s", flush=True)
+                print(
+                    f"  round {round_ + 1} {name:<11} {wall:7.2f}s  server CPU "
+                    f"{cpu[name][-1]:6.2f}s  load {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
     rtt = f"{args.latency_ms:g} ms round trip (toxiproxy)" if args.latency_ms else "loopback"
     print(
         f"\n{args.prefixes} prefixes x {args.keys_per_prefix} keys = {total} keys, MinIO, {rtt}, "
         f"medians of {args.repeat}\n"
     )
-    print("| listing | median s | min | max | keys/s | requests |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| listing | median s | min | max | keys/s | requests | MinIO CPU s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name in LISTERS:
         median = statistics.median(seconds[name])
         print(
             f"| {name} | {median:.2f} | {min(seconds[name]):.2f} | {max(seconds[name]):.2f} "
-            f"| {total / median:,.0f} | {statistics.median(requests[name]):.0f} |"
+            f"| {total / median:,.0f} | {statistics.median(requests[name]):.0f} "
+            f"| {statistics.median(cpu[name]):.2f} |"
         )
     speedup = statistics.median(seconds["sequential"]) / statistics.median(seconds["fanned-out"])
     print(f"\nfanned-out speed / sequential speed: {speedup:.1f}x")
