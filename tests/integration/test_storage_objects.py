@@ -107,7 +107,9 @@ async def test_part_layout_of_single_and_multipart_objects(
 
     assert await part_layout(backend_http, bucket, "single") == [4321]
     assert list(layout.sizes) == sizes
-    assert layout.source == "head"
+    # MinIO lists every part's size in one GetObjectAttributes; moto lists none there
+    # (like AWS for objects uploaded without checksums), so each part is HEADed.
+    assert layout.source == ("attributes" if s3_backend.name == "minio" else "head")
     assert layout.exact
     assert multi.etag.endswith("-4")
 

@@ -1,7 +1,7 @@
 """Part layouts: the part sizes of a multipart object, so that a copy cut the same way
 gets the same ETag.
 
-HEAD ?partNumber=n first, GetObjectAttributes(ObjectParts) second, and an equal-parts
+GetObjectAttributes(ObjectParts) first, HEAD ?partNumber=n second, and an equal-parts
 guess from the ETag's part count last (see docs/storage.md, "HEAD, part layouts").
 """
 
@@ -33,16 +33,21 @@ async def resolve_part_layout(
 ) -> PartLayout:
     """Find the part sizes of an object so a copy can reproduce them (and its ETag).
 
-    HEAD with `PartNumber` is the primary way: AWS, MinIO and moto answer it with the
-    part's Content-Length and `x-amz-mp-parts-count`. GetObjectAttributes(ObjectParts) is
-    the fallback for stores without it (AWS only lists part sizes there for objects
-    uploaded with additional checksums), and an equal-parts guess the last resort.
+    GetObjectAttributes(ObjectParts) first: one request tells up to 1,000 parts where the
+    store lists them (MinIO; AWS for objects uploaded with additional checksums, which
+    its SDKs send by default since 2025). Then HEAD with `PartNumber`, one per part: AWS,
+    MinIO and moto answer it with the part's Content-Length and `x-amz-mp-parts-count`.
+    An equal-parts guess is the last resort.
     """
     if head is None:
         head = await client.head(bucket, key, version_id=version_id, sse_c=sse_c)
     count = multipart_part_count(head.etag)
     if count is None:
         return PartLayout((head.size,), "single", multipart=False)
+
+    attributes = await _listed_part_sizes(client, bucket, key, version_id, sse_c)
+    if attributes and len(attributes) == count and sum(attributes) == head.size:
+        return PartLayout(tuple(attributes), "attributes", multipart=True)
 
     try:
         first: HeadResult | None = await client.head(
@@ -73,18 +78,6 @@ async def resolve_part_layout(
             sum(sizes),
             head.size,
         )
-
-    try:
-        attributes = await client.object_part_sizes(bucket, key, version_id, sse_c)
-    except S3ResponseError as exc:
-        if not _unsupported(exc):
-            raise
-        log.debug(
-            "GetObjectAttributes(ObjectParts) unavailable for s3://%s/%s: %s", bucket, key, exc
-        )
-        attributes = None
-    if attributes and sum(attributes) == head.size:
-        return PartLayout(tuple(attributes), "attributes", multipart=True)
 
     log.warning(
         "s3://%s/%s: the store reports no part sizes; assuming %d equal parts", bucket, key, count
@@ -131,6 +124,23 @@ def uniform_layout_by_listing(size: int, count: int) -> PartLayout | None:
     return PartLayout(
         (part,) * (count - 1) + (size - part * (count - 1),), "uniform", multipart=True
     )
+
+
+async def _listed_part_sizes(
+    client: S3HttpClient, bucket: str, key: str, version_id: str | None, sse_c: bytes | None
+) -> list[int] | None:
+    """Part sizes from GetObjectAttributes(ObjectParts); None where the store does not list
+    them, does not implement the call, or does not let us (AWS wants its own permission,
+    s3:GetObjectAttributes, which a policy granting s3:GetObject may lack)."""
+    try:
+        return await client.object_part_sizes(bucket, key, version_id, sse_c)
+    except S3ResponseError as exc:
+        if not (_unsupported(exc) or exc.status == 403):
+            raise
+        log.debug(
+            "GetObjectAttributes(ObjectParts) unavailable for s3://%s/%s: %s", bucket, key, exc
+        )
+        return None
 
 
 def _unsupported(exc: S3ResponseError) -> bool:
