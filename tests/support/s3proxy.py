@@ -368,10 +368,11 @@ class S3FaultProxy:
         ]
 
     def object_reads(self, bucket: str) -> dict[str, int]:
-        """GETs of the objects of `bucket` (not listings, not tag reads), per key."""
+        """GETs of the objects of `bucket` (not listings, tag or attribute reads), per key."""
         reads: dict[str, int] = {}
         for request in self.seen("GET"):
-            if request.bucket == bucket and request.key and "tagging" not in request.query:
+            reads_bytes = not {"tagging", "attributes"} & request.query.keys()
+            if request.bucket == bucket and request.key and reads_bytes:
                 reads[request.key] = reads.get(request.key, 0) + 1
         return reads
 
