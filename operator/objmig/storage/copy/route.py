@@ -144,8 +144,21 @@ async def _drop_superseded_version(
     own, written a moment ago and named by the id its write returned, so it goes. (A
     suspended bucket's "null" version was overwritten by the second write already.)"""
     version = first.version_id
-    if version and version != "null" and version != final.version_id:
+    if not version or version in ("null", final.version_id):
+        return
+    try:
         await client.delete_version(target.bucket, target.key, version)
+    except S3ResponseError as exc:
+        # The copy stands (the newest version is right); failing it would only copy it
+        # again and leave one more version. Object Lock or a missing
+        # s3:DeleteObjectVersion permission end here.
+        log.warning(
+            "s3://%s/%s: could not delete version %s, an earlier copy of ours: %s",
+            target.bucket,
+            target.key,
+            version,
+            exc,
+        )
 
 
 async def _again_if_guessed_wrong(
