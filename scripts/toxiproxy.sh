@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Produce toxiproxy-server for the WAN benchmark (benchmarks/wan_bench.py): a TCP proxy that
-# adds latency, used where the kernel has no netem qdisc to delay packets on a veth pair.
+# Produce toxiproxy-server for the WAN benchmarks (copy_bench.py --latency-ms, scan_bench.py):
+# a TCP proxy that adds latency, used as this kernel has no netem qdisc for a veth pair.
 #
 # Built from its Go module (no release downloads) and cached in
 #   ${OBJMIG_CACHE:-$HOME/.cache/objmig}/toxiproxy/<TOXIPROXY_VERSION>/bin
