@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -31,9 +31,11 @@ from objmig.ledger import (
     Problem,
     RetryRecord,
     Rounds,
+    StoreFinding,
     VerificationRecord,
 )
 from objmig.storage.errors import describe
+from objmig.storage.features import StoreFeatures
 
 
 async def take_up_spec(
@@ -200,6 +202,19 @@ async def roll_back(
         return problem
 
 
+async def record_store_findings(
+    ledger: Ledger, migration_id: int, features: Iterable[StoreFeatures]
+) -> None:
+    """Record what the stores were found to lack since the last call (for `Degraded`)."""
+    stores = {id(f): f for f in features}  # one store may be both sides
+    findings = [
+        StoreFinding(store=found.store, aspect=str(found.aspect), message=found.message)
+        for store in stores.values()
+        for found in store.take_unreported()
+    ]
+    await ledger.record_store_findings(migration_id, findings)
+
+
 async def record_verification(ledger: Ledger, migration_id: int) -> str:
     """Compute the verification digest over the verified rows and record it; return it."""
     digest = await ledger.verification_digest(migration_id)
@@ -287,6 +302,8 @@ async def compute_status(
         steps = await ledger.step_counts(
             migration_id, missing_reason=NOT_FOUND, hook_pending_reason=HOOK_PENDING
         )
+    # Only etag mode has objects that fell back; in the others every row is in the index.
+    etag_unproven = await ledger.etag_unproven(migration_id) if spec.verify.mode == "etag" else None
     return build_status(
         StatusInputs(
             spec=spec,
@@ -302,6 +319,7 @@ async def compute_status(
             plan_reasons=plan_reasons,
             plan_classes=plan_classes,
             steps=steps,
+            etag_unproven=etag_unproven,
         ),
         previous or ObjectMigrationStatus(),
     )

@@ -8,7 +8,12 @@ import logging
 from dataclasses import replace
 
 from objmig.storage.copy.model import CopyOptions, CopyResult, SourceObject, TargetObject
-from objmig.storage.copy.planning import Plan, plan_copy, single_part_by_listing
+from objmig.storage.copy.planning import (
+    Plan,
+    check_tags_writable,
+    plan_copy,
+    single_part_by_listing,
+)
 from objmig.storage.copy.server_side import server_side_multipart, server_side_single
 from objmig.storage.copy.streamed import streamed_multipart, streamed_single
 from objmig.storage.errors import S3ResponseError, SourceChangedError
@@ -50,6 +55,7 @@ async def copy_object(
         source.bucket, source.key, version_id=source.version_id, sse_c=source.sse_c_key
     )
     plan = await plan_copy(src_client, source, options, head)
+    check_tags_writable(dst_client, target, options, plan)
     result = await _copy_planned(src_client, dst_client, source, target, options, plan)
     if result.etag_matches_source is False and plan.layout.source == "uniform":
         # Equal parts were assumed from part 1 and the count; the ETag says the source's
