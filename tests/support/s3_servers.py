@@ -141,6 +141,7 @@ class LocalVersityGW(ChildServer):
             self.credentials.secret_access_key,
             "--port",
             f"{LOOPBACK}:{port}",
+            "--quiet",
             "posix",
             "--versioning-dir",
             str(versions),

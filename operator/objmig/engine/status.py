@@ -360,7 +360,7 @@ def _stage_conditions(
     else:
         result.append((ConditionType.FAILED, "False", Reason.NO_ERROR, "no migration-wide error"))
 
-    result.append(_degraded(state))
+    result.append(degraded_condition(state))
 
     if spec.dry_run:
         planned = scan.completed_at is not None and not outstanding
@@ -384,7 +384,7 @@ def _stage_conditions(
     return result
 
 
-def _degraded(state: MigrationState) -> tuple[str, ConditionStatus, str, str]:
+def degraded_condition(state: MigrationState) -> tuple[str, ConditionStatus, str, str]:
     """Whether a store lacks an aspect of S3 objmig then does without, naming each."""
     findings = sorted(state.store_features.values(), key=lambda f: (f.store, f.aspect))
     if not findings:

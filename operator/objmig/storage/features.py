@@ -40,6 +40,8 @@ class Aspect(StrEnum):
     CHECKSUMS = "checksums"
     #: `x-amz-copy-source-if-match` on CopyObject and UploadPartCopy.
     COPY_CONDITIONALS = "copySourceConditionals"
+    #: CopyObject of a directory marker (a zero-byte key ending in "/").
+    MARKER_COPIES = "directoryMarkerCopies"
 
 
 #: What objmig does without each aspect (the second half of a finding's message).
@@ -51,6 +53,8 @@ CONSEQUENCES = {
     Aspect.CHECKSUMS: "checksum verification reads the objects it cannot ask the store about",
     Aspect.COPY_CONDITIONALS: "server-side copies are made without the source condition; "
     "the source is checked before and after instead",
+    Aspect.MARKER_COPIES: "directory markers are written by PutObject with their metadata, "
+    "content headers and tags (they have no bytes to copy)",
 }
 
 

@@ -127,6 +127,8 @@ class VerifyStep:
             found.append(Aspect.PART_SIZES)
         if written.server_side and self._sides.dst.features.lacks(Aspect.COPY_CONDITIONALS):
             found.append(Aspect.COPY_CONDITIONALS)
+        if self._sides.ctx.server_side and not written.server_side:
+            found.append(Aspect.MARKER_COPIES)  # the one kind a server-side run streams
         return tuple(found)
 
     def is_earlier_copy(self, row: ObjectRow, current: HeadResult) -> bool:
