@@ -41,6 +41,9 @@ async def test_an_untrusted_certificate_fails_in_one_line_until_the_spec_names_t
     ns, name = k8s_namespace, "private-ca"
     keys = tls_minio_server.credentials
     url = tls_minio_server.endpoint_url
+    # The same server under another name (its certificate has both): two endpoints, so
+    # the target has a client (and a trust) of its own.
+    target_url = url.replace("127.0.0.1", "localhost")
     async with open_client(tls_minio_server.endpoint(), max_connections=4) as client:
         seed = S3Seeder(client, None)  # type: ignore[arg-type]
         try:
@@ -53,7 +56,7 @@ async def test_an_untrusted_certificate_fails_in_one_line_until_the_spec_names_t
             # Every version of every key: the version listing goes through the SDK client,
             # the copies through objmig's own; both must trust the CA.
             apply_migration(
-                k8s_cluster, ns, name, url, source, target,
+                k8s_cluster, ns, name, url, source, target, target_endpoint=target_url,
                 source_extra={"caBundle": CA}, selection={"allVersions": True},
             )  # fmt: skip
             failed = wait_for(
