@@ -78,6 +78,8 @@ tool_need_go() {
 }
 
 # `go build` of one main package of a module at a pinned version, into TOOL_OUT/<name>.
+# TOOL_GO_LDFLAGS_FROM may name a function printing further -ldflags; it runs inside the
+# wrapper module, so `go list -m` there sees the module graph being built.
 # A wrapper module requiring only that module resolves exactly the graph its go.mod selects.
 # The module's own replace directives are honoured by nothing but its own builds (and make
 # `go install module@version` refuse it): repeat the ones it needs as further arguments,
@@ -102,7 +104,11 @@ tool_go_build() {
         # nice, and -p 1 by default: the build shares two cores with tests and other
         # builds. Override with GO_BUILD_P if the machine is yours.
         log "building $package with $(go version) (go build -p ${GO_BUILD_P:-1})"
-        nice -n 10 go build -p "${GO_BUILD_P:-1}" -trimpath -ldflags "-s -w" \
+        local ldflags="-s -w"
+        if [[ -n "${TOOL_GO_LDFLAGS_FROM:-}" ]]; then
+            ldflags+=" $("$TOOL_GO_LDFLAGS_FROM")"
+        fi
+        nice -n 10 go build -p "${GO_BUILD_P:-1}" -trimpath -ldflags "$ldflags" \
             -o "$TOOL_OUT/$name" "$package" >&2
     )
 }
