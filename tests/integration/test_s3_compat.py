@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
+import json
 import os
 import subprocess
 import sys
@@ -368,6 +370,14 @@ async def test_a_store_that_tells_no_part_sizes_costs_the_etag_proof_not_the_cop
             # Equal parts of a popular size: the guess was right and the ETag proves it.
             assert row.verified_by == "etag"
     assert rows["uneven"].verified_by == "sha256"
+    # What `objmig report` prints says it per object.
+    mid = await ledger.find_migration("test/m")
+    assert mid is not None
+    report = io.BytesIO()
+    await ledger.export_report(mid, report, fmt="jsonl")
+    lines = {entry["key"]: entry for entry in map(json.loads, report.getvalue().splitlines())}
+    assert lines["uneven"]["verified_by"] == "sha256"
+    assert lines["uneven"]["degraded"] == "partSizes"
     assert reads == {"uneven": 1, "even": 1}, "each source read once"
     assert len(part_heads) == 1, "asked once, then known"
     verification = result.status.verification
