@@ -13,7 +13,6 @@ import json
 import secrets
 import subprocess
 import time
-from pathlib import Path
 
 from objmig.local.s3server import (
     LOOPBACK,
@@ -233,10 +232,3 @@ class LocalGarage(ChildServer):
         )
         self._garage("key", "allow", "--create-bucket", self.credentials.access_key_id)
         super()._wait_ready(port)
-
-
-def binary_of(server: type[ChildServer]) -> Path | None:
-    """The binary a server class needs, if it is built (for skip messages)."""
-    finder = {LocalSeaweedFS: find_weed, LocalVersityGW: find_versitygw, LocalGarage: find_garage}
-    found = finder.get(server, lambda: None)()
-    return Path(found) if found else None
