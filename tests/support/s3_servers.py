@@ -109,6 +109,9 @@ class LocalSeaweedFS(ChildServer):
             "-s3",
             f"-s3.port={port}",
             f"-s3.port.grpc={grpc['s3']}",
+            # Its Iceberg and Lance catalogs listen on fixed ports by default: not wanted.
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             f"-s3.config={config}",
         ]
 
@@ -209,16 +212,18 @@ class LocalGarage(ChildServer):
 
     def _wait_ready(self, port: int) -> None:
         deadline = time.monotonic() + self.startup_timeout
-        node = ""
-        while not node:
+        while True:
+            # `garage status` answers once the node serves RPC (`node id` reads a file).
             if self._process is not None and self._process.poll() is not None:
                 raise ServerStartError(f"garage exited:\n{self.log_tail()}")
             try:
-                node = self._garage("node", "id", "-q").strip().split("@")[0]
+                self._garage("status")
+                break
             except ServerStartError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+        node = self._garage("node", "id", "-q").strip().split("@")[0]
         self._garage("layout", "assign", "-z", "dc1", "-c", "1G", node)
         self._garage("layout", "apply", "--version", "1")
         self._garage(

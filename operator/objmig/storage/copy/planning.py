@@ -105,6 +105,17 @@ async def plan_copy(
     return plan_for(source, options, head, layout, tags)
 
 
+def is_directory_marker(key: str, head: HeadResult) -> bool:
+    """A zero-byte object whose key ends in "/", as consoles and file gateways make them."""
+    return key.endswith("/") and head.size == 0
+
+
+def may_have_tags(key: str, head: HeadResult) -> bool:
+    """Whether the object may have tags: its tag count says so, or it is a directory
+    marker, whose tag count SeaweedFS does not report although it keeps its tags."""
+    return bool(head.tag_count) or is_directory_marker(key, head)
+
+
 async def read_tags(
     client: S3HttpClient, source: SourceObject, version_id: str | None
 ) -> dict[str, str] | None:

@@ -11,6 +11,7 @@ from objmig.storage.copy.model import CopyOptions, CopyResult, SourceObject, Tar
 from objmig.storage.copy.planning import (
     Plan,
     check_tags_writable,
+    is_directory_marker,
     plan_copy,
     single_part_by_listing,
 )
@@ -20,7 +21,6 @@ from objmig.storage.errors import S3ResponseError, SourceChangedError, classify
 from objmig.storage.features import Aspect
 from objmig.storage.parts import resolve_part_layout
 from objmig.storage.s3http import S3HttpClient
-from objmig.storage.types import HeadResult
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +80,6 @@ async def copy_object(
     return result
 
 
-def is_directory_marker(key: str, head: HeadResult) -> bool:
-    """A zero-byte object whose key ends in "/", as consoles and file gateways make them."""
-    return key.endswith("/") and head.size == 0
-
-
 async def _copy_marker(
     src_client: S3HttpClient,
     dst_client: S3HttpClient,
@@ -93,16 +88,18 @@ async def _copy_marker(
     options: CopyOptions,
     plan: Plan,
 ) -> CopyResult:
-    """A directory marker, server-side where the store can; some (versitygw) refuse
-    CopyObject of one, and there are no bytes to copy anyway: a PUT of its metadata,
+    """A directory marker, server-side where the store can; some refuse CopyObject of one
+    (versitygw, SeaweedFS), and there are no bytes to copy anyway: a PUT of its metadata,
     content headers and tags writes the same object."""
     features = dst_client.features
     if not features.lacks(Aspect.MARKER_COPIES):
         try:
             return await _copy_planned(src_client, dst_client, source, target, options, plan)
         except S3ResponseError as exc:
+            # The source was just looked at: SeaweedFS's NoSuchKey for a marker it has is
+            # as much a refusal as versitygw's DirectoryObjectContainsData.
             problem = classify(exc)
-            if problem.kind != "permanent" or problem.is_config_error:
+            if problem.kind not in ("permanent", "not_found") or problem.is_config_error:
                 raise
             features.learn_missing(Aspect.MARKER_COPIES, f"CopyObject: {exc.code}")
     streamed = replace(

@@ -26,6 +26,7 @@ from objmig.storage.copy.planning import (
     copy_result,
     create_only_headers,
     etag_proves_copy,
+    may_have_tags,
     object_headers,
     plan_for,
     read_tags,
@@ -59,7 +60,7 @@ async def streamed_single(
             check_source(source, got.head)
             layout = PartLayout((got.head.size,), "single", multipart=False)
             plan = plan_for(source, options, got.head, layout, None)
-        if options.preserve_tags and got.head.tag_count:
+        if options.preserve_tags and may_have_tags(source.key, got.head):
             plan = replace(plan, tags=await read_tags(src_client, source, plan.version_id))
         check_tags_writable(dst_client, target, options, plan)
         size = plan.head.size
