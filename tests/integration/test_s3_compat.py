@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -239,6 +240,12 @@ async def test_matrix(
         assert uneven.verified_by == "sha256"
     if verify != "etag":
         assert {row.verified_by for row in rows.values()} - {"etag"}, "proven by checksums"
+    # One line per cell for the matrix in docs/testing-s3-servers.md (pytest -rA shows it).
+    proofs = ", ".join(f"{key}={row.verified_by}" for key, row in sorted(rows.items()))
+    degraded = find_condition(result.status.conditions, "Degraded")
+    assert degraded is not None
+    without = ",".join(re.findall(r": no (\w+) \(", degraded.message)) or "-"
+    print(f"MATRIX {compat_backend.name} {copy_mode} {verify}: {proofs}; store lacks: {without}")
 
 
 # -- tags -----------------------------------------------------------------------------------
