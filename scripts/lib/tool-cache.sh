@@ -113,9 +113,16 @@ tool_go_build() {
     )
 }
 
+# Whether the cache lacks binary `name` (a script listing several builds only those).
+tool_missing() { [[ ! -x "$TOOL_BIN_DIR/$1" ]]; }
+
+# Publish binary by binary (each rename is atomic): a cache that already held some keeps them.
 tool_cache_publish() {
-    rm -rf "$TOOL_BIN_DIR"
-    mv "$TOOL_OUT" "$TOOL_BIN_DIR"
+    local b
+    mkdir -p "$TOOL_BIN_DIR"
+    for b in "$TOOL_OUT"/*; do
+        mv "$b" "$TOOL_BIN_DIR/"
+    done
     log "built in $(($(date +%s) - TOOL_START))s: $TOOL_BIN_DIR"
     echo "$TOOL_BIN_DIR"
 }
