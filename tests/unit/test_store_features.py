@@ -46,8 +46,10 @@ def test_a_missing_aspect_is_said_once_and_handed_out_once(
 
     assert features.lacks(Aspect.TAGS)
     assert not features.lacks(Aspect.PART_SIZES)
-    (finding,) = features.take_unreported()
-    assert features.take_unreported() == []
+    (finding,) = features.unreported()
+    assert features.unreported() == [finding], "kept until the ledger has it"
+    features.reported([finding])
+    assert features.unreported() == []
     assert finding.answer == "GetObjectTagging: NotImplemented", "the first answer stands"
     assert finding.message.startswith("target https://s3.example: no tags (GetObjectTagging")
     assert "copy.preserveTags" in finding.message

@@ -205,14 +205,24 @@ async def roll_back(
 async def record_store_findings(
     ledger: Ledger, migration_id: int, features: Iterable[StoreFeatures]
 ) -> None:
-    """Record what the stores were found to lack since the last call (for `Degraded`)."""
+    """Record what the stores were found to lack since the last call (for `Degraded`).
+
+    A finding stays unreported until the ledger has it, so a failed write is tried again
+    by the next call."""
     stores = {id(f): f for f in features}  # one store may be both sides
-    findings = [
-        StoreFinding(store=found.store, aspect=str(found.aspect), message=found.message)
-        for store in stores.values()
-        for found in store.take_unreported()
-    ]
-    await ledger.record_store_findings(migration_id, findings)
+    found = {id(store): store.unreported() for store in stores.values()}
+    if not any(found.values()):
+        return
+    await ledger.record_store_findings(
+        migration_id,
+        [
+            StoreFinding(store=f.store, aspect=str(f.aspect), message=f.message)
+            for batch in found.values()
+            for f in batch
+        ],
+    )
+    for key, store in stores.items():
+        store.reported(found[key])
 
 
 async def record_verification(ledger: Ledger, migration_id: int) -> str:

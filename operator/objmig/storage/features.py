@@ -96,10 +96,13 @@ class StoreFeatures:
     def findings(self) -> list[Finding]:
         return list(self._missing.values())
 
-    def take_unreported(self) -> list[Finding]:
-        """Findings not handed out before (for the ledger), oldest first."""
-        taken, self._unreported = self._unreported, []
-        return taken
+    def unreported(self) -> list[Finding]:
+        """Findings not yet recorded (see `reported`), oldest first."""
+        return list(self._unreported)
+
+    def reported(self, findings: list[Finding]) -> None:
+        """`findings` are recorded: `unreported` leaves them out from now on."""
+        self._unreported = [f for f in self._unreported if f not in findings]
 
 
 def unsupported(exc: S3ResponseError) -> bool:
