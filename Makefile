@@ -30,7 +30,8 @@ image:
 # The whole suite: static checks, then every test against real PostgreSQL, S3 and Kubernetes
 # (a control plane with the pod runner, and one with a real node running the image). Each
 # script builds its tool once into ~/.cache/objmig (docs/testing-s3-servers.md has the cold
-# and warm times and the CI budget); GARAGE_SKIP=1 leaves Garage out (its tests then skip).
+# and warm times and the CI budget). Garage's cold build alone takes most of CI's 90 minutes:
+# it is built only with GARAGE=1 (otherwise its tests skip, also under CI=true).
 test: setup
 	scripts/k8s-tools.sh
 	scripts/minio.sh
@@ -39,7 +40,7 @@ test: setup
 	scripts/image.sh
 	scripts/versitygw.sh
 	scripts/seaweedfs.sh
-	scripts/garage.sh || [ "$${GARAGE_SKIP:-}" = 1 ]
+	if [ "$${GARAGE:-}" = 1 ]; then scripts/garage.sh; fi
 	$(MAKE) lint typecheck
 	$(BIN)/python -m pytest
 

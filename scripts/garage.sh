@@ -12,8 +12,8 @@
 # debug info. See docs/testing-s3-servers.md for the measured cold and warm times.
 #
 # Without cargo, rustup installs a toolchain into ~/.cargo (the only way to get a Rust new
-# enough for Garage on Debian stable). Set GARAGE_SKIP=1 to skip Garage altogether: the
-# tests that want it then skip (or fail under CI=true).
+# enough for Garage on Debian stable). `make test` runs this only with GARAGE=1: the cold build
+# does not fit CI's budget next to the rest; without it the Garage tests skip.
 set -euo pipefail
 
 TOOL=garage
@@ -22,10 +22,6 @@ TOOL_BINARIES=(garage)
 # shellcheck source=scripts/lib/tool-cache.sh
 source "$(dirname "$0")/lib/tool-cache.sh"
 
-if [[ "${GARAGE_SKIP:-}" == 1 ]]; then
-    log "GARAGE_SKIP=1: not building Garage"
-    exit 1
-fi
 tool_cache_start "${GARAGE_BIN_DIR:-}"
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -102,13 +102,16 @@ tool_go_build() {
         log "downloading $module@$version and its module graph"
         go mod download "$module" >&2
         # nice, and -p 1 by default: the build shares two cores with tests and other
-        # builds. Override with GO_BUILD_P if the machine is yours.
-        log "building $package with $(go version) (go build -p ${GO_BUILD_P:-1})"
+        # builds. A CI machine (CI=true) is the build's alone: every core. GO_BUILD_P overrides.
+        local p=1
+        [[ "${CI:-}" == true ]] && p=$(nproc 2>/dev/null || echo 2)
+        p=${GO_BUILD_P:-$p}
+        log "building $package with $(go version) (go build -p $p)"
         local ldflags="-s -w"
         if [[ -n "${TOOL_GO_LDFLAGS_FROM:-}" ]]; then
             ldflags+=" $("$TOOL_GO_LDFLAGS_FROM")"
         fi
-        nice -n 10 go build -p "${GO_BUILD_P:-1}" -trimpath -ldflags "$ldflags" \
+        nice -n 10 go build -p "$p" -trimpath -ldflags "$ldflags" \
             -o "$TOOL_OUT/$name" "$package" >&2
     )
 }
