@@ -10,9 +10,10 @@
 # If HELM_BIN_DIR names a directory that already holds an executable `helm`, it is used as-is.
 set -euo pipefail
 
-TOOL=helm
 # The one place the version is pinned (`go list -m -versions helm.sh/helm/v3` lists the tags).
-TOOL_VERSION="v3.22.0"
+HELM_VERSION="v3.22.0"
+TOOL=helm
+TOOL_VERSION="$HELM_VERSION"
 TOOL_BINARIES=(helm)
 # shellcheck source=scripts/lib/tool-cache.sh
 source "$(dirname "$0")/lib/tool-cache.sh"

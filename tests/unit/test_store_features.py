@@ -105,8 +105,6 @@ def test_the_status_carries_the_degraded_condition() -> None:
             state=MigrationState(store_features={"target t/tags": finding}),
             window=[],
             window_truncated=False,
-            rate=0,
-            objects_rate=0,
             now=datetime.now(UTC),
             etag_unproven={"sha256": 3},
         ),
