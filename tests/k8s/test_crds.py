@@ -740,7 +740,7 @@ def test_printer_columns_show_phase_progress_and_cutover(
     ns = k8s_namespace
     assert _create(crds, ns, _base_migration(), dry_run=False).returncode == 0
     rows = _table(crds.kubectl("get", "om", "-n", ns).stdout)
-    assert list(rows[0]) == ["NAME", "PHASE", "PROGRESS", "OBJECTS", "CUTOVER", "AGE"]
+    assert list(rows[0]) == ["NAME", "PHASE", "PROGRESS", "OBJECTS", "ETA", "CUTOVER", "AGE"]
     assert rows[0]["NAME"] == "proof"
     assert rows[0]["PHASE"] == rows[0]["CUTOVER"] == ""  # no status yet
 
@@ -749,6 +749,7 @@ def test_printer_columns_show_phase_progress_and_cutover(
         "phase": "Copying",
         "progress": {
             "percent": 42,
+            "objectsDone": "503/1200",
             "objects": {"total": 1200, "succeeded": 500, "failed": 3, "pending": 697},
             "bytes": {"total": 10_000_000, "succeeded": 4_200_000},
             "eta": "12m",
@@ -786,7 +787,8 @@ def test_printer_columns_show_phase_progress_and_cutover(
     rows = _table(crds.kubectl("get", "om", "-n", ns).stdout)
     assert rows[0]["PHASE"] == "Copying"
     assert rows[0]["PROGRESS"] == "42"
-    assert rows[0]["OBJECTS"] == "1200"
+    assert rows[0]["OBJECTS"] == "503/1200"
+    assert rows[0]["ETA"] == "12m"
     assert rows[0]["CUTOVER"] == "False"
     wide = _table(crds.kubectl("get", "om", "-n", ns, "-o", "wide").stdout)
     assert wide[0]["FAILED"] == "3"
