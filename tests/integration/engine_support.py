@@ -31,14 +31,17 @@ def secrets_for(endpoint: Endpoint, **extra: str) -> EnvSecrets:
 def migration(
     endpoint: Endpoint,
     source: str,
-    target: str,
+    target: str | None,
     *,
     name: str = "m",
     source_extra: dict[str, Any] | None = None,
     target_extra: dict[str, Any] | None = None,
     **spec: Any,
 ) -> ObjectMigration:
-    """An ObjectMigration between two buckets of one endpoint, with fast retries."""
+    """An ObjectMigration between two buckets of one endpoint, with fast retries.
+
+    ``target`` None leaves it out of the spec (copy.mode none: the target is the source).
+    """
     side = {
         "endpoint": endpoint.url,
         "addressingStyle": "path",
@@ -49,6 +52,8 @@ def migration(
         "target": {**side, "bucket": target, **(target_extra or {})},
         "retry": {"attempts": 4, "backoff": {"initial": "50ms", "max": "200ms"}},
     }
+    if target is None:
+        del body["target"]
     for key, value in spec.items():
         body[key] = value
     resource = parse_resource(

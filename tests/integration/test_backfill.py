@@ -127,6 +127,7 @@ async def test_backfill_writes_each_existing_objects_attributes_once_and_skips_t
         "total": 60,
         "pending": 0,
         "inProgress": 0,
+        "stalled": 0,
         "succeeded": 55,
         "failed": 0,
         "skipped": 5,

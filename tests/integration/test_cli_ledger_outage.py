@@ -19,7 +19,7 @@ from objmig.local.processes import free_port
 from objmig.local.s3server import LocalS3Server
 from tests.fixtures.s3 import S3Seeder
 from tests.integration.engine_support import keys_of
-from tests.support.s3proxy import Delay, S3FaultProxy
+from tests.support.s3proxy import Hold, S3FaultProxy
 
 pytestmark = pytest.mark.slow
 
@@ -72,14 +72,23 @@ async def _seeded(seed: S3Seeder, objects: int) -> tuple[str, str]:
 
 
 @pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+def own_server(postgres_dir: Path) -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL server of the test's own, on a fixed port, to stop and start."""
-    server = EmbeddedPostgres(tmp_path / "pg", port=free_port(), fast=True)
+    server = EmbeddedPostgres(postgres_dir, port=free_port(), fast=True)
     server.start_blocking()
     try:
         yield server
     finally:
         server.stop_blocking()
+
+
+def _hold_the_last_write(proxy: S3FaultProxy, target: str, key: str) -> Hold:
+    """Keep the write of the last key the run claims (rows are claimed in key order) until
+    the test releases it: the run cannot end before the ledger goes, however fast it copies
+    the rest."""
+    hold = Hold()
+    proxy.add_rule(hold, method="PUT", bucket=target, key=key)
+    return hold
 
 
 async def _verified(dsn: str, at_least: int, deadline: float) -> None:
@@ -104,13 +113,16 @@ async def test_run_waits_through_a_ledger_outage_of_twenty_seconds_and_converges
 ) -> None:
     source, target = await _seeded(s3_seed, 80)
     with S3FaultProxy(s3_server.endpoint_url) as proxy:
-        proxy.add_rule(Delay(0.2), method="PUT", bucket=target)
+        last = _hold_the_last_write(proxy, target, "k/079")
         spec = _inputs(tmp_path, s3_server, proxy.endpoint_url, source, target)
         run = await _objmig("run", "-f", str(spec), "--database-url", own_server.dsn)
         try:
             await _verified(own_server.dsn, 10, time.monotonic() + 120)
+            await last.arrived()
             own_server.stop_blocking()
             stopped = time.monotonic()
+            # Its result now has to be recorded while the ledger is away.
+            last.release()
             assert run.stdout is not None
             told = b""
             while b"is unreachable" not in told:
@@ -155,12 +167,13 @@ async def test_run_starts_its_embedded_ledger_again_when_it_is_stopped_mid_run(
     s3_seed: S3Seeder,
     s3_client: object,
     tmp_path: Path,
+    postgres_dir: Path,
 ) -> None:
     source, target = await _seeded(s3_seed, 60)
-    state = tmp_path / "state"
+    state = postgres_dir
     embedded = EmbeddedPostgres(state / "postgres")
     with S3FaultProxy(s3_server.endpoint_url) as proxy:
-        proxy.add_rule(Delay(0.2), method="PUT", bucket=target)
+        last = _hold_the_last_write(proxy, target, "k/059")
         spec = _inputs(tmp_path, s3_server, proxy.endpoint_url, source, target)
         run = await _objmig("run", "-f", str(spec), "--state-dir", str(state))
         try:
@@ -169,7 +182,9 @@ async def test_run_starts_its_embedded_ledger_again_when_it_is_stopped_mid_run(
                 assert time.monotonic() < deadline, "the embedded ledger never started"
                 await asyncio.sleep(0.1)
             await _verified(embedded.dsn, 10, deadline)
+            await last.arrived()
             embedded.stop_blocking()  # as `objmig db stop` would, or a crash
+            last.release()
             output, _ = await asyncio.wait_for(run.communicate(), timeout=300)
         finally:
             if run.returncode is None:

@@ -16,6 +16,7 @@ from objmig.ledger import Ledger, ObjectState
 from objmig.local.s3server import LocalS3Server
 from tests.fixtures.s3 import S3Seeder
 from tests.integration.engine_support import keys_of, sha256_of
+from tests.support.s3proxy import Hold, S3FaultProxy
 
 KiB = 1024
 SECRET_KEY = "cli-test-secret-value-3f9a"
@@ -65,7 +66,7 @@ def _command(spec: Path, secrets: Path, database_url: str) -> list[str]:
 async def test_kill_9_mid_copy_then_rerun_finishes_with_every_object_verified(
     ledger: Ledger,
     database_url: str,
-    s3_server: LocalS3Server,
+    s3_proxy: S3FaultProxy,
     s3_seed: S3Seeder,
     s3_client: S3Client,
     tmp_path: Path,
@@ -77,8 +78,11 @@ async def test_kill_9_mid_copy_then_rerun_finishes_with_every_object_verified(
         await s3_seed.put_multipart(source, f"big/{i}", [64 * KiB] * 6 + [5 * KiB])
         for i in range(4)
     ]
-    spec, secrets = _write_inputs(tmp_path, s3_server.endpoint_url, source, target)
+    spec, secrets = _write_inputs(tmp_path, s3_proxy.endpoint_url, source, target)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # The last objects' reads wait at the proxy until the first run is killed: it is still
+    # copying when the kill comes, however fast it goes.
+    s3_proxy.add_rule(Hold(), method="GET", bucket=source, key="obj/023*")
 
     first = await asyncio.create_subprocess_exec(
         *_command(spec, secrets, database_url),
@@ -87,20 +91,22 @@ async def test_kill_9_mid_copy_then_rerun_finishes_with_every_object_verified(
         env=env,
     )
     try:
-        for _ in range(600):
-            await asyncio.sleep(0.05)
-            migration_id = await ledger.find_migration("cli/killed")
-            if migration_id is not None:
-                counts = await ledger.counts(migration_id)
-                if counts.state(ObjectState.VERIFIED).objects >= 20:
-                    break
+        async with asyncio.timeout(120):
+            while True:
+                await asyncio.sleep(0.05)
+                migration_id = await ledger.find_migration("cli/killed")
+                if migration_id is not None:
+                    counts = await ledger.counts(migration_id)
+                    if counts.state(ObjectState.VERIFIED).objects >= 20:
+                        break
         assert first.returncode is None, "objmig run finished before it could be killed"
         first.send_signal(signal.SIGKILL)
-        first_output, _ = await asyncio.wait_for(first.communicate(), timeout=10)
+        first_output, _ = await asyncio.wait_for(first.communicate(), timeout=60)
     finally:
         if first.returncode is None:
             first.kill()
     assert first.returncode == -signal.SIGKILL
+    s3_proxy.clear()
     migration_id = await ledger.find_migration("cli/killed")
     assert migration_id is not None
     counts = await ledger.counts(migration_id)
@@ -130,9 +136,9 @@ async def test_kill_9_mid_copy_then_rerun_finishes_with_every_object_verified(
     assert interrupted, "the attempts the kill interrupted were not counted"
 
 
-def test_cli_status_report_and_approve_after_a_run(tmp_path: Path) -> None:
+def test_cli_status_report_and_approve_after_a_run(tmp_path: Path, postgres_dir: Path) -> None:
     """The read-only commands against an embedded ledger, as a user runs them."""
-    state = tmp_path / "state"
+    state = postgres_dir
     with LocalS3Server() as server:
         import boto3
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
 import time
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime
 
 import asyncpg
 import pytest
@@ -27,10 +31,21 @@ from tests.integration.engine_support import (
     sha256_of,
 )
 from tests.support.catalog import catalog_action, catalog_database, catalog_rows, refuse_location
-from tests.support.s3proxy import Delay, Fail, Reset, RewriteHeaders, S3FaultProxy, Truncate
+from tests.support.s3proxy import (
+    Delay,
+    Fail,
+    Hold,
+    Reset,
+    RewriteHeaders,
+    S3FaultProxy,
+    SeenRequest,
+    Truncate,
+)
 
 KiB = 1024
 MiB = 1024 * KiB
+# How long a test waits for something that comes within seconds on an idle machine.
+PATIENCE = 120.0
 
 
 async def test_stream_copy_keeps_etags_content_metadata_and_tags(
@@ -112,13 +127,13 @@ async def test_restore_waits_while_the_server_says_restore_is_ongoing(
         for i in range(3)
     ]
     warm = await s3_seed.put_object(source, "warm", 1 * KiB)
-    # moto restores at once; the proxy makes HEAD say "still restoring" for a while.
-    s3_proxy.add_rule(
+    # moto restores at once; the proxy makes HEAD say "still restoring" until the test has
+    # seen the engine look at each archived object again while it was.
+    ongoing = s3_proxy.add_rule(
         RewriteHeaders({"x-amz-restore": 'ongoing-request="true"'}),
         method="HEAD",
         bucket=source,
         key="cold/*",
-        seconds=3,
     )
     resource = migration(
         proxy_endpoint,
@@ -126,12 +141,28 @@ async def test_restore_waits_while_the_server_says_restore_is_ongoing(
         target,
         restore={"tier": "Standard", "days": 1, "pollInterval": "500ms"},
     )
-    started = time.monotonic()
 
-    result = await run(ledger, resource, proxy_endpoint)
+    def cold(requests: list[SeenRequest], bucket: str) -> list[SeenRequest]:
+        return [r for r in requests if r.bucket == bucket and r.key.startswith("cold/")]
+
+    async def restore_ends_once_polled() -> None:
+        async with asyncio.timeout(PATIENCE):
+            while True:
+                polls = Counter(
+                    r.key for r in cold(s3_proxy.seen("HEAD"), source) if r.action is not None
+                )
+                if all(polls[o.key] >= 2 for o in frozen):
+                    break
+                await asyncio.sleep(0.05)
+        copied_early = cold(s3_proxy.seen("PUT"), target) + cold(s3_proxy.seen("GET"), source)
+        s3_proxy.remove_rule(ongoing)
+        assert copied_early == [], "the copy did not wait for the restore"
+
+    result, _ = await asyncio.gather(
+        run(ledger, resource, proxy_endpoint), restore_ends_once_polled()
+    )
 
     assert result.outcome == "cut-over"
-    assert time.monotonic() - started >= 2.5, "the copy did not wait for the restore"
     restores = [r for r in s3_proxy.seen("POST") if "restore" in r.query]
     assert {r.key for r in restores} == {o.key for o in frozen}
     copied = await keys_of(s3_client, target)
@@ -175,19 +206,14 @@ async def test_source_changed_during_the_copy_is_detected_and_not_cut_over(
     # Hold the copy's read of "moving" while the application rewrites it: the GET of a
     # streamed copy, the CopyObject (a PUT on the target) of a server-side one.
     held_method, held_bucket = ("GET", source) if mode == "stream" else ("PUT", target)
-    s3_proxy.add_rule(Delay(1.5), method=held_method, bucket=held_bucket, key="moving", times=1)
+    hold = Hold()
+    s3_proxy.add_rule(hold, method=held_method, bucket=held_bucket, key="moving", times=1)
 
     async def rewrite() -> None:
-        # Rewrite while the copy's read is held, whatever the machine's speed: wait until
-        # the proxy has seen that read arrive.
-        def held() -> bool:
-            seen = s3_proxy.seen(held_method, key="moving")
-            return any(r.bucket == held_bucket for r in seen)
-
-        async with asyncio.timeout(60):
-            while not held():  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
+        # Rewrite while the copy's read is held, then let the read go on.
+        await hold.arrived()
         await s3_seed.put_object(source, "moving", 4 * KiB, seed="new")
+        hold.release()
 
     resource = migration(proxy_endpoint, source, target, copy={"mode": mode})
     result, _ = await asyncio.gather(run(ledger, resource, proxy_endpoint), rewrite())
@@ -518,11 +544,19 @@ async def test_resume_never_recopies_a_verified_object(
         await s3_seed.put_object(source, f"o{i:02d}", 2 * KiB)
     resource = migration(proxy_endpoint, source, target, copy={"concurrency": 2})
     stop = asyncio.Event()
+    # The last object's write waits at the proxy: the first run cannot finish everything
+    # before it is stopped, however fast it goes.
+    s3_proxy.add_rule(Hold(), method="PUT", bucket=target, key="o19")
 
     async def stop_after_some() -> None:
-        # The proxy only keeps a log; polling it is the way to watch the copy progress.
-        while len([r for r in s3_proxy.seen("PUT") if r.bucket == target]) < 6:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+        async with asyncio.timeout(PATIENCE):
+            while True:
+                migration_id = await ledger.find_migration("test/m")
+                if migration_id is not None:
+                    counts = await ledger.counts(migration_id)
+                    if counts.state(ObjectState.VERIFIED).objects >= 3:
+                        break
+                await asyncio.sleep(0.02)
         stop.set()
 
     runner = LocalRun(ledger, resource, secrets_for(proxy_endpoint), status_interval=0.1)
@@ -584,11 +618,20 @@ async def test_bad_credentials_fail_the_run_once_with_the_s3_error(
     assert result.status.phase == "Failed"
 
 
-async def _last_modified(client: S3Client, bucket: str) -> dict[str, object]:
+async def _last_modified(client: S3Client, bucket: str) -> dict[str, datetime]:
     found = {}
     for key in await keys_of(client, bucket):
         found[key] = (await client.head_object(Bucket=bucket, Key=key))["LastModified"]
     return found
+
+
+async def _clock_past_the_second_of(times: Iterable[datetime]) -> None:
+    """Wait until the clock has left the second of each of `times`: Last-Modified has
+    whole seconds, so an object rewritten from now on shows a later one."""
+    latest = math.floor(max(t.timestamp() for t in times))
+    async with asyncio.timeout(PATIENCE):
+        while time.time() < latest + 1:  # noqa: ASYNC110 - the clock signals nothing
+            await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize(
@@ -622,7 +665,7 @@ async def test_if_different_keeps_identical_copies_and_overwrites_different_ones
     await s3_seed.put_object(target, "different", 2 * KiB, seed="stale copy")
     await s3_seed.put_object(target, "different-multi", 4 * KiB + 10, seed="stale copy")
     before = await _last_modified(s3_client, target)
-    await asyncio.sleep(1.1)  # Last-Modified has whole seconds: a rewrite would show
+    await _clock_past_the_second_of(before.values())
     resource = migration(
         proxy_endpoint, source, target, copy={"mode": mode, "overwrite": "ifDifferent"}
     )
@@ -697,15 +740,19 @@ async def test_waiting_for_a_transfer_slot_does_not_count_against_object_timeout
     target = await s3_seed.bucket()
     for i in range(3):
         await s3_seed.put_object(source, f"k{i}", 1 * KiB)
-    # One transfer slot; every write holds it for 1.5 s, so the third object waits ~3 s for
-    # its slot, longer than objectTimeout, yet each attempt itself takes 1.5 s.
-    s3_proxy.add_rule(Delay(1.5), method="PUT", bucket=target)
+    # One transfer slot; every write holds it for 2 s (a slow store: the delay is the
+    # behaviour tested). An object waits for the slot while the one before it writes, so
+    # wait and attempt together take ~4 s, longer than objectTimeout, yet the attempt alone
+    # takes ~2 s. The time is in the test's nature (objectTimeout is a time); the margins
+    # are 1 s either side, which the rest of an attempt (three small requests) stays well
+    # within on a busy machine.
+    s3_proxy.add_rule(Delay(2.0), method="PUT", bucket=target)
     resource = migration(
         proxy_endpoint,
         source,
         target,
         copy={"mode": "stream", "concurrency": 1},
-        retry={"attempts": 4, "objectTimeout": "2s", "backoff": {"initial": "50ms"}},
+        retry={"attempts": 4, "objectTimeout": "3s", "backoff": {"initial": "50ms"}},
     )
 
     result = await run(ledger, resource, proxy_endpoint)

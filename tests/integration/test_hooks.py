@@ -15,7 +15,7 @@ from objmig.ledger import Ledger, ObjectState
 from objmig.storage.endpoint import Endpoint
 from tests.fixtures.s3 import S3Seeder
 from tests.integration.engine_support import migration, rows_of, run, secrets_for
-from tests.support.hook_endpoint import HookEndpoint
+from tests.support.hook_endpoint import HOLD, HookEndpoint, Reply
 
 TOKEN = "hook-s3cr3t"
 OK = [f"ok/{i}" for i in range(6)]
@@ -34,7 +34,9 @@ def answer(key: str, call: int) -> tuple[int, str]:
     return 200, "registered"
 
 
-def hooked(endpoint: Endpoint, source: str, target: str, url: str, **spec: Any) -> ObjectMigration:
+def hooked(
+    endpoint: Endpoint, source: str, target: str, url: str, timeout: str = "5s", **spec: Any
+) -> ObjectMigration:
     """A migration whose objects go to the hook at ``url`` (4 attempts, fast backoff)."""
     return migration(
         endpoint,
@@ -44,7 +46,7 @@ def hooked(endpoint: Endpoint, source: str, target: str, url: str, **spec: Any) 
             "perObject": {
                 "url": url,
                 "bearerTokenSecretRef": {"name": "hook", "key": "token"},
-                "timeout": "5s",
+                "timeout": timeout,
             }
         },
         **spec,
@@ -208,3 +210,50 @@ async def test_a_hook_url_that_refuses_connections_fails_the_run_before_any_obje
         f"spec.hooks.perObject.url: cannot connect to 127.0.0.1:{port}"
     )
     assert await rows_of(ledger) == {}
+
+
+THROTTLED = "throttled/0"  # 429 asking for 1 s, then 200
+GREEDY = "greedy/0"  # 429 asking for an hour, then 200: the wait is capped
+SLOW = "slow/0"  # no answer within the hook's timeout, then 200
+
+
+def answer_later(key: str, call: int) -> Reply | None:
+    if call == 1 and key == THROTTLED:
+        return 429, "slow down", {"Retry-After": "1"}
+    if call == 1 and key == GREEDY:
+        return 429, "come back tomorrow", {"Retry-After": "3600"}
+    if call == 1 and key == SLOW:
+        return HOLD
+    return 200, "registered"
+
+
+async def test_retry_after_is_honoured_up_to_the_backoff_cap_and_a_timeout_is_retried(
+    ledger: Ledger, s3_seed: S3Seeder, s3_endpoint: Endpoint
+) -> None:
+    keys = [*OK[:2], THROTTLED, GREEDY, SLOW]
+    bucket = await seed(s3_seed, keys)
+    async with HookEndpoint(answer_later) as hook:
+        resource = hooked(
+            s3_endpoint,
+            bucket,
+            bucket,
+            hook.url,
+            timeout="500ms",
+            copy={"mode": "none"},
+            retry={"attempts": 3, "backoff": {"initial": "20ms", "max": "2s"}},
+        )
+
+        result = await run(ledger, resource, s3_endpoint, secrets=with_token(s3_endpoint))
+
+        assert result.outcome == "cut-over", result.status.conditions
+        assert dict(hook.calls) == {OK[0]: 1, OK[1]: 1, THROTTLED: 2, GREEDY: 2, SLOW: 2}
+        rows = await rows_of(ledger)
+        assert all(r.hook_done_at is not None for r in rows.values())
+        # The held call is answered only when the endpoint closes, after the run: its retry
+        # came from the hook's timeout (the object's, 1h by default, would have outlasted
+        # the test).
+        # The second call came no sooner than asked (the backoff alone is 20 ms) and, for
+        # an hour asked, no later than the cap: the run is over.
+        waited = {k: hook.times[k][1] - hook.times[k][0] for k in (THROTTLED, GREEDY)}
+        assert waited[THROTTLED] >= 1.0
+        assert waited[GREEDY] >= 2.0

@@ -12,6 +12,7 @@ import pytest
 from objmig.ledger import Counts, Ledger, ObjectState, StateCount, StepResult
 from objmig.ledger import reads as ledger_reads
 from tests.fixtures.postgres import inventory_rows
+from tests.support.ledger_clock import let_time_pass
 
 LEASE = timedelta(minutes=5)
 
@@ -59,10 +60,10 @@ async def test_counts_are_exact_per_state_with_bytes_and_in_flight(ledger: Ledge
 async def test_counts_stop_showing_expired_leases_in_flight(ledger: Ledger) -> None:
     mid = await ledger.ensure_migration("ns/a")
     await ledger.upsert_inventory(mid, inventory_rows(3), scan_id=1)
-    await ledger.claim(mid, "w", [ObjectState.PENDING], 3, timedelta(seconds=1))
+    await ledger.claim(mid, "w", [ObjectState.PENDING], 3, timedelta(minutes=1))
     assert (await ledger.counts(mid)).in_flight.objects == 3
 
-    await asyncio.sleep(1.5)
+    await let_time_pass(ledger, timedelta(minutes=2))
 
     assert (await ledger.counts(mid)).in_flight == StateCount()
 

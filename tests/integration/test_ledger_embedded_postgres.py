@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,15 +18,12 @@ from objmig.local.postgres import EmbeddedPostgres, PostgresNotFoundError
 
 
 @pytest.fixture
-def state_dir() -> Iterator[Path]:
-    """A fresh directory the postgres account can reach (see tests/fixtures/postgres.py)."""
-    base = Path(tempfile.mkdtemp(prefix="objmig-test-embedded-"))
+def state_dir(postgres_dir: Path) -> Iterator[Path]:
     try:
-        yield base / "postgres"
+        yield postgres_dir / "postgres"
     finally:
         # Never leave a server behind, whatever the test did.
-        EmbeddedPostgres(base / "postgres").stop_blocking()
-        shutil.rmtree(base, ignore_errors=True)
+        EmbeddedPostgres(postgres_dir / "postgres").stop_blocking()
 
 
 async def _query(dsn: str, sql: str) -> object:

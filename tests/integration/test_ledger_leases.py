@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import time
-from concurrent.futures import ProcessPoolExecutor
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -13,36 +14,61 @@ import pytest
 
 from objmig.ledger import Ledger, ObjectState, StepResult
 from tests.fixtures.postgres import inventory_rows
+from tests.support.ledger_clock import let_time_pass
 
 LEASE = timedelta(minutes=5)
+# A lease the tests let run out (see let_time_pass): long enough that it never runs out on
+# its own between two statements of a test, however busy the machine.
+SHORT = timedelta(minutes=1)
+# Claimers of the concurrency test: 8 tasks here, 2 in each of 2 processes.
+TASKS, PROCESSES, TASKS_PER_PROCESS = 8, 2, 2
+CLAIMERS = TASKS + PROCESSES * TASKS_PER_PROCESS
+# A guard against a claimer that never arrives, not a pace: the barrier waits for events.
+BARRIER_TIMEOUT = 300.0
 
 
 async def _claim_until_empty(
-    ledger: Ledger, migration_id: int, owner: str, batch: int, start_at: float
+    ledger: Ledger,
+    migration_id: int,
+    owner: str,
+    batch: int,
+    everyone_claimed: Callable[[], Awaitable[object]],
 ) -> list[int]:
-    """Claim batches until nothing is left, recording each row as copied; return ids."""
-    await asyncio.sleep(max(0.0, start_at - time.time()))
+    """Claim batches until nothing is left, recording each row as copied; return ids.
+
+    After its first batch a claimer waits until every claimer has one, so all of them
+    compete however long the processes take to start.
+    """
     mine: list[int] = []
     while True:
         rows = await ledger.claim(migration_id, owner, [ObjectState.PENDING], batch, LEASE)
         if not rows:
             return mine
+        first = not mine
         mine.extend(r.id for r in rows)
         applied = await ledger.record(
             owner,
             [StepResult(id=r.id, state=ObjectState.COPIED, increment_attempts=True) for r in rows],
         )
         assert applied == len(rows)
+        if first:
+            await everyone_claimed()
 
 
-async def _process_main(dsn: str, migration_id: int, name: str, start_at: float) -> list[int]:
+async def _process_main(
+    dsn: str, migration_id: int, name: str, barrier: threading.Barrier
+) -> list[int]:
     ledger = await Ledger.connect(dsn, min_size=1, max_size=4)
+
+    async def everyone_claimed() -> None:
+        await asyncio.to_thread(barrier.wait, BARRIER_TIMEOUT)
+
     try:
         # Two tasks per process: cross-process and in-process contention at once.
         results = await asyncio.gather(
             *(
-                _claim_until_empty(ledger, migration_id, f"{name}-{i}", 25, start_at)
-                for i in range(2)
+                _claim_until_empty(ledger, migration_id, f"{name}-{i}", 25, everyone_claimed)
+                for i in range(TASKS_PER_PROCESS)
             )
         )
         return [i for ids in results for i in ids]
@@ -50,9 +76,11 @@ async def _process_main(dsn: str, migration_id: int, name: str, start_at: float)
         await ledger.close()
 
 
-def claim_in_process(dsn: str, migration_id: int, name: str, start_at: float) -> list[int]:
+def claim_in_process(
+    dsn: str, migration_id: int, name: str, barrier: threading.Barrier
+) -> list[int]:
     """Entry point of a spawned claimer process (module level so spawn can import it)."""
-    return asyncio.run(_process_main(dsn, migration_id, name, start_at))
+    return asyncio.run(_process_main(dsn, migration_id, name, barrier))
 
 
 async def test_concurrent_tasks_and_processes_claim_every_row_exactly_once(
@@ -61,16 +89,27 @@ async def test_concurrent_tasks_and_processes_claim_every_row_exactly_once(
     total = 6000
     mid = await ledger.ensure_migration("ns/a")
     await ledger.upsert_inventory(mid, inventory_rows(total), scan_id=1)
-    # Everyone starts at the same wall-clock moment, after the processes have booted.
-    start_at = time.time() + 8
     loop = asyncio.get_running_loop()
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+    with (
+        context.Manager() as manager,
+        ProcessPoolExecutor(max_workers=PROCESSES, mp_context=context) as pool,
+        # The tasks here wait at the barrier in threads of their own: the loop's default
+        # executor may have fewer threads than there are tasks.
+        ThreadPoolExecutor(max_workers=TASKS) as waiting,
+    ):
+        barrier = manager.Barrier(CLAIMERS)
+
+        def everyone_claimed() -> Awaitable[object]:
+            return loop.run_in_executor(waiting, barrier.wait, BARRIER_TIMEOUT)
+
         processes = [
-            loop.run_in_executor(pool, claim_in_process, database_url, mid, f"proc{i}", start_at)
-            for i in range(2)
+            loop.run_in_executor(pool, claim_in_process, database_url, mid, f"proc{i}", barrier)
+            for i in range(PROCESSES)
         ]
-        tasks = [_claim_until_empty(ledger, mid, f"task{i}", 25, start_at) for i in range(8)]
+        tasks = [
+            _claim_until_empty(ledger, mid, f"task{i}", 25, everyone_claimed) for i in range(TASKS)
+        ]
         per_claimer = await asyncio.gather(*tasks, *processes)
 
     everything = [i for ids in per_claimer for i in ids]
@@ -104,10 +143,10 @@ async def test_claim_skips_rows_leased_to_another_owner(ledger: Ledger) -> None:
 async def test_expired_lease_returns_rows_to_other_claimers(ledger: Ledger) -> None:
     mid = await ledger.ensure_migration("ns/a")
     await ledger.upsert_inventory(mid, inventory_rows(5), scan_id=1)
-    lost = await ledger.claim(mid, "dead", [ObjectState.PENDING], 5, timedelta(seconds=1))
+    lost = await ledger.claim(mid, "dead", [ObjectState.PENDING], 5, SHORT)
     assert await ledger.claim(mid, "other", [ObjectState.PENDING], 5, LEASE) == []
 
-    await asyncio.sleep(1.5)
+    await let_time_pass(ledger, 2 * SHORT)
     taken = await ledger.claim(mid, "other", [ObjectState.PENDING], 5, LEASE)
 
     assert {r.id for r in taken} == {r.id for r in lost}
@@ -117,9 +156,9 @@ async def test_expired_lease_returns_rows_to_other_claimers(ledger: Ledger) -> N
 async def test_return_expired_leases_clears_only_expired_ones(ledger: Ledger) -> None:
     mid = await ledger.ensure_migration("ns/a")
     await ledger.upsert_inventory(mid, inventory_rows(6), scan_id=1)
-    await ledger.claim(mid, "short", [ObjectState.PENDING], 2, timedelta(seconds=1))
+    await ledger.claim(mid, "short", [ObjectState.PENDING], 2, SHORT)
     await ledger.claim(mid, "long", [ObjectState.PENDING], 2, LEASE)
-    await asyncio.sleep(1.5)
+    await let_time_pass(ledger, 2 * SHORT)
 
     returned = await ledger.return_expired_leases(mid)
 
@@ -131,8 +170,8 @@ async def test_return_expired_leases_clears_only_expired_ones(ledger: Ledger) ->
 async def test_record_ignores_results_from_an_owner_who_lost_the_lease(ledger: Ledger) -> None:
     mid = await ledger.ensure_migration("ns/a")
     await ledger.upsert_inventory(mid, inventory_rows(1), scan_id=1)
-    (row,) = await ledger.claim(mid, "slow", [ObjectState.PENDING], 1, timedelta(seconds=1))
-    await asyncio.sleep(1.5)
+    (row,) = await ledger.claim(mid, "slow", [ObjectState.PENDING], 1, SHORT)
+    await let_time_pass(ledger, 2 * SHORT)
     (again,) = await ledger.claim(mid, "fast", [ObjectState.PENDING], 1, LEASE)
     assert again.id == row.id
 
@@ -158,8 +197,8 @@ async def test_record_after_own_expired_lease_still_applies_if_nobody_claimed(
 ) -> None:
     mid = await ledger.ensure_migration("ns/a")
     await ledger.upsert_inventory(mid, inventory_rows(1), scan_id=1)
-    (row,) = await ledger.claim(mid, "w", [ObjectState.PENDING], 1, timedelta(seconds=1))
-    await asyncio.sleep(1.2)
+    (row,) = await ledger.claim(mid, "w", [ObjectState.PENDING], 1, SHORT)
+    await let_time_pass(ledger, 2 * SHORT)
 
     applied = await ledger.record("w", [StepResult(id=row.id, state=ObjectState.COPIED)])
 
@@ -169,11 +208,12 @@ async def test_record_after_own_expired_lease_still_applies_if_nobody_claimed(
 async def test_heartbeat_extends_only_the_owners_leases(ledger: Ledger) -> None:
     mid = await ledger.ensure_migration("ns/a")
     await ledger.upsert_inventory(mid, inventory_rows(4), scan_id=1)
-    mine = await ledger.claim(mid, "me", [ObjectState.PENDING], 2, timedelta(seconds=1))
+    mine = await ledger.claim(mid, "me", [ObjectState.PENDING], 2, SHORT)
     theirs = await ledger.claim(mid, "them", [ObjectState.PENDING], 2, LEASE)
 
     held = await ledger.heartbeat("me", [r.id for r in mine + theirs], LEASE)
-    await asyncio.sleep(1.5)
+    # Past the lease "me" claimed with, well within the one the heartbeat gave.
+    await let_time_pass(ledger, 2 * SHORT)
 
     assert held == {r.id for r in mine}
     assert await ledger.claim(mid, "x", [ObjectState.PENDING], 4, LEASE) == []
@@ -183,7 +223,7 @@ async def test_not_before_delays_the_next_claim(ledger: Ledger) -> None:
     mid = await ledger.ensure_migration("ns/a")
     await ledger.upsert_inventory(mid, inventory_rows(2), scan_id=1)
     rows = await ledger.claim(mid, "w", [ObjectState.PENDING], 2, LEASE)
-    retry_at = datetime.now(UTC) + timedelta(seconds=1.5)
+    retry_at = datetime.now(UTC) + SHORT
     await ledger.record(
         "w",
         [
@@ -200,7 +240,7 @@ async def test_not_before_delays_the_next_claim(ledger: Ledger) -> None:
     await ledger.release("w", [rows[1].id])
 
     now = await ledger.claim(mid, "w2", [ObjectState.PENDING], 2, LEASE)
-    await asyncio.sleep(2)
+    await let_time_pass(ledger, 2 * SHORT)
     later = await ledger.claim(mid, "w3", [ObjectState.PENDING], 2, LEASE)
 
     assert [r.id for r in now] == [rows[1].id]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -25,9 +27,35 @@ def no_linger_end(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lookup, "LINGER_SECONDS", NEVER)
 
 
+def _count_listings(store: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record each listing the lookup starts (by its start-after)."""
+    started: list[str] = []
+    original = store.http.list_page
+
+    async def list_page(*args: Any, **kwargs: Any) -> Any:
+        started.append(kwargs.get("start_after") or "")
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(store.http, "list_page", list_page)
+    return started
+
+
+def _parked(
+    looks: Callable[[], ListingLookup], count: int
+) -> tuple[asyncio.Event, Callable[[], None]]:
+    """An event set once `count` objects wait in the lookup, and the `on_park` that sets it."""
+    event = asyncio.Event()
+
+    def on_park() -> None:
+        if looks().parked >= count:
+            event.set()
+
+    return event, on_park
+
+
 @pytest.mark.usefixtures("no_linger_end")
 async def test_a_batch_goes_at_once_when_nothing_else_is_busy(
-    s3_endpoint: Endpoint, s3_seed: S3Seeder
+    s3_endpoint: Endpoint, s3_seed: S3Seeder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bucket = await s3_seed.bucket()
     await s3_seed.put_object(bucket, "a", b"x" * 10)
@@ -35,10 +63,16 @@ async def test_a_batch_goes_at_once_when_nothing_else_is_busy(
     busy = 2
 
     async with open_store(s3_endpoint) as store:
-        looks = ListingLookup(store, bucket, "", _no_head, lambda: busy)
+        listings = _count_listings(store, monkeypatch)
+        parked, on_park = _parked(lambda: looks, 1)
+        looks = ListingLookup(store, bucket, "", _no_head, lambda: busy, on_park)
         first = asyncio.create_task(looks.current("a"))
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(parked.wait(), 30)
+        # The lookup decided, when "a" parked, whether to send it: a listing it had started
+        # would be on its way once the loop has turned, as it has after a request of ours.
+        await s3_seed.client.head_bucket(Bucket=bucket)
         # Another object of the pipeline is still busy and could join: "a" waits.
+        assert listings == []
         assert not first.done()
         assert looks.parked == 1
 
@@ -50,6 +84,7 @@ async def test_a_batch_goes_at_once_when_nothing_else_is_busy(
 
     assert [f.size if f else None for f in facts] == [10, 20]
     assert looks.parked == 0
+    assert len(listings) == 1
 
 
 @pytest.mark.usefixtures("no_linger_end")
@@ -61,9 +96,10 @@ async def test_a_key_past_the_end_of_the_listing_is_answered_gone(
     busy = 1
 
     async with open_store(s3_endpoint) as store:
-        looks = ListingLookup(store, bucket, "", _no_head, lambda: busy)
+        parked, on_park = _parked(lambda: looks, 2)
+        looks = ListingLookup(store, bucket, "", _no_head, lambda: busy, on_park)
         waiting = asyncio.gather(looks.current("a"), looks.current("zz-gone"))
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(parked.wait(), 30)
         assert looks.parked == 2
         # The last busy object leaves the pipeline, which tells the lookup.
         busy = 0

@@ -28,7 +28,7 @@ from objmig.storage.sdk import open_client
 from objmig.storage.streaming import ReadAhead
 from objmig.storage.types import MIGRATION_METADATA_KEY
 from tests.fixtures.s3 import S3Backend, S3Seeder
-from tests.support.s3proxy import Delay, Deny, Fail, S3FaultProxy
+from tests.support.s3proxy import Deny, Fail, Hold, S3FaultProxy
 
 PATHS = [pytest.param(True, id="server-side"), pytest.param(False, id="streamed")]
 
@@ -363,12 +363,11 @@ async def test_cancelled_copy_aborts_its_upload_and_reraises(
 ) -> None:
     src, dst = await s3_seed.bucket(), await s3_seed.bucket()
     obj = await s3_seed.put_multipart(src, "k", [64 * 1024, 64 * 1024, 5000])
-    s3_proxy.add_rule(Delay(30), method="PUT", bucket=dst, query={"partNumber": "2"})
-    uploading = asyncio.Event()
+    # Part 2's upload is held at the proxy: the copy is mid-way, with parts read ahead,
+    # when it is cancelled.
+    part_two = Hold()
+    s3_proxy.add_rule(part_two, method="PUT", bucket=dst, query={"partNumber": "2"})
     read_ahead = ReadAhead(1 << 20)
-
-    async def started(upload_id: str) -> None:
-        uploading.set()
 
     async with open_http_client(proxy_endpoint) as client:
         task = asyncio.create_task(
@@ -377,11 +376,10 @@ async def test_cancelled_copy_aborts_its_upload_and_reraises(
                 client,
                 SourceObject(src, "k", etag=obj.etag),
                 TargetObject(dst, "k"),
-                CopyOptions(on_upload_started=started, part_concurrency=3, read_ahead=read_ahead),
+                CopyOptions(part_concurrency=3, read_ahead=read_ahead),
             )
         )
-        await asyncio.wait_for(uploading.wait(), 10)
-        await asyncio.sleep(0.3)  # let the parts get going
+        await part_two.arrived()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

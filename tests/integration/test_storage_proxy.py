@@ -14,7 +14,7 @@ from objmig.storage.errors import S3ResponseError
 from objmig.storage.s3http import open_http_client
 from objmig.storage.sdk import open_client
 from tests.fixtures.s3 import S3Seeder, payload
-from tests.support.s3proxy import Fail, RewriteHeaders, S3FaultProxy, SlowDown
+from tests.support.s3proxy import ABSENT, Fail, Hold, RewriteHeaders, S3FaultProxy, SlowDown
 
 
 async def test_proxy_passes_sigv4_requests_unchanged_to_minio(minio_server) -> None:
@@ -60,12 +60,17 @@ async def test_rule_expires_after_its_seconds(
 ) -> None:
     bucket = await s3_seed.bucket()
     await s3_seed.put_object(bucket, "k", 5)
+    # The proxy's clock, moved by the test: the first HEAD falls inside the rule's half
+    # second however slow the machine is, the second one after it without waiting.
+    now = [1000.0]
+    s3_proxy.clock = lambda: now[0]
     s3_proxy.add_rule(Fail(500), method="HEAD", seconds=0.5)
 
     async with open_http_client(proxy_endpoint) as client:
+        now[0] += 0.4
         with pytest.raises(S3ResponseError):
             await client.head(bucket, "k")
-        await asyncio.sleep(0.7)
+        now[0] += 0.3
         assert (await client.head(bucket, "k")).size == 5
 
 
@@ -104,3 +109,55 @@ async def test_rewritten_headers_reach_the_client_and_rules_can_be_removed(
     assert rewritten.metadata == {"new": "1"}
     assert rewritten.size == 5
     assert plain.content.content_type == "text/plain"
+
+
+async def test_held_request_waits_for_its_release_while_others_pass(
+    s3_seed: S3Seeder, s3_proxy: S3FaultProxy, proxy_endpoint
+) -> None:
+    bucket = await s3_seed.bucket()
+    await s3_seed.put_object(bucket, "k", 5)
+    await s3_seed.put_object(bucket, "other", 7)
+    hold = Hold()
+    s3_proxy.add_rule(hold, method="HEAD", key="k")
+
+    async with open_http_client(proxy_endpoint, max_connections=4) as client:
+        held = asyncio.create_task(client.head(bucket, "k"))
+        await hold.arrived()
+        # Another request goes through and back while the first one waits at the proxy.
+        assert (await client.head(bucket, "other")).size == 7
+        assert not held.done()
+        assert hold.held == 1
+        hold.release()
+        assert (await held).size == 5
+        # Released: later requests pass at once.
+        assert (await client.head(bucket, "k")).size == 5
+
+    assert (hold.arrivals, hold.held) == (2, 0)
+
+
+async def test_removing_a_hold_lets_its_requests_through(
+    s3_seed: S3Seeder, s3_proxy: S3FaultProxy, proxy_endpoint
+) -> None:
+    bucket = await s3_seed.bucket()
+    await s3_seed.put_object(bucket, "k", 5)
+    rule = s3_proxy.add_rule(Hold(), method="HEAD")
+
+    async with open_http_client(proxy_endpoint) as client:
+        held = asyncio.create_task(client.head(bucket, "k"))
+        assert isinstance(rule.action, Hold)
+        await rule.action.arrived()
+        s3_proxy.remove_rule(rule)
+        assert (await held).size == 5
+
+
+async def test_a_query_parameter_can_be_required_absent(
+    s3_seed: S3Seeder, s3_proxy: S3FaultProxy, proxy_endpoint
+) -> None:
+    bucket = await s3_seed.bucket()
+    await s3_seed.put_object(bucket, "k", 5)
+    s3_proxy.add_rule(Fail(500), method="HEAD", query={"partNumber": ABSENT})
+
+    async with open_http_client(proxy_endpoint) as client:
+        assert (await client.head(bucket, "k", part_number=1)).size == 5
+        with pytest.raises(S3ResponseError):
+            await client.head(bucket, "k")

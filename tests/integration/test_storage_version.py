@@ -11,32 +11,51 @@ from datetime import UTC, datetime
 from typing import Any
 
 from objmig.api.migration import ObjectMigration
+from objmig.engine.deletion_pass import run_cleanup
 from objmig.engine.pipeline.verify import ORIGINAL_ETAG_KEY
 from objmig.ledger import InventoryRow, Ledger, ObjectState, ScanRecord
 from objmig.storage.endpoint import Endpoint
 from objmig.storage.types import MIGRATION_METADATA_KEY
 from tests.fixtures.s3 import S3Backend, S3Seeder
-from tests.integration.engine_support import migration, rows_of, run, sha256_of
+from tests.integration.engine_support import (
+    keys_of,
+    migration,
+    rows_of,
+    run,
+    secrets_for,
+    sha256_of,
+)
+from tests.integration.test_cleanup import cleanup_of
 from tests.integration.test_engine_one_bucket import writes
-from tests.support.s3proxy import S3FaultProxy
+from tests.support.s3proxy import RewriteHeaders, S3FaultProxy
 
 KiB = 1024
 VERSION_KEY = "storage-version"
 
 
-def rewrite(endpoint: Endpoint, bucket: str, name: str = "m", **spec: Any) -> ObjectMigration:
-    """Rewrite every object of `bucket` below storage version 3 to 3, in place, as SSE-S3."""
+def rewrite(
+    endpoint: Endpoint,
+    bucket: str,
+    name: str = "m",
+    target_extra: dict[str, Any] | None = None,
+    **spec: Any,
+) -> ObjectMigration:
+    """Rewrite every object of `bucket` below storage version 3 (or without one: written
+    before versions existed) to 3, in place, as SSE-S3."""
     spec.setdefault("copy", {"mode": "serverSide", "overwrite": "always"})
     return migration(
         endpoint,
         bucket,
         bucket,
         name=name,
-        target_extra={
+        target_extra=target_extra
+        or {
             "encryption": {"mode": "SSE-S3"},
             "metadata": {"set": {VERSION_KEY: "3"}, "remove": ["legacy-layout"]},
         },
-        selection={"metadata": [{"key": VERSION_KEY, "operator": "Lt", "values": ["3"]}]},
+        selection={
+            "metadata": [{"key": VERSION_KEY, "operator": "Lt", "values": ["3"], "default": "0"}]
+        },
         **spec,
     )
 
@@ -63,12 +82,13 @@ async def test_a_storage_version_rewrite_stamps_old_objects_once_and_a_second_ru
             bucket, "parts", [part, part, part // 2], metadata={VERSION_KEY: "2"}
         ),
     ]
+    # Written before versions existed: no storage-version at all, which counts as 0.
+    old.append(await backend_seed.put_object(bucket, "d", 8 * KiB, metadata={"owner": "y"}))
     current = await backend_seed.put_object(bucket, "c", 8 * KiB, metadata={VERSION_KEY: "3"})
-    unversioned = await backend_seed.put_object(bucket, "d", 8 * KiB)
+    newer = await backend_seed.put_object(bucket, "e", 8 * KiB, metadata={VERSION_KEY: "4"})
     client = backend_seed.client
     untouched_before = {
-        obj.key: await client.head_object(Bucket=bucket, Key=obj.key)
-        for obj in (current, unversioned)
+        obj.key: await client.head_object(Bucket=bucket, Key=obj.key) for obj in (current, newer)
     }
 
     # A catch-up round re-scans the bucket before the cutover: it finds nothing new.
@@ -83,10 +103,11 @@ async def test_a_storage_version_rewrite_stamps_old_objects_once_and_a_second_ru
         "a": ObjectState.VERIFIED,
         "b": ObjectState.VERIFIED,
         "parts": ObjectState.VERIFIED,
+        "d": ObjectState.VERIFIED,
         "c": ObjectState.SKIPPED,
-        "d": ObjectState.SKIPPED,
+        "e": ObjectState.SKIPPED,
     }
-    assert rows["c"].skip_reason == rows["d"].skip_reason == "MetadataNotMatched"
+    assert rows["c"].skip_reason == rows["e"].skip_reason == "MetadataNotMatched"
     for obj in old:
         head = await client.head_object(Bucket=bucket, Key=obj.key)
         assert head["Metadata"][VERSION_KEY] == "3", obj.key
@@ -98,11 +119,12 @@ async def test_a_storage_version_rewrite_stamps_old_objects_once_and_a_second_ru
     b = await client.head_object(Bucket=bucket, Key="b")
     assert b["Metadata"]["owner"] == "x"
     assert b["ContentType"] == "image/png"
+    assert (await client.head_object(Bucket=bucket, Key="d"))["Metadata"]["owner"] == "y"
     for key, before in untouched_before.items():
         after = await client.head_object(Bucket=bucket, Key=key)
         assert after["LastModified"] == before["LastModified"], key
         assert after["Metadata"] == before["Metadata"], key
-    assert writes(backend_proxy, bucket) == 3
+    assert writes(backend_proxy, bucket) == 4
 
     # The same migration again, and a new one over the same bucket: nothing is old any more.
     backend_proxy.clear()
@@ -111,7 +133,7 @@ async def test_a_storage_version_rewrite_stamps_old_objects_once_and_a_second_ru
     fresh = await run(ledger, rewrite(backend_via_proxy, bucket, name="m2"), backend_via_proxy)
     second = await rows_of(ledger, "test/m2")
     assert {r.skip_reason for r in second.values()} == {"MetadataNotMatched"}
-    assert fresh.status.progress.objects.skipped == 5
+    assert fresh.status.progress.objects.skipped == 6
     assert writes(backend_proxy, bucket) == 0
 
 
@@ -177,3 +199,57 @@ async def test_a_source_changed_after_the_scan_fails_its_object_and_is_left_as_i
     assert head["ETag"].strip('"') == changed.etag
     assert head["Metadata"] == {VERSION_KEY: "2"}
     assert writes(backend_proxy, bucket) == 1  # "b" only
+
+
+async def test_a_failed_rewrite_into_a_new_prefix_is_removed_by_leftovers_after_its_grace(
+    ledger: Ledger, backend_seed: S3Seeder, backend_proxy: S3FaultProxy, backend_via_proxy: Endpoint
+) -> None:
+    bucket = await backend_seed.bucket()
+    originals = {
+        key: await backend_seed.put_object(bucket, key, 8 * KiB, metadata={VERSION_KEY: "2"})
+        for key in ("a", "b")
+    }
+    # The application's own object in the new prefix, which no cleanup may take.
+    own = await backend_seed.put_object(bucket, "v2/index.json", 1 * KiB)
+    # The copy of "b" reads back as something else: it fails its verification, every time.
+    backend_proxy.add_rule(
+        RewriteHeaders({"ETag": '"00000000000000000000000000000000"'}),
+        method="HEAD",
+        bucket=bucket,
+        key="v2/b",
+    )
+    resource = rewrite(
+        backend_via_proxy,
+        bucket,
+        target_extra={"prefix": "v2/", "metadata": {"set": {VERSION_KEY: "3"}}},
+        copy={"mode": "serverSide"},
+    )
+
+    result = await run(ledger, resource, backend_via_proxy)
+
+    rows = await rows_of(ledger)
+    assert rows["a"].state is ObjectState.VERIFIED
+    assert rows["b"].state is ObjectState.FAILED, rows["b"].last_error
+    assert result.outcome != "cut-over"
+    backend_proxy.clear()
+    client = backend_seed.client
+    assert set(await keys_of(client, bucket)) == {"a", "b", "v2/a", "v2/b", "v2/index.json"}
+    secrets = secrets_for(backend_via_proxy)
+
+    # Within its grace (minAge) the failed copy stays; after it, it alone goes.
+    young = await run_cleanup(
+        ledger, cleanup_of(None, name="young", what="leftovers", minAge="1h"), secrets
+    )
+    assert set(await keys_of(client, bucket)) == {"a", "b", "v2/a", "v2/b", "v2/index.json"}
+    assert young.phase == "Completed"
+    swept = await run_cleanup(ledger, cleanup_of(None, name="swept", what="leftovers"), secrets)
+
+    assert swept.phase == "Completed"
+    assert swept.counts.deleted == 1
+    remaining = await keys_of(client, bucket)
+    assert set(remaining) == {"a", "b", "v2/a", "v2/index.json"}
+    for key, obj in originals.items():
+        assert remaining[key] == obj.etag, key
+    assert remaining["v2/index.json"] == own.etag
+    stamped = await client.head_object(Bucket=bucket, Key="v2/a")
+    assert stamped["Metadata"][VERSION_KEY] == "3"

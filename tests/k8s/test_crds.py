@@ -216,7 +216,8 @@ def test_example_is_accepted_and_round_trips(
         spec = stored["spec"]
         if kind == "objectmigration":
             assert spec["source"]["addressingStyle"] == "auto"
-            assert spec["target"]["keyTemplate"]
+            # copy.mode none may leave the target out (it is then the source).
+            assert spec.get("target", {"keyTemplate": "{relative}"})["keyTemplate"]
             assert spec["dryRun"] is False
         else:
             assert spec["gracePeriod"]
@@ -340,6 +341,13 @@ REJECTED: list[tuple[str, str, dict[str, Any], str, str]] = [
     ("cel-gt-two-values", OM,
      {"spec.selection.metadata": [{"key": "v", "operator": "Gt", "values": ["1", "2"]}]},
      "spec.selection.metadata[0]", "Lt and Gt need exactly one integer value"),
+    ("cel-lt-default-non-integer", OM,
+     {"spec.selection.metadata": [{"key": "v", "operator": "Lt", "values": ["3"],
+                                   "default": "none"}]},
+     "spec.selection.metadata[0].default", "with Lt and Gt, default must be an integer"),
+    ("cel-exists-with-default", OM,
+     {"spec.selection.metadata": [{"key": "v", "operator": "DoesNotExist", "default": "0"}]},
+     "spec.selection.metadata[0].default", "Exists and DoesNotExist ask whether it is there"),
     ("cel-manifest-two-sources", OM,
      {"spec.selection.manifest": {"path": "/keys.txt",
                                   "configMapRef": {"name": "keys", "key": "list"}}},
@@ -357,9 +365,8 @@ REJECTED: list[tuple[str, str, dict[str, Any], str, str]] = [
     ("cel-one-bucket-same-prefix-new-layout", OM,
      {"spec.target": {"bucket": "src-bucket", "keyTemplate": "{year}/{basename}"}},
      "spec.target.prefix", "write the copies under a prefix of their own"),
-    ("cel-missing-objects-needs-none", OM,
-     {"spec.copy": {"mode": "stream", "missingObjects": "Fail"}},
-     "spec.copy.missingObjects", "missingObjects is only meaningful with mode none"),
+    ("target-required-when-copying", OM, {"spec.target": DELETE, "spec.copy": {"mode": "stream"}},
+     "spec.target", "target is required"),
     ("cel-look-only-elsewhere", OM, {"spec.copy": {"mode": "none"}},
      "spec.target", "copy.mode none writes no object"),
     ("cel-metadata-set-and-removed", OM,
@@ -534,6 +541,9 @@ ACCEPTED: list[tuple[str, str, dict[str, Any]]] = [
     ("look-only-over-the-source", OM,
      {"spec.target": {"bucket": "src-bucket"}, "spec.copy": {"mode": "none",
                                                              "missingObjects": "Fail"}}),
+    ("look-only-without-a-target", OM, {"spec.target": DELETE, "spec.copy": {"mode": "none"}}),
+    ("missing-objects-fail-while-copying", OM,
+     {"spec.copy": {"mode": "stream", "missingObjects": "Fail"}}),
     ("storage-version-stamp", OM,
      {"spec.target": {"bucket": "src-bucket", "encryption": {"mode": "SSE-S3"},
                       "metadata": {"set": {"storage-version": "3"}, "remove": ["legacy"]}},
@@ -752,6 +762,7 @@ def test_printer_columns_show_phase_progress_and_cutover(
             "objectsDone": "503/1200",
             "objects": {"total": 1200, "succeeded": 500, "failed": 3, "pending": 697},
             "bytes": {"total": 10_000_000, "succeeded": 4_200_000},
+            "objectsDone": "503/1200",
             "eta": "12m",
         },
         "conditions": [

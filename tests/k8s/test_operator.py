@@ -28,7 +28,7 @@ from tests.fixtures.operator import OperatorProcess
 from tests.fixtures.s3 import S3Seeder
 from tests.support.catalog import catalog_action, catalog_database, catalog_rows, refuse_location
 from tests.support.cluster import ControlPlane, wait_until
-from tests.support.s3proxy import Delay, Fail, S3FaultProxy
+from tests.support.s3proxy import Fail, Hold, S3FaultProxy
 from tests.support.seeded_moto import ObjectGroup, SeededMoto
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
@@ -74,7 +74,7 @@ def apply_migration(
     name: str,
     endpoint: str,
     source: str,
-    target: str,
+    target: str | None,
     *,
     target_endpoint: str | None = None,
     source_secret: str = SECRET,
@@ -83,7 +83,8 @@ def apply_migration(
     source_extra: dict[str, Any] | None = None,
     **spec: Any,
 ) -> None:
-    """Apply an ObjectMigration between two buckets, with fast retries."""
+    """Apply an ObjectMigration between two buckets, with fast retries (``target`` None:
+    none, as copy.mode none allows)."""
     side = {"addressingStyle": "path", "region": "us-east-1"}
     body: dict[str, Any] = {
         "source": {
@@ -102,6 +103,8 @@ def apply_migration(
         "retry": {"attempts": 2, "backoff": {"initial": "50ms", "max": "200ms"}},
         **spec,
     }
+    if target is None:
+        del body["target"]
     metadata: dict[str, Any] = {"name": name}
     if annotations:
         metadata["annotations"] = annotations
@@ -171,6 +174,28 @@ def wait_for(
         status = json.dumps(seen.get("status", {}), indent=1)[-3000:]
         raise AssertionError(f"{error}\nlast status: {status}") from None
     return seen
+
+
+def wait_status_passes(
+    operator: OperatorProcess, namespace: str, name: str, passes: int = 3
+) -> None:
+    """Wait until the operator has finished ``passes`` more reconcile passes of a migration.
+
+    The positive event a test of "nothing happens" waits for: a pass running now may have
+    read the world before the caller's moment, the next one did not, and its status patch
+    is written before the one after it begins. After three, the status shows a pass that
+    started after now, and an operator that were going to act on what it saw has acted.
+    """
+
+    def count() -> float:
+        return operator.metric("objmig_reconciles_total", namespace=namespace, migration=name)
+
+    start = count()
+    wait_until(
+        lambda: count() >= start + passes,
+        timeout=60 + 10 * passes,
+        what=f"{passes} more reconcile passes of {namespace}/{name}",
+    )
 
 
 def jobs_of(cluster: ControlPlane, namespace: str) -> list[dict[str, Any]]:
@@ -321,7 +346,7 @@ async def test_manual_cutover_waits_for_approval_then_rolls_back_the_config_map(
     config = k8s_cluster.kubectl_json("get", "configmap", "app", "-n", ns)
     assert config["data"] == {"BUCKET": source, "UNRELATED": "kept"}
     # Still approved, still asked to roll back: it must stay rolled back, not flap.
-    await asyncio.sleep(4 * objmig_operator.status_interval)
+    wait_status_passes(objmig_operator, ns, name)
     again = get_om(k8s_cluster, ns, name)
     assert condition(again, "CutOver")["reason"] == "RolledBack"
     assert k8s_cluster.kubectl_json("get", "configmap", "app", "-n", ns)["data"] == {
@@ -352,10 +377,10 @@ async def test_suspend_stops_every_worker_and_resume_finishes(
     source, target = await s3_seed.bucket(), await s3_seed.bucket()
     expected = await seed_many(s3_seed, source, (f"k/{i:04d}" for i in range(300)), 100)
     create_secret(k8s_cluster, ns, *moto_keys(s3_server))
-    # Every source read takes a while, so the copy is still running when we suspend. The
-    # copy streams: each object is then one delayed GET (a server-side copy reads the source
-    # only through the few batched listings, and would finish in a blink).
-    s3_proxy.add_rule(Delay(0.3), method="GET", bucket=source)
+    # The reads of the last hundred objects wait at the proxy, so the copy is still running
+    # when we suspend, however fast the machine. The copy streams: each object is then one
+    # GET (a server-side copy reads the source only through the few batched listings).
+    s3_proxy.add_rule(Hold(), method="GET", bucket=source, key="k/02*")
 
     apply_migration(
         k8s_cluster, ns, name, s3_proxy.endpoint_url, source, target,
@@ -389,16 +414,12 @@ async def test_suspend_stops_every_worker_and_resume_finishes(
 
     wait_until(all_stopped, timeout=60, what="every Job suspended and no worker pod running")
     # Results the workers recorded while stopping reach the status with the operator's next
-    # status pass; take the count once it has settled.
+    # status passes: no worker is left to record more, so after those the count is final.
+    wait_status_passes(objmig_operator, ns, name)
     progress = get_om(k8s_cluster, ns, name)["status"]["progress"]["objects"]
-    for _ in range(10):
-        await asyncio.sleep(2)
-        settled = get_om(k8s_cluster, ns, name)["status"]["progress"]["objects"]
-        if settled["succeeded"] == progress["succeeded"]:
-            break
-        progress = settled
     assert progress["succeeded"] < len(expected), "finished before the suspension took hold"
-    await asyncio.sleep(3)
+    # Passes of the operator while suspended start nothing and copy nothing.
+    wait_status_passes(objmig_operator, ns, name)
     assert all_stopped()
     still = get_om(k8s_cluster, ns, name)["status"]["progress"]["objects"]
     assert still["succeeded"] == progress["succeeded"], "objects copied while suspended"
@@ -487,7 +508,16 @@ async def test_bad_credentials_fail_the_migration_without_a_crash_loop_until_fix
                 k8s_cluster, ns, name, lambda r: r.get("status", {}).get("phase") == "Failed",
                 what="phase Failed", operator=objmig_operator,
             )  # fmt: skip
-            await asyncio.sleep(5)  # a crash loop would show up as more pods by now
+
+            # A crash loop would show up as more pods or Jobs. A Job that has failed starts
+            # no more pods; the operator's passes since it failed started no other Job.
+            def scan_job_failed() -> bool:
+                job = k8s_cluster.kubectl_json("get", "job", f"{name}-scan-r0", "-n", ns)
+                conditions = job.get("status", {}).get("conditions", [])
+                return any(c["type"] == "Failed" and c["status"] == "True" for c in conditions)
+
+            wait_until(scan_job_failed, timeout=60, what="the scan Job Failed")
+            wait_status_passes(objmig_operator, ns, name)
 
             message = condition(failed, "Failed")["message"]
             assert "SignatureDoesNotMatch" in message or "InvalidAccessKeyId" in message, message
@@ -731,10 +761,10 @@ async def test_a_killed_pod_and_a_restarted_operator_converge_without_duplicate_
     source, target = await s3_seed.bucket(), await s3_seed.bucket()
     expected = await seed_many(s3_seed, source, (f"k/{i:04d}" for i in range(400)), 300)
     create_secret(k8s_cluster, ns, *moto_keys(s3_server))
-    # ~25 s of copying (400 objects, 8 at a time, a slow HEAD each): the pod must still have
-    # work when it is deleted, and "succeeded" shows only once the first batch of source
-    # re-checks (up to 4 s) is through.
-    s3_proxy.add_rule(Delay(0.5), method="HEAD", bucket=source)
+    # The HEADs of the last hundred objects (one per object in a server-side copy) wait at
+    # the proxy until the operator is back: the pods still have work when one is deleted,
+    # however fast the machine, while "succeeded" shows for the others.
+    last = s3_proxy.add_rule(Hold(), method="HEAD", bucket=source, key="k/03*")
 
     apply_migration(
         k8s_cluster, ns, name, s3_proxy.endpoint_url, source, target,
@@ -764,6 +794,7 @@ async def test_a_killed_pod_and_a_restarted_operator_converge_without_duplicate_
     # The Job replaces the deleted pod (the worker exits "interrupted", not "done").
     wait_until(replaced, timeout=60, what="a replacement for the deleted worker pod")
     objmig_operator.start()
+    s3_proxy.remove_rule(last)
     done = wait_cut_over(k8s_cluster, ns, name, timeout=240)
 
     jobs = jobs_of(k8s_cluster, ns)
@@ -845,7 +876,9 @@ async def test_parallelism_change_reaches_the_running_job_and_deletion_cleans_up
     source, target = await s3_seed.bucket(), await s3_seed.bucket()
     await seed_many(s3_seed, source, (f"k/{i:04d}" for i in range(300)), 100)
     create_secret(k8s_cluster, ns, *moto_keys(s3_server))
-    s3_proxy.add_rule(Delay(0.3), method="HEAD", bucket=source)
+    # No object can be copied (each needs a HEAD of its source) until there are three copy
+    # pods: the copy is still running when the Job is scaled, however fast the machine.
+    s3_proxy.add_rule(Hold(), method="HEAD", bucket=source)
 
     apply_migration(
         k8s_cluster, ns, name, s3_proxy.endpoint_url, source, target,
@@ -946,10 +979,11 @@ async def test_status_stays_small_and_patches_rate_bounded_at_20000_objects(
     created = resource["metadata"]["creationTimestamp"]
     patches = objmig_operator.metric("objmig_status_patches_total", namespace=ns, migration=name)
 
-    # Once nothing changes (the throughput window has drained), no more patches are written.
+    # Once nothing changes (the throughput window has drained), no more patches are written:
+    # four passes of the operator in a row leave the status alone.
     def idle() -> bool:
         before = objmig_operator.metric("objmig_status_patches_total", namespace=ns, migration=name)
-        time.sleep(4 * objmig_operator.status_interval)
+        wait_status_passes(objmig_operator, ns, name, passes=4)
         after = objmig_operator.metric("objmig_status_patches_total", namespace=ns, migration=name)
         return before == after
 

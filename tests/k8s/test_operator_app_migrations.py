@@ -20,6 +20,7 @@ from objmig.local.s3server import LocalS3Server
 from tests.fixtures.operator import OperatorProcess
 from tests.fixtures.s3 import S3Seeder
 from tests.k8s.test_operator import (
+    apply_config_map,
     apply_migration,
     apply_secret,
     condition,
@@ -32,7 +33,7 @@ from tests.k8s.test_operator import (
 )
 from tests.support.appdb import FILES_QUERY, backfill_action, files_database, files_of
 from tests.support.cluster import ControlPlane
-from tests.support.hook_endpoint import ThreadedHookEndpoint
+from tests.support.hook_endpoint import Reply, ThreadedHookEndpoint
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
@@ -59,6 +60,8 @@ async def test_a_storage_version_rewrite_through_the_operator(
         await s3_seed.put_multipart(
             bucket, "parts", [4 * KiB, 4 * KiB, 1000], metadata={"storage-version": "1"}
         ),
+        # Written before versions existed: no storage-version, which counts as 0.
+        await s3_seed.put_object(bucket, "before-versions", 4 * KiB),
     ]
     await s3_seed.put_object(bucket, "c", 4 * KiB, metadata={"storage-version": "3"})
     untouched = await s3_seed.client.head_object(Bucket=bucket, Key="c")
@@ -75,7 +78,11 @@ async def test_a_storage_version_rewrite_through_the_operator(
             "encryption": {"mode": "SSE-S3"},
             "metadata": {"set": {"storage-version": "3"}},
         },
-        "selection": {"metadata": [{"key": "storage-version", "operator": "Lt", "values": ["3"]}]},
+        "selection": {
+            "metadata": [
+                {"key": "storage-version", "operator": "Lt", "values": ["3"], "default": "0"}
+            ]
+        },
         "copy": {"mode": "serverSide", "overwrite": "always"},
     }
     k8s_cluster.apply_yaml(
@@ -90,7 +97,7 @@ async def test_a_storage_version_rewrite_through_the_operator(
     done = wait_cut_over(k8s_cluster, ns, name)
 
     objects = done["status"]["progress"]["objects"]
-    assert (objects["succeeded"], objects["skipped"]) == (2, 1)
+    assert (objects["succeeded"], objects["skipped"]) == (3, 1)
     for obj in old:
         head = await s3_seed.client.head_object(Bucket=bucket, Key=obj.key)
         assert head["Metadata"]["storage-version"] == "3"
@@ -125,7 +132,8 @@ async def test_a_backfill_through_the_operator_then_its_rollback(
             "selection": {"manifest": SQL_WORKLIST},
             "backfill": backfill_action(batchSize=5),
         }
-        apply_migration(k8s_cluster, ns, name, s3_server.endpoint_url, bucket, bucket, **spec)
+        # No target: a run that writes nothing looks at the source where it is.
+        apply_migration(k8s_cluster, ns, name, s3_server.endpoint_url, bucket, None, **spec)
         done = wait_cut_over(k8s_cluster, ns, name)
 
         objects = done["status"]["progress"]["objects"]
@@ -139,7 +147,9 @@ async def test_a_backfill_through_the_operator_then_its_rollback(
             expected = None if key in missing else sizes[key]
             assert files[key]["size"] == expected, key
             assert files[key]["writes"] == (0 if key in missing else 1), key
-        assert events_of(k8s_cluster, ns, "ObjectsMissing")
+        # One Event, when the first missing object is found: not one per reconcile.
+        (missing_event,) = events_of(k8s_cluster, ns, "ObjectsMissing")
+        assert missing_event.get("count", 1) == 1
         rows = await ledger_rows(ledger, ns, name)
         assert {r.key for r in rows if r.state is ObjectState.SKIPPED} == missing
 
@@ -169,9 +179,9 @@ async def test_a_per_object_hook_through_the_operator(
     create_secret(k8s_cluster, ns, *moto_keys(s3_server))
     apply_secret(k8s_cluster, ns, "hook", {"token": "t0ken"})
 
-    def answer(key: str, call: int) -> tuple[int, str]:
+    def answer(key: str, call: int) -> Reply:
         if key == keys[1] and call == 1:
-            return 503, "busy"
+            return 429, "slow down", {"Retry-After": "1"}
         if key == keys[2]:
             return 409, "already claimed by another space"
         return 200, "ok"
@@ -182,12 +192,15 @@ async def test_a_per_object_hook_through_the_operator(
             copy={"mode": "none"},
             selection={"limit": 6},
             failurePolicy={"maxFailedObjects": 1},
+            retry={"attempts": 2, "backoff": {"initial": "50ms", "max": "5s"}},
             hooks={"perObject": {"url": hook.url,
                                  "bearerTokenSecretRef": {"name": "hook", "key": "token"}}},
         )  # fmt: skip
         done = wait_cut_over(k8s_cluster, ns, name)
 
         assert dict(hook.calls) == {**dict.fromkeys(keys[:6], 1), keys[1]: 2}
+        # The 429's Retry-After was honoured (the backoff alone is 50 ms).
+        assert hook.times[keys[1]][1] - hook.times[keys[1]][0] >= 1.0
         assert {h["authorization"] for h in hook.headers} == {"Bearer t0ken"}
         steps = done["status"]["steps"]
         assert (steps["hooksDone"], steps["hooksPending"]) == (5, 0)
@@ -195,6 +208,38 @@ async def test_a_per_object_hook_through_the_operator(
         assert [(o["key"], o["lastError"]) for o in failed] == [
             (keys[2], "hook: Hook409: HTTP 409: already claimed by another space")
         ]
+
+
+async def test_a_copy_from_a_worklist_with_missing_keys_through_the_operator(
+    k8s_cluster: ControlPlane,
+    k8s_namespace: str,
+    objmig_operator: OperatorProcess,
+    s3_server: LocalS3Server,
+    s3_seed: S3Seeder,
+) -> None:
+    ns, name = k8s_namespace, "worklist"
+    source, target = await s3_seed.bucket(), await s3_seed.bucket()
+    keys = [f"photos/{i}.jpg" for i in range(6)]
+    missing = {keys[1], keys[4]}
+    for key in keys:
+        if key not in missing:
+            await s3_seed.put_object(source, key, 256)
+    create_secret(k8s_cluster, ns, *moto_keys(s3_server))
+    apply_config_map(k8s_cluster, ns, "worklist", {"keys": "\n".join(keys)})
+    apply_migration(
+        k8s_cluster, ns, name, s3_server.endpoint_url, source, target,
+        copy={"mode": "stream"},
+        selection={"manifest": {"configMapRef": {"name": "worklist", "key": "keys"}}},
+    )  # fmt: skip
+    done = wait_cut_over(k8s_cluster, ns, name)
+
+    objects = done["status"]["progress"]["objects"]
+    assert (objects["succeeded"], objects["skipped"], objects["failed"]) == (4, 2, 0)
+    assert done["status"]["steps"]["missing"] == 2
+    (event,) = events_of(k8s_cluster, ns, "ObjectsMissing")
+    assert event.get("count", 1) == 1
+    listing = await s3_seed.client.list_objects_v2(Bucket=target)
+    assert {o["Key"] for o in listing.get("Contents", [])} == set(keys) - missing
 
 
 async def test_bad_application_inputs_are_conditions_naming_the_field(

@@ -40,9 +40,10 @@ from tests.k8s.test_operator import (
     seed_many,
     wait_cut_over,
     wait_for,
+    wait_status_passes,
 )
 from tests.support.cluster import ControlPlane, wait_until
-from tests.support.s3proxy import Delay, Deny, S3FaultProxy
+from tests.support.s3proxy import Delay, Deny, Hold, S3FaultProxy
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
@@ -59,19 +60,6 @@ def events_of(cluster: ControlPlane, namespace: str, name: str) -> list[dict[str
 
 def event_reasons(cluster: ControlPlane, namespace: str, name: str) -> list[str]:
     return [e["reason"] for e in events_of(cluster, namespace, name)]
-
-
-def reconciled(operator: OperatorProcess, namespace: str, name: str, passes: int) -> None:
-    """Wait until the operator has reconciled ``name`` ``passes`` more times."""
-    start = operator.metric("objmig_reconciles_total", namespace=namespace, migration=name)
-    wait_until(
-        lambda: (
-            operator.metric("objmig_reconciles_total", namespace=namespace, migration=name)
-            >= start + passes
-        ),
-        timeout=30 + 5 * passes,
-        what=f"{passes} more reconciles of {name}",
-    )
 
 
 async def seeded_buckets(
@@ -233,8 +221,8 @@ async def test_a_refused_job_and_other_standing_problems_say_so_once(
     )
 
     # Ten more passes each: no new Job, no new Event, no new pod.
-    reconciled(objmig_operator, ns, name, 10)
-    reconciled(objmig_operator, ns, "invalid", 10)
+    wait_status_passes(objmig_operator, ns, name, 10)
+    wait_status_passes(objmig_operator, ns, "invalid", 10)
     assert event_reasons(k8s_cluster, ns, name).count("JobRejected") == 1
     assert event_reasons(k8s_cluster, ns, "invalid").count("InvalidSpec") == 1
     assert event_reasons(k8s_cluster, ns, "orphan").count("MigrationNotFound") == 1
@@ -286,8 +274,10 @@ async def test_a_ledger_outage_of_ninety_seconds_converges_to_cutover(
     source, target, expected = await seeded_buckets(k8s_cluster, ns, s3_server, s3_seed, objects)
     try:
         with S3FaultProxy(s3_server.endpoint_url) as proxy:
-            # Slow writes: the copy is still under way when the ledger goes.
-            proxy.add_rule(Delay(0.4), method="PUT", bucket=target)
+            # The last key's write waits for the test (rows are claimed in key order): the
+            # copy is still under way when the ledger goes, however fast the rest goes.
+            last = Hold()
+            proxy.add_rule(last, method="PUT", bucket=target, key=f"k/{objects - 1:03d}")
             apply_migration(
                 k8s_cluster, ns, name, proxy.endpoint_url, source, target,
                 copy={"concurrency": 2}, workers={"parallelism": 2},
@@ -298,9 +288,12 @@ async def test_a_ledger_outage_of_ninety_seconds_converges_to_cutover(
                 .get("succeeded", 0) >= 10,
                 what="ten objects verified", operator=operator,
             )  # fmt: skip
+            await last.arrived()
 
             own_ledger_server.stop_blocking()
             stopped = time.monotonic()
+            # Its result now has to be recorded while the ledger is away.
+            last.release()
             down = wait_for(
                 k8s_cluster, ns, name,
                 lambda r: condition(r, "LedgerUnavailable").get("status") == "True",

@@ -6,15 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections import Counter
-from collections.abc import Callable
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
-#: (status, body) for the n-th call (from 1) about a key.
-Answer = Callable[[str, int], tuple[int, str]]
+#: (status, body) or (status, body, headers) for the n-th call (from 1) about a key, or
+#: HOLD: no answer until the endpoint closes (a caller's timeout runs out first).
+Reply = tuple[int, str] | tuple[int, str, Mapping[str, str]]
+Answer = Callable[[str, int], "Reply | None"]
+HOLD = None
 
 
 def always_ok(_key: str, _call: int) -> tuple[int, str]:
@@ -29,6 +33,9 @@ class HookEndpoint:
         self.calls: Counter[str] = Counter()
         self.documents: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        #: time.monotonic() of each call, per key.
+        self.times: defaultdict[str, list[float]] = defaultdict(list)
+        self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -36,10 +43,15 @@ class HookEndpoint:
         document = json.loads(await request.read())
         key = document["source"]["key"]
         self.calls[key] += 1
+        self.times[key].append(time.monotonic())
         self.documents.append(document)
         self.headers.append({k.lower(): v for k, v in request.headers.items()})
-        status, body = self._answer(key, self.calls[key])
-        return web.Response(status=status, text=body)
+        reply = self._answer(key, self.calls[key])
+        if reply is HOLD:
+            await self._closing.wait()
+            return web.Response(status=503, text="closing")
+        status, body, *extra = reply
+        return web.Response(status=status, text=body, headers=extra[0] if extra else None)
 
     async def __aenter__(self) -> HookEndpoint:
         app = web.Application()
@@ -58,6 +70,7 @@ class HookEndpoint:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._closing.set()
         if self._runner is not None:
             await self._runner.cleanup()
 

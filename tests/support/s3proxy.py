@@ -11,6 +11,12 @@ changeable while the test runs, make chosen requests misbehave:
     proxy.add_rule(RewriteHeaders({"x-amz-restore": 'ongoing-request="true"'}), method="HEAD",
                    seconds=5)
     proxy.add_rule(Deny(), method="PUT", key="secret/**")
+    gate = Hold()
+    proxy.add_rule(gate, method="GET", key="obj")   # ... await gate.arrived(); gate.release()
+
+A `Hold` keeps matching requests until the test releases them: the test waits for the
+request to arrive and lets it go when it has done what had to happen meanwhile, where a
+`Delay` would bet that the rest is done within some seconds.
 
 Only path-style addressing is understood (`/bucket/key`), which is what the tests use.
 The proxy runs its own event loop in a daemon thread, so it works from sync and async tests
@@ -20,11 +26,12 @@ alike and never blocks the client's loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -96,12 +103,132 @@ class RewriteHeaders:
 
 @dataclass(frozen=True)
 class Delay:
-    """Wait `seconds` before forwarding."""
+    """Wait `seconds` before forwarding: a slow server. Never use it to order events in a
+    test (that is a bet on the machine's speed); use `Hold`."""
 
     seconds: float
 
 
-Action = Fail | Reset | Truncate | RewriteHeaders | Delay
+class Hold:
+    """Keep matching requests until `release()`, then forward them.
+
+    `await hold.arrived(n)` returns once `n` requests have reached the hold (held, or let
+    through after the release). Every method may be called from any thread; the proxy runs
+    its own loop. Removing the rule (or clearing the proxy) releases it.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._released = False
+        self._arrivals = 0
+        self._held = 0
+        # Held requests, each a future in the proxy's loop.
+        self._gates: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        # Callers of `arrived`, each a future in its own loop, with the count it waits for.
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None], int]] = []
+
+    @property
+    def arrivals(self) -> int:
+        """Requests that reached the hold so far."""
+        with self._cond:
+            return self._arrivals
+
+    @property
+    def held(self) -> int:
+        """Requests held right now."""
+        with self._cond:
+            return self._held
+
+    @property
+    def released(self) -> bool:
+        with self._cond:
+            return self._released
+
+    def release(self) -> None:
+        """Let every held request through, and every later one at once."""
+        with self._cond:
+            self._released = True
+            gates, self._gates = self._gates, []
+        for loop, gate in gates:
+            _resolve_threadsafe(loop, gate)
+
+    async def arrived(self, count: int = 1, patience: float = 120.0) -> None:
+        """Wait until `count` requests have reached the hold (AssertionError after
+        `patience` seconds: a guard against a hang, not a measure)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._cond:
+            if self._arrivals >= count:
+                return
+            entry = (loop, future, count)
+            self._waiters.append(entry)
+        try:
+            async with asyncio.timeout(patience):
+                await future
+        except TimeoutError:
+            raise AssertionError(
+                f"{count} request(s) expected at the hold within {patience:g} s, "
+                f"{self.arrivals} came"
+            ) from None
+        finally:
+            with self._cond:
+                if entry in self._waiters:
+                    self._waiters.remove(entry)
+
+    def wait_arrived(self, count: int = 1, patience: float = 120.0) -> None:
+        """`arrived` for synchronous callers."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._arrivals >= count, patience):
+                raise AssertionError(
+                    f"{count} request(s) expected at the hold within {patience:g} s, "
+                    f"{self._arrivals} came"
+                )
+
+    async def _pass(self) -> None:
+        """In the proxy's loop: count the request, and wait while the hold is closed."""
+        loop = asyncio.get_running_loop()
+        gate: asyncio.Future[None] = loop.create_future()
+        with self._cond:
+            self._arrivals += 1
+            ready = [w for w in self._waiters if self._arrivals >= w[2]]
+            for waiter in ready:
+                self._waiters.remove(waiter)
+            self._cond.notify_all()
+            closed = not self._released
+            if closed:
+                self._gates.append((loop, gate))
+                self._held += 1
+        for waiter_loop, waiter, _ in ready:
+            _resolve_threadsafe(waiter_loop, waiter)
+        if not closed:
+            return
+        try:
+            await gate
+        finally:
+            with self._cond:
+                self._held -= 1
+
+
+def _resolve_threadsafe(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    def resolve() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    # A closed loop raises: nobody is waiting there any more.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(resolve)
+
+
+Action = Fail | Reset | Truncate | RewriteHeaders | Delay | Hold
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+#: A `Rule.query` value: the request must not have this parameter.
+ABSENT = _Absent()
 
 
 # -------------------------------------------------------------------------------- rules
@@ -113,16 +240,16 @@ class Rule:
 
     `method` None = any; `bucket` / `key` are fnmatch globs (`*` crosses `/` here) on the
     decoded path-style bucket and key; `query` maps parameter names to required values
-    (None = present with any value); `header` names a request header that must be present
-    (any value). `times` limits how often the rule fires; `seconds` limits for how long
-    after it was added.
+    (None = present with any value, ABSENT = not present); `header` names a request header
+    that must be present (any value). `times` limits how often the rule fires; `seconds`
+    limits for how long after it was added (by the proxy's clock).
     """
 
     action: Action
     method: str | None = None
     bucket: str | None = None
     key: str | None = None
-    query: Mapping[str, str | None] = field(default_factory=dict)
+    query: Mapping[str, str | _Absent | None] = field(default_factory=dict)
     header: str | None = None
     times: int | None = None
     seconds: float | None = None
@@ -153,6 +280,10 @@ class Rule:
         if self.key is not None and not fnmatch.fnmatchcase(key, self.key):
             return False
         for name, value in self.query.items():
+            if value is ABSENT:
+                if name in query:
+                    return False
+                continue
             if name not in query:
                 return False
             if value is not None and query[name] != value:
@@ -192,12 +323,20 @@ class S3FaultProxy:
     """The proxy. `start()` / `stop()`, or use it as a context manager."""
 
     def __init__(
-        self, upstream: str, *, keep_requests: int = 10_000, upstream_ca: str | None = None
+        self,
+        upstream: str,
+        *,
+        keep_requests: int = 10_000,
+        upstream_ca: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`upstream_ca`: the PEM CA an https upstream's certificate chains to."""
         self.upstream = upstream.rstrip("/")
         self.upstream_ca = upstream_ca
         self.keep_requests = keep_requests
+        # What rules' `seconds` are measured by; a test of expiry sets its own.
+        self.clock = clock
+        self._closing = False
         self.port: int | None = None
         self.requests: list[SeenRequest] = []
         self._rules: list[Rule] = []
@@ -212,21 +351,27 @@ class S3FaultProxy:
     # -- rules, callable from any thread
     def add_rule(self, action: Action, **match: Any) -> Rule:
         """Add a rule (see `Rule`); the first active matching rule wins."""
-        rule = Rule(action=action, **match)
+        rule = Rule(action=action, **match, added=self.clock())
         with self._lock:
             self._rules.append(rule)
         return rule
 
     def remove_rule(self, rule: Rule) -> None:
+        """Remove a rule; a `Hold` lets what it holds through."""
         with self._lock:
             if rule in self._rules:
                 self._rules.remove(rule)
+        if isinstance(rule.action, Hold):
+            rule.action.release()
 
     def clear(self) -> None:
-        """Remove every rule and forget seen requests."""
+        """Remove every rule (releasing holds) and forget seen requests."""
         with self._lock:
-            self._rules.clear()
+            rules, self._rules = self._rules, []
             self.requests.clear()
+        for rule in rules:
+            if isinstance(rule.action, Hold):
+                rule.action.release()
 
     def seen(self, method: str | None = None, key: str | None = None) -> list[SeenRequest]:
         """Requests received, optionally filtered by method and key glob."""
@@ -260,7 +405,7 @@ class S3FaultProxy:
         query: Mapping[str, str],
         headers: Mapping[str, str],
     ) -> Rule | None:
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             for rule in self._rules:
                 if rule.active(now) and rule.matches(method, bucket, key, query, headers):
@@ -285,6 +430,12 @@ class S3FaultProxy:
         return self
 
     def stop(self) -> None:
+        # Requests still held are dropped, not forwarded: their clients are gone or going.
+        self._closing = True
+        with self._lock:
+            holds = [r.action for r in self._rules if isinstance(r.action, Hold)]
+        for hold in holds:
+            hold.release()
         loop = self._loop
         if loop is not None and loop.is_running():
             asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(30)
@@ -318,7 +469,7 @@ class S3FaultProxy:
     async def _startup(self) -> None:
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        # Stopping must not wait for requests a Delay rule is holding.
+        # Stopping must not wait for requests a Delay rule is keeping.
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=0.5
         )
@@ -381,6 +532,15 @@ class S3FaultProxy:
             return web.Response(status=500)
         if isinstance(action, Delay):
             await asyncio.sleep(action.seconds)
+        if isinstance(action, Hold):
+            await action._pass()
+            transport = request.transport
+            if self._closing or transport is None or transport.is_closing():
+                # The client gave up meanwhile (or the proxy is stopping): forwarding now
+                # would write for nobody, possibly an object nobody is still copying.
+                if transport is not None:
+                    transport.abort()
+                return web.Response(status=500)
         return await self._forward(request, action)
 
     async def _forward(self, request: web.Request, action: Action | None) -> web.StreamResponse:
@@ -420,10 +580,15 @@ class S3FaultProxy:
             async for chunk in upstream.content.iter_any():
                 if limit is not None and sent + len(chunk) >= limit:
                     await response.write(chunk[: limit - sent])
-                    assert request.transport is not None
-                    # Let the partial body leave, then drop the connection mid-body.
-                    await asyncio.sleep(0.05)
-                    request.transport.abort()
+                    transport = request.transport
+                    assert transport is not None
+                    # Let the partial body leave the proxy (the kernel has it once the
+                    # transport's buffer is empty), then drop the connection mid-body.
+                    deadline = time.monotonic() + 30
+                    # No event says "buffer empty" (drain waits only for the low mark).
+                    while transport.get_write_buffer_size() and time.monotonic() < deadline:  # noqa: ASYNC110
+                        await asyncio.sleep(0.005)
+                    transport.abort()
                     return response
                 await response.write(chunk)
                 sent += len(chunk)

@@ -12,7 +12,9 @@ import pytest
 
 from objmig.api.loading import SpecError, parse_resource
 from objmig.api.migration import ObjectMigrationSpec, RetrySpec
+from objmig.api.migration.endpoints import BucketSpec
 from objmig.engine.backfill import BackfillItem, Seen, attribute_text, plan_columns
+from objmig.engine.hooks import retry_after_seconds
 from objmig.engine.pipeline import outcomes
 from objmig.engine.policy import CatchUp, CutoverInputs, Tally, cutover_gate
 from objmig.engine.status import Rates, progress_of
@@ -155,6 +157,32 @@ def test_a_retryable_step_failure_keeps_the_verification_and_waits_in_finishing(
     assert outcomes.unfinished(_row(0), done, refused, "hook", retry).state is ObjectState.FAILED
 
 
+def test_a_wait_the_endpoint_asks_for_is_kept_up_to_the_backoff_cap() -> None:
+    done = StepResult(id=7, state=ObjectState.VERIFIED, increment_attempts=True)
+    retry = RetrySpec(attempts=3, backoff={"initial": "10ms", "max": "30s", "jitter": False})
+    throttled = ErrorClass("retryable", "Hook429", "HTTP 429: slow down")
+    start = datetime.now(UTC)
+
+    def waits(asked: float | None) -> float:
+        result = outcomes.unfinished(_row(0), done, throttled, "hook", retry, at_least=asked)
+        assert result.not_before is not None
+        return (result.not_before - start).total_seconds()
+
+    assert waits(None) < 1
+    assert 5 <= waits(5) < 6
+    assert 30 <= waits(86400) < 31  # an hour, a day: no longer than backoff.max
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    now = datetime(2026, 12, 6, 12, 0, 0, tzinfo=UTC)
+    assert retry_after_seconds("120", now) == 120
+    assert retry_after_seconds("Sun, 06 Dec 2026 12:01:30 GMT", now) == 90
+    assert retry_after_seconds("Sun, 06 Dec 2026 11:00:00 GMT", now) == 0  # already past
+    assert retry_after_seconds("soon", now) is None
+    assert retry_after_seconds("-5", now) is None
+    assert retry_after_seconds(None, now) is None
+
+
 def test_a_missing_object_is_skipped_unless_the_spec_says_fail() -> None:
     assert outcomes.missing(_row(0), fail=False).skip_reason == "NotFound"
     failed = outcomes.missing(_row(0), fail=True)
@@ -215,10 +243,6 @@ def _problems(**spec: Any) -> list[str]:
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        (
-            {"copy": {"mode": "stream", "missingObjects": "Fail"}},
-            "spec.copy: missingObjects is only meaningful with mode none",
-        ),
         ({"copy": {"mode": "none"}}, "spec: copy.mode none writes no object"),
         (
             {
@@ -297,3 +321,26 @@ def test_a_look_only_run_over_the_source_itself_is_accepted() -> None:
     spec = _spec(target={"bucket": "src-bucket"}, copy={"mode": "none"})
     assert not spec.copy_.writes
     assert spec.rewrites_in_place
+
+
+def test_a_look_only_run_without_a_target_looks_at_the_source() -> None:
+    source = {
+        "endpoint": "http://127.0.0.1:9000",
+        "bucket": "src-bucket",
+        "prefix": "media/",
+        "credentialsSecretRef": {"name": "src-creds"},
+        "addressingStyle": "path",
+    }
+    spec = ObjectMigrationSpec.model_validate({"source": source, "copy": {"mode": "none"}})
+    assert spec.target.model_dump(include=set(BucketSpec.model_fields)) == (
+        spec.source.model_dump(include=set(BucketSpec.model_fields))
+    )
+    assert spec.rewrites_in_place
+    # Only a run that writes nothing may leave the target out.
+    with pytest.raises(ValueError, match="target"):
+        ObjectMigrationSpec.model_validate({"source": source, "copy": {"mode": "stream"}})
+
+
+def test_missing_objects_applies_to_every_copy_mode() -> None:
+    spec = _spec(copy={"mode": "stream", "missingObjects": "Fail"})
+    assert spec.copy_.missing_objects == "Fail"

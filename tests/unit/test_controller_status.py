@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
+from objmig.api.conditions import Reason
 from objmig.api.migration import ObjectMigrationStatus, ObjectStatus
-from objmig.controller.migration_service import bound_window, merge_patch
+from objmig.api.migration.status import StepsStatus
+from objmig.controller.migration_service import bound_window, merge_patch, transition_events
 
 
 def _status(keys: list[str], error: str | None = None) -> ObjectMigrationStatus:
@@ -123,3 +126,25 @@ def test_an_api_refusal_is_described_by_the_servers_message_not_its_headers() ->
     quota = ApiException(status=403, reason="Forbidden")
     quota.body = json.dumps({"message": 'jobs.batch "x" is forbidden: exceeded quota: jobs'})
     assert not KubeRefused("creating Job ns/x", quota).permanent
+
+
+def test_objects_missing_is_one_event_when_the_first_is_found_then_rides_on_phase_changes() -> None:
+    passes = [
+        ObjectMigrationStatus(phase="Copying", steps=StepsStatus(missing=missing))
+        for missing in (0, 0, 2, 2, 5, 7)
+    ]
+    passes.append(ObjectMigrationStatus(phase="AwaitingCutover", steps=StepsStatus(missing=7)))
+    passes.append(ObjectMigrationStatus(phase="AwaitingCutover", steps=StepsStatus(missing=7)))
+
+    events = [
+        event
+        for previous, current in itertools.pairwise(passes)
+        for event in transition_events(previous, current)
+    ]
+
+    missing = [e for e in events if e.reason == Reason.OBJECTS_MISSING]
+    assert [e.message.split(";")[0] for e in missing] == ["selected objects do not exist (2 so far"]
+    assert missing[0].type == "Warning"
+    (phase,) = [e for e in events if e.reason == Reason.PHASE_CHANGED]
+    assert phase.message.startswith("Copying -> AwaitingCutover")
+    assert phase.message.endswith("; 7 selected objects do not exist")

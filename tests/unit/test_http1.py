@@ -196,6 +196,38 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# How long a test waits for something that comes within milliseconds on an idle machine.
+PATIENCE = 60.0
+
+
+async def until(condition: Callable[[], object], what: str) -> None:
+    """Poll `condition` (the loop is shared with the test's servers) until it holds; fail
+    after PATIENCE, a guard against a hang rather than a measure. Raises AssertionError,
+    never a TimeoutError a test could take for the client's."""
+    deadline = time.monotonic() + PATIENCE
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {PATIENCE:g} s: {what}")
+        await asyncio.sleep(0.001)
+
+
+async def client_waits(pool: HttpPool) -> None:
+    """Until a connection of the pool has taken in what arrived and waits for more (white
+    box): a server writing in pieces knows the client saw each piece on its own."""
+    await until(lambda: any(c._waiter is not None for c in pool._conns), "the client waiting")
+
+
+async def outcome(coro: Awaitable[object]) -> BaseException | None:
+    """Run `coro` and return what it raised (None if it returned). Fails if it has not ended
+    within PATIENCE: a guard that cannot be mistaken for a TimeoutError of the code tested."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=PATIENCE)
+    if not done:
+        task.cancel()
+        raise AssertionError(f"still running after {PATIENCE:g} s")
+    return task.exception()
+
+
 # -- keep-alive and framing -----------------------------------------------------------------
 
 
@@ -285,12 +317,12 @@ async def test_chunked_body_with_extensions_and_trailers() -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
         writer.write(b"5;name=value\r\nhello\r\n")
         await writer.drain()
-        await asyncio.sleep(0.01)  # the client waits in the middle of the framing
+        await client_waits(pool)  # in the middle of the framing
         writer.write(b"1\r\n \r\n1A ; ext\r\n")
         await writer.drain()
-        await asyncio.sleep(0.01)
-        writer.write(b"abcdefghijklmnopqrstuvwxyz\r\n")
-        writer.write(b"0\r\nx-checksum: 123\r\nx-other: 4\r\n\r\n")
+        await client_waits(pool)
+        # The last data and the end of the body in one write, so they arrive together.
+        writer.write(b"abcdefghijklmnopqrstuvwxyz\r\n0\r\nx-checksum: 123\r\nx-other: 4\r\n\r\n")
 
     async with Server(respond) as server, HttpPool(scheme="http", limit=1) as pool:
         for _ in range(2):
@@ -299,12 +331,12 @@ async def test_chunked_body_with_extensions_and_trailers() -> None:
             assert body == b"hello abcdefghijklmnopqrstuvwxyz"
             assert "x-checksum" not in headers  # trailers are skipped
         # Read exactly the data bytes, never the end: still reusable once the last chunk
-        # arrived, because framing already buffered is consumed.
+        # arrived (with the last data bytes: one write), because framing already buffered
+        # is consumed.
         async with pool.request("GET", server.host, "/", {"host": server.host}) as resp:
             got = b""
             while len(got) < 32:
                 got += await resp.read(32 - len(got))
-            await asyncio.sleep(0.05)
         assert got == b"hello abcdefghijklmnopqrstuvwxyz"
         await fetch(pool, server.host)
         assert server.connections == 1
@@ -316,7 +348,7 @@ async def test_body_until_close_without_length() -> None:
         for part in (b"first ", b"second ", b"third"):
             writer.write(part)
             await writer.drain()
-            await asyncio.sleep(0.01)
+            await client_waits(pool)  # the body arrives piece by piece until the close
         return False
 
     async with Server(respond) as server, HttpPool(scheme="http", limit=1) as pool:
@@ -351,7 +383,7 @@ async def test_interim_100_continue_is_skipped() -> None:
     async def respond(request: Request, reader: Any, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         await writer.drain()
-        await asyncio.sleep(0.01)
+        await client_waits(pool)  # the interim answer arrived on its own
         writer.write(b"HTTP/1.1 102 Processing\r\nX-Progress: 1\r\n\r\n")
         writer.write(response(201, b"made", reason="Created"))
 
@@ -461,20 +493,23 @@ async def test_small_put_is_one_write_and_arrives_in_one_recv() -> None:
 
 async def test_streaming_upload_from_async_iterable_honours_flow_control() -> None:
     chunk = os.urandom(256 * KiB)
-    count = 64  # 16 MiB
-    gaps: list[float] = []
+    count = 64  # 16 MiB, more than the socket buffers hold
+    pulled = 0
+    pulled_before_reading: list[int] = []
 
     async def source() -> AsyncIterator[bytes]:
-        last = time.monotonic()
+        nonlocal pulled
         for _ in range(count):
+            pulled += 1
             yield chunk
-            now = time.monotonic()
-            gaps.append(now - last)
-            last = now
 
     async def respond(request: Request, reader: asyncio.StreamReader, writer: Any) -> None:
-        # Read nothing for a while: the client must stop pulling from its source.
-        await asyncio.sleep(0.3)
+        if request.target == "/big":
+            # Read nothing until the client's transport is full and it waits for room
+            # (white box: the connection's flow-control flag); it must not pull from its
+            # source meanwhile, so the source is not drained when the server starts reading.
+            await until(lambda: any(c._writing_paused for c in pool._conns), "client paused")
+            pulled_before_reading.append(pulled)
         digest = hashlib.sha256()
         left = int(request.header("content-length") or 0)
         while left:
@@ -488,7 +523,8 @@ async def test_streaming_upload_from_async_iterable_honours_flow_control() -> No
         async with pool.request("PUT", server.host, "/big", headers, source()) as resp:
             assert resp.status == 200
             assert await resp.read() == hashlib.sha256(chunk * count).hexdigest().encode()
-        assert max(gaps) >= 0.2  # the source waited for the server to read
+        # The source waited for the server to read.
+        assert pulled_before_reading[0] < count, pulled_before_reading
         assert (await fetch(pool, server.host, "/after"))[0] == 200
         assert server.connections == 1
 
@@ -517,25 +553,33 @@ async def test_early_answer_while_uploading_is_returned() -> None:
 
 
 async def test_upload_the_server_stops_taking_times_out() -> None:
+    pulled = 0
+
     async def endless() -> AsyncIterator[bytes]:
+        nonlocal pulled
         block = b"x" * MiB
         for _ in range(1024):
+            pulled += 1
             yield block
 
     async def respond(request: Request, reader: Any, writer: Any) -> bool:
         await server.stop.wait()  # never reads the body
         return False
 
+    async def upload() -> None:
+        async with pool.request("PUT", server.host, "/big", headers, endless()):
+            pass
+
     async with (
         Server(respond, read_body=False) as server,
         HttpPool(scheme="http", limit=1, read_timeout=0.3) as pool,
     ):
         headers = {"host": server.host, "content-length": str(1024 * MiB)}
-        started = time.monotonic()
-        with pytest.raises(TimeoutError):
-            async with pool.request("PUT", server.host, "/big", headers, endless()):
-                pass
-        assert time.monotonic() - started < 5
+        error = await outcome(upload())
+        # The read timeout ended the stalled upload (not the end of a 1 GiB body).
+        assert isinstance(error, TimeoutError), repr(error)
+        assert "for 0.3 s" in str(error)
+        assert pulled < 1024
 
 
 async def test_large_bytes_body_is_sent_whole() -> None:
@@ -563,17 +607,19 @@ async def test_crlf_in_a_header_is_refused() -> None:
 async def test_large_download_is_streamed_with_bounded_buffering() -> None:
     block = os.urandom(MiB)
     blocks = 64
-    drains: list[float] = []
+    draining = False
+    stalled_server = False
 
     async def respond(request: Request, reader: Any, writer: asyncio.StreamWriter) -> None:
+        nonlocal draining
         writer.write(
             response(body=b"", headers=(("Content-Length", str(blocks * MiB)),), length=False)
         )
         for _ in range(blocks):
             writer.write(block)
-            started = time.monotonic()
+            draining = True
             await writer.drain()
-            drains.append(time.monotonic() - started)
+            draining = False
 
     async with Server(respond) as server, HttpPool(scheme="http", limit=1) as pool:
         async with pool.request("GET", server.host, "/huge", {"host": server.host}) as resp:
@@ -588,14 +634,17 @@ async def test_large_download_is_streamed_with_bounded_buffering() -> None:
                 total += len(data)
                 if total >= 8 * MiB and not stalled:
                     stalled = True
-                    await asyncio.sleep(0.3)  # a slow consumer: the socket must pause
+                    # A slow consumer: read nothing until the connection has stopped
+                    # reading its socket and the server waits for room to write.
+                    await until(lambda: conn._reading_paused and draining, "both stopped")
+                    stalled_server = True
                 most = max(most, len(conn._buf))
         assert total == blocks * MiB
         assert digest.digest() == hashlib.sha256(block * blocks).digest()
         # Never more than the pause threshold plus one socket read (256 KiB) buffered.
         assert most <= 2 * MiB + 256 * KiB
         # And the server felt it: a write stalled while the client did not read.
-        assert max(drains) >= 0.2
+        assert stalled_server
 
 
 # -- connections going away ------------------------------------------------------------------
@@ -608,7 +657,9 @@ async def test_idle_connection_closed_by_the_server_is_replaced() -> None:
 
     async with Server(respond) as server, HttpPool(scheme="http", limit=1) as pool:
         assert (await fetch(pool, server.host, "/1"))[0] == 200
-        await asyncio.sleep(0.05)  # the FIN arrives while the connection is idle
+        # The FIN arrives while the connection is idle (white box: the connection closed).
+        (idle,) = pool._conns
+        await asyncio.wait_for(idle.closed(), PATIENCE)
         assert (await fetch(pool, server.host, "/2"))[2] == b"GET /2"
         assert server.connections == 2
         assert len(server.requests) == 2
@@ -730,33 +781,38 @@ async def test_read_timeout_waiting_for_the_head_and_for_the_body() -> None:
         Server(respond) as server,
         HttpPool(scheme="http", limit=1, read_timeout=0.3) as pool,
     ):
+        # Not before the read timeout (a timer never fires early); that it is the read
+        # timeout that fired, its message says (a busy machine may fire it late).
         started = time.monotonic()
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError, match=r"for 0\.3 s"):
             await fetch(pool, server.host, "/head")
-        assert 0.25 <= time.monotonic() - started < 2
+        assert time.monotonic() - started >= 0.25
         async with pool.request("GET", server.host, "/body", {"host": server.host}) as resp:
             assert await resp.read(3) == b"abc"
             started = time.monotonic()
-            with pytest.raises(TimeoutError):
+            with pytest.raises(TimeoutError, match=r"for 0\.3 s"):
                 await resp.read(3)
-            assert 0.25 <= time.monotonic() - started < 2
+            assert time.monotonic() - started >= 0.25
 
 
 async def test_slow_but_steady_answer_is_not_a_timeout() -> None:
+    body = b"trickled, a byte at a time"
+
     async def respond(request: Request, reader: Any, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
-        for byte in b"trickled":
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for byte in body:
             await writer.drain()
-            await asyncio.sleep(0.1)
+            # The trickle is the behaviour tested: 1.3 s in all, more than the read timeout,
+            # with gaps of 0.05 s, far enough below it for a busy machine.
+            await asyncio.sleep(0.05)
             writer.write(bytes([byte]))
 
     async with (
         Server(respond) as server,
-        HttpPool(scheme="http", limit=1, read_timeout=0.3) as pool,
+        HttpPool(scheme="http", limit=1, read_timeout=1.0) as pool,
     ):
-        # 0.8 s in all, but never 0.3 s without a byte.
-        assert (await fetch(pool, server.host))[2] == b"trickled"
-        assert (await fetch(pool, server.host))[2] == b"trickled"
+        assert (await fetch(pool, server.host))[2] == body
+        assert (await fetch(pool, server.host))[2] == body
 
 
 async def test_connect_refused_is_an_os_error() -> None:
@@ -768,24 +824,33 @@ async def test_connect_refused_is_an_os_error() -> None:
 
 
 async def test_connect_timeout_covers_the_tls_handshake() -> None:
-    # A TCP server that never speaks TLS: the handshake hangs.
-    async with Server(ok) as server, HttpPool(scheme="https", limit=1, connect_timeout=0.3) as pool:
-        started = time.monotonic()
-        with pytest.raises(TimeoutError):
-            await fetch(pool, server.host)
-        assert time.monotonic() - started < 2
+    # A TCP server that never speaks TLS: the handshake hangs. No read timeout: only the
+    # connect timeout can end the wait.
+    async with (
+        Server(ok) as server,
+        HttpPool(scheme="https", limit=1, connect_timeout=0.3, read_timeout=None) as pool,
+    ):
+        error = await outcome(fetch(pool, server.host))
+        assert isinstance(error, TimeoutError), repr(error)
 
 
 # -- the pool -------------------------------------------------------------------------------------
 
 
 async def test_pool_limit_holds_under_concurrency() -> None:
+    answer = asyncio.Event()
+
     async def respond(request: Request, reader: Any, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(0.05)
+        await answer.wait()
         await ok(request, reader, writer)
 
     async with Server(respond) as server, HttpPool(scheme="http", limit=2) as pool:
-        results = await asyncio.gather(*(fetch(pool, server.host, f"/{i}") for i in range(10)))
+        fetches = asyncio.gather(*(fetch(pool, server.host, f"/{i}") for i in range(10)))
+        # No answer until every request has reached the server or queued for a slot.
+        await until(lambda: len(server.requests) + len(pool._waiters) == 10, "all placed")
+        assert server.max_active <= 2
+        answer.set()
+        results = await fetches
         assert [body for _, _, body in results] == [f"GET /{i}".encode() for i in range(10)]
         assert server.max_active <= 2
         assert server.connections == 2
@@ -793,15 +858,20 @@ async def test_pool_limit_holds_under_concurrency() -> None:
 
 
 async def test_callers_beyond_the_limit_are_served_in_order() -> None:
+    answer = asyncio.Event()
+
     async def respond(request: Request, reader: Any, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(0.02)
+        await answer.wait()
         await ok(request, reader, writer)
 
     async with Server(respond) as server, HttpPool(scheme="http", limit=1) as pool:
-        tasks = []
-        for i in range(6):
+        tasks = [asyncio.create_task(fetch(pool, server.host, "/0"))]
+        await until(lambda: len(server.requests) == 1, "the first request at the server")
+        for i in range(1, 6):
             tasks.append(asyncio.create_task(fetch(pool, server.host, f"/{i}")))
-            await asyncio.sleep(0.001)  # each queues behind the previous ones
+            # Each queues behind the previous ones before the next comes.
+            await until(lambda i=i: len(pool._waiters) == i, f"caller {i} queued")
+        answer.set()
         await asyncio.gather(*tasks)
         assert [r.target for r in server.requests] == [f"/{i}" for i in range(6)]
         assert server.connections == 1
@@ -814,8 +884,8 @@ async def test_idle_connection_to_another_host_makes_room() -> None:
         assert (await fetch(pool, other, "/b"))[0] == 200
         assert (await fetch(pool, server.host, "/c"))[0] == 200
         assert server.connections == 3
-        await asyncio.sleep(0.05)
-        assert server.active == 1  # the others were closed to make room
+        # The others were closed to make room (once the server has seen them close).
+        await until(lambda: server.active == 1, "the others closed")
 
 
 async def test_unread_body_closes_the_connection() -> None:
@@ -849,33 +919,39 @@ async def test_error_in_the_block_closes_the_connection() -> None:
 
 
 async def test_cancellation_frees_the_connection_and_the_slot() -> None:
+    slow_arrived = asyncio.Event()
+    slow_answer = asyncio.Event()
+
     async def respond(request: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
         if request.target == "/hang":
             await server.stop.wait()
             return False
         if request.target == "/slow":
-            await asyncio.sleep(0.2)
+            slow_arrived.set()
+            await slow_answer.wait()
         await ok(request, reader, writer)
         return True
 
     async with Server(respond) as server, HttpPool(scheme="http", limit=1) as pool:
-        # Cancelled while waiting for the answer.
+        # Cancelled while waiting for the answer (that never comes).
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.1):
                 await fetch(pool, server.host, "/hang")
-        async with asyncio.timeout(2):
+        # The slot was freed: the next request gets it (the guard stops a hang only).
+        async with asyncio.timeout(PATIENCE):
             assert (await fetch(pool, server.host, "/next"))[2] == b"GET /next"
 
-        # Cancelled while queued for the only slot, and while reading the body.
+        # Cancelled while queued for the only slot, which "/slow" holds.
         slow = asyncio.create_task(fetch(pool, server.host, "/slow"))
-        await asyncio.sleep(0.02)
+        await asyncio.wait_for(slow_arrived.wait(), PATIENCE)
         queued = asyncio.create_task(fetch(pool, server.host, "/queued"))
-        await asyncio.sleep(0.02)
+        await until(lambda: len(pool._waiters) == 1, "/queued waiting for the slot")
         queued.cancel()
+        slow_answer.set()
         assert (await slow)[2] == b"GET /slow"
         with pytest.raises(asyncio.CancelledError):
             await queued
-        async with asyncio.timeout(2):
+        async with asyncio.timeout(PATIENCE):
             assert (await fetch(pool, server.host, "/last"))[2] == b"GET /last"
         assert "/queued" not in [r.target for r in server.requests]
         assert_slots_consistent(pool)
@@ -885,6 +961,8 @@ async def test_mixed_hosts_and_random_cancellations_never_leak_slots() -> None:
     rng = random.Random(1234)
 
     async def respond(request: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
+        # Random answer times, so the random timeouts cancel requests at every stage: the
+        # behaviour tested; any interleaving must leave the pool consistent.
         await asyncio.sleep(int(request.target[1:]) / 1000)
         await ok(request, reader, writer)
         return request.index < 3  # some connections end, as a server's max-requests would
@@ -905,13 +983,13 @@ async def test_mixed_hosts_and_random_cancellations_never_leak_slots() -> None:
             nonlocal most
             while True:
                 most = max(most, pool._open, len(pool._conns))
-                await asyncio.sleep(0.001)
+                await asyncio.sleep(0.001)  # sampling, as often as the loop allows
 
         sampler = asyncio.create_task(sample())
         await asyncio.gather(*(one(i) for i in range(120)))
         sampler.cancel()
         assert 0 < most <= 3
-        await asyncio.sleep(0.05)
+        await until(lambda: pool._open == len(pool._conns) and not pool._waiters, "settled")
         assert_slots_consistent(pool)
         for host in hosts:
             assert (await fetch(pool, host, "/0"))[0] == 200

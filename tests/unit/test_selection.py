@@ -141,6 +141,13 @@ def test_storage_class_filter() -> None:
         (MetadataRule("v", "Exists"), {}, False),
         (MetadataRule("v", "DoesNotExist"), {}, True),
         (MetadataRule("v", "Lt", ("NaN",)), {"v": "1"}, True),  # NaN is not a number here
+        # A default is what a missing key counts as (objects older than the key), nothing more.
+        (MetadataRule("storage-version", "Lt", ("3",), "0"), {}, True),
+        (MetadataRule("storage-version", "Lt", ("3",), "0"), {"storage-version": "3"}, False),
+        (MetadataRule("storage-version", "Lt", ("3",), "0"), {"Storage-Version": "2"}, True),
+        (MetadataRule("storage-version", "Lt", ("3",), "5"), {}, False),
+        (MetadataRule("v", "In", ("a",), "a"), {}, True),
+        (MetadataRule("v", "NotIn", ("a",), "a"), {}, False),
     ],
 )
 def test_metadata_rules(rule: MetadataRule, metadata: dict[str, str], expected: bool) -> None:
@@ -165,6 +172,9 @@ def test_rule_parsing_accepts_aliases_and_checks_arity() -> None:
         MetadataRule("k", "Lt")
     with pytest.raises(ValueError, match="exactly one"):
         MetadataRule("k", "Eq", ("a", "b"))
+    assert MetadataRule.parse("k", "lt", value="3", default="0").default == "0"
+    with pytest.raises(ValueError, match="takes no default"):
+        MetadataRule("k", "Exists", default="0")
 
 
 @given(st.text(alphabet=st.characters(blacklist_characters="*?[]{}\\,"), max_size=40))

@@ -140,7 +140,7 @@ class MigrationService:
         )
         bound_window(status)
         status.conditions, back = ledger_reachable(status.conditions)
-        events += back + _transition_events(previous, status)
+        events += back + transition_events(previous, status)
         wire = status.to_wire()
         changed = wire if wire != previous.to_wire() else None
         return Outcome(changed, events, status, counts)
@@ -467,11 +467,14 @@ def _job_ref(job: JobObservation) -> JobRef:
     )
 
 
-def _transition_events(
+def transition_events(
     previous: ObjectMigrationStatus, status: ObjectMigrationStatus
 ) -> list[Event]:
     """Events for the changes a user watching ``kubectl get events`` wants to see."""
     events: list[Event] = []
+    missing = status.steps.missing if status.steps is not None else 0
+    missing_before = previous.steps.missing if previous.steps is not None else 0
+    missing_note = f"; {missing} selected objects do not exist" if missing else ""
     if previous.phase != status.phase:
         kind = "Warning" if status.phase in ("Failed", "Paused") else "Normal"
         condition = find_condition(status.conditions, status.phase)
@@ -480,15 +483,18 @@ def _transition_events(
             # The condition's reason says why (FailureBudgetExceeded, Suspended, S3...).
             reason = condition.reason if condition is not None else status.phase
         detail = f": {condition.message}" if condition is not None and condition.message else ""
-        events.append(Event(kind, reason, f"{previous.phase} -> {status.phase}{detail}"))
-    missing = status.steps.missing if status.steps is not None else 0
-    if missing > (previous.steps.missing if previous.steps is not None else 0):
+        events.append(
+            Event(kind, reason, f"{previous.phase} -> {status.phase}{detail}{missing_note}")
+        )
+    if missing and not missing_before:
+        # Once, when the first is found: the count then rises in the status (and rides on
+        # each phase change above), not in an Event per reconcile.
         events.append(
             Event(
                 "Warning",
                 Reason.OBJECTS_MISSING,
-                f"{missing} selected objects do not exist (skipped, reason NotFound); "
-                "objmig report NAME lists them",
+                f"selected objects do not exist ({missing} so far; reason NotFound); "
+                "status.steps.missing counts them and objmig report NAME lists them",
             )
         )
     before = find_condition(previous.conditions, ConditionType.CUTOVER_READY)

@@ -76,8 +76,11 @@ async def take_up_spec(
     if state.dry_run and not spec.dry_run:
         # After the state says so: a dry-run worker still running records a plan only
         # while the migration is a dry run (`Ledger.record(..., only_while_dry_run=True)`),
-        # so what it recorded before is requeued here, and nothing after.
-        await ledger.requeue(migration_id, [ObjectState.SKIPPED], skip_reasons=PLAN_REASONS)
+        # so what it recorded before is requeued here, and nothing after. A worklist key
+        # the plan found missing is looked for again: it may exist by now.
+        await ledger.requeue(
+            migration_id, [ObjectState.SKIPPED], skip_reasons=[*PLAN_REASONS, NOT_FOUND]
+        )
     return updated
 
 
@@ -246,9 +249,15 @@ async def refresh_verification(ledger: Ledger, migration_id: int, counts: Counts
 
 
 def has_application_steps(spec: ObjectMigrationSpec) -> bool:
-    """Whether the status counts the application's steps (one scan of the rows each time:
-    only specs with a backfill, a hook or no copy pay for it)."""
-    return spec.backfill is not None or spec.per_object_hook or not spec.copy_.writes
+    """Whether the status counts the application's steps and missing objects (one scan of
+    the rows each time: only specs with a backfill, a hook, no copy or a worklist, whose
+    keys may name nothing, pay for it)."""
+    return (
+        spec.backfill is not None
+        or spec.per_object_hook
+        or not spec.copy_.writes
+        or spec.selection.manifest is not None
+    )
 
 
 class RateMeter:

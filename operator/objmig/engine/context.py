@@ -83,7 +83,7 @@ def selection_of(spec: ObjectMigrationSpec) -> Selection:
 def metadata_rules_of(spec: ObjectMigrationSpec) -> tuple[MetadataRule, ...]:
     """The user-metadata rules of ``spec.selection`` in the storage layer's terms."""
     return tuple(
-        MetadataRule.parse(rule.key, rule.operator, values=rule.values)
+        MetadataRule.parse(rule.key, rule.operator, values=rule.values, default=rule.default)
         for rule in spec.selection.metadata
     )
 

@@ -3,7 +3,9 @@
 After an object is verified (with copy.mode none: after it is looked at), its JSON
 document goes to the endpoint. A 2xx answer marks the hook done in the ledger, and it is
 never sent again; 5xx, 429, 408, timeouts and connection errors are retried under
-`spec.retry`; any other answer fails the object with what the endpoint said.
+`spec.retry`; any other answer fails the object with what the endpoint said. A
+``Retry-After`` on a retryable answer (seconds or an HTTP date) sets the least wait before
+the next call, up to `spec.retry.backoff.max`, so an endpoint cannot park objects forever.
 
 The endpoint must be idempotent: between its 2xx and the ledger's record of it lies a
 moment (a crash, a killed pod, a lost lease) after which the next attempt cannot know the
@@ -18,6 +20,8 @@ import contextlib
 import json
 import socket
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,11 +41,30 @@ _RETRYABLE_STATUS = frozenset({408, 425, 429})
 
 
 class HookError(Exception):
-    """The endpoint did not answer 2xx; `error` says whether to try again."""
+    """The endpoint did not answer 2xx; `error` says whether to try again, and
+    `retry_after` (seconds) how long the endpoint asked to be left alone, if it did."""
 
-    def __init__(self, error: ErrorClass) -> None:
+    def __init__(self, error: ErrorClass, retry_after: float | None = None) -> None:
         super().__init__(error.message)
         self.error = error
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None, now: datetime) -> float | None:
+    """A ``Retry-After`` header's wait: delay-seconds or an HTTP date (RFC 9110 10.2.3);
+    None when absent or unreadable, never negative."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
 
 
 @dataclass(frozen=True)
@@ -129,6 +152,7 @@ class HookClient:
                     while await response.read(64 * 1024):
                         pass
                     status = response.status
+                    retry_after = response.headers.get("retry-after")
         except TimeoutError:
             raise HookError(
                 ErrorClass("retryable", "HookTimeout", f"no answer within {self._timeout:g}s")
@@ -142,7 +166,8 @@ class HookClient:
         message = f"HTTP {status}: {' '.join(text.split())[:MESSAGE_CHARS]}".rstrip(": ")
         retryable = status >= 500 or status in _RETRYABLE_STATUS
         kind: ErrorKind = "retryable" if retryable else "permanent"
-        raise HookError(ErrorClass(kind, f"Hook{status}", message))
+        wait = retry_after_seconds(retry_after, datetime.now(UTC)) if retryable else None
+        raise HookError(ErrorClass(kind, f"Hook{status}", message), wait)
 
     async def close(self) -> None:
         await self._pool.close()

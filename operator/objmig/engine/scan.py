@@ -251,10 +251,10 @@ async def _describe(
 ) -> ObjectInfo | None:
     """Listing facts for a manifest entry; HEAD when the manifest does not carry them.
 
-    A key the manifest names but the source lacks is left out of the inventory (it cannot
-    be copied); the scan's counts show how many were listed. A run that copies nothing
-    (copy.mode none) records it without facts instead: its look finds it missing and says
-    so (skipped, reason NotFound), which is what such a run is for.
+    A key the manifest names but the source lacks is recorded without facts (an empty
+    ETag): the object's first step finds it missing and says so (skipped with reason
+    NotFound, or failed with copy.missingObjects Fail), so the status, the report and an
+    Event name it instead of the worklist shrinking unnoticed.
     """
     if entry.size is not None and entry.etag is not None:
         return ObjectInfo(
@@ -272,8 +272,6 @@ async def _describe(
     except Exception as exc:
         if classify(exc).kind != "not_found":
             raise
-        if context.spec.copy_.writes:
-            return None
         return ObjectInfo(
             key=entry.key, version_id=entry.version_id, size=0, etag="", last_modified=_EPOCH
         )

@@ -54,6 +54,12 @@ def unreachable(error: BaseException) -> bool:
     statement was wrong): worth waiting for."""
     if isinstance(error, asyncpg.InterfaceError):
         return "closed" in str(error)  # a pooled connection the server dropped
+    if isinstance(error, asyncpg.InternalClientError):
+        # A session the server ended mid-query can leave asyncpg's protocol half-way
+        # (MagicStack/asyncpg#784): the pool's reset of that connection then fails with
+        # "cannot switch to state N; another operation (M) is in progress", and the pool
+        # terminates it. The next try takes a new connection.
+        return "another operation" in str(error)
     return isinstance(error, _UNREACHABLE)
 
 

@@ -108,13 +108,15 @@ class StepsMixin(LedgerBase):
         """Objects by where their application steps stand, from one scan of the migration's
         rows (only migrations with such steps ask).
 
-        ``missing_reason`` and ``hook_pending_reason`` are the skip reasons of objects that
-        do not exist and of objects a verify-only run found without their hook done.
+        ``missing_reason`` is the skip reason (or, failed, the error code) of objects that
+        do not exist; ``hook_pending_reason`` the skip reason of objects a verify-only run
+        found without their hook done.
         """
         record = await self._pool.fetchrow(
             """
             SELECT
-                count(*) FILTER (WHERE skip_reason = $2) AS missing,
+                count(*) FILTER (WHERE skip_reason = $2
+                                 OR (state = 'failed' AND error_code = $2)) AS missing,
                 count(*) FILTER (WHERE hook_done_at IS NOT NULL) AS hooks_done,
                 count(*) FILTER (WHERE hook_done_at IS NULL
                                  AND (state = 'finishing' OR skip_reason = $3)) AS hooks_pending,

@@ -216,12 +216,14 @@ class MetadataRule:
     and `Lt`, `Le`, `Gt`, `Ge` (against `values[0]`). Comparisons are numeric when both
     sides parse as numbers (`"10" > "9"`, `"1.0" Eq "1"`), otherwise plain string
     comparisons. As with Kubernetes selectors, a missing key satisfies only `NotEq`,
-    `NotIn` and `DoesNotExist`.
+    `NotIn` and `DoesNotExist` — unless `default` says what a missing key counts as
+    (objects written before a key existed: `storage-version Lt 3, default 0`).
     """
 
     key: str
     operator: MetadataOperator
     values: tuple[str, ...] = ()
+    default: str | None = None
 
     def __post_init__(self) -> None:
         needs_values = self.operator not in ("Exists", "DoesNotExist")
@@ -231,17 +233,24 @@ class MetadataRule:
             raise ValueError(
                 f"metadata rule on {self.key!r}: {self.operator} takes exactly one value"
             )
+        if self.default is not None and not needs_values:
+            raise ValueError(f"metadata rule on {self.key!r}: {self.operator} takes no default")
 
     @classmethod
     def parse(
-        cls, key: str, operator: str, value: str | None = None, values: Iterable[str] = ()
+        cls,
+        key: str,
+        operator: str,
+        value: str | None = None,
+        values: Iterable[str] = (),
+        default: str | None = None,
     ) -> MetadataRule:
         """Build a rule from spec-like input, accepting operator aliases (`lte`, `NotExists`)."""
         op = _OPERATOR_ALIASES.get(operator.replace("_", "").replace("-", "").lower())
         if op is None:
             raise ValueError(f"unknown metadata operator {operator!r}")
         all_values = tuple(values) + ((value,) if value is not None else ())
-        return cls(key=key, operator=op, values=tuple(str(v) for v in all_values))
+        return cls(key=key, operator=op, values=tuple(str(v) for v in all_values), default=default)
 
 
 def _number(text: str) -> Decimal | None:
@@ -262,7 +271,7 @@ def _compare(actual: str, expected: str) -> int:
 def rule_matches(metadata: Mapping[str, str], rule: MetadataRule) -> bool:
     """True when `metadata` (user metadata, any key case) satisfies `rule`."""
     lowered = {k.lower(): v for k, v in metadata.items()}
-    actual = lowered.get(rule.key.lower())
+    actual = lowered.get(rule.key.lower(), rule.default)
     op = rule.operator
     if op == "Exists":
         return actual is not None

@@ -4,13 +4,13 @@ the application's own table) and `spec.hooks` (a per-object HTTP step of its own
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
 from objmig.api.base import ApiModel, SecretKeySelector, cel_rule, cel_validations
 from objmig.api.migration.common import COLUMN_PATTERN, TABLE_PATTERN
-from objmig.api.types import Duration
+from objmig.api.types import Duration, DurationBetween
 
 _ONE_COLUMN = "name at least one column to write"
 _DISTINCT = "each column may receive one attribute only"
@@ -131,9 +131,9 @@ class PerObjectHook(ApiModel):
         default=None,
         description="Secret key holding a token sent as Authorization: Bearer <token>.",
     )
-    timeout: Duration = Field(
+    timeout: Annotated[Duration, DurationBetween("100ms", "10m")] = Field(
         default="30s",
-        description="Longest wait for one answer; a timeout is retried like a 5xx.",
+        description="Longest wait for one answer (100ms to 10m); a timeout is retried like a 5xx.",
     )
 
 

@@ -52,19 +52,8 @@ class RestoreSpec(ApiModel):
         return self
 
 
-_MISSING_NEEDS_NONE = "missingObjects is only meaningful with mode none"
-
-
 class CopySpec(ApiModel):
     """How bytes move from source to target."""
-
-    model_config = cel_validations(
-        cel_rule(
-            "!has(self.missingObjects) || self.mode == 'none'",
-            _MISSING_NEEDS_NONE,
-            field_path=".missingObjects",
-        ),
-    )
 
     mode: Literal["auto", "serverSide", "stream", "none"] = Field(
         default="auto",
@@ -72,13 +61,15 @@ class CopySpec(ApiModel):
         "then PUT through the worker; auto: serverSide when source and target share endpoint "
         "and credentials; none: write no object, only look at each selected one where it is "
         "(listing facts, or a HEAD where they do not suffice) and run the application's "
-        "steps (spec.backfill, spec.hooks). With none, target must name the source itself.",
+        "steps (spec.backfill, spec.hooks). With none, target may be left out (it is the "
+        "source itself) and, if given, must name the source.",
     )
     missing_objects: Literal["Skip", "Fail"] | None = Field(
         default=None,
-        description="mode none: a selected object that does not exist is Skip (skipped with "
-        "reason NotFound and a warning; the default) or Fail (failed, counted against the "
-        "failure budget).",
+        description="A worklist's key (selection.manifest) that names no object in the "
+        "source: Skip (skipped with reason NotFound, counted as missing, a Warning Event; "
+        "the default) or Fail (failed with error NotFound, counted against the failure "
+        "budget). Any copy mode.",
     )
     preserve_part_boundaries: bool = Field(
         default=True,
@@ -118,12 +109,6 @@ class CopySpec(ApiModel):
         default=None,
         description="Bytes per second per worker, e.g. 100Mi (1Ki to 100Gi). Absent: unlimited.",
     )
-
-    @model_validator(mode="after")
-    def _missing_needs_none(self) -> CopySpec:
-        if self.missing_objects is not None and self.mode != "none":
-            raise ValueError(_MISSING_NEEDS_NONE)
-        return self
 
     @property
     def writes(self) -> bool:

@@ -18,6 +18,13 @@ from objmig.api.types import Quantity, QuantityBetween, parse_quantity
 ObjectSize = Annotated[Quantity, QuantityBetween("0", "1Pi")]
 
 
+_DEFAULT_NOT_WITH_EXISTS = (
+    "default is what a missing key counts as; Exists and DoesNotExist ask whether it is "
+    "there, so they take none"
+)
+_DEFAULT_IS_AN_INTEGER = "with Lt and Gt, default must be an integer"
+
+
 class MetadataRequirement(ApiModel):
     """A rule on one user-metadata entry (x-amz-meta-*), like a label selector expression."""
 
@@ -36,6 +43,17 @@ class MetadataRequirement(ApiModel):
             "size(self.values) == 1 && self.values[0].matches('^-?[0-9]+$'))",
             "Lt and Gt need exactly one integer value",
         ),
+        cel_rule(
+            "!has(self.default) || !(self.operator in ['Exists', 'DoesNotExist'])",
+            _DEFAULT_NOT_WITH_EXISTS,
+            field_path=".default",
+        ),
+        cel_rule(
+            "!has(self.default) || !(self.operator in ['Lt', 'Gt']) || "
+            "self.default.matches('^-?[0-9]+$')",
+            _DEFAULT_IS_AN_INTEGER,
+            field_path=".default",
+        ),
     )
 
     key: str = Field(
@@ -52,6 +70,14 @@ class MetadataRequirement(ApiModel):
         description="Values for In / NotIn, or the single integer for Lt / Gt.",
         max_length=64,
     )
+    default: str | None = Field(
+        default=None,
+        description='What an object without the key counts as, e.g. "0" so that '
+        "storage-version Lt 3 also selects objects written before versions existed. "
+        "Absent: as in a Kubernetes selector, a missing key satisfies only NotIn (and "
+        "DoesNotExist). Not with Exists / DoesNotExist; an integer with Lt / Gt.",
+        max_length=256,
+    )
 
     @model_validator(mode="after")
     def _values_fit_operator(self) -> MetadataRequirement:
@@ -63,6 +89,11 @@ class MetadataRequirement(ApiModel):
             len(self.values) != 1 or not re.fullmatch(r"-?[0-9]+", self.values[0])
         ):
             raise ValueError("Lt and Gt need exactly one integer value")
+        if self.default is not None:
+            if self.operator in ("Exists", "DoesNotExist"):
+                raise ValueError(_DEFAULT_NOT_WITH_EXISTS)
+            if self.operator in ("Lt", "Gt") and not re.fullmatch(r"-?[0-9]+", self.default):
+                raise ValueError(_DEFAULT_IS_AN_INTEGER)
         return self
 
 

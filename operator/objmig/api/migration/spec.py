@@ -10,16 +10,18 @@ from objmig.api.base import ApiModel, cel_rule, cel_validations
 from objmig.api.migration.application import BackfillSpec, HooksSpec
 from objmig.api.migration.copying import CopySpec, RestoreSpec, VerifySpec
 from objmig.api.migration.cutover import CutoverSpec
-from objmig.api.migration.endpoints import SourceSpec, TargetSpec
+from objmig.api.migration.endpoints import BucketSpec, SourceSpec, TargetSpec
 from objmig.api.migration.running import FailurePolicySpec, RetrySpec, WorkersSpec
 from objmig.api.migration.selection import SelectionSpec
 
+# An absent target (allowed with copy.mode none only) is the source itself.
 _SAME_BUCKET = (
-    "self.source.endpoint == self.target.endpoint && self.source.bucket == self.target.bucket"
+    "(!has(self.target) || (self.source.endpoint == self.target.endpoint"
+    " && self.source.bucket == self.target.bucket))"
 )
 _IN_PLACE = (
-    f"{_SAME_BUCKET} && self.source.prefix == self.target.prefix"
-    " && self.target.keyTemplate == '{relative}'"
+    f"(!has(self.target) || ({_SAME_BUCKET} && self.source.prefix == self.target.prefix"
+    " && self.target.keyTemplate == '{relative}'))"
 )
 _IN_PLACE_MESSAGE = (
     "source and target are the same bucket, prefix and keys, so objects are rewritten in "
@@ -30,6 +32,10 @@ _LOOK_ONLY = "has(self.copy) && self.copy.mode == 'none'"
 _LOOK_ONLY_MESSAGE = (
     "copy.mode none writes no object: it looks at each one where it is, so target must "
     "name the source itself (the same endpoint, bucket and prefix, keyTemplate {relative})"
+)
+_TARGET_REQUIRED = (
+    "target is required: only copy.mode none, which writes nothing, may leave it out "
+    "(it is then the source)"
 )
 _ID_NEEDS_SQL = (
     "backfill.match id matches the id column of a SQL worklist: set selection.manifest.sql"
@@ -46,6 +52,7 @@ class ObjectMigrationSpec(ApiModel):
     """What to migrate, how, and when to cut over."""
 
     model_config = cel_validations(
+        cel_rule(f"has(self.target) || {_LOOK_ONLY}", _TARGET_REQUIRED, field_path=".target"),
         cel_rule(
             f"!({_IN_PLACE}) || {_LOOK_ONLY}"
             " || (has(self.copy) && self.copy.overwrite == 'always')",
@@ -75,8 +82,12 @@ class ObjectMigrationSpec(ApiModel):
             ]
         },
     )
-    target: TargetSpec = Field(
-        description="Where objects are copied to.",
+    # `target` is a property: absent (copy.mode none only), it is the source.
+    given_target: TargetSpec | None = Field(
+        default=None,
+        alias="target",
+        description="Where objects are copied to. Only with copy.mode none may it be left "
+        "out: it is then the source (endpoint, bucket, prefix, credentials) itself.",
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
@@ -123,6 +134,12 @@ class ObjectMigrationSpec(ApiModel):
     suspend: bool = Field(default=False, description="Pause all work; set false to resume.")
 
     @property
+    def target(self) -> TargetSpec:
+        """Where objects are written (or, with copy.mode none, looked at)."""
+        assert self.given_target is not None, "validation sets it"
+        return self.given_target
+
+    @property
     def same_bucket(self) -> bool:
         """Whether source and target are one bucket (of one endpoint)."""
         return (
@@ -155,6 +172,12 @@ class ObjectMigrationSpec(ApiModel):
 
     @model_validator(mode="after")
     def _one_bucket_needs_in_place_or_a_prefix_of_its_own(self) -> ObjectMigrationSpec:
+        if self.given_target is None:
+            if self.copy_.writes:
+                raise ValueError(_TARGET_REQUIRED)
+            # copy.mode none looks at objects where they are: the target is the source.
+            where = self.source.model_dump(include=set(BucketSpec.model_fields))
+            self.given_target = TargetSpec.model_validate(where)
         if not self.copy_.writes:
             if not self.rewrites_in_place:
                 raise ValueError(_LOOK_ONLY_MESSAGE)

@@ -145,7 +145,10 @@ class StepsStatus(ApiModel):
     """The application's steps: missing objects, per-object hooks, backfilled rows."""
 
     missing: int = Field(
-        default=0, ge=0, description="Selected objects that do not exist (copy.mode none)."
+        default=0,
+        ge=0,
+        description="Worklist keys that name no object in the source (skipped, or failed "
+        "with copy.missingObjects Fail; reason NotFound).",
     )
     hooks_done: int = Field(default=0, ge=0, description="Objects whose hook answered 2xx.")
     hooks_pending: int = Field(

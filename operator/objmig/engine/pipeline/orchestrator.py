@@ -135,6 +135,8 @@ class ObjectPipeline:
                 raise ConfigurationError(error, "process", row.key) from exc
             if error.kind == "precondition":
                 return outcomes.source_changed(row, error.message, error.code)
+            if error.kind == "not_found" and await self._worklist_key_gone(row):
+                return self._missing(row)
             step = "verify" if isinstance(exc, VerificationError) else "copy"
             return outcomes.failure(row, error, step, sides.spec.retry)
         finally:
@@ -147,6 +149,12 @@ class ObjectPipeline:
         spec = sides.spec
         if not spec.copy_.writes:
             return await self._look(row)
+        if not row.etag and row.state is not ObjectState.COPIED:
+            # A worklist key the scan found missing: it may have come since, but then it is
+            # not the object the scan recorded, and a catch-up round takes it up as new.
+            if await self._head_or_missing(row, check=False) is None:
+                return self._missing(row)
+            raise SourceChanged("the worklist's key did not exist at the scan; it does now")
         if row.state is ObjectState.COPIED:
             source = await looks.head_source(row)
             target = await sides.head_target(row)
@@ -212,15 +220,9 @@ class ObjectPipeline:
                 row.etag, version_or_none(row.version_id), None, None, row.last_modified
             )
             return self._verified(row, proof)
-        try:
-            head = await self._looks.head_source(row, check=bool(row.etag))
-        except SourceChanged:
-            raise
-        except Exception as exc:
-            if classify(exc).kind != "not_found":
-                raise
-            log.warning("s3://%s/%s does not exist", sides.spec.source.bucket, row.key)
-            return outcomes.missing(row, fail=sides.spec.copy_.missing_objects == "Fail")
+        head = await self._head_or_missing(row, check=bool(row.etag))
+        if head is None:
+            return self._missing(row)
         if sides.ctx.metadata_rules and not metadata_matches(
             head.metadata, sides.ctx.metadata_rules
         ):
@@ -231,6 +233,35 @@ class ObjectPipeline:
         checksum = head.whole_checksums()[algorithm] if algorithm is not None else None
         proof = outcomes.Proof(head.etag, head.version_id, checksum, checksum, head.last_modified)
         return self._verified(row, proof)
+
+    async def _head_or_missing(self, row: ObjectRow, *, check: bool) -> HeadResult | None:
+        """The source's HEAD, None when there is no such object."""
+        try:
+            return await self._looks.head_source(row, check=check)
+        except SourceChanged:
+            raise
+        except Exception as exc:
+            if classify(exc).kind != "not_found":
+                raise
+            return None
+
+    async def _worklist_key_gone(self, row: ObjectRow) -> bool:
+        """Whether a worklist's key that was there at the scan is gone now (an inventory
+        older than a deletion): the same as one missing at the scan, once a HEAD says so.
+        A row already copied is not: its copy is in the ledger, its source may be gone."""
+        if self._sides.spec.selection.manifest is None or row.state is ObjectState.COPIED:
+            return False
+        try:
+            return await self._head_or_missing(row, check=False) is None
+        except Exception:
+            return False  # the failure as it was is the better report
+
+    def _missing(self, row: ObjectRow) -> StepResult:
+        """A selected object that does not exist: skipped with reason NotFound (or failed,
+        with copy.missingObjects Fail), and said in the log."""
+        sides = self._sides
+        log.warning("s3://%s/%s does not exist", sides.spec.source.bucket, row.key)
+        return outcomes.missing(row, fail=sides.spec.copy_.missing_objects == "Fail")
 
     def _needs_source_head(self, row: ObjectRow) -> bool:
         """Whether a HEAD must come before the copy, or the copy's own reads suffice.

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from objmig.api.types import parse_duration
 from objmig.engine.policy import backoff_delay
 from objmig.ledger.models import ObjectRow, ObjectState, StepResult
 
@@ -23,7 +24,8 @@ PLAN_COPY = "PlanCopy"
 PLAN_IDENTICAL = "PlanIdentical"
 PLAN_RESTORE = "PlanRestore"
 PLAN_REASONS = (PLAN_COPY, PLAN_IDENTICAL, PLAN_RESTORE)
-#: skip_reason of a selected object that does not exist (copy.mode none).
+#: skip_reason (or, with copy.missingObjects Fail, error_code) of a worklist's key that
+#: does not exist.
 NOT_FOUND = "NotFound"
 #: skip_reason of an object a verify-only run found without its per-object hook done.
 HOOK_PENDING = "HookPending"
@@ -141,22 +143,35 @@ def failure(row: ObjectRow, error: ErrorClass, step: str, retry: RetrySpec) -> S
 
 
 def missing(row: ObjectRow, fail: bool) -> StepResult:
-    """A selected object that does not exist (copy.mode none): skipped, or failed if asked."""
+    """A worklist's key that does not exist: skipped, or failed if the spec asks."""
     if fail:
         return failed_now(row, NOT_FOUND, "the object does not exist")
     return skipped(row, NOT_FOUND)
 
 
 def unfinished(
-    row: ObjectRow, done: StepResult, error: ErrorClass, step: str, retry: RetrySpec
+    row: ObjectRow,
+    done: StepResult,
+    error: ErrorClass,
+    step: str,
+    retry: RetrySpec,
+    *,
+    at_least: float | None = None,
 ) -> StepResult:
     """A verified object whose application step (hook, backfill) failed: `finishing` again
     after a backoff while attempts remain, else failed. What was proven, and what steps
-    did (`done`), is recorded either way."""
+    did (`done`), is recorded either way.
+
+    ``at_least`` is the wait the step was asked for (a hook's ``Retry-After``), honoured up
+    to ``retry.backoff.max``: never shorter than the backoff, never unbounded.
+    """
     attempts = row.attempts + 1
     message = f"{step}: {error.code}: {error.message}"
     if error.retryable and attempts < retry.attempts:
         delay = backoff_delay(attempts, retry.backoff)
+        if at_least is not None:
+            cap = parse_duration(retry.backoff.max).total_seconds()
+            delay = max(delay, min(at_least, cap))
         return done._replace(
             state=ObjectState.FINISHING,
             last_error=message,

@@ -36,7 +36,9 @@ class ApplicationSteps:
         try:
             await self._hooks.call(document, idempotency_key(sides.ctx.name, row))
         except HookError as failed:
-            return outcomes.unfinished(row, result, failed.error, "hook", sides.spec.retry)
+            return outcomes.unfinished(
+                row, result, failed.error, "hook", sides.spec.retry, at_least=failed.retry_after
+            )
         return result._replace(hook_done=True)
 
     async def close(self) -> None:
