@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -239,8 +240,9 @@ class Rule:
 
     `method` None = any; `bucket` / `key` are fnmatch globs (`*` crosses `/` here) on the
     decoded path-style bucket and key; `query` maps parameter names to required values
-    (None = present with any value, ABSENT = not present). `times` limits how often the
-    rule fires; `seconds` limits for how long after it was added (by the proxy's clock).
+    (None = present with any value, ABSENT = not present); `header` names a request header
+    that must be present (any value). `times` limits how often the rule fires; `seconds`
+    limits for how long after it was added (by the proxy's clock).
     """
 
     action: Action
@@ -248,6 +250,7 @@ class Rule:
     bucket: str | None = None
     key: str | None = None
     query: Mapping[str, str | _Absent | None] = field(default_factory=dict)
+    header: str | None = None
     times: int | None = None
     seconds: float | None = None
     hits: int = 0
@@ -258,8 +261,19 @@ class Rule:
             return False
         return not (self.seconds is not None and now - self.added > self.seconds)
 
-    def matches(self, method: str, bucket: str, key: str, query: Mapping[str, str]) -> bool:
+    def matches(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        query: Mapping[str, str],
+        headers: Mapping[str, str] | None = None,
+    ) -> bool:
         if self.method is not None and self.method.upper() != method.upper():
+            return False
+        if self.header is not None and self.header.lower() not in {
+            name.lower() for name in (headers or {})
+        }:
             return False
         if self.bucket is not None and not fnmatch.fnmatchcase(bucket, self.bucket):
             return False
@@ -313,9 +327,12 @@ class S3FaultProxy:
         upstream: str,
         *,
         keep_requests: int = 10_000,
+        upstream_ca: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`upstream_ca`: the PEM CA an https upstream's certificate chains to."""
         self.upstream = upstream.rstrip("/")
+        self.upstream_ca = upstream_ca
         self.keep_requests = keep_requests
         # What rules' `seconds` are measured by; a test of expiry sets its own.
         self.clock = clock
@@ -376,11 +393,18 @@ class S3FaultProxy:
                 reads[request.key] = reads.get(request.key, 0) + 1
         return reads
 
-    def _pick(self, method: str, bucket: str, key: str, query: Mapping[str, str]) -> Rule | None:
+    def _pick(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+    ) -> Rule | None:
         now = self.clock()
         with self._lock:
             for rule in self._rules:
-                if rule.active(now) and rule.matches(method, bucket, key, query):
+                if rule.active(now) and rule.matches(method, bucket, key, query, headers):
                     rule.hits += 1
                     return rule
         return None
@@ -454,7 +478,12 @@ class S3FaultProxy:
         self._session = aiohttp.ClientSession(
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            connector=aiohttp.TCPConnector(limit=0),
+            connector=aiohttp.TCPConnector(
+                limit=0,
+                ssl=ssl.create_default_context(cadata=self.upstream_ca)
+                if self.upstream_ca
+                else True,
+            ),
             skip_auto_headers=("User-Agent", "Content-Type", "Accept-Encoding", "Accept"),
         )
 
@@ -467,7 +496,7 @@ class S3FaultProxy:
     # -- the proxy itself
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         bucket, key, query = _split_path(request.raw_path)
-        rule = self._pick(request.method, bucket, key, query)
+        rule = self._pick(request.method, bucket, key, query, request.headers)
         action = rule.action if rule is not None else None
         with self._lock:
             if len(self.requests) < self.keep_requests:

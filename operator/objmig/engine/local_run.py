@@ -25,6 +25,7 @@ from objmig.engine.bookkeeping import (
     cut_over,
     record_decision,
     record_failure,
+    record_store_findings,
     record_verification,
     roll_back,
     take_up_spec,
@@ -34,7 +35,7 @@ from objmig.engine.context import MigrationContext, check_access, check_applicat
 from objmig.engine.lifecycle import Decision, Observed, Outcome, StageWant, decide
 from objmig.engine.pipeline.outcomes import ApplicationError, ConfigurationError
 from objmig.engine.scan import config_map_worklist, manifest_config_map, run_scan
-from objmig.engine.secrets import SecretSource
+from objmig.engine.secrets import MappingConfigMaps, SecretSource
 from objmig.engine.status import tally
 from objmig.ledger import Ledger
 from objmig.storage.errors import classify
@@ -72,7 +73,8 @@ class LocalRun:
         on_status: StatusCallback | None = None,
         status_interval: float = 1.0,
     ) -> None:
-        """``config_maps``: ConfigMap data by name, for a ``manifest.configMapRef``."""
+        """``config_maps``: ConfigMap data by name, for a ``manifest.configMapRef`` or a
+        ``caBundle``."""
         self._ledger = ledger
         self._migration = migration
         self._spec = migration.spec
@@ -89,7 +91,9 @@ class LocalRun:
     async def run(self, stop: asyncio.Event | None = None) -> RunResult:
         """Scan, copy and verify, catch up, and cut over when the gates hold."""
         stop = stop or asyncio.Event()
-        context = MigrationContext.resolve(self._migration, self._secrets)
+        context = MigrationContext.resolve(
+            self._migration, self._secrets, MappingConfigMaps(self._config_maps)
+        )
         worklist_ref = manifest_config_map(self._spec)
         worklist = None
         if worklist_ref is not None:
@@ -147,6 +151,7 @@ class LocalRun:
         if decision.stage is not None:
             if not self._access_checked:
                 refused = await check_access(context)
+                await record_store_findings(self._ledger, mid, context.features.values())
                 if refused is not None:
                     code, message = refused
                     await record_failure(self._ledger, mid, s3_reason(code), message)

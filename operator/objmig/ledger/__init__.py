@@ -43,6 +43,7 @@ from objmig.ledger.state import (
     RetryRecord,
     Rounds,
     ScanRecord,
+    StoreFinding,
     VerificationRecord,
 )
 from objmig.ledger.store import (
@@ -91,6 +92,7 @@ __all__ = [
     "StateCount",
     "StepCounts",
     "StepResult",
+    "StoreFinding",
     "UnknownMigration",
     "VerificationRecord",
     "WorkerReport",

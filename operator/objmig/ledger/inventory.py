@@ -256,6 +256,8 @@ class InventoryMixin(LedgerBase):
                     "not_before",
                     "restore_requested_at",
                     "verified_at",
+                    "verified_by",
+                    "degraded",
                     "cut_over_at",
                     "lease_owner",
                     "lease_expires_at",

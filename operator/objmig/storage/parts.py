@@ -13,6 +13,7 @@ import math
 from typing import TYPE_CHECKING
 
 from objmig.storage.errors import S3ResponseError
+from objmig.storage.features import Aspect
 from objmig.storage.types import HeadResult, MiB, PartLayout, multipart_part_count
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ async def resolve_part_layout(
     *,
     head: HeadResult | None = None,
     concurrency: int = 8,
+    part_heads_refused: str | None = None,
 ) -> PartLayout:
     """Find the part sizes of an object so a copy can reproduce them (and its ETag).
 
@@ -37,26 +39,53 @@ async def resolve_part_layout(
     store lists them (MinIO; AWS for objects uploaded with additional checksums, which
     its SDKs send by default since 2025). Then HEAD with `PartNumber`, one per part: AWS,
     MinIO and moto answer it with the part's Content-Length and `x-amz-mp-parts-count`.
-    An equal-parts guess is the last resort.
+    An equal-parts guess is the last resort; a store that refused both ways is learned
+    to tell no part sizes (`Aspect.PART_SIZES`), and its later objects are guessed at once.
+    `part_heads_refused`: the store's answer to a HEAD with `partNumber` the caller has
+    already had (not asked again).
     """
     if head is None:
         head = await client.head(bucket, key, version_id=version_id, sse_c=sse_c)
     count = multipart_part_count(head.etag)
     if count is None:
         return PartLayout((head.size,), "single", multipart=False)
+    if client.features.lacks(Aspect.PART_SIZES):
+        return guessed_layout(head.size, count)
+    answers: list[str] = []
+    # A refusal for want of permission (AWS's separate s3:GetObjectAttributes) says
+    # nothing about the store: it moves on, but is no reason to stop asking.
+    denied = False
 
-    attributes = await _listed_part_sizes(client, bucket, key, version_id, sse_c)
+    try:
+        attributes = await client.object_part_sizes(bucket, key, version_id, sse_c)
+    except S3ResponseError as exc:
+        if parts_unsupported(exc):
+            answers.append(f"GetObjectAttributes: {exc.code}")
+        elif exc.status == 403:
+            denied = True
+        else:
+            raise
+        log.debug(
+            "GetObjectAttributes(ObjectParts) unavailable for s3://%s/%s: %s", bucket, key, exc
+        )
+        attributes = None
     if attributes and len(attributes) == count and sum(attributes) == head.size:
         return PartLayout(tuple(attributes), "attributes", multipart=True)
 
-    try:
-        first: HeadResult | None = await client.head(
-            bucket, key, version_id=version_id, part_number=1, sse_c=sse_c
-        )
-    except S3ResponseError as exc:
-        if not _unsupported(exc):
-            raise
-        first = None
+    first: HeadResult | None = None
+    if part_heads_refused is not None:
+        answers.append(part_heads_refused)
+    else:
+        try:
+            first = await client.head(
+                bucket, key, version_id=version_id, part_number=1, sse_c=sse_c
+            )
+        except S3ResponseError as exc:
+            if not parts_unsupported(exc):
+                raise
+            answers.append(f"HEAD ?partNumber: {exc.code}")
+    if first is not None and not first.parts_count:
+        answers.append("HEAD ?partNumber: no part count")
     if first is not None and first.parts_count:
         sizes = [first.size]
         semaphore = asyncio.Semaphore(max(1, concurrency))
@@ -72,17 +101,26 @@ async def resolve_part_layout(
         if sum(sizes) == head.size:
             return PartLayout(tuple(sizes), "head", multipart=True)
         log.warning(
-            "part sizes of s3://%s/%s from HEAD add up to %d, not %d; trying other ways",
+            "part sizes of s3://%s/%s from HEAD add up to %d, not %d; guessing",
             bucket,
             key,
             sum(sizes),
             head.size,
         )
 
-    log.warning(
+    if answers and not denied:
+        # Asked both ways and refused both: every multipart object of this store would be.
+        client.features.learn_missing(Aspect.PART_SIZES, "; ".join(answers))
+    log.info(
         "s3://%s/%s: the store reports no part sizes; assuming %d equal parts", bucket, key, count
     )
-    return PartLayout(tuple(guess_part_sizes(head.size, count)), "guess", multipart=True)
+    return guessed_layout(head.size, count)
+
+
+def guessed_layout(size: int, count: int) -> PartLayout:
+    """`count` equal parts (see `guess_part_sizes`): the layout of an object whose store
+    tells no part sizes. Its copy's ETag may differ from the source's."""
+    return PartLayout(tuple(guess_part_sizes(size, count)), "guess", multipart=True)
 
 
 async def part_layout(
@@ -126,24 +164,7 @@ def uniform_layout_by_listing(size: int, count: int) -> PartLayout | None:
     )
 
 
-async def _listed_part_sizes(
-    client: S3HttpClient, bucket: str, key: str, version_id: str | None, sse_c: bytes | None
-) -> list[int] | None:
-    """Part sizes from GetObjectAttributes(ObjectParts); None where the store does not list
-    them, does not implement the call, or does not let us (AWS wants its own permission,
-    s3:GetObjectAttributes, which a policy granting s3:GetObject may lack)."""
-    try:
-        return await client.object_part_sizes(bucket, key, version_id, sse_c)
-    except S3ResponseError as exc:
-        if not (_unsupported(exc) or exc.status == 403):
-            raise
-        log.debug(
-            "GetObjectAttributes(ObjectParts) unavailable for s3://%s/%s: %s", bucket, key, exc
-        )
-        return None
-
-
-def _unsupported(exc: S3ResponseError) -> bool:
+def parts_unsupported(exc: S3ResponseError) -> bool:
     """A store's way of saying "I do not implement this parameter" (not a transient error)."""
     return exc.status in (400, 405, 416, 501) or exc.code in ("NotImplemented", "InvalidArgument")
 

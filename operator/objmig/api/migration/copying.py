@@ -91,7 +91,13 @@ class CopySpec(ApiModel):
     preserve_metadata: bool = Field(
         default=True, description="Copy user metadata and content headers."
     )
-    preserve_tags: bool = Field(default=True, description="Copy object tags.")
+    preserve_tags: bool = Field(
+        default=True,
+        description="Copy object tags. On a target store without tags, objects that have "
+        "tags fail with TagsNotSupported (the others copy). false: no tagging request or "
+        "header is sent at all: streamed copies carry no tags, a server-side CopyObject "
+        "does what the store does by default (S3 copies them).",
+    )
     overwrite: Literal["never", "ifDifferent", "always"] = Field(
         default="ifDifferent",
         description="An existing target object: never (skip it), ifDifferent (skip when "

@@ -52,13 +52,19 @@ class ApplicationError(Exception):
 
 @dataclass(frozen=True)
 class Proof:
-    """What verification established about a copy."""
+    """What verification established about a copy.
+
+    `verified_by`: "etag", or the algorithm of the checksums compared ("sha256", ...);
+    `degraded`: the aspects of S3 the copy did without (`objmig.storage.features.Aspect`).
+    """
 
     target_etag: str
     target_version_id: str | None
     source_checksum: str | None
     target_checksum: str | None
     target_last_modified: datetime | None = None
+    verified_by: str = "etag"
+    degraded: tuple[str, ...] = ()
 
 
 def verified(row: ObjectRow, target_key: str, proof: Proof) -> StepResult:
@@ -74,12 +80,17 @@ def verified(row: ObjectRow, target_key: str, proof: Proof) -> StepResult:
         target_checksum=proof.target_checksum,
         target_last_modified=proof.target_last_modified,
         increment_attempts=True,
+        verified_by=proof.verified_by,
+        degraded=",".join(proof.degraded) or None,
     )
 
 
 def still_verified(row: ObjectRow) -> StepResult:
     """A `finishing` row, claimed for its application steps: verified as recorded."""
-    return StepResult(id=row.id, state=ObjectState.VERIFIED)
+    # What proved the copy is written with every result (None clears it): keep it.
+    return StepResult(
+        id=row.id, state=ObjectState.VERIFIED, verified_by=row.verified_by, degraded=row.degraded
+    )
 
 
 def skipped(row: ObjectRow, reason: str) -> StepResult:

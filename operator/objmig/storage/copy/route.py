@@ -7,7 +7,9 @@ Which request proves what, per path (docs/storage.md, "Requests per object"):
 - streamed, single-part: the GET (pinned by `If-Match` to the listed ETag) brings every
   header a HEAD would, the PUT sends them: 2 requests;
 - server-side, single-part, metadata kept: CopyObject pinned by
-  `x-amz-copy-source-if-match`, directive COPY: 1 request;
+  `x-amz-copy-source-if-match`, directive COPY: 1 request (not where the store lacks that
+  condition, for directory markers, nor where tags are kept and the store has none: those
+  HEAD first, see `_one_copy_request`);
 - streamed, multipart: the listing's size and part count imply the parts (else HEAD of
   part 1 tells), the GET brings the headers: GET, create, N parts, complete;
 - server-side, multipart: HEAD `?partNumber=1` gives the headers and the parts (only a
@@ -24,8 +26,10 @@ from objmig.storage.compare import told_apart
 from objmig.storage.copy.model import CopyOptions, CopyResult, SourceObject, TargetObject
 from objmig.storage.copy.planning import (
     Plan,
+    check_tags_writable,
     copies_metadata_unchanged,
     head_by_first_part,
+    is_directory_marker,
     multipart_by_listing,
     multipart_layout,
     plan_by_listing,
@@ -34,8 +38,9 @@ from objmig.storage.copy.planning import (
 )
 from objmig.storage.copy.server_side import server_side_multipart, server_side_single
 from objmig.storage.copy.streamed import streamed_multipart, streamed_single
-from objmig.storage.errors import S3ResponseError, SourceChangedError
-from objmig.storage.parts import resolve_part_layout, uniform_layout_by_listing
+from objmig.storage.errors import S3ResponseError, SourceChangedError, classify
+from objmig.storage.features import Aspect
+from objmig.storage.parts import guessed_layout, resolve_part_layout, uniform_layout_by_listing
 from objmig.storage.s3http import S3HttpClient
 from objmig.storage.types import HeadResult, multipart_part_count
 
@@ -77,6 +82,9 @@ async def copy_object(
                 source.bucket, source.key, version_id=source.version_id, sse_c=source.sse_c_key
             )
         plan = await plan_copy(src_client, source, options, head, layout)
+        check_tags_writable(dst_client, target, options, plan)
+        if options.server_side and is_directory_marker(source.key, head):
+            return await _copy_marker(src_client, dst_client, source, target, options, plan)
         result = await _copy_planned(src_client, dst_client, source, target, options, plan)
         return await _again_if_guessed_wrong(
             src_client, dst_client, source, target, options, result, plan
@@ -105,35 +113,86 @@ async def _copy_by_listing(
         if not options.server_side:
             # The GET that reads the bytes also returns every header a HEAD would.
             return await streamed_single(src_client, dst_client, source, target, options, None)
-        if copies_metadata_unchanged(options):
-            plan = plan_by_listing(source, listed)
-            result = await server_side_single(dst_client, source, target, options, plan)
-            if told_apart(listed.last_modified, result.last_modified):
-                return result
-            # Written in its source's second, the unmarked copy would answer like the
-            # source itself, and no cleanup could ever delete the source. Copy it again
-            # with the mark, which needs the source's headers (REPLACE), over our own copy.
+        if not _one_copy_request(dst_client, source, options, listed):
+            return None
+        plan = plan_by_listing(source, listed)
+        result = await server_side_single(dst_client, source, target, options, plan)
+        if dst_client.features.lacks(Aspect.COPY_CONDITIONALS):
+            # The store refused `x-amz-copy-source-if-match` and took the copy without
+            # it: nothing pinned the listed object. Copy again the way a store without
+            # conditions is copied, after a HEAD that looks at the source.
             log.debug(
-                "s3://%s/%s: copied in its source's second; marking it", target.bucket, target.key
+                "s3://%s/%s: copied without a source condition; again after a HEAD",
+                target.bucket,
+                target.key,
             )
-            head = await src_client.head(
-                source.bucket, source.key, version_id=source.version_id, sse_c=source.sse_c_key
+            return await _copy_again_after_head(
+                src_client, dst_client, source, target, options, result
             )
-            again = replace(options, create_only=False)
-            marked = await plan_copy(src_client, source, again, head)
-            final = await server_side_single(dst_client, source, target, again, marked)
-            await _drop_superseded_version(dst_client, target, result, final)
-            return final
-        return None
+        if told_apart(listed.last_modified, result.last_modified):
+            return result
+        # Written in its source's second, the unmarked copy would answer like the
+        # source itself, and no cleanup could ever delete the source. Copy it again
+        # with the mark, which needs the source's headers (REPLACE), over our own copy.
+        log.debug(
+            "s3://%s/%s: copied in its source's second; marking it", target.bucket, target.key
+        )
+        return await _copy_again_after_head(src_client, dst_client, source, target, options, result)
     if options.server_side or not multipart_by_listing(listed, options):
         return None
     count = multipart_part_count(listed.etag) or 1
-    layout = uniform_layout_by_listing(listed.size, count) or await multipart_layout(
-        src_client, source, listed, count
-    )
+    if src_client.features.lacks(Aspect.PART_SIZES):
+        # Guessed like every multipart object of this store: the copy hashes its bytes.
+        layout = guessed_layout(listed.size, count)
+    else:
+        layout = uniform_layout_by_listing(listed.size, count) or await multipart_layout(
+            src_client, source, listed, count
+        )
     return await streamed_multipart(
         src_client, dst_client, source, target, options, None, layout=layout
     )
+
+
+def _one_copy_request(
+    client: S3HttpClient, source: SourceObject, options: CopyOptions, listed: HeadResult
+) -> bool:
+    """Whether a server-side single-part copy may be one CopyObject on the listing's word.
+
+    Not where metadata changes (REPLACE names every key, which only a HEAD tells); not
+    where the store lacks `x-amz-copy-source-if-match` (nothing would pin the listed
+    object: the HEAD before the copy and the re-check after it must); not for a directory
+    marker (some stores refuse to copy one, and the HEAD path writes it by PutObject);
+    not where tags are to be kept and the store has none (the listing tells no tag
+    count, so `check_tags_writable` needs the HEAD's).
+    """
+    features = client.features
+    return (
+        copies_metadata_unchanged(options)
+        and not features.lacks(Aspect.COPY_CONDITIONALS)
+        and not is_directory_marker(source.key, listed)
+        and not (options.preserve_tags and features.lacks(Aspect.TAGS))
+    )
+
+
+async def _copy_again_after_head(
+    src_client: S3HttpClient,
+    dst_client: S3HttpClient,
+    source: SourceObject,
+    target: TargetObject,
+    options: CopyOptions,
+    first: CopyResult,
+) -> CopyResult:
+    """A server-side single-part copy made on the listing's word, made again from a HEAD
+    (with the migration's mark, REPLACE) over our own first copy, whose version goes."""
+    head = await src_client.head(
+        source.bucket, source.key, version_id=source.version_id, sse_c=source.sse_c_key
+    )
+    again = replace(options, create_only=False)
+    marked = await plan_copy(src_client, source, again, head)
+    check_tags_writable(dst_client, target, again, marked)
+    final = await server_side_single(dst_client, source, target, again, marked)
+    await _drop_superseded_version(dst_client, target, first, final)
+    return final
 
 
 async def _drop_superseded_version(
@@ -193,6 +252,37 @@ async def _again_if_guessed_wrong(
     final = await _copy_planned(src_client, dst_client, source, target, again, plan)
     await _drop_superseded_version(dst_client, target, result, final)
     return final
+
+
+async def _copy_marker(
+    src_client: S3HttpClient,
+    dst_client: S3HttpClient,
+    source: SourceObject,
+    target: TargetObject,
+    options: CopyOptions,
+    plan: Plan,
+) -> CopyResult:
+    """A directory marker, server-side where the store can; some refuse CopyObject of one
+    (versitygw, SeaweedFS), and there are no bytes to copy anyway: a PUT of its metadata,
+    content headers and tags writes the same object."""
+    features = dst_client.features
+    if not features.lacks(Aspect.MARKER_COPIES):
+        try:
+            return await _copy_planned(src_client, dst_client, source, target, options, plan)
+        except S3ResponseError as exc:
+            # The source was just looked at: SeaweedFS's NoSuchKey for a marker it has is
+            # as much a refusal as versitygw's DirectoryObjectContainsData.
+            problem = classify(exc)
+            if problem.kind not in ("permanent", "not_found") or problem.is_config_error:
+                raise
+            features.learn_missing(Aspect.MARKER_COPIES, f"CopyObject: {exc.code}")
+    streamed = replace(
+        options,
+        server_side=False,
+        compute_sha256=options.compute_sha256 or options.checksum_algorithm is not None,
+        checksum_algorithm=None,
+    )
+    return await streamed_single(src_client, dst_client, source, target, streamed, plan)
 
 
 async def _copy_planned(
