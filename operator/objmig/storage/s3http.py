@@ -46,6 +46,7 @@ from objmig.storage.s3wire import (
     total_size,
     write_result,
     xml_body,
+    xml_document,
 )
 from objmig.storage.tls import ssl_context
 from objmig.storage.types import (
@@ -59,6 +60,8 @@ from objmig.storage.types import (
 )
 
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+#: A GetObjectAttributes answer of 1,000 parts with checksums is about 300 KiB.
+_MAX_ATTRIBUTES_BODY = 2 * 1024 * 1024
 # Characters S3 wants left alone in a canonical URI / query (RFC 3986 unreserved).
 _UNRESERVED = "-_.~"
 
@@ -87,6 +90,9 @@ class S3HttpClient:
         self._host = parts.netloc
         self._base_path = parts.path.rstrip("/")
         self._signing_keys: dict[tuple[str, str], bytes] = {}
+        #: The store answered GetObjectAttributes with something else (see
+        #: `object_part_sizes`): it is not asked again.
+        self._attributes_unknown = False
 
     # -- objects ------------------------------------------------------------------------
 
@@ -282,7 +288,14 @@ class S3HttpClient:
     async def object_part_sizes(
         self, bucket: str, key: str, version_id: str | None = None, sse_c: bytes | None = None
     ) -> list[int] | None:
-        """Part sizes from GetObjectAttributes(ObjectParts); None when the store lists none."""
+        """Part sizes from GetObjectAttributes(ObjectParts); None when the store lists none.
+
+        A store that does not know `?attributes` may serve the object itself instead
+        (Garage): its answer is read no further than an attributes document could be
+        long (the connection is dropped), and the store is not asked again.
+        """
+        if self._attributes_unknown:
+            return None
         sizes: list[int] = []
         marker = 0
         while True:
@@ -297,7 +310,16 @@ class S3HttpClient:
             async with self._request(
                 "GetObjectAttributes", "GET", bucket, key, query, headers
             ) as response:
-                root = await xml_body("GetObjectAttributes", response)
+                data = await _read_at_most(response, _MAX_ATTRIBUTES_BODY)
+            try:
+                root = None if data is None else xml_document("GetObjectAttributes", 200, data)
+            except S3ResponseError as exc:
+                if exc.code != "MalformedResponse":
+                    raise  # an <Error> document in a 200 answer
+                root = None
+            if root is None:
+                self._attributes_unknown = True
+                return None
             parts = [element for element in root.iter() if local_name(element.tag) == "Part"]
             if not parts:
                 return None
@@ -606,3 +628,17 @@ def _copy_source(bucket: str, key: str, version_id: str | None) -> str:
     source = f"/{bucket}/{_quote(key, safe='/')}"
     version = version_or_none(version_id)
     return f"{source}?versionId={_quote(version)}" if version else source
+
+
+async def _read_at_most(response: HttpResponse, limit: int) -> bytes | None:
+    """The whole body, or None (left unread, so the connection is dropped) when it is
+    longer than `limit` bytes."""
+    length = response.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        return None
+    data = bytearray()
+    while chunk := await response.read(64 * 1024):
+        data += chunk
+        if len(data) > limit:
+            return None
+    return bytes(data)
