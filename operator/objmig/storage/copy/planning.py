@@ -92,23 +92,24 @@ def plan_by_listing(source: SourceObject, listed: HeadResult) -> Plan:
 
 async def head_by_first_part(
     client: S3HttpClient, source: SourceObject, listed: HeadResult
-) -> tuple[HeadResult, PartLayout | None]:
+) -> tuple[HeadResult, PartLayout | None, str | None]:
     """The source's headers and part layout from one HEAD `?partNumber=1` where a store
     answers it with the object's headers (AWS, MinIO: the object's ETag, metadata and
     content headers; the part's length and the part count), instead of a HEAD and a
-    HEAD of part 1. Elsewhere (moto gives the part's ETag) a plain HEAD.
+    HEAD of part 1. Elsewhere (moto gives the part's ETag) a plain HEAD; the third value
+    is the store's refusal of `?partNumber`, for `plan_copy` not to ask again.
     """
     count = multipart_part_count(listed.etag)
-    first = None
+    first, refused = None, None
     if not client.features.lacks(Aspect.PART_SIZES):
-        first, _ = await _first_part(client, source, listed.version_id)
+        first, refused = await _first_part(client, source, listed.version_id)
     if first is not None and first.etag == listed.etag and count and first.parts_count == count:
         layout = _equal_parts(first, listed.size, count)
-        return replace(first, size=listed.size, parts_count=None), layout
+        return replace(first, size=listed.size, parts_count=None), layout, None
     head = await client.head(
         source.bucket, source.key, version_id=source.version_id, sse_c=source.sse_c_key
     )
-    return head, None
+    return head, None, refused
 
 
 def check_source(source: SourceObject, head: HeadResult) -> None:
@@ -131,11 +132,13 @@ async def plan_copy(
     options: CopyOptions,
     head: HeadResult,
     layout: PartLayout | None = None,
+    part_heads_refused: str | None = None,
 ) -> Plan:
-    """The plan for a copy of `head` (`layout`: the part layout, when already known)."""
+    """The plan for a copy of `head` (`layout`: the part layout, when already known;
+    `part_heads_refused`: the store's refusal of HEAD `?partNumber`, already had)."""
     check_source(source, head)
     if layout is None:
-        layout = await _layout(client, source, options, head)
+        layout = await _layout(client, source, options, head, part_heads_refused)
     if not layout.multipart and head.size > options.max_single_part_size:
         # Some stores (MinIO) accept single PUTs above AWS's 5 GiB; neither PutObject nor
         # CopyObject can write those to S3, so they become multipart (new ETag).
@@ -151,7 +154,11 @@ async def plan_copy(
 
 
 async def _layout(
-    client: S3HttpClient, source: SourceObject, options: CopyOptions, head: HeadResult
+    client: S3HttpClient,
+    source: SourceObject,
+    options: CopyOptions,
+    head: HeadResult,
+    part_heads_refused: str | None,
 ) -> PartLayout:
     """How the copy of `head` is cut: the source's parts, or the copy's own size."""
     count = multipart_part_count(head.etag)
@@ -165,9 +172,15 @@ async def _layout(
         return PartLayout((head.size,), "single", multipart=False)
     if options.exact_layout:
         return await resolve_part_layout(
-            client, source.bucket, source.key, head.version_id, source.sse_c_key, head=head
+            client,
+            source.bucket,
+            source.key,
+            head.version_id,
+            source.sse_c_key,
+            head=head,
+            part_heads_refused=part_heads_refused,
         )
-    return await multipart_layout(client, source, head, count)
+    return await multipart_layout(client, source, head, count, part_heads_refused)
 
 
 def is_directory_marker(key: str, head: HeadResult) -> bool:
@@ -236,7 +249,11 @@ def plan_for(
 
 
 async def multipart_layout(
-    client: S3HttpClient, source: SourceObject, head: HeadResult, count: int
+    client: S3HttpClient,
+    source: SourceObject,
+    head: HeadResult,
+    count: int,
+    part_heads_refused: str | None = None,
 ) -> PartLayout:
     """The source's parts: equal parts when part 1 and the part count allow it, else exact.
 
@@ -247,7 +264,9 @@ async def multipart_layout(
     """
     if client.features.lacks(Aspect.PART_SIZES):
         return guessed_layout(head.size, count)
-    first, refused = await _first_part(client, source, head.version_id)
+    first, refused = None, part_heads_refused
+    if refused is None:
+        first, refused = await _first_part(client, source, head.version_id)
     layout = _equal_parts(first, head.size, count) if first is not None else None
     return layout or await resolve_part_layout(
         client,

@@ -72,16 +72,16 @@ async def copy_object(
                     src_client, dst_client, source, target, options, result
                 )
         head = source.head
-        layout = None
+        layout, refused = None, None
         if head is None and listed is not None and listed.is_multipart:
-            head, first_parts = await head_by_first_part(src_client, source, listed)
+            head, first_parts, refused = await head_by_first_part(src_client, source, listed)
             # Parts the copy cuts itself, or must know exactly, are not the first's.
             layout = first_parts if multipart_by_listing(listed, options) else None
         if head is None:
             head = await src_client.head(
                 source.bucket, source.key, version_id=source.version_id, sse_c=source.sse_c_key
             )
-        plan = await plan_copy(src_client, source, options, head, layout)
+        plan = await plan_copy(src_client, source, options, head, layout, refused)
         check_tags_writable(dst_client, target, options, plan)
         if options.server_side and is_directory_marker(source.key, head):
             return await _copy_marker(src_client, dst_client, source, target, options, plan)
