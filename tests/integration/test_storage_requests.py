@@ -2,7 +2,10 @@
 its listing describes is copied at the request floor (server-side: one CopyObject; streamed:
 one GET and one PUT), pinned to the listed ETag, with metadata, content headers and tags
 carried by the copy itself; a source changed after the listing fails the copy and leaves
-nothing; a copy written again to carry objmig's mark leaves no extra version behind."""
+nothing; a copy written again to carry objmig's mark leaves no extra version behind. Where
+the one CopyObject cannot stand on the listing's word (a store without copy-source
+conditions, a directory marker, tags kept on a store without tags) the source is HEADed
+first."""
 
 from __future__ import annotations
 
@@ -15,10 +18,11 @@ import pytest_asyncio
 
 from objmig.storage import CopyOptions, SourceObject, TargetObject, classify, copy_object
 from objmig.storage.errors import SourceChangedError
+from objmig.storage.features import Aspect
 from objmig.storage.s3http import S3HttpClient, open_http_client
 from objmig.storage.types import MIGRATION_METADATA_KEY, ObjectInfo
 from tests.fixtures.s3 import S3Backend, S3Seeder
-from tests.support.s3proxy import Deny, S3FaultProxy
+from tests.support.s3proxy import Deny, Fail, S3FaultProxy
 
 PATHS = [pytest.param(True, id="server-side"), pytest.param(False, id="streamed")]
 
@@ -200,3 +204,99 @@ async def test_a_copy_made_again_for_its_mark_leaves_one_version(
     assert remade is not None, "no copy landed in its source's second"
     head = await backend_http.head(dst, remade)
     assert head.metadata[MIGRATION_METADATA_KEY] == "m-1"
+
+
+@pytest.mark.parametrize(
+    "lacks", [Aspect.COPY_CONDITIONALS, Aspect.TAGS], ids=["no-conditions", "no-tags"]
+)
+async def test_a_store_lacking_what_the_one_copyobject_needs_is_looked_at_first(
+    backend_http: S3HttpClient,
+    backend_seed: S3Seeder,
+    backend_proxy: S3FaultProxy,
+    proxied_http: S3HttpClient,
+    lacks: Aspect,
+) -> None:
+    """Without `x-amz-copy-source-if-match` nothing would pin the listed object; without
+    tags the listing cannot tell whether the object has any to lose. A HEAD first."""
+    src, dst = await backend_seed.bucket(), await backend_seed.bucket()
+    obj = await backend_seed.put_object(src, "k", 1234)
+    info = await listed(backend_http, src, "k")
+    await past_the_second_of(backend_http, backend_seed, info)
+    proxied_http.features.learn_missing(lacks, "as the test says")
+
+    result = await copy_object(
+        proxied_http,
+        proxied_http,
+        as_scanned(src, info),
+        TargetObject(dst, "k"),
+        CopyOptions(server_side=True),
+    )
+
+    requests = backend_proxy.seen()
+    assert [(r.method, r.bucket) for r in requests] == [("HEAD", src), ("PUT", dst)]
+    headers = lower(requests[1].headers)
+    if lacks is Aspect.COPY_CONDITIONALS:
+        assert "x-amz-copy-source-if-match" not in headers
+    else:
+        assert "x-amz-tagging-directive" not in headers
+    assert result.etag == obj.etag
+
+
+async def test_a_copy_that_lost_its_source_condition_is_made_again_after_a_head(
+    backend_http: S3HttpClient,
+    backend_seed: S3Seeder,
+    backend_proxy: S3FaultProxy,
+    proxied_http: S3HttpClient,
+) -> None:
+    """The store refuses the condition (NotImplemented) and takes the copy without it: that
+    copy stood on nothing but the listing, so it is made again the way such a store is
+    copied, after a HEAD that checks the source against the listing."""
+    src, dst = await backend_seed.bucket(), await backend_seed.bucket()
+    obj = await backend_seed.put_object(src, "k", 1234)
+    info = await listed(backend_http, src, "k")
+    await past_the_second_of(backend_http, backend_seed, info)
+    backend_proxy.add_rule(
+        Fail(501, "NotImplemented", "A header you provided implies functionality that is not"),
+        header="x-amz-copy-source-if-match",
+    )
+
+    result = await copy_object(
+        proxied_http,
+        proxied_http,
+        as_scanned(src, info),
+        TargetObject(dst, "k"),
+        CopyOptions(server_side=True, migration_tag="m-1"),
+    )
+
+    assert proxied_http.features.lacks(Aspect.COPY_CONDITIONALS)
+    requests = [(r.method, r.bucket) for r in backend_proxy.seen()]
+    # Refused with the condition, taken without it, the source HEADed, copied again.
+    assert requests == [("PUT", dst), ("PUT", dst), ("HEAD", src), ("PUT", dst)]
+    assert result.etag == obj.etag
+    head = await backend_http.head(dst, "k")
+    assert head.metadata[MIGRATION_METADATA_KEY] == "m-1"
+
+
+async def test_a_directory_marker_is_looked_at_before_its_server_side_copy(
+    backend_http: S3HttpClient,
+    backend_seed: S3Seeder,
+    backend_proxy: S3FaultProxy,
+    proxied_http: S3HttpClient,
+) -> None:
+    """Some stores refuse CopyObject of a directory marker (the HEAD path writes it by
+    PutObject there), so a marker never takes the one-CopyObject path."""
+    src, dst = await backend_seed.bucket(), await backend_seed.bucket()
+    await backend_seed.put_object(src, "dir/", b"")
+    info = await listed(backend_http, src, "dir/")
+
+    await copy_object(
+        proxied_http,
+        proxied_http,
+        as_scanned(src, info),
+        TargetObject(dst, "dir/"),
+        CopyOptions(server_side=True),
+    )
+
+    requests = [(r.method, r.bucket) for r in backend_proxy.seen()]
+    assert requests[0] == ("HEAD", src)
+    assert (await backend_http.head(dst, "dir/")).size == 0
