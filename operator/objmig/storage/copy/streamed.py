@@ -33,13 +33,14 @@ from objmig.storage.copy.planning import (
     target_taken,
 )
 from objmig.storage.errors import IntegrityError, S3ResponseError
+from objmig.storage.reader import ObjectReader
 from objmig.storage.s3http import S3HttpClient
 from objmig.storage.streaming import PartStream
 from objmig.storage.types import STREAM_CHUNK, Body, PartLayout, WriteResult, normalise_etag
 
 
 async def streamed_single(
-    src_client: S3HttpClient,
+    src_client: ObjectReader,
     dst_client: S3HttpClient,
     source: SourceObject,
     target: TargetObject,
@@ -135,7 +136,7 @@ def _check_part_md5(
 
 
 async def streamed_multipart(
-    src_client: S3HttpClient,
+    src_client: ObjectReader,
     dst_client: S3HttpClient,
     source: SourceObject,
     target: TargetObject,
