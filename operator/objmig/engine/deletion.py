@@ -30,6 +30,9 @@ class MigrationFacts:
     same_bucket: bool = False
     #: The migration's ledger name, which its copies carry (`objmig-migration`).
     name: str = ""
+    #: The bucket a cleanup of one bucket is about ("": the whole migration); `digest`
+    #: is then that bucket's.
+    bucket: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,11 +74,12 @@ def unmet_gates(spec: MigrationCleanupSpec, facts: MigrationFacts, now: datetime
             )
         )
     elif facts.digest is None or spec.approval.digest != facts.digest:
+        whose = f"bucket {facts.bucket}'s" if facts.bucket else "the migration's"
         unmet.append(
             Verdict(
                 False,
                 "ApprovalDigestMismatch",
-                f"spec.approval.digest {spec.approval.digest} does not match the migration's "
+                f"spec.approval.digest {spec.approval.digest} does not match {whose} "
                 f"verification digest {facts.digest or '(none yet)'}; review what was "
                 "verified again and quote the current digest",
             )

@@ -35,6 +35,7 @@ _INVENTORY_COLUMNS = (
     "target_key",
     "row_id",
     "bucket",
+    "group_key",
     "last_seen_scan",
 )
 
@@ -195,6 +196,7 @@ class InventoryMixin(LedgerBase):
                 r.target_key,
                 r.row_id,
                 r.bucket,
+                r.group_key,
             )
             for r in unique.values()
         ]
@@ -242,6 +244,8 @@ class InventoryMixin(LedgerBase):
             "last_modified": "EXCLUDED.last_modified",
             "storage_class": "EXCLUDED.storage_class",
             "target_key": "EXCLUDED.target_key",
+            "group_key": "EXCLUDED.group_key",
+            "source_metadata": "NULL",
             "state": "'pending'",
             "attempts": "0",
             "updated_at": "now()",
@@ -278,10 +282,10 @@ class InventoryMixin(LedgerBase):
         merge = f"""
             WITH merged AS (
                 INSERT INTO objects (migration_id, key, version_id, size, etag, last_modified,
-                                     storage_class, target_key, row_id, bucket,
+                                     storage_class, target_key, row_id, bucket, group_key,
                                      last_seen_scan)
                 SELECT $1, key, version_id, size, etag, last_modified, storage_class,
-                       target_key, row_id, bucket, $2
+                       target_key, row_id, bucket, group_key, $2
                 FROM objmig_inventory_stage s
                 {ours}
                 ON CONFLICT (migration_id, bucket, key, version_id) DO UPDATE SET
@@ -307,7 +311,8 @@ class InventoryMixin(LedgerBase):
                     storage_class text,
                     target_key text,
                     row_id text,
-                    bucket text COLLATE "C"
+                    bucket text COLLATE "C",
+                    group_key text COLLATE "C"
                 ) ON COMMIT DROP
                 """
             )

@@ -473,6 +473,25 @@ class LeasesMixin(LedgerBase):
         )
         return _affected(status)
 
+    async def requeue_targets(self, migration_id: int, target_keys: Sequence[str]) -> int:
+        """Send the verified rows whose copy is ``target_keys`` back to ``pending``, target
+        fields cleared: the audit of a target directory found those copies gone."""
+        if not target_keys:
+            return 0
+        status = await self._pool.execute(
+            """
+            UPDATE objects
+            SET state = 'pending', attempts = 0, last_error = NULL, error_code = NULL,
+                skip_reason = NULL, not_before = NULL, updated_at = now(),
+                target_etag = NULL, target_version_id = NULL, target_checksum = NULL,
+                verified_at = NULL, lease_owner = NULL, lease_expires_at = NULL
+            WHERE migration_id = $1 AND state = 'verified' AND target_key = ANY($2::text[])
+            """,
+            migration_id,
+            list(target_keys),
+        )
+        return _affected(status)
+
     async def lease_owners(self, migration_id: int) -> list[str]:
         """Owners holding live leases on the migration's rows."""
         records = await self._pool.fetch(

@@ -105,6 +105,8 @@ class InventoryRow:
     row_id: str | None = None
     #: The bucket of a migration of several buckets ("" for one bucket or a directory).
     bucket: str = ""
+    #: The object's group (spec.groups.by), for its group's manifest.
+    group_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +182,8 @@ class ObjectRow(NamedTuple):
     #: The source's metadata as the copy saw it, where a manifest lists it
     #: (``{"metadata": {...}, "contentType": ...}``).
     source_metadata: dict[str, Any] | None = None
+    #: The object's group (spec.groups.by), for its group's manifest.
+    group_key: str | None = None
 
     @classmethod
     def from_record(cls, record: asyncpg.Record | Mapping[str, Any]) -> ObjectRow:

@@ -342,6 +342,48 @@ class ReadsMixin(LedgerBase):
                 last["version_id"],
             )
 
+    async def target_keys(
+        self, migration_id: int, *, batch_size: int = STREAM_BATCH
+    ) -> AsyncIterator[str]:
+        """The distinct target keys of the verified (or since deleted at source) rows, in
+        byte order: what a target directory must hold (a content-addressed layout shares
+        keys between objects)."""
+        query = """
+            SELECT DISTINCT target_key COLLATE "C" AS k FROM objects
+            WHERE migration_id = $1 AND state IN ('verified', 'deleted')
+              AND target_key IS NOT NULL
+            ORDER BY 1
+        """
+        async with aclosing(self._stream(query, (migration_id,), batch_size)) as batches:
+            async for batch in batches:
+                for record in batch:
+                    yield record["k"]
+
+    async def iter_groups(
+        self, migration_id: int, *, batch_size: int = STREAM_BATCH
+    ) -> AsyncIterator[tuple[str, list[ObjectRow]]]:
+        """Each group (``group_key``) with its members in (bucket, key, version_id) order;
+        rows without a group are left out. Memory holds one group."""
+        query = f"""
+            SELECT {_COLUMNS} FROM objects
+            WHERE migration_id = $1 AND group_key IS NOT NULL
+            ORDER BY group_key, bucket, key, version_id
+        """  # noqa: S608 - only module constants are interpolated
+        current: str | None = None
+        members: list[ObjectRow] = []
+        async with aclosing(self._stream(query, (migration_id,), batch_size)) as batches:
+            async for batch in batches:
+                for record in batch:
+                    row = ObjectRow.from_record(record)
+                    if row.group_key != current and members:
+                        assert current is not None
+                        yield current, members
+                        members = []
+                    current = row.group_key
+                    members.append(row)
+        if members and current is not None:
+            yield current, members
+
     async def _stream(
         self, query: str, args: Sequence[object], batch_size: int
     ) -> AsyncGenerator[list[asyncpg.Record], None]:

@@ -90,7 +90,7 @@ class JobRef(ApiModel):
     """A worker Job and its counts."""
 
     name: str = Field(description="Job name.")
-    stage: str = Field(description="scan, restore, copy, catchup or cleanup.")
+    stage: str = Field(description="scan, copy, audit or cleanup.")
     active: int = Field(default=0, ge=0, description="Running pods.")
     succeeded: int = Field(default=0, ge=0, description="Finished indexes.")
     failed: int = Field(default=0, ge=0, description="Failed pods.")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
-from objmig.engine.context import MigrationContext
+from objmig.engine.context import MigrationContext, Side
 from objmig.engine.hooks import HookClient
 from objmig.engine.pipeline import outcomes
 from objmig.engine.pipeline.copy import CopyStep
@@ -25,11 +26,12 @@ from objmig.engine.pipeline.verify import VerificationError, VerifyStep
 from objmig.ledger.models import ObjectRow, ObjectState, StepResult
 from objmig.storage.compare import first_kept_algorithm, looks_identical, metadata_difference
 from objmig.storage.copy import TargetExistsError
+from objmig.storage.digest import object_sha256
 from objmig.storage.errors import ErrorClass, classify
+from objmig.storage.filesystem import TargetSpaceLowError
 from objmig.storage.ratelimit import RateLimiter
 from objmig.storage.restore import needs_restore
 from objmig.storage.selection import metadata_matches
-from objmig.storage.store import Store
 from objmig.storage.types import HeadResult, multipart_part_count, version_or_none
 
 log = logging.getLogger(__name__)
@@ -47,16 +49,21 @@ class ObjectPipeline:
     def __init__(
         self,
         context: MigrationContext,
-        source: Store,
-        target: Store,
+        source: Side,
+        target: Side,
         *,
         plan_only: bool = False,
         limiter: RateLimiter | None = None,
         on_park: Callable[[], None] = lambda: None,
         on_bytes: Callable[[int, int], None] | None = None,
+        on_space_low: Callable[[TargetSpaceLowError], None] = lambda _: None,
     ) -> None:
         """``on_bytes(object_id, nbytes)`` hears of every byte written to the target."""
         self._sides = Sides(context, source, target, plan_only=plan_only)
+        self._on_space_low = on_space_low
+        # Content keys being looked at or written in this process (content-addressed
+        # layouts): a second object of the same content waits, then finds it stored.
+        self._contents_busy: dict[str, tuple[asyncio.Lock, int]] = {}
         self._in_flight = 0
         self._looks = Looks(self._sides, self._busy, on_park)
         self._copy = CopyStep(self._sides, limiter, on_bytes)
@@ -84,7 +91,7 @@ class ObjectPipeline:
 
     def awaits_recheck(self, row: ObjectRow) -> bool:
         """Whether `row` is copied and parked for its source re-check only."""
-        return version_or_none(row.version_id) is None and self._looks.recheck.is_parked(row.key)
+        return version_or_none(row.version_id) is None and self._looks.is_parked_for_recheck(row)
 
     def drain(self) -> None:
         """The worker is stopping: send parked looks now instead of lingering."""
@@ -122,6 +129,10 @@ class ObjectPipeline:
                 return result
         except SourceChanged as changed:
             return outcomes.source_changed(row, changed.why)
+        except TargetSpaceLowError as low:
+            # Not the object's failure: it waits for room, and the migration pauses.
+            self._on_space_low(low)
+            return outcomes.waiting_for_space(row, str(low))
         except TimeoutError:
             error = ErrorClass(
                 "retryable",
@@ -140,7 +151,7 @@ class ObjectPipeline:
             step = "verify" if isinstance(exc, VerificationError) else "copy"
             return outcomes.failure(row, error, step, sides.spec.retry)
         finally:
-            sides.originals.pop(row.id, None)
+            sides.forget(row)
 
     # -- the object's way -----------------------------------------------------------------
 
@@ -179,7 +190,19 @@ class ObjectPipeline:
             source.metadata, sides.ctx.metadata_rules
         ):
             return outcomes.skipped(row, "MetadataNotMatched")
+        if spec.content_addressed:
+            if sides.plan_only:
+                return outcomes.skipped(row, PLAN_COPY)  # naming it would read it
+            sides.contents[row.id] = await self._content_sha256(row, source)
+            async with self._content_busy(sides.target_key(row)):
+                return await self._look_and_copy(row, source)
+        return await self._look_and_copy(row, source)
 
+    async def _look_and_copy(self, row: ObjectRow, source: HeadResult) -> StepResult:
+        """Prove an existing copy, or look at the target as the overwrite policy needs,
+        then copy."""
+        sides, looks = self._sides, self._looks
+        spec = sides.spec
         if spec.verify.verify_only:
             target = await sides.head_target(row)
             if target is None:
@@ -189,7 +212,8 @@ class ObjectPipeline:
             return self._verified(row, await self._verify.verify(row, source, target))
 
         overwrite = spec.copy_.overwrite
-        look_first = source.is_multipart or sides.ctx.server_side
+        # A content-addressed layout looks first: a content stored already is not written.
+        look_first = source.is_multipart or sides.ctx.server_side or spec.content_addressed
         if overwrite == "never" or sides.plan_only or (overwrite != "always" and look_first):
             # Look before writing: `never` must not rely on stores honouring
             # If-None-Match, a plan writes nothing, a multipart copy would move every part
@@ -281,13 +305,49 @@ class ObjectPipeline:
             or not row.etag
             or multipart_part_count(row.etag) is not None
             or row.storage_class not in _NEVER_ARCHIVED
+            or sides.spec.content_addressed
         )
+
+    async def _content_sha256(self, row: ObjectRow, source: HeadResult) -> str:
+        """The SHA-256 of the source's bytes, which names its copy: the checksum its store
+        keeps, or one read of it (pinned to the scanned ETag)."""
+        sides = self._sides
+        kept = source.whole_checksums().get("SHA256")
+        if kept is not None:
+            return kept.removeprefix("sha256:")
+        digest, _ = await object_sha256(
+            sides.src.http,
+            sides.source_bucket(row),
+            row.key,
+            row.version_id or None,
+            sse_c=sides.ctx.source_customer_key,
+            if_match=row.etag,
+        )
+        return digest
+
+    @asynccontextmanager
+    async def _content_busy(self, key: str) -> AsyncIterator[None]:
+        """One object of a content key at a time in this process."""
+        lock, users = self._contents_busy.get(key, (asyncio.Lock(), 0))
+        self._contents_busy[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._contents_busy[key]
+            if users == 1:
+                del self._contents_busy[key]
+            else:
+                self._contents_busy[key] = (lock, users - 1)
 
     async def _existing_target(
         self, row: ObjectRow, source: HeadResult, target: HeadResult
     ) -> StepResult:
         """The target key is taken: keep an identical object, else follow `overwrite`."""
         sides = self._sides
+        if sides.spec.content_addressed and target.size == source.size:
+            # Named by its hash: stored already (a dedup hit) once its SHA-256 is proven.
+            return self._verified(row, await self._verify.verify(row, source, target))
         change = sides.ctx.metadata_change
         if looks_identical(source, target) and not (
             # An identical copy without the spec's metadata is rewritten, not kept.

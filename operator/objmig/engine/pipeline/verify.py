@@ -79,6 +79,9 @@ class VerifyStep:
         if mode == "etag" and not (etag_proves and etags_comparable(source, target)):
             # Opaque ETags (KMS, SSE-C) or parts cut anew: only the bytes can tell.
             mode = "checksum"
+        if mode == "etag" and spec.content_addressed:
+            # A content key is the SHA-256 of its content: that, not an ETag, proves it.
+            mode = "checksum"
         if target.size != source.size:
             raise VerificationError(
                 "SizeMismatch", f"target has {target.size} bytes, source {source.size}"
@@ -108,6 +111,13 @@ class VerifyStep:
         # The last word: the source must still be what was listed, or the copy proves nothing.
         await self._looks.recheck_source(row, target)
         by = "etag" if source_checksum is None else label_algorithm(source_checksum).lower()
+        described = None
+        if spec.groups is not None:
+            # What the group's manifest lists of this member.
+            described = {
+                "metadata": dict(source.metadata),
+                "contentType": source.content.content_type,
+            }
         return Proof(
             target.etag,
             target.version_id,
@@ -116,6 +126,7 @@ class VerifyStep:
             target.last_modified,
             verified_by=by,
             degraded=self._degraded(written),
+            source_metadata=described,
         )
 
     def _degraded(self, written: CopyResult | None) -> tuple[str, ...]:
@@ -207,10 +218,12 @@ class VerifyStep:
         as the copy streamed the source. Only what is still missing is read.
         """
         if mode != "full":
+            streamed = written.sha256 if written is not None else None
             mine = checksums_known(
                 source,
                 original=self._sides.originals.get(row.id),
-                streamed_sha256=written.sha256 if written is not None else None,
+                # Or read before the copy, to name it (content-addressed layouts).
+                streamed_sha256=streamed or self._sides.contents.get(row.id),
             )
             asked = written.checksum_algorithm if written is not None else None
             theirs = target_checksums_trusted(target, asked, written=written is not None)
@@ -245,7 +258,7 @@ class VerifyStep:
             )
         digest, _ = await object_sha256(
             sides.src.http,
-            sides.spec.source.bucket,
+            sides.source_bucket(row),
             row.key,
             row.version_id or None,
             sse_c=sides.ctx.source_customer_key,

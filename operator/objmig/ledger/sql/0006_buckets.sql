@@ -1,6 +1,7 @@
 -- objmig ledger, schema version 6: the bucket of each object (a migration of several
--- buckets of an account lists them all into one ledger), per-bucket counts, and the
--- source's metadata where a manifest must list it.
+-- buckets of an account lists them all into one ledger), per-bucket counts, and, for
+-- migrations with group manifests (spec.groups), each object's group and the source's
+-- metadata the manifest lists.
 
 -- '' for migrations of one bucket or a directory: their rows, their order and their
 -- verification digest are as before.
@@ -8,6 +9,8 @@ ALTER TABLE objects ADD COLUMN bucket text COLLATE "C" NOT NULL DEFAULT '';
 -- {"metadata": {...}, "contentType": ...} of the source as the copy saw it; written only
 -- for migrations with manifests (spec.manifests), which list every member's metadata.
 ALTER TABLE objects ADD COLUMN source_metadata jsonb;
+-- The group (spec.groups.by) of the object, rendered at scan time; NULL without groups.
+ALTER TABLE objects ADD COLUMN group_key text COLLATE "C";
 
 ALTER TABLE objects DROP CONSTRAINT objects_identity;
 ALTER TABLE objects ADD CONSTRAINT objects_identity UNIQUE (migration_id, bucket, key, version_id);

@@ -83,6 +83,12 @@ async def streamed_single(
                 # receives against this and keeps it, which proves the copy by itself.
                 headers["x-amz-sdk-checksum-algorithm"] = "SHA256"
                 headers["x-amz-checksum-sha256"] = base64.b64encode(digest.digest()).decode()
+            elif options.content_sha256 is not None:
+                # Known before a byte was read (the content was hashed to name it).
+                headers["x-amz-sdk-checksum-algorithm"] = "SHA256"
+                headers["x-amz-checksum-sha256"] = base64.b64encode(
+                    bytes.fromhex(options.content_sha256)
+                ).decode()
             written = await dst_client.put(target.bucket, target.key, body, size, headers)
         except S3ResponseError as exc:
             if target_taken(exc, options):

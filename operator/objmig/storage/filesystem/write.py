@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import os
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from objmig.storage.copy.model import CopyOptions, CopyResult, SourceObject, TargetExistsError
 from objmig.storage.copy.planning import (
@@ -36,7 +37,13 @@ from objmig.storage.filesystem.tree import FileExistsAtKey, FileTree, PendingFil
 from objmig.storage.parts import resolve_part_layout
 from objmig.storage.reader import ObjectReader
 from objmig.storage.streaming import PartStream
-from objmig.storage.types import MIGRATION_METADATA_KEY, Body, PartLayout, WriteResult
+from objmig.storage.types import (
+    MIGRATION_METADATA_KEY,
+    Body,
+    ContentHeaders,
+    PartLayout,
+    WriteResult,
+)
 
 
 class TargetSpaceLowError(StorageError):
@@ -48,10 +55,11 @@ class TargetSpaceLowError(StorageError):
     kind: ErrorKind = "retryable"
     code = "TargetSpaceLow"
 
-    def __init__(self, message: str, free: int, total: int) -> None:
+    def __init__(self, message: str, free: int, total: int, needed: int = 0) -> None:
         super().__init__(message)
         self.free = free
         self.total = total
+        self.needed = needed
 
 
 @dataclass
@@ -71,6 +79,7 @@ class SpaceKeeper:
                 "stay free (minFreeSpace)",
                 free,
                 total,
+                size,
             )
         self.reserved += size
 
@@ -193,7 +202,9 @@ async def write_to_tree(
         except OSError as error:
             if error.errno == 28:  # ENOSPC: someone else filled the disk meanwhile
                 free, total = tree.space()
-                raise TargetSpaceLowError(f"no space left on {tree.root}", free, total) from None
+                raise TargetSpaceLowError(
+                    f"no space left on {tree.root}", free, total, size
+                ) from None
             raise
     finally:
         space.release(size)
@@ -262,3 +273,46 @@ async def _exact_layout(
     return await resolve_part_layout(
         src, source.bucket, source.key, plan.version_id, source.sse_c_key, head=plan.head
     )
+
+
+async def write_bytes_to_tree(
+    tree: FileTree,
+    index: FileIndex,
+    space: SpaceKeeper,
+    key: str,
+    data: bytes,
+    *,
+    content_type: str,
+    migration_tag: str | None = None,
+) -> str:
+    """Write a small document objmig makes itself (a group manifest) to the file of `key`,
+    replacing what is there; returns its ETag (the MD5 of `data`)."""
+    tree.segments(key)
+    space.reserve(key, len(data))
+    moment = datetime.now(UTC).replace(microsecond=0)
+    mtime = int(moment.timestamp()) * 1_000_000_000
+    try:
+        pending = await asyncio.to_thread(tree.begin, key)
+        try:
+            await asyncio.to_thread(FileTree.write_chunk, pending, data)
+            await asyncio.to_thread(tree.finish, pending, mtime_ns=mtime, replace=True)
+        except BaseException:
+            await asyncio.to_thread(FileTree.abandon, pending)
+            raise
+    finally:
+        space.release(len(data))
+    etag = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    index.append(
+        IndexEntry(
+            key=key,
+            size=len(data),
+            mtime_ns=mtime,
+            etag=etag,
+            sha256=hashlib.sha256(data).hexdigest(),
+            last_modified=moment,
+            content=ContentHeaders(content_type=content_type),
+            migration=migration_tag,
+        )
+    )
+    await index.sync()
+    return etag
