@@ -262,6 +262,11 @@ class LocalRun:
             if decision.suspend or decision.fail is not None:
                 await record_decision(self._ledger, self._migration_id, observed, decision)
                 workers_stop.set()
+            elif decision.pause is not None or decision.clear_pause:
+                # A pause the workers wait out (a target directory short of space): say
+                # so, and say when it ends; nothing else of the decision applies mid-stage.
+                pausing = Decision(pause=decision.pause, clear_pause=decision.clear_pause)
+                await record_decision(self._ledger, self._migration_id, observed, pausing)
             await self._publish()
 
     async def _scan(

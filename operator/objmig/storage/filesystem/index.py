@@ -206,18 +206,18 @@ class FileIndex:
     async def sync(self) -> None:
         """Make every line appended so far durable; concurrent callers share one fsync."""
         while self._sync_wanted:
-            if self._sync_running is not None:
-                await asyncio.shield(self._sync_running)
+            running = self._sync_running
+            if running is not None and not running.done():
+                # Lines appended after this fsync began need the next one.
+                await asyncio.shield(running)
                 continue
             self._sync_wanted = False
             fd = self._fd
             if fd is None:
                 return
-            self._sync_running = asyncio.ensure_future(asyncio.to_thread(os.fsync, fd))
-            try:
-                await asyncio.shield(self._sync_running)
-            finally:
-                self._sync_running = None
+            running = asyncio.ensure_future(asyncio.to_thread(os.fsync, fd))
+            self._sync_running = running
+            await asyncio.shield(running)
 
     def entries(self) -> dict[str, IndexEntry]:
         """The newest entry of every key not deleted (for the audit)."""
