@@ -27,9 +27,9 @@ from datetime import UTC, datetime
 from objmig.engine import manifests
 from objmig.engine.context import MigrationContext, Side
 from objmig.ledger import AuditRecord, Ledger
+from objmig.storage.errors import classify
 from objmig.storage.filesystem import FileStore
 from objmig.storage.selection import compile_glob
-from objmig.storage.types import Body
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,11 @@ async def _write_manifests(
             continue
         buckets = {row.bucket for row in verdict.members}
         key = context.manifest_key(group, buckets.pop() if len(buckets) == 1 else "")
-        document = manifests.build(context.name, group, verdict.members, context.spec.source.prefix)
+        document = manifests.build(group, verdict.members, context.spec.source.prefix)
+        if await read_document(target, bucket, key) == document:
+            written += 1  # there already, as it would be written (a run again)
+            keys.append(key)
+            continue
         if isinstance(target, FileStore):
             await target.put(
                 key, document, content_type="application/json", migration_tag=context.name
@@ -100,9 +104,7 @@ async def _write_manifests(
                 len(document),
                 {"content-type": "application/json", "x-amz-meta-objmig-migration": context.name},
             )
-        async with target.http.get(bucket, key) as got:
-            back = b"".join([chunk async for chunk in _chunks(got.body)])
-        if back != document:
+        if await read_document(target, bucket, key) != document:
             raise ManifestMismatch(
                 f"group {group!r}: {key} read back differs from what was written"
             )
@@ -121,9 +123,18 @@ class ManifestMismatch(Exception):
     """A manifest read back is not the one written: the audit fails, and is run again."""
 
 
-async def _chunks(body: Body) -> AsyncIterator[bytes]:
-    while chunk := await body.read(1024 * 1024):
-        yield chunk
+async def read_document(target: Side, bucket: str, key: str) -> bytes | None:
+    """The bytes of a (small) object or file, None when there is none."""
+    try:
+        async with target.http.get(bucket, key) as got:
+            parts = []
+            while chunk := await got.body.read(1024 * 1024):
+                parts.append(chunk)
+    except Exception as exc:
+        if classify(exc).kind == "not_found":
+            return None
+        raise
+    return b"".join(parts)
 
 
 async def _audit_tree(

@@ -33,6 +33,9 @@ class MigrationFacts:
     #: The bucket a cleanup of one bucket is about ("": the whole migration); `digest`
     #: is then that bucket's.
     bucket: str = ""
+    #: Whether source and target could be one store under two names (two endpoints); not
+    #: when either is a directory.
+    aliases_possible: bool = True
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,7 @@ def object_verdict(
             "TargetChangedSinceVerify",
             f"the target copy {row.target_key} no longer matches what was verified",
         )
-    if _may_be_one_object(source, target, facts.name):
+    if facts.aliases_possible and _may_be_one_object(source, target, facts.name):
         return Verdict(
             False,
             "SourceIsTarget",

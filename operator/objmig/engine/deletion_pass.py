@@ -63,6 +63,7 @@ def migration_facts(
     *,
     same_bucket: bool = False,
     name: str = "",
+    directory: bool = False,
 ) -> MigrationFacts:
     """The gate's view of a migration, from its ledger bookkeeping (and, for the per-object
     gate, whether its source and target are one bucket and the name its copies carry).
@@ -82,6 +83,7 @@ def migration_facts(
         same_bucket=same_bucket,
         name=name,
         bucket=spec.bucket or "",
+        aliases_possible=not directory,
     )
 
 
@@ -155,7 +157,13 @@ async def delete_sources(
     """Plan, gate and delete the migrated source objects; returns what this pass did."""
     stop = stop or asyncio.Event()
     state = await ledger.get_state(migration_id)
-    facts = migration_facts(state, spec, same_bucket=context.same_bucket, name=context.name)
+    facts = migration_facts(
+        state,
+        spec,
+        same_bucket=context.same_bucket,
+        name=context.name,
+        directory=context.source_root is not None or context.target_root is not None,
+    )
     gate = migration_verdict(spec, facts, now or datetime.now(UTC))
     if not gate.delete:
         return CleanupRun(gate=gate)

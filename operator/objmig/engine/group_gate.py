@@ -11,6 +11,7 @@ keeps one, a SHA-256 equal to its name). Each group is checked once per pass.
 from __future__ import annotations
 
 from objmig.engine import manifests
+from objmig.engine.audit import read_document
 from objmig.engine.context import MigrationContext, Side
 from objmig.engine.deletion import Verdict
 from objmig.ledger.models import ObjectRow
@@ -50,12 +51,13 @@ class GroupGate:
         self, group: str, bucket: str
     ) -> tuple[Verdict | None, manifests.Manifest | None]:
         key = self._context.manifest_key(group, bucket)
-        try:
-            manifest = manifests.parse(await self._read(key))
-        except FileNotFoundError:
+        document = await read_document(self._target, self._context.spec.target.bucket, key)
+        if document is None:
             return Verdict(
                 False, "GroupManifestMissing", f"no manifest of group {group!r} at {key}"
             ), None
+        try:
+            manifest = manifests.parse(document)
         except ValueError as error:
             return Verdict(False, "GroupManifestInvalid", f"{key}: {error}"), None
         for content, size in sorted(set(manifest.members.values())):
@@ -73,18 +75,6 @@ class GroupGate:
                     f"content {content} of group {group!r} no longer matches its manifest",
                 ), None
         return None, manifest
-
-    async def _read(self, key: str) -> bytes:
-        try:
-            async with self._target.http.get(self._context.spec.target.bucket, key) as got:
-                parts = []
-                while chunk := await got.body.read(1024 * 1024):
-                    parts.append(chunk)
-        except Exception as exc:
-            if classify(exc).kind == "not_found":
-                raise FileNotFoundError(key) from None
-            raise
-        return b"".join(parts)
 
     async def _head(self, key: str) -> HeadResult | None:
         try:

@@ -4,7 +4,7 @@ group is complete.
 
 A manifest is JSON (UTF-8, keys sorted, so the same group always gives the same bytes)::
 
-    {"format": "objmig-group-manifest-v1", "migration": "ns/name", "group": "pkg-1.2",
+    {"format": "objmig-group-manifest-v1", "group": "pkg-1.2",
      "members": [{"path": "bin/tool", "bucket": "", "key": "pkg-1.2/bin/tool",
                   "versionId": "", "content": "objects/ab/ab12...", "size": 1234,
                   "sha256": "ab12...", "etag": "...", "lastModified": "...",
@@ -63,8 +63,10 @@ def member_path(group: str, key: str, source_prefix: str) -> str:
     )
 
 
-def build(migration: str, group: str, members: Sequence[ObjectRow], source_prefix: str) -> bytes:
-    """The manifest of a complete group (members in path order)."""
+def build(group: str, members: Sequence[ObjectRow], source_prefix: str) -> bytes:
+    """The manifest of a complete group (members in path order): a function of the group
+    alone, so a migration run again (or another one of the same objects) writes the same
+    bytes, and nothing where they are already."""
     entries = []
     for row in members:
         described = row.source_metadata or {}
@@ -87,7 +89,7 @@ def build(migration: str, group: str, members: Sequence[ObjectRow], source_prefi
             }
         )
     entries.sort(key=lambda e: (str(e["path"]), str(e["bucket"]), str(e["versionId"])))
-    document = {"format": FORMAT, "migration": migration, "group": group, "members": entries}
+    document = {"format": FORMAT, "group": group, "members": entries}
     return (json.dumps(document, sort_keys=True, separators=(",", ":")) + "\n").encode()
 
 

@@ -25,7 +25,7 @@ from objmig.engine.pipeline.steps import ApplicationSteps
 from objmig.engine.pipeline.verify import VerificationError, VerifyStep
 from objmig.ledger.models import ObjectRow, ObjectState, StepResult
 from objmig.storage.compare import first_kept_algorithm, looks_identical, metadata_difference
-from objmig.storage.copy import TargetExistsError
+from objmig.storage.copy import CopyResult, TargetExistsError
 from objmig.storage.digest import object_sha256
 from objmig.storage.errors import ErrorClass, classify
 from objmig.storage.filesystem import TargetSpaceLowError
@@ -64,6 +64,8 @@ class ObjectPipeline:
         # Content keys being looked at or written in this process (content-addressed
         # layouts): a second object of the same content waits, then finds it stored.
         self._contents_busy: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._content_waiting = 0
+        self._on_park = on_park
         self._in_flight = 0
         self._looks = Looks(self._sides, self._busy, on_park)
         self._copy = CopyStep(self._sides, limiter, on_bytes)
@@ -86,8 +88,9 @@ class ObjectPipeline:
 
     @property
     def parked(self) -> int:
-        """Objects only waiting for a batched look at a bucket (they hold no transfer)."""
-        return self._looks.parked
+        """Objects only waiting: for a batched look at a bucket, or for another object of
+        their content to be stored (they hold no transfer)."""
+        return self._looks.parked + self._content_waiting
 
     def awaits_recheck(self, row: ObjectRow) -> bool:
         """Whether `row` is copied and parked for its source re-check only."""
@@ -194,9 +197,35 @@ class ObjectPipeline:
             if sides.plan_only:
                 return outcomes.skipped(row, PLAN_COPY)  # naming it would read it
             sides.contents[row.id] = await self._content_sha256(row, source)
-            async with self._content_busy(sides.target_key(row)):
-                return await self._look_and_copy(row, source)
+            return await self._store_content(row, source)
         return await self._look_and_copy(row, source)
+
+    async def _store_content(self, row: ObjectRow, source: HeadResult) -> StepResult:
+        """A content-addressed object: written only where its content is not stored yet.
+
+        Looking and writing hold the content key (one object of a content at a time in
+        this process), so the objects after the first find it stored and write nothing;
+        proving either happens after, side by side.
+        """
+        sides = self._sides
+        async with self._content_busy(sides.target_key(row)):
+            target = await self._looks.target(row)
+            written = None
+            if target is None and not sides.spec.verify.verify_only:
+                try:
+                    written = await self._copy.copy(row, source, create_only=True, provenance={})
+                except TargetExistsError:
+                    target = await sides.head_target(row)  # stored meanwhile by another pod
+        if written is not None:
+            return await self._prove_copy(row, written)
+        if target is None:
+            return outcomes.failed_now(row, "TargetMissing", "verifyOnly: no copy on the target")
+        if target.size != source.size:
+            raise VerificationError(
+                "ContentSizeMismatch",
+                f"{target.size} bytes stored under this content's name, {source.size} read",
+            )
+        return self._verified(row, await self._verify.verify(row, source, target))
 
     async def _look_and_copy(self, row: ObjectRow, source: HeadResult) -> StepResult:
         """Prove an existing copy, or look at the target as the overwrite policy needs,
@@ -327,12 +356,25 @@ class ObjectPipeline:
 
     @asynccontextmanager
     async def _content_busy(self, key: str) -> AsyncIterator[None]:
-        """One object of a content key at a time in this process."""
+        """One object of a content key at a time in this process; waiting for it counts as
+        parked, so batched looks do not wait for the objects waiting here."""
         lock, users = self._contents_busy.get(key, (asyncio.Lock(), 0))
         self._contents_busy[key] = (lock, users + 1)
         try:
-            async with lock:
+            if lock.locked():
+                self._content_waiting += 1
+                self._on_park()
+                self._looks.consider()
+                try:
+                    await lock.acquire()
+                finally:
+                    self._content_waiting -= 1
+            else:
+                await lock.acquire()
+            try:
                 yield
+            finally:
+                lock.release()
         finally:
             lock, users = self._contents_busy[key]
             if users == 1:
@@ -345,9 +387,6 @@ class ObjectPipeline:
     ) -> StepResult:
         """The target key is taken: keep an identical object, else follow `overwrite`."""
         sides = self._sides
-        if sides.spec.content_addressed and target.size == source.size:
-            # Named by its hash: stored already (a dedup hit) once its SHA-256 is proven.
-            return self._verified(row, await self._verify.verify(row, source, target))
         change = sides.ctx.metadata_change
         if looks_identical(source, target) and not (
             # An identical copy without the spec's metadata is rewritten, not kept.
@@ -381,6 +420,11 @@ class ObjectPipeline:
             if existing is None:
                 raise  # gone again already; the retry copies
             return await self._existing_target(row, taken.source, existing)
+        return await self._prove_copy(row, result)
+
+    async def _prove_copy(self, row: ObjectRow, result: CopyResult) -> StepResult:
+        """Prove the copy just made."""
+        sides = self._sides
         target: HeadResult | None
         if sides.needs_target_head or sides.by_checksum(result.source):
             # Metadata is proven by reading it back, not by what we asked the store to
