@@ -498,6 +498,16 @@ def transition_events(
                 "status.steps.missing counts them and objmig report NAME lists them",
             )
         )
+    for type_ in (ConditionType.DEGRADED, ConditionType.STALLED, ConditionType.TARGET_SPACE_LOW):
+        was = find_condition(previous.conditions, type_)
+        now = find_condition(status.conditions, type_)
+        if now is None or (was is not None and was.status == now.status):
+            continue
+        if now.status == "True":
+            if all(event.reason != now.reason for event in events):
+                events.append(Event("Warning", now.reason, f"{type_}: {now.message}"))
+        elif was is not None:
+            events.append(Event("Normal", now.reason, f"no longer {type_}: {now.message}"))
     before = find_condition(previous.conditions, ConditionType.CUTOVER_READY)
     after = find_condition(status.conditions, ConditionType.CUTOVER_READY)
     if (
