@@ -85,7 +85,6 @@ class Reason(StrEnum):
     TARGET_SPACE_LOW = "TargetSpaceLow"
     # Health: Degraded, Stalled, TargetSpaceLow
     ERROR_RATE_HIGH = "ErrorRateHigh"
-    ERROR_RATE_NORMAL = "ErrorRateNormal"
     THROUGHPUT_BELOW_FLOOR = "ThroughputBelowFloor"
     PROGRESSING = "Progressing"
     NOTHING_OUTSTANDING = "NothingOutstanding"

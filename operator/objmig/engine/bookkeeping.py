@@ -21,14 +21,8 @@ from objmig.engine.lifecycle import Decision, Observed
 from objmig.engine.pipeline.outcomes import HOOK_PENDING, NOT_FOUND, PLAN_REASONS
 from objmig.engine.policy import CatchUp, Gate
 from objmig.engine.secrets import SecretSource
-from objmig.engine.status import (
-    BUCKETS_SHOWN,
-    FINISHED,
-    Rates,
-    StatusInputs,
-    build_status,
-    tally,
-)
+from objmig.engine.status import FINISHED, Rates, StatusInputs, build_status, tally
+from objmig.engine.status_stores import BUCKETS_SHOWN
 from objmig.ledger import (
     BucketDigest,
     ContentCounts,

@@ -20,12 +20,8 @@ from objmig.api.conditions import (
     set_conditions,
 )
 from objmig.api.migration import (
-    BucketStatus,
-    ContentStatus,
     Counters,
     CutoverStatus,
-    GroupsStatus,
-    HealthStatus,
     ObjectMigrationSpec,
     ObjectMigrationStatus,
     ObjectStatus,
@@ -35,9 +31,16 @@ from objmig.api.migration import (
     StepsStatus,
     VerificationStatus,
 )
-from objmig.api.types import format_duration, parse_duration, parse_quantity
+from objmig.api.types import format_duration
 from objmig.engine.pipeline.outcomes import PLAN_COPY, PLAN_IDENTICAL, PLAN_RESTORE
 from objmig.engine.policy import CatchUp, CutoverInputs, Gate, Tally, cutover_gate
+from objmig.engine.status_stores import (
+    add_audit,
+    bucket_statuses,
+    content_status,
+    health_conditions,
+    health_of,
+)
 from objmig.ledger.models import (
     Activity,
     ContentCounts,
@@ -64,8 +67,6 @@ CONDITION_TYPES = (
     ConditionType.STALLED,
     ConditionType.TARGET_SPACE_LOW,
 )
-#: Buckets the status lists at most (status.buckets); the report has them all.
-BUCKETS_SHOWN = 100
 _OUTSTANDING = (
     ObjectState.PENDING,
     ObjectState.RESTORING,
@@ -236,7 +237,7 @@ def build_status(inputs: StatusInputs, previous: ObjectMigrationStatus) -> Objec
         previous.conditions,
         [
             *_stage_conditions(spec, counts, state, view, gate, scan_starting=inputs.scan_starting),
-            *_health_conditions(inputs, view, health),
+            *health_conditions(inputs, view, health),
         ],
         now=inputs.now,
         observed_generation=inputs.generation,
@@ -267,11 +268,11 @@ def build_status(inputs: StatusInputs, previous: ObjectMigrationStatus) -> Objec
         plan=_plan(inputs) if spec.dry_run else None,
         steps=_steps(inputs.steps, spec) if inputs.steps is not None else None,
         health=health,
-        content=_content(inputs.content) if inputs.content is not None else None,
+        content=content_status(inputs.content) if inputs.content is not None else None,
     )
-    _audit(result, state)
+    add_audit(result, state)
     if inputs.buckets is not None:
-        result.buckets, result.buckets_truncated = _buckets(inputs.buckets, state)
+        result.buckets, result.buckets_truncated = bucket_statuses(inputs.buckets, state)
     if previous.progress.started_at is not None:
         result.progress.started_at = previous.progress.started_at
     elif result.progress.objects.total:
@@ -407,213 +408,6 @@ def _stage_conditions(
             )
         )
     return result
-
-
-def degraded_condition(state: MigrationState) -> tuple[str, ConditionStatus, str, str]:
-    """Whether a store lacks an aspect of S3 objmig then does without, naming each."""
-    findings = sorted(state.store_features.values(), key=lambda f: (f.store, f.aspect))
-    if not findings:
-        return (
-            ConditionType.DEGRADED,
-            "False",
-            Reason.ALL_FEATURES_PRESENT,
-            "both stores support every aspect of S3 this migration uses",
-        )
-    message = "; ".join(finding.message for finding in findings)
-    return (ConditionType.DEGRADED, "True", Reason.STORE_FEATURE_MISSING, message)
-
-
-def health_of(inputs: StatusInputs, view: Tally, previous: HealthStatus) -> HealthStatus:
-    """The health in a word, and the throughput floor's clock (kept from the last status)."""
-    spec, state = inputs.spec, inputs.state
-    since = None
-    if _waiting_to_copy(inputs, view) and inputs.rates_measured:
-        floor = parse_quantity(spec.health.min_throughput)
-        rates = inputs.rates
-        below = (
-            rates.bytes_per_second <= floor
-            if floor
-            else rates.bytes_per_second == 0 and rates.objects_per_second == 0
-        )
-        if below:
-            since = previous.below_floor_since or inputs.now
-    space = state.target_space
-    health = HealthStatus(
-        below_floor_since=since,
-        target_free_bytes=space.free if space is not None else None,
-        target_total_bytes=space.total if space is not None else None,
-    )
-    unhealthy = [
-        name
-        for name, holds in (
-            (
-                ConditionType.DEGRADED,
-                _degraded(spec, view) is not None or bool(state.store_features),
-            ),
-            (ConditionType.STALLED, _stalled_for(inputs, since) is not None),
-            (ConditionType.TARGET_SPACE_LOW, space is not None and space.low),
-        )
-        if holds
-    ]
-    health.summary = ",".join(unhealthy) or "Healthy"
-    return health
-
-
-def _waiting_to_copy(inputs: StatusInputs, view: Tally) -> bool:
-    """Objects wait for a worker, and nothing says the migration should rest (a pause,
-    a failure, a suspension, or only archive restores to wait for)."""
-    state, counts = inputs.state, inputs.counts
-    restoring = counts.state(ObjectState.RESTORING).objects
-    return (
-        view.outstanding > restoring
-        and state.paused is None
-        and state.failed is None
-        and not inputs.spec.suspend
-    )
-
-
-def _degraded(spec: ObjectMigrationSpec, view: Tally) -> str | None:
-    """Why the error rate is too high, if it is (after failurePolicy.minObjects)."""
-    limit = spec.health.degraded_error_rate
-    if view.finished < spec.failure_policy.min_objects or not view.failures:
-        return None
-    if view.failures <= limit * view.finished:
-        return None
-    return (
-        f"{view.failures} of {view.finished} finished objects failed "
-        f"({view.failures / view.finished:.1%}, more than health.degradedErrorRate "
-        f"{limit:.1%})"
-    )
-
-
-def _stalled_for(inputs: StatusInputs, since: datetime | None) -> timedelta | None:
-    """How long throughput has been under the floor, once that is stalledAfter or more."""
-    if since is None:
-        return None
-    lasted = inputs.now - since
-    return lasted if lasted >= parse_duration(inputs.spec.health.stalled_after) else None
-
-
-def _health_conditions(
-    inputs: StatusInputs, view: Tally, health: HealthStatus
-) -> list[tuple[str, ConditionStatus, str, str]]:
-    spec, state = inputs.spec, inputs.state
-    result: list[tuple[str, ConditionStatus, str, str]] = []
-    # One Degraded for two causes: the error rate first (it may end in a pause), then a
-    # store lacking an aspect of S3.
-    degraded = _degraded(spec, view)
-    if degraded is not None:
-        result.append((ConditionType.DEGRADED, "True", Reason.ERROR_RATE_HIGH, degraded))
-    else:
-        result.append(degraded_condition(state))
-    lasted = _stalled_for(inputs, health.below_floor_since)
-    rates = inputs.rates
-    if lasted is not None:
-        result.append(
-            (
-                ConditionType.STALLED,
-                "True",
-                Reason.THROUGHPUT_BELOW_FLOOR,
-                f"throughput {int(rates.bytes_per_second)} B/s has been at or under "
-                f"health.minThroughput "
-                f"({spec.health.min_throughput}) for {format_duration(lasted)} while objects "
-                "wait: look at the workers and at the stores",
-            )
-        )
-    elif _waiting_to_copy(inputs, view):
-        result.append(
-            (
-                ConditionType.STALLED,
-                "False",
-                Reason.PROGRESSING,
-                f"{int(rates.bytes_per_second)} B/s, {int(rates.objects_per_second)} objects/s",
-            )
-        )
-    else:
-        result.append(
-            (
-                ConditionType.STALLED,
-                "False",
-                Reason.NOTHING_OUTSTANDING,
-                "no object waits for a worker",
-            )
-        )
-    space = state.target_space
-    if spec.target.filesystem is None:
-        result.append(
-            (
-                ConditionType.TARGET_SPACE_LOW,
-                "False",
-                Reason.NOT_A_DIRECTORY,
-                "the target is a bucket",
-            )
-        )
-    elif space is not None and space.low:
-        result.append(
-            (
-                ConditionType.TARGET_SPACE_LOW,
-                "True",
-                Reason.FREE_SPACE_BELOW_MINIMUM,
-                f"{space.free} of {space.total} bytes free, minFreeSpace {space.minimum}",
-            )
-        )
-    else:
-        measured = f"{space.free} of {space.total} bytes free" if space else "not measured yet"
-        result.append(
-            (ConditionType.TARGET_SPACE_LOW, "False", Reason.FREE_SPACE_AVAILABLE, measured)
-        )
-    return result
-
-
-def _content(counts: ContentCounts) -> ContentStatus:
-    return ContentStatus(
-        processed=counts.objects,
-        contents=counts.contents,
-        deduplicated=counts.deduplicated,
-        bytes_saved=counts.bytes_saved,
-    )
-
-
-def _audit(status: ObjectMigrationStatus, state: MigrationState) -> None:
-    audit = state.audit
-    if audit is None:
-        return
-    verification = status.verification
-    verification.audited_at = audit.completed_at
-    verification.missing_files = audit.missing
-    verification.extra_files = audit.extra
-    verification.extra_file_examples = list(audit.extra_examples)
-    if audit.groups:
-        status.groups = GroupsStatus(
-            groups=audit.groups,
-            manifests_written=audit.manifests_written,
-            written_at=audit.completed_at,
-        )
-
-
-def _buckets(
-    counts: dict[str, dict[ObjectState, StateCount]], state: MigrationState
-) -> tuple[list[BucketStatus], bool]:
-    digests = state.verification.buckets if state.verification is not None else {}
-    shown = []
-    for name in sorted(counts)[:BUCKETS_SHOWN]:
-        by_state = counts[name]
-
-        def n(*states: ObjectState, by_state: dict[ObjectState, StateCount] = by_state) -> int:
-            return sum(by_state.get(s, StateCount()).objects for s in states)
-
-        record = digests.get(name)
-        shown.append(
-            BucketStatus(
-                name=name,
-                objects=sum(c.objects for c in by_state.values()),
-                bytes=sum(c.bytes for c in by_state.values()),
-                verified=n(ObjectState.VERIFIED, ObjectState.DELETED),
-                failed=n(ObjectState.FAILED, ObjectState.SOURCE_CHANGED),
-                digest=record.digest if record is not None else None,
-            )
-        )
-    return shown, len(counts) > BUCKETS_SHOWN
 
 
 def _cutover_status(state: MigrationState) -> CutoverStatus:
