@@ -93,18 +93,7 @@ async def test_a_ledger_of_schema_4_upgrades_in_order_and_keeps_its_rows(
     of no bucket, with their counts, their digest and their identity as they were."""
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute(
-            "CREATE TABLE objmig_schema_version (version integer PRIMARY KEY, name text NOT "
-            "NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for migration in load_schema_migrations()[:4]:
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO objmig_schema_version (version, name) VALUES ($1, $2)",
-                    migration.version,
-                    migration.name,
-                )
+        assert await apply_schema(conn, up_to=4) == 4
         migration_id = await conn.fetchval(
             "INSERT INTO migrations (name) VALUES ('ns/old') RETURNING id"
         )

@@ -26,7 +26,6 @@ from objmig.engine.pipeline.verify import VerificationError, VerifyStep
 from objmig.ledger.models import ObjectRow, ObjectState, StepResult
 from objmig.storage.compare import first_kept_algorithm, looks_identical, metadata_difference
 from objmig.storage.copy import CopyResult, TargetExistsError
-from objmig.storage.digest import object_sha256
 from objmig.storage.errors import ErrorClass, classify
 from objmig.storage.filesystem import TargetSpaceLowError
 from objmig.storage.ratelimit import RateLimiter
@@ -344,15 +343,7 @@ class ObjectPipeline:
         kept = source.whole_checksums().get("SHA256")
         if kept is not None:
             return kept.removeprefix("sha256:")
-        digest, _ = await object_sha256(
-            sides.src.http,
-            sides.source_bucket(row),
-            row.key,
-            row.version_id or None,
-            sse_c=sides.ctx.source_customer_key,
-            if_match=row.etag,
-        )
-        return digest
+        return await sides.source_sha256(row, if_match=row.etag)
 
     @asynccontextmanager
     async def _content_busy(self, key: str) -> AsyncIterator[None]:

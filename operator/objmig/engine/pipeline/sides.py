@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from objmig.engine.context import MigrationContext, Side
 from objmig.ledger.models import ObjectRow
 from objmig.storage.compare import etag_is_content_md5, proves_by_checksum
+from objmig.storage.digest import object_sha256
 from objmig.storage.errors import classify
 from objmig.storage.types import HeadResult, version_or_none
 
@@ -45,6 +46,19 @@ class Sides:
     def source_bucket(self, row: ObjectRow) -> str:
         """The bucket `row` was listed in (its own, in a migration of several)."""
         return self.ctx.source_bucket(row.bucket)
+
+    async def source_sha256(self, row: ObjectRow, *, if_match: str | None) -> str:
+        """The hex SHA-256 of `row`'s source bytes, read once (`if_match`: exactly that
+        ETag, or a 412)."""
+        digest, _ = await object_sha256(
+            self.src.http,
+            self.source_bucket(row),
+            row.key,
+            row.version_id or None,
+            sse_c=self.ctx.source_customer_key,
+            if_match=if_match,
+        )
+        return digest
 
     def target_key(self, row: ObjectRow) -> str:
         if row.target_key:

@@ -256,15 +256,8 @@ class VerifyStep:
                 "the copy replaced the original in place, and no SHA-256 of the original "
                 "was taken before to compare it with",
             )
-        digest, _ = await object_sha256(
-            sides.src.http,
-            sides.source_bucket(row),
-            row.key,
-            row.version_id or None,
-            sse_c=sides.ctx.source_customer_key,
-            # Before an overwrite: exactly the scanned object, or nothing.
-            if_match=row.etag if before_overwrite else None,
-        )
+        # Before an overwrite: exactly the scanned object, or nothing.
+        digest = await sides.source_sha256(row, if_match=row.etag if before_overwrite else None)
         return f"sha256:{digest}"
 
     async def _read_target(self, row: ObjectRow, target: HeadResult) -> str:
