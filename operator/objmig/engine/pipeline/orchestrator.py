@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 from objmig.engine.context import MigrationContext, Side
 from objmig.engine.hooks import HookClient
@@ -42,6 +43,16 @@ _NEVER_ARCHIVED = frozenset(
 )
 
 
+@dataclass
+class _ContentKey:
+    """A content key objects of this process are looking at or writing, one at a time."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+    #: The content is known stored (written or found by the last holder).
+    stored: bool = False
+
+
 class ObjectPipeline:
     """The per-object steps, bound to one migration and one pair of S3 clients."""
 
@@ -62,7 +73,7 @@ class ObjectPipeline:
         self._on_space_low = on_space_low
         # Content keys being looked at or written in this process (content-addressed
         # layouts): a second object of the same content waits, then finds it stored.
-        self._contents_busy: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._contents_busy: dict[str, _ContentKey] = {}
         self._content_waiting = 0
         self._on_park = on_park
         self._in_flight = 0
@@ -207,14 +218,17 @@ class ObjectPipeline:
         proving either happens after, side by side.
         """
         sides = self._sides
-        async with self._content_busy(sides.target_key(row)):
-            target = await self._looks.target(row)
+        async with self._content_busy(sides.target_key(row)) as held:
+            # Stored by the object before this one: a HEAD says so at once, where a batched
+            # look would wait its linger for each object of a much-shared content in turn.
+            target = await (sides.head_target(row) if held.stored else self._looks.target(row))
             written = None
             if target is None and not sides.spec.verify.verify_only:
                 try:
                     written = await self._copy.copy(row, source, create_only=True, provenance={})
                 except TargetExistsError:
                     target = await sides.head_target(row)  # stored meanwhile by another pod
+            held.stored = written is not None or target is not None
         if written is not None:
             return await self._prove_copy(row, written)
         if target is None:
@@ -346,32 +360,30 @@ class ObjectPipeline:
         return await sides.source_sha256(row, if_match=row.etag)
 
     @asynccontextmanager
-    async def _content_busy(self, key: str) -> AsyncIterator[None]:
+    async def _content_busy(self, key: str) -> AsyncIterator[_ContentKey]:
         """One object of a content key at a time in this process; waiting for it counts as
         parked, so batched looks do not wait for the objects waiting here."""
-        lock, users = self._contents_busy.get(key, (asyncio.Lock(), 0))
-        self._contents_busy[key] = (lock, users + 1)
+        held = self._contents_busy.setdefault(key, _ContentKey())
+        held.users += 1
         try:
-            if lock.locked():
+            if held.lock.locked():
                 self._content_waiting += 1
                 self._on_park()
                 self._looks.consider()
                 try:
-                    await lock.acquire()
+                    await held.lock.acquire()
                 finally:
                     self._content_waiting -= 1
             else:
-                await lock.acquire()
+                await held.lock.acquire()
             try:
-                yield
+                yield held
             finally:
-                lock.release()
+                held.lock.release()
         finally:
-            lock, users = self._contents_busy[key]
-            if users == 1:
+            held.users -= 1
+            if not held.users:
                 del self._contents_busy[key]
-            else:
-                self._contents_busy[key] = (lock, users - 1)
 
     async def _existing_target(
         self, row: ObjectRow, source: HeadResult, target: HeadResult
