@@ -345,6 +345,7 @@ def main() -> int:
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--fast-ledger", action="store_true", default=True)
     parser.add_argument("--rclone", default=None)
+    parser.add_argument("--dedup-only", action="store_true", help="Only the package store.")
     args = parser.parse_args()
     rclone = find_rclone(args.rclone)
     precompile_objmig()
@@ -356,7 +357,7 @@ def main() -> int:
         workdir = Path(tmp)
         with ledger_dsn(args, workdir) as (dsn, _), Server("minio") as server:
             runs: list[Run] = []
-            for workload in workloads:
+            for workload in [] if args.dedup_only else workloads:
                 runs += round_trip(args, server, workdir, dsn, rclone, workload)
             print()
             print(markdown(runs))
