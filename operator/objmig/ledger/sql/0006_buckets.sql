@@ -7,7 +7,7 @@
 -- verification digest are as before.
 ALTER TABLE objects ADD COLUMN bucket text COLLATE "C" NOT NULL DEFAULT '';
 -- {"metadata": {...}, "contentType": ...} of the source as the copy saw it; written only
--- for migrations with manifests (spec.manifests), which list every member's metadata.
+-- for migrations with group manifests (spec.groups), which list every member's metadata.
 ALTER TABLE objects ADD COLUMN source_metadata jsonb;
 -- The group (spec.groups.by) of the object, rendered at scan time; NULL without groups.
 ALTER TABLE objects ADD COLUMN group_key text COLLATE "C";
