@@ -86,18 +86,18 @@ async def test_schema_lock_is_released_after_a_refusal(database_url: str) -> Non
     assert held == 0
 
 
-async def test_a_ledger_of_schema_4_upgrades_in_order_and_keeps_its_rows(
+async def test_a_ledger_of_schema_5_upgrades_in_order_and_keeps_its_rows(
     database_url: str,
 ) -> None:
-    """A ledger written before schema 5 (the bucket of each object): its rows become rows
+    """A ledger written before schema 6 (the bucket of each object): its rows become rows
     of no bucket, with their counts, their digest and their identity as they were."""
     conn = await asyncpg.connect(database_url)
     try:
-        assert await apply_schema(conn, up_to=4) == 4
+        assert await apply_schema(conn, up_to=5) == 5
         migration_id = await conn.fetchval(
             "INSERT INTO migrations (name) VALUES ('ns/old') RETURNING id"
         )
-        # As version 4 wrote them: no bucket column yet.
+        # As version 5 wrote them: no bucket column yet.
         await conn.executemany(
             """
             INSERT INTO objects (migration_id, key, size, etag, target_key, target_etag,
@@ -114,16 +114,17 @@ async def test_a_ledger_of_schema_4_upgrades_in_order_and_keeps_its_rows(
             "INSERT INTO worker_activity (migration_id, owner, bytes_moved) VALUES ($1, 'w', 30)",
             migration_id,
         )
-        assert await database_schema_version(conn) == 4
+        assert await database_schema_version(conn) == 5
 
-        assert await apply_schema(conn) == code_schema_version() == 5
+        assert await apply_schema(conn) == code_schema_version() == 6
         applied = await conn.fetch("SELECT version, name FROM objmig_schema_version ORDER BY 1")
     finally:
         await conn.close()
 
     assert [(r["version"], r["name"]) for r in applied][3:] == [
         (4, "worker_activity"),
-        (5, "buckets"),
+        (5, "verified_by"),
+        (6, "buckets"),
     ]
     expected = DigestBuilder()
     expected.add("a/1", "", 10, "e1", "a/1", "e1", "sha256:aa")

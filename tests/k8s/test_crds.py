@@ -820,7 +820,6 @@ def test_printer_columns_show_phase_progress_and_cutover(
             "objectsDone": "503/1200",
             "objects": {"total": 1200, "succeeded": 500, "failed": 3, "pending": 697},
             "bytes": {"total": 10_000_000, "succeeded": 4_200_000},
-            "objectsDone": "503/1200",
             "eta": "12m",
         },
         "health": {"summary": "Degraded,Stalled"},

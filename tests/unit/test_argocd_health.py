@@ -315,7 +315,7 @@ def test_a_running_migration_that_is_degraded_or_stalled_is_degraded(
 def test_health_conditions_that_hold_no_longer_leave_it_progressing() -> None:
     resource = migration(
         {
-            "Degraded": ("False", "ErrorRateNormal", "0 of 4 finished objects failed"),
+            "Degraded": ("False", "AllFeaturesPresent", "both stores support every aspect"),
             "Stalled": ("False", "Progressing", "1048576 B/s, 3 objects/s"),
             "TargetSpaceLow": ("False", "FreeSpaceAvailable", "6 GiB free"),
         }
