@@ -157,16 +157,18 @@ class CABundleSource(ApiModel):
         return self
 
 
+#: On BucketSpec and on each of its kinds (a subclass's model_config replaces its parent's).
+_CA_BUNDLE_NEEDS_HTTPS = cel_rule(
+    "!has(self.caBundle) || self.endpoint.startsWith('https://')",
+    "caBundle needs an https:// endpoint",
+    field_path=".caBundle",
+)
+
+
 class BucketSpec(ApiModel):
     """Where objects live: an S3-compatible endpoint, a bucket and a key prefix."""
 
-    model_config = cel_validations(
-        cel_rule(
-            "!has(self.caBundle) || self.endpoint.startsWith('https://')",
-            "caBundle needs an https:// endpoint",
-            field_path=".caBundle",
-        ),
-    )
+    model_config = cel_validations(_CA_BUNDLE_NEEDS_HTTPS)
 
     endpoint: str = Field(
         default="",
@@ -230,6 +232,7 @@ class SourceSpec(BucketSpec):
     directory. Immutable once the migration exists."""
 
     model_config = cel_validations(
+        _CA_BUNDLE_NEEDS_HTTPS,
         cel_rule(
             f"{_ONE_STORE}.filter(x, x).size() == 1",
             "set exactly one of bucket, buckets or filesystem",
@@ -379,6 +382,7 @@ class TargetSpec(BucketSpec):
     there."""
 
     model_config = cel_validations(
+        _CA_BUNDLE_NEEDS_HTTPS,
         cel_rule(
             "[self.bucket != '', has(self.filesystem)].filter(x, x).size() == 1",
             "set exactly one of bucket or filesystem",
