@@ -34,6 +34,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from objmig.storage.filesystem import FileStore
 from objmig.storage.store import Store
 from objmig.storage.types import ObjectInfo
 
@@ -76,7 +77,7 @@ class ListingLookup:
 
     def __init__(
         self,
-        store: Store,
+        store: Store | FileStore,
         bucket: str,
         prefix: str,
         head: Head,

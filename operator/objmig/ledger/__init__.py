@@ -17,6 +17,7 @@ from objmig.ledger.models import (
     BackfillRecord,
     CleanupItem,
     CleanupOutcome,
+    ContentCounts,
     Counts,
     Digest,
     InventoryResult,
@@ -32,6 +33,8 @@ from objmig.ledger.models import (
 from objmig.ledger.report import DigestBuilder, ReportFormat
 from objmig.ledger.schema import SchemaTooNew, apply_schema, code_schema_version
 from objmig.ledger.state import (
+    AuditRecord,
+    BucketDigest,
     CatchUpRecord,
     CleanupState,
     ConfigMapWorklist,
@@ -44,6 +47,7 @@ from objmig.ledger.state import (
     Rounds,
     ScanRecord,
     StoreFinding,
+    TargetSpace,
     VerificationRecord,
 )
 from objmig.ledger.store import (
@@ -60,12 +64,15 @@ __all__ = [
     "ACTIVE_STATES",
     "Activity",
     "AsyncSink",
+    "AuditRecord",
     "BackfillRecord",
+    "BucketDigest",
     "CatchUpRecord",
     "CleanupItem",
     "CleanupOutcome",
     "CleanupState",
     "ConfigMapWorklist",
+    "ContentCounts",
     "Counts",
     "CutoverProgress",
     "CutoverRecord",
@@ -93,6 +100,7 @@ __all__ = [
     "StepCounts",
     "StepResult",
     "StoreFinding",
+    "TargetSpace",
     "UnknownMigration",
     "VerificationRecord",
     "WorkerReport",

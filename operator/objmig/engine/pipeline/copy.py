@@ -25,6 +25,7 @@ from objmig.storage.copy import (
     copy_object,
 )
 from objmig.storage.features import Aspect
+from objmig.storage.filesystem import FileStore
 from objmig.storage.ratelimit import RateLimiter
 from objmig.storage.streaming import ReadAhead
 from objmig.storage.types import HeadResult
@@ -72,7 +73,7 @@ class CopyStep:
             # else SHA-256, which one read of the source can match.
             checksum_algorithm = first_kept_algorithm(source) or "SHA256"
         what = SourceObject(
-            bucket=spec.source.bucket,
+            bucket=sides.source_bucket(row),
             key=row.key,
             version_id=row.version_id or None,
             size=row.size,
@@ -109,8 +110,11 @@ class CopyStep:
             part_size=None
             if copy_spec.preserve_part_boundaries
             else parse_quantity(copy_spec.part_size),
+            content_sha256=sides.contents.get(row.id),
         )
         async with self._transfer_slot():
+            if isinstance(sides.dst, FileStore):
+                return await sides.dst.write(sides.src.http, what, where.key, options)
             return await copy_object(sides.src.http, sides.dst.http, what, where, options)
 
     @asynccontextmanager

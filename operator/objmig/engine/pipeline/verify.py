@@ -79,6 +79,9 @@ class VerifyStep:
         if mode == "etag" and not (etag_proves and etags_comparable(source, target)):
             # Opaque ETags (KMS, SSE-C) or parts cut anew: only the bytes can tell.
             mode = "checksum"
+        if mode == "etag" and spec.content_addressed:
+            # A content key is the SHA-256 of its content: that, not an ETag, proves it.
+            mode = "checksum"
         if target.size != source.size:
             raise VerificationError(
                 "SizeMismatch", f"target has {target.size} bytes, source {source.size}"
@@ -112,6 +115,13 @@ class VerifyStep:
         # The last word: the source must still be what was listed, or the copy proves nothing.
         await self._looks.recheck_source(row, target)
         by = "etag" if source_checksum is None else label_algorithm(source_checksum).lower()
+        described = None
+        if spec.groups is not None:
+            # What the group's manifest lists of this member.
+            described = {
+                "metadata": dict(source.metadata),
+                "contentType": source.content.content_type,
+            }
         return Proof(
             target.etag,
             target.version_id,
@@ -120,6 +130,7 @@ class VerifyStep:
             target.last_modified,
             verified_by=by,
             degraded=self._degraded(written),
+            source_metadata=described,
         )
 
     async def copy_as_written(self, row: ObjectRow, written: CopyResult) -> HeadResult:
@@ -129,9 +140,16 @@ class VerifyStep:
         The answer is the store's word on what it stored: the ETag and version, the
         encryption. Only checksums the store computed of the copy are read with a HEAD
         (`checksum` verification, or `etag` where encryption makes ETags opaque), and the
-        copy's last-modified where the backfill records it.
+        copy's last-modified where the backfill records it. A content-addressed copy is
+        proven by its SHA-256 (its name), which the store checked and keeps: a HEAD reads
+        it (the answer alone would tell no checksum, and seem to say the store keeps none).
         """
-        if self._sides.needs_target_head or self._sides.by_checksum(written.source):
+        sides = self._sides
+        if (
+            sides.needs_target_head
+            or sides.by_checksum(written.source)
+            or sides.spec.content_addressed
+        ):
             return await self.read_copy(row)
         return HeadResult(
             etag=written.etag,
@@ -237,10 +255,12 @@ class VerifyStep:
         as the copy streamed the source. Only what is still missing is read.
         """
         if mode != "full":
+            streamed = written.sha256 if written is not None else None
             mine = checksums_known(
                 source,
                 original=self._sides.originals.get(row.id),
-                streamed_sha256=written.sha256 if written is not None else None,
+                # Or read before the copy, to name it (content-addressed layouts).
+                streamed_sha256=streamed or self._sides.contents.get(row.id),
             )
             asked = written.checksum_algorithm if written is not None else None
             theirs = target_checksums_trusted(target, asked, written=written is not None)
@@ -273,15 +293,8 @@ class VerifyStep:
                 "the copy replaced the original in place, and no SHA-256 of the original "
                 "was taken before to compare it with",
             )
-        digest, _ = await object_sha256(
-            sides.src.http,
-            sides.spec.source.bucket,
-            row.key,
-            row.version_id or None,
-            sse_c=sides.ctx.source_customer_key,
-            # Before an overwrite: exactly the scanned object, or nothing.
-            if_match=row.etag if before_overwrite else None,
-        )
+        # Before an overwrite: exactly the scanned object, or nothing.
+        digest = await sides.source_sha256(row, if_match=row.etag if before_overwrite else None)
         return f"sha256:{digest}"
 
     async def _read_target(self, row: ObjectRow, target: HeadResult) -> str:

@@ -21,8 +21,8 @@ from objmig.storage.copy.model import (
 from objmig.storage.errors import S3ResponseError, SourceChangedError
 from objmig.storage.features import Aspect, unsupported
 from objmig.storage.parts import guessed_layout, parts_unsupported, resolve_part_layout
+from objmig.storage.reader import ObjectReader
 from objmig.storage.restore import needs_restore
-from objmig.storage.s3http import S3HttpClient
 from objmig.storage.s3wire import content_headers, metadata_headers
 from objmig.storage.types import (
     MIGRATION_METADATA_KEY,
@@ -91,7 +91,7 @@ def plan_by_listing(source: SourceObject, listed: HeadResult) -> Plan:
 
 
 async def head_by_first_part(
-    client: S3HttpClient, source: SourceObject, listed: HeadResult
+    client: ObjectReader, source: SourceObject, listed: HeadResult
 ) -> tuple[HeadResult, PartLayout | None, str | None]:
     """The source's headers and part layout from one HEAD `?partNumber=1` where a store
     answers it with the object's headers (AWS, MinIO: the object's ETag, metadata and
@@ -127,7 +127,7 @@ def check_source(source: SourceObject, head: HeadResult) -> None:
 
 
 async def plan_copy(
-    client: S3HttpClient,
+    client: ObjectReader,
     source: SourceObject,
     options: CopyOptions,
     head: HeadResult,
@@ -154,7 +154,7 @@ async def plan_copy(
 
 
 async def _layout(
-    client: S3HttpClient,
+    client: ObjectReader,
     source: SourceObject,
     options: CopyOptions,
     head: HeadResult,
@@ -195,7 +195,7 @@ def may_have_tags(key: str, head: HeadResult) -> bool:
 
 
 async def read_tags(
-    client: S3HttpClient, source: SourceObject, version_id: str | None
+    client: ObjectReader, source: SourceObject, version_id: str | None
 ) -> dict[str, str] | None:
     """The source's tags; None from a store without tags (its objects have none)."""
     if client.features.lacks(Aspect.TAGS):
@@ -210,7 +210,7 @@ async def read_tags(
 
 
 def check_tags_writable(
-    client: S3HttpClient, target: TargetObject, options: CopyOptions, plan: Plan
+    client: ObjectReader, target: TargetObject, options: CopyOptions, plan: Plan
 ) -> None:
     """Refuse to copy an object with tags to a store without tags when they are to be kept:
     the copy would lose them. Objects without tags copy as usual."""
@@ -249,7 +249,7 @@ def plan_for(
 
 
 async def multipart_layout(
-    client: S3HttpClient,
+    client: ObjectReader,
     source: SourceObject,
     head: HeadResult,
     count: int,
@@ -280,7 +280,7 @@ async def multipart_layout(
 
 
 async def _first_part(
-    client: S3HttpClient, source: SourceObject, version_id: str | None
+    client: ObjectReader, source: SourceObject, version_id: str | None
 ) -> tuple[HeadResult | None, str | None]:
     """HEAD `?partNumber=1`, or None and the store's refusal where it does not implement
     it; throttling and server errors propagate (the store may well tell, later)."""

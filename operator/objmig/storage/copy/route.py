@@ -41,6 +41,7 @@ from objmig.storage.copy.streamed import streamed_multipart, streamed_single
 from objmig.storage.errors import S3ResponseError, SourceChangedError, classify
 from objmig.storage.features import Aspect
 from objmig.storage.parts import guessed_layout, resolve_part_layout, uniform_layout_by_listing
+from objmig.storage.reader import ObjectReader
 from objmig.storage.s3http import S3HttpClient
 from objmig.storage.types import HeadResult, multipart_part_count
 
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 
 
 async def copy_object(
-    src_client: S3HttpClient,
+    src_client: ObjectReader,
     dst_client: S3HttpClient,
     source: SourceObject,
     target: TargetObject,
@@ -101,7 +102,7 @@ async def copy_object(
 
 
 async def _copy_by_listing(
-    src_client: S3HttpClient,
+    src_client: ObjectReader,
     dst_client: S3HttpClient,
     source: SourceObject,
     target: TargetObject,
@@ -175,7 +176,7 @@ def _one_copy_request(
 
 
 async def _copy_again_after_head(
-    src_client: S3HttpClient,
+    src_client: ObjectReader,
     dst_client: S3HttpClient,
     source: SourceObject,
     target: TargetObject,
@@ -221,7 +222,7 @@ async def _drop_superseded_version(
 
 
 async def _again_if_guessed_wrong(
-    src_client: S3HttpClient,
+    src_client: ObjectReader,
     dst_client: S3HttpClient,
     source: SourceObject,
     target: TargetObject,
@@ -255,7 +256,7 @@ async def _again_if_guessed_wrong(
 
 
 async def _copy_marker(
-    src_client: S3HttpClient,
+    src_client: ObjectReader,
     dst_client: S3HttpClient,
     source: SourceObject,
     target: TargetObject,
@@ -286,7 +287,7 @@ async def _copy_marker(
 
 
 async def _copy_planned(
-    src_client: S3HttpClient,
+    src_client: ObjectReader,
     dst_client: S3HttpClient,
     source: SourceObject,
     target: TargetObject,
