@@ -20,8 +20,14 @@ from objmig.ledger import InventoryRow, Ledger, ObjectState, ScanRecord
 from objmig.storage.endpoint import Endpoint
 from objmig.storage.types import MIGRATION_METADATA_KEY
 from tests.fixtures.s3 import S3Backend, S3Seeder
-from tests.integration.engine_support import migration, rows_of, run, secrets_for, sha256_of
-from tests.integration.test_cleanup import cleanup_of
+from tests.integration.engine_support import (
+    cleanup_of,
+    migration,
+    rows_of,
+    run,
+    secrets_for,
+    sha256_of,
+)
 from tests.support.s3proxy import S3FaultProxy
 
 KiB = 1024

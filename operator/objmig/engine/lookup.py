@@ -229,6 +229,27 @@ class ListingLookup:
         return dict(zip(keys, facts, strict=True))
 
 
+async def key_listed(store: Store, bucket: str, prefix: str, key: str) -> str | None:
+    """Whether a listing shows `key` exactly: None if so, else the key listed in its place.
+
+    A HEAD answers for whatever a store made of the key asked for; a listing from just
+    before it shows what the store keeps (a listing by the key as prefix does not: MinIO
+    answers one for "/a" with "/a" while it keeps "a").
+    """
+    start_after = _just_before(key)
+    token = None
+    for _ in range(MAX_PAGES):
+        page, token = await store.http.list_page(
+            bucket, prefix, start_after=start_after, continuation_token=token
+        )
+        for info in page:
+            if info.key.encode() >= key.encode():
+                return None if info.key == key else info.key
+        if token is None:
+            break
+    return ""
+
+
 def _facts(info: ObjectInfo) -> KeyFacts:
     return KeyFacts(info.etag, info.size, int(info.last_modified.timestamp()))
 

@@ -67,6 +67,17 @@ def same_answers(a: HeadResult, b: HeadResult) -> bool:
     )
 
 
+def key_may_be_rewritten(key: str) -> bool:
+    """Whether a store may keep an object written as `key` under another name.
+
+    Stores that map keys onto file paths or normalise URLs rewrite a leading `/`, empty
+    segments (`a//b`) and `.` or `..` segments (MinIO turns `/a` into `a`; moto does so in
+    virtual-hosted addressing), and a HEAD of the key asked for then answers for the
+    rewritten one.
+    """
+    return key.startswith("/") or "//" in key or any(s in (".", "..") for s in key.split("/"))
+
+
 def without_objmig_keys(metadata: Mapping[str, str]) -> dict[str, str]:
     """Target metadata minus what objmig itself adds (the migration marker and proofs)."""
     return {k: v for k, v in metadata.items() if not k.startswith(OBJMIG_METADATA_PREFIX)}

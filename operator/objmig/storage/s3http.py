@@ -38,11 +38,13 @@ from objmig.storage.http1 import HttpPool, HttpResponse
 from objmig.storage.s3wire import (
     child_text,
     head_result,
+    listed_key,
     local_name,
     response_error,
     result_etag,
     sse_c_headers,
     total_size,
+    url_encoded,
     write_result,
     xml_body,
 )
@@ -317,13 +319,21 @@ class S3HttpClient:
         max_keys: int = 1000,
     ) -> tuple[list[ObjectInfo], str | None]:
         """One ListObjectsV2 page: the objects and the token of the next page (None: last)."""
-        query = {"list-type": "2", "prefix": prefix, "max-keys": str(max_keys)}
+        # Keys travel URL-encoded: XML 1.0 cannot carry every character a key may hold
+        # (control characters; a carriage return would even arrive as a line feed).
+        query = {
+            "list-type": "2",
+            "prefix": prefix,
+            "max-keys": str(max_keys),
+            "encoding-type": "url",
+        }
         if start_after:
             query["start-after"] = start_after
         if continuation_token:
             query["continuation-token"] = continuation_token
         async with self._request("ListObjectsV2", "GET", bucket, "", query, {}) as response:
-            root = await xml_body("ListObjectsV2", response)
+            root = await xml_body("ListObjectsV2", response, listing=True)
+        encoded = url_encoded(root)
         objects = []
         for element in root:
             if local_name(element.tag) != "Contents":
@@ -331,7 +341,7 @@ class S3HttpClient:
             fields = {local_name(child.tag): child.text or "" for child in element}
             objects.append(
                 ObjectInfo(
-                    key=fields.get("Key", ""),
+                    key=listed_key(fields.get("Key", ""), encoded=encoded),
                     version_id=None,
                     size=int(fields.get("Size") or 0),
                     etag=normalise_etag(fields.get("ETag")),

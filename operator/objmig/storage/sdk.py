@@ -10,6 +10,7 @@ because loading botocore and aiohttp costs about a third of a second of CPU, whi
 from __future__ import annotations
 
 import functools
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -17,9 +18,17 @@ from typing import TYPE_CHECKING
 import aioboto3
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 from botocore.loaders import Loader, create_loader
 
-from objmig.storage.endpoint import DEFAULT_REGION, ClientTimeouts, Endpoint
+from objmig.storage.endpoint import (
+    DEFAULT_REGION,
+    LOOPBACK,
+    ClientTimeouts,
+    Endpoint,
+    loopback_name,
+)
 
 # The aiobotocore stubs are a development dependency: import them for type checking only.
 if TYPE_CHECKING:
@@ -32,6 +41,7 @@ def client_config(
     """The botocore configuration every objmig S3 client uses (see `open_client`)."""
     timeouts = timeouts or ClientTimeouts()
     return AioConfig(
+        connector_args={"resolver": _LoopbackResolver()},
         region_name=endpoint.region or DEFAULT_REGION,
         # One pooled connection per request that can be in flight at once; more would
         # only idle, fewer would queue requests inside aiohttp where our timeouts and
@@ -57,6 +67,37 @@ def client_config(
             "payload_signing_enabled": False,
         },
     )
+
+
+class _LoopbackResolver(AbstractResolver):
+    """aiohttp's resolver, except that names under `.localhost` are the loopback interface
+    (RFC 6761; see `endpoint.loopback_name`), as they are for `s3http`."""
+
+    def __init__(self) -> None:
+        self._default: AbstractResolver | None = None
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        if loopback_name(host):
+            return [
+                ResolveResult(
+                    hostname=host,
+                    host=LOOPBACK,
+                    port=port,
+                    family=socket.AF_INET,
+                    proto=0,
+                    flags=socket.AI_NUMERICHOST,
+                )
+            ]
+        if self._default is None:
+            # Made on first use: the default resolver binds the running event loop.
+            self._default = DefaultResolver()
+        return await self._default.resolve(host, port, family)
+
+    async def close(self) -> None:
+        if self._default is not None:
+            await self._default.close()
 
 
 @functools.cache

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from objmig.engine.lookup import key_listed
 from objmig.engine.pipeline.looks import Looks
 from objmig.engine.pipeline.outcomes import Proof
 from objmig.engine.pipeline.sides import Sides
@@ -25,6 +26,7 @@ from objmig.storage.compare import (
     checksums_known,
     etags_comparable,
     first_kept_algorithm,
+    key_may_be_rewritten,
     label_algorithm,
     metadata_difference,
     target_checksums_trusted,
@@ -44,11 +46,14 @@ ORIGINAL_CHECKSUM_KEY = "objmig-original-checksum"
 
 
 class VerificationError(IntegrityError):
-    """The copy differs from the source. Retryable: the next attempt copies again."""
+    """The copy differs from the source. Retryable: the next attempt copies again, unless
+    `permanent` (copying again cannot help)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, permanent: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        if permanent:
+            self.kind = "permanent"
 
 
 class VerifyStep:
@@ -104,11 +109,30 @@ class VerifyStep:
             difference = metadata_difference(basis, target, self._sides.ctx.metadata_change)
             if difference is not None:
                 raise VerificationError("MetadataMismatch", difference)
+        await self._check_key_kept(row)
         # The last word: the source must still be what was listed, or the copy proves nothing.
         await self._looks.recheck_source(row, target)
         return Proof(
             target.etag, target.version_id, source_checksum, target_checksum, target.last_modified
         )
+
+    async def _check_key_kept(self, row: ObjectRow) -> None:
+        """A key a store may rewrite (see `key_may_be_rewritten`) must be listed as it is:
+        a HEAD of it answers for whatever the store made of it."""
+        sides = self._sides
+        key = sides.target_key(row)
+        if not key_may_be_rewritten(key):
+            return
+        prefix = sides.spec.target.prefix if key.startswith(sides.spec.target.prefix) else ""
+        instead = await key_listed(sides.dst, sides.spec.target.bucket, prefix, key)
+        if instead is not None:
+            raise VerificationError(
+                "TargetKeyRewritten",
+                f"the target store does not keep the copy under its key {key!r}"
+                + (f" (it lists {instead!r} in its place)" if instead else "")
+                + ": it rewrites keys with a leading '/', empty or '.' segments",
+                permanent=True,
+            )
 
     def is_earlier_copy(self, row: ObjectRow, current: HeadResult) -> bool:
         """Whether the object in place of `row` is this migration's copy of it, written
