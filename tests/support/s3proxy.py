@@ -13,6 +13,9 @@ changeable while the test runs, make chosen requests misbehave:
     proxy.add_rule(Deny(), method="PUT", key="secret/**")
     gate = Hold()
     proxy.add_rule(gate, method="GET", key="obj")   # ... await gate.arrived(); gate.release()
+    proxy.add_rule(LoseAnswer(), method="POST", query={"uploadId": None}, times=1)
+    proxy.add_rule(Reset(), probability=0.05)          # drawn from the proxy's seeded RNG
+    add_fault_mix(proxy, rate=0.05)                   # 5% of each kind of fault
 
 A `Hold` keeps matching requests until the test releases them: the test waits for the
 request to arrive and lets it go when it has done what had to happen meanwhile, where a
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -91,6 +95,12 @@ class Truncate:
     """Forward, but cut the response body after `after` bytes and drop the connection."""
 
     after: int = 0
+
+
+@dataclass(frozen=True)
+class LoseAnswer:
+    """Forward the request and let the store act on it, then drop the connection instead
+    of passing its answer on: a write that happened, whose client cannot know it."""
 
 
 @dataclass(frozen=True)
@@ -218,7 +228,7 @@ def _resolve_threadsafe(loop: asyncio.AbstractEventLoop, future: asyncio.Future[
         loop.call_soon_threadsafe(resolve)
 
 
-Action = Fail | Reset | Truncate | RewriteHeaders | Delay | Hold
+Action = Fail | Reset | Truncate | RewriteHeaders | Delay | Hold | LoseAnswer
 
 
 class _Absent:
@@ -240,7 +250,11 @@ class Rule:
     `method` None = any; `bucket` / `key` are fnmatch globs (`*` crosses `/` here) on the
     decoded path-style bucket and key; `query` maps parameter names to required values
     (None = present with any value, ABSENT = not present). `times` limits how often the
-    rule fires; `seconds` limits for how long after it was added (by the proxy's clock).
+    rule fires; `seconds` limits for how long after it was added (by the proxy's clock);
+    `probability` makes a matching request fire it by chance (drawn from the proxy's seeded
+    random generator; a request it spares goes on to the next rule); `once_each` fires it
+    once per distinct request (method, bucket, key and query), so that what a client sends
+    again gets through.
     """
 
     action: Action
@@ -250,8 +264,11 @@ class Rule:
     query: Mapping[str, str | _Absent | None] = field(default_factory=dict)
     times: int | None = None
     seconds: float | None = None
+    probability: float | None = None
+    once_each: bool = False
     hits: int = 0
     added: float = field(default_factory=time.monotonic)
+    fired_for: set[tuple[str, str, str, tuple[tuple[str, str], ...]]] = field(default_factory=set)
 
     def active(self, now: float) -> bool:
         if self.times is not None and self.hits >= self.times:
@@ -314,12 +331,14 @@ class S3FaultProxy:
         *,
         keep_requests: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        seed: int = 0,
     ) -> None:
         self.upstream = upstream.rstrip("/")
         self.keep_requests = keep_requests
         # What rules' `seconds` are measured by; a test of expiry sets its own.
         self.clock = clock
         self._closing = False
+        self._random = random.Random(seed)
         self.port: int | None = None
         self.requests: list[SeenRequest] = []
         self._rules: list[Rule] = []
@@ -380,6 +399,13 @@ class S3FaultProxy:
         with self._lock:
             for rule in self._rules:
                 if rule.active(now) and rule.matches(method, bucket, key, query):
+                    if rule.probability is not None and self._random.random() >= rule.probability:
+                        continue
+                    if rule.once_each:
+                        request = (method, bucket, key, tuple(sorted(query.items())))
+                        if request in rule.fired_for:
+                            continue
+                        rule.fired_for.add(request)
                     rule.hits += 1
                     return rule
         return None
@@ -507,18 +533,41 @@ class S3FaultProxy:
                 if transport is not None:
                     transport.abort()
                 return web.Response(status=500)
+        if isinstance(action, LoseAnswer):
+            await self._forward_and_drop(request)
+            return web.Response(status=500)  # never sent: the connection is gone
         return await self._forward(request, action)
 
-    async def _forward(self, request: web.Request, action: Action | None) -> web.StreamResponse:
+    async def _forward_and_drop(self, request: web.Request) -> None:
         assert self._session is not None
+        headers, data = self._upstream_request(request)
+        async with self._session.request(
+            request.method,
+            URL(f"{self.upstream}{request.raw_path}", encoded=True),
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+            skip_auto_headers=("Content-Type",),
+        ) as upstream:
+            await upstream.read()
+        assert request.transport is not None
+        request.transport.abort()
+
+    @staticmethod
+    def _upstream_request(request: web.Request) -> tuple[list[tuple[str, str]], Any]:
+        """The headers and body to send upstream, as the client signed them."""
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
-        has_body = request.body_exists
         data: Any = None
-        if has_body:
+        if request.body_exists:
             data = request.content.iter_any()
             if "Content-Length" not in request.headers:
                 # A chunked upload stays chunked.
                 headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        return headers, data
+
+    async def _forward(self, request: web.Request, action: Action | None) -> web.StreamResponse:
+        assert self._session is not None
+        headers, data = self._upstream_request(request)
         async with self._session.request(
             request.method,
             # The raw path is already encoded exactly as the client signed it.
@@ -560,3 +609,33 @@ class S3FaultProxy:
                 sent += len(chunk)
             await response.write_eof()
             return response
+
+
+#: The faults a store's clients meet, by request kind: any request may fail with a 500,
+#: be throttled or be reset; a GET's body may be cut short; a write's answer may be lost
+#: after the store acted on it.
+FAULT_KINDS: tuple[tuple[str, Action, str | None], ...] = (
+    ("500 InternalError", Fail(500, "InternalError"), None),
+    ("503 SlowDown", SlowDown(), None),
+    ("connection reset", Reset(), None),
+    ("truncated body", Truncate(256), "GET"),
+    ("lost answer", LoseAnswer(), "PUT"),
+    ("lost answer", LoseAnswer(), "POST"),
+    ("lost answer", LoseAnswer(), "DELETE"),
+)
+
+
+def add_fault_mix(proxy: S3FaultProxy, rate: float, **match: Any) -> list[tuple[str, Rule]]:
+    """Make `rate` of the requests meet each kind of fault of `FAULT_KINDS` (a request
+    meets at most one; each rule is drawn only for the requests the rules before it
+    spared, hence the rising probabilities). Returns the rules, named by kind."""
+    rules: list[tuple[str, Rule]] = []
+    spent: dict[str | None, float] = {}
+    for name, action, method in FAULT_KINDS:
+        # The share of this method's requests the rules before this one took.
+        before = spent.get(method, 0.0) + (spent.get(None, 0.0) if method else 0.0)
+        probability = rate / (1 - before)
+        rule = proxy.add_rule(action, method=method, probability=probability, **match)
+        rules.append((name, rule))
+        spent[method] = spent.get(method, 0.0) + rate
+    return rules

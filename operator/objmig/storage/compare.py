@@ -10,10 +10,11 @@ here does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from objmig.storage.types import CHECKSUM_ALGORITHMS, HeadResult
+from objmig.storage.types import CHECKSUM_ALGORITHMS, HeadResult, normalise_etag
 
 #: Encryption modes (the spec's vocabulary, `EncryptionInfo.mode`) under which S3's ETag of
 #: a single-part object is the MD5 of its bytes (of a multipart one, the MD5 of its
@@ -40,6 +41,18 @@ def looks_like_md5(etag: str) -> bool:
     Stores that do not use MD5 ETags for single-part writes answer with something else.
     """
     return len(etag) == 32
+
+
+def multipart_etag(part_etags: Sequence[str]) -> str | None:
+    """The ETag S3 gives an object completed from parts with these ETags: the MD5 of
+    their binary MD5s and the part count. None when a part's ETag is no MD5."""
+    try:
+        digests = b"".join(bytes.fromhex(normalise_etag(etag)) for etag in part_etags)
+    except ValueError:
+        return None
+    if len(digests) != 16 * len(part_etags):
+        return None
+    return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(part_etags)}"
 
 
 def looks_identical(source: HeadResult, target: HeadResult) -> bool:

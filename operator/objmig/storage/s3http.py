@@ -12,8 +12,10 @@ which also resolves the default credential chain for us. Plain listings (the sca
 batched re-checks) and the few calls every run makes (the access check, the bucket's
 versioning) are here too, so that a run needs the SDK only for what only it does.
 
-The client never retries (the engine's retry policy is the only one, as with botocore) and
-raises `S3ResponseError` for any non-2xx answer, and for the 200 answers whose body is an
+A request that fails transiently is sent again a couple of times, quickly (`RequestRetry`,
+which also says why that is safe for every write objmig makes); what persists is the
+engine's to retry, with its backoff and the object's attempts. The client raises
+`S3ResponseError` for any non-2xx answer, and for the 200 answers whose body is an
 `<Error>` document (CopyObject, UploadPartCopy and CompleteMultipartUpload may fail after
 the status line was sent). Signing is AWS Signature Version 4 with an unsigned payload:
 bodies stream from a source GET and cannot be hashed before they are sent; each part's MD5
@@ -22,18 +24,22 @@ is compared with the ETag the store returns instead (see `copy/streamed.py`).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import random
 import ssl
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from objmig.storage.endpoint import DEFAULT_REGION, ClientTimeouts, Credentials, Endpoint
-from objmig.storage.errors import S3ResponseError
+from objmig.storage.errors import S3ResponseError, describe, worth_resending
 from objmig.storage.http1 import HttpPool, HttpResponse
 from objmig.storage.s3wire import (
     child_text,
@@ -58,9 +64,50 @@ from objmig.storage.types import (
     whole_seconds,
 )
 
+T = TypeVar("T")
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 # Characters S3 wants left alone in a canonical URI / query (RFC 3986 unreserved).
 _UNRESERVED = "-_.~"
+
+
+@dataclass(frozen=True)
+class RequestRetry:
+    """How often one request is sent again when it fails transiently (a 5xx, throttling,
+    a reset, a timeout, an answer cut short), before the failure is the object's.
+
+    A few quick retries absorb the faults of a healthy store (at 5% of each kind, one
+    object in two met one per attempt); what persists reaches the engine's retry policy
+    (`spec.retry`), which backs off for minutes and spends the object's attempts.
+
+    Sending again is safe for every request objmig makes once its answer may have been
+    lost: reads, UploadPart and UploadPartCopy (the part is replaced), PutObject and
+    CopyObject (the same bytes again, or, written create-only, a 412 that sends the copy
+    to the existing-target check), AbortMultipartUpload (NoSuchUpload is done), and
+    CompleteMultipartUpload, whose NoSuchUpload after a lost answer is checked against the
+    target (`copy/multipart.py`). A lost CreateMultipartUpload leaves an upload no one
+    knows the id of, for the store's `AbortIncompleteMultipartUpload` lifecycle rule.
+    """
+
+    attempts: int = 3
+    #: The first delay; each next one is four times longer, all jittered down to half.
+    first_delay: float = 0.2
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before try `attempt + 1`."""
+        longest = self.first_delay * 4 ** (attempt - 1)
+        return random.uniform(longest / 2, longest)  # noqa: S311 - jitter, not a secret
+
+
+class RetryCount:
+    """Requests sent again by one client, and the last failure that made one."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last_error: str | None = None
+
+    def note(self, error: BaseException) -> None:
+        self.count += 1
+        self.last_error = describe(error)
 
 
 class S3HttpClient:
@@ -74,10 +121,13 @@ class S3HttpClient:
         endpoint: Endpoint,
         pool: HttpPool,
         credentials: _CredentialSource,
+        retry: RequestRetry | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._pool = pool
         self._credentials = credentials
+        self._retry = retry or RequestRetry()
+        self.retries = RetryCount()
         self._region = endpoint.region or DEFAULT_REGION
         url = endpoint.url or f"https://s3.{self._region}.amazonaws.com"
         parts = urlsplit(url)
@@ -108,8 +158,7 @@ class S3HttpClient:
         headers = sse_c_headers(sse_c)
         if checksums:
             headers["x-amz-checksum-mode"] = "ENABLED"
-        async with self._request("HeadObject", "HEAD", bucket, key, query, headers) as response:
-            return head_result(response.headers, int(response.headers.get("content-length", 0)))
+        return await self._call("HeadObject", "HEAD", bucket, key, query, headers, _head_answer)
 
     @asynccontextmanager
     async def get(
@@ -133,7 +182,14 @@ class S3HttpClient:
         if byte_range is not None:
             headers["range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
         query = _version_query(version_id)
-        async with self._request("GetObject", "GET", bucket, key, query, headers) as response:
+        async with AsyncExitStack() as stack:
+            # Only the answer's head can be asked for again: the body streams to the caller.
+            response = await self._retrying(
+                lambda: stack.enter_async_context(
+                    self._request("GetObject", "GET", bucket, key, query, headers)
+                ),
+                replayable=True,
+            )
             length = int(response.headers.get("content-length", 0))
             size = total_size(response.headers.get("content-range")) or length
             yield GetResult(head_result(response.headers, size), length, response)
@@ -164,21 +220,29 @@ class S3HttpClient:
             **headers,
             "x-amz-copy-source": _copy_source(source_bucket, source_key, source_version_id),
         }
-        async with self._request("CopyObject", "PUT", bucket, key, {}, headers) as response:
+
+        async def written(response: HttpResponse) -> WriteResult:
             return write_result(response.headers, await result_etag("CopyObject", response))
+
+        return await self._call("CopyObject", "PUT", bucket, key, {}, headers, written)
 
     async def create_multipart_upload(
         self, bucket: str, key: str, headers: Mapping[str, str]
     ) -> str:
         """Start a multipart upload; returns its upload id."""
-        async with self._request(
-            "CreateMultipartUpload", "POST", bucket, key, {"uploads": ""}, dict(headers)
-        ) as response:
+
+        async def started(response: HttpResponse) -> str:
             root = await xml_body("CreateMultipartUpload", response)
             upload_id = child_text(root, "UploadId")
             if not upload_id:
                 raise S3ResponseError("CreateMultipartUpload", response.status, "NoUploadId", "")
             return upload_id
+
+        # A lost answer leaves an upload nobody knows the id of: the leftovers cleanup
+        # of the store's lifecycle rule (AbortIncompleteMultipartUpload) takes it.
+        return await self._call(
+            "CreateMultipartUpload", "POST", bucket, key, {"uploads": ""}, headers, started
+        )
 
     async def upload_part(
         self,
@@ -217,8 +281,11 @@ class S3HttpClient:
         if byte_range is not None:
             headers["x-amz-copy-source-range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
         query = {"partNumber": str(part_number), "uploadId": upload_id}
-        async with self._request("UploadPartCopy", "PUT", bucket, key, query, headers) as response:
+
+        async def copied(response: HttpResponse) -> str:
             return normalise_etag(await result_etag("UploadPartCopy", response))
+
+        return await self._call("UploadPartCopy", "PUT", bucket, key, query, headers, copied)
 
     async def complete_multipart_upload(
         self,
@@ -235,32 +302,35 @@ class S3HttpClient:
         )
         document = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
         all_headers = {**headers, "content-type": "application/xml"}
-        async with self._request(
+
+        async def completed(response: HttpResponse) -> WriteResult:
+            root = await xml_body("CompleteMultipartUpload", response)
+            return write_result(response.headers, child_text(root, "ETag"))
+
+        return await self._call(
             "CompleteMultipartUpload",
             "POST",
             bucket,
             key,
             {"uploadId": upload_id},
             all_headers,
+            completed,
             body=document,
-            length=len(document),
-        ) as response:
-            root = await xml_body("CompleteMultipartUpload", response)
-            return write_result(response.headers, child_text(root, "ETag"))
+        )
 
     async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
-        async with self._request(
-            "AbortMultipartUpload", "DELETE", bucket, key, {"uploadId": upload_id}, {}
-        ):
-            pass
+        await self._call(
+            "AbortMultipartUpload", "DELETE", bucket, key, {"uploadId": upload_id}, {}, _nothing
+        )
 
     async def get_tags(
         self, bucket: str, key: str, version_id: str | None = None
     ) -> dict[str, str]:
         """The object's tags (GetObjectTagging)."""
         query = {"tagging": "", **_version_query(version_id)}
-        async with self._request("GetObjectTagging", "GET", bucket, key, query, {}) as response:
-            root = await xml_body("GetObjectTagging", response)
+        root = await self._call(
+            "GetObjectTagging", "GET", bucket, key, query, {}, _xml("GetObjectTagging")
+        )
         tags: dict[str, str] = {}
         for tag in root.iter():
             if local_name(tag.tag) == "Tag":
@@ -283,10 +353,15 @@ class S3HttpClient:
             if marker:
                 headers["x-amz-part-number-marker"] = str(marker)
             query = {"attributes": "", **_version_query(version_id)}
-            async with self._request(
-                "GetObjectAttributes", "GET", bucket, key, query, headers
-            ) as response:
-                root = await xml_body("GetObjectAttributes", response)
+            root = await self._call(
+                "GetObjectAttributes",
+                "GET",
+                bucket,
+                key,
+                query,
+                headers,
+                _xml("GetObjectAttributes"),
+            )
             parts = [element for element in root.iter() if local_name(element.tag) == "Part"]
             if not parts:
                 return None
@@ -303,10 +378,15 @@ class S3HttpClient:
 
     async def bucket_versioning(self, bucket: str) -> str:
         """GetBucketVersioning's status: "Enabled", "Suspended", or "" (never enabled)."""
-        async with self._request(
-            "GetBucketVersioning", "GET", bucket, "", {"versioning": ""}, {}
-        ) as response:
-            root = await xml_body("GetBucketVersioning", response)
+        root = await self._call(
+            "GetBucketVersioning",
+            "GET",
+            bucket,
+            "",
+            {"versioning": ""},
+            {},
+            _xml("GetBucketVersioning"),
+        )
         return child_text(root, "Status")
 
     async def list_page(
@@ -331,8 +411,9 @@ class S3HttpClient:
             query["start-after"] = start_after
         if continuation_token:
             query["continuation-token"] = continuation_token
-        async with self._request("ListObjectsV2", "GET", bucket, "", query, {}) as response:
-            root = await xml_body("ListObjectsV2", response, listing=True)
+        root = await self._call(
+            "ListObjectsV2", "GET", bucket, "", query, {}, _xml("ListObjectsV2", listing=True)
+        )
         encoded = url_encoded(root)
         objects = []
         for element in root:
@@ -387,10 +468,59 @@ class S3HttpClient:
         body: bytes | AsyncIterable[bytes],
         length: int,
     ) -> WriteResult:
-        async with self._request(
-            operation, "PUT", bucket, key, query, headers, body=body, length=length
-        ) as response:
+
+        async def written(response: HttpResponse) -> WriteResult:
             return write_result(response.headers, response.headers.get("etag"))
+
+        return await self._call(
+            operation, "PUT", bucket, key, query, headers, written, body=body, length=length
+        )
+
+    async def _call(
+        self,
+        operation: str,
+        method: str,
+        bucket: str,
+        key: str,
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+        read: Callable[[HttpResponse], Awaitable[T]],
+        *,
+        body: bytes | AsyncIterable[bytes] | None = None,
+        length: int | None = None,
+    ) -> T:
+        """Send a request and `read` its answer, again after a transient failure.
+
+        A body streamed from elsewhere cannot be sent twice: its failure is the caller's.
+        """
+
+        async def once() -> T:
+            async with self._request(
+                operation, method, bucket, key, query, headers, body=body, length=length
+            ) as response:
+                return await read(response)
+
+        if body is not None and length is None and isinstance(body, bytes):
+            length = len(body)
+        return await self._retrying(once, replayable=not _streamed(body))
+
+    async def _retrying(self, send: Callable[[], Awaitable[T]], *, replayable: bool) -> T:
+        """`send()`, up to `RequestRetry.attempts` times while it fails transiently.
+
+        What is sent again must be harmless to repeat: reads are, and so is every write
+        objmig makes once its answer was lost (see `RequestRetry`).
+        """
+        policy = self._retry
+        attempt = 1
+        while True:
+            try:
+                return await send()
+            except Exception as exc:
+                if not replayable or attempt >= policy.attempts or not worth_resending(exc):
+                    raise
+                self.retries.note(exc)
+                await asyncio.sleep(policy.delay(attempt))
+                attempt += 1
 
     @asynccontextmanager
     async def _request(
@@ -511,12 +641,18 @@ class _CredentialSource:
 
 @asynccontextmanager
 async def open_http_client(
-    endpoint: Endpoint, max_connections: int = 10, timeouts: ClientTimeouts | None = None
+    endpoint: Endpoint,
+    max_connections: int = 10,
+    timeouts: ClientTimeouts | None = None,
+    retry: RequestRetry | None = None,
 ) -> AsyncIterator[S3HttpClient]:
     """An `S3HttpClient` for `endpoint` whose pool holds `max_connections` connections."""
     timeouts = timeouts or ClientTimeouts()
     client = S3HttpClient(
-        endpoint, http_pool(endpoint, max_connections, timeouts), _CredentialSource(endpoint)
+        endpoint,
+        http_pool(endpoint, max_connections, timeouts),
+        _CredentialSource(endpoint),
+        retry,
     )
     try:
         yield client
@@ -542,6 +678,28 @@ def http_pool(endpoint: Endpoint, max_connections: int, timeouts: ClientTimeouts
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+async def _head_answer(response: HttpResponse) -> HeadResult:
+    return head_result(response.headers, int(response.headers.get("content-length", 0)))
+
+
+async def _nothing(response: HttpResponse) -> None:
+    return None
+
+
+def _xml(
+    operation: str, *, listing: bool = False
+) -> Callable[[HttpResponse], Awaitable[ET.Element]]:
+    async def read(response: HttpResponse) -> ET.Element:
+        return await xml_body(operation, response, listing=listing)
+
+    return read
+
+
+def _streamed(body: bytes | AsyncIterable[bytes] | None) -> bool:
+    """Whether a body streams from elsewhere, and so can be sent only once."""
+    return body is not None and not isinstance(body, bytes | bytearray | memoryview)
 
 
 def _quote(value: str, safe: str = "") -> str:

@@ -49,10 +49,11 @@ def client_config(
         max_pool_connections=max(1, max_connections),
         connect_timeout=timeouts.connect,
         read_timeout=timeouts.read,
-        # The engine owns retries (attempt counts, capped jittered backoff, per-object
-        # timeouts and the failure budget). Letting botocore retry as well would multiply
-        # attempts and hide throttling from our accounting, so botocore tries once.
-        retries={"mode": "standard", "total_max_attempts": 1},
+        # As `s3http.RequestRetry`: a couple of quick tries absorb transient faults, what
+        # persists is the engine's (attempt counts, backoff, the failure budget). Every
+        # call made here is harmless to repeat after a lost answer (listings, restores
+        # - RestoreAlreadyInProgress is success -, deletes, aborts).
+        retries={"mode": "standard", "total_max_attempts": 3},
         # Since botocore 1.36 the SDK adds CRC32 checksums (as aws-chunked trailers) to every
         # upload and validates them on download. Many S3-compatible stores (older MinIO,
         # Ceph RGW, R2, Wasabi) and moto reject or mishandle trailers, and our integrity

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, cast
 
+from objmig.storage.compare import etag_is_content_md5, multipart_etag
 from objmig.storage.copy.model import (
     ABORT_TIMEOUT,
     CopyOptions,
@@ -25,6 +26,7 @@ from objmig.storage.copy.planning import (
 )
 from objmig.storage.errors import S3ResponseError
 from objmig.storage.s3http import S3HttpClient
+from objmig.storage.types import WriteResult, multipart_part_count
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,7 +65,14 @@ async def multipart_upload(
                 raise TargetExistsError(
                     f"s3://{target.bucket}/{target.key} exists", plan.head
                 ) from None
-            raise
+            if exc.code != "NoSuchUpload":
+                raise
+            # The upload is gone: a first try whose answer was lost may have completed it
+            # (the retry, ours or the connection pool's, is what says NoSuchUpload).
+            done = await completed_already(client, target, options, plan, etags)
+            if done is None:
+                raise
+            written = done
     except BaseException:
         await abort_quietly(client, target, upload_id)
         raise
@@ -75,6 +84,39 @@ async def multipart_upload(
         sha256=sha256() if sha256 is not None else None,
         upload_id=upload_id,
     )
+
+
+async def completed_already(
+    client: S3HttpClient,
+    target: TargetObject,
+    options: CopyOptions,
+    plan: Plan,
+    etags: list[str],
+) -> WriteResult | None:
+    """The target as this upload completed it, or None when it is anything else.
+
+    Exactly what was meant: the size of the parts, and the multipart ETag these parts make
+    (the MD5 of their MD5s); where encryption makes ETags opaque, their number, and
+    verification then proves the bytes by a checksum.
+    """
+    try:
+        head = await client.head(target.bucket, target.key, sse_c=options.encryption.sse_c_key)
+    except S3ResponseError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    if head.size != sum(plan.layout.sizes):
+        return None
+    expected = multipart_etag(etags)
+    if expected is not None and etag_is_content_md5(head.encryption.mode):
+        if head.etag != expected:
+            return None
+    elif multipart_part_count(head.etag) != len(etags):
+        return None
+    log.info(
+        "s3://%s/%s: a lost answer had completed the upload already", target.bucket, target.key
+    )
+    return WriteResult(head.etag, head.version_id, head.encryption)
 
 
 async def abort_quietly(client: S3HttpClient, target: TargetObject, upload_id: str) -> None:
