@@ -340,6 +340,8 @@ class S3FaultProxy:
         self._closing = False
         self._random = random.Random(seed)
         self.port: int | None = None
+        #: Requests received in all (`requests` keeps the first `keep_requests` of them).
+        self.received = 0
         self.requests: list[SeenRequest] = []
         self._rules: list[Rule] = []
         self._lock = threading.Lock()
@@ -495,6 +497,7 @@ class S3FaultProxy:
         rule = self._pick(request.method, bucket, key, query)
         action = rule.action if rule is not None else None
         with self._lock:
+            self.received += 1
             if len(self.requests) < self.keep_requests:
                 self.requests.append(
                     SeenRequest(
