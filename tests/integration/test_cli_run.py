@@ -13,7 +13,7 @@ import yaml
 from types_aiobotocore_s3 import S3Client
 
 from objmig.ledger import Ledger, ObjectState
-from objmig.local.s3server import LocalS3Server
+from objmig.local.s3server import LocalS3Server, free_port
 from tests.fixtures.s3 import S3Seeder
 from tests.integration.engine_support import keys_of, sha256_of
 from tests.support.s3proxy import Hold, S3FaultProxy
@@ -357,3 +357,25 @@ async def test_a_missing_secret_is_an_error_message_not_a_traceback(
     assert process.returncode == 1, out.decode() + err.decode()
     assert "error: Secret 's3' has no key 'accessKeyId' here" in err.decode()
     assert "Traceback" not in out.decode() + err.decode()
+
+
+async def test_a_scan_that_cannot_reach_the_store_fails_with_a_message_not_a_traceback(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Nothing listens on the source's port: the scan fails (issue 25.7), and says so."""
+    port = free_port()
+    spec, secrets = _write_inputs(tmp_path, f"http://127.0.0.1:{port}", "cli-src", "cli-dst")
+    process = await asyncio.create_subprocess_exec(
+        *_command(spec, secrets, database_url),
+        # Wide enough that the status table does not wrap the message.
+        env={**os.environ, "COLUMNS": "400"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=180)
+    text = out.decode() + err.decode()
+    assert process.returncode == 1, text
+    assert "Traceback" not in text
+    assert "ScanFailed" in text
+    assert "listing s3://cli-src/ failed: ConnectionRefusedError" in text
+    assert SECRET_KEY not in text

@@ -124,6 +124,18 @@ def test_a_failed_scan_run_fails_the_migration_with_its_message() -> None:
     assert decision.stage is None
 
 
+def test_a_failed_scan_run_says_what_stopped_its_last_try() -> None:
+    decision = _decide(
+        scan_run=RunObservation(failed_message="Job m-scan-r0: BackoffLimitExceeded"),
+        scan=ScanRecord(id=1, last_error="ConnectionRefusedError: [Errno 111] refused"),
+    )
+    assert decision.fail == Problem(
+        reason=Reason.SCAN_FAILED,
+        message="Job m-scan-r0: BackoffLimitExceeded; its last try: "
+        "ConnectionRefusedError: [Errno 111] refused",
+    )
+
+
 def test_a_failed_copy_run_fails_the_migration_with_its_message() -> None:
     decision = _decide(
         tally=_tally(outstanding=2),

@@ -263,7 +263,12 @@ def status(name: str | None, ledger: LedgerPlace, watch: bool, as_json: bool) ->
 @click.option(
     "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
 )
-@click.option("--failed", "only_failed", is_flag=True, help="Only failed objects.")
+@click.option(
+    "--failed",
+    "only_failed",
+    is_flag=True,
+    help="Only the objects counted as failed: failed, and source_changed.",
+)
 @click.option(
     "-o",
     "--output",

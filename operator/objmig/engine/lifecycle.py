@@ -135,8 +135,9 @@ def decide(observed: Observed) -> Decision:
     if not (scan.id >= round_ + 1 and scan.finished):
         run = observed.scan_run
         if run is not None and run.failed:
+            cause = f"; its last try: {scan.last_error}" if scan.last_error else ""
             return Decision(
-                fail=Problem(reason=Reason.SCAN_FAILED, message=run.failed_message or "")
+                fail=Problem(reason=Reason.SCAN_FAILED, message=(run.failed_message or "") + cause)
             )
         return Decision(
             stage=StageWant(

@@ -28,7 +28,7 @@ from objmig.ledger import (
     ScanRecord,
 )
 from objmig.storage.bucket import list_objects
-from objmig.storage.errors import classify
+from objmig.storage.errors import classify, describe
 from objmig.storage.manifest import (
     ManifestEntry,
     ManifestFormat,
@@ -84,6 +84,16 @@ def keeps_keys_apart(template: str) -> bool:
     return "{key}" in template or "{relative}" in template
 
 
+class ScanFailed(Exception):
+    """A scan that could not finish (the store, the network, TLS, a worklist), in words
+    for the Failed condition: no traceback, nothing left saying "Scanning"."""
+
+
+def scan_failure(exc: BaseException, bucket: str, prefix: str) -> ScanFailed:
+    """The `ScanFailed` for what stopped a scan of `bucket`/`prefix`."""
+    return ScanFailed(f"listing s3://{bucket}/{prefix} failed: {classify(exc).message}")
+
+
 @dataclass(frozen=True)
 class ScanOutcome:
     """What one scan found."""
@@ -121,9 +131,18 @@ async def run_scan(
         migration_id, scan=state.scan.model_copy(update={"id": scan_id, "running": True})
     )
     rows = _inventory(context, source, state)
-    result = await ledger.upsert_inventory(
-        migration_id, rows, scan_id, on_chunk=on_rows, in_place=context.same_bucket
-    )
+    try:
+        result = await ledger.upsert_inventory(
+            migration_id, rows, scan_id, on_chunk=on_rows, in_place=context.same_bucket
+        )
+    except BaseException as exc:
+        # Not running any more; what stopped it goes into the Failed condition's message.
+        why = None if isinstance(exc, asyncio.CancelledError) else describe(exc)
+        await ledger.update_state(
+            migration_id,
+            scan=state.scan.model_copy(update={"id": scan_id, "running": False, "last_error": why}),
+        )
+        raise
     if not keeps_keys_apart(context.spec.target.key_template):
         collided = await ledger.fail_target_collisions(migration_id)
         if collided:

@@ -15,6 +15,7 @@ from objmig.ledger.models import (
     ACTIVE_STATES,
     Activity,
     BackfillRecord,
+    FAILURE_STATES,
     CleanupItem,
     CleanupOutcome,
     Counts,
@@ -58,6 +59,7 @@ from objmig.ledger.store import (
 __all__ = [
     "ACTIVE_STATES",
     "Activity",
+    "FAILURE_STATES",
     "AsyncSink",
     "BackfillRecord",
     "CatchUpRecord",

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ACTIVE_STATES",
     "BackfillRecord",
+    "FAILURE_STATES",
     "CleanupItem",
     "CleanupOutcome",
     "CleanupOutcomeKind",
@@ -64,6 +65,9 @@ class ObjectState(StrEnum):
     #: The source object was deleted by cleanup (``deleted_at``); terminal.
     DELETED = "deleted"
 
+
+#: States the status counts as failed: both hold the cutover back (within the budget).
+FAILURE_STATES: tuple[ObjectState, ...] = (ObjectState.FAILED, ObjectState.SOURCE_CHANGED)
 
 #: States from which work remains to be done by a worker.
 ACTIVE_STATES: tuple[ObjectState, ...] = (

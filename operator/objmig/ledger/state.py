@@ -59,6 +59,8 @@ class ScanRecord(StateModel):
     new: int = 0
     changed: int = 0
     unchanged: int = 0
+    #: Why the last try of this scan failed (cleared when it finishes).
+    last_error: str | None = None
 
     @property
     def finished(self) -> bool:
