@@ -73,6 +73,16 @@ class Fail:
     message: str = "injected by the test proxy"
 
 
+@dataclass(frozen=True)
+class Answer:
+    """Answer with this status, body and headers instead of forwarding: a store that says
+    something else than the one behind the proxy would (e.g. tags it did not keep)."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
 def Deny(message: str = "Access Denied (injected)") -> Fail:
     """403 AccessDenied, as a bucket policy denying the request would answer."""
     return Fail(403, "AccessDenied", message)
@@ -228,7 +238,7 @@ def _resolve_threadsafe(loop: asyncio.AbstractEventLoop, future: asyncio.Future[
         loop.call_soon_threadsafe(resolve)
 
 
-Action = Fail | Reset | Truncate | RewriteHeaders | Delay | Hold | LoseAnswer
+Action = Fail | Reset | Truncate | RewriteHeaders | Delay | Hold | LoseAnswer | Answer
 
 
 class _Absent:
@@ -517,6 +527,13 @@ class S3FaultProxy:
                 status=action.status,
                 body=body,
                 headers={"Content-Type": "application/xml", "x-amz-request-id": "objmig-proxy"},
+            )
+        if isinstance(action, Answer):
+            await request.read()
+            return web.Response(
+                status=action.status,
+                body=b"" if request.method == "HEAD" else action.body,
+                headers={"x-amz-request-id": "objmig-proxy", **action.headers},
             )
         if isinstance(action, Reset):
             if action.read_body:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from objmig.storage.types import CHECKSUM_ALGORITHMS, HeadResult, normalise_etag
 
@@ -92,7 +93,12 @@ def key_may_be_rewritten(key: str) -> bool:
 
 
 def without_objmig_keys(metadata: Mapping[str, str]) -> dict[str, str]:
-    """Target metadata minus what objmig itself adds (the migration marker and proofs)."""
+    """User metadata minus objmig's own keys (a migration's marker, an in-place proof).
+
+    They describe one copy: objmig never carries them along to the next (a chain A -> B ->
+    C, a return A -> B -> A, a re-layout of what a migration wrote), where the copy gets
+    its own migration's instead, and compares both sides without them.
+    """
     return {k: v for k, v in metadata.items() if not k.startswith(OBJMIG_METADATA_PREFIX)}
 
 
@@ -117,21 +123,91 @@ class MetadataChange:
         return bool(self.set or self.remove)
 
 
+#: How `metadata_difference` compares Content-Type: `Equivalent` accepts what stores are
+#: known to normalise (see `same_media_type`), `Exact` compares the strings.
+ContentTypeMatch = Literal["Equivalent", "Exact"]
+
+
 def metadata_difference(
-    source: HeadResult, target: HeadResult, change: MetadataChange | None = None
+    source: HeadResult,
+    target: HeadResult,
+    change: MetadataChange | None = None,
+    content_type: ContentTypeMatch = "Equivalent",
 ) -> str | None:
-    """What of the user metadata and Content-Type differs (None: nothing), ignoring the
-    keys objmig adds to the copy. With a `change`, the target is compared with the
-    source's metadata so changed: what was meant, not what was there."""
-    meant = change.apply(source.metadata) if change else dict(source.metadata)
-    written = without_objmig_keys(target.metadata)
-    if meant != written:
-        if not change:
-            return "user metadata differs"
-        keys = sorted(k for k in meant.keys() | written.keys() if meant.get(k) != written.get(k))
-        return "user metadata differs from what was meant: " + ", ".join(keys)
-    if (source.content.content_type or "") != (target.content.content_type or ""):
-        return "Content-Type differs"
+    """What of the user metadata and content headers differs, naming the field, the value
+    expected and the value found (None: nothing). objmig's own keys are left out. With a
+    `change`, the target is compared with the source's metadata so changed: what was
+    meant, not what was there."""
+    meant = change.apply(source.metadata) if change else source.metadata
+    expected, found = without_objmig_keys(meant), without_objmig_keys(target.metadata)
+    for key in sorted(expected.keys() | found.keys()):
+        want, have = expected.get(key), found.get(key)
+        if want != have:
+            return _differs(f"user metadata {key!r}", want, have)
+    want_type, have_type = source.content.content_type, target.content.content_type
+    same_type = (
+        want_type == have_type
+        if content_type == "Exact"
+        else same_media_type(want_type or "", have_type or "")
+    )
+    if not same_type:
+        return _differs("Content-Type", want_type, have_type)
+    for field, name in _CONTENT_FIELDS:
+        want, have = getattr(source.content, field), getattr(target.content, field)
+        if want != have:
+            return _differs(name, want, have)
+    return None
+
+
+_CONTENT_FIELDS = (
+    ("cache_control", "Cache-Control"),
+    ("content_disposition", "Content-Disposition"),
+    ("content_encoding", "Content-Encoding"),
+    ("content_language", "Content-Language"),
+    ("expires", "Expires"),
+    ("website_redirect_location", "x-amz-website-redirect-location"),
+)
+
+
+def _differs(field: str, expected: object, found: object) -> str:
+    def shown(value: object) -> str:
+        return "nothing" if value is None else repr(str(value))
+
+    return f"{field}: expected {shown(expected)}, found {shown(found)}"
+
+
+def same_media_type(a: str, b: str) -> bool:
+    """Whether two Content-Type values name the same media type with the same parameters.
+
+    What RFC 9110 makes equal and stores normalise: type, subtype and parameter names in
+    any case, the `charset` value in any case, spaces around `;` and `=`, quoted or plain
+    parameter values, parameters in any order (`text/plain; charset=utf-8` equals
+    `text/plain;charset=UTF-8`). Other parameter values are compared as they are.
+    """
+    return _media_type(a) == _media_type(b)
+
+
+def _media_type(value: str) -> tuple[str, frozenset[tuple[str, str]]]:
+    essence, *parameters = value.split(";")
+    pairs = set()
+    for parameter in parameters:
+        name, _, raw = parameter.partition("=")
+        name = name.strip().lower()
+        if not name:
+            continue
+        text = raw.strip()
+        if len(text) >= 2 and text[0] == text[-1] == '"':
+            text = text[1:-1].replace('\\"', '"')
+        pairs.add((name, text.lower() if name == "charset" else text))
+    return essence.strip().lower(), frozenset(pairs)
+
+
+def tags_difference(expected: Mapping[str, str], found: Mapping[str, str]) -> str | None:
+    """Which tag differs, with the value expected and the value found (None: none)."""
+    for key in sorted(expected.keys() | found.keys()):
+        want, have = expected.get(key), found.get(key)
+        if want != have:
+            return _differs(f"tag {key!r}", want, have)
     return None
 
 

@@ -91,7 +91,11 @@ class CopySpec(ApiModel):
     preserve_metadata: bool = Field(
         default=True, description="Copy user metadata and content headers."
     )
-    preserve_tags: bool = Field(default=True, description="Copy object tags.")
+    preserve_tags: bool = Field(
+        default=True,
+        description="Copy object tags, and prove them: the copy's tags are compared with "
+        "the source's (read only for objects that have tags).",
+    )
     overwrite: Literal["never", "ifDifferent", "always"] = Field(
         default="ifDifferent",
         description="An existing target object: never (skip it), ifDifferent (skip when "
@@ -120,7 +124,18 @@ class VerifySpec(ApiModel):
         "copying; full: re-read both sides and compare SHA-256.",
     )
     metadata: bool = Field(
-        default=True, description="Also compare user metadata and content headers."
+        default=True,
+        description="Also compare user metadata and content headers (Content-Type, "
+        "Cache-Control, Content-Disposition, Content-Encoding, Content-Language, Expires, "
+        "website redirect). objmig's own keys (objmig-*) are left out on both sides. "
+        "Tags are compared whenever copy.preserveTags is on.",
+    )
+    content_type: Literal["Equivalent", "Exact"] = Field(
+        default="Equivalent",
+        description="How Content-Type must match. Equivalent: as RFC 9110 makes equal and "
+        "stores normalise: media type and parameter names in any case, the charset value in "
+        "any case, spaces around ';', quoted or plain values, any parameter order "
+        "(text/plain; charset=utf-8 = text/plain;charset=UTF-8). Exact: the same string.",
     )
     verify_only: bool = Field(
         default=False,

@@ -29,6 +29,7 @@ from objmig.storage.compare import (
     key_may_be_rewritten,
     label_algorithm,
     metadata_difference,
+    tags_difference,
     target_checksums_trusted,
     without_objmig_keys,
 )
@@ -106,15 +107,46 @@ class VerifyStep:
             # What was meant: the source's metadata (none without preserveMetadata) with
             # the spec's changes.
             basis = source if spec.copy_.preserve_metadata else replace(source, metadata={})
-            difference = metadata_difference(basis, target, self._sides.ctx.metadata_change)
+            difference = metadata_difference(
+                basis, target, self._sides.ctx.metadata_change, spec.verify.content_type
+            )
             if difference is not None:
                 raise VerificationError("MetadataMismatch", difference)
+        if spec.copy_.preserve_tags:
+            await self._check_tags(row, source, target, written)
         await self._check_key_kept(row)
         # The last word: the source must still be what was listed, or the copy proves nothing.
         await self._looks.recheck_source(row, target)
         return Proof(
             target.etag, target.version_id, source_checksum, target_checksum, target.last_modified
         )
+
+    async def _check_tags(
+        self, row: ObjectRow, source: HeadResult, target: HeadResult, written: CopyResult | None
+    ) -> None:
+        """The copy's tags are the source's.
+
+        Cheap: tags are read only for objects that have some (HEAD and GET say how many,
+        `x-amz-tagging-count`), and the source's not again when the copy read them.
+        """
+        sides = self._sides
+        if not source.tag_count:
+            if target.tag_count:
+                raise VerificationError(
+                    "TagsMismatch", f"tags: expected none, found {target.tag_count}"
+                )
+            return
+        expected = written.source_tags if written is not None else None
+        if expected is None:
+            expected = await sides.src.http.get_tags(
+                sides.spec.source.bucket, row.key, row.version_id or None
+            )
+        found = await sides.dst.http.get_tags(
+            sides.spec.target.bucket, sides.target_key(row), target.version_id
+        )
+        difference = tags_difference(expected, found)
+        if difference is not None:
+            raise VerificationError("TagsMismatch", difference)
 
     async def _check_key_kept(self, row: ObjectRow) -> None:
         """A key a store may rewrite (see `key_may_be_rewritten`) must be listed as it is:

@@ -211,6 +211,9 @@ class CopyResult:
     #: target is the store's word on the bytes written); None: any the target shows came
     #: some other way, perhaps copied along from the source.
     checksum_algorithm: str | None = None
+    #: The source's tags as this copy read them to write them (None: it did not read them;
+    #: CopyObject copies them by itself).
+    source_tags: Mapping[str, str] | None = None
 
     @property
     def source_etag(self) -> str:

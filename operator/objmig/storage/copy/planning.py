@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from objmig.storage.compare import etag_is_content_md5
+from objmig.storage.compare import etag_is_content_md5, without_objmig_keys
 from objmig.storage.copy.model import (
     CopyOptions,
     CopyResult,
@@ -110,8 +110,11 @@ def plan_for(
     layout: PartLayout,
     tags: dict[str, str] | None,
 ) -> Plan:
+    # objmig's own keys describe the copy an earlier migration made, not this one: they
+    # are not carried along (see `compare.without_objmig_keys`).
     change = options.metadata_change
-    metadata = change.apply(head.metadata) if options.preserve_metadata else dict(change.set)
+    kept = without_objmig_keys(head.metadata) if options.preserve_metadata else {}
+    metadata = change.apply(kept) if options.preserve_metadata else dict(change.set)
     metadata.update({k.lower(): v for k, v in options.extra_metadata.items()})
     if options.migration_tag:
         metadata[MIGRATION_METADATA_KEY] = options.migration_tag
@@ -211,6 +214,7 @@ def copy_result(
         target_encryption=written.encryption,
         upload_id=upload_id,
         checksum_algorithm=checksum_algorithm,
+        source_tags=plan.tags,
     )
 
 
