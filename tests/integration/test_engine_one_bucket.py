@@ -166,8 +166,10 @@ async def test_catch_up_after_a_rewrite_in_place_finds_nothing_new(
 
     assert result.outcome == "cut-over"
     state = await ledger.get_state(await ledger.find_migration("test/m") or 0)
-    # One catch-up round; its re-scan lists the copies and knows them for the migration's own.
-    assert state.catch_up.rounds == 1
+    # One catch-up round, then the final check before the cutover; their re-scans list the
+    # copies and know them for the migration's own.
+    assert state.catch_up.rounds == 2
+    assert state.catch_up.final_check_round == 2
     assert state.catch_up.last_delta == 0
     assert writes(backend_proxy, bucket) == 4
 

@@ -143,6 +143,17 @@ def report_outcome(name: str, result: RunResult) -> None:
             f"{plan.need_restore}",
             highlight=False,
         )
+        if plan.selected_differently:
+            console.print(
+                f"WARNING: the include/exclude globs select {plan.selected_differently} "
+                "objects otherwise than objmig did before they followed rclone's filter "
+                "rules (a pattern without a leading / now matches at any depth; anchor it "
+                "with a leading / for the old meaning): "
+                + ", ".join(plan.selected_differently_examples)
+                + " (+ selected now, - not any more)",
+                style="bold red",
+                highlight=False,
+            )
 
 
 def _run(

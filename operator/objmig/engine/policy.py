@@ -9,7 +9,7 @@ exactly once.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from objmig.api.conditions import Reason
@@ -49,6 +49,11 @@ class Tally:
     def failures(self) -> int:
         """Objects that count against the failure budget."""
         return self.failed + self.source_changed
+
+    def rescanned(self) -> Tally:
+        """The tally a re-scan would leave: objects that changed at the source go back to
+        be copied (the re-scan lists them anew), the rest stay as they are."""
+        return replace(self, total=self.total - self.source_changed, source_changed=0)
 
 
 def backoff_delay(attempt: int, backoff: BackoffSpec, rng: random.Random | None = None) -> float:
@@ -130,8 +135,23 @@ class CatchUp:
         base = self.record.rolled_back_at_round
         return base is not None and self.rounds <= base
 
+    @property
+    def checked_for_cutover(self) -> bool:
+        """The final re-scan ran: one started while every other gate held.
+
+        Nothing is cut over whose source changed since its verification. A re-scan made
+        once the cutover could go otherwise (approved, in budget, caught up) finds what
+        changed since it was verified, and sends it to be copied again; what it finds is
+        verified after it, which checks the source by itself. The spec taken up anew (an
+        edit, another `objmig run`: an approval, a resume, a raised budget) forgets it
+        (`take_up_spec`): the migration waited for the user, and the source may have
+        changed meanwhile.
+        """
+        round_ = self.record.final_check_round
+        return round_ is not None and self.rounds >= round_
+
     def due(self, spec: ObjectMigrationSpec) -> bool:
-        """Whether another re-scan must run before the cutover gate can hold."""
+        """Whether another catch-up re-scan must run before the cutover gate can hold."""
         if spec.dry_run:
             return False
         if self.owed_after_rollback:
@@ -146,6 +166,14 @@ class CatchUp:
     def recorded(self, round_: int, delta: int) -> CatchUpRecord:
         """The record saying catch-up round ``round_`` (from 1) found ``delta`` objects."""
         return self.record.model_copy(update={"rounds": round_, "last_delta": delta})
+
+    def final_check(self, round_: int) -> CatchUpRecord:
+        """The record saying re-scan round `round_` is the cutover's final check."""
+        return self.record.model_copy(update={"final_check_round": round_})
+
+    def forgotten(self) -> CatchUpRecord:
+        """The record once the spec was taken up anew: the final check no longer counts."""
+        return self.record.model_copy(update={"final_check_round": None})
 
     def after_rollback(self) -> CatchUpRecord:
         """The record a rollback leaves: the next cutover waits for another re-scan."""
@@ -166,8 +194,9 @@ def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
 
     Holds when: not a dry run; the scan finished; every selected object is verified, its
     application steps (hook, backfill) done, or ended within the failure budget (without a
-    budget, no failure is tolerated); catch-up
-    (if asked) found an empty delta; and, for the Manual policy, the user approved.
+    budget, no failure is tolerated); catch-up (if asked) found an empty delta; for the
+    Manual policy, the user approved; and, once all that holds, a final re-scan ran
+    (`CatchUp.checked_for_cutover`).
     """
     tally = inputs.tally
     if spec.dry_run:
@@ -228,6 +257,13 @@ def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
             Reason.AWAITING_APPROVAL,
             f"all {tally.verified} objects verified; set spec.cutover.approved: true to cut "
             "over (policy Manual)",
+        )
+    if not inputs.catch_up.checked_for_cutover:
+        return Gate(
+            False,
+            Reason.RESCANNING_BEFORE_CUTOVER,
+            "the source is listed once more before the cutover: nothing is cut over whose "
+            "source changed since it was verified",
         )
     return Gate(
         True,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -130,7 +130,8 @@ async def run_scan(
     await ledger.update_state(
         migration_id, scan=state.scan.model_copy(update={"id": scan_id, "running": True})
     )
-    rows = _inventory(context, source, state)
+    changes = SelectionChanges()
+    rows = _inventory(context, source, state, changes)
     try:
         result = await ledger.upsert_inventory(
             migration_id, rows, scan_id, on_chunk=on_rows, in_place=context.same_bucket
@@ -147,6 +148,13 @@ async def run_scan(
         collided = await ledger.fail_target_collisions(migration_id)
         if collided:
             log.warning("%d objects share a target key with another source key", collided)
+    if changes.count:
+        log.warning(
+            "%d objects are selected otherwise than before: include/exclude follow rclone's "
+            "filter rules now (e.g. %s); see docs/guide.md, 'Selecting objects'",
+            changes.count,
+            ", ".join(changes.examples),
+        )
     finished = datetime.now(UTC)
     await ledger.update_state(
         migration_id,
@@ -157,13 +165,28 @@ async def run_scan(
             new=result.new,
             changed=result.changed,
             unchanged=result.unchanged,
+            selected_differently=changes.count,
+            selected_differently_examples=tuple(changes.examples),
         ),
     )
     return ScanOutcome(scan_id, result, finished)
 
 
+@dataclass
+class SelectionChanges:
+    """Objects a scan's globs select otherwise than before they followed rclone's rules."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def note(self, key: str, *, selected: bool) -> None:
+        self.count += 1
+        if len(self.examples) < 5:
+            self.examples.append(("+" if selected else "-") + key)
+
+
 async def _inventory(
-    context: MigrationContext, source: Store, state: MigrationState
+    context: MigrationContext, source: Store, state: MigrationState, changes: SelectionChanges
 ) -> AsyncIterator[InventoryRow]:
     selection = context.selection
     listed = (
@@ -174,7 +197,11 @@ async def _inventory(
     count = 0
     limit = context.spec.selection.limit
     async for info, row_id in listed:
-        if info.etag and not selection.matches(info):
+        # A manifest's entry missing from the source (no ETag) stays selected as listed.
+        selected = not info.etag or selection.matches(info)
+        if info.etag and selection.changed(info):
+            changes.note(info.key, selected=selected)
+        if not selected:
             continue
         yield InventoryRow(
             key=info.key,

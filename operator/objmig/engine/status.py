@@ -266,9 +266,15 @@ def _stage_conditions(
     if scan.running or (scan_starting and not state.failed):
         result.append((ConditionType.SCANNED, "False", Reason.SCANNING, "listing the source"))
     elif scan.completed_at is not None:
-        result.append(
-            (ConditionType.SCANNED, "True", Reason.SCAN_COMPLETE, f"{view.total} objects selected")
-        )
+        selected = f"{view.total} objects selected"
+        if scan.selected_differently:
+            selected += (
+                f"; WARNING: {scan.selected_differently} of the listed objects are selected "
+                "otherwise than before: include/exclude follow rclone's filter rules (a "
+                "pattern without a leading / matches at any depth), e.g. "
+                + ", ".join(scan.selected_differently_examples)
+            )
+        result.append((ConditionType.SCANNED, "True", Reason.SCAN_COMPLETE, selected))
     else:
         result.append(
             (
@@ -477,4 +483,6 @@ def _plan(inputs: StatusInputs) -> PlanStatus:
         need_restore=reasons.get(PLAN_RESTORE, nothing).objects,
         would_skip=reasons.get(PLAN_IDENTICAL, nothing).objects,
         would_copy=reasons.get(PLAN_COPY, nothing).objects,
+        selected_differently=inputs.state.scan.selected_differently,
+        selected_differently_examples=list(inputs.state.scan.selected_differently_examples),
     )
