@@ -14,9 +14,10 @@ import asyncpg
 import pytest
 from types_aiobotocore_s3 import S3Client
 
+from objmig.api.migration import ObjectMigrationStatus
 from objmig.engine.local_run import LocalRun
 from objmig.engine.secrets import env_name
-from objmig.ledger import Ledger, ObjectState
+from objmig.ledger import Ledger, ObjectRow, ObjectState
 from objmig.local.postgres import EmbeddedPostgres
 from objmig.storage.copy import CopyOptions, SourceObject, TargetObject, copy_object
 from objmig.storage.endpoint import Credentials, Endpoint
@@ -171,6 +172,50 @@ async def test_restore_waits_while_the_server_says_restore_is_ongoing(
     rows = await rows_of(ledger)
     assert all(rows[o.key].restore_requested_at is not None for o in frozen)
     assert rows["warm"].restore_requested_at is None
+
+
+async def test_a_restore_is_looked_at_soon_after_its_request_and_no_eta_is_guessed_meanwhile(
+    ledger: Ledger, s3_endpoint: Endpoint, s3_seed: S3Seeder
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    await s3_seed.put_object(source, "cold", 2 * KiB, storage_class="GLACIER")
+    for i in range(3):
+        await s3_seed.put_object(source, f"warm/{i}", 1 * KiB)
+    # The default pollInterval (15m): the first look must not wait for it (issue 21.7).
+    restore = {"tier": "Expedited", "storageClasses": ["GLACIER"]}
+    resource = migration(s3_endpoint, source, target, restore=restore)
+    waiting = asyncio.Event()
+
+    def on_status(status: ObjectMigrationStatus) -> None:
+        if status.progress.eta == "waiting for restores":
+            waiting.set()
+
+    stop = asyncio.Event()
+    runner = LocalRun(
+        ledger, resource, secrets_for(s3_endpoint), on_status=on_status, status_interval=0.1
+    )
+    running = asyncio.create_task(runner.run(stop))
+
+    async def waiting_row() -> ObjectRow:
+        async with asyncio.timeout(60):
+            while True:
+                rows = await rows_of(ledger) if await ledger.find_migration("test/m") else {}
+                row = rows.get("cold")
+                if row is not None and row.state is ObjectState.RESTORING and row.not_before:
+                    return row
+                await asyncio.sleep(0.05)  # polls the ledger, the condition itself
+
+    row = await waiting_row()
+    await asyncio.wait_for(waiting.wait(), 60)
+    stop.set()
+    result = await running
+
+    assert row.restore_requested_at is not None
+    assert row.not_before is not None
+    first_look = (row.not_before - row.restore_requested_at).total_seconds()
+    assert 29 <= first_look <= 31, first_look
+    assert result.outcome == "interrupted"
 
 
 async def test_archived_objects_are_skipped_without_a_restore_spec(

@@ -17,8 +17,11 @@ from objmig.engine.policy import (
     backoff_delay,
     cutover_gate,
     failure_budget,
+    restore_poll_delay,
     rollback_gate,
 )
+from objmig.engine.status import progress_of
+from objmig.ledger.models import Counts, ObjectState, StateCount
 from objmig.ledger.state import CatchUpRecord, MigrationState
 
 
@@ -226,3 +229,27 @@ def test_target_key_templates(template: str, expected: str) -> None:
         etag="abc123",
     )
     assert key == expected
+
+
+def test_a_restore_is_looked_at_soon_after_its_request_then_less_often() -> None:
+    fifteen_minutes = 900.0
+    waits, since = [], 0.0
+    for _ in range(8):
+        wait = restore_poll_delay(since, fifteen_minutes)
+        waits.append(wait)
+        since += wait
+    assert waits == [30, 30, 60, 120, 240, 480, 900, 900]
+    # A pollInterval below the first look caps it.
+    assert restore_poll_delay(0, 1.0) == 1.0
+
+
+def test_no_eta_is_extrapolated_while_objects_wait_for_restores() -> None:
+    copying = Counts(
+        by_state={
+            ObjectState.PENDING: StateCount(10, 10_000),
+            ObjectState.VERIFIED: StateCount(10, 10_000),
+        }
+    )
+    assert progress_of(copying, rate=1000.0, objects_rate=1.0).eta == "10s"
+    restoring = Counts(by_state={**copying.by_state, ObjectState.RESTORING: StateCount(1, 1000)})
+    assert progress_of(restoring, rate=1000.0, objects_rate=1.0).eta == "waiting for restores"

@@ -70,6 +70,21 @@ def backoff_delay(attempt: int, backoff: BackoffSpec, rng: random.Random | None 
     return delay
 
 
+#: The first look at a restore, after its request: a restore may finish at once (a
+#: store that has the object at hand) or in 1-5 minutes (Expedited).
+FIRST_RESTORE_LOOK = 30.0
+
+
+def restore_poll_delay(since_request: float, poll_interval: float) -> float:
+    """Seconds until the next look at a restore requested `since_request` seconds ago.
+
+    Soon after the request first, then each wait as long as all the waiting so far (30 s,
+    30 s, 1 min, 2 min, ...), up to `restore.pollInterval`: a restore that is quick is seen
+    quickly, and a slow one (Bulk: hours) is asked about as seldom as the spec says.
+    """
+    return min(poll_interval, max(FIRST_RESTORE_LOOK, since_request))
+
+
 def failure_budget(tally: Tally, policy: FailurePolicySpec, *, final: bool = False) -> Gate:
     """Whether failures so far stay within ``maxFailedObjects`` and ``maxFailureRatio``.
 

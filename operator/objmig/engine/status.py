@@ -62,6 +62,8 @@ _OUTSTANDING = (
     ObjectState.COPIED,
     ObjectState.FINISHING,
 )
+#: `progress.eta` while objects wait for their restores: no rate predicts those.
+WAITING_FOR_RESTORES = "waiting for restores"
 
 
 def tally(counts: Counts) -> Tally:
@@ -154,7 +156,12 @@ def progress_of(
         ),
         bytes_per_second=max(0, int(rates.bytes_per_second)),
         objects_per_second=max(0, int(rates.objects_per_second)),
-        eta=_eta(objects.remaining, left_bytes, rates),
+        # A restore takes from seconds to hours, and nothing copied so far says which.
+        eta=(
+            WAITING_FOR_RESTORES
+            if counts.state(ObjectState.RESTORING).objects
+            else _eta(objects.remaining, left_bytes, rates)
+        ),
         retries=max(0, activity.retries),
         last_retryable_error=activity.last_error,
     )

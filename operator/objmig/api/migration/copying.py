@@ -31,7 +31,9 @@ class RestoreSpec(ApiModel):
     days: int = Field(default=3, ge=1, le=365, description="Days the restored copy stays readable.")
     poll_interval: Annotated[Duration, DurationBetween("100ms", "24h")] = Field(
         default="15m",
-        description="How often to check whether a restore has finished (100ms to 24h).",
+        description="The longest wait between two looks at a restore (100ms to 24h). The "
+        "first look comes 30 s after the request, and each wait is as long as all the "
+        "waiting so far, up to this.",
     )
     # A plain default (pydantic copies it per instance) so the CRD carries it too: the CEL rule
     # above reads storageClasses, which must not be absent on the API server.

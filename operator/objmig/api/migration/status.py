@@ -62,7 +62,9 @@ class Progress(ApiModel):
     objects_per_second: int = Field(default=0, ge=0, description="Objects finished per second.")
     eta: str | None = Field(
         default=None,
-        description="Estimated time left at the recent rates of bytes and objects, e.g. 1h20m.",
+        description="Estimated time left at the recent rates of bytes and objects, e.g. "
+        "1h20m; 'waiting for restores' while archived objects are being restored (no rate "
+        "predicts how long that takes).",
     )
     retries: int = Field(
         default=0,

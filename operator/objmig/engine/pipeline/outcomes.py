@@ -104,7 +104,8 @@ def _ended(row: ObjectRow, state: ObjectState, code: str, message: str) -> StepR
 
 
 def restoring(row: ObjectRow, poll_seconds: float, requested_at: datetime | None) -> StepResult:
-    """Waiting for a restore; claimed again after `poll_seconds`."""
+    """Waiting for a restore (requested at `requested_at`); claimed again after
+    `poll_seconds`."""
     return StepResult(
         id=row.id,
         state=ObjectState.RESTORING,
