@@ -52,7 +52,7 @@ def test_verification_compares_the_copy_with_what_was_meant_not_with_the_source(
     )
     unstamped = replace(stamped, metadata={"storage-version": "2", "legacy": "x", "owner": "a"})
     assert metadata_difference(source, unstamped, change) == (
-        "user metadata 'storage-version': expected '3', found '2'"
+        "user metadata 'legacy': expected nothing, found 'x'"
     )
 
 

@@ -116,7 +116,7 @@ def test_content_types_a_store_normalises_are_equivalent_unless_exact_is_asked_f
     sent = typed("text/plain; charset=utf-8")
     normalised = typed("Text/Plain;Charset=UTF-8")
     assert metadata_difference(sent, normalised) is None
-    assert metadata_difference(sent, normalised, "Exact") == (
+    assert metadata_difference(sent, normalised, content_type="Exact") == (
         "Content-Type: expected 'text/plain; charset=utf-8', found 'Text/Plain;Charset=UTF-8'"
     )
     assert same_media_type(

@@ -20,8 +20,8 @@ from objmig.engine.policy import (
     restore_poll_delay,
     rollback_gate,
 )
-from objmig.engine.status import progress_of
-from objmig.ledger.models import Counts, ObjectState, StateCount
+from objmig.engine.status import Rates, progress_of
+from objmig.ledger.models import Activity, Counts, ObjectState, StateCount
 from objmig.ledger.state import CatchUpRecord, MigrationState
 
 
@@ -250,6 +250,7 @@ def test_no_eta_is_extrapolated_while_objects_wait_for_restores() -> None:
             ObjectState.VERIFIED: StateCount(10, 10_000),
         }
     )
-    assert progress_of(copying, rate=1000.0, objects_rate=1.0).eta == "10s"
+    rates = Rates(bytes_per_second=1000.0, objects_per_second=1.0)
+    assert progress_of(copying, Activity(), rates).eta == "10s"
     restoring = Counts(by_state={**copying.by_state, ObjectState.RESTORING: StateCount(1, 1000)})
-    assert progress_of(restoring, rate=1000.0, objects_rate=1.0).eta == "waiting for restores"
+    assert progress_of(restoring, Activity(), rates).eta == "waiting for restores"

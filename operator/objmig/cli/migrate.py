@@ -385,7 +385,8 @@ def report_cleanup(resource: MigrationCleanup, result: MigrationCleanupStatus) -
     )
     console.print(
         f"  planned {counts.planned}, {done}, skipped {counts.skipped}, "
-        f"failed {counts.failed}, freed {human_bytes(counts.bytes_freed)}",
+        f"failed {counts.failed}, freed {human_bytes(counts.bytes_freed)}"
+        + (f", uploads aborted {counts.uploads_aborted}" if counts.uploads_aborted else ""),
         highlight=False,
     )
     if counts.left_by_limit:

@@ -26,7 +26,7 @@ from objmig.engine.activity import REPORT_SECONDS, ActivityMeter
 from objmig.engine.backfill_queue import BackfillQueue
 from objmig.engine.context import MigrationContext
 from objmig.engine.pipeline.orchestrator import ObjectPipeline
-from objmig.ledger import ACTIVE_STATES, Ledger, ObjectRow, ObjectState, StepResult
+from objmig.ledger import ACTIVE_STATES, Ledger, ObjectRow, ObjectState, OpenUpload, StepResult
 from objmig.storage.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,19 @@ class Arrivals:
         """No more rows will come, however the scan ended."""
         self.open = False
         self.arrived()
+
+
+class LedgerUploads:
+    """The pipeline's `UploadBook` in the ledger (`objmig.ledger.uploads`)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    async def started(self, object_id: int, target_key: str, upload_id: str) -> list[OpenUpload]:
+        return await self._ledger.upload_started(object_id, target_key, upload_id)
+
+    async def ended(self, object_id: int, upload_ids: Sequence[str]) -> None:
+        await self._ledger.uploads_ended(object_id, upload_ids)
 
 
 @dataclass
@@ -200,6 +213,7 @@ class ClaimLoop:
                 limiter=limiter,
                 on_park=self._wake,
                 on_bytes=self._activity.moved,
+                uploads=LedgerUploads(self._ledger),
             )
             self._pipeline = pipeline
             background = [

@@ -13,9 +13,9 @@ driver, and `make lint` (import-linter) keeps those modules free of I/O.
 
 from objmig.ledger.models import (
     ACTIVE_STATES,
+    FAILURE_STATES,
     Activity,
     BackfillRecord,
-    FAILURE_STATES,
     CleanupItem,
     CleanupOutcome,
     Counts,
@@ -25,6 +25,7 @@ from objmig.ledger.models import (
     MigrationRow,
     ObjectRow,
     ObjectState,
+    OpenUpload,
     StateCount,
     StepCounts,
     StepResult,
@@ -58,8 +59,8 @@ from objmig.ledger.store import (
 
 __all__ = [
     "ACTIVE_STATES",
-    "Activity",
     "FAILURE_STATES",
+    "Activity",
     "AsyncSink",
     "BackfillRecord",
     "CatchUpRecord",
@@ -84,6 +85,7 @@ __all__ = [
     "MigrationState",
     "ObjectRow",
     "ObjectState",
+    "OpenUpload",
     "Problem",
     "ReportFormat",
     "RetryRecord",

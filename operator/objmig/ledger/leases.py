@@ -45,6 +45,7 @@ _RECORD_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("error_code", "text", "clear"),
     ("skip_reason", "text", "clear"),
     ("not_before", "timestamptz", "clear"),
+    ("not_preserved", "text", "clear"),
 )
 
 

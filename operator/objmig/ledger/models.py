@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACTIVE_STATES",
-    "BackfillRecord",
     "FAILURE_STATES",
+    "BackfillRecord",
     "CleanupItem",
     "CleanupOutcome",
     "CleanupOutcomeKind",
@@ -31,6 +31,7 @@ __all__ = [
     "MigrationRow",
     "ObjectRow",
     "ObjectState",
+    "OpenUpload",
     "StateCount",
     "StepCounts",
     "StepResult",
@@ -170,6 +171,8 @@ class ObjectRow(NamedTuple):
     hook_done_at: datetime | None = None
     backfill: dict[str, Any] | None = None
     backfilled_at: datetime | None = None
+    # Added by schema version 5.
+    not_preserved: str | None = None
 
     @classmethod
     def from_record(cls, record: asyncpg.Record | Mapping[str, Any]) -> ObjectRow:
@@ -196,9 +199,9 @@ class StepResult(NamedTuple):
 
     * ``target_*``, ``source_checksum``, ``target_checksum``, ``restore_requested_at``
       accumulate over steps: ``None`` keeps the stored value.
-    * ``last_error``, ``error_code``, ``skip_reason`` and ``not_before`` describe the latest
-      step only: they are always written, so ``None`` clears them (a successful retry
-      leaves no stale error behind).
+    * ``last_error``, ``error_code``, ``skip_reason``, ``not_before`` and ``not_preserved``
+      describe the latest step only: they are always written, so ``None`` clears them (a
+      successful retry leaves no stale error behind).
     * ``increment_attempts`` adds one to ``attempts`` (set it for every attempt that did
       real work, successful or not, so retry budgets count correctly).
     * ``verified_at`` is set to ``now()`` when ``state`` becomes ``verified`` or
@@ -222,6 +225,16 @@ class StepResult(NamedTuple):
     restore_requested_at: datetime | None = None
     target_last_modified: datetime | None = None
     hook_done: bool = False
+    not_preserved: str | None = None
+
+
+class OpenUpload(NamedTuple):
+    """A multipart upload objmig recorded and has not seen end (``Ledger.open_uploads``)."""
+
+    object_id: int
+    target_key: str
+    upload_id: str
+    started_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -216,6 +216,8 @@ class Leftovers(StateModel):
     uploads_aborted: int = 0
     objects_deleted: int = 0
     objects_kept: int = 0
+    #: The parts of the uploads aborted and the objects deleted, in bytes.
+    bytes_freed: int = 0
 
 
 class CleanupState(StateModel):

@@ -233,6 +233,26 @@ async def _list_uploads(
             return
 
 
+async def upload_bytes(client: S3Client, bucket: str, key: str, upload_id: str) -> int:
+    """The bytes an incomplete upload holds: the sizes of its parts (ListParts); 0 for an
+    upload the store no longer knows."""
+    total = 0
+    marker = 0
+    while True:
+        try:
+            page = await client.list_parts(
+                Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker
+            )
+        except client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchUpload", "404"):
+                return total
+            raise
+        total += sum(int(part.get("Size", 0)) for part in page.get("Parts", []))
+        marker = int(page.get("NextPartNumberMarker") or 0)
+        if not page.get("IsTruncated") or not marker:
+            return total
+
+
 async def abort_multipart_upload(client: S3Client, bucket: str, key: str, upload_id: str) -> bool:
     """Abort an upload. An upload already gone is not an error.
 

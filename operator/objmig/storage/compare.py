@@ -152,8 +152,8 @@ def metadata_difference(
     )
     if not same_type:
         return _differs("Content-Type", want_type, have_type)
-    for field, name in _CONTENT_FIELDS:
-        want, have = getattr(source.content, field), getattr(target.content, field)
+    for attribute, name in _CONTENT_FIELDS:
+        want, have = getattr(source.content, attribute), getattr(target.content, attribute)
         if want != have:
             return _differs(name, want, have)
     return None

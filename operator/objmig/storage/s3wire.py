@@ -145,7 +145,20 @@ def head_result(headers: Mapping[str, str], size: int) -> HeadResult:
         checksum_type=(headers.get("x-amz-checksum-type") or "").upper() or None,
         encryption=encryption_of(headers),
         tag_count=int(headers.get("x-amz-tagging-count") or 0),
+        lock_mode=headers.get("x-amz-object-lock-mode") or None,
+        lock_retain_until=_iso_datetime(headers.get("x-amz-object-lock-retain-until-date")),
+        legal_hold=(headers.get("x-amz-object-lock-legal-hold") or "").upper() == "ON",
     )
+
+
+def _iso_datetime(value: str | None) -> datetime | None:
+    """An ISO 8601 timestamp (Object Lock dates are sent so, not as HTTP dates)."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def write_result(headers: Mapping[str, str], etag: str | None) -> WriteResult:

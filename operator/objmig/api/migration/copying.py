@@ -98,6 +98,27 @@ class CopySpec(ApiModel):
         description="Copy object tags, and prove them: the copy's tags are compared with "
         "the source's (read only for objects that have tags).",
     )
+    migration_marker: bool = Field(
+        default=True,
+        description="Write the user-metadata key objmig-migration (the migration's "
+        "namespace/name) on every copy. It is left out where it would take an object's "
+        "metadata over S3's 2 KB (noted per object in the report); false never writes it. "
+        "Cleanups know objmig's copies by what the ledger recorded of them, not by it. "
+        "Rewrites in place need it.",
+    )
+    preserve_object_lock: bool = Field(
+        default=True,
+        description="Give the copy the source's Object Lock retention (mode and date) and "
+        "legal hold, once it is verified. A target bucket without Object Lock cannot keep "
+        "them: noted per object in the report.",
+    )
+    preserve_acl: bool = Field(
+        default=False,
+        description="Give the copy the source's ACL grants (read from GetObjectAcl, "
+        "written with PutObjectAcl once it is verified). Grants to canonical user ids mean "
+        "something only within one AWS partition; what the target refuses is noted per "
+        "object in the report.",
+    )
     overwrite: Literal["never", "ifDifferent", "always"] = Field(
         default="ifDifferent",
         description="An existing target object: never (skip it), ifDifferent (skip when "

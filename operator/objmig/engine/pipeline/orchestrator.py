@@ -15,7 +15,8 @@ from collections.abc import Callable
 from objmig.engine.context import MigrationContext
 from objmig.engine.hooks import HookClient
 from objmig.engine.pipeline import outcomes
-from objmig.engine.pipeline.copy import CopyStep
+from objmig.engine.pipeline.copy import CopyStep, UploadBook
+from objmig.engine.pipeline.fidelity import Fidelity
 from objmig.engine.pipeline.looks import Looks, SourceChanged
 from objmig.engine.pipeline.outcomes import PLAN_COPY, PLAN_IDENTICAL, ConfigurationError
 from objmig.engine.pipeline.restore import restore
@@ -54,13 +55,15 @@ class ObjectPipeline:
         limiter: RateLimiter | None = None,
         on_park: Callable[[], None] = lambda: None,
         on_bytes: Callable[[int, int], None] | None = None,
+        uploads: UploadBook | None = None,
     ) -> None:
         """``on_bytes(object_id, nbytes)`` hears of every byte written to the target."""
         self._sides = Sides(context, source, target, plan_only=plan_only)
         self._in_flight = 0
         self._looks = Looks(self._sides, self._busy, on_park)
-        self._copy = CopyStep(self._sides, limiter, on_bytes)
+        self._copy = CopyStep(self._sides, limiter, on_bytes, uploads)
         self._verify = VerifyStep(self._sides, self._looks)
+        self._fidelity = Fidelity(self._sides)
         hook = context.spec.hooks.per_object if context.spec.hooks is not None else None
         self._steps = ApplicationSteps(
             self._sides,
@@ -112,6 +115,22 @@ class ObjectPipeline:
         """
         sides = self._sides
         try:
+            result = await self._attempt(row)
+            written = sides.written.get(row.id)
+            if (
+                written is not None
+                and result.state is not ObjectState.VERIFIED
+                and not sides.replaces_original(row)
+            ):
+                # A copy this attempt made, and that no verified row will point to.
+                result = outcomes.with_write(result, sides.target_key(row), written)
+            return result
+        finally:
+            sides.forget(row)
+
+    async def _attempt(self, row: ObjectRow) -> StepResult:
+        sides = self._sides
+        try:
             async with asyncio.timeout(sides.ctx.object_timeout_seconds) as deadline:
                 DEADLINE.set(deadline)
                 if row.state is ObjectState.FINISHING:
@@ -139,8 +158,6 @@ class ObjectPipeline:
                 return self._missing(row)
             step = "verify" if isinstance(exc, VerificationError) else "copy"
             return outcomes.failure(row, error, step, sides.spec.retry)
-        finally:
-            sides.originals.pop(row.id, None)
 
     # -- the object's way -----------------------------------------------------------------
 
@@ -161,14 +178,16 @@ class ObjectPipeline:
             if target is None:
                 # The copy we made is gone (someone deleted it): copy again.
                 return await self._copy_and_verify(row, source, create_only=True)
-            return self._verified(row, await self._verify.verify(row, source, target))
+            proof = await self._verify.verify(row, source, target)
+            return await self._verified(row, source, proof)
 
         if not self._needs_source_head(row):
             return await self._copy_and_verify(row, None, create_only=sides.create_only)
         if sides.replaces_original(row):
             current = await looks.head_source(row, check=False)
             if self._verify.is_earlier_copy(row, current):
-                return self._verified(row, await self._verify.verify_earlier_copy(row, current))
+                proof = await self._verify.verify_earlier_copy(row, current)
+                return await self._verified(row, current, proof)
             looks.check_unchanged_head(row, current)
             source = current
         else:
@@ -186,7 +205,8 @@ class ObjectPipeline:
                 return outcomes.failed_now(
                     row, "TargetMissing", "verifyOnly: no copy on the target"
                 )
-            return self._verified(row, await self._verify.verify(row, source, target))
+            proof = await self._verify.verify(row, source, target)
+            return await self._verified(row, source, proof)
 
         overwrite = spec.copy_.overwrite
         look_first = source.is_multipart or sides.ctx.server_side
@@ -219,7 +239,7 @@ class ObjectPipeline:
             proof = outcomes.Proof(
                 row.etag, version_or_none(row.version_id), None, None, row.last_modified
             )
-            return self._verified(row, proof)
+            return outcomes.verified(row, sides.target_key(row), proof)
         head = await self._head_or_missing(row, check=bool(row.etag))
         if head is None:
             return self._missing(row)
@@ -232,7 +252,8 @@ class ObjectPipeline:
         algorithm = first_kept_algorithm(head)
         checksum = head.whole_checksums()[algorithm] if algorithm is not None else None
         proof = outcomes.Proof(head.etag, head.version_id, checksum, checksum, head.last_modified)
-        return self._verified(row, proof)
+        # Nothing was copied: nothing to give the copy (see `_verified`).
+        return outcomes.verified(row, sides.target_key(row), proof)
 
     async def _head_or_missing(self, row: ObjectRow, *, check: bool) -> HeadResult | None:
         """The source's HEAD, None when there is no such object."""
@@ -295,7 +316,8 @@ class ObjectPipeline:
         ):
             if sides.plan_only:
                 return outcomes.skipped(row, PLAN_IDENTICAL)
-            return self._verified(row, await self._verify.verify(row, source, target))
+            proof = await self._verify.verify(row, source, target)
+            return await self._verified(row, source, proof)
         if sides.spec.copy_.overwrite == "never":
             return outcomes.skipped(row, "TargetExistsDifferent")
         if sides.plan_only:
@@ -338,7 +360,15 @@ class ObjectPipeline:
                 encryption=result.target_encryption,
             )
         proof = await self._verify.verify(row, result.source, target, written=result)
-        return self._verified(row, proof)
+        return await self._verified(row, result.source, proof)
 
-    def _verified(self, row: ObjectRow, proof: outcomes.Proof) -> StepResult:
-        return outcomes.verified(row, self._sides.target_key(row), proof)
+    async def _verified(
+        self, row: ObjectRow, source: HeadResult, proof: outcomes.Proof
+    ) -> StepResult:
+        """The row is done: its copy is proven. Before it says so, the copy gets what it
+        keeps of the source besides bytes and metadata (a copy objmig did not write, for
+        verifyOnly, or one that replaced its source in place, is left as it is)."""
+        sides = self._sides
+        if not sides.spec.verify.verify_only and not sides.replaces_original(row):
+            await self._fidelity.keep(row, source, proof.target_version_id)
+        return outcomes.verified(row, sides.target_key(row), proof, sides.not_kept.get(row.id, ()))

@@ -7,6 +7,7 @@ whole run instead of ending one object.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -61,9 +62,12 @@ class Proof:
     target_last_modified: datetime | None = None
 
 
-def verified(row: ObjectRow, target_key: str, proof: Proof) -> StepResult:
+def verified(
+    row: ObjectRow, target_key: str, proof: Proof, not_kept: Sequence[str] = ()
+) -> StepResult:
     """The copy at `target_key` is proven: the row is done (or, with application steps
-    still to run, those come next)."""
+    still to run, those come next). `not_kept`: what of the source the copy could not
+    keep, for the report."""
     return StepResult(
         id=row.id,
         state=ObjectState.VERIFIED,
@@ -74,12 +78,20 @@ def verified(row: ObjectRow, target_key: str, proof: Proof) -> StepResult:
         target_checksum=proof.target_checksum,
         target_last_modified=proof.target_last_modified,
         increment_attempts=True,
+        not_preserved="; ".join(not_kept) or None,
     )
 
 
 def still_verified(row: ObjectRow) -> StepResult:
     """A `finishing` row, claimed for its application steps: verified as recorded."""
     return StepResult(id=row.id, state=ObjectState.VERIFIED)
+
+
+def with_write(result: StepResult, target_key: str, written: tuple[str, str | None]) -> StepResult:
+    """A failed attempt's result, with what it wrote to the target recorded: a leftovers
+    cleanup removes exactly that object (and version) later, and nothing else."""
+    etag, version_id = written
+    return result._replace(target_key=target_key, target_etag=etag, target_version_id=version_id)
 
 
 def skipped(row: ObjectRow, reason: str) -> StepResult:

@@ -40,6 +40,16 @@ class Sides:
         self.plan_only = plan_only or context.spec.dry_run
         # Checksum labels of originals replaced in place, taken before the copy (by row id).
         self.originals: dict[int, str] = {}
+        # What this attempt wrote to the target (ETag, version id), and what of the source
+        # its copy could not keep, by row id: the row's record, whichever way it ends.
+        self.written: dict[int, tuple[str, str | None]] = {}
+        self.not_kept: dict[int, list[str]] = {}
+
+    def forget(self, row: ObjectRow) -> None:
+        """The attempt at `row` is over: drop what it noted here."""
+        self.originals.pop(row.id, None)
+        self.written.pop(row.id, None)
+        self.not_kept.pop(row.id, None)
 
     def target_key(self, row: ObjectRow) -> str:
         if row.target_key:

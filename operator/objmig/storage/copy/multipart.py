@@ -74,8 +74,10 @@ async def multipart_upload(
                 raise
             written = done
     except BaseException:
-        await abort_quietly(client, target, upload_id)
+        if await abort_quietly(client, target, upload_id):
+            await _ended(options, upload_id)
         raise
+    await _ended(options, upload_id)
     return copy_result(
         written=written,
         plan=plan,
@@ -119,28 +121,38 @@ async def completed_already(
     return WriteResult(head.etag, head.version_id, head.encryption)
 
 
-async def abort_quietly(client: S3HttpClient, target: TargetObject, upload_id: str) -> None:
-    """Abort an upload after a failure; never raise over the original error.
+async def _ended(options: CopyOptions, upload_id: str) -> None:
+    """Tell the caller an upload is over (completed or aborted), shielded from a second
+    cancellation like the abort itself."""
+    if options.on_upload_ended is not None:
+        await asyncio.shield(asyncio.ensure_future(options.on_upload_ended(upload_id)))
+
+
+async def abort_quietly(client: S3HttpClient, target: TargetObject, upload_id: str) -> bool:
+    """Abort an upload after a failure; never raise over the original error. Returns
+    whether the upload is gone (aborted, or no longer known to the store).
 
     Shielded, so a second cancellation (e.g. a worker shutting down) does not leave the
     upload behind; time-limited, so a dead store cannot hang the error path.
     """
 
-    async def abort() -> None:
+    async def abort() -> bool:
         try:
             await asyncio.wait_for(
                 client.abort_multipart_upload(target.bucket, target.key, upload_id),
                 ABORT_TIMEOUT,
             )
         except S3ResponseError as exc:
-            if exc.code != "NoSuchUpload":
-                log.warning(
-                    "could not abort upload %s of s3://%s/%s: %s",
-                    upload_id,
-                    target.bucket,
-                    target.key,
-                    exc,
-                )
+            if exc.code == "NoSuchUpload":
+                return True
+            log.warning(
+                "could not abort upload %s of s3://%s/%s: %s",
+                upload_id,
+                target.bucket,
+                target.key,
+                exc,
+            )
+            return False
         except Exception as exc:
             log.warning(
                 "could not abort upload %s of s3://%s/%s: %r",
@@ -149,10 +161,12 @@ async def abort_quietly(client: S3HttpClient, target: TargetObject, upload_id: s
                 target.key,
                 exc,
             )
+            return False
+        return True
 
     # If we are cancelled again while waiting, the shielded abort still runs to completion
     # in the background and the cancellation propagates.
-    await asyncio.shield(asyncio.ensure_future(abort()))
+    return await asyncio.shield(asyncio.ensure_future(abort()))
 
 
 async def run_bounded(count: int, concurrency: int, work: Callable[[int], Awaitable[T]]) -> list[T]:
