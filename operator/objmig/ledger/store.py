@@ -153,7 +153,8 @@ def _waiting(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[A
 
 
 # Every public coroutine method waits for an unreachable database (async iterators, which
-# stream, and the lifecycle methods do not).
+# stream, and the lifecycle methods do not; `upsert_inventory` reads a listing only once,
+# so each of its statements waits by itself).
 for _name, _method in inspect.getmembers(Ledger, inspect.iscoroutinefunction):
-    if not _name.startswith("_") and _name not in ("connect", "close"):
+    if not _name.startswith("_") and _name not in ("connect", "close", "upsert_inventory"):
         setattr(Ledger, _name, _waiting(_method))
