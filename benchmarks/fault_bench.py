@@ -37,12 +37,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_support import bench_migration, bench_secrets
 from tests.support.s3proxy import S3FaultProxy, add_fault_mix
 
-from objmig.api.loading import parse_resource
-from objmig.api.migration import ObjectMigration
 from objmig.engine.local_run import LocalRun
-from objmig.engine.secrets import EnvSecrets, env_name
 from objmig.ledger import Ledger, ObjectState
 from objmig.local.postgres import EmbeddedPostgres
 from objmig.local.s3server import LocalMinio, LocalS3Server
@@ -51,7 +49,6 @@ from objmig.storage.sdk import open_client
 
 KiB = 1024
 MiB = 1024 * KiB
-SECRET = "bench-creds"
 
 
 @dataclass
@@ -91,28 +88,6 @@ def store(kind: str) -> Iterator[LocalMinio | LocalS3Server]:
     server = LocalMinio() if kind == "minio" else LocalS3Server(min_part_size=5 * MiB)
     with server:
         yield server
-
-
-def spec(endpoint: Endpoint, name: str, source: str, target: str, mode: str) -> ObjectMigration:
-    side = {
-        "endpoint": endpoint.url,
-        "addressingStyle": "path",
-        "credentialsSecretRef": {"name": SECRET},
-    }
-    resource = parse_resource(
-        {
-            "apiVersion": "objmig.dev/v1alpha1",
-            "kind": "ObjectMigration",
-            "metadata": {"name": name, "namespace": "bench"},
-            "spec": {
-                "source": {**side, "bucket": source},
-                "target": {**side, "bucket": target},
-                "copy": {"mode": mode},
-            },
-        }
-    )
-    assert isinstance(resource, ObjectMigration)
-    return resource
 
 
 async def seed(client: Any, bucket: str, args: argparse.Namespace) -> dict[str, str]:
@@ -186,13 +161,10 @@ async def run_mode(
     with S3FaultProxy(direct.url, keep_requests=0, seed=args.seed) as proxy:
         rules = add_fault_mix(proxy, rate=args.rate)
         through = replace(direct, url=proxy.endpoint_url)
-        resource = spec(through, f"faults-{mode.lower()}", source, target, mode)
-        secrets = EnvSecrets(
-            environ={
-                env_name(SECRET, "accessKeyId"): direct.credentials.access_key_id,
-                env_name(SECRET, "secretAccessKey"): direct.credentials.secret_access_key,
-            }
+        resource = bench_migration(
+            through, f"faults-{mode.lower()}", source, target, copy={"mode": mode}
         )
+        secrets = bench_secrets(direct)
         started = time.perf_counter()
         result = await LocalRun(ledger, resource, secrets).run()
         outcome.wall = time.perf_counter() - started

@@ -25,19 +25,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from objmig.api.loading import parse_resource
-from objmig.api.migration import ObjectMigration
+from bench_support import bench_migration, bench_secrets
+
 from objmig.engine.context import MigrationContext
 from objmig.engine.local_run import LocalRun
 from objmig.engine.scan import run_scan
-from objmig.engine.secrets import EnvSecrets, env_name
 from objmig.ledger import Ledger
 from objmig.local.postgres import EmbeddedPostgres
 from objmig.local.s3server import LocalMinio, LocalS3Server
-from objmig.storage.endpoint import Endpoint
 from objmig.storage.sdk import open_client
-
-SECRET = "bench-creds"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,35 +45,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def spec(endpoint: Endpoint, source: str, target: str) -> ObjectMigration:
-    side = {
-        "endpoint": endpoint.url,
-        "addressingStyle": "path",
-        "credentialsSecretRef": {"name": SECRET},
-    }
-    resource = parse_resource(
-        {
-            "apiVersion": "objmig.dev/v1alpha1",
-            "kind": "ObjectMigration",
-            "metadata": {"name": "rescan", "namespace": "bench"},
-            "spec": {"source": {**side, "bucket": source}, "target": {**side, "bucket": target}},
-        }
-    )
-    assert isinstance(resource, ObjectMigration)
-    return resource
-
-
 async def main_async(args: argparse.Namespace) -> None:
     server: LocalMinio | LocalS3Server = LocalMinio() if args.server == "minio" else LocalS3Server()
     with server, tempfile.TemporaryDirectory(prefix="objmig-rescan-bench-") as workdir:
         endpoint = server.endpoint()
-        assert endpoint.credentials is not None
-        secrets = EnvSecrets(
-            environ={
-                env_name(SECRET, "accessKeyId"): endpoint.credentials.access_key_id,
-                env_name(SECRET, "secretAccessKey"): endpoint.credentials.secret_access_key,
-            }
-        )
+        secrets = bench_secrets(endpoint)
         async with (
             EmbeddedPostgres(Path(workdir), fast=True) as postgres,
             open_client(endpoint, 64) as client,
@@ -96,7 +68,7 @@ async def main_async(args: argparse.Namespace) -> None:
             await asyncio.gather(*(put(i) for i in range(args.objects)))
             ledger = await Ledger.connect(postgres.dsn)
             try:
-                resource = spec(endpoint, source, target)
+                resource = bench_migration(endpoint, "rescan", source, target)
                 started = time.perf_counter()
                 result = await LocalRun(ledger, resource, secrets).run()
                 migration_wall = time.perf_counter() - started

@@ -34,7 +34,7 @@ import fnmatch
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -559,23 +559,17 @@ class S3FaultProxy:
         return await self._forward(request, action)
 
     async def _forward_and_drop(self, request: web.Request) -> None:
-        assert self._session is not None
-        headers, data = self._upstream_request(request)
-        async with self._session.request(
-            request.method,
-            URL(f"{self.upstream}{request.raw_path}", encoded=True),
-            headers=headers,
-            data=data,
-            allow_redirects=False,
-            skip_auto_headers=("Content-Type",),
-        ) as upstream:
+        async with self._upstream_request(request) as upstream:
             await upstream.read()
         assert request.transport is not None
         request.transport.abort()
 
-    @staticmethod
-    def _upstream_request(request: web.Request) -> tuple[list[tuple[str, str]], Any]:
-        """The headers and body to send upstream, as the client signed them."""
+    @contextlib.asynccontextmanager
+    async def _upstream_request(
+        self, request: web.Request
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The request sent upstream: its headers and body as the client signed them."""
+        assert self._session is not None
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
         data: Any = None
         if request.body_exists:
@@ -583,11 +577,6 @@ class S3FaultProxy:
             if "Content-Length" not in request.headers:
                 # A chunked upload stays chunked.
                 headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-        return headers, data
-
-    async def _forward(self, request: web.Request, action: Action | None) -> web.StreamResponse:
-        assert self._session is not None
-        headers, data = self._upstream_request(request)
         async with self._session.request(
             request.method,
             # The raw path is already encoded exactly as the client signed it.
@@ -597,6 +586,10 @@ class S3FaultProxy:
             allow_redirects=False,
             skip_auto_headers=("Content-Type",),
         ) as upstream:
+            yield upstream
+
+    async def _forward(self, request: web.Request, action: Action | None) -> web.StreamResponse:
+        async with self._upstream_request(request) as upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for name, value in upstream.headers.items():
                 if name.lower() not in _HOP_BY_HOP:
