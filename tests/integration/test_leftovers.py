@@ -17,9 +17,13 @@ import pytest
 import yaml
 from types_aiobotocore_s3 import S3Client
 
+from objmig.engine.claim_loop import LedgerUploads
+from objmig.engine.context import MigrationContext
 from objmig.engine.deletion_pass import run_cleanup
+from objmig.engine.pipeline.orchestrator import ObjectPipeline
 from objmig.ledger import InventoryRow, Ledger, ObjectState, StepResult
 from objmig.local.s3server import LocalS3Server
+from objmig.storage.endpoint import Endpoint
 from tests.fixtures.s3 import S3Backend, S3Seeder, payload
 from tests.integration.engine_support import cleanup_of, keys_of, migration, rows_of, run
 from tests.integration.engine_support import secrets_for as secrets_of
@@ -108,6 +112,46 @@ async def test_a_killed_attempts_upload_is_aborted_when_the_next_attempt_of_its_
     assert (await keys_of(s3_client, target))["big"] == big.etag
     aborts = [r for r in s3_proxy.seen("DELETE") if r.query.get("uploadId") in killed_uploads]
     assert len(aborts) == 1, "the next attempt aborts the killed attempt's upload"
+    assert await _uploads(s3_client, target) == set()
+    assert await ledger.open_uploads(migration_id) == []
+
+
+async def test_a_retried_object_aborts_its_earlier_uploads_even_when_it_uploads_none_itself(
+    ledger: Ledger, s3_endpoint: Endpoint, s3_seed: S3Seeder, s3_client: S3Client
+) -> None:
+    """A small object is copied by one PUT: the upload a killed attempt left on its key
+    (recorded in the ledger) is aborted all the same when its next attempt starts."""
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    small = await s3_seed.put_object(source, "small", 1 * KiB)
+    migration_id = await ledger.ensure_migration("test/m")
+    await ledger.upsert_inventory(
+        migration_id,
+        [InventoryRow(key="small", size=1 * KiB, etag=small.etag, target_key="small")],
+        scan_id=1,
+    )
+    # The killed attempt: its lease ran out with its upload open (recorded).
+    (killed,) = await ledger.claim(
+        migration_id, "killed", [ObjectState.PENDING], 1, timedelta(milliseconds=1)
+    )
+    stale = await s3_client.create_multipart_upload(Bucket=target, Key="small")
+    await ledger.upload_started(killed.id, "small", stale["UploadId"])
+    rows: list = []
+    async with asyncio.timeout(30):
+        while not rows:  # the lease of 1 ms has run out once another claim gets the row
+            rows = await ledger.claim(
+                migration_id, "next", [ObjectState.PENDING], 1, timedelta(minutes=1)
+            )
+    (row,) = rows
+    assert row.attempts == 1
+    context = MigrationContext.resolve(
+        migration(s3_endpoint, source, target), secrets_of(s3_endpoint)
+    )
+
+    async with context.clients() as (src, dst):
+        result = await ObjectPipeline(context, src, dst, uploads=LedgerUploads(ledger)).process(row)
+
+    assert result.state is ObjectState.VERIFIED
     assert await _uploads(s3_client, target) == set()
     assert await ledger.open_uploads(migration_id) == []
 

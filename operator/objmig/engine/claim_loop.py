@@ -111,8 +111,11 @@ class LedgerUploads:
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
 
-    async def started(self, object_id: int, target_key: str, upload_id: str) -> list[OpenUpload]:
-        return await self._ledger.upload_started(object_id, target_key, upload_id)
+    async def started(self, object_id: int, target_key: str, upload_id: str) -> None:
+        await self._ledger.upload_started(object_id, target_key, upload_id)
+
+    async def open_of(self, object_id: int) -> list[OpenUpload]:
+        return await self._ledger.object_uploads(object_id)
 
     async def ended(self, object_id: int, upload_ids: Sequence[str]) -> None:
         await self._ledger.uploads_ended(object_id, upload_ids)

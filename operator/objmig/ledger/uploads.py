@@ -18,29 +18,27 @@ from objmig.ledger.models import OpenUpload
 class UploadsMixin(LedgerBase):
     """The ``uploads`` table."""
 
-    async def upload_started(
-        self, object_id: int, target_key: str, upload_id: str
-    ) -> list[OpenUpload]:
-        """Record an upload of ``object_id``; returns the object's other open uploads
-        (those of attempts that did not live to end theirs)."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                """
-                INSERT INTO uploads (object_id, upload_id, target_key) VALUES ($1, $2, $3)
-                ON CONFLICT DO NOTHING
-                """,
-                object_id,
-                upload_id,
-                target_key,
-            )
-            records = await conn.fetch(
-                """
-                SELECT object_id, target_key, upload_id, started_at FROM uploads
-                WHERE object_id = $1 AND upload_id <> $2 ORDER BY started_at
-                """,
-                object_id,
-                upload_id,
-            )
+    async def upload_started(self, object_id: int, target_key: str, upload_id: str) -> None:
+        """Record an upload of ``object_id`` (before any part is sent)."""
+        await self._pool.execute(
+            """
+            INSERT INTO uploads (object_id, upload_id, target_key) VALUES ($1, $2, $3)
+            ON CONFLICT DO NOTHING
+            """,
+            object_id,
+            upload_id,
+            target_key,
+        )
+
+    async def object_uploads(self, object_id: int) -> list[OpenUpload]:
+        """The recorded uploads of one object not known to have ended, oldest first."""
+        records = await self._pool.fetch(
+            """
+            SELECT object_id, target_key, upload_id, started_at FROM uploads
+            WHERE object_id = $1 ORDER BY started_at
+            """,
+            object_id,
+        )
         return [OpenUpload(*r) for r in records]
 
     async def uploads_ended(self, object_id: int, upload_ids: Sequence[str]) -> None:

@@ -43,8 +43,12 @@ class UploadBook(Protocol):
     """Where the multipart uploads of copies are recorded while they are open (the ledger:
     see `objmig.ledger.uploads`), so that what a killed attempt left is found again."""
 
-    async def started(self, object_id: int, target_key: str, upload_id: str) -> list[OpenUpload]:
-        """Record an upload; returns the object's other open ones (killed attempts')."""
+    async def started(self, object_id: int, target_key: str, upload_id: str) -> None:
+        """Record an upload."""
+        ...
+
+    async def open_of(self, object_id: int) -> list[OpenUpload]:
+        """The object's recorded uploads not known to have ended."""
         ...
 
     async def ended(self, object_id: int, upload_ids: Sequence[str]) -> None:
@@ -55,9 +59,9 @@ class UploadBook(Protocol):
 class CopyStep:
     """Copies objects of one migration, at most `copy.concurrency` at once.
 
-    With an `UploadBook`, every multipart upload is recorded the moment it starts, and an
-    upload of the same object that an earlier attempt did not live to end (a killed
-    worker's) is aborted then.
+    With an `UploadBook`, every multipart upload is recorded the moment it starts, and the
+    uploads of an object that earlier attempts did not live to end (a killed worker's) are
+    aborted when its next attempt starts (`abort_stale_uploads`).
     """
 
     def __init__(
@@ -136,6 +140,24 @@ class CopyStep:
         sides.not_kept.setdefault(row.id, []).extend(result.not_kept)
         return result
 
+    async def abort_stale_uploads(self, row: ObjectRow) -> None:
+        """Abort the uploads of `row` that earlier attempts left open.
+
+        Only an object attempted before can have any (`attempts` counts interrupted
+        attempts too), so a first attempt asks the ledger nothing. Whatever this attempt
+        then does (another upload, a single request, nothing at all), none stays behind.
+        """
+        if self._uploads is None or not row.attempts or self._sides.plan_only:
+            return
+        try:
+            stale = await self._uploads.open_of(row.id)
+        except Exception as exc:  # the attempt goes on; a leftovers cleanup finds them
+            log.warning("reading the open uploads of %s failed: %s", row.key, exc)
+            return
+        for upload in stale:
+            if await self._abort(upload.target_key, upload.upload_id):
+                await self._forget(row, upload.upload_id)
+
     def _on_started(self, row: ObjectRow, target_key: str) -> UploadCallback | None:
         book = self._uploads
         if book is None:
@@ -143,14 +165,9 @@ class CopyStep:
 
         async def started(upload_id: str) -> None:
             try:
-                stale = await book.started(row.id, target_key, upload_id)
+                await book.started(row.id, target_key, upload_id)
             except Exception as exc:  # the upload goes on; a leftovers sweep may miss it
                 log.warning("recording upload %s of %s failed: %s", upload_id, row.key, exc)
-                return
-            for upload in stale:
-                # A killed attempt's upload of this very object: nobody will complete it.
-                if await self._abort(upload.target_key, upload.upload_id):
-                    await self._forget(row, upload.upload_id)
 
         return started
 

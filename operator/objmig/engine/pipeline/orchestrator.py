@@ -135,6 +135,7 @@ class ObjectPipeline:
                 DEADLINE.set(deadline)
                 if row.state is ObjectState.FINISHING:
                     return await self._steps.run(row, outcomes.still_verified(row))
+                await self._copy.abort_stale_uploads(row)
                 result = await self._advance(row)
                 if result.state is ObjectState.VERIFIED:
                     return await self._steps.run(row, result)
