@@ -11,7 +11,8 @@ import pytest
 from objmig.storage import object_sha256
 from objmig.storage.endpoint import Endpoint
 from objmig.storage.errors import S3ResponseError
-from objmig.storage.s3http import RequestRetry, open_http_client
+from objmig.storage.resending import RequestRetry
+from objmig.storage.s3http import open_http_client
 from objmig.storage.sdk import open_client
 from tests.fixtures.s3 import S3Seeder, payload
 from tests.support.s3proxy import ABSENT, Fail, Hold, RewriteHeaders, S3FaultProxy, SlowDown

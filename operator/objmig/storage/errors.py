@@ -271,7 +271,7 @@ def classify(exc: BaseException) -> ErrorClass:
 
 def worth_resending(exc: BaseException) -> bool:
     """Whether the request that raised `exc` may succeed if sent again as it was: a
-    transient failure (see `s3http.RequestRetry`), not one only another attempt can fix."""
+    transient failure (see `resending.RequestRetry`), not one only another attempt can fix."""
     error = classify(exc)
     return error.retryable and error.code not in _ATTEMPT_ONLY_CODES
 

@@ -12,7 +12,7 @@ which also resolves the default credential chain for us. Plain listings (the sca
 batched re-checks) and the few calls every run makes (the access check, the bucket's
 versioning) are here too, so that a run needs the SDK only for what only it does.
 
-A request that fails transiently is sent again a couple of times, quickly (`RequestRetry`,
+A request that fails transiently is sent again a couple of times, quickly (`resending.RequestRetry`,
 which also says why that is safe for every write objmig makes); what persists is the
 engine's to retry, with its backoff and the object's attempts. The client raises
 `S3ResponseError` for any non-2xx answer, and for the 200 answers whose body is an
@@ -24,23 +24,21 @@ is compared with the ETag the store returns instead (see `copy/streamed.py`).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
-import random
 import ssl
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from objmig.storage.endpoint import DEFAULT_REGION, ClientTimeouts, Credentials, Endpoint
-from objmig.storage.errors import S3ResponseError, describe, worth_resending
+from objmig.storage.errors import S3ResponseError
 from objmig.storage.http1 import HttpPool, HttpResponse
+from objmig.storage.resending import RequestRetry, RetryCount, resend
 from objmig.storage.s3wire import (
     child_text,
     head_result,
@@ -68,46 +66,6 @@ T = TypeVar("T")
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 # Characters S3 wants left alone in a canonical URI / query (RFC 3986 unreserved).
 _UNRESERVED = "-_.~"
-
-
-@dataclass(frozen=True)
-class RequestRetry:
-    """How often one request is sent again when it fails transiently (a 5xx, throttling,
-    a reset, a timeout, an answer cut short), before the failure is the object's.
-
-    A few quick retries absorb the faults of a healthy store (at 5% of each kind, one
-    object in two met one per attempt); what persists reaches the engine's retry policy
-    (`spec.retry`), which backs off for minutes and spends the object's attempts.
-
-    Sending again is safe for every request objmig makes once its answer may have been
-    lost: reads, UploadPart and UploadPartCopy (the part is replaced), PutObject and
-    CopyObject (the same bytes again, or, written create-only, a 412 that sends the copy
-    to the existing-target check), AbortMultipartUpload (NoSuchUpload is done), and
-    CompleteMultipartUpload, whose NoSuchUpload after a lost answer is checked against the
-    target (`copy/multipart.py`). A lost CreateMultipartUpload leaves an upload no one
-    knows the id of, for the store's `AbortIncompleteMultipartUpload` lifecycle rule.
-    """
-
-    attempts: int = 3
-    #: The first delay; each next one is four times longer, all jittered down to half.
-    first_delay: float = 0.2
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before try `attempt + 1`."""
-        longest = self.first_delay * 4 ** (attempt - 1)
-        return random.uniform(longest / 2, longest)  # noqa: S311 - jitter, not a secret
-
-
-class RetryCount:
-    """Requests sent again by one client, and the last failure that made one."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.last_error: str | None = None
-
-    def note(self, error: BaseException) -> None:
-        self.count += 1
-        self.last_error = describe(error)
 
 
 class S3HttpClient:
@@ -184,10 +142,12 @@ class S3HttpClient:
         query = _version_query(version_id)
         async with AsyncExitStack() as stack:
             # Only the answer's head can be asked for again: the body streams to the caller.
-            response = await self._retrying(
+            response = await resend(
                 lambda: stack.enter_async_context(
                     self._request("GetObject", "GET", bucket, key, query, headers)
                 ),
+                self._retry,
+                self.retries,
                 replayable=True,
             )
             length = int(response.headers.get("content-length", 0))
@@ -502,25 +462,7 @@ class S3HttpClient:
 
         if body is not None and length is None and isinstance(body, bytes):
             length = len(body)
-        return await self._retrying(once, replayable=not _streamed(body))
-
-    async def _retrying(self, send: Callable[[], Awaitable[T]], *, replayable: bool) -> T:
-        """`send()`, up to `RequestRetry.attempts` times while it fails transiently.
-
-        What is sent again must be harmless to repeat: reads are, and so is every write
-        objmig makes once its answer was lost (see `RequestRetry`).
-        """
-        policy = self._retry
-        attempt = 1
-        while True:
-            try:
-                return await send()
-            except Exception as exc:
-                if not replayable or attempt >= policy.attempts or not worth_resending(exc):
-                    raise
-                self.retries.note(exc)
-                await asyncio.sleep(policy.delay(attempt))
-                attempt += 1
+        return await resend(once, self._retry, self.retries, replayable=not _streamed(body))
 
     @asynccontextmanager
     async def _request(

@@ -49,7 +49,7 @@ def client_config(
         max_pool_connections=max(1, max_connections),
         connect_timeout=timeouts.connect,
         read_timeout=timeouts.read,
-        # As `s3http.RequestRetry`: a couple of quick tries absorb transient faults, what
+        # As `resending.RequestRetry`: a couple of quick tries absorb transient faults, what
         # persists is the engine's (attempt counts, backoff, the failure budget). Every
         # call made here is harmless to repeat after a lost answer (listings, restores
         # - RestoreAlreadyInProgress is success -, deletes, aborts).
