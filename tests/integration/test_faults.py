@@ -18,7 +18,14 @@ from objmig.storage.errors import S3ResponseError, classify
 from objmig.storage.s3http import open_http_client
 from tests.fixtures.s3 import S3Backend, S3Seeder
 from tests.integration.engine_support import keys_of, migration, rows_of, run, sha256_of
-from tests.support.s3proxy import Fail, LoseAnswer, S3FaultProxy, SlowDown, add_fault_mix
+from tests.support.s3proxy import (
+    Fail,
+    LoseAnswer,
+    S3FaultProxy,
+    SlowDown,
+    Truncate,
+    add_fault_mix,
+)
 
 KiB = 1024
 
@@ -86,6 +93,42 @@ async def test_an_upload_gone_before_completing_is_an_attempt_to_repeat_not_a_co
     # Sent once: an upload that is gone stays gone; the next attempt uploads anew.
     completions = [r for r in s3_proxy.seen("POST", key="copy") if "uploadId" in r.query]
     assert len(completions) == 1
+
+
+async def test_a_part_whose_body_is_cut_short_is_read_on_where_it_stopped(
+    s3_backend: S3Backend,
+    backend_seed: S3Seeder,
+    backend_client: S3Client,
+    backend_proxy: S3FaultProxy,
+) -> None:
+    bucket = await backend_seed.bucket()
+    part = s3_backend.min_part_size
+    source = await backend_seed.put_multipart(bucket, "big", [part, part, 8000])
+    # The first part read: its answer is cut short after 4,000 bytes, once.
+    cut = backend_proxy.add_rule(Truncate(4000), method="GET", key="big", times=1)
+
+    async with open_http_client(_through(backend_proxy, s3_backend)) as http:
+        result = await copy_object(
+            http,
+            http,
+            SourceObject(bucket, "big", size=source.size, etag=source.etag),
+            TargetObject(bucket, "copy"),
+            CopyOptions(preserve_tags=False),
+        )
+
+    assert cut.hits == 1
+    assert result.etag == source.etag
+    assert await sha256_of(backend_client, bucket, "copy") == source.sha256
+    # One upload, and the read that was cut read on from where it stopped, to its end.
+    uploads = [r for r in backend_proxy.seen("POST", key="copy") if "uploads" in r.query]
+    assert len(uploads) == 1
+    ranges = [
+        {k.lower(): v for k, v in r.headers.items()}["range"]
+        for r in backend_proxy.seen("GET", key="big")
+    ]
+    first, end = ranges[0].removeprefix("bytes=").split("-")
+    assert ranges.count(f"bytes={int(first) + 4000}-{end}") == 1
+    assert len(ranges) == len(set(ranges)), f"nothing read twice: {ranges}"
 
 
 @pytest.mark.parametrize("mode", ["stream", "serverSide"])

@@ -1,5 +1,6 @@
 """Sending a request again after a transient failure: how often, how long to wait, and
-what was sent again (for the progress line and the status).
+what was sent again (for the progress line and the status); and a GET's body read on
+after it was cut short (`ResumingBody`).
 
 Used by the lean client (`s3http`); the SDK client is configured the same way
 (`sdk.open_client`).
@@ -13,7 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from objmig.storage.errors import describe, worth_resending
+from objmig.storage.errors import TruncatedBodyError, describe, worth_resending
+from objmig.storage.types import Body
 
 T = TypeVar("T")
 
@@ -81,3 +83,51 @@ async def resend(
             retries.note(exc)
             await asyncio.sleep(policy.delay(attempt))
             attempt += 1
+
+
+class ResumingBody:
+    """A GET's body that, cut short or reset while it streams, is read on from where it
+    stopped: `reopen(received)` GETs the rest (a range, pinned to the ETag the first
+    answer had), up to `policy.attempts` answers in all.
+
+    The bytes already read have gone on to the upload; without this, a body cut short
+    would fail the whole attempt and copy the object again from its first byte.
+    """
+
+    def __init__(
+        self,
+        first: Body,
+        length: int,
+        reopen: Callable[[int], Awaitable[Body]],
+        policy: RequestRetry,
+        retries: RetryCount,
+    ) -> None:
+        self._body = first
+        self._length = length
+        self._reopen = reopen
+        self._policy = policy
+        self._retries = retries
+        self._answers = 1
+        self.received = 0
+
+    async def read(self, n: int = -1) -> bytes:
+        while True:
+            try:
+                chunk = await self._body.read(n)
+            except Exception as exc:
+                if not worth_resending(exc):
+                    raise
+                error: Exception = exc
+            else:
+                if chunk or self.received >= self._length:
+                    self.received += len(chunk)
+                    return chunk
+                error = TruncatedBodyError(
+                    f"body ended after {self.received} of {self._length} bytes"
+                )
+            if self._answers >= self._policy.attempts:
+                raise error
+            self._retries.note(error)
+            await asyncio.sleep(self._policy.delay(self._answers))
+            self._answers += 1
+            self._body = await self._reopen(self.received)

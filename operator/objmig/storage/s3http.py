@@ -36,9 +36,9 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from objmig.storage.endpoint import DEFAULT_REGION, ClientTimeouts, Credentials, Endpoint
-from objmig.storage.errors import S3ResponseError
+from objmig.storage.errors import S3ResponseError, TruncatedBodyError
 from objmig.storage.http1 import HttpPool, HttpResponse
-from objmig.storage.resending import RequestRetry, RetryCount, resend
+from objmig.storage.resending import RequestRetry, ResumingBody, RetryCount, resend
 from objmig.storage.s3wire import (
     child_text,
     head_result,
@@ -132,7 +132,8 @@ class S3HttpClient:
         """GET an object (or the inclusive byte range `byte_range`), body streamed.
 
         `if_match` (an ETag) makes the store answer 412 instead of other bytes when the
-        object changed. The connection goes back to the pool when the block exits.
+        object changed. A body cut short or reset is read on from where it stopped
+        (`ResumingBody`). The connections go back to the pool when the block exits.
         """
         headers = sse_c_headers(sse_c)
         if if_match:
@@ -141,18 +142,48 @@ class S3HttpClient:
             headers["range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
         query = _version_query(version_id)
         async with AsyncExitStack() as stack:
-            # Only the answer's head can be asked for again: the body streams to the caller.
-            response = await resend(
-                lambda: stack.enter_async_context(
-                    self._request("GetObject", "GET", bucket, key, query, headers)
-                ),
-                self._retry,
-                self.retries,
-                replayable=True,
-            )
+
+            async def answer(request_headers: Mapping[str, str]) -> HttpResponse:
+                return await resend(
+                    lambda: stack.enter_async_context(
+                        self._request("GetObject", "GET", bucket, key, query, request_headers)
+                    ),
+                    self._retry,
+                    self.retries,
+                    replayable=True,
+                )
+
+            response = await answer(headers)
             length = int(response.headers.get("content-length", 0))
             size = total_size(response.headers.get("content-range")) or length
-            yield GetResult(head_result(response.headers, size), length, response)
+            head = head_result(response.headers, size)
+            first = byte_range[0] if byte_range is not None else 0
+
+            async def rest(received: int) -> HttpResponse:
+                # The rest of the same bytes: pinned to the ETag the first answer had.
+                start = first + received
+                if not head.etag:
+                    raise TruncatedBodyError(
+                        f"GET s3://{bucket}/{key}: cut short after {received} bytes, and "
+                        "without an ETag the rest cannot be pinned to the same object"
+                    )
+                again = await answer(
+                    {
+                        **headers,
+                        "if-match": f'"{head.etag}"',
+                        "range": f"bytes={start}-{first + length - 1}",
+                    }
+                )
+                answered = again.headers.get("content-range") or ""
+                if not answered.startswith(f"bytes {start}-"):
+                    raise TruncatedBodyError(
+                        f"GET s3://{bucket}/{key}: asked for the rest from byte {start}, "
+                        f"answered {answered or 'the whole object'}"
+                    )
+                return again
+
+            body = ResumingBody(response, length, rest, self._retry, self.retries)
+            yield GetResult(head, length, body)
 
     async def put(
         self,
