@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import sys
+from pathlib import Path
 from typing import Any
 
+import yaml
 from types_aiobotocore_s3 import S3Client
 
 from objmig.api.loading import parse_resource
@@ -134,3 +137,51 @@ async def keys_of(client: S3Client, bucket: str) -> dict[str, str]:
         for item in page.get("Contents", []):
             found[item["Key"]] = item["ETag"].strip('"')
     return found
+
+
+#: The secret key of the CLI tests' Secret: no output may show it.
+CLI_SECRET_KEY = "cli-test-secret-value-3f9a"
+
+
+def cli_inputs(tmp_path: Path, endpoint: str, source: str, target: str) -> tuple[Path, Path]:
+    """A migration file (cli/killed, streamed, checksums) and its Secret's file, as `objmig
+    run -f ... --secrets ...` reads them."""
+    side = {"endpoint": endpoint, "credentialsSecretRef": {"name": "s3"}}
+    spec = {
+        "apiVersion": "objmig.dev/v1alpha1",
+        "kind": "ObjectMigration",
+        "metadata": {"name": "killed", "namespace": "cli"},
+        "spec": {
+            "source": {**side, "bucket": source},
+            "target": {**side, "bucket": target},
+            "copy": {"mode": "stream", "concurrency": 4, "partConcurrency": 2},
+            "verify": {"mode": "checksum"},
+        },
+    }
+    secrets = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "s3"},
+        "stringData": {"accessKeyId": "cli-test", "secretAccessKey": CLI_SECRET_KEY},
+    }
+    spec_path = tmp_path / "migration.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    secrets_path = tmp_path / "secrets.yaml"
+    secrets_path.write_text(yaml.safe_dump(secrets))
+    return spec_path, secrets_path
+
+
+def cli_command(spec: Path, secrets: Path, database_url: str) -> list[str]:
+    """`objmig run` of `cli_inputs`' files, as a process."""
+    return [
+        sys.executable,
+        "-m",
+        "objmig",
+        "run",
+        "-f",
+        str(spec),
+        "--secrets",
+        str(secrets),
+        "--database-url",
+        database_url,
+    ]

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import yaml
 from types_aiobotocore_s3 import S3Client
 
 from objmig.engine.claim_loop import LedgerUploads
@@ -25,9 +23,17 @@ from objmig.ledger import InventoryRow, Ledger, ObjectState, StepResult
 from objmig.local.s3server import LocalS3Server
 from objmig.storage.endpoint import Endpoint
 from tests.fixtures.s3 import S3Backend, S3Seeder, payload
-from tests.integration.engine_support import cleanup_of, keys_of, migration, rows_of, run
+from tests.integration.engine_support import (
+    cleanup_of,
+    cli_command,
+    cli_inputs,
+    keys_of,
+    migration,
+    rows_of,
+    run,
+)
 from tests.integration.engine_support import secrets_for as secrets_of
-from tests.support.s3proxy import Delay, S3FaultProxy
+from tests.support.s3proxy import Hold, S3FaultProxy
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -50,47 +56,17 @@ async def test_a_killed_attempts_upload_is_aborted_when_the_next_attempt_of_its_
     source = await s3_seed.bucket()
     target = await s3_seed.bucket()
     big = await s3_seed.put_multipart(source, "big", [4 * KiB] * 3 + [100])
-    side = {"endpoint": s3_proxy.endpoint_url, "credentialsSecretRef": {"name": "s3"}}
-    spec_path, secrets_path = tmp_path / "m.yaml", tmp_path / "s.yaml"
-    spec_path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "objmig.dev/v1alpha1",
-                "kind": "ObjectMigration",
-                "metadata": {"name": "killed", "namespace": "cli"},
-                "spec": {
-                    "source": {**side, "bucket": source},
-                    "target": {**side, "bucket": target},
-                    "copy": {"mode": "stream"},
-                },
-            }
-        )
-    )
-    secrets_path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": "s3"},
-                "stringData": {"accessKeyId": "k", "secretAccessKey": "s"},
-            }
-        )
-    )
-    command = [
-        sys.executable, "-m", "objmig", "run", "-f", str(spec_path),
-        "--secrets", str(secrets_path), "--database-url", database_url,
-    ]  # fmt: skip
+    spec_path, secrets_path = cli_inputs(tmp_path, s3_proxy.endpoint_url, source, target)
+    command = cli_command(spec_path, secrets_path, database_url)
     # The first attempt's parts never arrive: it is killed with its upload open.
-    held = s3_proxy.add_rule(Delay(600), method="PUT", bucket=target, query={"uploadId": None})
+    held = Hold()
+    parts = s3_proxy.add_rule(held, method="PUT", bucket=target, query={"uploadId": None})
     first = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
     )
     try:
-        async with asyncio.timeout(120):
-            # The upload was recorded before any part was sent; the proxy counts in its
-            # own thread, so its count is polled.
-            while not held.hits:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+        # The upload was recorded before any part was sent.
+        await held.arrived()
         first.send_signal(signal.SIGKILL)
         await asyncio.wait_for(first.wait(), 30)
     finally:
@@ -101,7 +77,7 @@ async def test_a_killed_attempts_upload_is_aborted_when_the_next_attempt_of_its_
     migration_id = await ledger.find_migration("cli/killed")
     assert migration_id is not None
     assert {u.upload_id for u in await ledger.open_uploads(migration_id)} == killed_uploads
-    s3_proxy.remove_rule(held)
+    s3_proxy.remove_rule(parts)
 
     second = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
