@@ -12,81 +12,30 @@ set -euo pipefail
 
 # The one place the version is pinned (`go list -m -versions helm.sh/helm/v3` lists the tags).
 HELM_VERSION="v3.22.0"
+TOOL=helm
+TOOL_VERSION="$HELM_VERSION"
+TOOL_BINARIES=(helm)
+# shellcheck source=scripts/lib/tool-cache.sh
+source "$(dirname "$0")/lib/tool-cache.sh"
 
-log() { printf '[helm] %s\n' "$*" >&2; }
-
-if [[ -n "${HELM_BIN_DIR:-}" && -x "${HELM_BIN_DIR}/helm" ]]; then
-    log "using HELM_BIN_DIR=$HELM_BIN_DIR"
-    echo "$HELM_BIN_DIR"
-    exit 0
-fi
-
-CACHE_ROOT="${OBJMIG_CACHE:-$HOME/.cache/objmig}/helm/${HELM_VERSION}"
-BIN_DIR="$CACHE_ROOT/bin"
-
-if [[ -x "$BIN_DIR/helm" ]]; then
-    log "cached: $BIN_DIR"
-    echo "$BIN_DIR"
-    exit 0
-fi
-
-command -v go >/dev/null || { log "go is not installed; cannot build helm $HELM_VERSION"; exit 1; }
-mkdir -p "$CACHE_ROOT"
-
-# Serialise concurrent builds: the second caller waits and then finds the cache filled.
-exec 9>"$CACHE_ROOT/.lock"
-if ! flock -n 9; then
-    log "another build holds $CACHE_ROOT/.lock; waiting"
-    flock 9
-fi
-if [[ -x "$BIN_DIR/helm" ]]; then
-    log "cached (built by a concurrent run): $BIN_DIR"
-    echo "$BIN_DIR"
-    exit 0
-fi
-
-rm -rf "$CACHE_ROOT"/.build.*
-# Scratch dir on the cache's filesystem so the final rename is atomic.
-WORK=$(mktemp -d "$CACHE_ROOT/.build.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
-OUT="$WORK/bin"
-mkdir -p "$OUT"
-
-export CGO_ENABLED=0
-export GOTOOLCHAIN=local
-export GOFLAGS=-mod=mod
-GO_P="${HELM_GO_P:-$(nproc 2>/dev/null || echo 2)}"
-START=$(date +%s)
-
-# A wrapper module requiring helm at the pinned tag: `go build` inside it resolves exactly the
-# module graph helm's own go.mod selects (helm is the only requirement).
-MOD="$WORK/mod"
-mkdir -p "$MOD"
-printf 'module objmig.dev/helm-tools\n\ngo %s\n\nrequire helm.sh/helm/v3 %s\n' \
-    "$(go env GOVERSION | sed 's/^go//; s/^\([0-9]*\.[0-9]*\).*/\1/')" "$HELM_VERSION" >"$MOD/go.mod"
-
-(
-    cd "$MOD"
-    log "downloading helm.sh/helm/v3@$HELM_VERSION and its module graph"
-    go mod download helm.sh/helm/v3 >&2
-    # The same ldflags as helm's Makefile: without them `helm version` says v3.x-unreleased and
-    # the default Capabilities.KubeVersion (used by `helm template` and `helm lint`) is stale.
-    CLIENT_GO=$(go list -m -f '{{.Version}}' k8s.io/client-go)
-    K8S_MINOR=$(echo "$CLIENT_GO" | cut -d. -f2)
-    LDFLAGS="-s -w"
-    LDFLAGS+=" -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
-    LDFLAGS+=" -X helm.sh/helm/v3/internal/version.metadata="
-    LDFLAGS+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+tool_cache_start "${HELM_BIN_DIR:-}"
+tool_need_go
+# The same ldflags as helm's Makefile: without them `helm version` says v3.x-unreleased and
+# the default Capabilities.KubeVersion (used by `helm template` and `helm lint`) is stale.
+# The client-go minor comes from helm's own module graph, resolved by the wrapper module.
+helm_ldflags() {
+    local client_go minor flags pkg
+    client_go=$(go list -m -f '{{.Version}}' k8s.io/client-go)
+    minor=$(echo "$client_go" | cut -d. -f2)
+    flags="-X helm.sh/helm/v3/internal/version.version=$TOOL_VERSION"
+    flags+=" -X helm.sh/helm/v3/internal/version.metadata="
+    flags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
     for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
-        LDFLAGS+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$K8S_MINOR"
+        flags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$minor"
     done
-    log "building helm $HELM_VERSION (client-go $CLIENT_GO, go build -p $GO_P)"
-    go build -p "$GO_P" -trimpath -ldflags "$LDFLAGS" -o "$OUT/helm" helm.sh/helm/v3/cmd/helm >&2
-)
-
-"$OUT/helm" version --short >&2
-
-rm -rf "$BIN_DIR"
-mv "$OUT" "$BIN_DIR"
-log "built in $(($(date +%s) - START))s: $BIN_DIR"
-echo "$BIN_DIR"
+    echo "$flags"
+}
+TOOL_GO_LDFLAGS_FROM=helm_ldflags GO_BUILD_P=${HELM_GO_P:-${GO_BUILD_P:-2}} \
+    tool_go_build helm.sh/helm/v3 "$TOOL_VERSION" helm.sh/helm/v3/cmd/helm helm
+"$TOOL_OUT/helm" version --short >&2
+tool_cache_publish

@@ -18,60 +18,16 @@ K8S_VERSION="v1.35.4"
 ETCD_VERSION="v3.6.16"
 
 K8S_COMMANDS=(kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet)
-BINARIES=(etcd "${K8S_COMMANDS[@]}")
+TOOL=k8s
+TOOL_VERSION="$K8S_VERSION"
+TOOL_BINARIES=(etcd "${K8S_COMMANDS[@]}")
+# shellcheck source=scripts/lib/tool-cache.sh
+source "$(dirname "$0")/lib/tool-cache.sh"
 
-log() { printf '[k8s-tools] %s\n' "$*" >&2; }
-
-have_all() {
-    local dir=$1 b
-    for b in "${BINARIES[@]}"; do
-        [[ -x "$dir/$b" ]] || return 1
-    done
-}
-
-if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
-    if have_all "$KUBEBUILDER_ASSETS"; then
-        log "using KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS"
-        echo "$KUBEBUILDER_ASSETS"
-        exit 0
-    fi
-    log "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS lacks one of ${BINARIES[*]}; building instead"
-fi
-
-CACHE_ROOT="${OBJMIG_CACHE:-$HOME/.cache/objmig}/k8s/${K8S_VERSION}"
-BIN_DIR="$CACHE_ROOT/bin"
-
-if have_all "$BIN_DIR"; then
-    log "cached: $BIN_DIR"
-    echo "$BIN_DIR"
-    exit 0
-fi
-
+tool_cache_start "${KUBEBUILDER_ASSETS:-}"
 command -v go >/dev/null || { log "go is not installed; cannot build $K8S_VERSION"; exit 1; }
-mkdir -p "$CACHE_ROOT"
-
-# Serialise concurrent builds (two pytest sessions, make + a human): the second waits and then
-# finds the cache filled.
-exec 9>"$CACHE_ROOT/.lock"
-if ! flock -n 9; then
-    log "another build holds $CACHE_ROOT/.lock; waiting"
-    flock 9
-fi
-if have_all "$BIN_DIR"; then
-    log "cached (built by a concurrent run): $BIN_DIR"
-    echo "$BIN_DIR"
-    exit 0
-fi
-
-# Scratch dirs of builds that were killed: safe to remove, we hold the lock.
-rm -rf "$CACHE_ROOT"/.build.*
-
-# Build in a scratch dir on the same filesystem as the cache so the final rename is atomic:
-# an interrupted build leaves no half-filled bin/ behind.
-WORK=$(mktemp -d "$CACHE_ROOT/.build.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
-OUT="$WORK/bin"
-mkdir -p "$OUT"
+WORK=$TOOL_WORK
+OUT=$TOOL_OUT
 
 export CGO_ENABLED=0
 export GOTOOLCHAIN=local
@@ -79,7 +35,6 @@ export GOFLAGS=-mod=mod
 # Two cores here: keep package-level parallelism bounded so linking kube-apiserver does not
 # compete with compiling. Override with K8S_TOOLS_GO_P.
 GO_P="${K8S_TOOLS_GO_P:-$(nproc 2>/dev/null || echo 2)}"
-START=$(date +%s)
 
 # --- Kubernetes --------------------------------------------------------------------------
 # k8s.io/kubernetes requires its staging modules (k8s.io/api, client-go, ...) at v0.0.0 and
@@ -118,14 +73,12 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     LDFLAGS+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
 
-missing() { [[ ! -x "$BIN_DIR/$1" ]]; }
-
 (
     cd "$K8S_MOD"
     log "downloading module graph"
     go mod download k8s.io/kubernetes >&2
     for cmd in "${K8S_COMMANDS[@]}"; do
-        missing "$cmd" || continue
+        tool_missing "$cmd" || continue
         log "building $cmd (go build -p $GO_P)"
         go build -p "$GO_P" -trimpath -ldflags "$LDFLAGS" -o "$OUT/$cmd" "k8s.io/kubernetes/cmd/$cmd" >&2
         if [[ $cmd == kubectl ]]; then "$OUT/$cmd" version --client >&2; else "$OUT/$cmd" --version >&2; fi
@@ -138,7 +91,7 @@ ETCD_MOD="$WORK/etcd"
 mkdir -p "$ETCD_MOD"
 printf 'module objmig.dev/etcd-tools\n\ngo 1.25\n\nrequire go.etcd.io/etcd/server/v3 %s\n' \
     "$ETCD_VERSION" >"$ETCD_MOD/go.mod"
-if missing etcd; then
+if tool_missing etcd; then
     (
         cd "$ETCD_MOD"
         log "building etcd $ETCD_VERSION"
@@ -147,10 +100,4 @@ if missing etcd; then
     "$OUT/etcd" --version >&2
 fi
 
-# Publish binary by binary (rename is atomic): a cache that already held some keeps them.
-mkdir -p "$BIN_DIR"
-for b in "$OUT"/*; do
-    mv "$b" "$BIN_DIR/"
-done
-log "built in $(($(date +%s) - START))s: $BIN_DIR"
-echo "$BIN_DIR"
+tool_cache_publish

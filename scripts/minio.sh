@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Produce a MinIO server binary for the test suite: the second, real S3 implementation the
-# storage layer is tested against (moto is the first).
+# storage layer is tested against (moto is the first), and, with a certificate of a private
+# CA the tests make, the HTTPS one.
 #
 # MinIO is built from its Go module (no Docker, no release downloads) and cached in
-#   ${OBJMIG_CACHE:-$HOME/.cache/objmig}/minio/<MINIO_VERSION>/bin
+#   ${OBJMIG_CACHE:-$HOME/.cache/objmig}/minio/<MINIO_RELEASE>/bin
 # A warm cache means no work at all. The bin directory is printed as the LAST line of stdout;
 # all progress goes to stderr, so callers can do: BIN=$(scripts/minio.sh | tail -n1).
 #
@@ -16,10 +17,12 @@
 # module proxy serves (the October 2025 one is refused with 403), and it builds with Go 1.26.
 set -euo pipefail
 
-MINIO_RELEASE="RELEASE.2025-09-07T16-13-09Z"
+TOOL=minio
+TOOL_VERSION="RELEASE.2025-09-07T16-13-09Z"
 MINIO_VERSION="v0.0.0-20250907161309-07c3a429bfed"
-
-log() { printf '[minio] %s\n' "$*" >&2; }
+TOOL_BINARIES=(minio)
+# shellcheck source=scripts/lib/tool-cache.sh
+source "$(dirname "$0")/lib/tool-cache.sh"
 
 if [[ -n "${MINIO_BINARY:-}" ]]; then
     if [[ -x "$MINIO_BINARY" ]]; then
@@ -29,38 +32,9 @@ if [[ -n "${MINIO_BINARY:-}" ]]; then
     fi
     log "MINIO_BINARY=$MINIO_BINARY is not executable; building instead"
 fi
-
-CACHE=${OBJMIG_CACHE:-$HOME/.cache/objmig}
-BIN_DIR="$CACHE/minio/$MINIO_RELEASE/bin"
-
-if [[ -x "$BIN_DIR/minio" ]]; then
-    log "cached: $BIN_DIR/minio"
-    echo "$BIN_DIR"
-    exit 0
-fi
-
-if ! command -v go >/dev/null 2>&1; then
-    if [[ -x /usr/local/go/bin/go ]]; then
-        export PATH="/usr/local/go/bin:$PATH"
-    else
-        log "go is not installed; cannot build MinIO (tests that need it will skip or fail)"
-        exit 1
-    fi
-fi
-
-mkdir -p "$BIN_DIR"
-# Build into a temporary GOBIN and move into place at the end, so an interrupted build never
-# leaves a half-written binary that the check above would trust.
-TMP_BIN=$(mktemp -d "$CACHE/minio/.build.XXXXXX")
-trap 'rm -rf "$TMP_BIN"' EXIT
-
-log "building github.com/minio/minio@$MINIO_VERSION ($MINIO_RELEASE) with $(go version)"
-log "this takes a while the first time (several minutes on 2 cores)"
-start=$(date +%s)
-# nice + GOFLAGS=-p=1 by default: the build shares the machine with other work (tests, the
-# Kubernetes build) and must not starve it. Override with MINIO_BUILD_FLAGS if you are alone.
-GOFLAGS=${MINIO_BUILD_FLAGS:--p=1} GOBIN="$TMP_BIN" CGO_ENABLED=0 \
-    nice -n 10 go install -trimpath "github.com/minio/minio@$MINIO_VERSION" >&2
-mv "$TMP_BIN/minio" "$BIN_DIR/minio"
-log "built in $(( $(date +%s) - start ))s: $BIN_DIR/minio"
-echo "$BIN_DIR"
+tool_cache_start ""
+tool_need_go
+# -p 1 by default (tool_go_build): the build shares the machine with tests and the
+# Kubernetes build. GO_BUILD_P=2 if you are alone.
+tool_go_build github.com/minio/minio "$MINIO_VERSION" github.com/minio/minio minio
+tool_cache_publish

@@ -14,48 +14,27 @@ set -euo pipefail
 
 RCLONE_VERSION=${RCLONE_VERSION:-v1.76.0}
 
-log() { printf '[rclone] %s\n' "$*" >&2; }
-
 if [[ -n "${RCLONE_BINARY:-}" ]]; then
     if [[ -x "$RCLONE_BINARY" ]]; then
-        log "using RCLONE_BINARY=$RCLONE_BINARY"
+        printf '[rclone] using RCLONE_BINARY=%s\n' "$RCLONE_BINARY" >&2
         dirname "$RCLONE_BINARY"
         exit 0
     fi
-    log "RCLONE_BINARY=$RCLONE_BINARY is not executable; building instead"
+    printf '[rclone] RCLONE_BINARY=%s is not executable; building instead\n' "$RCLONE_BINARY" >&2
 fi
 
-CACHE=${OBJMIG_CACHE:-$HOME/.cache/objmig}
-BIN_DIR="$CACHE/rclone/$RCLONE_VERSION/bin"
+TOOL=rclone
+TOOL_VERSION="$RCLONE_VERSION"
+TOOL_BINARIES=(rclone)
+# shellcheck source=scripts/lib/tool-cache.sh
+source "$(dirname "$0")/lib/tool-cache.sh"
 
-if [[ -x "$BIN_DIR/rclone" ]]; then
-    log "cached: $BIN_DIR/rclone"
-    echo "$BIN_DIR"
-    exit 0
-fi
-
-if ! command -v go >/dev/null 2>&1; then
-    if [[ -x /usr/local/go/bin/go ]]; then
-        export PATH="/usr/local/go/bin:$PATH"
-    else
-        log "go is not installed; cannot build rclone"
-        exit 1
-    fi
-fi
-
-mkdir -p "$BIN_DIR" "$CACHE/rclone"
-# Build into a temporary GOBIN and move into place at the end, so an interrupted build never
-# leaves a half-written binary that the check above would trust.
-TMP_BIN=$(mktemp -d "$CACHE/rclone/.build.XXXXXX")
-trap 'rm -rf "$TMP_BIN"' EXIT
-
+tool_cache_start
+tool_need_go
 log "building github.com/rclone/rclone@$RCLONE_VERSION with $(go version)"
 log "this takes several minutes the first time on 2 cores"
-start=$(date +%s)
 # nice + GOFLAGS=-p=1 by default: the build shares the machine with other work (tests, the
 # Kubernetes build). Override with RCLONE_BUILD_FLAGS if you are alone.
-GOFLAGS=${RCLONE_BUILD_FLAGS:--p=1} GOBIN="$TMP_BIN" CGO_ENABLED=0 \
+GOFLAGS=${RCLONE_BUILD_FLAGS:--p=1} GOBIN="$TOOL_OUT" CGO_ENABLED=0 \
     nice -n 10 go install -trimpath "github.com/rclone/rclone@$RCLONE_VERSION" >&2
-mv "$TMP_BIN/rclone" "$BIN_DIR/rclone"
-log "built in $(( $(date +%s) - start ))s: $BIN_DIR/rclone"
-echo "$BIN_DIR"
+tool_cache_publish

@@ -298,8 +298,10 @@ async def test_a_configmap_worklist_from_a_file_selects_exactly_its_keys(
     migration_id = await ledger.find_migration("cli/worklist")
     assert migration_id is not None
     counts = await ledger.counts(migration_id)
-    assert counts.total.objects == 3
+    # The worklist's key the bucket lacks is recorded and skipped, not silently dropped.
+    assert counts.total.objects == 4
     assert counts.state(ObjectState.VERIFIED).objects == 3
+    assert counts.state(ObjectState.SKIPPED).objects == 1
 
 
 async def test_a_missing_secret_is_an_error_message_not_a_traceback(

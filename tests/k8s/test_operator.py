@@ -80,6 +80,7 @@ def apply_migration(
     source_secret: str = SECRET,
     target_secret: str = SECRET,
     annotations: dict[str, str] | None = None,
+    source_extra: dict[str, Any] | None = None,
     **spec: Any,
 ) -> None:
     """Apply an ObjectMigration between two buckets, with fast retries (``target`` None:
@@ -91,6 +92,7 @@ def apply_migration(
             "endpoint": endpoint,
             "bucket": source,
             "credentialsSecretRef": {"name": source_secret},
+            **(source_extra or {}),
         },
         "target": {
             **side,

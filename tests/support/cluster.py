@@ -15,7 +15,6 @@ import argparse
 import base64
 import contextlib
 import ctypes
-import datetime as dt
 import ipaddress
 import json
 import os
@@ -39,9 +38,10 @@ from typing import Any
 
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.support.pki import make_cert, new_key, write_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLS_SCRIPT = REPO_ROOT / "scripts" / "k8s-tools.sh"
@@ -203,76 +203,17 @@ class Pki:
     admin_token: str
 
 
-def _key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
-
-
-def _cert(
-    subject: x509.Name,
-    public_key: rsa.RSAPublicKey,
-    issuer: x509.Name,
-    signing_key: rsa.RSAPrivateKey,
-    *,
-    ca: bool = False,
-    sans: Sequence[x509.GeneralName] = (),
-    usages: Sequence[x509.ObjectIdentifier] = (),
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        # Backdated a little so clock skew between fork and first request never bites.
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-    if usages:
-        builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
-    return builder.sign(signing_key, hashes.SHA256())
-
-
 def generate_pki(directory: Path) -> Pki:
     """Create a throw-away CA, apiserver serving cert, admin client cert and SA signing key."""
     directory.mkdir(parents=True, exist_ok=True)
     pem = serialization.Encoding.PEM
 
-    ca_key = _key()
+    ca_key = new_key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "objmig-test-ca")])
-    ca = _cert(ca_name, ca_key.public_key(), ca_name, ca_key, ca=True)
+    ca = make_cert(ca_name, ca_key.public_key(), ca_name, ca_key, ca=True)
 
-    serving_key = _key()
-    serving = _cert(
+    serving_key = new_key()
+    serving = make_cert(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]),
         serving_key.public_key(),
         ca_name,
@@ -289,8 +230,8 @@ def generate_pki(directory: Path) -> Pki:
     )
 
     # Client certs authenticate as CN (user) / O (groups); system:masters bypasses RBAC.
-    admin_key = _key()
-    admin = _cert(
+    admin_key = new_key()
+    admin = make_cert(
         x509.Name(
             [
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
@@ -303,7 +244,7 @@ def generate_pki(directory: Path) -> Pki:
         usages=[ExtendedKeyUsageOID.CLIENT_AUTH],
     )
 
-    sa_key = _key()
+    sa_key = new_key()
     token = secrets.token_hex(24)
     pki = Pki(
         ca_cert=directory / "ca.crt",
@@ -318,12 +259,12 @@ def generate_pki(directory: Path) -> Pki:
         admin_token=token,
     )
     pki.ca_cert.write_bytes(ca.public_bytes(pem))
-    _write_key(pki.ca_key, ca_key)
+    write_key(pki.ca_key, ca_key)
     pki.serving_cert.write_bytes(serving.public_bytes(pem))
-    _write_key(pki.serving_key, serving_key)
+    write_key(pki.serving_key, serving_key)
     pki.admin_cert.write_bytes(admin.public_bytes(pem))
-    _write_key(pki.admin_key, admin_key)
-    _write_key(pki.sa_key, sa_key)
+    write_key(pki.admin_key, admin_key)
+    write_key(pki.sa_key, sa_key)
     pki.sa_pub.write_bytes(
         sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
     )

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import fnmatch
 import random
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -259,12 +260,12 @@ class Rule:
 
     `method` None = any; `bucket` / `key` are fnmatch globs (`*` crosses `/` here) on the
     decoded path-style bucket and key; `query` maps parameter names to required values
-    (None = present with any value, ABSENT = not present). `times` limits how often the
-    rule fires; `seconds` limits for how long after it was added (by the proxy's clock);
-    `probability` makes a matching request fire it by chance (drawn from the proxy's seeded
-    random generator; a request it spares goes on to the next rule); `once_each` fires it
-    once per distinct request (method, bucket, key and query), so that what a client sends
-    again gets through.
+    (None = present with any value, ABSENT = not present); `header` names a request header
+    that must be present (any value). `times` limits how often the rule fires; `seconds`
+    limits for how long after it was added (by the proxy's clock); `probability` makes a
+    matching request fire it by chance (drawn from the proxy's seeded random generator; a
+    request it spares goes on to the next rule); `once_each` fires it once per distinct
+    request (method, bucket, key and query), so that what a client sends again gets through.
     """
 
     action: Action
@@ -272,6 +273,7 @@ class Rule:
     bucket: str | None = None
     key: str | None = None
     query: Mapping[str, str | _Absent | None] = field(default_factory=dict)
+    header: str | None = None
     times: int | None = None
     seconds: float | None = None
     probability: float | None = None
@@ -285,8 +287,19 @@ class Rule:
             return False
         return not (self.seconds is not None and now - self.added > self.seconds)
 
-    def matches(self, method: str, bucket: str, key: str, query: Mapping[str, str]) -> bool:
+    def matches(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        query: Mapping[str, str],
+        headers: Mapping[str, str] | None = None,
+    ) -> bool:
         if self.method is not None and self.method.upper() != method.upper():
+            return False
+        if self.header is not None and self.header.lower() not in {
+            name.lower() for name in (headers or {})
+        }:
             return False
         if self.bucket is not None and not fnmatch.fnmatchcase(bucket, self.bucket):
             return False
@@ -340,10 +353,13 @@ class S3FaultProxy:
         upstream: str,
         *,
         keep_requests: int = 10_000,
+        upstream_ca: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         seed: int = 0,
     ) -> None:
+        """`upstream_ca`: the PEM CA an https upstream's certificate chains to."""
         self.upstream = upstream.rstrip("/")
+        self.upstream_ca = upstream_ca
         self.keep_requests = keep_requests
         # What rules' `seconds` are measured by; a test of expiry sets its own.
         self.clock = clock
@@ -399,18 +415,30 @@ class S3FaultProxy:
         ]
 
     def object_reads(self, bucket: str) -> dict[str, int]:
-        """GETs of the objects of `bucket` (not listings, not tag reads), per key."""
+        """GETs of the objects of `bucket` (not listings, tag or attribute reads), per key."""
         reads: dict[str, int] = {}
         for request in self.seen("GET"):
-            if request.bucket == bucket and request.key and "tagging" not in request.query:
+            if (
+                request.bucket == bucket
+                and request.key
+                and "tagging" not in request.query
+                and "attributes" not in request.query
+            ):
                 reads[request.key] = reads.get(request.key, 0) + 1
         return reads
 
-    def _pick(self, method: str, bucket: str, key: str, query: Mapping[str, str]) -> Rule | None:
+    def _pick(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+    ) -> Rule | None:
         now = self.clock()
         with self._lock:
             for rule in self._rules:
-                if rule.active(now) and rule.matches(method, bucket, key, query):
+                if rule.active(now) and rule.matches(method, bucket, key, query, headers):
                     if rule.probability is not None and self._random.random() >= rule.probability:
                         continue
                     if rule.once_each:
@@ -491,7 +519,12 @@ class S3FaultProxy:
         self._session = aiohttp.ClientSession(
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            connector=aiohttp.TCPConnector(limit=0),
+            connector=aiohttp.TCPConnector(
+                limit=0,
+                ssl=ssl.create_default_context(cadata=self.upstream_ca)
+                if self.upstream_ca
+                else True,
+            ),
             skip_auto_headers=("User-Agent", "Content-Type", "Accept-Encoding", "Accept"),
         )
 
@@ -504,7 +537,7 @@ class S3FaultProxy:
     # -- the proxy itself
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         bucket, key, query = _split_path(request.raw_path)
-        rule = self._pick(request.method, bucket, key, query)
+        rule = self._pick(request.method, bucket, key, query, request.headers)
         action = rule.action if rule is not None else None
         with self._lock:
             self.received += 1

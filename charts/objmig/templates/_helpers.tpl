@@ -185,7 +185,8 @@ the set sufficient by running the operator as this ServiceAccount and recording 
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-# Cutover action spec.cutover.configMapRef: read the old values, then patch.
+# Cutover action spec.cutover.configMapRef: read the old values, then patch; ConfigMaps a spec
+# reads (a worklist, a caBundle): checked before Jobs are created.
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "patch"]

@@ -78,6 +78,18 @@ class SecretKeySelector(ApiModel):
     )
 
 
+class ConfigMapKeySelector(ApiModel):
+    """One key of a ConfigMap in the same namespace."""
+
+    name: str = Field(
+        description="Name of the ConfigMap.",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    )
+    key: str = Field(description="Key within the ConfigMap's data.", min_length=1, max_length=253)
+
+
 def cel_rule(
     rule: str, message: str, *, field_path: str | None = None, reason: str | None = None
 ) -> dict[str, str]:

@@ -26,6 +26,8 @@ class ConditionType(StrEnum):
     CUT_OVER = "CutOver"
     PAUSED = "Paused"
     FAILED = "Failed"
+    #: A store lacks an aspect of S3 (tags, part sizes, ...); objmig does without it.
+    DEGRADED = "Degraded"
     READY = "Ready"
     # MigrationCleanup (also Failed)
     GATES_PASSED = "GatesPassed"
@@ -89,6 +91,7 @@ class Reason(StrEnum):
     CUTOVER_FAILED = "CutoverFailed"
     ROLLBACK_FAILED = "RollbackFailed"
     SECRET_NOT_FOUND = "SecretNotFound"  # noqa: S105 - a reason, not a secret
+    CONFIG_MAP_NOT_FOUND = "ConfigMapNotFound"
     MANIFEST_NOT_FOUND = "ManifestNotFound"
     CONFIGURATION_ERROR = "ConfigurationError"
     # Failed: the application's side (spec.selection.manifest.sql, spec.backfill, spec.hooks)
@@ -99,6 +102,9 @@ class Reason(StrEnum):
     # LedgerUnavailable (either resource)
     LEDGER_UNAVAILABLE = "LedgerUnavailable"
     LEDGER_AVAILABLE = "LedgerAvailable"
+    # Degraded
+    ALL_FEATURES_PRESENT = "AllFeaturesPresent"
+    STORE_FEATURE_MISSING = "StoreFeatureMissing"
     # MigrationCleanup
     MIGRATION_NOT_FOUND = "MigrationNotFound"
     CLEANUP_JOB_FAILED = "CleanupJobFailed"

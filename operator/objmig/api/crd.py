@@ -79,16 +79,8 @@ class _Inliner:
             ref = node["allOf"][0].get("$ref")
         if ref is None:
             return node
-        target = dict(self._resolve(self._definitions[ref.rsplit("/", 1)[-1]]))
-        for key, value in node.items():
-            if key in ("$ref", "allOf"):
-                continue
-            if key in _MERGED_LIST_KEYS and key in target:
-                target[key] = [*target[key], *value]
-            else:
-                # The field's own description wins over the model's docstring.
-                target[key] = value
-        return target
+        target = self._resolve(self._definitions[ref.rsplit("/", 1)[-1]])
+        return _merged(target, {k: v for k, v in node.items() if k not in ("$ref", "allOf")})
 
     def _strip_null(self, node: Schema, *, nullable_ok: bool) -> Schema:
         """``X | None`` becomes X: an absent field, not a null, is how Kubernetes says unset."""
@@ -98,12 +90,21 @@ class _Inliner:
         rest = [b for b in branches if b.get("type") != "null"]
         merged = {k: v for k, v in node.items() if k != "anyOf"}
         if len(rest) == 1:
-            merged = {**self._resolve(rest[0]), **merged}
+            merged = _merged(self._resolve(rest[0]), merged)
         else:
             merged["anyOf"] = rest
         if nullable_ok:
             merged["nullable"] = True
         return merged
+
+
+def _merged(model: Schema, field: Schema) -> Schema:
+    """A field's keywords over its model's schema: rule and required lists add up, and the
+    field's own description wins over the model's docstring."""
+    out = dict(model)
+    for key, value in field.items():
+        out[key] = [*out[key], *value] if key in _MERGED_LIST_KEYS and key in out else value
+    return out
 
 
 def _keys_as_cel(node: Schema) -> Schema:

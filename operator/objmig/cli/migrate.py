@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from objmig.api.conditions import ConditionType, find_condition
 from objmig.api.loading import Bundle, load_bundle
 from objmig.api.migration import ObjectMigration, ObjectMigrationSpec
 from objmig.api.migration_cleanup import MigrationCleanup, MigrationCleanupStatus
@@ -23,6 +24,7 @@ from objmig.engine.local_run import LocalRun, RunResult
 from objmig.engine.secrets import (
     ChainedSecrets,
     EnvSecrets,
+    MappingConfigMaps,
     MappingSecrets,
     SecretSource,
     file_config_maps,
@@ -70,7 +72,8 @@ config_maps_option = click.option(
     "--config-maps",
     "config_maps_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="YAML of ConfigMap manifests the spec references (selection.manifest.configMapRef).",
+    help="YAML of ConfigMap manifests the spec references (selection.manifest.configMapRef, "
+    "a caBundle's configMapKeyRef).",
 )
 
 
@@ -134,7 +137,12 @@ def report_outcome(name: str, result: RunResult) -> None:
         "planned": "dry run finished: see the plan above; nothing was written.",
         "rolled-back": "rolled back: the cutover actions were reverted.",
     }
-    console.print(hints[result.outcome].replace("NAME", name), highlight=False)
+    hint = hints[result.outcome].replace("NAME", name)
+    failed = find_condition(result.status.conditions, ConditionType.FAILED)
+    if result.outcome == "failed" and failed is not None and failed.status == "True":
+        # The cause in one line, whatever the table's wrapping made of it.
+        hint = f"failed: {failed.reason}: {failed.message}"
+    console.print(hint, highlight=False, soft_wrap=True)
     if result.status.plan is not None:
         plan = result.status.plan
         console.print(
@@ -355,15 +363,24 @@ def approve(name: str, ledger: LedgerPlace) -> None:
 )
 @ledger_options
 @secrets_option
-def cleanup(path: Path, ledger: LedgerPlace, secrets_file: Path | None) -> None:
+@config_maps_option
+def cleanup(
+    path: Path,
+    ledger: LedgerPlace,
+    secrets_file: Path | None,
+    config_maps_file: Path | None,
+) -> None:
     """Delete migrated source objects (or leftovers), only where every gate holds."""
     bundle = load_bundle(path)
     resource: MigrationCleanup = bundle.one(MigrationCleanup, str(path))
     secrets = secret_source(secrets_file, bundle)
+    config_maps = MappingConfigMaps(
+        bundle.config_maps | (file_config_maps(config_maps_file) if config_maps_file else {})
+    )
 
     async def main() -> MigrationCleanupStatus:
         async with ledger.open() as opened:
-            return await run_cleanup(opened, resource, secrets)
+            return await run_cleanup(opened, resource, secrets, config_maps=config_maps)
 
     result = asyncio.run(main())
     report_cleanup(resource, result)

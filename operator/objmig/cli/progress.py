@@ -100,7 +100,10 @@ def status_table(name: str, status: ObjectMigrationStatus) -> Table:
             ("backfill conflicts", steps.backfill_conflicts),
         ):
             table.add_row(label, str(value), "")
-    for type_ in ("CutoverReady", "CutOver", "Paused", "Failed"):
+    if status.verification.etag_unproven:
+        by = ", ".join(f"{n} by {how}" for how, n in status.verification.etag_unproven_by.items())
+        table.add_row("not by ETag", str(status.verification.etag_unproven), by)
+    for type_ in ("CutoverReady", "CutOver", "Paused", "Failed", "Degraded"):
         condition = find_condition(status.conditions, type_)
         if condition is not None and (condition.status == "True" or type_ == "CutoverReady"):
             table.add_row(type_, condition.status, f"{condition.reason}: {condition.message}")

@@ -14,7 +14,13 @@ from objmig.api.migration import API_VERSION, MAX_PARALLELISM, ObjectMigration
 from objmig.api.migration_cleanup import MigrationCleanup
 from objmig.controller.config import OperatorConfig
 from objmig.engine.lifecycle import RunObservation
-from objmig.engine.secrets import SESSION_TOKEN, env_name, referenced_secrets
+from objmig.engine.secrets import (
+    SESSION_TOKEN,
+    config_map_env_name,
+    env_name,
+    referenced_config_maps,
+    referenced_secrets,
+)
 from objmig.pod.exit_codes import EXIT_INTERRUPTED, EXIT_LEDGER_UNAVAILABLE, EXIT_PERMANENT
 
 Stage = Literal["scan", "copy", "cleanup"]
@@ -94,7 +100,8 @@ class JobObservation:
 
 
 def worker_env(migration: ObjectMigration, config: OperatorConfig) -> list[dict[str, Any]]:
-    """The worker's environment: the ledger URL and every Secret key the spec references."""
+    """The worker's environment: the ledger URL and every Secret and ConfigMap key the spec
+    references."""
     env: list[dict[str, Any]] = []
     if config.database_secret is not None:
         env.append(
@@ -122,6 +129,13 @@ def worker_env(migration: ObjectMigration, config: OperatorConfig) -> list[dict[
                         "optional": key == SESSION_TOKEN,
                     }
                 },
+            }
+        )
+    for config_map, key in referenced_config_maps(migration.spec):
+        env.append(
+            {
+                "name": config_map_env_name(config_map, key),
+                "valueFrom": {"configMapKeyRef": {"name": config_map, "key": key}},
             }
         )
     env.append({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})

@@ -49,6 +49,7 @@ from objmig.engine.secrets import (
     ConfigMapNotFound,
     EnvSecrets,
     env_name,
+    referenced_config_maps,
     secret_fields,
 )
 from objmig.engine.status import tally
@@ -327,7 +328,7 @@ class MigrationService:
             await self._kube.scale_job(namespace, want.name, want.parallelism, suspend=want.suspend)
 
     async def _secrets_exist(self, migration: ObjectMigration, migration_id: int) -> bool:
-        """Whether every Secret key the workers' environment names is there.
+        """Whether every Secret and ConfigMap key the workers' environment names is there.
 
         A pod referencing a missing one never starts (CreateContainerConfigError) and its
         Job neither fails nor progresses: say so instead, and create no Job. False, with
@@ -344,6 +345,17 @@ class MigrationService:
                     f"namespace {namespace!r}: create it, then edit the spec to retry"
                 )
                 await record_failure(self._ledger, migration_id, Reason.SECRET_NOT_FOUND, message)
+                return False
+        for name, key in referenced_config_maps(migration.spec):
+            data = await self._kube.config_map_data(namespace, name)
+            if data is None or key not in data:
+                message = (
+                    f"ConfigMap {name!r} with key {key!r} (referenced by the spec) not found in "
+                    f"namespace {namespace!r}: create it, then edit the spec to retry"
+                )
+                await record_failure(
+                    self._ledger, migration_id, Reason.CONFIG_MAP_NOT_FOUND, message
+                )
                 return False
         return True
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -31,9 +31,11 @@ from objmig.ledger import (
     Problem,
     RetryRecord,
     Rounds,
+    StoreFinding,
     VerificationRecord,
 )
 from objmig.storage.errors import describe
+from objmig.storage.features import StoreFeatures
 
 
 async def take_up_spec(
@@ -210,6 +212,29 @@ async def roll_back(
         return problem
 
 
+async def record_store_findings(
+    ledger: Ledger, migration_id: int, features: Iterable[StoreFeatures]
+) -> None:
+    """Record what the stores were found to lack since the last call (for `Degraded`).
+
+    A finding stays unreported until the ledger has it, so a failed write is tried again
+    by the next call."""
+    stores = {id(f): f for f in features}  # one store may be both sides
+    found = {id(store): store.unreported() for store in stores.values()}
+    if not any(found.values()):
+        return
+    await ledger.record_store_findings(
+        migration_id,
+        [
+            StoreFinding(store=f.store, aspect=str(f.aspect), message=f.message)
+            for batch in found.values()
+            for f in batch
+        ],
+    )
+    for key, store in stores.items():
+        store.reported(found[key])
+
+
 async def record_verification(ledger: Ledger, migration_id: int) -> str:
     """Compute the verification digest over the verified rows and record it; return it."""
     digest = await ledger.verification_digest(migration_id)
@@ -303,6 +328,8 @@ async def compute_status(
         steps = await ledger.step_counts(
             migration_id, missing_reason=NOT_FOUND, hook_pending_reason=HOOK_PENDING
         )
+    # Only etag mode has objects that fell back; in the others every row is in the index.
+    etag_unproven = await ledger.etag_unproven(migration_id) if spec.verify.mode == "etag" else None
     return build_status(
         StatusInputs(
             spec=spec,
@@ -318,6 +345,7 @@ async def compute_status(
             plan_reasons=plan_reasons,
             plan_classes=plan_classes,
             steps=steps,
+            etag_unproven=etag_unproven,
         ),
         previous or ObjectMigrationStatus(),
     )

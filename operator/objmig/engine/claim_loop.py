@@ -24,6 +24,7 @@ from datetime import timedelta
 
 from objmig.engine.activity import REPORT_SECONDS, ActivityMeter
 from objmig.engine.backfill_queue import BackfillQueue
+from objmig.engine.bookkeeping import record_store_findings
 from objmig.engine.context import MigrationContext
 from objmig.engine.pipeline.orchestrator import ObjectPipeline
 from objmig.ledger import ACTIVE_STATES, Ledger, ObjectRow, ObjectState, OpenUpload, StepResult
@@ -380,6 +381,8 @@ class ClaimLoop:
             self._flushing.add_done_callback(self._wake)
 
     async def _record(self, batch: list[StepResult]) -> None:
+        # What the stores turned out to lack, for the Degraded condition (rarely anything).
+        await record_store_findings(self._ledger, self._migration_id, self._ctx.features.values())
         if self._ctx.spec.dry_run:
             applied = await self._ledger.record(self.owner, batch, only_while_dry_run=True)
             if applied < len(batch):

@@ -22,20 +22,30 @@ from objmig.engine.hooks import check_reachable
 from objmig.engine.keys import target_key
 from objmig.engine.pipeline.outcomes import ApplicationError
 from objmig.engine.secrets import (
+    ConfigMapSource,
+    MappingConfigMaps,
     SecretSource,
     application_secrets,
     bucket_credentials,
+    ca_bundle_of,
     customer_key,
 )
 from objmig.storage.compare import MetadataChange
 from objmig.storage.endpoint import Endpoint, same_store
 from objmig.storage.errors import classify
+from objmig.storage.features import StoreFeatures, probe_tags
+from objmig.storage.s3http import store_name
 from objmig.storage.selection import MetadataRule, Selection
 from objmig.storage.store import Store, open_store
 
 
-def endpoint_of(bucket: BucketSpec, secrets: SecretSource) -> Endpoint:
-    """The storage-layer endpoint for one side of the migration."""
+def endpoint_of(
+    side: str,
+    bucket: BucketSpec,
+    secrets: SecretSource,
+    config_maps: ConfigMapSource | None = None,
+) -> Endpoint:
+    """The storage-layer endpoint for one side ("source", "target") of the migration."""
     style = bucket.addressing_style
     if style == "auto":
         style = "virtual" if not bucket.endpoint else "path"
@@ -44,6 +54,7 @@ def endpoint_of(bucket: BucketSpec, secrets: SecretSource) -> Endpoint:
         region=bucket.region or None,
         addressing_style=style,
         credentials=bucket_credentials(bucket, secrets),
+        ca_bundle=ca_bundle_of(side, bucket, secrets, config_maps or MappingConfigMaps()),
     )
 
 
@@ -107,15 +118,32 @@ class MigrationContext:
     hook_token: str | None = field(default=None, repr=False)
     backfill_dsn: str | None = field(default=None, repr=False)
     worklist_dsn: str | None = field(default=None, repr=False)
+    #: What each store lacks, learned this run by every client of it ("source", "target";
+    #: one shared object when both sides are one store).
+    features: dict[str, StoreFeatures] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def resolve(cls, migration: ObjectMigration, secrets: SecretSource) -> MigrationContext:
-        """Resolve the spec of ``migration``; raises on missing secrets or bad filters."""
+    def resolve(
+        cls,
+        migration: ObjectMigration,
+        secrets: SecretSource,
+        config_maps: ConfigMapSource | None = None,
+    ) -> MigrationContext:
+        """Resolve the spec of ``migration``; raises on missing Secret or ConfigMap keys,
+        bad filters or CA bundles."""
         spec = migration.spec
-        source = endpoint_of(spec.source, secrets)
-        target = endpoint_of(spec.target, secrets)
+        source = endpoint_of("source", spec.source, secrets, config_maps)
+        target = endpoint_of("target", spec.target, secrets, config_maps)
         mode = spec.copy_.mode
         application = application_secrets(spec, secrets)
+        shared = same_store(source, target)
+        source_features = StoreFeatures(
+            store_name(source, "source and target" if shared else "source")
+        )
+        features = {
+            "source": source_features,
+            "target": source_features if shared else StoreFeatures(store_name(target, "target")),
+        }
         return cls(
             name=ledger_name(migration),
             spec=spec,
@@ -141,6 +169,7 @@ class MigrationContext:
             hook_token=application.get("hook_token"),
             backfill_dsn=application.get("backfill_dsn"),
             worklist_dsn=application.get("worklist_dsn"),
+            features=features,
         )
 
     @property
@@ -176,11 +205,15 @@ class MigrationContext:
     async def clients(self) -> AsyncIterator[tuple[Store, Store]]:
         """Source and target stores (one shared store when both sides are one store)."""
         async with AsyncExitStack() as stack:
-            source = await stack.enter_async_context(open_store(self.source, self.connections))
+            source = await stack.enter_async_context(
+                open_store(self.source, self.connections, features=self.features.get("source"))
+            )
             if same_store(self.source, self.target):
                 yield source, source
             else:
-                target = await stack.enter_async_context(open_store(self.target, self.connections))
+                target = await stack.enter_async_context(
+                    open_store(self.target, self.connections, features=self.features.get("target"))
+                )
                 yield source, target
 
 
@@ -213,13 +246,15 @@ async def check_application(context: MigrationContext) -> None:
 
 
 async def check_access(context: MigrationContext) -> tuple[str, str] | None:
-    """(code, message) when a bucket refuses these credentials outright, else None.
+    """(code, message) when a bucket refuses these credentials outright, else None; and
+    what each store lacks, asked once per run (into ``context.features``).
 
     A worker otherwise meets the target first through HEAD requests, whose 403 carries no
     error code: bad target credentials would fail every object as "Forbidden" instead of
     failing the migration once. A one-key listing of each side gets a real error code. Only
     configuration errors count; anything else (AccessDenied where listing is not allowed, a
-    timeout) is left to the per-object steps.
+    timeout) is left to the per-object steps. Whether a store has object tags is asked
+    only when tags are to be preserved: otherwise no tagging request is sent at all.
     """
     spec = context.spec
     async with context.clients() as (source, target):
@@ -229,6 +264,8 @@ async def check_access(context: MigrationContext) -> tuple[str, str] | None:
         ):
             try:
                 await client.http.list_page(bucket.bucket, bucket.prefix, max_keys=1)
+                if spec.copy_.preserve_tags:
+                    await probe_tags(client.http, bucket.bucket, bucket.prefix)
             except Exception as exc:
                 problem = classify(exc)
                 if problem.is_config_error:

@@ -37,7 +37,7 @@ from objmig.engine.deletion import (
     object_verdict,
     unmet_gates,
 )
-from objmig.engine.secrets import SecretSource
+from objmig.engine.secrets import ConfigMapSource, SecretSource
 from objmig.ledger import (
     CleanupOutcome,
     Ledger,
@@ -389,6 +389,7 @@ async def run_cleanup(
     cleanup: MigrationCleanup,
     secrets: SecretSource,
     *,
+    config_maps: ConfigMapSource | None = None,
     stop: asyncio.Event | None = None,
     now: datetime | None = None,
 ) -> MigrationCleanupStatus:
@@ -407,7 +408,7 @@ async def run_cleanup(
         metadata=ObjectMeta(name=cleanup.spec.migration_ref.name, namespace=namespace),
         spec=ObjectMigrationSpec.model_validate(state.spec),
     )
-    context = MigrationContext.resolve(migration, secrets)
+    context = MigrationContext.resolve(migration, secrets, config_maps)
     cleanup_id = await ledger.ensure_cleanup(
         f"{namespace}/{cleanup.metadata.name}", cleanup.metadata.uid or "", migration_id
     )

@@ -25,6 +25,7 @@ from objmig.engine.bookkeeping import (
     cut_over,
     record_decision,
     record_failure,
+    record_store_findings,
     record_verification,
     roll_back,
     take_up_spec,
@@ -40,7 +41,7 @@ from objmig.engine.scan import (
     run_scan,
     scan_failure,
 )
-from objmig.engine.secrets import SecretSource
+from objmig.engine.secrets import MappingConfigMaps, SecretSource
 from objmig.engine.status import tally
 from objmig.ledger import Ledger
 from objmig.storage.errors import classify
@@ -78,7 +79,8 @@ class LocalRun:
         on_status: StatusCallback | None = None,
         status_interval: float = 1.0,
     ) -> None:
-        """``config_maps``: ConfigMap data by name, for a ``manifest.configMapRef``."""
+        """``config_maps``: ConfigMap data by name, for a ``manifest.configMapRef`` or a
+        ``caBundle``."""
         self._ledger = ledger
         self._migration = migration
         self._spec = migration.spec
@@ -95,7 +97,9 @@ class LocalRun:
     async def run(self, stop: asyncio.Event | None = None) -> RunResult:
         """Scan, copy and verify, catch up, and cut over when the gates hold."""
         stop = stop or asyncio.Event()
-        context = MigrationContext.resolve(self._migration, self._secrets)
+        context = MigrationContext.resolve(
+            self._migration, self._secrets, MappingConfigMaps(self._config_maps)
+        )
         worklist_ref = manifest_config_map(self._spec)
         worklist = None
         if worklist_ref is not None:
@@ -156,6 +160,7 @@ class LocalRun:
         if decision.stage is not None:
             if not self._access_checked:
                 refused = await check_access(context)
+                await record_store_findings(self._ledger, mid, context.features.values())
                 if refused is not None:
                     code, message = refused
                     await record_failure(self._ledger, mid, s3_reason(code), message)

@@ -13,7 +13,9 @@ Secret values are never logged, nor put in an error message.
 
 A ConfigMap worklist (``selection.manifest.configMapRef``) reaches the scan through the
 ledger instead (see ``engine.scan``); on a laptop it is read from a YAML file of ConfigMap
-manifests (``--config-maps``, :func:`file_config_maps`).
+manifests (``--config-maps``, :func:`file_config_maps`). Other ConfigMap keys a worker reads
+(a store's ``caBundle``) reach a pod as environment variables too
+(``valueFrom.configMapKeyRef``, named by :func:`config_map_env_name`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from objmig.api.base import LocalObjectReference, SecretKeySelector
 from objmig.api.loading import load_bundle
 from objmig.api.migration import BucketSpec, ObjectMigrationSpec
 from objmig.storage.endpoint import Credentials
+from objmig.storage.tls import check_ca_bundle
 
 ACCESS_KEY_ID = "accessKeyId"
 SECRET_ACCESS_KEY = "secretAccessKey"  # noqa: S105 - a key name, not a secret
@@ -48,17 +51,23 @@ class ConfigMapNotFound(NotProvided):
     """A referenced ConfigMap key has no value where this driver looks for it."""
 
 
+def _clean(text: str) -> str:
+    return re.sub(r"[^A-Z0-9]", "_", text.upper())
+
+
 def env_name(secret: str, key: str) -> str:
     """The environment variable carrying Secret ``secret``'s ``key``.
 
     ``OBJMIG_SECRET_<SECRET>__<KEY>``, upper-cased, other characters as ``_``; the double
     underscore keeps ``a-b``/``c`` and ``a``/``b-c`` apart.
     """
+    return f"OBJMIG_SECRET_{_clean(secret)}__{_clean(key)}"
 
-    def clean(text: str) -> str:
-        return re.sub(r"[^A-Z0-9]", "_", text.upper())
 
-    return f"OBJMIG_SECRET_{clean(secret)}__{clean(key)}"
+def config_map_env_name(config_map: str, key: str) -> str:
+    """The environment variable carrying ConfigMap ``config_map``'s ``key`` in a worker
+    pod: ``OBJMIG_CONFIGMAP_<CONFIGMAP>__<KEY>``, spelt as :func:`env_name` spells it."""
+    return f"OBJMIG_CONFIGMAP_{_clean(config_map)}__{_clean(key)}"
 
 
 class SecretSource(Protocol):
@@ -89,6 +98,36 @@ class MappingSecrets:
     def get(self, secret: str, key: str) -> str | None:
         """See :class:`SecretSource`."""
         return self.values.get((secret, key))
+
+
+class ConfigMapSource(Protocol):
+    """Where ConfigMap values a worker reads are found."""
+
+    def get(self, config_map: str, key: str) -> str | None:
+        """The value of ``key`` in ConfigMap ``config_map``, or None when unknown."""
+        ...
+
+
+@dataclass(frozen=True)
+class EnvConfigMaps:
+    """ConfigMap keys mapped to environment variables (how worker pods receive them)."""
+
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+
+    def get(self, config_map: str, key: str) -> str | None:
+        """See :class:`ConfigMapSource`."""
+        return self.environ.get(config_map_env_name(config_map, key))
+
+
+@dataclass(frozen=True)
+class MappingConfigMaps:
+    """ConfigMap data by name (a ``--config-maps`` file, or the resource file itself)."""
+
+    data: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def get(self, config_map: str, key: str) -> str | None:
+        """See :class:`ConfigMapSource`."""
+        return self.data.get(config_map, {}).get(key)
 
 
 def file_secrets(path: Path) -> MappingSecrets:
@@ -183,6 +222,58 @@ def customer_key(ref: SecretKeySelector | None, source: SecretSource) -> bytes |
     return decoded
 
 
+#: Environment variables naming a CA bundle file, in the order they are read: the AWS
+#: tools' own, then OpenSSL's.
+CA_BUNDLE_VARIABLES = ("AWS_CA_BUNDLE", "SSL_CERT_FILE")
+
+
+def ca_bundle_of(
+    side: str,
+    bucket: BucketSpec,
+    secrets: SecretSource,
+    config_maps: ConfigMapSource,
+    environ: Mapping[str, str] | None = None,
+) -> str | None:
+    """The PEM bundle both clients of one side trust; None: the system's trust store.
+
+    ``spec.<side>.caBundle`` when given (a missing key is an error that says where it
+    was looked for); otherwise, for an https endpoint (or AWS), the file the first of
+    :data:`CA_BUNDLE_VARIABLES` names. A bundle without a certificate is refused here,
+    before any request.
+    """
+    ref = bucket.ca_bundle
+    where = f"spec.{side}.caBundle"
+    if ref is not None:
+        if ref.secret_key_ref is not None:
+            pem = require(secrets, ref.secret_key_ref.name, ref.secret_key_ref.key)
+            where = f"{where} (Secret {ref.secret_key_ref.name!r} key {ref.secret_key_ref.key!r})"
+        else:
+            assert ref.config_map_key_ref is not None  # exactly one, by validation
+            name, key = ref.config_map_key_ref.name, ref.config_map_key_ref.key
+            found = config_maps.get(name, key)
+            if found is None:
+                raise ConfigMapNotFound(
+                    f"ConfigMap {name!r} has no key {key!r} here ({where}): set "
+                    f"{config_map_env_name(name, key)} or pass --config-maps FILE with the "
+                    "ConfigMap manifest"
+                )
+            pem = found
+            where = f"{where} (ConfigMap {name!r} key {key!r})"
+        return check_ca_bundle(pem, where)
+    if bucket.endpoint and not bucket.endpoint.startswith("https://"):
+        return None
+    environ = os.environ if environ is None else environ
+    for variable in CA_BUNDLE_VARIABLES:
+        path = environ.get(variable)
+        if path:
+            try:
+                text = Path(path).read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{variable}={path}: cannot read the CA bundle: {exc}") from None
+            return check_ca_bundle(text, f"{variable}={path}")
+    return None
+
+
 def referenced_secrets(spec: ObjectMigrationSpec) -> list[tuple[str, str]]:
     """Every (secret, key) pair a worker of ``spec`` reads, for the operator to map into env."""
     return list(secret_fields(spec))
@@ -220,6 +311,9 @@ def secret_fields(spec: ObjectMigrationSpec) -> dict[tuple[str, str], str]:
             name = bucket.credentials_secret_ref.name
             for key in (ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN):
                 found.setdefault((name, key), f"spec.{side}.credentialsSecretRef")
+        bundle = bucket.ca_bundle.secret_key_ref if bucket.ca_bundle is not None else None
+        if bundle is not None:
+            found.setdefault((bundle.name, bundle.key), f"spec.{side}.caBundle.secretKeyRef")
     refs: list[tuple[SecretKeySelector | None, str]] = [
         (spec.source.customer_key_secret_ref, "spec.source.customerKeySecretRef"),
         (
@@ -232,3 +326,13 @@ def secret_fields(spec: ObjectMigrationSpec) -> dict[tuple[str, str], str]:
         if ref is not None:
             found.setdefault((ref.name, ref.key), named_by)
     return found
+
+
+def referenced_config_maps(spec: ObjectMigrationSpec) -> list[tuple[str, str]]:
+    """Every (ConfigMap, key) pair a worker of ``spec`` reads from its environment."""
+    pairs = [
+        (bucket.ca_bundle.config_map_key_ref.name, bucket.ca_bundle.config_map_key_ref.key)
+        for bucket in (spec.source, spec.target)
+        if bucket.ca_bundle is not None and bucket.ca_bundle.config_map_key_ref is not None
+    ]
+    return list(dict.fromkeys(pairs))

@@ -54,6 +54,7 @@ CONDITION_TYPES = (
     ConditionType.CUT_OVER,
     ConditionType.PAUSED,
     ConditionType.FAILED,
+    ConditionType.DEGRADED,
     ConditionType.READY,
 )
 _OUTSTANDING = (
@@ -210,6 +211,8 @@ class StatusInputs:
     plan_reasons: dict[str, StateCount] | None = None
     plan_classes: dict[str, StateCount] | None = None
     steps: StepCounts | None = None  # for specs with application steps
+    #: Verified objects not proven by their ETag, by what proved them (etag mode only).
+    etag_unproven: dict[str, int] | None = None
 
 
 def build_status(inputs: StatusInputs, previous: ObjectMigrationStatus) -> ObjectMigrationStatus:
@@ -241,6 +244,8 @@ def build_status(inputs: StatusInputs, previous: ObjectMigrationStatus) -> Objec
             mismatched=counts.state(ObjectState.FAILED).objects,
             algorithm=spec.verify.mode,
             digest=state.verification.digest if state.verification is not None else None,
+            etag_unproven=sum((inputs.etag_unproven or {}).values()),
+            etag_unproven_by=inputs.etag_unproven or {},
         ),
         cutover=_cutover_status(state),
         report=previous.report,
@@ -368,6 +373,8 @@ def _stage_conditions(
     else:
         result.append((ConditionType.FAILED, "False", Reason.NO_ERROR, "no migration-wide error"))
 
+    result.append(degraded_condition(state))
+
     if spec.dry_run:
         planned = scan.completed_at is not None and not outstanding
         result.append(
@@ -388,6 +395,20 @@ def _stage_conditions(
             )
         )
     return result
+
+
+def degraded_condition(state: MigrationState) -> tuple[str, ConditionStatus, str, str]:
+    """Whether a store lacks an aspect of S3 objmig then does without, naming each."""
+    findings = sorted(state.store_features.values(), key=lambda f: (f.store, f.aspect))
+    if not findings:
+        return (
+            ConditionType.DEGRADED,
+            "False",
+            Reason.ALL_FEATURES_PRESENT,
+            "both stores support every aspect of S3 this migration uses",
+        )
+    message = "; ".join(finding.message for finding in findings)
+    return (ConditionType.DEGRADED, "True", Reason.STORE_FEATURE_MISSING, message)
 
 
 def _cutover_status(state: MigrationState) -> CutoverStatus:

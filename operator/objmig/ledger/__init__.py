@@ -45,6 +45,7 @@ from objmig.ledger.state import (
     RetryRecord,
     Rounds,
     ScanRecord,
+    StoreFinding,
     VerificationRecord,
 )
 from objmig.ledger.store import (
@@ -95,6 +96,7 @@ __all__ = [
     "StateCount",
     "StepCounts",
     "StepResult",
+    "StoreFinding",
     "UnknownMigration",
     "VerificationRecord",
     "WorkerReport",

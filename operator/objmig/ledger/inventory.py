@@ -266,6 +266,8 @@ class InventoryMixin(LedgerBase):
                     "restore_requested_at",
                     "not_preserved",
                     "verified_at",
+                    "verified_by",
+                    "degraded",
                     "cut_over_at",
                     "lease_owner",
                     "lease_expires_at",

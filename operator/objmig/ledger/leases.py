@@ -45,6 +45,8 @@ _RECORD_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("error_code", "text", "clear"),
     ("skip_reason", "text", "clear"),
     ("not_before", "timestamptz", "clear"),
+    ("verified_by", "text", "clear"),
+    ("degraded", "text", "clear"),
     ("not_preserved", "text", "clear"),
 )
 
@@ -59,7 +61,7 @@ def _record_sql(
     """The UPDATE ... FROM unnest(...) of ``Ledger.record`` for one shape of batch.
 
     ``present`` names the optional fields sent as arrays (in ``_RECORD_FIELDS`` order);
-    at most 2**14 shapes exist and a worker uses a handful, so caching the text keeps
+    at most 2**16 shapes exist and a worker uses a handful, so caching the text keeps
     asyncpg's prepared-statement cache effective. ``increments`` and ``hooks``: the
     batch sends the ``increment_attempts`` and ``hook_done`` flags. ``only_while_dry_run``:
     see ``record``.

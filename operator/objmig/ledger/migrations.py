@@ -9,6 +9,7 @@ belongs here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Unpack, cast
 
@@ -19,6 +20,7 @@ from objmig.ledger.state import (
     CleanupState,
     MigrationChanges,
     MigrationState,
+    StoreFinding,
     encode_changes,
 )
 
@@ -110,6 +112,29 @@ class MigrationsMixin(LedgerBase):
         if state is None:
             raise UnknownMigration(f"no migration with id {migration_id}")
         return MigrationState.model_validate(state)
+
+    async def record_store_findings(
+        self, migration_id: int, findings: Sequence[StoreFinding]
+    ) -> None:
+        """Add what the migration's stores lack (see `StoreFinding`), keyed by store and
+        aspect; entries for other keys stay, so concurrent workers' findings all land."""
+        if not findings:
+            return
+        entries = {
+            f"{finding.store}/{finding.aspect}": finding.model_dump(mode="json", by_alias=True)
+            for finding in findings
+        }
+        await self._pool.execute(
+            """
+            UPDATE migrations
+            SET state = jsonb_set(
+                state, '{storeFeatures}', coalesce(state->'storeFeatures', '{}') || $2::jsonb
+            )
+            WHERE id = $1
+            """,
+            migration_id,
+            entries,
+        )
 
     async def start_cleanup(self, migration_id: int) -> bool:
         """Record that source objects may be deleted from now on; False if not allowed.

@@ -171,7 +171,12 @@ class ObjectRow(NamedTuple):
     hook_done_at: datetime | None = None
     backfill: dict[str, Any] | None = None
     backfilled_at: datetime | None = None
-    # Added by schema version 5.
+    #: What proved the copy ("etag", or a checksum algorithm such as "sha256").
+    verified_by: str | None = None
+    #: Aspects of S3 this object's copy did without (comma-separated), see
+    #: `objmig.storage.features.Aspect`.
+    degraded: str | None = None
+    # Added by schema version 6.
     not_preserved: str | None = None
 
     @classmethod
@@ -199,9 +204,9 @@ class StepResult(NamedTuple):
 
     * ``target_*``, ``source_checksum``, ``target_checksum``, ``restore_requested_at``
       accumulate over steps: ``None`` keeps the stored value.
-    * ``last_error``, ``error_code``, ``skip_reason``, ``not_before`` and ``not_preserved``
-      describe the latest step only: they are always written, so ``None`` clears them (a
-      successful retry leaves no stale error behind).
+    * ``last_error``, ``error_code``, ``skip_reason``, ``not_before``, ``verified_by``,
+      ``degraded`` and ``not_preserved`` describe the latest step only: they are always
+      written, so ``None`` clears them (a successful retry leaves no stale error behind).
     * ``increment_attempts`` adds one to ``attempts`` (set it for every attempt that did
       real work, successful or not, so retry budgets count correctly).
     * ``verified_at`` is set to ``now()`` when ``state`` becomes ``verified`` or
@@ -225,6 +230,8 @@ class StepResult(NamedTuple):
     restore_requested_at: datetime | None = None
     target_last_modified: datetime | None = None
     hook_done: bool = False
+    verified_by: str | None = None
+    degraded: str | None = None
     not_preserved: str | None = None
 
 

@@ -69,6 +69,21 @@ class ReadsMixin(LedgerBase):
             if r["value"]
         }
 
+    async def etag_unproven(self, migration_id: int) -> dict[str, int]:
+        """Verified objects not proven by their ETag, by what proved them instead.
+
+        Cheap where ETags prove most copies (``verify.mode: etag``): a partial index holds
+        only the others."""
+        records = await self._pool.fetch(
+            """
+            SELECT verified_by, count(*) AS objects FROM objects
+            WHERE migration_id = $1 AND state = 'verified' AND verified_by <> 'etag'
+            GROUP BY 1 ORDER BY 1
+            """,
+            migration_id,
+        )
+        return {str(r["verified_by"]): int(r["objects"]) for r in records}
+
     async def get_object(self, object_id: int) -> ObjectRow | None:
         """One row by id, or None."""
         record = await self._pool.fetchrow(

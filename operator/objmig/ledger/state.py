@@ -150,6 +150,17 @@ class ConfigMapWorklist(StateModel):
     text: str
 
 
+class StoreFinding(StateModel):
+    """An aspect of S3 a store of the migration lacks, and what objmig does instead.
+
+    Recorded by the workers that learned it (see `objmig.storage.features`), one entry per
+    store and aspect, kept for the migration's life: the `Degraded` condition says them."""
+
+    store: str
+    aspect: str
+    message: str
+
+
 class MigrationState(StateModel):
     """Where one migration's lifecycle stands."""
 
@@ -169,6 +180,9 @@ class MigrationState(StateModel):
     rollback_started: bool = False
     manifest_config_map: ConfigMapWorklist | None = None
     retried: RetryRecord | None = None
+    # Written by `Ledger.record_store_findings` only, a key at a time: workers of one
+    # migration learn about its stores concurrently.
+    store_features: dict[str, StoreFinding] = Field(default_factory=dict)
 
     @property
     def cut_over(self) -> bool:

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -43,12 +44,19 @@ class ServerStartError(RuntimeError):
     """A local server did not become ready."""
 
 
-class _ChildServer:
-    """A server child process on a loopback port, with readiness polling and a log file."""
+class ChildServer:
+    """A server child process on a loopback port, with readiness polling and a log file.
+
+    Subclasses say how to start it (`_command`, `_environment`); the tests' other S3
+    servers (`tests/support/s3_servers.py`) are subclasses too. One served over HTTPS sets
+    `scheme` and gives the CA its certificate chains to as `ca_bundle` (PEM).
+    """
 
     name = "server"
     health_path = "/"
     credentials = Credentials("objmig-test", "objmig-test-secret")
+    scheme = "http"
+    ca_bundle: str | None = None
 
     def __init__(self, port: int | None = None, *, startup_timeout: float = 60.0) -> None:
         self.port = port
@@ -70,7 +78,7 @@ class _ChildServer:
     def endpoint_url(self) -> str:
         if self.port is None:
             raise RuntimeError(f"{self.name} is not started")
-        return f"http://{LOOPBACK}:{self.port}"
+        return f"{self.scheme}://{LOOPBACK}:{self.port}"
 
     def endpoint(
         self, credentials: Credentials | None = None, *, virtual: bool = False
@@ -85,6 +93,7 @@ class _ChildServer:
             region="us-east-1",
             addressing_style="virtual" if virtual else "path",
             credentials=credentials or self.credentials,
+            ca_bundle=self.ca_bundle,
         )
 
     @property
@@ -155,14 +164,16 @@ class _ChildServer:
 
     def _wait_ready(self, port: int) -> None:
         deadline = time.monotonic() + self.startup_timeout
-        url = f"http://{LOOPBACK}:{port}{self.health_path}"
+        url = f"{self.scheme}://{LOOPBACK}:{port}{self.health_path}"
+        context = ssl.create_default_context(cadata=self.ca_bundle) if self.ca_bundle else None
         while time.monotonic() < deadline:
             if self._process is not None and self._process.poll() is not None:
                 raise ServerStartError(
                     f"{self.name} exited with {self._process.returncode}:\n{self.log_tail()}"
                 )
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:
+                # http or https, to our own child on loopback.
+                with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310
                     if response.status < 500:
                         return
             except urllib.error.HTTPError as exc:
@@ -192,7 +203,7 @@ class _ChildServer:
             self._log = None
 
 
-class LocalS3Server(_ChildServer):
+class LocalS3Server(ChildServer):
     """moto's S3 server as a child process: `python -m moto.server -H 127.0.0.1 -p PORT`.
 
     `min_part_size` lowers moto's minimum multipart part size (5 MiB, as on AWS) so tests
@@ -232,20 +243,28 @@ class LocalS3Server(_ChildServer):
             pass
 
 
-def find_minio_binary() -> str | None:
-    """The MinIO server binary: `$MINIO_BINARY`, the `scripts/minio.sh` cache, or PATH."""
-    explicit = os.environ.get("MINIO_BINARY")
-    if explicit and os.access(explicit, os.X_OK):
-        return explicit
+def find_cached_binary(tool: str, binary: str, variable: str) -> str | None:
+    """A server binary a `scripts/<tool>.sh` built: `$<variable>` (the binary, or the
+    directory holding it), the objmig cache (newest version first), or PATH."""
+    explicit = os.environ.get(variable)
+    if explicit:
+        candidate = os.path.join(explicit, binary) if os.path.isdir(explicit) else explicit
+        if os.access(candidate, os.X_OK):
+            return candidate
     cache = os.environ.get("OBJMIG_CACHE") or str(Path.home() / ".cache" / "objmig")
-    candidates = sorted(glob.glob(os.path.join(cache, "minio", "*", "bin", "minio")), reverse=True)
+    candidates = sorted(glob.glob(os.path.join(cache, tool, "*", "bin", binary)), reverse=True)
     for candidate in candidates:
         if os.access(candidate, os.X_OK):
             return candidate
-    return shutil.which("minio")
+    return shutil.which(binary)
 
 
-class LocalMinio(_ChildServer):
+def find_minio_binary() -> str | None:
+    """The MinIO server binary: `$MINIO_BINARY`, the `scripts/minio.sh` cache, or PATH."""
+    return find_cached_binary("minio", "minio", "MINIO_BINARY")
+
+
+class LocalMinio(ChildServer):
     """A MinIO server as a child process, with a throw-away data directory.
 
     A static KMS key is configured (`MINIO_KMS_SECRET_KEY`) so SSE-S3 and SSE-KMS work.

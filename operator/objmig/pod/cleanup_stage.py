@@ -11,7 +11,7 @@ from objmig.api.migration import ObjectMeta
 from objmig.api.migration_cleanup import MigrationCleanup, MigrationCleanupSpec
 from objmig.engine.deletion_pass import run_cleanup
 from objmig.engine.pipeline.outcomes import ConfigurationError
-from objmig.engine.secrets import EnvSecrets, SecretNotFound
+from objmig.engine.secrets import ConfigMapNotFound, EnvConfigMaps, EnvSecrets, SecretNotFound
 from objmig.ledger import Ledger, LedgerWait, Problem
 from objmig.pod.exit_codes import EXIT_PERMANENT
 from objmig.pod.ledger_access import with_ledger
@@ -43,8 +43,10 @@ async def _clean(ledger: Ledger, name: str) -> int:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     try:
-        status = await run_cleanup(ledger, cleanup, EnvSecrets(), stop=stop)
-    except (ConfigurationError, SecretNotFound, ValueError) as error:
+        status = await run_cleanup(
+            ledger, cleanup, EnvSecrets(), config_maps=EnvConfigMaps(), stop=stop
+        )
+    except (ConfigurationError, SecretNotFound, ConfigMapNotFound, ValueError) as error:
         log.error("%s", error)
         await ledger.update_cleanup_state(
             cleanup_id,

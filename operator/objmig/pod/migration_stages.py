@@ -15,12 +15,12 @@ from typing import Any, TypeVar
 
 from objmig.api.conditions import Reason, s3_reason
 from objmig.api.migration import ObjectMeta, ObjectMigration, ObjectMigrationSpec
-from objmig.engine.bookkeeping import record_failure
+from objmig.engine.bookkeeping import record_failure, record_store_findings
 from objmig.engine.claim_loop import ClaimLoop
 from objmig.engine.context import MigrationContext, check_access, check_application
 from objmig.engine.pipeline.outcomes import ApplicationError, ConfigurationError
 from objmig.engine.scan import run_scan, scan_failure
-from objmig.engine.secrets import ConfigMapNotFound, EnvSecrets, SecretNotFound
+from objmig.engine.secrets import ConfigMapNotFound, EnvConfigMaps, EnvSecrets, SecretNotFound
 from objmig.ledger import Ledger, LedgerUnavailable, LedgerWait
 from objmig.pod.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PERMANENT
 from objmig.pod.ledger_access import with_ledger
@@ -62,8 +62,8 @@ async def _work(
         spec=ObjectMigrationSpec.model_validate(state.spec),
     )
     try:
-        context = MigrationContext.resolve(migration, EnvSecrets())
-    except (SecretNotFound, ValueError) as error:
+        context = MigrationContext.resolve(migration, EnvSecrets(), EnvConfigMaps())
+    except (SecretNotFound, ConfigMapNotFound, ValueError) as error:
         log.error("cannot start: %s", error)
         await record_failure(ledger, migration_id, Reason.CONFIGURATION_ERROR, str(error))
         return EXIT_PERMANENT
@@ -72,6 +72,7 @@ async def _work(
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     refused = await check_access(context)
+    await record_store_findings(ledger, migration_id, context.features.values())
     if refused is not None:
         code, message = refused
         log.error("%s", message)

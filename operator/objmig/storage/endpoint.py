@@ -40,6 +40,9 @@ class Endpoint:
 
     `url` None means AWS (the SDK picks the regional endpoint); `credentials` None means
     the SDK's default chain (environment, profile, IRSA / pod identity, instance role).
+    `ca_bundle` is the PEM text of the certificate authorities an HTTPS endpoint's
+    certificate must chain to (a private CA); None trusts the system's store. Both clients
+    of a store take it from here (see `objmig.storage.tls`).
     """
 
     url: str | None = None
@@ -48,11 +51,14 @@ class Endpoint:
     credentials: Credentials | None = None
     # Skip TLS verification: for self-signed test stores only.
     verify_tls: bool = True
+    ca_bundle: str | None = None
 
     def __repr__(self) -> str:
         return (
             f"Endpoint(url={self.url!r}, region={self.region!r}, "
-            f"addressing_style={self.addressing_style!r}, credentials={self.credentials!r})"
+            f"addressing_style={self.addressing_style!r}, credentials={self.credentials!r}"
+            + (", ca_bundle=<PEM>" if self.ca_bundle else "")
+            + ")"
         )
 
     __str__ = __repr__

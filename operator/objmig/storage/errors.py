@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from objmig.storage.tls import CA_HINT, untrusted_certificate
+
 if TYPE_CHECKING:
     import botocore.exceptions as bce
 
@@ -254,6 +256,15 @@ _STATUS_TEXT = {
 
 def classify(exc: BaseException) -> ErrorClass:
     """Map an exception from an S3 call onto what the engine should do next."""
+    refused = untrusted_certificate(exc)
+    if refused is not None:
+        # One line, no traceback: what the TLS layer said, and what to do about it.
+        return ErrorClass(
+            "permanent",
+            "UntrustedCertificate",
+            f"TLS: the server's certificate is not trusted ({refused}): {CA_HINT}",
+            is_config_error=True,
+        )
     if isinstance(exc, S3ResponseError):
         return _s3_error_class(exc.code, exc.status, exc.message, exc.operation)
     if isinstance(exc, StorageError):

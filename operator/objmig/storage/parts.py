@@ -13,6 +13,7 @@ import math
 from typing import TYPE_CHECKING
 
 from objmig.storage.errors import S3ResponseError
+from objmig.storage.features import Aspect
 from objmig.storage.types import HeadResult, MiB, PartLayout, multipart_part_count
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ async def resolve_part_layout(
     *,
     head: HeadResult | None = None,
     concurrency: int = 8,
+    part_heads_refused: str | None = None,
 ) -> PartLayout:
     """Find the part sizes of an object so a copy can reproduce them (and its ETag).
 
@@ -37,21 +39,32 @@ async def resolve_part_layout(
     part's Content-Length and `x-amz-mp-parts-count`. GetObjectAttributes(ObjectParts) is
     the fallback for stores without it (AWS only lists part sizes there for objects
     uploaded with additional checksums), and an equal-parts guess the last resort.
+    `part_heads_refused`: the store's answer to a HEAD with `partNumber` the caller has
+    already had (not asked again).
     """
     if head is None:
         head = await client.head(bucket, key, version_id=version_id, sse_c=sse_c)
     count = multipart_part_count(head.etag)
     if count is None:
         return PartLayout((head.size,), "single", multipart=False)
+    if client.features.lacks(Aspect.PART_SIZES):
+        return guessed_layout(head.size, count)
+    answers: list[str] = []
 
-    try:
-        first: HeadResult | None = await client.head(
-            bucket, key, version_id=version_id, part_number=1, sse_c=sse_c
-        )
-    except S3ResponseError as exc:
-        if not _unsupported(exc):
-            raise
-        first = None
+    first: HeadResult | None = None
+    if part_heads_refused is not None:
+        answers.append(part_heads_refused)
+    else:
+        try:
+            first = await client.head(
+                bucket, key, version_id=version_id, part_number=1, sse_c=sse_c
+            )
+        except S3ResponseError as exc:
+            if not parts_unsupported(exc):
+                raise
+            answers.append(f"HEAD ?partNumber: {exc.code}")
+    if first is not None and not first.parts_count:
+        answers.append("HEAD ?partNumber: no part count")
     if first is not None and first.parts_count:
         sizes = [first.size]
         semaphore = asyncio.Semaphore(max(1, concurrency))
@@ -77,19 +90,29 @@ async def resolve_part_layout(
     try:
         attributes = await client.object_part_sizes(bucket, key, version_id, sse_c)
     except S3ResponseError as exc:
-        if not _unsupported(exc):
+        if not parts_unsupported(exc):
             raise
         log.debug(
             "GetObjectAttributes(ObjectParts) unavailable for s3://%s/%s: %s", bucket, key, exc
         )
+        answers.append(f"GetObjectAttributes: {exc.code}")
         attributes = None
     if attributes and sum(attributes) == head.size:
         return PartLayout(tuple(attributes), "attributes", multipart=True)
 
-    log.warning(
+    if answers:
+        # Asked both ways and refused both: every multipart object of this store would be.
+        client.features.learn_missing(Aspect.PART_SIZES, "; ".join(answers))
+    log.info(
         "s3://%s/%s: the store reports no part sizes; assuming %d equal parts", bucket, key, count
     )
-    return PartLayout(tuple(guess_part_sizes(head.size, count)), "guess", multipart=True)
+    return guessed_layout(head.size, count)
+
+
+def guessed_layout(size: int, count: int) -> PartLayout:
+    """`count` equal parts (see `guess_part_sizes`): the layout of an object whose store
+    tells no part sizes. Its copy's ETag may differ from the source's."""
+    return PartLayout(tuple(guess_part_sizes(size, count)), "guess", multipart=True)
 
 
 async def part_layout(
@@ -108,7 +131,7 @@ async def part_layout(
 _COMMON_PART_SIZES_MIB = (8, 5, 16, 10, 15, 32, 50, 64, 100, 128, 256, 512, 1024)
 
 
-def _unsupported(exc: S3ResponseError) -> bool:
+def parts_unsupported(exc: S3ResponseError) -> bool:
     """A store's way of saying "I do not implement this parameter" (not a transient error)."""
     return exc.status in (400, 405, 416, 501) or exc.code in ("NotImplemented", "InvalidArgument")
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ssl
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
@@ -37,6 +36,7 @@ from urllib.parse import quote, urlsplit
 
 from objmig.storage.endpoint import DEFAULT_REGION, ClientTimeouts, Credentials, Endpoint
 from objmig.storage.errors import S3ResponseError, TruncatedBodyError
+from objmig.storage.features import StoreFeatures
 from objmig.storage.http1 import HttpPool, HttpResponse
 from objmig.storage.resending import RequestRetry, ResumingBody, RetryCount, resend
 from objmig.storage.s3wire import (
@@ -52,6 +52,7 @@ from objmig.storage.s3wire import (
     write_result,
     xml_body,
 )
+from objmig.storage.tls import ssl_context
 from objmig.storage.types import (
     GetResult,
     HeadResult,
@@ -79,11 +80,14 @@ class S3HttpClient:
         endpoint: Endpoint,
         pool: HttpPool,
         credentials: _CredentialSource,
+        features: StoreFeatures | None = None,
         retry: RequestRetry | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._pool = pool
         self._credentials = credentials
+        #: What this store lacks, as learned this run (shared with its other clients).
+        self.features = features or StoreFeatures(store_name(endpoint))
         self._retry = retry or RequestRetry()
         self.retries = RetryCount()
         self._region = endpoint.region or DEFAULT_REGION
@@ -612,19 +616,28 @@ class _CredentialSource:
         return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
 
+def store_name(endpoint: Endpoint, role: str = "store") -> str:
+    """How messages name a store: its role and URL (`target https://minio:9000`)."""
+    return f"{role} {endpoint.url or 'AWS S3'}"
+
+
 @asynccontextmanager
 async def open_http_client(
     endpoint: Endpoint,
     max_connections: int = 10,
     timeouts: ClientTimeouts | None = None,
+    features: StoreFeatures | None = None,
     retry: RequestRetry | None = None,
 ) -> AsyncIterator[S3HttpClient]:
-    """An `S3HttpClient` for `endpoint` whose pool holds `max_connections` connections."""
+    """An `S3HttpClient` for `endpoint` whose pool holds `max_connections` connections;
+    `features`: what the store is known to lack (shared by its clients in one run);
+    `retry`: how often a request that failed transiently is sent again."""
     timeouts = timeouts or ClientTimeouts()
     client = S3HttpClient(
         endpoint,
         http_pool(endpoint, max_connections, timeouts),
         _CredentialSource(endpoint),
+        features,
         retry,
     )
     try:
@@ -634,17 +647,13 @@ async def open_http_client(
 
 
 def http_pool(endpoint: Endpoint, max_connections: int, timeouts: ClientTimeouts) -> HttpPool:
-    """The connection pool for `endpoint` (TLS verified unless the endpoint says not to)."""
+    """The connection pool for `endpoint` (TLS verified against its CA bundle, or the
+    system's store, unless the endpoint says not to verify)."""
     scheme = urlsplit(endpoint.url).scheme if endpoint.url else "https"
-    context = None
-    if scheme == "https" and not endpoint.verify_tls:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
     return HttpPool(
         scheme=scheme,
         limit=max(1, max_connections),
-        ssl_context=context,
+        ssl_context=ssl_context(endpoint) if scheme == "https" else None,
         connect_timeout=timeouts.connect,
         read_timeout=timeouts.read,
     )

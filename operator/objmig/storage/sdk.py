@@ -29,6 +29,7 @@ from objmig.storage.endpoint import (
     Endpoint,
     loopback_name,
 )
+from objmig.storage.tls import sdk_verify
 
 # The aiobotocore stubs are a development dependency: import them for type checking only.
 if TYPE_CHECKING:
@@ -130,10 +131,11 @@ async def open_client(
         aws_session_token=creds.session_token if creds else None,
         region_name=endpoint.region or DEFAULT_REGION,
     )
-    async with session.client(
-        "s3",
-        endpoint_url=endpoint.url or None,
-        config=client_config(endpoint, max_connections, timeouts),
-        verify=endpoint.verify_tls,
-    ) as client:
-        yield client
+    with sdk_verify(endpoint) as verify:
+        async with session.client(
+            "s3",
+            endpoint_url=endpoint.url or None,
+            config=client_config(endpoint, max_connections, timeouts),
+            verify=verify,
+        ) as client:
+            yield client

@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
 from objmig.storage.endpoint import ClientTimeouts, Endpoint
+from objmig.storage.features import StoreFeatures
 from objmig.storage.s3http import S3HttpClient, open_http_client
 
 # The aiobotocore stubs are a development dependency: import them for type checking only.
@@ -50,6 +51,11 @@ class Store:
         return self._sdk
 
     @property
+    def features(self) -> StoreFeatures:
+        """What this store lacks, as learned this run."""
+        return self.http.features
+
+    @property
     def sdk_opened(self) -> bool:
         """Whether `sdk()` has been called (a run that never needed the SDK has not)."""
         return self._sdk is not None
@@ -57,11 +63,15 @@ class Store:
 
 @asynccontextmanager
 async def open_store(
-    endpoint: Endpoint, max_connections: int = 10, timeouts: ClientTimeouts | None = None
+    endpoint: Endpoint,
+    max_connections: int = 10,
+    timeouts: ClientTimeouts | None = None,
+    features: StoreFeatures | None = None,
 ) -> AsyncIterator[Store]:
-    """The store behind `endpoint`; `max_connections` sizes the per-object pool."""
+    """The store behind `endpoint`; `max_connections` sizes the per-object pool;
+    `features` is what it is known to lack (learned by earlier clients of this run)."""
     async with AsyncExitStack() as stack:
         http = await stack.enter_async_context(
-            open_http_client(endpoint, max_connections, timeouts)
+            open_http_client(endpoint, max_connections, timeouts, features)
         )
         yield Store(endpoint, http, stack, timeouts)

@@ -96,7 +96,10 @@ class CopySpec(ApiModel):
     preserve_tags: bool = Field(
         default=True,
         description="Copy object tags, and prove them: the copy's tags are compared with "
-        "the source's (read only for objects that have tags).",
+        "the source's (read only for objects that have tags). On a target store without "
+        "tags, objects that have tags fail with TagsNotSupported (the others copy). false: "
+        "no tagging request or header is sent at all: streamed copies carry no tags, a "
+        "server-side CopyObject does what the store does by default (S3 copies them).",
     )
     migration_marker: bool = Field(
         default=True,

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from objmig.api.base import (
     ApiModel,
+    ConfigMapKeySelector,
     LocalObjectReference,
     SecretKeySelector,
     cel_rule,
@@ -20,8 +21,43 @@ from objmig.api.base import (
 from objmig.api.migration.common import BUCKET_PATTERN, KEY_TEMPLATE_FIELDS, StorageClass
 
 
+class CABundleSource(ApiModel):
+    """The PEM certificates of the authorities an HTTPS endpoint's certificate chains to:
+    a key of a ConfigMap (CA certificates are public) or of a Secret. Exactly one."""
+
+    model_config = cel_validations(
+        cel_rule(
+            "has(self.configMapKeyRef) != has(self.secretKeyRef)",
+            "set exactly one of configMapKeyRef and secretKeyRef",
+        ),
+    )
+
+    config_map_key_ref: ConfigMapKeySelector | None = Field(
+        default=None,
+        description="A ConfigMap key holding the PEM bundle, e.g. the ca.crt a trust "
+        "distributor publishes.",
+    )
+    secret_key_ref: SecretKeySelector | None = Field(
+        default=None, description="A Secret key holding the PEM bundle."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CABundleSource:
+        if (self.config_map_key_ref is None) == (self.secret_key_ref is None):
+            raise ValueError("set exactly one of configMapKeyRef and secretKeyRef")
+        return self
+
+
 class BucketSpec(ApiModel):
     """Where objects live: an S3-compatible endpoint, a bucket and a key prefix."""
+
+    model_config = cel_validations(
+        cel_rule(
+            "!has(self.caBundle) || self.endpoint.startsWith('https://')",
+            "caBundle needs an https:// endpoint",
+            field_path=".caBundle",
+        ),
+    )
 
     endpoint: str = Field(
         default="",
@@ -63,6 +99,19 @@ class BucketSpec(ApiModel):
         description="CLI only: AWS shared-config profile to take credentials from.",
         max_length=128,
     )
+    ca_bundle: CABundleSource | None = Field(
+        default=None,
+        description="The certificate authorities an https endpoint's certificate must chain "
+        "to (a private CA), as PEM. Every request to this store trusts exactly these. "
+        "Absent: the system's trust store (objmig run also reads AWS_CA_BUNDLE, then "
+        "SSL_CERT_FILE).",
+    )
+
+    @model_validator(mode="after")
+    def _ca_bundle_needs_https(self) -> BucketSpec:
+        if self.ca_bundle is not None and not self.endpoint.startswith("https://"):
+            raise ValueError("caBundle needs an https:// endpoint")
+        return self
 
 
 class SourceSpec(BucketSpec):

@@ -105,6 +105,17 @@ class VerificationStatus(ApiModel):
     bytes: int = Field(default=0, ge=0, description="Verified bytes.")
     mismatched: int = Field(default=0, ge=0, description="Objects whose copy differed.")
     algorithm: str = Field(default="", description="etag, checksum or sha256.")
+    etag_unproven: int = Field(
+        default=0,
+        ge=0,
+        description="With verify.mode etag: verified objects whose ETag could not prove the "
+        "copy (a store that tells no part sizes, opaque ETags, parts cut anew), proven by "
+        "a checksum or their SHA-256 instead (the report's verified_by column says which).",
+    )
+    etag_unproven_by: dict[str, int] = Field(
+        default_factory=dict,
+        description="etagUnproven by what proved them instead (sha256, crc32c, ...).",
+    )
     digest: str | None = Field(
         default=None,
         description="sha256 over every verified (key, version, size, ETag, target) tuple; "

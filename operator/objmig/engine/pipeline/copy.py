@@ -27,6 +27,7 @@ from objmig.storage.copy import (
     copy_object,
 )
 from objmig.storage.errors import S3ResponseError
+from objmig.storage.features import Aspect
 from objmig.storage.ratelimit import RateLimiter
 from objmig.storage.streaming import ReadAhead
 from objmig.storage.types import HeadResult
@@ -91,7 +92,12 @@ class CopyStep:
         copy_spec = spec.copy_
         by_checksum = sides.by_checksum(source)
         checksum_algorithm = None
-        if by_checksum and ctx.server_side and source is not None:
+        if (
+            by_checksum
+            and ctx.server_side
+            and source is not None
+            and not sides.dst.features.lacks(Aspect.CHECKSUMS)
+        ):
             # The algorithm the source keeps, so the two stored values can be compared;
             # else SHA-256, which one read of the source can match.
             checksum_algorithm = first_kept_algorithm(source) or "SHA256"

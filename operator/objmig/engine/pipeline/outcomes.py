@@ -53,13 +53,19 @@ class ApplicationError(Exception):
 
 @dataclass(frozen=True)
 class Proof:
-    """What verification established about a copy."""
+    """What verification established about a copy.
+
+    `verified_by`: "etag", or the algorithm of the checksums compared ("sha256", ...);
+    `degraded`: the aspects of S3 the copy did without (`objmig.storage.features.Aspect`).
+    """
 
     target_etag: str
     target_version_id: str | None
     source_checksum: str | None
     target_checksum: str | None
     target_last_modified: datetime | None = None
+    verified_by: str = "etag"
+    degraded: tuple[str, ...] = ()
 
 
 def verified(
@@ -79,12 +85,22 @@ def verified(
         target_last_modified=proof.target_last_modified,
         increment_attempts=True,
         not_preserved="; ".join(not_kept) or None,
+        verified_by=proof.verified_by,
+        degraded=",".join(proof.degraded) or None,
     )
 
 
 def still_verified(row: ObjectRow) -> StepResult:
     """A `finishing` row, claimed for its application steps: verified as recorded."""
-    return StepResult(id=row.id, state=ObjectState.VERIFIED)
+    # What proved the copy, and what it could not keep, are written with every result
+    # (None clears them): keep them.
+    return StepResult(
+        id=row.id,
+        state=ObjectState.VERIFIED,
+        verified_by=row.verified_by,
+        degraded=row.degraded,
+        not_preserved=row.not_preserved,
+    )
 
 
 def with_write(result: StepResult, target_key: str, written: tuple[str, str | None]) -> StepResult:

@@ -36,6 +36,7 @@ from objmig.storage.compare import (
 from objmig.storage.copy import CopyResult
 from objmig.storage.digest import object_sha256
 from objmig.storage.errors import IntegrityError
+from objmig.storage.features import Aspect
 from objmig.storage.types import MIGRATION_METADATA_KEY, EncryptionInfo, HeadResult
 
 #: Metadata an object copied onto itself carries: the ETag of the original it replaced and,
@@ -117,8 +118,15 @@ class VerifyStep:
         await self._check_key_kept(row)
         # The last word: the source must still be what was listed, or the copy proves nothing.
         await self._looks.recheck_source(row, target)
+        by = "etag" if source_checksum is None else label_algorithm(source_checksum).lower()
         return Proof(
-            target.etag, target.version_id, source_checksum, target_checksum, target.last_modified
+            target.etag,
+            target.version_id,
+            source_checksum,
+            target_checksum,
+            target.last_modified,
+            verified_by=by,
+            degraded=self._degraded(written),
         )
 
     async def _check_tags(
@@ -165,6 +173,19 @@ class VerifyStep:
                 + ": it rewrites keys with a leading '/', empty or '.' segments",
                 permanent=True,
             )
+
+    def _degraded(self, written: CopyResult | None) -> tuple[str, ...]:
+        """The aspects of S3 this copy did without, because a store lacks them."""
+        if written is None:
+            return ()
+        found = []
+        if written.parts_guessed:
+            found.append(Aspect.PART_SIZES)
+        if written.server_side and self._sides.dst.features.lacks(Aspect.COPY_CONDITIONALS):
+            found.append(Aspect.COPY_CONDITIONALS)
+        if self._sides.ctx.server_side and not written.server_side:
+            found.append(Aspect.MARKER_COPIES)  # the one kind a server-side run streams
+        return tuple(found)
 
     def is_earlier_copy(self, row: ObjectRow, current: HeadResult) -> bool:
         """Whether the object in place of `row` is this migration's copy of it, written
@@ -247,11 +268,13 @@ class VerifyStep:
                 original=self._sides.originals.get(row.id),
                 streamed_sha256=written.sha256 if written is not None else None,
             )
-            theirs = target_checksums_trusted(
-                target,
-                written.checksum_algorithm if written is not None else None,
-                written=written is not None,
-            )
+            asked = written.checksum_algorithm if written is not None else None
+            theirs = target_checksums_trusted(target, asked, written=written is not None)
+            if asked and asked not in target.whole_checksums():
+                self._sides.dst.features.learn_missing(
+                    Aspect.CHECKSUMS,
+                    f"a copy written with x-amz-checksum-{asked.lower()} shows none on HEAD",
+                )
             pair = checksum_pair(mine, theirs)
             if pair is not None:
                 return (

@@ -57,6 +57,16 @@ class TargetExistsError(StorageError):
         self.source = source
 
 
+class TagsNotSupportedError(StorageError):
+    """The object has tags, tags are to be preserved, and the target store has none.
+
+    Permanent for this object (no retry gives the store tags); the migration goes on with
+    the others. `copy.preserveTags: false` copies such objects without their tags."""
+
+    kind = "permanent"
+    code = "TagsNotSupported"
+
+
 @dataclass(frozen=True)
 class Encryption:
     """Server-side encryption to apply to the target.
@@ -136,7 +146,8 @@ class CopyOptions:
     - `preserve_metadata`: copy user metadata (`x-amz-meta-*`). Content headers
       (Content-Type, Cache-Control, ...) are always copied: they are part of the object's
       HTTP representation, not annotations.
-    - `preserve_tags`: copy the object's tags.
+    - `preserve_tags`: copy the object's tags. False: no tagging request or header is sent
+      at all (a server-side CopyObject then does what the store does by default).
     - `create_only`: write only if the target key is free (`If-None-Match: *` on the
       PUT, CopyObject or CompleteMultipartUpload); a taken key raises `TargetExistsError`.
       Stores that ignore the header overwrite, so callers that must never overwrite still
@@ -226,6 +237,8 @@ class CopyResult:
     source_tags: Mapping[str, str] | None = None
     #: What the copy left out of its source, in words (see `planning.fit_metadata`).
     not_kept: tuple[str, ...] = ()
+    #: The source's store told no part sizes: the copy's parts are a guess of equal ones.
+    parts_guessed: bool = False
 
     @property
     def source_etag(self) -> str:

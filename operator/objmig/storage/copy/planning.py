@@ -16,10 +16,12 @@ from objmig.storage.copy.model import (
     MetadataTooLargeError,
     ObjectArchivedError,
     SourceObject,
+    TagsNotSupportedError,
     TargetObject,
 )
 from objmig.storage.errors import S3ResponseError, SourceChangedError
-from objmig.storage.parts import resolve_part_layout
+from objmig.storage.features import Aspect, unsupported
+from objmig.storage.parts import guessed_layout, parts_unsupported, resolve_part_layout
 from objmig.storage.restore import needs_restore
 from objmig.storage.s3http import S3HttpClient
 from objmig.storage.s3wire import content_headers, metadata_headers
@@ -102,8 +104,50 @@ async def plan_copy(
     # A single-part copy gets the tags another way: CopyObject copies them, and the GET of
     # a streamed copy says whether there are any (x-amz-tagging-count).
     if options.preserve_tags and layout.multipart:
-        tags = await client.get_tags(source.bucket, source.key, head.version_id)
+        tags = await read_tags(client, source, head.version_id)
     return plan_for(source, options, head, layout, tags)
+
+
+def is_directory_marker(key: str, head: HeadResult) -> bool:
+    """A zero-byte object whose key ends in "/", as consoles and file gateways make them."""
+    return key.endswith("/") and head.size == 0
+
+
+def may_have_tags(key: str, head: HeadResult) -> bool:
+    """Whether the object may have tags: its tag count says so, or it is a directory
+    marker, whose tag count SeaweedFS does not report although it keeps its tags."""
+    return bool(head.tag_count) or is_directory_marker(key, head)
+
+
+async def read_tags(
+    client: S3HttpClient, source: SourceObject, version_id: str | None
+) -> dict[str, str] | None:
+    """The source's tags; None from a store without tags (its objects have none)."""
+    if client.features.lacks(Aspect.TAGS):
+        return None
+    try:
+        return await client.get_tags(source.bucket, source.key, version_id)
+    except S3ResponseError as exc:
+        if not unsupported(exc):
+            raise
+        client.features.learn_missing(Aspect.TAGS, f"GetObjectTagging: {exc.code}")
+        return None
+
+
+def check_tags_writable(
+    client: S3HttpClient, target: TargetObject, options: CopyOptions, plan: Plan
+) -> None:
+    """Refuse to copy an object with tags to a store without tags when they are to be kept:
+    the copy would lose them. Objects without tags copy as usual."""
+    if not options.preserve_tags or not client.features.lacks(Aspect.TAGS):
+        return
+    count = len(plan.tags) if plan.tags else plan.head.tag_count
+    if count:
+        raise TagsNotSupportedError(
+            f"s3://{target.bucket}/{target.key}: the source has {count} tags and the "
+            f"{client.features.store} keeps no tags: set copy.preserveTags: false to copy "
+            "it without them"
+        )
 
 
 def plan_for(
@@ -194,8 +238,12 @@ async def _multipart_layout(
 
     Uploaders cut objects into equal parts and a shorter last one, so HEAD of part 1 and
     the part count usually tell every size in one request; `copy_object` checks the
-    resulting ETag and falls back to asking for every part when the guess was wrong.
+    resulting ETag and falls back to asking for every part when the guess was wrong. A
+    store known to tell no part sizes is not asked again: the sizes are guessed at once.
     """
+    if client.features.lacks(Aspect.PART_SIZES):
+        return guessed_layout(head.size, count)
+    refused = None
     try:
         first = await client.head(
             source.bucket,
@@ -204,14 +252,23 @@ async def _multipart_layout(
             part_number=1,
             sse_c=source.sse_c_key,
         )
-    except S3ResponseError:
+    except S3ResponseError as exc:
+        if not parts_unsupported(exc):
+            raise  # throttling or a server error: the store may well tell, later
         first = None
+        refused = f"HEAD ?partNumber: {exc.code}"
     if first is not None and first.parts_count == count and first.size > 0:
         last = head.size - first.size * (count - 1)
         if 0 < last <= first.size:
             return PartLayout((first.size,) * (count - 1) + (last,), "uniform", multipart=True)
     return await resolve_part_layout(
-        client, source.bucket, source.key, head.version_id, source.sse_c_key, head=head
+        client,
+        source.bucket,
+        source.key,
+        head.version_id,
+        source.sse_c_key,
+        head=head,
+        part_heads_refused=refused,
     )
 
 
@@ -224,7 +281,7 @@ def object_headers(target: TargetObject, options: CopyOptions, plan: Plan) -> di
     }
     if options.storage_class:
         headers["x-amz-storage-class"] = options.storage_class
-    if plan.tags:
+    if plan.tags and options.preserve_tags:
         headers["x-amz-tagging"] = urlencode(plan.tags)
     return headers
 
@@ -274,6 +331,7 @@ def copy_result(
         checksum_algorithm=checksum_algorithm,
         source_tags=plan.tags,
         not_kept=plan.not_kept,
+        parts_guessed=plan.layout.source == "guess",
     )
 
 

@@ -8,10 +8,17 @@ import logging
 from dataclasses import replace
 
 from objmig.storage.copy.model import CopyOptions, CopyResult, SourceObject, TargetObject
-from objmig.storage.copy.planning import Plan, plan_copy, single_part_by_listing
+from objmig.storage.copy.planning import (
+    Plan,
+    check_tags_writable,
+    is_directory_marker,
+    plan_copy,
+    single_part_by_listing,
+)
 from objmig.storage.copy.server_side import server_side_multipart, server_side_single
 from objmig.storage.copy.streamed import streamed_multipart, streamed_single
-from objmig.storage.errors import S3ResponseError, SourceChangedError
+from objmig.storage.errors import S3ResponseError, SourceChangedError, classify
+from objmig.storage.features import Aspect
 from objmig.storage.parts import resolve_part_layout
 from objmig.storage.s3http import S3HttpClient
 
@@ -50,6 +57,9 @@ async def copy_object(
         source.bucket, source.key, version_id=source.version_id, sse_c=source.sse_c_key
     )
     plan = await plan_copy(src_client, source, options, head)
+    check_tags_writable(dst_client, target, options, plan)
+    if options.server_side and is_directory_marker(source.key, head):
+        return await _copy_marker(src_client, dst_client, source, target, options, plan)
     result = await _copy_planned(src_client, dst_client, source, target, options, plan)
     if result.etag_matches_source is False and plan.layout.source == "uniform":
         # Equal parts were assumed from part 1 and the count; the ETag says the source's
@@ -68,6 +78,37 @@ async def copy_object(
         again = replace(options, create_only=False)
         result = await _copy_planned(src_client, dst_client, source, target, again, plan)
     return result
+
+
+async def _copy_marker(
+    src_client: S3HttpClient,
+    dst_client: S3HttpClient,
+    source: SourceObject,
+    target: TargetObject,
+    options: CopyOptions,
+    plan: Plan,
+) -> CopyResult:
+    """A directory marker, server-side where the store can; some refuse CopyObject of one
+    (versitygw, SeaweedFS), and there are no bytes to copy anyway: a PUT of its metadata,
+    content headers and tags writes the same object."""
+    features = dst_client.features
+    if not features.lacks(Aspect.MARKER_COPIES):
+        try:
+            return await _copy_planned(src_client, dst_client, source, target, options, plan)
+        except S3ResponseError as exc:
+            # The source was just looked at: SeaweedFS's NoSuchKey for a marker it has is
+            # as much a refusal as versitygw's DirectoryObjectContainsData.
+            problem = classify(exc)
+            if problem.kind not in ("permanent", "not_found") or problem.is_config_error:
+                raise
+            features.learn_missing(Aspect.MARKER_COPIES, f"CopyObject: {exc.code}")
+    streamed = replace(
+        options,
+        server_side=False,
+        compute_sha256=options.compute_sha256 or options.checksum_algorithm is not None,
+        checksum_algorithm=None,
+    )
+    return await streamed_single(src_client, dst_client, source, target, streamed, plan)
 
 
 async def _copy_planned(

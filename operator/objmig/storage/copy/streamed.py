@@ -22,11 +22,14 @@ from objmig.storage.copy.planning import (
     Plan,
     byte_ranges,
     check_source,
+    check_tags_writable,
     copy_result,
     create_only_headers,
     etag_proves_copy,
+    may_have_tags,
     object_headers,
     plan_for,
+    read_tags,
     target_taken,
 )
 from objmig.storage.errors import IntegrityError, S3ResponseError
@@ -57,10 +60,9 @@ async def streamed_single(
             check_source(source, got.head)
             layout = PartLayout((got.head.size,), "single", multipart=False)
             plan = plan_for(source, options, got.head, layout, None)
-        if options.preserve_tags and got.head.tag_count:
-            plan = replace(
-                plan, tags=await src_client.get_tags(source.bucket, source.key, plan.version_id)
-            )
+        if options.preserve_tags and may_have_tags(source.key, got.head):
+            plan = replace(plan, tags=await read_tags(src_client, source, plan.version_id))
+        check_tags_writable(dst_client, target, options, plan)
         size = plan.head.size
         stream = PartStream(
             got.body,
@@ -143,8 +145,11 @@ async def streamed_multipart(
     ranges = byte_ranges(plan.layout.sizes)
     window = max(1, options.part_concurrency)
     read_ahead = options.read_ahead if window > 1 else None
-    # One GET reads the object front to back, so its SHA-256 is simply taken as it goes.
-    digest = hashlib.sha256() if options.compute_sha256 else None
+    # One GET reads the object front to back, so its SHA-256 is simply taken as it goes:
+    # asked for, or because guessed part sizes may give the copy another ETag, and then
+    # the SHA-256 is what proves it without reading the source a second time.
+    guessed = plan.layout.source == "guess"
+    digest = hashlib.sha256() if options.compute_sha256 or guessed else None
     part_md5 = not etag_proves_copy(plan, options)
 
     def part_stream(index: int, body: Body) -> PartStream:

@@ -1,4 +1,4 @@
--- objmig ledger, schema version 5: what objmig wrote, for leftovers cleanups and reports.
+-- objmig ledger, schema version 6: what objmig wrote, for leftovers cleanups and reports.
 
 -- Multipart uploads objmig started and has not seen end (completed or aborted). S3 shows
 -- no metadata for an incomplete upload: this is how one is known for objmig's. A killed
