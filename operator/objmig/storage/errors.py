@@ -282,7 +282,14 @@ def classify(exc: BaseException) -> ErrorClass:
 
 def worth_resending(exc: BaseException) -> bool:
     """Whether the request that raised `exc` may succeed if sent again as it was: a
-    transient failure (see `resending.RequestRetry`), not one only another attempt can fix."""
+    transient failure (see `resending.RequestRetry`), not one only another attempt can fix.
+
+    A 501 is not transient: the store does not implement what was asked (a HEAD's 501 has
+    no code to say so), and sent again it answers the same; objmig learns from the first
+    answer that the store lacks it (`features.unsupported`).
+    """
+    if isinstance(exc, S3ResponseError) and exc.status == 501:
+        return False
     error = classify(exc)
     return error.retryable and error.code not in _ATTEMPT_ONLY_CODES
 
