@@ -97,9 +97,13 @@ async def test_tags_the_target_did_not_keep_fail_verification_naming_the_tag(
     assert rows["tagged"].error_code == "TagsMismatch"
     assert "tag 'team': expected 'blue', found nothing" in (rows["tagged"].last_error or "")
     assert result.outcome == "awaiting-cutover"
-    # Cheap: only the tagged object's tags were read, on either side.
-    tag_reads = {(r.bucket, r.key) for r in s3_proxy.seen("GET") if "tagging" in r.query}
-    assert tag_reads <= {(source, "tagged"), (target, "tagged")}
+    # Cheap: only the tagged object's tags were read, on either side, besides one probe per
+    # store of whether it has tags at all (`features.probe_tags`, a key that does not exist).
+    tag_reads = [(r.bucket, r.key) for r in s3_proxy.seen("GET") if "tagging" in r.query]
+    probes = [(bucket, key) for bucket, key in tag_reads if ".objmig-probe-" in key]
+    assert set(tag_reads) - set(probes) <= {(source, "tagged"), (target, "tagged")}
+    assert len(probes) == len({bucket for bucket, _ in probes})
+    assert {bucket for bucket, _ in probes} <= {source, target}
 
 
 @pytest.mark.parametrize("match", ["Equivalent", "Exact"])
