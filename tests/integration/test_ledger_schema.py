@@ -8,6 +8,7 @@ import asyncpg
 import pytest
 
 from objmig.ledger import Ledger, SchemaTooNew, apply_schema, code_schema_version
+from objmig.ledger import schema as ledger_schema
 from objmig.ledger.schema import database_schema_version, load_schema_migrations
 
 
@@ -29,6 +30,46 @@ async def test_apply_schema_is_idempotent(database_url: str) -> None:
 
     assert first == second == code_schema_version()
     assert applied == code_schema_version()
+
+
+async def test_a_ledger_one_version_behind_is_upgraded_with_its_rows(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ledger an objmig one release older made (every schema file but the last), with a
+    # migration and an object in it: the next start-up applies the last file, and the row
+    # reads with every column this code selects.
+    migrations = load_schema_migrations()
+    older = migrations[:-1]
+    monkeypatch.setattr(ledger_schema, "load_schema_migrations", lambda: older)
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await apply_schema(conn) == len(older)
+        migration_id = await conn.fetchval(
+            "INSERT INTO migrations (name) VALUES ('default/older') RETURNING id"
+        )
+        object_id = await conn.fetchval(
+            "INSERT INTO objects (migration_id, key, size, etag, state)"
+            " VALUES ($1, 'a/b.txt', 3, 'abc', 'verified') RETURNING id",
+            migration_id,
+        )
+    finally:
+        await conn.close()
+    monkeypatch.undo()
+
+    ledger = await Ledger.connect(database_url, min_size=1, max_size=2)
+    try:
+        versions = await ledger.pool.fetch(
+            "SELECT version, name FROM objmig_schema_version ORDER BY version"
+        )
+        row = await ledger.get_object(object_id)
+    finally:
+        await ledger.close()
+
+    assert [(r["version"], r["name"]) for r in versions] == [
+        (m.version, m.name) for m in migrations
+    ]
+    assert row is not None
+    assert (row.migration_id, row.key, row.size, row.etag) == (migration_id, "a/b.txt", 3, "abc")
 
 
 async def test_concurrent_start_ups_apply_the_schema_once(database_url: str) -> None:
