@@ -1,8 +1,10 @@
 -- Argo CD health check for objmig.dev/ObjectMigration
 -- (argocd-cm key: resource.customizations.health.objmig.dev_ObjectMigration).
 -- Healthy: CutOver, or Completed (a dry run's plan is ready). Suspended: Paused, or waiting for
--- spec.cutover.approved. Degraded: Failed, or cutover blocked by failed objects or a gate that
--- cannot pass without a change. Progressing: everything else (scanning, copying, verifying).
+-- spec.cutover.approved. Degraded: Failed, a target directory short of space (TargetSpaceLow,
+-- paused until there is room), cutover blocked by failed objects or a gate that cannot pass
+-- without a change, or a run that is Degraded (error rate) or Stalled (throughput).
+-- Progressing: everything else (scanning, copying, verifying).
 local hs = {}
 
 local function condition(conditions, kind)
@@ -52,6 +54,14 @@ if phase == "Failed" or is_true(failed) then
   return hs
 end
 
+-- Someone has to make room: the run waits, paused, until there is.
+local space = condition(conditions, "TargetSpaceLow")
+if is_true(space) then
+  hs.status = "Degraded"
+  hs.message = "Target space low: " .. message_of(space, "the target filesystem is short of space")
+  return hs
+end
+
 local paused = condition(conditions, "Paused")
 if phase == "Paused" or is_true(paused) then
   hs.status = "Suspended"
@@ -97,6 +107,16 @@ if phase == "AwaitingCutover" then
   if verified ~= nil and verified.status == "False" and verified.reason == "SomeObjectsFailed" then
     hs.status = "Degraded"
     hs.message = "Cutover blocked: " .. message_of(verified, "some objects failed")
+    return hs
+  end
+end
+
+-- Still running, but unwell: too many objects fail, or nothing moves.
+for _, kind in ipairs({ "Degraded", "Stalled" }) do
+  local unwell = condition(conditions, kind)
+  if is_true(unwell) then
+    hs.status = "Degraded"
+    hs.message = kind .. ": " .. message_of(unwell, unwell.reason or kind)
     return hs
   end
 end

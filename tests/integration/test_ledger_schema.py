@@ -7,8 +7,17 @@ import asyncio
 import asyncpg
 import pytest
 
-from objmig.ledger import Ledger, SchemaTooNew, apply_schema, code_schema_version
+from objmig.ledger import (
+    InventoryRow,
+    Ledger,
+    ObjectState,
+    SchemaTooNew,
+    StateCount,
+    apply_schema,
+    code_schema_version,
+)
 from objmig.ledger import schema as ledger_schema
+from objmig.ledger.report import DigestBuilder
 from objmig.ledger.schema import database_schema_version, load_schema_migrations
 
 
@@ -35,9 +44,9 @@ async def test_apply_schema_is_idempotent(database_url: str) -> None:
 async def test_a_ledger_one_version_behind_is_upgraded_with_its_rows(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The ledger an objmig one release older made (every schema file but the last), with a
-    # migration and an object in it: the next start-up applies the last file, and the row
-    # reads with every column this code selects.
+    # The ledger an objmig one release older made (every schema file but the last: up to
+    # main's 0006_buckets), with a migration and an object in it: the next start-up applies
+    # the last file (0007_writes), and the row reads with every column this code selects.
     migrations = load_schema_migrations()
     older = migrations[:-1]
     monkeypatch.setattr(ledger_schema, "load_schema_migrations", lambda: older)
@@ -116,3 +125,75 @@ async def test_schema_lock_is_released_after_a_refusal(database_url: str) -> Non
         await conn.close()
 
     assert held == 0
+
+
+async def test_a_ledger_of_schema_5_upgrades_in_order_and_keeps_its_rows(
+    database_url: str,
+) -> None:
+    """A ledger written before schema 6 (the bucket of each object): its rows become rows
+    of no bucket, with their counts, their digest and their identity as they were."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await apply_schema(conn, up_to=5) == 5
+        migration_id = await conn.fetchval(
+            "INSERT INTO migrations (name) VALUES ('ns/old') RETURNING id"
+        )
+        # As version 5 wrote them: no bucket column yet.
+        await conn.executemany(
+            """
+            INSERT INTO objects (migration_id, key, size, etag, target_key, target_etag,
+                                 source_checksum, state, row_id)
+            VALUES ($1, $2, $3, $4, $2, $4, $5, $6, $7)
+            """,
+            [
+                (migration_id, "a/1", 10, "e1", "sha256:aa", "verified", "r1"),
+                (migration_id, "a/2", 20, "e2", None, "verified", None),
+                (migration_id, "b/3", 30, "e3", None, "pending", None),
+            ],
+        )
+        await conn.execute(
+            "INSERT INTO worker_activity (migration_id, owner, bytes_moved) VALUES ($1, 'w', 30)",
+            migration_id,
+        )
+        assert await database_schema_version(conn) == 5
+
+        assert await apply_schema(conn) == code_schema_version() == 7
+        applied = await conn.fetch("SELECT version, name FROM objmig_schema_version ORDER BY 1")
+    finally:
+        await conn.close()
+
+    assert [(r["version"], r["name"]) for r in applied][3:] == [
+        (4, "worker_activity"),
+        (5, "verified_by"),
+        (6, "buckets"),
+        (7, "writes"),
+    ]
+    expected = DigestBuilder()
+    expected.add("a/1", "", 10, "e1", "a/1", "e1", "sha256:aa")
+    expected.add("a/2", "", 20, "e2", "a/2", "e2", None)
+    async with await Ledger.connect(database_url) as ledger:
+        counts = await ledger.counts(migration_id)
+        assert counts.state(ObjectState.VERIFIED) == StateCount(objects=2, bytes=30)
+        assert counts.state(ObjectState.PENDING) == StateCount(objects=1, bytes=30)
+        assert set(await ledger.bucket_counts(migration_id)) == {""}
+        digest = await ledger.verification_digest(migration_id)
+        assert (digest.sha256, digest.objects, digest.buckets) == (expected.hexdigest(), 2, {})
+        assert (await ledger.activity(migration_id)).bytes_moved == 30
+
+        # The same object listed again is the same row; another bucket's is another row.
+        await ledger.upsert_inventory(
+            migration_id,
+            [InventoryRow(key="b/3", size=30, etag="e3"), InventoryRow("b/3", 5, "x", bucket="c")],
+            scan_id=1,
+        )
+        one = await ledger.find_object(migration_id, "a/1")
+        assert one is not None
+        assert (one.bucket, one.row_id) == ("", "r1")
+        other = await ledger.find_object(migration_id, "b/3", bucket="c")
+        assert other is not None
+        assert other.size == 5
+        counts = await ledger.counts(migration_id)
+        assert counts.total == StateCount(objects=4, bytes=65)
+        assert (await ledger.bucket_counts(migration_id))["c"] == {
+            ObjectState.PENDING: StateCount(objects=1, bytes=5)
+        }

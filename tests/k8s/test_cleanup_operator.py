@@ -205,3 +205,37 @@ async def test_a_dry_run_cleanup_made_real_runs_again_and_deletes(
     assert set(await listing(s3_client, source)) == {"keep/me"}
     jobs = k8s_cluster.kubectl_json("get", "jobs", "-n", k8s_namespace)["items"]
     assert {"c-cleanup", "c-cleanup-p1"} <= {j["metadata"]["name"] for j in jobs}
+
+
+async def test_a_cleanup_limited_to_some_objects_completes_and_says_what_it_left(
+    k8s_cluster: ControlPlane,
+    k8s_namespace: str,
+    objmig_operator: OperatorProcess,
+    s3_server: LocalS3Server,
+    s3_seed: S3Seeder,
+    s3_client: S3Client,
+) -> None:
+    """spec.limit ends a pass early: the cleanup is Complete, not Deleting for ever, and the
+    status counts the objects the limit left for a later cleanup."""
+    source, _, digest = await _cut_over(k8s_cluster, k8s_namespace, s3_server, s3_seed, 12)
+    apply_cleanup(
+        k8s_cluster,
+        k8s_namespace,
+        "limited",
+        gracePeriod="0s",
+        minAge="0s",
+        limit=5,
+        approval={"digest": digest},
+    )
+    k8s_cluster.kubectl(
+        "wait", "--for=condition=Complete", f"{CLEANUPS}/limited", "-n", k8s_namespace,
+        "--timeout=120s", timeout=135,
+    )  # fmt: skip
+
+    mcl = get_mcl(k8s_cluster, k8s_namespace, "limited")
+    assert mcl["status"]["phase"] == "Completed"
+    assert mcl["status"]["counts"]["deleted"] == 5
+    assert mcl["status"]["counts"]["leftByLimit"] == 7
+    remaining = set(await listing(s3_client, source))
+    assert len(remaining) == 8, remaining
+    assert "keep/me" in remaining

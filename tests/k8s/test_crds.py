@@ -287,8 +287,8 @@ REJECTED: list[tuple[str, str, dict[str, Any], str, str]] = [
      "spec.approval.digest", "should match"),
     # missing required fields
     ("missing-source", OM, {"spec.source": DELETE}, "spec.source", "Required value"),
-    ("missing-source-bucket", OM, {"spec.source.bucket": DELETE}, "spec.source.bucket",
-     "Required value"),
+    ("missing-source-bucket", OM, {"spec.source.bucket": DELETE}, "spec.source",
+     "set exactly one of bucket, buckets or filesystem"),
     ("missing-migration-ref", MCL, {"spec.migrationRef": DELETE}, "spec.migrationRef",
      "Required value"),
     ("missing-catalog-table", OM,
@@ -474,6 +474,47 @@ REJECTED: list[tuple[str, str, dict[str, Any], str, str]] = [
      {"spec.workers.resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}},
      "spec.workers.resources.requests",
      "a request must not exceed the limit of the same resource"),
+    # directories, several buckets, content-addressed layouts
+    ("cel-source-bucket-and-directory", OM, {"spec.source.filesystem": {"path": "/data"}},
+     "spec.source", "set exactly one of bucket, buckets or filesystem"),
+    ("cel-source-bucket-and-buckets", OM, {"spec.source.buckets": {"exclude": ["logs"]}},
+     "spec.source", "set exactly one of bucket, buckets or filesystem"),
+    ("cel-target-bucket-and-directory", OM, {"spec.target.filesystem": {"path": "/backup"}},
+     "spec.target", "set exactly one of bucket or filesystem"),
+    ("directory-relative-path", OM, {"spec.target": {"filesystem": {"path": "backup"}}},
+     "spec.target.filesystem.path", "should match"),
+    ("cel-directory-dotdot", OM, {"spec.target": {"filesystem": {"path": "/backup/../etc"}}},
+     "spec.target.filesystem.path", "path must not have '..' segments"),
+    ("cel-directory-placeholder-in-a-name", OM,
+     {"spec.source": {"buckets": {}}, "spec.target": {"filesystem": {"path": "/b/x-{bucket}"}}},
+     "spec.target.filesystem.path", "the only placeholder a path takes is {bucket}"),
+    ("cel-directory-encrypted", OM,
+     {"spec.target": {"filesystem": {"path": "/backup"}, "encryption": {"mode": "SSE-S3"}}},
+     "spec.target", "a directory has no storage class or server-side encryption"),
+    ("cel-bucket-placeholder-needs-buckets", OM,
+     {"spec.target.keyTemplate": "{bucket}/{relative}"},
+     "spec.target.keyTemplate", "{bucket} names the source bucket: it needs source.buckets"),
+    ("cel-buckets-kept-apart", OM, {"spec.source": {"buckets": {"include": ["a-*"]}}},
+     "spec.target.keyTemplate", "needs {bucket} to keep them apart"),
+    ("cel-content-never-rewritten", OM,
+     {"spec.target.keyTemplate": "objects/{sha256:2}/{sha256}",
+      "spec.copy": {"overwrite": "always"}},
+     "spec.copy.overwrite", "a content-addressed layout ({sha256}) never rewrites"),
+    ("cel-directory-not-server-side", OM,
+     {"spec.target": {"filesystem": {"path": "/backup"}}, "spec.copy": {"mode": "serverSide"}},
+     "spec.copy.mode", "a directory cannot take part in a server-side copy"),
+    ("cel-directory-source-versions", OM,
+     {"spec.source": {"filesystem": {"path": "/data"}},
+      "spec.selection": {"allVersions": True}},
+     "spec.source", "a directory source has no versions"),
+    ("cel-buckets-and-worklist", OM,
+     {"spec.source": {"buckets": {}}, "spec.target.keyTemplate": "{bucket}/{key}",
+      "spec.selection.manifest": {"configMapRef": {"name": "keys", "key": "list"}}},
+     "spec.selection.manifest", "source.buckets lists the buckets itself"),
+    ("cleanup-bucket-pattern", MCL, {"spec.bucket": "Not_A_Bucket"}, "spec.bucket",
+     "should match"),
+    ("cel-stalled-after-too-short", OM, {"spec.health.stalledAfter": "10s"},
+     "spec.health.stalledAfter", "must be between 1m and 168h"),
 ]
 # fmt: on
 
@@ -569,6 +610,21 @@ ACCEPTED: list[tuple[str, str, dict[str, Any]]] = [
     ("ca-bundle-from-a-secret", OM,
      {"spec.target.endpoint": "https://minio.example:9000",
       "spec.target.caBundle": {"secretKeyRef": {"name": "ca", "key": "ca.crt"}}}),
+    ("directory-target", OM,
+     {"spec.target": {"filesystem": {"path": "/backup", "claimName": "backup-pvc",
+                                     "minFreeSpace": "5Gi"}}}),
+    ("directory-source", OM, {"spec.source": {"filesystem": {"path": "/data"}}}),
+    ("buckets-to-a-directory-per-bucket", OM,
+     {"spec.source": {"buckets": {"exclude": ["logs-*"]}},
+      "spec.target": {"filesystem": {"path": "/backup/{bucket}"}}}),
+    ("buckets-with-a-bucket-placeholder", OM,
+     {"spec.source": {"buckets": {}}, "spec.target.keyTemplate": "{bucket}/{relative}"}),
+    ("content-addressed-with-groups", OM,
+     {"spec.target.keyTemplate": "objects/{sha256:2}/{sha256}",
+      "spec.groups": {"by": "{group}", "manifestKey": "packages/{group}.json"},
+      "spec.health": {"degradedErrorRate": 0.1, "stalledAfter": "30m",
+                      "minThroughput": "1Mi"}}),
+    ("cleanup-of-one-bucket", MCL, {"spec.bucket": "photos-2019"}),
     ("cleanup-approved", MCL,
      {"spec.approval.digest": "sha256:" + "ab" * 32, "spec.what": "leftovers"}),
     ("name-of-63-characters", OM, {"metadata.name": "m" * 63}),
@@ -610,9 +666,9 @@ UPDATES: list[tuple[str, str, dict[str, Any], str, str]] = [
     ("source-prefix", OM, {"spec.source.prefix": "elsewhere/"}, "spec.source",
      "source is immutable"),
     ("target-bucket", OM, {"spec.target.bucket": "other-bucket"}, "spec.target",
-     "target endpoint, bucket, prefix and keyTemplate are immutable"),
+     "target endpoint, bucket, directory path, prefix and keyTemplate"),
     ("target-key-template", OM, {"spec.target.keyTemplate": "{key}"}, "spec.target",
-     "target endpoint, bucket, prefix and keyTemplate are immutable"),
+     "target endpoint, bucket, directory path, prefix and keyTemplate"),
     ("cleanup-migration-ref", MCL, {"spec.migrationRef.name": "another"}, "spec.migrationRef",
      "migrationRef is immutable"),
     ("cleanup-what", MCL, {"spec.what": "leftovers"}, "spec.what", "what is immutable"),
@@ -757,7 +813,9 @@ def test_printer_columns_show_phase_progress_and_cutover(
     ns = k8s_namespace
     assert _create(crds, ns, _base_migration(), dry_run=False).returncode == 0
     rows = _table(crds.kubectl("get", "om", "-n", ns).stdout)
-    assert list(rows[0]) == ["NAME", "PHASE", "PROGRESS", "OBJECTS", "ETA", "CUTOVER", "AGE"]
+    assert list(rows[0]) == [
+        "NAME", "PHASE", "PROGRESS", "OBJECTS", "ETA", "CUTOVER", "HEALTH", "AGE",
+    ]  # fmt: skip
     assert rows[0]["NAME"] == "proof"
     assert rows[0]["PHASE"] == rows[0]["CUTOVER"] == ""  # no status yet
 
@@ -766,11 +824,12 @@ def test_printer_columns_show_phase_progress_and_cutover(
         "phase": "Copying",
         "progress": {
             "percent": 42,
+            "objectsDone": "503/1200",
             "objects": {"total": 1200, "succeeded": 500, "failed": 3, "pending": 697},
             "bytes": {"total": 10_000_000, "succeeded": 4_200_000},
-            "objectsDone": "503/1200",
             "eta": "12m",
         },
+        "health": {"summary": "Degraded,Stalled"},
         "conditions": [
             {
                 "type": "Copied",
@@ -807,6 +866,7 @@ def test_printer_columns_show_phase_progress_and_cutover(
     assert rows[0]["OBJECTS"] == "503/1200"
     assert rows[0]["ETA"] == "12m"
     assert rows[0]["CUTOVER"] == "False"
+    assert rows[0]["HEALTH"] == "Degraded,Stalled"
     wide = _table(crds.kubectl("get", "om", "-n", ns, "-o", "wide").stdout)
     assert wide[0]["FAILED"] == "3"
     # The category lists it too.

@@ -684,8 +684,15 @@ class NodeCluster(ControlPlane):
         ]
 
     def _controllers(self) -> tuple[str, ...]:
-        # Removes the not-ready taint once the kubelet reports Ready, as in any cluster.
-        return (*CONTROLLERS, "node-lifecycle-controller")
+        # Removes the not-ready taint once the kubelet reports Ready, as in any cluster; binds
+        # claims to (statically made) PersistentVolumes, and lets them go when deleted.
+        return (
+            *CONTROLLERS,
+            "node-lifecycle-controller",
+            "persistentvolume-binder-controller",
+            "persistentvolume-protection-controller",
+            "persistentvolumeclaim-protection-controller",
+        )
 
     def _start_nodes(self) -> None:
         assert self.images is not None, "NodeCluster needs images"

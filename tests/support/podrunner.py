@@ -24,10 +24,13 @@ The local control plane (``tests/support/cluster.py``) has no nodes. This proces
 
 Restart policies: ``Never`` (what Jobs use) is exact; ``OnFailure`` and ``Always`` restart the
 container in place with a capped back-off and ``restartCount`` (enough for Deployments). Not
-supported: volumes / volumeMounts (no filesystem isolation at all), probes (containers are ready
-as soon as they run), sidecar init containers, pod-level ``activeDeadlineSeconds``, resource
-limits enforcement, ``kubectl logs/exec/port-forward`` (there is no kubelet API), a pod IP of its
-own (every pod reports 127.0.0.1 and shares the host network), mounted service-account tokens.
+supported: volumes / volumeMounts beyond one check (no filesystem isolation at all: a volume
+is the directory its mountPath names on this machine; a pod whose persistentVolumeClaim does
+not exist stays Pending in ContainerCreating, as a kubelet's pod waiting to mount it), probes
+(containers are ready as soon as they run), sidecar init containers, pod-level
+``activeDeadlineSeconds``, resource limits enforcement, ``kubectl logs/exec/port-forward``
+(there is no kubelet API), a pod IP of its own (every pod reports 127.0.0.1 and shares the
+host network), mounted service-account tokens.
 
 Run: ``python -m tests.support.podrunner --kubeconfig K --node-name N --log-dir D --work-dir W``.
 """
@@ -205,6 +208,14 @@ def pod_path(ns: str, name: str, sub: str = "") -> str:
 
 class ConfigError(Exception):
     """The pod's spec cannot be turned into a process yet (kubelet: CreateContainerConfigError)."""
+
+    reason = "CreateContainerConfigError"
+
+
+class VolumeError(ConfigError):
+    """A volume the pod needs is not there yet (kubelet: waits in ContainerCreating)."""
+
+    reason = "ContainerCreating"
 
 
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
@@ -627,6 +638,25 @@ class PodWorker:
             for c in self._all_runs():
                 await self._kill(c, signal.SIGKILL)
 
+    async def _check_claims(self) -> None:
+        """Every persistentVolumeClaim the pod mounts must exist (what the kubelet waits for
+        before it mounts it; the mount itself is the mountPath directory on this machine)."""
+        ns = self.pod["metadata"]["namespace"]
+        for volume in self.pod["spec"].get("volumes") or []:
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            if claim is None:
+                continue
+            try:
+                await self.runner.kube.get(
+                    f"/api/v1/namespaces/{quote(ns)}/persistentvolumeclaims/{quote(claim)}"
+                )
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                raise VolumeError(
+                    f'persistentvolumeclaim "{claim}" not found (volume {volume["name"]})'
+                ) from None
+
     def _finish_unstarted(self) -> None:
         """Containers that never ran in a terminated pod: what kubelet reports for them."""
         for c in self._all_runs():
@@ -645,17 +675,17 @@ class PodWorker:
         base = {**self.runner.base_env(self.pod), "HOME": str(self.workdir)}
         while not self.terminating.is_set():
             try:
+                await self._check_claims()
                 resolver = EnvResolver(self.runner.kube, self.pod, self.runner.node)
                 envs = {c.name: await resolver.resolve(c.spec, base) for c in self._all_runs()}
                 self.config_error = None
                 return envs
             except ConfigError as exc:
-                # Like kubelet: stay Pending with CreateContainerConfigError and retry.
+                # Like kubelet: stay Pending (CreateContainerConfigError, or ContainerCreating
+                # while a volume is missing) and retry.
                 self.config_error = str(exc)
                 for c in self._all_runs():
-                    c.state = {
-                        "waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}
-                    }
+                    c.state = {"waiting": {"reason": exc.reason, "message": str(exc)}}
                 await self.write_status()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.terminating.wait(), 2)

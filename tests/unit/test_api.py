@@ -99,7 +99,7 @@ def test_minimal_migration_gets_documented_defaults() -> None:
         ({"copy": {"concurency": 4}}, "spec.copy.concurency: Extra inputs are not permitted"),
         (
             {"target": {"bucket": "dst-bucket", "keyTemplate": "{nope}/{key}"}},
-            "spec.target.keyTemplate: keyTemplate uses unknown placeholders",
+            "spec.target.keyTemplate: keyTemplate uses unknown placeholder",
         ),
         (
             {"selection": {"metadata": [{"key": "v", "operator": "Lt", "values": ["x"]}]}},

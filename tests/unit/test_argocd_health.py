@@ -278,3 +278,49 @@ def test_cleanup_failed_is_degraded() -> None:
 
 def test_cleanup_without_status_is_progressing() -> None:
     assert run_health("MigrationCleanup", {"metadata": {}})["status"] == "Progressing"
+
+
+# -- health conditions (spec.health, target directories) -----------------------------------
+
+
+def test_a_target_directory_short_of_space_is_degraded_though_paused() -> None:
+    low = "2 MiB free of 8 MiB, under target.filesystem.minFreeSpace 4 MiB"
+    resource = migration(
+        {
+            "Paused": ("True", "TargetSpaceLow", f"paused: {low}"),
+            "TargetSpaceLow": ("True", "FreeSpaceBelowMinimum", low),
+        }
+    )
+    assert resource["status"]["phase"] == "Paused"
+    assert run_health("ObjectMigration", resource) == {
+        "status": "Degraded",
+        "message": f"Target space low: {low}",
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"), [("Degraded", "ErrorRateHigh"), ("Stalled", "ThroughputBelowFloor")]
+)
+def test_a_running_migration_that_is_degraded_or_stalled_is_degraded(
+    kind: str, reason: str
+) -> None:
+    resource = migration({kind: ("True", reason, "look at the workers")})
+    assert resource["status"]["phase"] == "Copying"
+    assert run_health("ObjectMigration", resource) == {
+        "status": "Degraded",
+        "message": f"{kind}: look at the workers",
+    }
+
+
+def test_health_conditions_that_hold_no_longer_leave_it_progressing() -> None:
+    resource = migration(
+        {
+            "Degraded": ("False", "AllFeaturesPresent", "both stores support every aspect"),
+            "Stalled": ("False", "Progressing", "1048576 B/s, 3 objects/s"),
+            "TargetSpaceLow": ("False", "FreeSpaceAvailable", "6 GiB free"),
+        }
+    )
+    assert run_health("ObjectMigration", resource) == {
+        "status": "Progressing",
+        "message": "Copying (40%)",
+    }

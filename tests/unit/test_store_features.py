@@ -23,7 +23,7 @@ from objmig.engine.secrets import (
     ca_bundle_of,
     config_map_env_name,
 )
-from objmig.engine.status import degraded_condition
+from objmig.engine.status_stores import degraded_condition
 from objmig.ledger.state import MigrationState, StoreFinding
 from objmig.storage.errors import S3ResponseError, classify
 from objmig.storage.features import Aspect, StoreFeatures, unsupported

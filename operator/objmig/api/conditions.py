@@ -26,9 +26,13 @@ class ConditionType(StrEnum):
     CUT_OVER = "CutOver"
     PAUSED = "Paused"
     FAILED = "Failed"
-    #: A store lacks an aspect of S3 (tags, part sizes, ...); objmig does without it.
+    #: Unhealthy short of Paused or Failed: too many objects fail (spec.health), or a store
+    #: lacks an aspect of S3 (tags, part sizes, ...) that objmig does without.
     DEGRADED = "Degraded"
     READY = "Ready"
+    # Health (ObjectMigration): unhealthy when True, short of Paused or Failed
+    STALLED = "Stalled"
+    TARGET_SPACE_LOW = "TargetSpaceLow"
     # MigrationCleanup (also Failed)
     GATES_PASSED = "GatesPassed"
     COMPLETE = "Complete"
@@ -79,6 +83,19 @@ class Reason(StrEnum):
     # Paused
     RUNNING = "Running"
     SUSPENDED = "Suspended"
+    TARGET_SPACE_LOW = "TargetSpaceLow"
+    # Health: Degraded, Stalled, TargetSpaceLow
+    ERROR_RATE_HIGH = "ErrorRateHigh"
+    THROUGHPUT_BELOW_FLOOR = "ThroughputBelowFloor"
+    PROGRESSING = "Progressing"
+    NOTHING_OUTSTANDING = "NothingOutstanding"
+    FREE_SPACE_BELOW_MINIMUM = "FreeSpaceBelowMinimum"
+    FREE_SPACE_AVAILABLE = "FreeSpaceAvailable"
+    NOT_A_DIRECTORY = "NotADirectory"
+    # The audit of a target directory and of group manifests (CutoverReady)
+    AUDIT_PENDING = "AuditPending"
+    EXTRA_FILES = "ExtraFiles"
+    MANIFESTS_INCOMPLETE = "ManifestsIncomplete"
     # Rollback
     ROLLBACK_ALLOWED = "RollbackAllowed"
     CLEANUP_STARTED = "CleanupStarted"
@@ -105,6 +122,7 @@ class Reason(StrEnum):
     # Degraded
     ALL_FEATURES_PRESENT = "AllFeaturesPresent"
     STORE_FEATURE_MISSING = "StoreFeatureMissing"
+    AUDIT_FAILED = "AuditFailed"
     # MigrationCleanup
     MIGRATION_NOT_FOUND = "MigrationNotFound"
     CLEANUP_JOB_FAILED = "CleanupJobFailed"
@@ -121,8 +139,11 @@ class Reason(StrEnum):
 
 
 def s3_reason(code: str) -> str:
-    """The reason for a migration stopped by a store's error ``code`` (``S3AccessDenied``)."""
-    return f"S3{code}"
+    """The reason for a migration stopped by a store's error ``code`` (``S3AccessDenied``).
+
+    A directory's errors are named for themselves (``FilesystemUnavailable``).
+    """
+    return code if code.startswith("Filesystem") else f"S3{code}"
 
 
 REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"

@@ -232,7 +232,8 @@ def object_migration_crd() -> dict[str, Any]:
         kind="ObjectMigration",
         plural="objectmigrations",
         short_names=["om"],
-        description="ObjectMigration copies objects from one S3-compatible bucket to another, "
+        description="ObjectMigration copies objects between S3-compatible buckets (one, or "
+        "several of an account) and directories, or into a content-addressed layout, "
         "verifies every copy, and cuts applications over behind gates.",
         spec_model=ObjectMigrationSpec,
         status_model=ObjectMigrationStatus,
@@ -264,6 +265,12 @@ def object_migration_crd() -> dict[str, Any]:
             },
             {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta"},
             _condition_column("CutOver"),
+            {
+                "name": "Health",
+                "type": "string",
+                "description": "Healthy, or Degraded, Stalled, TargetSpaceLow.",
+                "jsonPath": ".status.health.summary",
+            },
             _AGE,
         ],
     )
@@ -282,6 +289,7 @@ def migration_cleanup_crd() -> dict[str, Any]:
         printer_columns=[
             {"name": "Migration", "type": "string", "jsonPath": ".spec.migrationRef.name"},
             {"name": "What", "type": "string", "jsonPath": ".spec.what"},
+            {"name": "Bucket", "type": "string", "priority": 1, "jsonPath": ".spec.bucket"},
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
             _condition_column("GatesPassed"),
             {"name": "Deleted", "type": "integer", "jsonPath": ".status.counts.deleted"},

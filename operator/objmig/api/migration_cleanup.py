@@ -9,7 +9,7 @@ from pydantic import ConfigDict, Field
 
 from objmig.api.base import DNS_LABEL, ApiModel
 from objmig.api.conditions import Condition
-from objmig.api.migration import JobRef, ObjectMeta, ObjectStatus, WorkersSpec
+from objmig.api.migration import BUCKET_PATTERN, JobRef, ObjectMeta, ObjectStatus, WorkersSpec
 from objmig.api.migration.common import MAX_COUNT
 from objmig.api.types import Duration, DurationBetween
 
@@ -35,8 +35,9 @@ class ApprovalSpec(ApiModel):
     """The human's yes: the verification digest they reviewed."""
 
     digest: str = Field(
-        description="Must equal the migration's status.verification.digest "
-        "(`objmig approve NAME` prints it).",
+        description="Must equal the migration's status.verification.digest (`objmig approve "
+        "NAME` prints it), or, for a cleanup of one bucket (spec.bucket), that bucket's "
+        "digest in status.buckets (`objmig approve NAME --bucket B`).",
         pattern=DIGEST_PATTERN,
     )
 
@@ -75,6 +76,17 @@ class MigrationCleanupSpec(ApiModel):
     )
     approval: ApprovalSpec | None = Field(
         default=None, description="Approval quoting the verification digest; required to delete."
+    )
+    bucket: str | None = Field(
+        default=None,
+        description="Clean up one bucket of a migration of several (source.buckets): only "
+        "its objects are considered, and the approval quotes its own digest. Immutable.",
+        pattern=BUCKET_PATTERN,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self == oldSelf", "message": "bucket is immutable"}
+            ]
+        },
     )
     dry_run: bool = Field(default=False, description="List what would be deleted; delete nothing.")
     limit: int | None = Field(

@@ -14,10 +14,16 @@ from rich.console import Console
 
 from objmig.api.conditions import ConditionType, find_condition
 from objmig.api.loading import Bundle, load_bundle
-from objmig.api.migration import ObjectMigration, ObjectMigrationSpec
+from objmig.api.migration import ObjectMigration, ObjectMigrationSpec, SourceSpec, TargetSpec
 from objmig.api.migration_cleanup import MigrationCleanup, MigrationCleanupStatus
 from objmig.cli.ledger import LedgerPlace, ledger_options
-from objmig.cli.progress import ProgressView, human_bytes, status_table, summary_line
+from objmig.cli.progress import (
+    ProgressView,
+    buckets_table,
+    human_bytes,
+    status_table,
+    summary_line,
+)
 from objmig.engine.bookkeeping import compute_status
 from objmig.engine.deletion_pass import run_cleanup
 from objmig.engine.local_run import LocalRun, RunResult
@@ -30,7 +36,7 @@ from objmig.engine.secrets import (
     file_config_maps,
     file_secrets,
 )
-from objmig.ledger import Ledger, ReportFormat
+from objmig.ledger import Ledger, ObjectState, ReportFormat, StateCount
 
 #: Exit codes of ``objmig run``, so scripts can tell outcomes apart.
 EXIT_OK = 0
@@ -269,6 +275,8 @@ def status(name: str | None, ledger: LedgerPlace, watch: bool, as_json: bool) ->
                     click.echo(json.dumps(current.to_wire(), indent=2))
                 else:
                     console.print(status_table(full, current))
+                    if current.buckets:
+                        console.print(buckets_table(current))
                 if not watch:
                     return
                 await asyncio.sleep(2)
@@ -289,6 +297,11 @@ def status(name: str | None, ledger: LedgerPlace, watch: bool, as_json: bool) ->
     help="Only the objects counted as failed: failed, and source_changed.",
 )
 @click.option(
+    "--by-bucket",
+    is_flag=True,
+    help="One line per bucket (objects, bytes, verified, failed, digest) instead of per object.",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -299,11 +312,26 @@ def report(
     ledger: LedgerPlace,
     fmt: str,
     only_failed: bool,
+    by_bucket: bool,
     output: Path | None,
 ) -> None:
-    """Stream the full per-object report of a migration."""
+    """Stream the full per-object report of a migration (or its per-bucket summary)."""
 
     report_format: ReportFormat = "csv" if fmt == "csv" else "jsonl"
+    if by_bucket:
+
+        async def per_bucket() -> tuple[str, int]:
+            async with ledger.open() as opened:
+                migration_id, _ = await _status_of(opened, qualified_name(name))
+                return await bucket_report(opened, migration_id, report_format)
+
+        text, lines = asyncio.run(per_bucket())
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.write_text(text)
+        click.echo(f"{lines} buckets", err=True)
+        return
 
     async def main() -> int:
         async with ledger.open() as opened:
@@ -327,10 +355,49 @@ def report(
     click.echo(f"{rows} objects", err=True)
 
 
+async def bucket_report(ledger: Ledger, migration_id: int, fmt: ReportFormat) -> tuple[str, int]:
+    """Every bucket's objects, bytes, verified, failed and digest, as CSV or JSONL."""
+    counts = await ledger.bucket_counts(migration_id)
+    state = await ledger.get_state(migration_id)
+    digests = state.verification.buckets if state.verification is not None else {}
+    lines = []
+    for bucket in sorted(counts):
+        by_state = counts[bucket]
+
+        def n(*states: ObjectState, by_state: dict[ObjectState, StateCount] = by_state) -> int:
+            return sum(by_state.get(s, StateCount()).objects for s in states)
+
+        record = digests.get(bucket)
+        lines.append(
+            {
+                "bucket": bucket,
+                "objects": sum(c.objects for c in by_state.values()),
+                "bytes": sum(c.bytes for c in by_state.values()),
+                "verified": n(ObjectState.VERIFIED, ObjectState.DELETED),
+                "failed": n(ObjectState.FAILED, ObjectState.SOURCE_CHANGED),
+                "digest": record.digest if record is not None else "",
+            }
+        )
+    if fmt == "jsonl":
+        return "".join(json.dumps(line) + "\n" for line in lines), len(lines)
+    header = "bucket,objects,bytes,verified,failed,digest\n"
+    body = "".join(
+        f"{line['bucket']},{line['objects']},{line['bytes']},{line['verified']},"
+        f"{line['failed']},{line['digest']}\n"
+        for line in lines
+    )
+    return header + body, len(lines)
+
+
 @click.command()
 @click.argument("name")
 @ledger_options
-def approve(name: str, ledger: LedgerPlace) -> None:
+@click.option(
+    "--bucket",
+    default=None,
+    help="One bucket of a migration of several: its own digest, for a cleanup of it alone.",
+)
+def approve(name: str, ledger: LedgerPlace, bucket: str | None) -> None:
     """Show what was verified, and the digest a MigrationCleanup approval must quote."""
 
     async def main() -> None:
@@ -339,17 +406,36 @@ def approve(name: str, ledger: LedgerPlace) -> None:
             migration_id, spec = await _status_of(opened, full)
             current = await compute_status(opened, migration_id, spec)
             digest = await opened.verification_digest(migration_id)
-            Console().print(status_table(full, current))
+            console = Console()
+            console.print(status_table(full, current))
+            if current.buckets:
+                console.print(buckets_table(current))
+            if bucket is not None:
+                if bucket not in digest.buckets:
+                    raise click.ClickException(f"no verified object of bucket {bucket!r}")
+                digest = digest.buckets[bucket]
             click.echo(
                 f"verified: {digest.objects} objects, {human_bytes(digest.bytes)} "
-                f"({spec.verify.mode})"
+                f"({spec.verify.mode})" + (f" in bucket {bucket}" if bucket else "")
             )
-            click.echo(f"source: s3://{spec.source.bucket}/{spec.source.prefix}")
-            click.echo(f"target: s3://{spec.target.bucket}/{spec.target.prefix}")
-            click.echo("\nTo delete the migrated source objects, put this in the cleanup spec:")
+            click.echo(f"source: {_where(spec.source, spec.source.prefix)}")
+            click.echo(f"target: {_where(spec.target, spec.target.prefix)}")
+            what = f"objects of bucket {bucket}" if bucket else "source objects"
+            click.echo(f"\nTo delete the migrated {what}, put this in the cleanup spec:")
+            if bucket:
+                click.echo(f"  bucket: {bucket}")
             click.echo(f"  approval:\n    digest: sha256:{digest.sha256}")
 
     asyncio.run(main())
+
+
+def _where(side: SourceSpec | TargetSpec, prefix: str) -> str:
+    """A side of a migration as a location: s3://bucket/prefix, or a directory."""
+    if side.filesystem is not None:
+        return f"{side.filesystem.path.rstrip('/')}/{prefix}"
+    if isinstance(side, SourceSpec) and side.buckets is not None:
+        return f"s3://(every bucket matching {', '.join(side.buckets.include)})/{prefix}"
+    return f"s3://{side.bucket}/{prefix}"
 
 
 @click.command()

@@ -54,6 +54,11 @@ def summary_line(name: str, status: ObjectMigrationStatus) -> str:
         if p.last_retryable_error:
             retried += f", last: {_shorten(p.last_retryable_error)}"
         parts.append(retried)
+    if status.content is not None and status.content.deduplicated:
+        content = status.content
+        parts.append(f"{content.deduplicated} deduplicated ({human_bytes(content.bytes_saved)})")
+    if status.health.summary != "Healthy":
+        parts.append(status.health.summary)
     return " | ".join(parts)
 
 
@@ -103,10 +108,47 @@ def status_table(name: str, status: ObjectMigrationStatus) -> Table:
     if status.verification.etag_unproven:
         by = ", ".join(f"{n} by {how}" for how, n in status.verification.etag_unproven_by.items())
         table.add_row("not by ETag", str(status.verification.etag_unproven), by)
-    for type_ in ("CutoverReady", "CutOver", "Paused", "Failed", "Degraded"):
+    content = status.content
+    if content is not None:
+        table.add_row("contents", str(content.contents), "stored once each")
+        table.add_row(
+            "deduplicated", str(content.deduplicated), f"{human_bytes(content.bytes_saved)} saved"
+        )
+    if status.groups is not None:
+        table.add_row(
+            "manifests", f"{status.groups.manifests_written}/{status.groups.groups}", "groups"
+        )
+    for type_ in (
+        "CutoverReady",
+        "CutOver",
+        "Paused",
+        "Failed",
+        "Degraded",
+        "Stalled",
+        "TargetSpaceLow",
+    ):
         condition = find_condition(status.conditions, type_)
         if condition is not None and (condition.status == "True" or type_ == "CutoverReady"):
             table.add_row(type_, condition.status, f"{condition.reason}: {condition.message}")
+    return table
+
+
+def buckets_table(status: ObjectMigrationStatus) -> Table:
+    """Per bucket (a migration of several): objects, bytes, verified, failed, digest."""
+    table = Table(title="buckets", show_header=True, expand=False)
+    for column in ("bucket", "objects", "bytes", "verified", "failed", "digest"):
+        table.add_column(column, justify="left" if column in ("bucket", "digest") else "right")
+    for bucket in status.buckets:
+        table.add_row(
+            bucket.name,
+            str(bucket.objects),
+            human_bytes(bucket.bytes),
+            str(bucket.verified),
+            str(bucket.failed),
+            bucket.digest or "",
+        )
+    if status.buckets_truncated:
+        table.add_row("...", "", "", "", "", "(more: objmig report --by-bucket)")
     return table
 
 

@@ -18,7 +18,10 @@ from objmig.pod.migration_stages import work
 @click.command()
 @click.option("--migration", "name", required=True, help="namespace/name of the migration.")
 @click.option(
-    "--stage", type=click.Choice(["scan", "copy", "cleanup"]), default="copy", show_default=True
+    "--stage",
+    type=click.Choice(["scan", "copy", "audit", "cleanup"]),
+    default="copy",
+    show_default=True,
 )
 @click.option(
     "--database-url", envvar="OBJMIG_DATABASE_URL", required=True, help="Ledger PostgreSQL URL."

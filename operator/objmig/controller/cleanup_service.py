@@ -73,7 +73,7 @@ class CleanupService:
         decision = decide_cleanup(
             CleanupObserved(
                 spec=spec,
-                facts=migration_facts(state),
+                facts=migration_facts(state, spec),
                 state=await self._ledger.get_cleanup_state(cleanup_id),
                 now=datetime.now(UTC),
                 run=job.run() if job is not None else None,

@@ -10,9 +10,10 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from objmig.api.migration import API_VERSION, MAX_PARALLELISM, ObjectMigration
+from objmig.api.migration import API_VERSION, MAX_PARALLELISM, ObjectMigration, ObjectMigrationSpec
 from objmig.api.migration_cleanup import MigrationCleanup
 from objmig.controller.config import OperatorConfig
+from objmig.engine.context import split_target_path
 from objmig.engine.lifecycle import RunObservation
 from objmig.engine.secrets import (
     SESSION_TOKEN,
@@ -23,7 +24,9 @@ from objmig.engine.secrets import (
 )
 from objmig.pod.exit_codes import EXIT_INTERRUPTED, EXIT_LEDGER_UNAVAILABLE, EXIT_PERMANENT
 
-Stage = Literal["scan", "copy", "cleanup"]
+Stage = Literal["scan", "copy", "audit", "cleanup"]
+#: The image's user and group (Dockerfile): volumes are made writable for this group.
+WORKER_GID = 10001
 MIGRATION_LABEL = "objmig.dev/migration"
 CLEANUP_LABEL = "objmig.dev/cleanup"
 STAGE_LABEL = "objmig.dev/stage"
@@ -144,6 +147,29 @@ def worker_env(migration: ObjectMigration, config: OperatorConfig) -> list[dict[
     return env
 
 
+def volumes(spec: ObjectMigrationSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The claims a directory source or target names, and where the worker mounts them:
+    a source read-only at its path, a target at its root (the path before `{bucket}`)."""
+    claims: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    sides = (
+        ("source", spec.source.filesystem, True),
+        ("target", spec.target.filesystem, False),
+    )
+    for name, directory, read_only in sides:
+        if directory is None or directory.claim_name is None:
+            continue
+        path = directory.path if read_only else split_target_path(directory.path)[0]
+        claims.append(
+            {
+                "name": name,
+                "persistentVolumeClaim": {"claimName": directory.claim_name, "readOnly": read_only},
+            }
+        )
+        mounts.append({"name": name, "mountPath": path, "readOnly": read_only})
+    return claims, mounts
+
+
 def worker_job(migration: ObjectMigration, want: JobWant, config: OperatorConfig) -> dict[str, Any]:
     """The Indexed Job manifest for one stage of a migration."""
     meta = migration.metadata
@@ -231,6 +257,12 @@ def _job(
         "automountServiceAccountToken": False,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
     }
+    claims, mounts = volumes(migration.spec)
+    if claims:
+        pod_spec["volumes"] = claims
+        container["volumeMounts"] = mounts
+        # Claims that support it are made group-writable for the image's user.
+        pod_spec["securityContext"]["fsGroup"] = WORKER_GID
     service_account = workers.service_account_name or config.worker_service_account
     if service_account:
         pod_spec["serviceAccountName"] = service_account

@@ -159,7 +159,7 @@ class MigrationService:
         """The lifecycle's view: this round's and wave's scan and copy Jobs, if they exist."""
         name, rounds = migration.metadata.name, state.rounds
 
-        def run(stage: Literal["scan", "copy"]) -> RunObservation | None:
+        def run(stage: Literal["scan", "copy", "audit"]) -> RunObservation | None:
             job = jobs.get(job_name(name, stage_run(stage, rounds.round, rounds.wave)))
             return job.run() if job is not None else None
 
@@ -170,6 +170,7 @@ class MigrationService:
             copies_while_scanning=False,
             scan_run=run("scan"),
             copy_run=run("copy"),
+            audit_run=run("audit"),
         )
 
     async def _honour_retry(
@@ -461,7 +462,7 @@ def _previous_status(body: Mapping[str, Any]) -> ObjectMigrationStatus:
 
 
 def _job_ref(job: JobObservation) -> JobRef:
-    stage = "scan" if "-scan-" in job.name else "copy"
+    stage = next((s for s in ("scan", "audit") if f"-{s}-" in job.name), "copy")
     return JobRef(
         name=job.name, stage=stage, active=job.active, succeeded=job.succeeded, failed=job.failed
     )
@@ -497,6 +498,16 @@ def transition_events(
                 "status.steps.missing counts them and objmig report NAME lists them",
             )
         )
+    for type_ in (ConditionType.DEGRADED, ConditionType.STALLED, ConditionType.TARGET_SPACE_LOW):
+        was = find_condition(previous.conditions, type_)
+        now = find_condition(status.conditions, type_)
+        if now is None or (was is not None and was.status == now.status):
+            continue
+        if now.status == "True":
+            if all(event.reason != now.reason for event in events):
+                events.append(Event("Warning", now.reason, f"{type_}: {now.message}"))
+        elif was is not None:
+            events.append(Event("Normal", now.reason, f"no longer {type_}: {now.message}"))
     before = find_condition(previous.conditions, ConditionType.CUTOVER_READY)
     after = find_condition(status.conditions, ConditionType.CUTOVER_READY)
     if (

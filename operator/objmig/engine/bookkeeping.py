@@ -22,7 +22,10 @@ from objmig.engine.pipeline.outcomes import HOOK_PENDING, NOT_FOUND, PLAN_REASON
 from objmig.engine.policy import CatchUp, Gate
 from objmig.engine.secrets import SecretSource
 from objmig.engine.status import FINISHED, Rates, StatusInputs, build_status, tally
+from objmig.engine.status_stores import BUCKETS_SHOWN
 from objmig.ledger import (
+    BucketDigest,
+    ContentCounts,
     Counts,
     CutoverRecord,
     Ledger,
@@ -63,6 +66,10 @@ async def take_up_spec(
         await ledger.requeue(migration_id, [ObjectState.SKIPPED], skip_reasons=[HOOK_PENDING])
     if state.catch_up.final_check_round is not None and not state.cut_over:
         state = await ledger.update_state(migration_id, catch_up=CatchUp.of(state).forgotten())
+    if state.spec is not None and state.spec != spec.to_wire():
+        # A changed spec is audited anew (an ignore glob added), and free space measured
+        # anew (the way to resume after making room, where no worker runs to see it).
+        await ledger.update_state(migration_id, audit=None, target_space=None)
     if state.failed is None:
         updated = await ledger.update_state(
             migration_id, spec=spec.to_wire(), generation=generation, dry_run=spec.dry_run
@@ -236,12 +243,21 @@ async def record_store_findings(
 
 
 async def record_verification(ledger: Ledger, migration_id: int) -> str:
-    """Compute the verification digest over the verified rows and record it; return it."""
+    """Compute the verification digest over the verified rows (and each bucket's) and
+    record it; return the migration's."""
     digest = await ledger.verification_digest(migration_id)
     value = f"sha256:{digest.sha256}"
     await ledger.update_state(
         migration_id,
-        verification=VerificationRecord(digest=value, objects=digest.objects, bytes=digest.bytes),
+        verification=VerificationRecord(
+            digest=value,
+            objects=digest.objects,
+            bytes=digest.bytes,
+            buckets={
+                name: BucketDigest(digest=f"sha256:{d.sha256}", objects=d.objects, bytes=d.bytes)
+                for name, d in digest.buckets.items()
+            },
+        ),
     )
     return value
 
@@ -330,6 +346,12 @@ async def compute_status(
         )
     # Only etag mode has objects that fell back; in the others every row is in the index.
     etag_unproven = await ledger.etag_unproven(migration_id) if spec.verify.mode == "etag" else None
+    buckets = None
+    if spec.several_buckets:
+        buckets = await ledger.bucket_counts(migration_id, limit=BUCKETS_SHOWN + 1)
+    content = None
+    if spec.content_addressed:
+        content = await _content_counts(ledger, migration_id, counts)
     return build_status(
         StatusInputs(
             spec=spec,
@@ -346,6 +368,33 @@ async def compute_status(
             plan_classes=plan_classes,
             steps=steps,
             etag_unproven=etag_unproven,
+            buckets=buckets,
+            content=content,
+            rates_measured=rates is not None,
         ),
         previous or ObjectMigrationStatus(),
     )
+
+
+#: Dedup counts read the migration's verified rows: taken again at most this often while
+#: objects are being verified (and at once when the count of verified objects settles).
+_CONTENT_COUNTS_SECONDS = 15.0
+_content_counts_taken: dict[int, tuple[float, int, ContentCounts]] = {}
+
+
+async def _content_counts(ledger: Ledger, migration_id: int, counts: Counts) -> ContentCounts:
+    """Deduplication so far, read from the ledger at a bounded rate (it costs a pass over
+    the verified rows; the other counts cost nothing)."""
+    verified = (
+        counts.state(ObjectState.VERIFIED).objects + counts.state(ObjectState.DELETED).objects
+    )
+    outstanding = sum(counts.state(s).objects for s in (ObjectState.PENDING, ObjectState.RESTORING))
+    now = time.monotonic()
+    taken = _content_counts_taken.get(migration_id)
+    if taken is not None:
+        at, seen, found = taken
+        if seen == verified or (outstanding and now - at < _CONTENT_COUNTS_SECONDS):
+            return found
+    found = await ledger.content_counts(migration_id)
+    _content_counts_taken[migration_id] = (now, verified, found)
+    return found

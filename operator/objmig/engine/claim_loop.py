@@ -27,7 +27,9 @@ from objmig.engine.backfill_queue import BackfillQueue
 from objmig.engine.bookkeeping import record_store_findings
 from objmig.engine.context import MigrationContext
 from objmig.engine.pipeline.orchestrator import ObjectPipeline
+from objmig.engine.space import SpaceWatch
 from objmig.ledger import ACTIVE_STATES, Ledger, ObjectRow, ObjectState, OpenUpload, StepResult
+from objmig.storage.filesystem import FileStore
 from objmig.storage.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -210,6 +212,11 @@ class ClaimLoop:
             assert self._ctx.backfill_dsn is not None
             self._backfill = BackfillQueue(spec, self._ctx.backfill_dsn, self._ledger, self.owner)
         async with self._ctx.clients() as (source, target):
+            watch = None
+            if isinstance(target, FileStore):
+                watch = SpaceWatch(
+                    self._ledger, self._migration_id, target, self._ctx.target_min_free
+                )
             pipeline = ObjectPipeline(
                 self._ctx,
                 source,
@@ -218,12 +225,15 @@ class ClaimLoop:
                 on_park=self._wake,
                 on_bytes=self._activity.moved,
                 uploads=LedgerUploads(self._ledger),
+                on_space_low=watch.refused if watch is not None else lambda _: None,
             )
             self._pipeline = pipeline
             background = [
                 asyncio.create_task(self._heartbeat_loop()),
                 asyncio.create_task(self._report_loop()),
             ]
+            if watch is not None:
+                background.append(asyncio.create_task(watch.run()))
             try:
                 await self._loop(pipeline, stop)
             finally:

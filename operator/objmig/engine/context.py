@@ -6,8 +6,8 @@ object is touched, with a message that names what is missing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -19,7 +19,7 @@ from objmig.api.types import parse_duration, parse_quantity
 from objmig.engine.appdb import connect, describe_error
 from objmig.engine.backfill import BackfillTable
 from objmig.engine.hooks import check_reachable
-from objmig.engine.keys import target_key
+from objmig.engine.keys import Facts, relative_key, render, target_key
 from objmig.engine.pipeline.outcomes import ApplicationError
 from objmig.engine.secrets import (
     ConfigMapSource,
@@ -34,9 +34,13 @@ from objmig.storage.compare import MetadataChange
 from objmig.storage.endpoint import Endpoint, same_store
 from objmig.storage.errors import classify
 from objmig.storage.features import StoreFeatures, probe_tags
+from objmig.storage.filesystem import FileStore, open_file_store
 from objmig.storage.s3http import store_name
-from objmig.storage.selection import MetadataRule, Selection
+from objmig.storage.selection import MetadataRule, Selection, compile_glob
 from objmig.storage.store import Store, open_store
+
+#: One side of a migration: a bucket's store (S3), or a directory tree.
+Side = Store | FileStore
 
 
 def endpoint_of(
@@ -98,6 +102,32 @@ def metadata_change_of(spec: ObjectMigrationSpec) -> MetadataChange:
 
 
 @dataclass(frozen=True)
+class BucketFilter:
+    """Which buckets of the account a migration of several buckets takes (names or globs)."""
+
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+
+    def matches(self, name: str) -> bool:
+        def any_of(patterns: Iterable[str]) -> bool:
+            return any(compile_glob(p).fullmatch(name) for p in patterns)
+
+        return any_of(self.include) and not any_of(self.exclude)
+
+
+def split_target_path(path: str) -> tuple[str, str]:
+    """A target directory path as (root, key template before the prefix): the root is what
+    precedes the first `{bucket}` segment (what the worker pods mount), the rest is part of
+    every key (``/backup/{bucket}`` -> ``("/backup", "{bucket}/")``)."""
+    segments = path.rstrip("/").split("/")
+    for index, segment in enumerate(segments):
+        if "{" in segment:
+            root = "/".join(segments[:index]) or "/"
+            return root, "/".join(segments[index:]) + "/"
+    return path.rstrip("/") or "/", ""
+
+
+@dataclass(frozen=True)
 class MigrationContext:
     """Everything the steps need that does not change while a migration runs."""
 
@@ -121,6 +151,13 @@ class MigrationContext:
     #: What each store lacks, learned this run by every client of it ("source", "target";
     #: one shared object when both sides are one store).
     features: dict[str, StoreFeatures] = field(default_factory=dict, compare=False)
+    #: A directory source or target: its root (where the pods mount its claim).
+    source_root: str | None = None
+    target_root: str | None = None
+    #: The part of a target directory's path after its root: `{bucket}/` and the like.
+    target_path_template: str = ""
+    target_min_free: int = 0
+    buckets: BucketFilter | None = None
 
     @classmethod
     def resolve(
@@ -144,6 +181,11 @@ class MigrationContext:
             "source": source_features,
             "target": source_features if shared else StoreFeatures(store_name(target, "target")),
         }
+        directory = spec.source.filesystem is not None or spec.target.filesystem is not None
+        target_root = path_template = None
+        if spec.target.filesystem is not None:
+            target_root, path_template = split_target_path(spec.target.filesystem.path)
+        buckets = spec.source.buckets
         return cls(
             name=ledger_name(migration),
             spec=spec,
@@ -151,7 +193,8 @@ class MigrationContext:
             target=target,
             selection=selection_of(spec),
             metadata_rules=metadata_rules_of(spec),
-            server_side=mode == "serverSide" or (mode == "auto" and same_store(source, target)),
+            server_side=not directory
+            and (mode == "serverSide" or (mode == "auto" and same_store(source, target))),
             source_customer_key=customer_key(spec.source.customer_key_secret_ref, secrets),
             target_customer_key=customer_key(
                 spec.target.encryption.customer_key_secret_ref, secrets
@@ -170,6 +213,17 @@ class MigrationContext:
             backfill_dsn=application.get("backfill_dsn"),
             worklist_dsn=application.get("worklist_dsn"),
             features=features,
+            source_root=spec.source.filesystem.path if spec.source.filesystem else None,
+            target_root=target_root,
+            target_path_template=path_template or "",
+            target_min_free=(
+                parse_quantity(spec.target.filesystem.min_free_space)
+                if spec.target.filesystem
+                else 0
+            ),
+            buckets=BucketFilter(tuple(buckets.include), tuple(buckets.exclude))
+            if buckets is not None
+            else None,
         )
 
     @property
@@ -182,15 +236,52 @@ class MigrationContext:
         (or, in a versioned bucket, becomes its newest version)."""
         return key == target_key and self.same_bucket
 
-    def target_key_for(self, key: str, last_modified: datetime, etag: str) -> str:
-        """Where ``key`` is written on the target."""
-        return target_key(
+    def source_bucket(self, bucket: str = "") -> str:
+        """The source bucket of an object (a row's, for migrations of several buckets)."""
+        return bucket or self.spec.source.bucket
+
+    def target_key_for(
+        self,
+        key: str,
+        last_modified: datetime,
+        etag: str,
+        *,
+        bucket: str = "",
+        sha256: str | None = None,
+    ) -> str:
+        """Where ``key`` is written on the target (``sha256``: for content-addressed
+        layouts, the content's hash)."""
+        facts = Facts(key, relative_key(key, self.spec.source.prefix), last_modified, etag, bucket)
+        return render(self.target_path_template, facts) + target_key(
             key,
             source_prefix=self.spec.source.prefix,
             target_prefix=self.spec.target.prefix,
             template=self.spec.target.key_template,
             last_modified=last_modified,
             etag=etag,
+            bucket=bucket,
+            sha256=sha256,
+        )
+
+    def group_of(
+        self, key: str, last_modified: datetime, etag: str, bucket: str = ""
+    ) -> str | None:
+        """The group of a source object (spec.groups.by), None without groups."""
+        groups = self.spec.groups
+        if groups is None:
+            return None
+        facts = Facts(key, relative_key(key, self.spec.source.prefix), last_modified, etag, bucket)
+        return render(groups.by, facts)
+
+    def manifest_key(self, group: str, bucket: str = "") -> str:
+        """Where a group's manifest is written on the target."""
+        groups = self.spec.groups
+        assert groups is not None
+        facts = Facts(group, group, datetime.min, "", bucket, group=group)
+        return (
+            render(self.target_path_template, facts)
+            + self.spec.target.prefix
+            + render(groups.manifest_key, facts)
         )
 
     @property
@@ -202,19 +293,33 @@ class MigrationContext:
         return copy_spec.concurrency * (copy_spec.part_concurrency + 1) + 4
 
     @asynccontextmanager
-    async def clients(self) -> AsyncIterator[tuple[Store, Store]]:
-        """Source and target stores (one shared store when both sides are one store)."""
+    async def clients(self) -> AsyncIterator[tuple[Side, Side]]:
+        """Source and target stores (one shared store when both sides are one store); a
+        directory side is opened as a tree (a target one created when missing)."""
         async with AsyncExitStack() as stack:
-            source = await stack.enter_async_context(
-                open_store(self.source, self.connections, features=self.features.get("source"))
-            )
-            if same_store(self.source, self.target):
-                yield source, source
+            source: Side
+            target: Side
+            if self.source_root is not None:
+                source = await stack.enter_async_context(
+                    open_file_store(self.source_root, writable=False)
+                )
+            else:
+                source = await stack.enter_async_context(
+                    open_store(self.source, self.connections, features=self.features.get("source"))
+                )
+            if self.target_root is not None:
+                target = await stack.enter_async_context(self._target_tree())
+            elif isinstance(source, Store) and same_store(self.source, self.target):
+                target = source
             else:
                 target = await stack.enter_async_context(
                     open_store(self.target, self.connections, features=self.features.get("target"))
                 )
-                yield source, target
+            yield source, target
+
+    def _target_tree(self) -> AbstractAsyncContextManager[FileStore]:
+        assert self.target_root is not None
+        return open_file_store(self.target_root, writable=True, min_free=self.target_min_free)
 
 
 def ledger_name(migration: ObjectMigration) -> str:
@@ -257,17 +362,29 @@ async def check_access(context: MigrationContext) -> tuple[str, str] | None:
     only when tags are to be preserved: otherwise no tagging request is sent at all.
     """
     spec = context.spec
-    async with context.clients() as (source, target):
-        for side, client, bucket in (
-            ("source", source, spec.source),
-            ("target", target, spec.target),
-        ):
-            try:
-                await client.http.list_page(bucket.bucket, bucket.prefix, max_keys=1)
-                if spec.copy_.preserve_tags:
-                    await probe_tags(client.http, bucket.bucket, bucket.prefix)
-            except Exception as exc:
-                problem = classify(exc)
-                if problem.is_config_error:
-                    return problem.code, f"{side} s3 bucket {bucket.bucket!r}: {problem.message}"
+    try:
+        async with context.clients() as (source, target):
+            for side, client, bucket in (
+                ("source", source, spec.source),
+                ("target", target, spec.target),
+            ):
+                try:
+                    if isinstance(client, FileStore):
+                        continue  # opening the tree checked it
+                    if bucket.bucket:
+                        await client.http.list_page(bucket.bucket, bucket.prefix, max_keys=1)
+                        if spec.copy_.preserve_tags:
+                            await probe_tags(client.http, bucket.bucket, bucket.prefix)
+                    else:
+                        await (await client.sdk()).list_buckets()
+                except Exception as exc:
+                    problem = classify(exc)
+                    if problem.is_config_error:
+                        where = f"s3 bucket {bucket.bucket!r}" if bucket.bucket else "s3 account"
+                        return problem.code, f"{side} {where}: {problem.message}"
+    except Exception as exc:
+        problem = classify(exc)
+        if problem.is_config_error:
+            return problem.code, problem.message
+        raise
     return None

@@ -30,6 +30,12 @@ class MigrationFacts:
     same_bucket: bool = False
     #: The migration's ledger name, which its copies carry (`objmig-migration`).
     name: str = ""
+    #: The bucket a cleanup of one bucket is about ("": the whole migration); `digest`
+    #: is then that bucket's.
+    bucket: str = ""
+    #: Whether source and target could be one store under two names (two endpoints); not
+    #: when either is a directory.
+    aliases_possible: bool = True
 
 
 @dataclass(frozen=True)
@@ -71,11 +77,12 @@ def unmet_gates(spec: MigrationCleanupSpec, facts: MigrationFacts, now: datetime
             )
         )
     elif facts.digest is None or spec.approval.digest != facts.digest:
+        whose = f"bucket {facts.bucket}'s" if facts.bucket else "the migration's"
         unmet.append(
             Verdict(
                 False,
                 "ApprovalDigestMismatch",
-                f"spec.approval.digest {spec.approval.digest} does not match the migration's "
+                f"spec.approval.digest {spec.approval.digest} does not match {whose} "
                 f"verification digest {facts.digest or '(none yet)'}; review what was "
                 "verified again and quote the current digest",
             )
@@ -172,7 +179,7 @@ def object_verdict(
             "TargetChangedSinceVerify",
             f"the target copy {row.target_key} no longer matches what was verified",
         )
-    if _may_be_one_object(source, target, facts.name):
+    if facts.aliases_possible and _may_be_one_object(source, target, facts.name):
         return Verdict(
             False,
             "SourceIsTarget",

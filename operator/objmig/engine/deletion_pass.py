@@ -29,7 +29,7 @@ from objmig.api.types import parse_duration
 from objmig.engine.claim_loop import worker_identity
 from objmig.engine.cleanup_lifecycle import CleanupObserved, decide_cleanup
 from objmig.engine.cleanup_status import CleanupStatusInputs, build_cleanup_status
-from objmig.engine.context import MigrationContext
+from objmig.engine.context import MigrationContext, Side
 from objmig.engine.deletion import (
     MigrationFacts,
     Verdict,
@@ -37,6 +37,7 @@ from objmig.engine.deletion import (
     object_verdict,
     unmet_gates,
 )
+from objmig.engine.group_gate import GroupGate
 from objmig.engine.secrets import ConfigMapSource, SecretSource
 from objmig.ledger import (
     CleanupOutcome,
@@ -53,8 +54,8 @@ from objmig.storage.bucket import (
     upload_bytes,
 )
 from objmig.storage.errors import classify
-from objmig.storage.store import Store
-from objmig.storage.types import MIGRATION_METADATA_KEY, HeadResult
+from objmig.storage.filesystem import FileStore, UnsafeKeyError
+from objmig.storage.types import MIGRATION_METADATA_KEY, DeleteResult, HeadResult
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +64,32 @@ BATCH = 200
 
 
 def migration_facts(
-    state: MigrationState, *, same_bucket: bool = False, name: str = ""
+    state: MigrationState,
+    spec: MigrationCleanupSpec,
+    *,
+    same_bucket: bool = False,
+    name: str = "",
+    directory: bool = False,
 ) -> MigrationFacts:
     """The gate's view of a migration, from its ledger bookkeeping (and, for the per-object
-    gate, whether its source and target are one bucket and the name its copies carry)."""
+    gate, whether its source and target are one bucket and the name its copies carry).
+
+    A cleanup of one bucket (``spec.bucket``) quotes that bucket's digest."""
     cutover = state.cutover
+    verification = state.verification
+    digest = verification.digest if verification is not None else None
+    if spec.bucket is not None:
+        bucket = verification.buckets.get(spec.bucket) if verification is not None else None
+        digest = bucket.digest if bucket is not None else None
     return MigrationFacts(
         cut_over_at=cutover.at if cutover is not None else None,
         # A rollback under way counts: it may be pointing applications back at the source.
         rolled_back=state.rolled_back or state.rollback_started,
-        digest=state.verification.digest if state.verification is not None else None,
+        digest=digest,
         same_bucket=same_bucket,
         name=name,
+        bucket=spec.bucket or "",
+        aliases_possible=not directory,
     )
 
 
@@ -125,7 +140,7 @@ class CleanupRun:
 
 
 async def _head(
-    store: Store, bucket: str, key: str, version_id: str | None, sse_c: bytes | None
+    store: Side, bucket: str, key: str, version_id: str | None, sse_c: bytes | None
 ) -> HeadResult | None:
     try:
         return await store.http.head(bucket, key, version_id=version_id, sse_c=sse_c)
@@ -148,7 +163,13 @@ async def delete_sources(
     """Plan, gate and delete the migrated source objects; returns what this pass did."""
     stop = stop or asyncio.Event()
     state = await ledger.get_state(migration_id)
-    facts = migration_facts(state, same_bucket=context.same_bucket, name=context.name)
+    facts = migration_facts(
+        state,
+        spec,
+        same_bucket=context.same_bucket,
+        name=context.name,
+        directory=context.source_root is not None or context.target_root is not None,
+    )
     gate = migration_verdict(spec, facts, now or datetime.now(UTC))
     if not gate.delete:
         return CleanupRun(gate=gate)
@@ -157,12 +178,13 @@ async def delete_sources(
         return CleanupRun(
             gate=Verdict(False, "RolledBack", "the migration's cutover is being rolled back")
         )
-    await ledger.plan_cleanup(cleanup_id, migration_id)
+    await ledger.plan_cleanup(cleanup_id, migration_id, bucket=spec.bucket)
     owner = worker_identity()
-    source_spec, target_spec = context.spec.source, context.spec.target
+    target_spec = context.spec.target
     deleted = skipped = failed = would_delete = 0
     limit_reached = False
     async with context.clients() as (source, target):
+        groups = GroupGate(context, target) if context.spec.groups is not None else None
         while not stop.is_set():
             room = BATCH
             if spec.limit is not None:
@@ -180,7 +202,7 @@ async def delete_sources(
                     asyncio.gather(
                         _head(
                             source,
-                            source_spec.bucket,
+                            context.source_bucket(r.bucket),
                             r.key,
                             r.version_id or None,
                             context.source_customer_key,
@@ -200,6 +222,8 @@ async def delete_sources(
             approved: list[ObjectRow] = []
             for row, (source_head, target_head) in zip(rows, heads, strict=True):
                 verdict = object_verdict(spec, facts, row, source_head, target_head, moment)
+                if verdict.delete and groups is not None:
+                    verdict = await groups.verdict(row) or verdict
                 if not verdict.delete:
                     outcomes.append(
                         CleanupOutcome(row.id, "skipped", verdict.reason, verdict.message)
@@ -211,12 +235,7 @@ async def delete_sources(
                 else:
                     approved.append(row)
             if approved:
-                results = await delete_objects(
-                    await source.sdk(),
-                    source_spec.bucket,
-                    # The exact version that was copied; "" means an unversioned bucket.
-                    [(row.key, row.version_id or None) for row in approved],
-                )
+                results = await _delete(source, context, approved)
                 for row, result in zip(approved, results, strict=True):
                     if result.deleted:
                         outcomes.append(CleanupOutcome(row.id, "deleted", "SourceDeleted", ""))
@@ -237,6 +256,30 @@ async def delete_sources(
     return CleanupRun(
         deleted, skipped, failed, gate, would_delete, limit_reached, dry_run=spec.dry_run
     )
+
+
+async def _delete(
+    source: Side, context: MigrationContext, rows: list[ObjectRow]
+) -> list[DeleteResult]:
+    """Delete the sources of `rows`, in row order: files one by one, objects with one
+    DeleteObjects per bucket (the exact version that was copied)."""
+    if isinstance(source, FileStore):
+        return [
+            DeleteResult(row.key, None, await source.delete(row.key), "NotFound") for row in rows
+        ]
+    results: dict[int, DeleteResult] = {}
+    by_bucket: dict[str, list[ObjectRow]] = {}
+    for row in rows:
+        by_bucket.setdefault(context.source_bucket(row.bucket), []).append(row)
+    for bucket, batch in by_bucket.items():
+        answers = await delete_objects(
+            await source.sdk(),
+            bucket,
+            # "" means an unversioned bucket.
+            [(row.key, row.version_id or None) for row in batch],
+        )
+        results.update({row.id: answer for row, answer in zip(batch, answers, strict=True)})
+    return [results[row.id] for row in rows]
 
 
 @dataclass(frozen=True)
@@ -286,6 +329,11 @@ async def remove_leftovers(
     started = (await ledger.migration_created_at(migration_id)) or moment
     aborted = deleted = kept = freed = 0
     async with context.clients() as (_, target):
+        if isinstance(target, FileStore):
+            stale_files = sorted(
+                {row.target_key for row in attempts if row.target_key} - verified_targets
+            )
+            return await _tree_leftovers(target, context, spec, stale_files, started, moment)
         client = await target.sdk()
         recorded = {u.upload_id: u for u in await ledger.open_uploads(migration_id)}
         async for upload in list_multipart_uploads(client, target_spec.bucket, target_spec.prefix):
@@ -354,6 +402,41 @@ def _attempt_wrote(row: ObjectRow, head: HeadResult, migration: str, started: da
     )
 
 
+async def _tree_leftovers(
+    target: FileStore,
+    context: MigrationContext,
+    spec: MigrationCleanupSpec,
+    stale: list[str],
+    started: datetime,
+    moment: datetime,
+) -> LeftoverRun:
+    """A directory's leftovers: temporaries of writers that died, and files of failed
+    attempts that this migration's index entry says it wrote (since it began, and at
+    least minAge ago, by the time the file was put in place)."""
+    min_age = parse_duration(spec.min_age)
+    removed = 0 if spec.dry_run else await target.sweep()
+    deleted = kept = 0
+    for key in stale:
+        try:
+            found = await asyncio.to_thread(target.tree.stat, key)
+        except UnsafeKeyError:
+            continue  # never written
+        if found is None:
+            continue
+        entry = await asyncio.to_thread(target.http.entry, key, found)
+        placed = datetime.fromtimestamp(found.st_ctime, UTC)
+        if (
+            entry is None
+            or entry.migration != context.name
+            or placed < started
+            or moment - placed < min_age
+        ):
+            kept += 1
+            continue
+        deleted += 1 if spec.dry_run else int(await target.delete(key))
+    return LeftoverRun(removed, deleted, kept)
+
+
 async def cleanup_status(
     ledger: Ledger,
     cleanup_id: int,
@@ -367,7 +450,7 @@ async def cleanup_status(
 ) -> MigrationCleanupStatus:
     """Gather a cleanup's ledger view and build its status (used by both drivers)."""
     moment = now or datetime.now(UTC)
-    facts = migration_facts(await ledger.get_state(migration_id))
+    facts = migration_facts(await ledger.get_state(migration_id), spec)
     items, truncated = await ledger.cleanup_window(cleanup_id, window)
     return build_cleanup_status(
         CleanupStatusInputs(
@@ -417,7 +500,7 @@ async def run_cleanup(
     decision = decide_cleanup(
         CleanupObserved(
             spec=spec,
-            facts=migration_facts(state),
+            facts=migration_facts(state, spec),
             state=await ledger.get_cleanup_state(cleanup_id),
             now=now or datetime.now(UTC),
         )

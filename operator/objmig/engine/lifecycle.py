@@ -12,6 +12,10 @@ The drivers differ in one respect, stated here and nowhere else: a driver that
 ``copies_while_scanning`` (the local run) has its workers claim each batch of the inventory
 as the scan records it; the other (the operator) runs a scan Job, then copy Jobs.
 
+The stages, in order: ``scan`` (the inventory), ``copy`` (restore, copy and verify each
+object), and, where a migration has anything only the whole target shows (a target
+directory, group manifests), ``audit`` (:mod:`objmig.engine.audit`) before the cutover.
+
 No I/O, no clock.
 """
 
@@ -23,7 +27,16 @@ from typing import Literal
 
 from objmig.api.conditions import Reason
 from objmig.api.migration import ObjectMigrationSpec
-from objmig.engine.policy import CatchUp, CutoverInputs, Tally, cutover_gate, failure_budget
+from objmig.engine.policy import (
+    CatchUp,
+    CutoverInputs,
+    Tally,
+    audited,
+    audits,
+    cutover_gate,
+    failure_budget,
+    space_low,
+)
 from objmig.ledger.state import MigrationState, Problem
 
 
@@ -65,13 +78,17 @@ class Observed:
     copies_while_scanning: bool
     scan_run: RunObservation | None = None
     copy_run: RunObservation | None = None
+    audit_run: RunObservation | None = None
+
+
+Stage = Literal["scan", "copy", "audit"]
 
 
 @dataclass(frozen=True)
 class StageWant:
     """A stage that should be running now, as the round's and wave's run of it."""
 
-    stage: Literal["scan", "copy"]
+    stage: Stage
     round: int
     wave: int
     parallelism: int
@@ -165,12 +182,15 @@ def decide(observed: Observed) -> Decision:
             )
         if run is not None and run.complete:
             # The workers drained the pool but work reappeared (a restore to wait for, a
-            # retry with backoff): run another wave.
+            # retry with backoff, copies an audit found missing): run another wave.
             return Decision(next_wave=True)
-        return Decision(
-            stage=StageWant("copy", round_, wave, parallelism=spec.workers.parallelism),
-            clear_pause=clear_pause,
-        )
+        copy = StageWant("copy", round_, wave, parallelism=spec.workers.parallelism)
+        low = space_low(spec, state)
+        if low is not None:
+            # The workers stay: each measures again before each file, and what they see
+            # ends the pause as soon as there is room.
+            return Decision(stage=copy, pause=low)
+        return Decision(stage=copy, clear_pause=clear_pause)
 
     if spec.dry_run:
         return Decision(clear_pause=clear_pause, outcome=Outcome.PLANNED)
@@ -181,7 +201,16 @@ def decide(observed: Observed) -> Decision:
         return Decision(clear_pause=clear_pause, outcome=rested)
     if catch_up.due(spec):
         return Decision(next_round=True)
-    inputs = CutoverInputs(tally=tally, scan_complete=True, catch_up=catch_up)
+    if audits(spec) and not audited(state):
+        run = observed.audit_run
+        if run is not None and run.failed:
+            return Decision(
+                fail=Problem(reason=Reason.AUDIT_FAILED, message=run.failed_message or "")
+            )
+        return Decision(
+            stage=StageWant("audit", round_, wave, parallelism=1), clear_pause=clear_pause
+        )
+    inputs = CutoverInputs(tally=tally, scan_complete=True, catch_up=catch_up, audit=state.audit)
     if cutover_gate(spec, inputs).ok:
         return Decision(cut_over=True, clear_pause=clear_pause)
     # The final check re-scans; objects that changed during their copy go back to be

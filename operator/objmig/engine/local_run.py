@@ -19,6 +19,7 @@ from typing import Literal
 
 from objmig.api.conditions import Reason, s3_reason
 from objmig.api.migration import ObjectMigration, ObjectMigrationStatus
+from objmig.engine.audit import run_audit
 from objmig.engine.bookkeeping import (
     RateMeter,
     compute_status,
@@ -44,7 +45,7 @@ from objmig.engine.scan import (
 from objmig.engine.secrets import MappingConfigMaps, SecretSource
 from objmig.engine.status import tally
 from objmig.ledger import Ledger
-from objmig.storage.errors import classify
+from objmig.storage.errors import classify, describe
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,10 @@ class LocalRun:
         self._migration_id = mid = await self._ledger.ensure_migration(
             context.name, self._migration.metadata.uid or ""
         )
-        # Every run takes the spec up anew: running again is how a user retries.
+        # Every run takes the spec up anew: running again is how a user retries. Free
+        # space is measured anew by the workers: running again is how a pause for it ends.
         await take_up_spec(self._ledger, mid, self._spec)
+        await self._ledger.update_state(mid, target_space=None)
         if worklist is not None:
             await self._ledger.update_state(mid, manifest_config_map=worklist)
         dead = dead_local_owners(await self._ledger.lease_owners(mid))
@@ -178,6 +181,19 @@ class LocalRun:
     async def _run_stage(
         self, context: MigrationContext, stop: asyncio.Event, want: StageWant
     ) -> RunOutcome | None:
+        if want.stage == "audit":
+            try:
+                await run_audit(
+                    self._ledger, self._migration_id, context, round_=want.round, wave=want.wave
+                )
+            except Exception as error:
+                problem = classify(error)
+                if problem.is_config_error:
+                    raise ConfigurationError(problem, "audit", spec_prefix(context)) from error
+                await record_failure(
+                    self._ledger, self._migration_id, Reason.AUDIT_FAILED, describe(error)
+                )
+            return None
         if want.stage == "scan" and not want.copy_meanwhile:
             await self._scan(context, None, want.scan_id)
             return None
@@ -255,6 +271,11 @@ class LocalRun:
             if decision.suspend or decision.fail is not None:
                 await record_decision(self._ledger, self._migration_id, observed, decision)
                 workers_stop.set()
+            elif decision.pause is not None or decision.clear_pause:
+                # A pause the workers wait out (a target directory short of space): say
+                # so, and say when it ends; nothing else of the decision applies mid-stage.
+                pausing = Decision(pause=decision.pause, clear_pause=decision.clear_pause)
+                await record_decision(self._ledger, self._migration_id, observed, pausing)
             await self._publish()
 
     async def _scan(
@@ -295,4 +316,7 @@ class LocalRun:
 
 def spec_prefix(context: MigrationContext) -> str:
     """The source location being scanned, for error messages."""
-    return f"{context.spec.source.bucket}/{context.spec.source.prefix}"
+    source = context.spec.source
+    if source.filesystem is not None:
+        return f"{source.filesystem.path.rstrip('/')}/{source.prefix}"
+    return f"{source.bucket or '(every selected bucket)'}/{source.prefix}"

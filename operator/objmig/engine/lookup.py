@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from objmig.storage.errors import classify
+from objmig.storage.filesystem import FileStore
 from objmig.storage.store import Store
 from objmig.storage.types import ObjectInfo
 
@@ -90,7 +91,7 @@ class ListingLookup:
 
     def __init__(
         self,
-        store: Store,
+        store: Store | FileStore,
         bucket: str,
         prefix: str,
         head: Head,

@@ -15,7 +15,7 @@ from datetime import timedelta
 from objmig.api.conditions import Reason
 from objmig.api.migration import BackoffSpec, FailurePolicySpec, ObjectMigrationSpec
 from objmig.api.types import parse_duration
-from objmig.ledger.state import CatchUpRecord, MigrationState
+from objmig.ledger.state import AuditRecord, CatchUpRecord, MigrationState, Problem
 
 
 @dataclass(frozen=True)
@@ -195,6 +195,35 @@ class CatchUp:
         return CatchUpRecord(rounds=self.rounds, last_delta=None, rolled_back_at_round=self.rounds)
 
 
+def audits(spec: ObjectMigrationSpec) -> bool:
+    """Whether the migration is audited as a whole before cutover: a target directory
+    (missing and extra files) or group manifests (see `objmig.engine.audit`)."""
+    return spec.target.filesystem is not None or spec.groups is not None
+
+
+def audited(state: MigrationState) -> bool:
+    """Whether the audit ran for the lifecycle's current round and wave."""
+    audit = state.audit
+    return (
+        audit is not None
+        and audit.completed_at is not None
+        and (audit.round, audit.wave) == (state.rounds.round, state.rounds.wave)
+    )
+
+
+def space_low(spec: ObjectMigrationSpec, state: MigrationState) -> Problem | None:
+    """The pause a target directory short of free space calls for, if it is short."""
+    space = state.target_space
+    if spec.target.filesystem is None or space is None or not space.low:
+        return None
+    return Problem(
+        reason=Reason.TARGET_SPACE_LOW,
+        message=f"{space.free} bytes free on the target directory, "
+        f"target.filesystem.minFreeSpace is {space.minimum}: objects wait until there is "
+        "room (free some, or lower minFreeSpace)",
+    )
+
+
 @dataclass(frozen=True)
 class CutoverInputs:
     """What the cutover gate looks at besides the spec."""
@@ -202,6 +231,7 @@ class CutoverInputs:
     tally: Tally
     scan_complete: bool
     catch_up: CatchUp
+    audit: AuditRecord | None = None
 
 
 def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
@@ -248,6 +278,10 @@ def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
         )
     if tally.verified == 0:
         return Gate(False, Reason.NOTHING_VERIFIED, "no object was verified")
+    if audits(spec):
+        unaudited = _audit_gate(inputs.audit)
+        if unaudited is not None:
+            return unaudited
     if inputs.catch_up.owed_after_rollback:
         return Gate(
             False,
@@ -285,6 +319,28 @@ def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
         Reason.GATES_PASSED,
         f"{tally.verified} objects verified, {tally.failures} failed within budget",
     )
+
+
+def _audit_gate(audit: AuditRecord | None) -> Gate | None:
+    """Why the audit keeps the cutover back, if it does."""
+    if audit is None or audit.completed_at is None:
+        return Gate(False, Reason.AUDIT_PENDING, "the target is audited once every object is done")
+    if audit.extra:
+        return Gate(
+            False,
+            Reason.EXTRA_FILES,
+            f"{audit.extra} files in the target directory were not copied there, e.g. "
+            f"{', '.join(audit.extra_examples)}: remove them, or allow them with "
+            "target.filesystem.ignore",
+        )
+    if audit.incomplete_groups:
+        return Gate(
+            False,
+            Reason.MANIFESTS_INCOMPLETE,
+            f"{audit.incomplete_groups} groups have members not verified, so no manifest, "
+            f"e.g. {', '.join(audit.incomplete_examples)}: see the failed objects",
+        )
+    return None
 
 
 def rollback_gate(*, cut_over: bool, cleanup_started: bool) -> Gate:

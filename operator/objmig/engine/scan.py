@@ -16,8 +16,9 @@ from pathlib import Path
 
 from objmig.api.base import SecretKeySelector
 from objmig.api.migration import ObjectMigrationSpec
+from objmig.api.migration.templates import uses
 from objmig.engine.appdb import batches, stream_worklist
-from objmig.engine.context import MigrationContext
+from objmig.engine.context import MigrationContext, Side
 from objmig.engine.secrets import ConfigMapNotFound
 from objmig.ledger import (
     ConfigMapWorklist,
@@ -37,8 +38,7 @@ from objmig.storage.manifest import (
     read_manifest_file,
     read_manifest_object,
 )
-from objmig.storage.s3http import S3HttpClient
-from objmig.storage.store import Store
+from objmig.storage.reader import ObjectReader
 from objmig.storage.types import ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,19 @@ def config_map_worklist(
     return ConfigMapWorklist(name=ref.name, key=ref.key, text=data[ref.key])
 
 
-def keeps_keys_apart(template: str) -> bool:
-    """Whether a key template maps distinct source keys to distinct target keys: it keeps
-    the whole key, or the whole of it relative to the source prefix."""
-    return "{key}" in template or "{relative}" in template
+def keeps_keys_apart(spec: ObjectMigrationSpec) -> bool:
+    """Whether the target keys of distinct source objects are distinct: the key template
+    keeps the whole key, or the whole of it relative to the source prefix (and, for several
+    buckets, the bucket); a content-addressed layout maps identical content to one key on
+    purpose."""
+    template = spec.target.key_template
+    if spec.content_addressed:
+        return True
+    keeps_key = uses(template, "key") or uses(template, "relative")
+    if spec.source.buckets is None:
+        return keeps_key
+    path = spec.target.filesystem.path if spec.target.filesystem is not None else ""
+    return keeps_key and (uses(template, "bucket") or "{bucket}" in path)
 
 
 class ScanFailed(Exception):
@@ -112,7 +121,7 @@ async def run_scan(
     ledger: Ledger,
     migration_id: int,
     context: MigrationContext,
-    source: Store,
+    source: Side,
     *,
     scan_id: int | None = None,
     on_rows: Callable[[], None] | None = None,
@@ -144,7 +153,7 @@ async def run_scan(
             scan=state.scan.model_copy(update={"id": scan_id, "running": False, "last_error": why}),
         )
         raise
-    if not keeps_keys_apart(context.spec.target.key_template):
+    if not keeps_keys_apart(context.spec):
         collided = await ledger.fail_target_collisions(migration_id)
         if collided:
             log.warning("%d objects share a target key with another source key", collided)
@@ -186,17 +195,20 @@ class SelectionChanges:
 
 
 async def _inventory(
-    context: MigrationContext, source: Store, state: MigrationState, changes: SelectionChanges
+    context: MigrationContext, source: Side, state: MigrationState, changes: SelectionChanges
 ) -> AsyncIterator[InventoryRow]:
     selection = context.selection
-    listed = (
-        _from_manifest(context, source, state)
-        if context.spec.selection.manifest is not None
-        else _from_listing(context, source)
-    )
+    listed: AsyncIterator[FoundIn]
+    if context.spec.selection.manifest is not None:
+        listed = _in_bucket("", _from_manifest(context, source, state))
+    elif context.buckets is not None:
+        listed = _from_buckets(context, source)
+    else:
+        listed = _in_bucket("", _from_listing(context, source, context.spec.source.bucket))
     count = 0
     limit = context.spec.selection.limit
-    async for info, row_id in listed:
+    content_addressed = context.spec.content_addressed
+    async for bucket, info, row_id in listed:
         # A manifest's entry missing from the source (no ETag) stays selected as listed.
         selected = not info.etag or selection.matches(info)
         if info.etag and selection.changed(info):
@@ -212,8 +224,13 @@ async def _inventory(
             # compare ETag, size and version only.
             last_modified=None if info.last_modified == _EPOCH else info.last_modified,
             storage_class=info.storage_class or "STANDARD",
-            target_key=context.target_key_for(info.key, info.last_modified, info.etag),
+            # A content-addressed key is known once the content has been read.
+            target_key=None
+            if content_addressed
+            else context.target_key_for(info.key, info.last_modified, info.etag, bucket=bucket),
             row_id=row_id,
+            bucket=bucket,
+            group_key=context.group_of(info.key, info.last_modified, info.etag, bucket),
         )
         count += 1
         if limit is not None and count >= limit:
@@ -222,21 +239,55 @@ async def _inventory(
 
 #: An object as a scan found it, and the application's row id a SQL worklist gave with it.
 Found = tuple[ObjectInfo, str | None]
+#: The same, with the bucket it was found in ("" for a migration of one bucket).
+FoundIn = tuple[str, ObjectInfo, str | None]
 
 
-async def _from_listing(context: MigrationContext, source: Store) -> AsyncIterator[Found]:
+async def _in_bucket(bucket: str, listed: AsyncIterator[Found]) -> AsyncIterator[FoundIn]:
+    async for info, row_id in listed:
+        yield bucket, info, row_id
+
+
+async def list_buckets(source: Side) -> list[str]:
+    """Every bucket of the account the source's credentials list, in name order."""
+    client = await source.sdk()
+    names: list[str] = []
+    token: str | None = None
+    while True:
+        answer = await (
+            client.list_buckets(ContinuationToken=token) if token else client.list_buckets()
+        )
+        names += [bucket["Name"] for bucket in answer.get("Buckets", [])]
+        token = answer.get("ContinuationToken")
+        if not token:
+            return sorted(names)
+
+
+async def _from_buckets(context: MigrationContext, source: Side) -> AsyncIterator[FoundIn]:
+    """Every selected bucket's listing, bucket after bucket (in name order)."""
+    assert context.buckets is not None
+    chosen = [name for name in await list_buckets(source) if context.buckets.matches(name)]
+    log.info("scanning %d buckets: %s", len(chosen), ", ".join(chosen[:20]))
+    for bucket in chosen:
+        async for info, row_id in _from_listing(context, source, bucket):
+            yield bucket, info, row_id
+
+
+async def _from_listing(
+    context: MigrationContext, source: Side, bucket: str
+) -> AsyncIterator[Found]:
     spec = context.spec
-    versioning = await source.http.bucket_versioning(spec.source.bucket)
+    versioning = await source.http.bucket_versioning(bucket)
     versioned = versioning in ("Enabled", "Suspended")
     if not versioned and not spec.selection.all_versions:
         # The common case, on the lean client: a page of 1,000 keys costs a tenth of the
-        # CPU botocore's modelled parsing spends on it.
-        async for info in source.http.list_objects(spec.source.bucket, spec.source.prefix):
+        # CPU botocore's modelled parsing spends on it. (A directory is listed this way.)
+        async for info in source.http.list_objects(bucket, spec.source.prefix):
             yield info, None
         return
     async for info in list_objects(
         await source.sdk(),
-        spec.source.bucket,
+        bucket,
         spec.source.prefix,
         versions=spec.selection.all_versions,
         # Pin the exact version listed, so every later step (and cleanup) acts on it alone.
@@ -246,7 +297,7 @@ async def _from_listing(context: MigrationContext, source: Store) -> AsyncIterat
 
 
 async def _from_manifest(
-    context: MigrationContext, source: Store, state: MigrationState
+    context: MigrationContext, source: Side, state: MigrationState
 ) -> AsyncIterator[Found]:
     manifest = context.spec.selection.manifest
     assert manifest is not None
@@ -293,7 +344,7 @@ async def _sql_entries(
 
 
 async def _describe(
-    context: MigrationContext, client: S3HttpClient, entry: ManifestEntry
+    context: MigrationContext, client: ObjectReader, entry: ManifestEntry
 ) -> ObjectInfo | None:
     """Listing facts for a manifest entry; HEAD when the manifest does not carry them.
 

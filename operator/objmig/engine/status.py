@@ -34,8 +34,16 @@ from objmig.api.migration import (
 from objmig.api.types import format_duration
 from objmig.engine.pipeline.outcomes import PLAN_COPY, PLAN_IDENTICAL, PLAN_RESTORE
 from objmig.engine.policy import CatchUp, CutoverInputs, Gate, Tally, cutover_gate
+from objmig.engine.status_stores import (
+    add_audit,
+    bucket_statuses,
+    content_status,
+    health_conditions,
+    health_of,
+)
 from objmig.ledger.models import (
     Activity,
+    ContentCounts,
     Counts,
     ObjectRow,
     ObjectState,
@@ -56,6 +64,8 @@ CONDITION_TYPES = (
     ConditionType.FAILED,
     ConditionType.DEGRADED,
     ConditionType.READY,
+    ConditionType.STALLED,
+    ConditionType.TARGET_SPACE_LOW,
 )
 _OUTSTANDING = (
     ObjectState.PENDING,
@@ -84,7 +94,10 @@ def tally(counts: Counts) -> Tally:
 def cutover_inputs(counts: Counts, state: MigrationState) -> CutoverInputs:
     """Gather the cutover gate's inputs from the counts and the bookkeeping state."""
     return CutoverInputs(
-        tally=tally(counts), scan_complete=state.scan.finished, catch_up=CatchUp.of(state)
+        tally=tally(counts),
+        scan_complete=state.scan.finished,
+        catch_up=CatchUp.of(state),
+        audit=state.audit,
     )
 
 
@@ -213,6 +226,12 @@ class StatusInputs:
     steps: StepCounts | None = None  # for specs with application steps
     #: Verified objects not proven by their ETag, by what proved them (etag mode only).
     etag_unproven: dict[str, int] | None = None
+    #: Per bucket and state (migrations of several buckets), at most BUCKETS_SHOWN + 1.
+    buckets: dict[str, dict[ObjectState, StateCount]] | None = None
+    #: Deduplication (content-addressed layouts).
+    content: ContentCounts | None = None
+    #: False when the rates were not measured (a status read by another process).
+    rates_measured: bool = True
 
 
 def build_status(inputs: StatusInputs, previous: ObjectMigrationStatus) -> ObjectMigrationStatus:
@@ -220,9 +239,13 @@ def build_status(inputs: StatusInputs, previous: ObjectMigrationStatus) -> Objec
     spec, counts, state = inputs.spec, inputs.counts, inputs.state
     gate = cutover_gate(spec, cutover_inputs(counts, state))
     view = tally(counts)
+    health = health_of(inputs, view, previous.health)
     conditions = set_conditions(
         previous.conditions,
-        _stage_conditions(spec, counts, state, view, gate, scan_starting=inputs.scan_starting),
+        [
+            *_stage_conditions(spec, counts, state, view, gate, scan_starting=inputs.scan_starting),
+            *health_conditions(inputs, view, health),
+        ],
         now=inputs.now,
         observed_generation=inputs.generation,
     )
@@ -251,7 +274,12 @@ def build_status(inputs: StatusInputs, previous: ObjectMigrationStatus) -> Objec
         report=previous.report,
         plan=_plan(inputs) if spec.dry_run else None,
         steps=_steps(inputs.steps, spec) if inputs.steps is not None else None,
+        health=health,
+        content=content_status(inputs.content) if inputs.content is not None else None,
     )
+    add_audit(result, state)
+    if inputs.buckets is not None:
+        result.buckets, result.buckets_truncated = bucket_statuses(inputs.buckets, state)
     if previous.progress.started_at is not None:
         result.progress.started_at = previous.progress.started_at
     elif result.progress.objects.total:
@@ -373,8 +401,6 @@ def _stage_conditions(
     else:
         result.append((ConditionType.FAILED, "False", Reason.NO_ERROR, "no migration-wide error"))
 
-    result.append(degraded_condition(state))
-
     if spec.dry_run:
         planned = scan.completed_at is not None and not outstanding
         result.append(
@@ -395,20 +421,6 @@ def _stage_conditions(
             )
         )
     return result
-
-
-def degraded_condition(state: MigrationState) -> tuple[str, ConditionStatus, str, str]:
-    """Whether a store lacks an aspect of S3 objmig then does without, naming each."""
-    findings = sorted(state.store_features.values(), key=lambda f: (f.store, f.aspect))
-    if not findings:
-        return (
-            ConditionType.DEGRADED,
-            "False",
-            Reason.ALL_FEATURES_PRESENT,
-            "both stores support every aspect of S3 this migration uses",
-        )
-    message = "; ".join(finding.message for finding in findings)
-    return (ConditionType.DEGRADED, "True", Reason.STORE_FEATURE_MISSING, message)
 
 
 def _cutover_status(state: MigrationState) -> CutoverStatus:

@@ -18,6 +18,7 @@ from objmig.ledger.models import (
     BackfillRecord,
     CleanupItem,
     CleanupOutcome,
+    ContentCounts,
     Counts,
     Digest,
     InventoryResult,
@@ -34,6 +35,8 @@ from objmig.ledger.models import (
 from objmig.ledger.report import DigestBuilder, ReportFormat
 from objmig.ledger.schema import SchemaTooNew, apply_schema, code_schema_version
 from objmig.ledger.state import (
+    AuditRecord,
+    BucketDigest,
     CatchUpRecord,
     CleanupState,
     ConfigMapWorklist,
@@ -46,6 +49,7 @@ from objmig.ledger.state import (
     Rounds,
     ScanRecord,
     StoreFinding,
+    TargetSpace,
     VerificationRecord,
 )
 from objmig.ledger.store import (
@@ -63,12 +67,15 @@ __all__ = [
     "FAILURE_STATES",
     "Activity",
     "AsyncSink",
+    "AuditRecord",
     "BackfillRecord",
+    "BucketDigest",
     "CatchUpRecord",
     "CleanupItem",
     "CleanupOutcome",
     "CleanupState",
     "ConfigMapWorklist",
+    "ContentCounts",
     "Counts",
     "CutoverProgress",
     "CutoverRecord",
@@ -97,6 +104,7 @@ __all__ = [
     "StepCounts",
     "StepResult",
     "StoreFinding",
+    "TargetSpace",
     "UnknownMigration",
     "VerificationRecord",
     "WorkerReport",

@@ -52,8 +52,11 @@ class CleanupsMixin(LedgerBase):
         status = await self._pool.execute("DELETE FROM cleanups WHERE id = $1", cleanup_id)
         return _affected(status) > 0
 
-    async def plan_cleanup(self, cleanup_id: int, migration_id: int) -> int:
-        """Add every verified, cut-over object of the migration not yet planned; returns how many.
+    async def plan_cleanup(
+        self, cleanup_id: int, migration_id: int, *, bucket: str | None = None
+    ) -> int:
+        """Add every verified, cut-over object of the migration (of one ``bucket`` of it,
+        if given) not yet planned; returns how many.
 
         Idempotent: objects already planned (whatever their outcome) are left as they are.
         """
@@ -62,10 +65,12 @@ class CleanupsMixin(LedgerBase):
             INSERT INTO cleanup_items (cleanup_id, object_id)
             SELECT $1, id FROM objects
             WHERE migration_id = $2 AND state = 'verified' AND cut_over_at IS NOT NULL
+              AND ($3::text IS NULL OR bucket = $3::text)
             ON CONFLICT DO NOTHING
             """,
             cleanup_id,
             migration_id,
+            bucket,
         )
         return _affected(status)
 
@@ -179,7 +184,7 @@ class CleanupsMixin(LedgerBase):
         """A bounded list of a cleanup's items: failed first, then skipped, then the rest."""
         records = await self._pool.fetch(
             """
-            SELECT o.key, o.version_id, o.size, c.outcome, c.reason, c.message
+            SELECT o.bucket, o.key, o.version_id, o.size, c.outcome, c.reason, c.message
             FROM cleanup_items c JOIN objects o ON o.id = c.object_id
             WHERE c.cleanup_id = $1
             ORDER BY CASE c.outcome WHEN 'failed' THEN 0 WHEN 'skipped' THEN 1 ELSE 2 END,
@@ -191,6 +196,7 @@ class CleanupsMixin(LedgerBase):
         )
         items = [
             CleanupItem(
+                bucket=r["bucket"],
                 key=r["key"],
                 version_id=r["version_id"],
                 size=int(r["size"]),

@@ -35,6 +35,8 @@ _INVENTORY_COLUMNS = (
     "storage_class",
     "target_key",
     "row_id",
+    "bucket",
+    "group_key",
     "last_seen_scan",
 )
 
@@ -93,7 +95,7 @@ class InventoryMixin(LedgerBase):
         Per chunk: COPY into a temporary table, then one ``INSERT ... ON CONFLICT`` merge
         (while the migration had no rows before this call: COPY straight into the table).
 
-        * A new (key, version_id) is inserted as ``pending``.
+        * A new (bucket, key, version_id) is inserted as ``pending``.
         * A row whose (etag, size, last_modified) differs gets the new attributes and its
           ``target_key`` and goes back to ``pending``: target, checksum, verification,
           cut-over, error, skip, restore and attempt fields are cleared, and so is its lease
@@ -191,7 +193,7 @@ class InventoryMixin(LedgerBase):
     ) -> tuple[InventoryResult, bool]:
         """Merge one chunk; returns its result and whether ``insert_only`` still holds."""
         # ON CONFLICT DO UPDATE may not touch one row twice in a statement: de-duplicate.
-        unique = {(r.key, r.version_id): r for r in chunk}
+        unique = {(r.bucket, r.key, r.version_id): r for r in chunk}
         records = [
             (
                 r.key,
@@ -202,6 +204,8 @@ class InventoryMixin(LedgerBase):
                 r.storage_class,
                 r.target_key,
                 r.row_id,
+                r.bucket,
+                r.group_key,
             )
             for r in unique.values()
         ]
@@ -235,7 +239,7 @@ class InventoryMixin(LedgerBase):
             ours = """
                 WHERE NOT EXISTS (
                     SELECT 1 FROM objects mine
-                    WHERE mine.migration_id = $1 AND mine.key = s.key
+                    WHERE mine.migration_id = $1 AND mine.bucket = s.bucket AND mine.key = s.key
                       AND mine.target_key = s.key AND mine.target_version_id = s.version_id
                 )
             """
@@ -249,6 +253,8 @@ class InventoryMixin(LedgerBase):
             "last_modified": "EXCLUDED.last_modified",
             "storage_class": "EXCLUDED.storage_class",
             "target_key": "EXCLUDED.target_key",
+            "group_key": "EXCLUDED.group_key",
+            "source_metadata": "NULL",
             "state": "'pending'",
             "attempts": "0",
             "updated_at": "now()",
@@ -286,12 +292,13 @@ class InventoryMixin(LedgerBase):
         merge = f"""
             WITH merged AS (
                 INSERT INTO objects (migration_id, key, version_id, size, etag, last_modified,
-                                     storage_class, target_key, row_id, last_seen_scan)
+                                     storage_class, target_key, row_id, bucket, group_key,
+                                     last_seen_scan)
                 SELECT $1, key, version_id, size, etag, last_modified, storage_class,
-                       target_key, row_id, $2
+                       target_key, row_id, bucket, group_key, $2
                 FROM objmig_inventory_stage s
                 {ours}
-                ON CONFLICT (migration_id, key, version_id) DO UPDATE SET
+                ON CONFLICT (migration_id, bucket, key, version_id) DO UPDATE SET
                     {assignments},
                     row_id = EXCLUDED.row_id,
                     last_seen_scan = EXCLUDED.last_seen_scan
@@ -313,7 +320,9 @@ class InventoryMixin(LedgerBase):
                     last_modified timestamptz,
                     storage_class text,
                     target_key text,
-                    row_id text
+                    row_id text,
+                    bucket text COLLATE "C",
+                    group_key text COLLATE "C"
                 ) ON COMMIT DROP
                 """
             )

@@ -41,6 +41,7 @@ _RECORD_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("target_checksum", "text", "keep"),
     ("restore_requested_at", "timestamptz", "keep"),
     ("target_last_modified", "timestamptz", "keep"),
+    ("source_metadata", "jsonb", "keep"),
     ("last_error", "text", "clear"),
     ("error_code", "text", "clear"),
     ("skip_reason", "text", "clear"),
@@ -128,7 +129,8 @@ def _record_sql(
 _OLDER_VERSIONS_DONE = f"""
       AND NOT EXISTS (
           SELECT 1 FROM objects older
-          WHERE older.migration_id = objects.migration_id AND older.key = objects.key
+          WHERE older.migration_id = objects.migration_id AND older.bucket = objects.bucket
+            AND older.key = objects.key
             AND (older.last_modified < objects.last_modified
                  OR (older.last_modified = objects.last_modified AND older.id > objects.id))
             AND older.state IN ({", ".join(f"'{s.value}'" for s in ACTIVE_STATES)})
@@ -424,7 +426,7 @@ class LeasesMixin(LedgerBase):
             WITH shared AS (
                 SELECT target_key FROM objects
                 WHERE migration_id = $1 AND state <> 'deleted'
-                GROUP BY target_key HAVING count(DISTINCT key) > 1
+                GROUP BY target_key HAVING count(DISTINCT (bucket, key)) > 1
             )
             UPDATE objects o
             SET state = 'failed', error_code = 'TargetKeyCollision',
@@ -469,6 +471,26 @@ class LeasesMixin(LedgerBase):
             [str(ObjectState(s)) for s in states],
             list(skip_reasons) if skip_reasons is not None else None,
             list(keys) if keys is not None else None,
+        )
+        return _affected(status)
+
+    async def requeue_targets(self, migration_id: int, target_keys: Sequence[str]) -> int:
+        """Send the verified rows whose copy is ``target_keys`` back to ``pending``, target
+        fields cleared: the audit of a target directory found those copies gone."""
+        if not target_keys:
+            return 0
+        status = await self._pool.execute(
+            """
+            UPDATE objects
+            SET state = 'pending', attempts = 0, last_error = NULL, error_code = NULL,
+                skip_reason = NULL, not_before = NULL, updated_at = now(),
+                target_etag = NULL, target_version_id = NULL, target_checksum = NULL,
+                not_preserved = NULL, verified_at = NULL, lease_owner = NULL,
+                lease_expires_at = NULL
+            WHERE migration_id = $1 AND state = 'verified' AND target_key = ANY($2::text[])
+            """,
+            migration_id,
+            list(target_keys),
         )
         return _affected(status)
 

@@ -24,6 +24,7 @@ __all__ = [
     "CleanupItem",
     "CleanupOutcome",
     "CleanupOutcomeKind",
+    "ContentCounts",
     "Counts",
     "Digest",
     "InventoryResult",
@@ -107,6 +108,10 @@ class InventoryRow:
     storage_class: str = "STANDARD"
     target_key: str | None = None
     row_id: str | None = None
+    #: The bucket of a migration of several buckets ("" for one bucket or a directory).
+    bucket: str = ""
+    #: The object's group (spec.groups.by), for its group's manifest.
+    group_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +181,16 @@ class ObjectRow(NamedTuple):
     #: Aspects of S3 this object's copy did without (comma-separated), see
     #: `objmig.storage.features.Aspect`.
     degraded: str | None = None
-    # Added by schema version 6.
+    # Added by schema version 7 (0007_writes).
     not_preserved: str | None = None
+    # Added by schema version 6 (0006_buckets).
+    #: The bucket of a migration of several buckets ("" for one bucket or a directory).
+    bucket: str = ""
+    #: The source's metadata as the copy saw it, where a manifest lists it
+    #: (``{"metadata": {...}, "contentType": ...}``).
+    source_metadata: dict[str, Any] | None = None
+    #: The object's group (spec.groups.by), for its group's manifest.
+    group_key: str | None = None
 
     @classmethod
     def from_record(cls, record: asyncpg.Record | Mapping[str, Any]) -> ObjectRow:
@@ -202,8 +215,8 @@ class StepResult(NamedTuple):
 
     Field semantics:
 
-    * ``target_*``, ``source_checksum``, ``target_checksum``, ``restore_requested_at``
-      accumulate over steps: ``None`` keeps the stored value.
+    * ``target_*``, ``source_checksum``, ``target_checksum``, ``restore_requested_at``,
+      ``source_metadata`` accumulate over steps: ``None`` keeps the stored value.
     * ``last_error``, ``error_code``, ``skip_reason``, ``not_before``, ``verified_by``,
       ``degraded`` and ``not_preserved`` describe the latest step only: they are always
       written, so ``None`` clears them (a successful retry leaves no stale error behind).
@@ -233,6 +246,7 @@ class StepResult(NamedTuple):
     verified_by: str | None = None
     degraded: str | None = None
     not_preserved: str | None = None
+    source_metadata: dict[str, Any] | None = None
 
 
 class OpenUpload(NamedTuple):
@@ -283,11 +297,13 @@ class Counts:
 
 @dataclass(frozen=True, slots=True)
 class Digest:
-    """The verification digest of a migration (see ``Ledger.verification_digest``)."""
+    """The verification digest of a migration (see ``Ledger.verification_digest``), and of
+    each of its buckets when it has several."""
 
     objects: int
     bytes: int
     sha256: str
+    buckets: Mapping[str, Digest] = field(default_factory=dict)
 
     @property
     def algorithm(self) -> str:
@@ -318,6 +334,25 @@ class BackfillRecord:
     backfill: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class ContentCounts:
+    """Verified objects against the distinct content keys they point to (deduplication)."""
+
+    objects: int = 0
+    bytes: int = 0
+    contents: int = 0
+    content_bytes: int = 0
+
+    @property
+    def deduplicated(self) -> int:
+        """Objects whose content was stored already: written nowhere."""
+        return self.objects - self.contents
+
+    @property
+    def bytes_saved(self) -> int:
+        return self.bytes - self.content_bytes
+
+
 CleanupOutcomeKind = Literal["planned", "deleted", "would_delete", "skipped", "failed"]
 
 
@@ -335,6 +370,7 @@ class CleanupOutcome:
 class CleanupItem:
     """One object of a cleanup, for the bounded window of the status."""
 
+    bucket: str
     key: str
     version_id: str
     size: int

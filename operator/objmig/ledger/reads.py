@@ -15,7 +15,15 @@ from typing import IO, Literal, Protocol, cast
 import asyncpg
 
 from objmig.ledger.base import _COLUMNS, LedgerBase
-from objmig.ledger.models import FAILURE_STATES, Counts, Digest, ObjectRow, ObjectState, StateCount
+from objmig.ledger.models import (
+    FAILURE_STATES,
+    ContentCounts,
+    Counts,
+    Digest,
+    ObjectRow,
+    ObjectState,
+    StateCount,
+)
 from objmig.ledger.report import (
     REPORT_COLUMNS,
     DigestBuilder,
@@ -93,17 +101,18 @@ class ReadsMixin(LedgerBase):
         return None if record is None else ObjectRow.from_record(record)
 
     async def find_object(
-        self, migration_id: int, key: str, version_id: str = ""
+        self, migration_id: int, key: str, version_id: str = "", *, bucket: str = ""
     ) -> ObjectRow | None:
         """One row by its identity, or None."""
         record = await self._pool.fetchrow(
             f"""
             SELECT {_COLUMNS} FROM objects
-            WHERE migration_id = $1 AND key = $2 AND version_id = $3
+            WHERE migration_id = $1 AND bucket = $4 AND key = $2 AND version_id = $3
             """,  # noqa: S608 - only module constants are interpolated
             migration_id,
             key,
             version_id,
+            bucket,
         )
         return None if record is None else ObjectRow.from_record(record)
 
@@ -165,15 +174,74 @@ class ReadsMixin(LedgerBase):
                 """
                 WITH gone AS (
                     DELETE FROM object_count_deltas WHERE migration_id = $1
-                    RETURNING state, objects, bytes
+                    RETURNING bucket, state, objects, bytes
                 )
-                INSERT INTO object_count_deltas (migration_id, state, objects, bytes)
-                SELECT $1, state, sum(objects), sum(bytes) FROM gone
-                GROUP BY state
+                INSERT INTO object_count_deltas (migration_id, bucket, state, objects, bytes)
+                SELECT $1, bucket, state, sum(objects), sum(bytes) FROM gone
+                GROUP BY bucket, state
                 HAVING sum(objects) <> 0 OR sum(bytes) <> 0
                 """,
                 migration_id,
             )
+
+    async def bucket_counts(
+        self, migration_id: int, *, limit: int | None = None
+    ) -> dict[str, dict[ObjectState, StateCount]]:
+        """Objects and bytes per state of each bucket (migrations of several buckets).
+
+        From the same trigger-kept deltas as :meth:`counts`, so it costs the number of
+        buckets, not of objects. ``limit``: the first buckets in name order only.
+        """
+        records = await self._pool.fetch(
+            """
+            WITH named AS (
+                SELECT DISTINCT bucket FROM object_count_deltas
+                WHERE migration_id = $1 ORDER BY bucket LIMIT $2
+            )
+            SELECT d.bucket, d.state, sum(d.objects)::bigint AS objects,
+                   sum(d.bytes)::bigint AS bytes
+            FROM object_count_deltas d JOIN named USING (bucket)
+            WHERE d.migration_id = $1
+            GROUP BY d.bucket, d.state
+            """,
+            migration_id,
+            limit,
+        )
+        found: dict[str, dict[ObjectState, StateCount]] = {}
+        for r in records:
+            count = StateCount(objects=int(r["objects"]), bytes=int(r["bytes"]))
+            if count.objects or count.bytes:
+                found.setdefault(r["bucket"], {})[ObjectState(r["state"])] = count
+        return found
+
+    async def content_counts(self, migration_id: int) -> ContentCounts:
+        """What deduplication saved: verified objects against the distinct content keys
+        they point to (a content-addressed layout writes each content once).
+
+        Exact by construction, whichever worker happened to write a content first; one
+        pass over the migration's verified rows.
+        """
+        record = await self._pool.fetchrow(
+            """
+            SELECT count(*) AS objects, coalesce(sum(size), 0)::bigint AS bytes,
+                   count(*) FILTER (WHERE first) AS contents,
+                   coalesce(sum(size) FILTER (WHERE first), 0)::bigint AS content_bytes
+            FROM (
+                SELECT size, row_number() OVER (PARTITION BY target_key ORDER BY id) = 1 AS first
+                FROM objects
+                WHERE migration_id = $1 AND state IN ('verified', 'deleted')
+                  AND target_key IS NOT NULL
+            ) AS verified
+            """,
+            migration_id,
+        )
+        assert record is not None
+        return ContentCounts(
+            objects=int(record["objects"]),
+            bytes=int(record["bytes"]),
+            contents=int(record["contents"]),
+            content_bytes=int(record["content_bytes"]),
+        )
 
     async def window(self, migration_id: int, limit: int) -> tuple[list[ObjectRow], bool]:
         """A bounded list of rows for the resource status, and whether rows were left out.
@@ -201,7 +269,7 @@ class ReadsMixin(LedgerBase):
         # (and with it the status) does not reorder between two reads of the same data.
         records = await self._pool.fetch(
             f"""
-            (SELECT 0 AS bucket, {_COLUMNS} FROM objects
+            (SELECT 0 AS part, {_COLUMNS} FROM objects
              WHERE migration_id = $1 AND state IN ('failed', 'source_changed')
              ORDER BY updated_at DESC, id DESC LIMIT $2)
             UNION ALL
@@ -218,8 +286,8 @@ class ReadsMixin(LedgerBase):
             limit + 1,
         )
         # UNION ALL keeps branch order in practice but SQL does not promise it: sort by
-        # bucket, keeping each branch's internal order (Python's sort is stable).
-        ordered = sorted(records, key=lambda r: int(r["bucket"]))
+        # part, keeping each branch's internal order (Python's sort is stable).
+        ordered = sorted(records, key=lambda r: int(r["part"]))
         rows = [ObjectRow.from_record(r) for r in ordered[:limit]]
         return rows, len(ordered) > limit
 
@@ -229,8 +297,10 @@ class ReadsMixin(LedgerBase):
         states: Sequence[ObjectState] | None = None,
         *,
         batch_size: int = STREAM_BATCH,
+        bucket: str | None = None,
     ) -> AsyncIterator[ObjectRow]:
-        """Every row of the migration (optionally only ``states``) in (key, version_id) order.
+        """Every row of the migration (optionally only ``states``) in (bucket, key,
+        version_id) order.
 
         Streams by keyset pagination: each page is a short query, and no connection or
         transaction is held while the caller works on a page, so a slow consumer (cutover,
@@ -242,22 +312,78 @@ class ReadsMixin(LedgerBase):
         # The first page uses >= from ('', ''), which is below or equal to every real key.
         query = f"""
             SELECT {_COLUMNS} FROM objects
-            WHERE (migration_id, key, version_id) {{op}} ($1, $2::text, $3::text)
+            WHERE (migration_id, bucket, key, version_id) {{op}} ($1, $6::text, $2::text, $3::text)
               AND migration_id = $1
               AND ($4::text[] IS NULL OR state = ANY($4::text[]))
-            ORDER BY migration_id, key, version_id
+              AND ($7::text IS NULL OR bucket = $7::text)
+            ORDER BY migration_id, bucket, key, version_id
             LIMIT $5
         """  # noqa: S608 - only module constants are interpolated
-        op, last_key, last_version = ">=", "", ""
+        op, last_bucket, last_key, last_version = ">=", bucket or "", "", ""
         while True:
             records = await self._pool.fetch(
-                query.format(op=op), migration_id, last_key, last_version, state_filter, batch_size
+                query.format(op=op),
+                migration_id,
+                last_key,
+                last_version,
+                state_filter,
+                batch_size,
+                last_bucket,
+                bucket,
             )
             for record in records:
                 yield ObjectRow.from_record(record)
             if len(records) < batch_size:
                 return
-            op, last_key, last_version = ">", records[-1]["key"], records[-1]["version_id"]
+            last = records[-1]
+            op, last_bucket, last_key, last_version = (
+                ">",
+                last["bucket"],
+                last["key"],
+                last["version_id"],
+            )
+
+    async def target_keys(
+        self, migration_id: int, *, batch_size: int = STREAM_BATCH
+    ) -> AsyncIterator[str]:
+        """The distinct target keys of the verified (or since deleted at source) rows, in
+        byte order: what a target directory must hold (a content-addressed layout shares
+        keys between objects)."""
+        query = """
+            SELECT DISTINCT target_key COLLATE "C" AS k FROM objects
+            WHERE migration_id = $1 AND state IN ('verified', 'deleted')
+              AND target_key IS NOT NULL
+            ORDER BY 1
+        """
+        async with aclosing(self._stream(query, (migration_id,), batch_size)) as batches:
+            async for batch in batches:
+                for record in batch:
+                    yield record["k"]
+
+    async def iter_groups(
+        self, migration_id: int, *, batch_size: int = STREAM_BATCH
+    ) -> AsyncIterator[tuple[str, list[ObjectRow]]]:
+        """Each group (``group_key``) with its members in (bucket, key, version_id) order;
+        rows without a group are left out. Memory holds one group."""
+        query = f"""
+            SELECT {_COLUMNS} FROM objects
+            WHERE migration_id = $1 AND group_key IS NOT NULL
+            ORDER BY group_key, bucket, key, version_id
+        """  # noqa: S608 - only module constants are interpolated
+        current: str | None = None
+        members: list[ObjectRow] = []
+        async with aclosing(self._stream(query, (migration_id,), batch_size)) as batches:
+            async for batch in batches:
+                for record in batch:
+                    row = ObjectRow.from_record(record)
+                    if row.group_key != current and members:
+                        assert current is not None
+                        yield current, members
+                        members = []
+                    current = row.group_key
+                    members.append(row)
+        if members and current is not None:
+            yield current, members
 
     async def _stream(
         self, query: str, args: Sequence[object], batch_size: int
@@ -299,7 +425,7 @@ class ReadsMixin(LedgerBase):
         query = f"""
             SELECT {", ".join(REPORT_COLUMNS)} FROM objects
             WHERE migration_id = $1 AND ($2::text[] IS NULL OR state = ANY($2::text[]))
-            ORDER BY key, version_id
+            ORDER BY bucket, key, version_id
         """  # noqa: S608 - only module constants are interpolated
         states = [s.value for s in FAILURE_STATES] if only_failed else None
         async with aclosing(self._stream(query, (migration_id, states), batch_size)) as batches:
@@ -325,18 +451,26 @@ class ReadsMixin(LedgerBase):
         Returned as lowercase hex, with the number of rows and their total size. Any change
         to a verified row's listed fields, or a row entering or leaving ``verified``, changes
         the digest. (``objmig.ledger.report.DigestBuilder`` implements the encoding.)
+
+        A migration of several buckets (rows with a bucket) uses version 2: the header
+        ``objmig-verification-v2``, rows in (bucket, key, version_id) order, and
+        ``field(bucket)`` first in each record. Its ``Digest.buckets`` holds one version 2
+        digest per bucket, over that bucket's rows alone: what a cleanup of one bucket
+        quotes.
         """
-        builder = DigestBuilder()
+        whole: DigestBuilder | None = None
+        buckets: dict[str, DigestBuilder] = {}
         query = """
-            SELECT key, version_id, size, etag, target_key, target_etag, source_checksum
+            SELECT bucket, key, version_id, size, etag, target_key, target_etag, source_checksum
             FROM objects
             WHERE migration_id = $1 AND state = 'verified'
-            ORDER BY key, version_id
+            ORDER BY bucket, key, version_id
         """
         async with aclosing(self._stream(query, (migration_id,), batch_size)) as batches:
             async for batch in batches:
                 for r in batch:
-                    builder.add(
+                    bucket = r["bucket"]
+                    record = (
                         r["key"],
                         r["version_id"],
                         r["size"],
@@ -345,7 +479,24 @@ class ReadsMixin(LedgerBase):
                         r["target_etag"],
                         r["source_checksum"],
                     )
-        return Digest(objects=builder.objects, bytes=builder.bytes, sha256=builder.hexdigest())
+                    if whole is None:
+                        whole = DigestBuilder(version=2 if bucket else 1)
+                    whole.add(*record, bucket=bucket)
+                    if bucket:
+                        if bucket not in buckets:
+                            buckets[bucket] = DigestBuilder(version=2)
+                        buckets[bucket].add(*record, bucket=bucket)
+        if whole is None:
+            whole = DigestBuilder()
+        return Digest(
+            objects=whole.objects,
+            bytes=whole.bytes,
+            sha256=whole.hexdigest(),
+            buckets={
+                name: Digest(objects=b.objects, bytes=b.bytes, sha256=b.hexdigest())
+                for name, b in buckets.items()
+            },
+        )
 
 
 def _writer(out: ReportOutput) -> Callable[[str], Awaitable[None]]:

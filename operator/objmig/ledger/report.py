@@ -24,6 +24,7 @@ from objmig.ledger.models import OBJECT_COLUMNS
 __all__ = [
     "DIGEST_COLUMNS",
     "DIGEST_HEADER",
+    "DIGEST_HEADER_V2",
     "REPORT_COLUMNS",
     "DigestBuilder",
     "ReportFormat",
@@ -53,6 +54,8 @@ DIGEST_COLUMNS: tuple[str, ...] = (
 #: Domain separation: the hash input starts with this, so a digest of version 1 can never
 #: equal a digest of another encoding, nor a SHA-256 of some unrelated file.
 DIGEST_HEADER = b"objmig-verification-v1\n"
+#: Version 2 (migrations of several buckets): each record starts with the bucket.
+DIGEST_HEADER_V2 = b"objmig-verification-v2\n"
 
 
 def _text(value: Any) -> str:
@@ -133,10 +136,17 @@ class DigestBuilder:
     comparing the UTF-8 bytes (PostgreSQL's "C" collation; equivalently Python's ``str``
     ordering by code point). The length prefix makes the encoding unambiguous whatever
     characters keys contain. The result is the lowercase hex SHA-256.
+
+    Version 2 (``version=2``, migrations of several buckets): the header
+    ``DIGEST_HEADER_V2``, rows in (bucket, key, version_id) order, and each record
+    preceded by ``field(bucket)``.
     """
 
-    def __init__(self) -> None:
-        self._hash = hashlib.sha256(DIGEST_HEADER)
+    def __init__(self, *, version: int = 1) -> None:
+        if version not in (1, 2):
+            raise ValueError(f"no digest encoding version {version}")
+        self.version = version
+        self._hash = hashlib.sha256(DIGEST_HEADER if version == 1 else DIGEST_HEADER_V2)
         self.objects = 0
         self.bytes = 0
 
@@ -149,8 +159,12 @@ class DigestBuilder:
         target_key: str | None,
         target_etag: str | None,
         source_checksum: str | None,
+        *,
+        bucket: str = "",
     ) -> None:
         """Feed one verified row (in order)."""
+        if self.version == 2:
+            self._hash.update(_field(bucket))
         self._hash.update(
             encode_digest_record(
                 (key, version_id, size, etag, target_key, target_etag, source_checksum)

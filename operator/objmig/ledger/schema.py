@@ -112,11 +112,12 @@ async def database_schema_version(conn: Connection) -> int:
     return int(version)
 
 
-async def apply_schema(target: ConnectionOrPool) -> int:
+async def apply_schema(target: ConnectionOrPool, *, up_to: int | None = None) -> int:
     """Bring the database up to this code's schema version; safe to call from every process.
 
     Args:
         target: a connection, or a pool to borrow one from.
+        up_to: stop at this version (what an older objmig left: upgrade tests).
 
     Returns:
         The schema version the database is at afterwards.
@@ -126,11 +127,11 @@ async def apply_schema(target: ConnectionOrPool) -> int:
     """
     if isinstance(target, asyncpg.Pool):
         async with target.acquire() as conn:
-            return await _apply(conn)
-    return await _apply(target)
+            return await _apply(conn, up_to)
+    return await _apply(target, up_to)
 
 
-async def _apply(conn: Connection) -> int:
+async def _apply(conn: Connection, up_to: int | None) -> int:
     migrations = load_schema_migrations()
     code_version = len(migrations)
     # A session lock, not a transaction lock: each file commits on its own, and the lock must
@@ -142,7 +143,7 @@ async def _apply(conn: Connection) -> int:
         if current > code_version:
             raise SchemaTooNew(current, code_version)
         for migration in migrations:
-            if migration.version <= current:
+            if migration.version <= current or (up_to is not None and migration.version > up_to):
                 continue
             async with conn.transaction():
                 await conn.execute(migration.sql)

@@ -122,8 +122,8 @@ class CutoverRecord(StateModel):
     rollback_blocked: str | None = None
 
 
-class VerificationRecord(StateModel):
-    """The digest over the verified rows that a cleanup approval quotes."""
+class BucketDigest(StateModel):
+    """One bucket's verification digest, in a migration of several."""
 
     digest: str
     objects: int = 0
@@ -140,6 +140,47 @@ class RetryRecord(StateModel):
     request: str | None = None
     #: Requests honoured so far, over the migration's life.
     count: int = 1
+
+
+class VerificationRecord(StateModel):
+    """The digest over the verified rows that a cleanup approval quotes (and, for a
+    migration of several buckets, each bucket's, for a cleanup of one bucket)."""
+
+    digest: str
+    objects: int = 0
+    bytes: int = 0
+    buckets: dict[str, BucketDigest] = Field(default_factory=dict)
+
+
+class AuditRecord(StateModel):
+    """What the last audit found: the target directory against the ledger (no copy
+    missing, no file extra), and the group manifests written and read back.
+
+    Made once per round and wave of the lifecycle (a wave that copied files found missing
+    is audited again) and cleared when the spec changes (an ignore glob added)."""
+
+    round: int = 0
+    wave: int = 0
+    completed_at: datetime | None = None
+    files: int = 0
+    missing: int = 0
+    extra: int = 0
+    extra_examples: tuple[str, ...] = ()
+    temporaries_removed: int = 0
+    groups: int = 0
+    manifests_written: int = 0
+    incomplete_groups: int = 0
+    incomplete_examples: tuple[str, ...] = ()
+
+
+class TargetSpace(StateModel):
+    """Free space on a target directory as a worker last measured it."""
+
+    free: int
+    total: int
+    minimum: int
+    low: bool
+    at: datetime
 
 
 class ConfigMapWorklist(StateModel):
@@ -183,6 +224,8 @@ class MigrationState(StateModel):
     # Written by `Ledger.record_store_findings` only, a key at a time: workers of one
     # migration learn about its stores concurrently.
     store_features: dict[str, StoreFinding] = Field(default_factory=dict)
+    audit: AuditRecord | None = None
+    target_space: TargetSpace | None = None
 
     @property
     def cut_over(self) -> bool:
@@ -222,6 +265,8 @@ class MigrationChanges(TypedDict, total=False):
     rollback_started: bool
     manifest_config_map: ConfigMapWorklist
     retried: RetryRecord
+    audit: AuditRecord | None
+    target_space: TargetSpace | None
 
 
 class Leftovers(StateModel):

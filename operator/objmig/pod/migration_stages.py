@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from objmig.api.conditions import Reason, s3_reason
 from objmig.api.migration import ObjectMeta, ObjectMigration, ObjectMigrationSpec
+from objmig.engine.audit import run_audit
 from objmig.engine.bookkeeping import record_failure, record_store_findings
 from objmig.engine.claim_loop import ClaimLoop
 from objmig.engine.context import MigrationContext, check_access, check_application
@@ -80,7 +81,13 @@ async def _work(
         return EXIT_PERMANENT
     try:
         await check_application(context)
-        if stage == "scan":
+        if stage == "audit":
+            rounds = (await ledger.get_state(migration_id)).rounds
+            audit = run_audit(ledger, migration_id, context, round_=rounds.round, wave=rounds.wave)
+            if await _unless_stopped(audit, stop) is None:
+                log.info("audit stopped on request; it runs again")
+                return EXIT_INTERRUPTED
+        elif stage == "scan":
             async with context.clients() as (source, _):
                 scan = run_scan(ledger, migration_id, context, source, scan_id=scan_id)
                 outcome = await _unless_stopped(scan, stop)

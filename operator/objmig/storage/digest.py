@@ -10,11 +10,11 @@ from objmig.storage.errors import TruncatedBodyError
 from objmig.storage.types import STREAM_CHUNK
 
 if TYPE_CHECKING:
-    from objmig.storage.s3http import S3HttpClient
+    from objmig.storage.reader import ObjectReader
 
 
 async def object_sha256(
-    client: S3HttpClient,
+    client: ObjectReader,
     bucket: str,
     key: str,
     version_id: str | None = None,

@@ -17,13 +17,13 @@ from objmig.storage.features import Aspect
 from objmig.storage.types import HeadResult, MiB, PartLayout, multipart_part_count
 
 if TYPE_CHECKING:
-    from objmig.storage.s3http import S3HttpClient
+    from objmig.storage.reader import ObjectReader
 
 log = logging.getLogger(__name__)
 
 
 async def resolve_part_layout(
-    client: S3HttpClient,
+    client: ObjectReader,
     bucket: str,
     key: str,
     version_id: str | None = None,
@@ -116,7 +116,7 @@ def guessed_layout(size: int, count: int) -> PartLayout:
 
 
 async def part_layout(
-    client: S3HttpClient,
+    client: ObjectReader,
     bucket: str,
     key: str,
     version_id: str | None = None,

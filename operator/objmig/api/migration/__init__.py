@@ -34,16 +34,21 @@ from objmig.api.migration.copying import CopySpec, RestoreSpec, VerifySpec
 from objmig.api.migration.cutover import CatalogAction, ConfigMapAction, CutoverSpec
 from objmig.api.migration.endpoints import (
     BucketSpec,
+    BucketsSpec,
     Encryption,
     EncryptionSpec,
+    FilesystemSpec,
+    FilesystemTargetSpec,
     MetadataChangeSpec,
     SourceSpec,
     TargetSpec,
 )
+from objmig.api.migration.layout import GroupsSpec
 from objmig.api.migration.resource import ObjectMigration
 from objmig.api.migration.running import (
     BackoffSpec,
     FailurePolicySpec,
+    HealthSpec,
     ResourceRequirements,
     RetrySpec,
     Toleration,
@@ -58,8 +63,12 @@ from objmig.api.migration.selection import (
 )
 from objmig.api.migration.spec import ObjectMigrationSpec
 from objmig.api.migration.status import (
+    BucketStatus,
+    ContentStatus,
     Counters,
     CutoverStatus,
+    GroupsStatus,
+    HealthStatus,
     JobRef,
     ObjectMigrationStatus,
     ObjectStatus,
@@ -83,8 +92,11 @@ __all__ = [
     "BackfillSpec",
     "BackoffSpec",
     "BucketSpec",
+    "BucketStatus",
+    "BucketsSpec",
     "CatalogAction",
     "ConfigMapAction",
+    "ContentStatus",
     "CopySpec",
     "Counters",
     "CutoverSpec",
@@ -92,6 +104,12 @@ __all__ = [
     "Encryption",
     "EncryptionSpec",
     "FailurePolicySpec",
+    "FilesystemSpec",
+    "FilesystemTargetSpec",
+    "GroupsSpec",
+    "GroupsStatus",
+    "HealthSpec",
+    "HealthStatus",
     "HooksSpec",
     "JobRef",
     "ManifestObjectRef",

@@ -50,9 +50,15 @@ BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$"
 #: unquoted identifiers PostgreSQL reads (objmig quotes them, keeping their case).
 TABLE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
 COLUMN_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-KEY_TEMPLATE_FIELDS = frozenset(
-    {"key", "relative", "dirname", "basename", "year", "month", "day", "etag"}
+#: A bucket name, or "" where a spec names no single bucket (several, or a directory).
+OPTIONAL_BUCKET_PATTERN = r"^([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])?$"
+#: Placeholders of a key template that describe the source object, known at scan time.
+LISTING_TEMPLATE_FIELDS = frozenset(
+    {"key", "relative", "dirname", "basename", "year", "month", "day", "etag", "bucket", "group"}
 )
+#: Placeholders of the content (content-addressed layouts): known once it has been read.
+CONTENT_TEMPLATE_FIELDS = frozenset({"sha256"})
+KEY_TEMPLATE_FIELDS = LISTING_TEMPLATE_FIELDS | CONTENT_TEMPLATE_FIELDS
 
 
 class ObjectMeta(ApiModel):

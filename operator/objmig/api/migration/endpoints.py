@@ -1,11 +1,11 @@
-"""Where objects come from and go to: `spec.source` and `spec.target` (endpoint, bucket,
-prefix, credentials, target encryption and key template).
+"""Where objects come from and go to: `spec.source` and `spec.target` (a bucket, several
+buckets, or a directory; endpoint, prefix, credentials, target encryption and key
+template).
 """
 
 from __future__ import annotations
 
 import re
-from string import Formatter
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -18,7 +18,116 @@ from objmig.api.base import (
     cel_rule,
     cel_validations,
 )
-from objmig.api.migration.common import BUCKET_PATTERN, KEY_TEMPLATE_FIELDS, StorageClass
+from objmig.api.migration.common import (
+    KEY_TEMPLATE_FIELDS,
+    OPTIONAL_BUCKET_PATTERN,
+    StorageClass,
+)
+from objmig.api.migration.templates import check_template, placeholders
+from objmig.api.types import Quantity, QuantityBetween
+
+_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+_DOTDOT = "(^|/)[.][.](/|$)"
+_ONE_STORE = "[self.bucket != '', has(self.buckets), has(self.filesystem)]"
+
+
+class FilesystemSpec(ApiModel):
+    """A directory as a store: on a laptop a path; in the operator a volume (a
+    PersistentVolumeClaim) that every worker pod mounts at that path."""
+
+    model_config = cel_validations(
+        cel_rule(
+            f"!self.path.matches('{_DOTDOT}')",
+            "path must not have '..' segments",
+            field_path=".path",
+        ),
+    )
+
+    path: str = Field(
+        description="Absolute path of the directory. In the operator, where the claim is "
+        "mounted in the worker pods.",
+        min_length=1,
+        max_length=1024,
+        pattern=r"^/[^\x00]*$",
+    )
+    claim_name: str | None = Field(
+        default=None,
+        description="Operator: the PersistentVolumeClaim (in the migration's namespace) the "
+        "worker pods mount at path. Absent: the pods must already see the path (objmig run "
+        "ignores it).",
+        min_length=1,
+        max_length=253,
+        pattern=_NAME_PATTERN,
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _no_dotdot(cls, path: str) -> str:
+        if ".." in path.split("/"):
+            raise ValueError("path must not have '..' segments")
+        return path
+
+
+_DEFAULT_IGNORED = [".DS_Store", "**/.DS_Store", "Thumbs.db", "**/Thumbs.db"]
+
+
+class FilesystemTargetSpec(FilesystemSpec):
+    """A directory that objects are written to, with the free space it keeps."""
+
+    model_config = cel_validations(
+        cel_rule(
+            f"!self.path.matches('{_DOTDOT}')",
+            "path must not have '..' segments",
+            field_path=".path",
+        ),
+        cel_rule(
+            "!self.path.contains('{') || self.path.matches('^(/([^/{}]+|[{]bucket[}]))+/?$')",
+            "the only placeholder a path takes is {bucket}, as a whole path segment",
+            field_path=".path",
+        ),
+    )
+
+    min_free_space: Annotated[Quantity, QuantityBetween("0", "1Pi")] = Field(
+        default="1Gi",
+        description="Free space every write leaves on the filesystem. A file that would "
+        "leave less waits, and the migration pauses with condition TargetSpaceLow until "
+        "there is room.",
+    )
+    ignore: list[Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=lambda: list(_DEFAULT_IGNORED),
+        description="Globs of files the directory may hold besides the copies (e.g. "
+        ".DS_Store): the audit before cutover lists every other file no object was copied "
+        "to as extra, and extra files hold the cutover back.",
+        max_length=64,
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _only_bucket_segments(cls, path: str) -> str:
+        names = {name for name, _ in placeholders(path)}
+        if names - {"bucket"} or any(
+            "{" in segment and segment != "{bucket}" for segment in path.split("/")
+        ):
+            raise ValueError(
+                "the only placeholder a path takes is {bucket}, as a whole path segment"
+            )
+        return path
+
+
+class BucketsSpec(ApiModel):
+    """Several buckets of one account, by name."""
+
+    include: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=lambda: ["*"],
+        description="Bucket names or globs (*, ?, [a-z], {a,b}) to migrate; default all.",
+        min_length=1,
+        max_length=256,
+    )
+    exclude: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list,
+        description="Bucket names or globs left out even when included.",
+        max_length=256,
+    )
 
 
 class CABundleSource(ApiModel):
@@ -48,16 +157,18 @@ class CABundleSource(ApiModel):
         return self
 
 
+#: On BucketSpec and on each of its kinds (a subclass's model_config replaces its parent's).
+_CA_BUNDLE_NEEDS_HTTPS = cel_rule(
+    "!has(self.caBundle) || self.endpoint.startsWith('https://')",
+    "caBundle needs an https:// endpoint",
+    field_path=".caBundle",
+)
+
+
 class BucketSpec(ApiModel):
     """Where objects live: an S3-compatible endpoint, a bucket and a key prefix."""
 
-    model_config = cel_validations(
-        cel_rule(
-            "!has(self.caBundle) || self.endpoint.startsWith('https://')",
-            "caBundle needs an https:// endpoint",
-            field_path=".caBundle",
-        ),
-    )
+    model_config = cel_validations(_CA_BUNDLE_NEEDS_HTTPS)
 
     endpoint: str = Field(
         default="",
@@ -72,8 +183,10 @@ class BucketSpec(ApiModel):
         pattern=r"^[a-z0-9-]*$",
     )
     bucket: str = Field(
-        description="Bucket name (3-63 lowercase letters, digits, dots, hyphens).",
-        pattern=BUCKET_PATTERN,
+        default="",
+        description="Bucket name (3-63 lowercase letters, digits, dots, hyphens). Empty "
+        "when the side is several buckets (source.buckets) or a directory (filesystem).",
+        pattern=OPTIONAL_BUCKET_PATTERN,
     )
     prefix: str = Field(
         default="",
@@ -115,13 +228,39 @@ class BucketSpec(ApiModel):
 
 
 class SourceSpec(BucketSpec):
-    """The store objects are copied from. Immutable once the migration exists."""
+    """The store objects are copied from: one bucket, several buckets of the account, or a
+    directory. Immutable once the migration exists."""
 
+    model_config = cel_validations(
+        _CA_BUNDLE_NEEDS_HTTPS,
+        cel_rule(
+            f"{_ONE_STORE}.filter(x, x).size() == 1",
+            "set exactly one of bucket, buckets or filesystem",
+        ),
+    )
+
+    buckets: BucketsSpec | None = Field(
+        default=None,
+        description="Every bucket of the account the credentials list (ListBuckets) that "
+        "matches include and not exclude; the ledger records each object's bucket. The "
+        "target keyTemplate (or filesystem path) needs {bucket} to keep them apart.",
+    )
+    filesystem: FilesystemSpec | None = Field(
+        default=None,
+        description="A directory to copy files from (a mounted claim in the operator).",
+    )
     customer_key_secret_ref: SecretKeySelector | None = Field(
         default=None,
         description="Secret key holding the 32-byte SSE-C key the source objects are encrypted "
         "with, if any.",
     )
+
+    @model_validator(mode="after")
+    def _one_kind_of_store(self) -> SourceSpec:
+        given = [bool(self.bucket), self.buckets is not None, self.filesystem is not None]
+        if given.count(True) != 1:
+            raise ValueError("set exactly one of bucket, buckets or filesystem")
+        return self
 
 
 Encryption = Literal["none", "SSE-S3", "SSE-KMS", "SSE-C"]
@@ -239,8 +378,28 @@ class MetadataChangeSpec(ApiModel):
 
 
 class TargetSpec(BucketSpec):
-    """The store objects are copied to, and how they are written there."""
+    """The store objects are copied to (a bucket or a directory), and how they are written
+    there."""
 
+    model_config = cel_validations(
+        _CA_BUNDLE_NEEDS_HTTPS,
+        cel_rule(
+            "[self.bucket != '', has(self.filesystem)].filter(x, x).size() == 1",
+            "set exactly one of bucket or filesystem",
+        ),
+        cel_rule(
+            "!has(self.filesystem) || (!has(self.storageClass)"
+            " && (!has(self.encryption) || self.encryption.mode == 'none'))",
+            "a directory has no storage class or server-side encryption",
+        ),
+    )
+
+    filesystem: FilesystemTargetSpec | None = Field(
+        default=None,
+        description="A directory to write files to (a mounted claim in the operator). What a "
+        "file cannot hold (ETag, SHA-256, parts, metadata, headers, tags) goes to "
+        "<path>/.objmig/index.jsonl.",
+    )
     storage_class: StorageClass | None = Field(
         default=None,
         description="Storage class of the written objects. Absent: the target's default.",
@@ -257,9 +416,13 @@ class TargetSpec(BucketSpec):
     key_template: str = Field(
         default="{relative}",
         description=(
-            "Target key, appended to the target prefix. Placeholders: {key} (full source key), "
-            "{relative} (key relative to the source prefix), {dirname}, {basename}, "
-            "{year}/{month}/{day} (of last-modified), {etag}."
+            "Target key (or path under the directory), appended to the target prefix. "
+            "Placeholders: {key} (full source key), {relative} (key relative to the source "
+            "prefix), {dirname}, {basename}, {group} (first path segment of {relative}), "
+            "{year}/{month}/{day} (of last-modified), {etag}, {bucket} (source bucket, with "
+            "source.buckets), and {sha256} or {sha256:N} (the content's SHA-256, or its first "
+            "N hex digits): a content-addressed layout that stores identical content once, "
+            "e.g. objects/{sha256:2}/{sha256}."
         ),
         min_length=1,
         max_length=1024,
@@ -268,14 +431,14 @@ class TargetSpec(BucketSpec):
     @field_validator("key_template")
     @classmethod
     def _known_placeholders(cls, template: str) -> str:
-        try:
-            fields = {name for _, name, _, _ in Formatter().parse(template) if name is not None}
-        except ValueError as error:
-            raise ValueError(f"keyTemplate is malformed: {error}") from None
-        unknown = fields - KEY_TEMPLATE_FIELDS
-        if unknown:
-            raise ValueError(
-                f"keyTemplate uses unknown placeholders {sorted(unknown)}; "
-                f"known: {sorted(KEY_TEMPLATE_FIELDS)}"
-            )
-        return template
+        return check_template(template, KEY_TEMPLATE_FIELDS, "keyTemplate")
+
+    @model_validator(mode="after")
+    def _one_kind_of_store(self) -> TargetSpec:
+        if bool(self.bucket) == (self.filesystem is not None):
+            raise ValueError("set exactly one of bucket or filesystem")
+        if self.filesystem is not None and (
+            self.storage_class is not None or self.encryption.mode != "none"
+        ):
+            raise ValueError("a directory has no storage class or server-side encryption")
+        return self

@@ -1,5 +1,5 @@
-"""How the work runs and fails: `spec.workers` (the Job pods), `spec.retry` and
-`spec.failurePolicy`.
+"""How the work runs and fails: `spec.workers` (the Job pods), `spec.retry`,
+`spec.failurePolicy` and `spec.health`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from objmig.api.migration.common import MAX_COUNT, MAX_PARALLELISM
 from objmig.api.types import (
     Duration,
     DurationBetween,
+    Quantity,
+    QuantityBetween,
     ResourceQuantity,
     parse_duration,
     parse_quantity,
@@ -215,3 +217,26 @@ def _resource(value: int | str) -> float:
     if value.endswith("m"):
         return float(value[:-1]) / 1000
     return float(parse_quantity(value))
+
+
+class HealthSpec(ApiModel):
+    """When the migration reports itself unhealthy (conditions Degraded and Stalled), short
+    of pausing: the failure budget (failurePolicy) pauses, these only warn."""
+
+    degraded_error_rate: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Degraded when more than this share of the finished objects failed, once "
+        "failurePolicy.minObjects have finished (default 5%).",
+    )
+    stalled_after: Annotated[Duration, DurationBetween("1m", "168h")] = Field(
+        default="15m",
+        description="Stalled when throughput has stayed under minThroughput this long while "
+        "objects wait to be copied (objects waiting for an archive restore do not count).",
+    )
+    min_throughput: Annotated[Quantity, QuantityBetween("0", "100Gi")] = Field(
+        default="0",
+        description="The throughput floor in bytes per second, e.g. 1Mi. 0: only a "
+        "migration that copies nothing at all is stalled.",
+    )

@@ -92,7 +92,7 @@ class JobRef(ApiModel):
     """A worker Job and its counts."""
 
     name: str = Field(description="Job name.")
-    stage: str = Field(description="scan, restore, copy, catchup or cleanup.")
+    stage: str = Field(description="scan, copy, audit or cleanup.")
     active: int = Field(default=0, ge=0, description="Running pods.")
     succeeded: int = Field(default=0, ge=0, description="Finished indexes.")
     failed: int = Field(default=0, ge=0, description="Failed pods.")
@@ -120,6 +120,86 @@ class VerificationStatus(ApiModel):
         default=None,
         description="sha256 over every verified (key, version, size, ETag, target) tuple; "
         "a MigrationCleanup's approval.digest must equal it.",
+    )
+    audited_at: datetime | None = Field(
+        default=None,
+        description="When the target directory (or the group manifests) was last audited "
+        "against the ledger.",
+    )
+    missing_files: int = Field(
+        default=0, ge=0, description="Verified objects whose file the audit did not find."
+    )
+    extra_files: int = Field(
+        default=0,
+        ge=0,
+        description="Files in the target directory no object was copied to (and no ignore "
+        "glob matches); they hold the cutover back.",
+    )
+    extra_file_examples: list[str] = Field(
+        default_factory=list, description="Some of the extra files.", max_length=10
+    )
+
+
+class BucketStatus(ApiModel):
+    """One bucket of a migration of several (source.buckets)."""
+
+    name: str = Field(description="Bucket name.")
+    objects: int = Field(default=0, ge=0, description="Objects selected.")
+    bytes: int = Field(default=0, ge=0, description="Bytes selected.")
+    verified: int = Field(default=0, ge=0, description="Objects copied and verified.")
+    failed: int = Field(default=0, ge=0, description="Objects failed or changed at source.")
+    digest: str | None = Field(
+        default=None,
+        description="The verification digest of this bucket's objects alone: what a "
+        "MigrationCleanup of this bucket (spec.bucket) quotes.",
+    )
+
+
+class ContentStatus(ApiModel):
+    """Deduplication of a content-addressed layout ({sha256} in target.keyTemplate)."""
+
+    processed: int = Field(default=0, ge=0, description="Source objects verified.")
+    contents: int = Field(
+        default=0, ge=0, description="Distinct contents stored (content keys written)."
+    )
+    deduplicated: int = Field(
+        default=0,
+        ge=0,
+        description="Objects whose content was stored already: written nowhere.",
+    )
+    bytes_saved: int = Field(
+        default=0, ge=0, description="Bytes not written because the content was stored."
+    )
+
+
+class GroupsStatus(ApiModel):
+    """The group manifests (spec.groups)."""
+
+    groups: int = Field(default=0, ge=0, description="Groups, one manifest each.")
+    manifests_written: int = Field(
+        default=0, ge=0, description="Manifests written and read back identical."
+    )
+    written_at: datetime | None = Field(default=None, description="When they were written.")
+
+
+class HealthStatus(ApiModel):
+    """The migration's health in a word (the Health column), and what it is measured by."""
+
+    summary: str = Field(
+        default="Healthy",
+        description="Healthy, or the unhealthy conditions that hold: Degraded, Stalled, "
+        "TargetSpaceLow.",
+    )
+    below_floor_since: datetime | None = Field(
+        default=None,
+        description="Since when throughput has been under spec.health.minThroughput while "
+        "objects wait (Stalled after spec.health.stalledAfter).",
+    )
+    target_free_bytes: int | None = Field(
+        default=None, ge=0, description="Free bytes on the target filesystem, last measured."
+    )
+    target_total_bytes: int | None = Field(
+        default=None, ge=0, description="Size of the target filesystem."
     )
 
 
@@ -241,4 +321,22 @@ class ObjectMigrationStatus(ApiModel):
     steps: StepsStatus | None = Field(
         default=None,
         description="The application's steps (spec.backfill, spec.hooks, copy.mode none).",
+    )
+    buckets: list[BucketStatus] = Field(
+        default_factory=list,
+        description="Per bucket (source.buckets), in name order, at most 100.",
+        max_length=100,
+    )
+    buckets_truncated: bool = Field(
+        default=False, description="More buckets exist than the list shows."
+    )
+    content: ContentStatus | None = Field(
+        default=None, description="Deduplication, for content-addressed layouts."
+    )
+    groups: GroupsStatus | None = Field(
+        default=None, description="The group manifests (spec.groups)."
+    )
+    health: HealthStatus = Field(
+        default_factory=HealthStatus,
+        description="Degraded, Stalled and TargetSpaceLow in a word, and their measures.",
     )

@@ -28,6 +28,7 @@ from objmig.storage.copy import (
 )
 from objmig.storage.errors import S3ResponseError
 from objmig.storage.features import Aspect
+from objmig.storage.filesystem import FileStore
 from objmig.storage.ratelimit import RateLimiter
 from objmig.storage.streaming import ReadAhead
 from objmig.storage.types import HeadResult
@@ -102,7 +103,7 @@ class CopyStep:
             # else SHA-256, which one read of the source can match.
             checksum_algorithm = first_kept_algorithm(source) or "SHA256"
         what = SourceObject(
-            bucket=spec.source.bucket,
+            bucket=sides.source_bucket(row),
             key=row.key,
             version_id=row.version_id or None,
             size=row.size,
@@ -139,9 +140,13 @@ class CopyStep:
             part_size=None
             if copy_spec.preserve_part_boundaries
             else parse_quantity(copy_spec.part_size),
+            content_sha256=sides.contents.get(row.id),
         )
         async with self._transfer_slot():
-            result = await copy_object(sides.src.http, sides.dst.http, what, where, options)
+            if isinstance(sides.dst, FileStore):
+                result = await sides.dst.write(sides.src.http, what, where.key, options)
+            else:
+                result = await copy_object(sides.src.http, sides.dst.http, what, where, options)
         sides.written[row.id] = (result.etag, result.version_id)
         sides.not_kept.setdefault(row.id, []).extend(result.not_kept)
         return result
@@ -155,6 +160,8 @@ class CopyStep:
         """
         if self._uploads is None or not row.attempts or self._sides.plan_only:
             return
+        if isinstance(self._sides.dst, FileStore):
+            return  # a directory has no multipart uploads
         try:
             stale = await self._uploads.open_of(row.id)
         except Exception as exc:  # the attempt goes on; a leftovers cleanup finds them
@@ -196,6 +203,7 @@ class CopyStep:
     async def _abort(self, key: str, upload_id: str) -> bool:
         """Abort an upload; whether it is gone (NoSuchUpload: gone already)."""
         sides = self._sides
+        assert not isinstance(sides.dst, FileStore)
         try:
             await sides.dst.http.abort_multipart_upload(sides.spec.target.bucket, key, upload_id)
         except S3ResponseError as exc:

@@ -19,6 +19,7 @@ from typing import Any
 from objmig.engine.pipeline.sides import Sides
 from objmig.ledger.models import ObjectRow
 from objmig.storage.errors import classify
+from objmig.storage.filesystem import FileStore
 from objmig.storage.types import HeadResult
 
 #: S3's permissions on an object, and the PutObjectAcl parameter granting each.
@@ -60,6 +61,8 @@ class Fidelity:
         what = [retention] * retained + ["legal hold"] * source.legal_hold
         if not what:
             return []
+        if isinstance(sides.dst, FileStore):
+            return [f"{kept}: the target is a directory" for kept in what]
         if self._lock_support is None:
             self._lock_support = asyncio.ensure_future(self._why_no_lock())
         why_not = await asyncio.shield(self._lock_support)
@@ -103,7 +106,9 @@ class Fidelity:
     async def _keep_acl(self, row: ObjectRow, version_id: str | None) -> str | None:
         """Grant on the copy what the source grants beyond its owner's full control."""
         sides = self._sides
-        source: dict[str, Any] = {"Bucket": sides.spec.source.bucket, "Key": row.key}
+        if isinstance(sides.src, FileStore) or isinstance(sides.dst, FileStore):
+            return "ACL: a directory has none"
+        source: dict[str, Any] = {"Bucket": sides.source_bucket(row), "Key": row.key}
         if row.version_id:
             source["VersionId"] = row.version_id
         try:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from objmig.engine.context import Side
 from objmig.engine.lookup import KeyFacts, ListingLookup
 from objmig.engine.pipeline.sides import Sides, deadline_paused
 from objmig.ledger.models import ObjectRow
 from objmig.storage.compare import Seen, changes
 from objmig.storage.errors import classify
-from objmig.storage.store import Store
 from objmig.storage.types import HeadResult, version_or_none
 
 
@@ -32,32 +32,57 @@ class Looks:
 
     def __init__(self, sides: Sides, busy: Callable[[], int], on_park: Callable[[], None]) -> None:
         self._sides = sides
+        self._busy = busy
+        self._on_park = on_park
         spec = sides.spec
-        self.recheck = ListingLookup(
-            sides.src, spec.source.bucket, spec.source.prefix, self._source_facts, busy, on_park
-        )
+        # One re-check per source bucket (a migration of several lists each on its own).
+        self._rechecks: dict[str, ListingLookup] = {}
+        # Keys under a directory's {bucket} segments lie outside the prefix: no listing range.
+        prefix = "" if sides.ctx.target_path_template else spec.target.prefix
         self.target_look = ListingLookup(
-            sides.dst, spec.target.bucket, spec.target.prefix, self._target_facts, busy, on_park
+            sides.dst, spec.target.bucket, prefix, self._target_facts, busy, on_park
         )
+
+    def recheck(self, bucket: str) -> ListingLookup:
+        """The batched re-check of one source bucket."""
+        look = self._rechecks.get(bucket)
+        if look is None:
+            look = ListingLookup(
+                self._sides.src,
+                bucket,
+                self._sides.spec.source.prefix,
+                lambda key: self._source_facts(bucket, key),
+                self._busy,
+                self._on_park,
+            )
+            self._rechecks[bucket] = look
+        return look
+
+    def _looks(self) -> list[ListingLookup]:
+        return [*self._rechecks.values(), self.target_look]
 
     @property
     def parked(self) -> int:
         """Objects only waiting for a batched look at a bucket (they hold no transfer)."""
-        return self.recheck.parked + self.target_look.parked
+        return sum(look.parked for look in self._looks())
+
+    def is_parked_for_recheck(self, row: ObjectRow) -> bool:
+        look = self._rechecks.get(self._sides.source_bucket(row))
+        return look is not None and look.is_parked(row.key)
 
     def drain(self) -> None:
-        self.recheck.drain()
-        self.target_look.drain()
+        for look in self._looks():
+            look.drain()
 
     def consider(self) -> None:
-        self.recheck.consider()
-        self.target_look.consider()
+        for look in self._looks():
+            look.consider()
 
     async def head_source(self, row: ObjectRow, *, check: bool = True) -> HeadResult:
         """HEAD the source; `check`: raise `SourceChanged` unless it is as scanned."""
         sides = self._sides
         head = await sides.src.http.head(
-            sides.spec.source.bucket,
+            sides.source_bucket(row),
             row.key,
             version_id=row.version_id or None,
             sse_c=sides.ctx.source_customer_key,
@@ -83,7 +108,7 @@ class Looks:
             return
         # Parked until the batch goes: waiting for other objects is not this one's attempt.
         with deadline_paused():
-            facts = await self.recheck.current(row.key)
+            facts = await self.recheck(self._sides.source_bucket(row)).current(row.key)
         if facts is None:
             raise SourceChanged("source changed since the scan: deleted")
         if self._sides.replaces_original(row):
@@ -126,11 +151,9 @@ class Looks:
             return None
         return await self._sides.head_target(row)
 
-    async def _source_facts(self, key: str) -> KeyFacts | None:
+    async def _source_facts(self, bucket: str, key: str) -> KeyFacts | None:
         sides = self._sides
-        return await _key_facts(
-            sides.src, sides.spec.source.bucket, key, sides.ctx.source_customer_key
-        )
+        return await _key_facts(sides.src, bucket, key, sides.ctx.source_customer_key)
 
     async def _target_facts(self, key: str) -> KeyFacts | None:
         sides = self._sides
@@ -140,7 +163,7 @@ class Looks:
 
 
 async def _key_facts(
-    store: Store, bucket: str, key: str, customer_key: bytes | None
+    store: Side, bucket: str, key: str, customer_key: bytes | None
 ) -> KeyFacts | None:
     """A HEAD's answer as a look's (None: no such key)."""
     try:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
-from objmig.engine.context import MigrationContext
+from objmig.engine.context import MigrationContext, Side
 from objmig.engine.hooks import HookClient
 from objmig.engine.pipeline import outcomes
 from objmig.engine.pipeline.copy import CopyStep, UploadBook
@@ -25,12 +27,12 @@ from objmig.engine.pipeline.steps import ApplicationSteps
 from objmig.engine.pipeline.verify import VerificationError, VerifyStep
 from objmig.ledger.models import ObjectRow, ObjectState, StepResult
 from objmig.storage.compare import first_kept_algorithm, looks_identical, metadata_difference
-from objmig.storage.copy import TargetExistsError
+from objmig.storage.copy import CopyResult, TargetExistsError
 from objmig.storage.errors import ErrorClass, classify
+from objmig.storage.filesystem import TargetSpaceLowError
 from objmig.storage.ratelimit import RateLimiter
 from objmig.storage.restore import needs_restore
 from objmig.storage.selection import metadata_matches
-from objmig.storage.store import Store
 from objmig.storage.types import HeadResult, multipart_part_count, version_or_none
 
 log = logging.getLogger(__name__)
@@ -42,23 +44,40 @@ _NEVER_ARCHIVED = frozenset(
 )
 
 
+@dataclass
+class _ContentKey:
+    """A content key objects of this process are looking at or writing, one at a time."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+    #: The content is known stored (written or found by the last holder).
+    stored: bool = False
+
+
 class ObjectPipeline:
     """The per-object steps, bound to one migration and one pair of S3 clients."""
 
     def __init__(
         self,
         context: MigrationContext,
-        source: Store,
-        target: Store,
+        source: Side,
+        target: Side,
         *,
         plan_only: bool = False,
         limiter: RateLimiter | None = None,
         on_park: Callable[[], None] = lambda: None,
         on_bytes: Callable[[int, int], None] | None = None,
         uploads: UploadBook | None = None,
+        on_space_low: Callable[[TargetSpaceLowError], None] = lambda _: None,
     ) -> None:
         """``on_bytes(object_id, nbytes)`` hears of every byte written to the target."""
         self._sides = Sides(context, source, target, plan_only=plan_only)
+        self._on_space_low = on_space_low
+        # Content keys being looked at or written in this process (content-addressed
+        # layouts): a second object of the same content waits, then finds it stored.
+        self._contents_busy: dict[str, _ContentKey] = {}
+        self._content_waiting = 0
+        self._on_park = on_park
         self._in_flight = 0
         self._looks = Looks(self._sides, self._busy, on_park)
         self._copy = CopyStep(self._sides, limiter, on_bytes, uploads)
@@ -82,12 +101,13 @@ class ObjectPipeline:
 
     @property
     def parked(self) -> int:
-        """Objects only waiting for a batched look at a bucket (they hold no transfer)."""
-        return self._looks.parked
+        """Objects only waiting: for a batched look at a bucket, or for another object of
+        their content to be stored (they hold no transfer)."""
+        return self._looks.parked + self._content_waiting
 
     def awaits_recheck(self, row: ObjectRow) -> bool:
         """Whether `row` is copied and parked for its source re-check only."""
-        return version_or_none(row.version_id) is None and self._looks.recheck.is_parked(row.key)
+        return version_or_none(row.version_id) is None and self._looks.is_parked_for_recheck(row)
 
     def drain(self) -> None:
         """The worker is stopping: send parked looks now instead of lingering."""
@@ -142,6 +162,10 @@ class ObjectPipeline:
                 return result
         except SourceChanged as changed:
             return outcomes.source_changed(row, changed.why)
+        except TargetSpaceLowError as low:
+            # Not the object's failure: it waits for room, and the migration pauses.
+            self._on_space_low(low)
+            return outcomes.waiting_for_space(row, str(low))
         except TimeoutError:
             error = ErrorClass(
                 "retryable",
@@ -199,7 +223,48 @@ class ObjectPipeline:
             source.metadata, sides.ctx.metadata_rules
         ):
             return outcomes.skipped(row, "MetadataNotMatched")
+        if spec.content_addressed:
+            if sides.plan_only:
+                return outcomes.skipped(row, PLAN_COPY)  # naming it would read it
+            sides.contents[row.id] = await self._content_sha256(row, source)
+            return await self._store_content(row, source)
+        return await self._look_and_copy(row, source)
 
+    async def _store_content(self, row: ObjectRow, source: HeadResult) -> StepResult:
+        """A content-addressed object: written only where its content is not stored yet.
+
+        Looking and writing hold the content key (one object of a content at a time in
+        this process), so the objects after the first find it stored and write nothing;
+        proving either happens after, side by side.
+        """
+        sides = self._sides
+        async with self._content_busy(sides.target_key(row)) as held:
+            # Stored by the object before this one: a HEAD says so at once, where a batched
+            # look would wait its linger for each object of a much-shared content in turn.
+            target = await (sides.head_target(row) if held.stored else self._looks.target(row))
+            written = None
+            if target is None and not sides.spec.verify.verify_only:
+                try:
+                    written = await self._copy.copy(row, source, create_only=True, provenance={})
+                except TargetExistsError:
+                    target = await sides.head_target(row)  # stored meanwhile by another pod
+            held.stored = written is not None or target is not None
+        if written is not None:
+            return await self._prove_copy(row, written)
+        if target is None:
+            return outcomes.failed_now(row, "TargetMissing", "verifyOnly: no copy on the target")
+        if target.size != source.size:
+            raise VerificationError(
+                "ContentSizeMismatch",
+                f"{target.size} bytes stored under this content's name, {source.size} read",
+            )
+        return await self._verified(row, source, await self._verify.verify(row, source, target))
+
+    async def _look_and_copy(self, row: ObjectRow, source: HeadResult) -> StepResult:
+        """Prove an existing copy, or look at the target as the overwrite policy needs,
+        then copy."""
+        sides, looks = self._sides, self._looks
+        spec = sides.spec
         if spec.verify.verify_only:
             target = await sides.head_target(row)
             if target is None:
@@ -210,7 +275,8 @@ class ObjectPipeline:
             return await self._verified(row, source, proof)
 
         overwrite = spec.copy_.overwrite
-        look_first = source.is_multipart or sides.ctx.server_side
+        # A content-addressed layout looks first: a content stored already is not written.
+        look_first = source.is_multipart or sides.ctx.server_side or spec.content_addressed
         if overwrite == "never" or sides.plan_only or (overwrite != "always" and look_first):
             # Look before writing: `never` must not rely on stores honouring
             # If-None-Match, a plan writes nothing, a multipart copy would move every part
@@ -282,7 +348,7 @@ class ObjectPipeline:
         """A selected object that does not exist: skipped with reason NotFound (or failed,
         with copy.missingObjects Fail), and said in the log."""
         sides = self._sides
-        log.warning("s3://%s/%s does not exist", sides.spec.source.bucket, row.key)
+        log.warning("s3://%s/%s does not exist", sides.source_bucket(row), row.key)
         return outcomes.missing(row, fail=sides.spec.copy_.missing_objects == "Fail")
 
     def _needs_source_head(self, row: ObjectRow) -> bool:
@@ -303,7 +369,43 @@ class ObjectPipeline:
             or not row.etag
             or multipart_part_count(row.etag) is not None
             or row.storage_class not in _NEVER_ARCHIVED
+            or sides.spec.content_addressed
         )
+
+    async def _content_sha256(self, row: ObjectRow, source: HeadResult) -> str:
+        """The SHA-256 of the source's bytes, which names its copy: the checksum its store
+        keeps, or one read of it (pinned to the scanned ETag)."""
+        sides = self._sides
+        kept = source.whole_checksums().get("SHA256")
+        if kept is not None:
+            return kept.removeprefix("sha256:")
+        return await sides.source_sha256(row, if_match=row.etag)
+
+    @asynccontextmanager
+    async def _content_busy(self, key: str) -> AsyncIterator[_ContentKey]:
+        """One object of a content key at a time in this process; waiting for it counts as
+        parked, so batched looks do not wait for the objects waiting here."""
+        held = self._contents_busy.setdefault(key, _ContentKey())
+        held.users += 1
+        try:
+            if held.lock.locked():
+                self._content_waiting += 1
+                self._on_park()
+                self._looks.consider()
+                try:
+                    await held.lock.acquire()
+                finally:
+                    self._content_waiting -= 1
+            else:
+                await held.lock.acquire()
+            try:
+                yield held
+            finally:
+                held.lock.release()
+        finally:
+            held.users -= 1
+            if not held.users:
+                del self._contents_busy[key]
 
     async def _existing_target(
         self, row: ObjectRow, source: HeadResult, target: HeadResult
@@ -344,6 +446,11 @@ class ObjectPipeline:
             if existing is None:
                 raise  # gone again already; the retry copies
             return await self._existing_target(row, taken.source, existing)
+        return await self._prove_copy(row, result)
+
+    async def _prove_copy(self, row: ObjectRow, result: CopyResult) -> StepResult:
+        """Prove the copy just made."""
+        sides = self._sides
         target: HeadResult | None
         if sides.needs_target_head or sides.by_checksum(result.source):
             # Metadata is proven by reading it back, not by what we asked the store to

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from objmig.api.types import parse_duration
 from objmig.engine.policy import backoff_delay
@@ -53,7 +53,8 @@ class ApplicationError(Exception):
 
 @dataclass(frozen=True)
 class Proof:
-    """What verification established about a copy.
+    """What verification established about a copy (and, for a group's manifest, what the
+    source's metadata was).
 
     `verified_by`: "etag", or the algorithm of the checksums compared ("sha256", ...);
     `degraded`: the aspects of S3 the copy did without (`objmig.storage.features.Aspect`).
@@ -66,6 +67,7 @@ class Proof:
     target_last_modified: datetime | None = None
     verified_by: str = "etag"
     degraded: tuple[str, ...] = ()
+    source_metadata: dict[str, Any] | None = None
 
 
 def verified(
@@ -87,6 +89,7 @@ def verified(
         not_preserved="; ".join(not_kept) or None,
         verified_by=proof.verified_by,
         degraded=",".join(proof.degraded) or None,
+        source_metadata=proof.source_metadata,
     )
 
 
@@ -128,6 +131,21 @@ def failed_now(row: ObjectRow, code: str, message: str) -> StepResult:
 def _ended(row: ObjectRow, state: ObjectState, code: str, message: str) -> StepResult:
     return StepResult(
         id=row.id, state=state, last_error=message, error_code=code, increment_attempts=True
+    )
+
+
+#: How long an object waits for free space on a target directory before it looks again.
+SPACE_POLL_SECONDS = 30.0
+
+
+def waiting_for_space(row: ObjectRow, message: str) -> StepResult:
+    """The target directory has no room for the object: it waits (no attempt used up)."""
+    return StepResult(
+        id=row.id,
+        state=row.state,
+        last_error=message,
+        error_code="TargetSpaceLow",
+        not_before=now() + timedelta(seconds=SPACE_POLL_SECONDS),
     )
 
 

@@ -30,7 +30,7 @@ async def restore(sides: Sides, row: ObjectRow, source: HeadResult) -> StepResul
     if source.restore is None:
         await request_restore(
             await sides.src.sdk(),
-            sides.spec.source.bucket,
+            sides.source_bucket(row),
             row.key,
             row.version_id or None,
             spec.tier,

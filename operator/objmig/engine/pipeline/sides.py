@@ -14,11 +14,11 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
-from objmig.engine.context import MigrationContext
+from objmig.engine.context import MigrationContext, Side
 from objmig.ledger.models import ObjectRow
 from objmig.storage.compare import etag_is_content_md5, proves_by_checksum
+from objmig.storage.digest import object_sha256
 from objmig.storage.errors import classify
-from objmig.storage.store import Store
 from objmig.storage.types import HeadResult, version_or_none
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -31,7 +31,7 @@ class Sides:
     """One migration's source and target stores, as the per-object steps use them."""
 
     def __init__(
-        self, context: MigrationContext, source: Store, target: Store, *, plan_only: bool
+        self, context: MigrationContext, source: Side, target: Side, *, plan_only: bool
     ) -> None:
         self.ctx = context
         self.spec = context.spec
@@ -40,6 +40,8 @@ class Sides:
         self.plan_only = plan_only or context.spec.dry_run
         # Checksum labels of originals replaced in place, taken before the copy (by row id).
         self.originals: dict[int, str] = {}
+        # The SHA-256 (hex) of contents read before their copy (content-addressed layouts).
+        self.contents: dict[int, str] = {}
         # What this attempt wrote to the target (ETag, version id), and what of the source
         # its copy could not keep, by row id: the row's record, whichever way it ends.
         self.written: dict[int, tuple[str, str | None]] = {}
@@ -50,16 +52,41 @@ class Sides:
         self.originals.pop(row.id, None)
         self.written.pop(row.id, None)
         self.not_kept.pop(row.id, None)
+        self.contents.pop(row.id, None)
+
+    def source_bucket(self, row: ObjectRow) -> str:
+        """The bucket `row` was listed in (its own, in a migration of several)."""
+        return self.ctx.source_bucket(row.bucket)
+
+    async def source_sha256(self, row: ObjectRow, *, if_match: str | None) -> str:
+        """The hex SHA-256 of `row`'s source bytes, read once (`if_match`: exactly that
+        ETag, or a 412)."""
+        digest, _ = await object_sha256(
+            self.src.http,
+            self.source_bucket(row),
+            row.key,
+            row.version_id or None,
+            sse_c=self.ctx.source_customer_key,
+            if_match=if_match,
+        )
+        return digest
 
     def target_key(self, row: ObjectRow) -> str:
         if row.target_key:
             return row.target_key
-        return self.ctx.target_key_for(row.key, row.last_modified or _EPOCH, row.etag)
+        sha256 = self.contents.get(row.id)
+        if sha256 is None and self.spec.content_addressed and row.source_checksum:
+            sha256 = row.source_checksum.removeprefix("sha256:")
+        return self.ctx.target_key_for(
+            row.key, row.last_modified or _EPOCH, row.etag, bucket=row.bucket, sha256=sha256
+        )
 
     def replaces_original(self, row: ObjectRow) -> bool:
         """Whether the copy of `row` overwrites the very object it copies (one bucket, one
         key, no versioning to keep the original): the original's bytes are gone once the
         copy is written, so whatever proves the copy is taken before it."""
+        if self.spec.content_addressed:
+            return False  # a content key names the content, never the object it came from
         # A bucket whose versioning is suspended writes over the "null" version.
         unversioned = version_or_none(row.version_id) is None
         return unversioned and self.ctx.in_place(row.key, self.target_key(row))

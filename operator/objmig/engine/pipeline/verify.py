@@ -37,6 +37,7 @@ from objmig.storage.copy import CopyResult
 from objmig.storage.digest import object_sha256
 from objmig.storage.errors import IntegrityError
 from objmig.storage.features import Aspect
+from objmig.storage.filesystem import FileStore
 from objmig.storage.types import MIGRATION_METADATA_KEY, EncryptionInfo, HeadResult
 
 #: Metadata an object copied onto itself carries: the ETag of the original it replaced and,
@@ -85,6 +86,9 @@ class VerifyStep:
         if mode == "etag" and not (etag_proves and etags_comparable(source, target)):
             # Opaque ETags (KMS, SSE-C) or parts cut anew: only the bytes can tell.
             mode = "checksum"
+        if mode == "etag" and spec.content_addressed:
+            # A content key is the SHA-256 of its content: that, not an ETag, proves it.
+            mode = "checksum"
         if target.size != source.size:
             raise VerificationError(
                 "SizeMismatch", f"target has {target.size} bytes, source {source.size}"
@@ -119,6 +123,13 @@ class VerifyStep:
         # The last word: the source must still be what was listed, or the copy proves nothing.
         await self._looks.recheck_source(row, target)
         by = "etag" if source_checksum is None else label_algorithm(source_checksum).lower()
+        described = None
+        if spec.groups is not None:
+            # What the group's manifest lists of this member.
+            described = {
+                "metadata": dict(source.metadata),
+                "contentType": source.content.content_type,
+            }
         return Proof(
             target.etag,
             target.version_id,
@@ -127,6 +138,7 @@ class VerifyStep:
             target.last_modified,
             verified_by=by,
             degraded=self._degraded(written),
+            source_metadata=described,
         )
 
     async def _check_tags(
@@ -147,7 +159,7 @@ class VerifyStep:
         expected = written.source_tags if written is not None else None
         if expected is None:
             expected = await sides.src.http.get_tags(
-                sides.spec.source.bucket, row.key, row.version_id or None
+                sides.source_bucket(row), row.key, row.version_id or None
             )
         found = await sides.dst.http.get_tags(
             sides.spec.target.bucket, sides.target_key(row), target.version_id
@@ -161,7 +173,8 @@ class VerifyStep:
         a HEAD of it answers for whatever the store made of it."""
         sides = self._sides
         key = sides.target_key(row)
-        if not key_may_be_rewritten(key):
+        if not key_may_be_rewritten(key) or isinstance(sides.dst, FileStore):
+            # A directory refuses such keys before writing (UnsafeKey): none is rewritten.
             return
         prefix = sides.spec.target.prefix if key.startswith(sides.spec.target.prefix) else ""
         instead = await key_listed(sides.dst, sides.spec.target.bucket, prefix, key)
@@ -263,10 +276,12 @@ class VerifyStep:
         as the copy streamed the source. Only what is still missing is read.
         """
         if mode != "full":
+            streamed = written.sha256 if written is not None else None
             mine = checksums_known(
                 source,
                 original=self._sides.originals.get(row.id),
-                streamed_sha256=written.sha256 if written is not None else None,
+                # Or read before the copy, to name it (content-addressed layouts).
+                streamed_sha256=streamed or self._sides.contents.get(row.id),
             )
             asked = written.checksum_algorithm if written is not None else None
             theirs = target_checksums_trusted(target, asked, written=written is not None)
@@ -299,15 +314,8 @@ class VerifyStep:
                 "the copy replaced the original in place, and no SHA-256 of the original "
                 "was taken before to compare it with",
             )
-        digest, _ = await object_sha256(
-            sides.src.http,
-            sides.spec.source.bucket,
-            row.key,
-            row.version_id or None,
-            sse_c=sides.ctx.source_customer_key,
-            # Before an overwrite: exactly the scanned object, or nothing.
-            if_match=row.etag if before_overwrite else None,
-        )
+        # Before an overwrite: exactly the scanned object, or nothing.
+        digest = await sides.source_sha256(row, if_match=row.etag if before_overwrite else None)
         return f"sha256:{digest}"
 
     async def _read_target(self, row: ObjectRow, target: HeadResult) -> str:

@@ -172,6 +172,9 @@ class CopyOptions:
     - `split_part_size`: part size for single-part sources above `max_single_part_size`
       (5 GiB, the PutObject / CopyObject limit; some stores accept bigger single PUTs),
       which must become multipart on the target.
+    - `content_sha256`: the SHA-256 (hex) of the source's bytes, known before the copy (a
+      content-addressed layout hashes first, to name the copy): a single-part PUT sends
+      it (`x-amz-checksum-sha256`), so the store checks the bytes it receives and keeps it.
     - `exact_layout`: learn every part's size before copying a multipart object instead of
       guessing equal parts from part 1 (a wrong guess is copied again, which a copy that
       replaces its own source cannot do).
@@ -203,6 +206,7 @@ class CopyOptions:
     max_single_part_size: int = MAX_COPY_OBJECT_SIZE
     checksum_algorithm: str | None = None
     exact_layout: bool = False
+    content_sha256: str | None = None
 
 
 @dataclass(frozen=True)

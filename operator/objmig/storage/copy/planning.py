@@ -22,8 +22,8 @@ from objmig.storage.copy.model import (
 from objmig.storage.errors import S3ResponseError, SourceChangedError
 from objmig.storage.features import Aspect, unsupported
 from objmig.storage.parts import guessed_layout, parts_unsupported, resolve_part_layout
+from objmig.storage.reader import ObjectReader
 from objmig.storage.restore import needs_restore
-from objmig.storage.s3http import S3HttpClient
 from objmig.storage.s3wire import content_headers, metadata_headers
 from objmig.storage.types import (
     MIGRATION_METADATA_KEY,
@@ -76,7 +76,7 @@ def check_source(source: SourceObject, head: HeadResult) -> None:
 
 
 async def plan_copy(
-    client: S3HttpClient, source: SourceObject, options: CopyOptions, head: HeadResult
+    client: ObjectReader, source: SourceObject, options: CopyOptions, head: HeadResult
 ) -> Plan:
     check_source(source, head)
     count = multipart_part_count(head.etag)
@@ -120,7 +120,7 @@ def may_have_tags(key: str, head: HeadResult) -> bool:
 
 
 async def read_tags(
-    client: S3HttpClient, source: SourceObject, version_id: str | None
+    client: ObjectReader, source: SourceObject, version_id: str | None
 ) -> dict[str, str] | None:
     """The source's tags; None from a store without tags (its objects have none)."""
     if client.features.lacks(Aspect.TAGS):
@@ -135,7 +135,7 @@ async def read_tags(
 
 
 def check_tags_writable(
-    client: S3HttpClient, target: TargetObject, options: CopyOptions, plan: Plan
+    client: ObjectReader, target: TargetObject, options: CopyOptions, plan: Plan
 ) -> None:
     """Refuse to copy an object with tags to a store without tags when they are to be kept:
     the copy would lose them. Objects without tags copy as usual."""
@@ -232,7 +232,7 @@ def _marker_left_out(options: CopyOptions, marked: Mapping[str, str]) -> tuple[s
 
 
 async def _multipart_layout(
-    client: S3HttpClient, source: SourceObject, head: HeadResult, count: int
+    client: ObjectReader, source: SourceObject, head: HeadResult, count: int
 ) -> PartLayout:
     """The source's parts: equal parts when part 1 and the part count allow it, else exact.
 

@@ -20,13 +20,14 @@ from objmig.storage.copy.streamed import streamed_multipart, streamed_single
 from objmig.storage.errors import S3ResponseError, SourceChangedError, classify
 from objmig.storage.features import Aspect
 from objmig.storage.parts import resolve_part_layout
+from objmig.storage.reader import ObjectReader
 from objmig.storage.s3http import S3HttpClient
 
 log = logging.getLogger(__name__)
 
 
 async def copy_object(
-    src_client: S3HttpClient,
+    src_client: ObjectReader,
     dst_client: S3HttpClient,
     source: SourceObject,
     target: TargetObject,
@@ -81,7 +82,7 @@ async def copy_object(
 
 
 async def _copy_marker(
-    src_client: S3HttpClient,
+    src_client: ObjectReader,
     dst_client: S3HttpClient,
     source: SourceObject,
     target: TargetObject,
@@ -112,7 +113,7 @@ async def _copy_marker(
 
 
 async def _copy_planned(
-    src_client: S3HttpClient,
+    src_client: ObjectReader,
     dst_client: S3HttpClient,
     source: SourceObject,
     target: TargetObject,

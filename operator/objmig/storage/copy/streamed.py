@@ -33,13 +33,14 @@ from objmig.storage.copy.planning import (
     target_taken,
 )
 from objmig.storage.errors import IntegrityError, S3ResponseError
+from objmig.storage.reader import ObjectReader
 from objmig.storage.s3http import S3HttpClient
 from objmig.storage.streaming import PartStream
 from objmig.storage.types import STREAM_CHUNK, Body, PartLayout, WriteResult, normalise_etag
 
 
 async def streamed_single(
-    src_client: S3HttpClient,
+    src_client: ObjectReader,
     dst_client: S3HttpClient,
     source: SourceObject,
     target: TargetObject,
@@ -82,6 +83,12 @@ async def streamed_single(
                 # receives against this and keeps it, which proves the copy by itself.
                 headers["x-amz-sdk-checksum-algorithm"] = "SHA256"
                 headers["x-amz-checksum-sha256"] = base64.b64encode(digest.digest()).decode()
+            elif options.content_sha256 is not None:
+                # Known before a byte was read (the content was hashed to name it).
+                headers["x-amz-sdk-checksum-algorithm"] = "SHA256"
+                headers["x-amz-checksum-sha256"] = base64.b64encode(
+                    bytes.fromhex(options.content_sha256)
+                ).decode()
             written = await dst_client.put(target.bucket, target.key, body, size, headers)
         except S3ResponseError as exc:
             if target_taken(exc, options):
@@ -135,7 +142,7 @@ def _check_part_md5(
 
 
 async def streamed_multipart(
-    src_client: S3HttpClient,
+    src_client: ObjectReader,
     dst_client: S3HttpClient,
     source: SourceObject,
     target: TargetObject,

@@ -1,4 +1,5 @@
--- objmig ledger, schema version 6: what objmig wrote, for leftovers cleanups and reports.
+-- objmig ledger, schema version 7 (after 0006_buckets): what objmig wrote, for leftovers cleanups
+-- and reports. Uploads belong to a row by its id, which carries the bucket (version 6).
 
 -- Multipart uploads objmig started and has not seen end (completed or aborted). S3 shows
 -- no metadata for an incomplete upload: this is how one is known for objmig's. A killed
