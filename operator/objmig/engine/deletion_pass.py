@@ -359,10 +359,15 @@ async def remove_leftovers(
             for gone in recorded.values():
                 await ledger.uploads_ended(gone.object_id, [gone.upload_id])
         doomed: list[tuple[str, str | None]] = []
+        looked: set[tuple[str, str | None]] = set()
         for row in attempts:
             assert row.target_key is not None
-            if row.target_key in verified_targets:
+            # A content key (content-addressed layouts) is the target of every object of
+            # that content, and of other buckets' objects: looked at, and deleted, once.
+            where = (row.target_key, row.target_version_id)
+            if row.target_key in verified_targets or where in looked:
                 continue
+            looked.add(where)
             head = await _head(
                 target,
                 target_spec.bucket,
