@@ -195,7 +195,10 @@ async def test_five_percent_of_every_fault_kind_still_verifies_every_object_on_t
 
     result = await run(ledger, resource, endpoint)
 
-    assert result.outcome == "cut-over", [(o.key, o.last_error) for o in result.status.objects]
+    assert result.outcome == "cut-over", (
+        result.status.conditions,
+        [(o.key, o.last_error) for o in result.status.objects],
+    )
     rows = await rows_of(ledger)
     assert {r.state for r in rows.values()} == {ObjectState.VERIFIED}
     on_target = await keys_of(backend_client, target)

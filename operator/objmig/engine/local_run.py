@@ -293,6 +293,8 @@ class LocalRun:
                     on_rows=arrivals.arrived if arrivals is not None else None,
                 )
             log.info("scan %d found %d new or changed objects", outcome.scan_id, outcome.delta)
+        except ApplicationError:
+            raise  # the application's worklist says its own reason, as in the scan pod
         except Exception as exc:
             problem = classify(exc)
             if problem.is_config_error:
