@@ -213,3 +213,40 @@ async def test_five_percent_of_every_fault_kind_still_verifies_every_object_on_t
     # Server-side copies GET no object: only listings could have their body cut short.
     expected = {name for name, _ in rules if mode == "stream" or name != "truncated body"}
     assert {name for name, hits in fired.items() if hits} >= expected, fired
+
+
+async def test_a_listing_page_outlasting_its_resends_is_asked_for_again_not_the_scans_end(
+    s3_seed: S3Seeder, s3_proxy: S3FaultProxy, proxy_http
+) -> None:
+    bucket = await s3_seed.bucket()
+    keys = [f"k{i}" for i in range(5)]
+    for key in keys:
+        await s3_seed.put_object(bucket, key, 10)
+    # The second page throttled four times in a row: more than one request's own resends.
+    throttled = s3_proxy.add_rule(
+        SlowDown(),
+        method="GET",
+        bucket=bucket,
+        query={"list-type": "2", "continuation-token": None},
+        times=4,
+    )
+
+    listed = [info.key async for info in proxy_http.list_objects(bucket, page_size=2)]
+
+    assert listed == keys
+    assert throttled.hits == 4
+
+
+async def test_a_listing_refused_for_good_is_not_asked_for_again(
+    s3_seed: S3Seeder, s3_proxy: S3FaultProxy, proxy_http
+) -> None:
+    bucket = await s3_seed.bucket()
+    await s3_seed.put_object(bucket, "k", 10)
+    s3_proxy.add_rule(
+        Fail(403, "AccessDenied"), method="GET", bucket=bucket, query={"list-type": "2"}
+    )
+
+    with pytest.raises(S3ResponseError):
+        _ = [info async for info in proxy_http.list_objects(bucket)]
+
+    assert len([r for r in s3_proxy.seen("GET") if r.query.get("list-type") == "2"]) == 1

@@ -48,6 +48,12 @@ class RequestRetry:
         return random.uniform(longest / 2, longest)  # noqa: S311 - jitter, not a secret
 
 
+#: A listing page asked for again once its own request's resends are spent: a scan is a
+#: chain of thousands of pages, so a fault that outlasts a few quick resends must cost a
+#: page a pause (up to ~13 s in all), not the whole scan.
+LISTING_PATIENCE = RequestRetry(attempts=5, first_delay=0.2)
+
+
 class RetryCount:
     """Requests sent again by one client, and the last failure that made one."""
 

@@ -24,6 +24,7 @@ is compared with the ETag the store returns instead (see `copy/streamed.py`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import time
@@ -38,7 +39,13 @@ from objmig.storage.endpoint import DEFAULT_REGION, ClientTimeouts, Credentials,
 from objmig.storage.errors import S3ResponseError, TruncatedBodyError
 from objmig.storage.features import StoreFeatures
 from objmig.storage.http1 import HttpPool, HttpResponse
-from objmig.storage.resending import RequestRetry, ResumingBody, RetryCount, resend
+from objmig.storage.resending import (
+    LISTING_PATIENCE,
+    RequestRetry,
+    ResumingBody,
+    RetryCount,
+    resend,
+)
 from objmig.storage.s3wire import (
     child_text,
     head_result,
@@ -436,15 +443,26 @@ class S3HttpClient:
         start_after: str | None = None,
         page_size: int = 1000,
     ) -> AsyncIterator[ObjectInfo]:
-        """Every (latest) object under `prefix` after `start_after`, in key order."""
+        """Every (latest) object under `prefix` after `start_after`, in key order.
+
+        A page is asked for again, with a longer back-off, after its request's own resends
+        failed (`LISTING_PATIENCE`): a scan is one long chain of pages, and one page lost to
+        a passing fault would otherwise fail the whole scan.
+        """
         token = None
         while True:
-            page, token = await self.list_page(
-                bucket,
-                prefix,
-                start_after=start_after,
-                continuation_token=token,
-                max_keys=page_size,
+            page, token = await resend(
+                functools.partial(
+                    self.list_page,
+                    bucket,
+                    prefix,
+                    start_after=start_after,
+                    continuation_token=token,
+                    max_keys=page_size,
+                ),
+                LISTING_PATIENCE,
+                self.retries,
+                replayable=True,
             )
             for info in page:
                 yield info
