@@ -196,6 +196,38 @@ def test_once_everything_else_holds_the_source_is_scanned_again_before_the_cutov
     )
 
 
+def _to_a_directory() -> ObjectMigrationSpec:
+    return _spec(target={"filesystem": {"path": "/backup"}})
+
+
+def test_a_directory_target_is_audited_once_copied_and_before_any_cutover_check() -> None:
+    decision = decide(
+        Observed(
+            spec=_to_a_directory(),
+            tally=_tally(verified=3),
+            state=MigrationState(scan=DONE_SCAN),
+            copies_while_scanning=False,
+        )
+    )
+    assert decision.stage is not None
+    assert (decision.stage.stage, decision.stage.parallelism) == ("audit", 1)
+    assert not decision.final_check
+
+
+def test_a_failed_audit_run_fails_the_migration_with_its_message() -> None:
+    decision = decide(
+        Observed(
+            spec=_to_a_directory(),
+            tally=_tally(verified=3),
+            state=MigrationState(scan=DONE_SCAN),
+            copies_while_scanning=False,
+            audit_run=RunObservation(failed_message="Job m-audit-r0: boom"),
+        )
+    )
+    assert decision.fail == Problem(reason=Reason.AUDIT_FAILED, message="Job m-audit-r0: boom")
+    assert decision.stage is None
+
+
 def test_objects_that_changed_during_their_copy_are_left_to_the_final_check() -> None:
     changed = _tally(verified=3, source_changed=1)
     # The final check re-scans them, and they are copied again.
