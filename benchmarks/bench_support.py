@@ -4,6 +4,8 @@ Kept apart from the benchmark so the measuring code is easy to review on its own
 
 * `TreeSampler` polls a process and all its descendants with psutil and keeps the peak of
   their summed RSS (and the peak of the root alone).
+* `bench_migration` and `bench_secrets`: an ObjectMigration as a user writes it, between
+  two buckets of one local store, and the credentials it names.
 * `MinioRequests` reads MinIO's per-API request counters (metrics v3, public) before and
   after a tool runs; `MotoRequests` counts the access-log lines moto's server writes
   (werkzeug logs one line per request) and classifies them by method and query string.
@@ -24,10 +26,55 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
+from objmig.api.loading import parse_resource
+from objmig.api.migration import ObjectMigration
+from objmig.engine.secrets import EnvSecrets, env_name
 from objmig.local.s3server import LocalMinio
+from objmig.storage.endpoint import Endpoint
+
+#: The Secret the benchmarks' migrations name for both sides.
+BENCH_SECRET = "bench-creds"
+
+
+def bench_migration(
+    endpoint: Endpoint, name: str, source: str, target: str, **spec: Any
+) -> ObjectMigration:
+    """A migration from `source` to `target` on `endpoint` (path-style), with `spec`'s
+    fields besides; everything else at its default."""
+    side = {
+        "endpoint": endpoint.url,
+        "addressingStyle": "path",
+        "credentialsSecretRef": {"name": BENCH_SECRET},
+    }
+    resource = parse_resource(
+        {
+            "apiVersion": "objmig.dev/v1alpha1",
+            "kind": "ObjectMigration",
+            "metadata": {"name": name, "namespace": "bench"},
+            "spec": {
+                "source": {**side, "bucket": source},
+                "target": {**side, "bucket": target},
+                **spec,
+            },
+        }
+    )
+    assert isinstance(resource, ObjectMigration)
+    return resource
+
+
+def bench_secrets(endpoint: Endpoint) -> EnvSecrets:
+    """The credentials of `endpoint` as `bench_migration`'s Secret."""
+    assert endpoint.credentials is not None
+    return EnvSecrets(
+        environ={
+            env_name(BENCH_SECRET, "accessKeyId"): endpoint.credentials.access_key_id,
+            env_name(BENCH_SECRET, "secretAccessKey"): endpoint.credentials.secret_access_key,
+        }
+    )
 
 
 class TreeSampler:

@@ -8,32 +8,20 @@ from typing import Any
 import pytest
 from types_aiobotocore_s3 import S3Client
 
-from objmig.api.loading import parse_resource
-from objmig.api.migration_cleanup import MigrationCleanup
 from objmig.engine.deletion_pass import run_cleanup
 from objmig.ledger import InventoryRow, Ledger, ObjectState, StepResult
 from objmig.storage.endpoint import Endpoint
 from tests.fixtures.s3 import S3Seeder
-from tests.integration.engine_support import keys_of, migration, rows_of, run, secrets_for
+from tests.integration.engine_support import (
+    cleanup_of,
+    keys_of,
+    migration,
+    rows_of,
+    run,
+    secrets_for,
+)
 
 KiB = 1024
-
-
-def cleanup_of(digest: str | None, *, name: str = "c", **spec: Any) -> MigrationCleanup:
-    body: dict[str, Any] = {"migrationRef": {"name": "m"}, "gracePeriod": "0s", "minAge": "0s"}
-    if digest is not None:
-        body["approval"] = {"digest": digest}
-    body.update(spec)
-    resource = parse_resource(
-        {
-            "apiVersion": "objmig.dev/v1alpha1",
-            "kind": "MigrationCleanup",
-            "metadata": {"name": name, "namespace": "test"},
-            "spec": body,
-        }
-    )
-    assert isinstance(resource, MigrationCleanup)
-    return resource
 
 
 async def _migrated(

@@ -13,54 +13,18 @@ import yaml
 from types_aiobotocore_s3 import S3Client
 
 from objmig.ledger import Ledger, ObjectState
-from objmig.local.s3server import LocalS3Server
+from objmig.local.s3server import LocalS3Server, free_port
 from tests.fixtures.s3 import S3Seeder
-from tests.integration.engine_support import keys_of, sha256_of
+from tests.integration.engine_support import (
+    CLI_SECRET_KEY,
+    cli_command,
+    cli_inputs,
+    keys_of,
+    sha256_of,
+)
 from tests.support.s3proxy import Hold, S3FaultProxy
 
 KiB = 1024
-SECRET_KEY = "cli-test-secret-value-3f9a"
-
-
-def _write_inputs(tmp_path: Path, endpoint: str, source: str, target: str) -> tuple[Path, Path]:
-    side = {"endpoint": endpoint, "credentialsSecretRef": {"name": "s3"}}
-    spec = {
-        "apiVersion": "objmig.dev/v1alpha1",
-        "kind": "ObjectMigration",
-        "metadata": {"name": "killed", "namespace": "cli"},
-        "spec": {
-            "source": {**side, "bucket": source},
-            "target": {**side, "bucket": target},
-            "copy": {"mode": "stream", "concurrency": 4, "partConcurrency": 2},
-            "verify": {"mode": "checksum"},
-        },
-    }
-    secrets = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "s3"},
-        "stringData": {"accessKeyId": "cli-test", "secretAccessKey": SECRET_KEY},
-    }
-    spec_path = tmp_path / "migration.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
-    secrets_path = tmp_path / "secrets.yaml"
-    secrets_path.write_text(yaml.safe_dump(secrets))
-    return spec_path, secrets_path
-
-
-def _command(spec: Path, secrets: Path, database_url: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "objmig",
-        "run",
-        "-f",
-        str(spec),
-        "--secrets",
-        str(secrets),
-        "--database-url",
-        database_url,
-    ]
 
 
 async def test_kill_9_mid_copy_then_rerun_finishes_with_every_object_verified(
@@ -78,14 +42,14 @@ async def test_kill_9_mid_copy_then_rerun_finishes_with_every_object_verified(
         await s3_seed.put_multipart(source, f"big/{i}", [64 * KiB] * 6 + [5 * KiB])
         for i in range(4)
     ]
-    spec, secrets = _write_inputs(tmp_path, s3_proxy.endpoint_url, source, target)
+    spec, secrets = cli_inputs(tmp_path, s3_proxy.endpoint_url, source, target)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # The last objects' reads wait at the proxy until the first run is killed: it is still
     # copying when the kill comes, however fast it goes.
     s3_proxy.add_rule(Hold(), method="GET", bucket=source, key="obj/023*")
 
     first = await asyncio.create_subprocess_exec(
-        *_command(spec, secrets, database_url),
+        *cli_command(spec, secrets, database_url),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=env,
@@ -113,7 +77,7 @@ async def test_kill_9_mid_copy_then_rerun_finishes_with_every_object_verified(
     assert counts.state(ObjectState.VERIFIED).objects < len(seeded)
 
     second = await asyncio.create_subprocess_exec(
-        *_command(spec, secrets, database_url),
+        *cli_command(spec, secrets, database_url),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=env,
@@ -122,7 +86,7 @@ async def test_kill_9_mid_copy_then_rerun_finishes_with_every_object_verified(
 
     output = second_output.decode()
     assert second.returncode == 0, output
-    assert SECRET_KEY not in output
+    assert CLI_SECRET_KEY not in output
     counts = await ledger.counts(migration_id)
     assert counts.state(ObjectState.VERIFIED).objects == len(seeded)
     copied = await keys_of(s3_client, target)
@@ -130,7 +94,7 @@ async def test_kill_9_mid_copy_then_rerun_finishes_with_every_object_verified(
         assert copied[obj.key] == obj.etag, obj.key
     for obj in seeded[::20] + seeded[-4:]:
         assert await sha256_of(s3_client, target, obj.key) == obj.sha256
-    assert SECRET_KEY.encode() not in first_output
+    assert CLI_SECRET_KEY.encode() not in first_output
     # The objects the kill caught in flight count that attempt too.
     interrupted = [row async for row in ledger.iter_rows(migration_id) if row.attempts >= 2]
     assert interrupted, "the attempts the kill interrupted were not counted"
@@ -146,14 +110,14 @@ def test_cli_status_report_and_approve_after_a_run(tmp_path: Path, postgres_dir:
             "s3",
             endpoint_url=server.endpoint_url,
             aws_access_key_id="cli-test",
-            aws_secret_access_key=SECRET_KEY,
+            aws_secret_access_key=CLI_SECRET_KEY,
             region_name="us-east-1",
         )
         s3.create_bucket(Bucket="cli-src")
         s3.create_bucket(Bucket="cli-dst")
         for i in range(12):
             s3.put_object(Bucket="cli-src", Key=f"k{i}", Body=b"x" * (i + 1))
-        spec, secrets = _write_inputs(tmp_path, server.endpoint_url, "cli-src", "cli-dst")
+        spec, secrets = cli_inputs(tmp_path, server.endpoint_url, "cli-src", "cli-dst")
         base = [sys.executable, "-m", "objmig"]
         state_args = ["--state-dir", str(state)]
         try:
@@ -197,7 +161,7 @@ def test_cli_status_report_and_approve_after_a_run(tmp_path: Path, postgres_dir:
             digest = approve.stdout.split("digest: ")[1].split()[0]
             assert digest == document["verification"]["digest"]
             for output in (run.stdout, run.stderr, status.stdout, report.stdout, approve.stdout):
-                assert SECRET_KEY not in output
+                assert CLI_SECRET_KEY not in output
 
             # The embedded ledger outlives each command until `objmig db stop`.
             from objmig.local.postgres import EmbeddedPostgres
@@ -237,7 +201,7 @@ async def test_a_plain_run_never_loads_the_aws_sdk(
     )
     for mode in ("stream", "serverSide"):
         target = await s3_seed.bucket()
-        spec, secrets = _write_inputs(tmp_path, s3_server.endpoint_url, source, target)
+        spec, secrets = cli_inputs(tmp_path, s3_server.endpoint_url, source, target)
         document = yaml.safe_load(spec.read_text())
         document["metadata"]["name"] = f"no-sdk-{mode.lower()}"
         document["spec"]["copy"]["mode"] = mode
@@ -246,7 +210,7 @@ async def test_a_plain_run_never_loads_the_aws_sdk(
             sys.executable,
             "-X",
             "importtime",
-            *_command(spec, secrets, database_url)[1:],
+            *cli_command(spec, secrets, database_url)[1:],
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -288,7 +252,7 @@ async def test_a_configmap_worklist_from_a_file_selects_exactly_its_keys(
     source, target = await s3_seed.bucket(), await s3_seed.bucket()
     for i in range(8):
         await s3_seed.put_object(source, f"k{i}", KiB)
-    spec, secrets = _write_inputs(tmp_path, s3_server.endpoint_url, source, target)
+    spec, secrets = cli_inputs(tmp_path, s3_server.endpoint_url, source, target)
     document = yaml.safe_load(spec.read_text())
     document["metadata"]["name"] = "worklist"
     document["spec"]["selection"] = {
@@ -312,7 +276,7 @@ async def test_a_configmap_worklist_from_a_file_selects_exactly_its_keys(
 
     async def objmig(*extra: str) -> tuple[int, str, str]:
         process = await asyncio.create_subprocess_exec(
-            *_command(spec, secrets, database_url),
+            *cli_command(spec, secrets, database_url),
             *extra,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -344,7 +308,7 @@ async def test_a_missing_secret_is_an_error_message_not_a_traceback(
     database_url: str, tmp_path: Path
 ) -> None:
     """The spec names Secret `s3`; neither the environment nor a file supplies it."""
-    spec, _ = _write_inputs(tmp_path, "http://127.0.0.1:9", "cli-src", "cli-dst")
+    spec, _ = cli_inputs(tmp_path, "http://127.0.0.1:9", "cli-src", "cli-dst")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OBJMIG_SECRET_")}
     command = [sys.executable, "-m", "objmig", "run", "-f", str(spec)]
     process = await asyncio.create_subprocess_exec(
@@ -359,3 +323,25 @@ async def test_a_missing_secret_is_an_error_message_not_a_traceback(
     assert process.returncode == 1, out.decode() + err.decode()
     assert "error: Secret 's3' has no key 'accessKeyId' here" in err.decode()
     assert "Traceback" not in out.decode() + err.decode()
+
+
+async def test_a_scan_that_cannot_reach_the_store_fails_with_a_message_not_a_traceback(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Nothing listens on the source's port: the scan fails (issue 25.7), and says so."""
+    port = free_port()
+    spec, secrets = cli_inputs(tmp_path, f"http://127.0.0.1:{port}", "cli-src", "cli-dst")
+    process = await asyncio.create_subprocess_exec(
+        *cli_command(spec, secrets, database_url),
+        # Wide enough that the status table does not wrap the message.
+        env={**os.environ, "COLUMNS": "400"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=180)
+    text = out.decode() + err.decode()
+    assert process.returncode == 1, text
+    assert "Traceback" not in text
+    assert "ScanFailed" in text
+    assert "listing s3://cli-src/ failed: ConnectionRefusedError" in text
+    assert CLI_SECRET_KEY not in text

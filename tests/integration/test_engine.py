@@ -14,9 +14,10 @@ import asyncpg
 import pytest
 from types_aiobotocore_s3 import S3Client
 
+from objmig.api.migration import ObjectMigrationStatus
 from objmig.engine.local_run import LocalRun
 from objmig.engine.secrets import env_name
-from objmig.ledger import Ledger, ObjectState
+from objmig.ledger import Ledger, ObjectRow, ObjectState
 from objmig.local.postgres import EmbeddedPostgres
 from objmig.storage.copy import CopyOptions, SourceObject, TargetObject, copy_object
 from objmig.storage.endpoint import Credentials, Endpoint
@@ -173,6 +174,50 @@ async def test_restore_waits_while_the_server_says_restore_is_ongoing(
     assert rows["warm"].restore_requested_at is None
 
 
+async def test_a_restore_is_looked_at_soon_after_its_request_and_no_eta_is_guessed_meanwhile(
+    ledger: Ledger, s3_endpoint: Endpoint, s3_seed: S3Seeder
+) -> None:
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    await s3_seed.put_object(source, "cold", 2 * KiB, storage_class="GLACIER")
+    for i in range(3):
+        await s3_seed.put_object(source, f"warm/{i}", 1 * KiB)
+    # The default pollInterval (15m): the first look must not wait for it (issue 21.7).
+    restore = {"tier": "Expedited", "storageClasses": ["GLACIER"]}
+    resource = migration(s3_endpoint, source, target, restore=restore)
+    waiting = asyncio.Event()
+
+    def on_status(status: ObjectMigrationStatus) -> None:
+        if status.progress.eta == "waiting for restores":
+            waiting.set()
+
+    stop = asyncio.Event()
+    runner = LocalRun(
+        ledger, resource, secrets_for(s3_endpoint), on_status=on_status, status_interval=0.1
+    )
+    running = asyncio.create_task(runner.run(stop))
+
+    async def waiting_row() -> ObjectRow:
+        async with asyncio.timeout(60):
+            while True:
+                rows = await rows_of(ledger) if await ledger.find_migration("test/m") else {}
+                row = rows.get("cold")
+                if row is not None and row.state is ObjectState.RESTORING and row.not_before:
+                    return row
+                await asyncio.sleep(0.05)  # polls the ledger, the condition itself
+
+    row = await waiting_row()
+    await asyncio.wait_for(waiting.wait(), 60)
+    stop.set()
+    result = await running
+
+    assert row.restore_requested_at is not None
+    assert row.not_before is not None
+    first_look = (row.not_before - row.restore_requested_at).total_seconds()
+    assert 29 <= first_look <= 31, first_look
+    assert result.outcome == "interrupted"
+
+
 async def test_archived_objects_are_skipped_without_a_restore_spec(
     ledger: Ledger, s3_endpoint: Endpoint, s3_seed: S3Seeder
 ) -> None:
@@ -191,11 +236,12 @@ async def test_archived_objects_are_skipped_without_a_restore_spec(
 
 
 @pytest.mark.parametrize("mode", ["stream", "serverSide"])
-async def test_source_changed_during_the_copy_is_detected_and_not_cut_over(
+async def test_a_source_changed_during_its_copy_is_never_cut_over_stale(
     ledger: Ledger,
     proxy_endpoint: Endpoint,
     s3_proxy: S3FaultProxy,
     s3_seed: S3Seeder,
+    s3_client: S3Client,
     mode: str,
 ) -> None:
     source = await s3_seed.bucket()
@@ -218,37 +264,45 @@ async def test_source_changed_during_the_copy_is_detected_and_not_cut_over(
     resource = migration(proxy_endpoint, source, target, copy={"mode": mode})
     result, _ = await asyncio.gather(run(ledger, resource, proxy_endpoint), rewrite())
 
+    # The copy's re-check saw the change (its copy of the old bytes proves nothing), and
+    # the re-scan every migration makes before its cutover sent it to be copied again:
+    # what was cut over is the object as it is now, without catchUp asking for it.
     rows = await rows_of(ledger)
-    assert rows["moving"].state is ObjectState.SOURCE_CHANGED
-    assert rows["moving"].cut_over_at is None
+    now = await s3_client.head_object(Bucket=source, Key="moving")
+    assert result.outcome == "cut-over", result.status.objects
+    assert rows["moving"].state is ObjectState.VERIFIED
+    assert rows["moving"].etag == now["ETag"].strip('"')
+    assert rows["moving"].attempts == 1  # the row was reset by the re-scan's merge
+    assert (await keys_of(s3_client, target))["moving"] == now["ETag"].strip('"')
     assert all(rows[f"steady/{i}"].state is ObjectState.VERIFIED for i in range(5))
-    assert result.status.progress.objects.failed == 1
-    assert any(o.key == "moving" and o.state == "source_changed" for o in result.status.objects)
+    assert rows["moving"].last_seen_scan == 2
 
 
-async def test_source_change_blocks_cutover_when_the_budget_allows_no_failure(
+async def test_a_source_changed_since_its_verification_is_copied_again_before_the_cutover(
     ledger: Ledger, s3_endpoint: Endpoint, s3_seed: S3Seeder, s3_client: S3Client
 ) -> None:
     source = await s3_seed.bucket()
     target = await s3_seed.bucket()
     await s3_seed.put_object(source, "a", 1 * KiB)
-    resource = migration(
-        s3_endpoint, source, target, failurePolicy={"maxFailedObjects": 0}, dryRun=True
-    )
-    await run(ledger, resource, s3_endpoint)  # the plan records the scanned ETag
-    await s3_seed.put_object(source, "a", 1 * KiB, seed="changed")
-    resource = migration(s3_endpoint, source, target, failurePolicy={"maxFailedObjects": 0})
+    await s3_seed.put_object(source, "b", 1 * KiB)
+    # Awaiting approval: every object verified, the final re-scan done, no cutover yet.
+    manual = {"policy": "Manual"}
+    resource = migration(s3_endpoint, source, target, cutover=manual)
+    assert (await run(ledger, resource, s3_endpoint)).outcome == "awaiting-cutover"
+    changed = await s3_seed.put_object(source, "a", 1 * KiB, seed="changed")
+    approved = migration(s3_endpoint, source, target, cutover={**manual, "approved": True})
 
-    result = await run(ledger, resource, s3_endpoint)
+    result = await run(ledger, approved, s3_endpoint)
 
-    assert result.outcome != "cut-over"
-    assert (await rows_of(ledger))["a"].state is ObjectState.SOURCE_CHANGED
-    assert result.status.cutover.at is None
-    gate = next(c for c in result.status.conditions if c.type == "CutoverReady")
-    assert (gate.status, gate.reason) == ("False", "FailureBudgetExceeded")
+    # Approved after a change: the cutover still re-scanned first, and copied "a" again.
+    assert result.outcome == "cut-over"
+    rows = await rows_of(ledger)
+    assert rows["a"].etag == changed.etag
+    assert (await keys_of(s3_client, target))["a"] == changed.etag
+    assert rows["b"].cut_over_at is not None
 
 
-async def test_transient_faults_are_retried_until_verified(
+async def test_transient_faults_cost_a_request_and_a_body_cut_short_is_read_on(
     ledger: Ledger,
     proxy_endpoint: Endpoint,
     s3_proxy: S3FaultProxy,
@@ -276,11 +330,16 @@ async def test_transient_faults_are_retried_until_verified(
     assert result.outcome == "cut-over"
     assert [rule.hits for rule in rules] == [2, 1, 1, 1]
     rows = await rows_of(ledger)
-    # Errors the server answered with cost an attempt each. (A reset connection may be
-    # retried by the HTTP client itself before the engine sees it, so k2 is not counted.)
-    assert rows["k0"].attempts == 3
-    assert rows["k1"].attempts == 2
-    assert rows["k3"].attempts == 2
+    # Answers that failed are asked for again at once; the object's attempt is not spent.
+    assert rows["k0"].attempts == 1
+    assert rows["k1"].attempts == 1
+    assert rows["k2"].attempts == 1
+    # A body cut short is read on from where it stopped, pinned to the same ETag: the
+    # upload it feeds never knew.
+    assert rows["k3"].attempts == 1
+    reads = [r for r in s3_proxy.seen("GET", key="k3") if r.bucket == source]
+    ranges = [{k.lower(): v for k, v in r.headers.items()}.get("range") for r in reads]
+    assert ranges == [None, "bytes=1000-65535"]
     for obj in objs:
         assert rows[obj.key].state is ObjectState.VERIFIED
         assert await sha256_of(s3_client, target, obj.key) == obj.sha256
@@ -322,6 +381,37 @@ async def test_dry_run_writes_nothing_and_reports_a_plan(
     outcome = await run(ledger, real, s3_endpoint)
     assert outcome.outcome == "cut-over"
     assert set(await keys_of(s3_client, target)) == {"same", "new1", "new2", "cold"}
+
+
+async def test_a_plan_warns_loudly_where_the_globs_select_otherwise_than_before(
+    ledger: Ledger, s3_endpoint: Endpoint, s3_seed: S3Seeder
+) -> None:
+    # Written when `*.tmp` meant "at the top only": rclone's rules (issue 21.7) exclude
+    # logs/x.tmp as well, and a plan says so before anything is copied.
+    source = await s3_seed.bucket()
+    target = await s3_seed.bucket()
+    for key in ("x.tmp", "logs/x.tmp", "logs/y.tmp", "keep.txt"):
+        await s3_seed.put_object(source, key, 10)
+    resource = migration(s3_endpoint, source, target, dryRun=True, selection={"exclude": ["*.tmp"]})
+
+    result = await run(ledger, resource, s3_endpoint)
+
+    plan = result.status.plan
+    assert plan is not None
+    assert plan.objects == 1
+    assert plan.selected_differently == 2
+    assert plan.selected_differently_examples == ["-logs/x.tmp", "-logs/y.tmp"]
+    scanned = next(c for c in result.status.conditions if c.type == "Scanned")
+    assert "WARNING: 2 of the listed objects are selected otherwise than before" in (
+        scanned.message
+    )
+    # Anchored, the pattern means what it meant: nothing to warn about.
+    anchored = migration(
+        s3_endpoint, source, target, name="a", dryRun=True, selection={"exclude": ["/*.tmp"]}
+    )
+    plan = (await run(ledger, anchored, s3_endpoint)).status.plan
+    assert plan is not None
+    assert (plan.objects, plan.selected_differently) == (3, 0)
 
 
 async def test_verify_only_checks_an_existing_copy_and_writes_nothing(

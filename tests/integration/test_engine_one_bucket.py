@@ -20,8 +20,14 @@ from objmig.ledger import InventoryRow, Ledger, ObjectState, ScanRecord
 from objmig.storage.endpoint import Endpoint
 from objmig.storage.types import MIGRATION_METADATA_KEY
 from tests.fixtures.s3 import S3Backend, S3Seeder
-from tests.integration.engine_support import migration, rows_of, run, secrets_for, sha256_of
-from tests.integration.test_cleanup import cleanup_of
+from tests.integration.engine_support import (
+    cleanup_of,
+    migration,
+    rows_of,
+    run,
+    secrets_for,
+    sha256_of,
+)
 from tests.support.s3proxy import S3FaultProxy
 
 KiB = 1024
@@ -160,8 +166,10 @@ async def test_catch_up_after_a_rewrite_in_place_finds_nothing_new(
 
     assert result.outcome == "cut-over"
     state = await ledger.get_state(await ledger.find_migration("test/m") or 0)
-    # One catch-up round; its re-scan lists the copies and knows them for the migration's own.
-    assert state.catch_up.rounds == 1
+    # One catch-up round, then the final check before the cutover; their re-scans list the
+    # copies and know them for the migration's own.
+    assert state.catch_up.rounds == 2
+    assert state.catch_up.final_check_round == 2
     assert state.catch_up.last_delta == 0
     assert writes(backend_proxy, bucket) == 4
 

@@ -200,6 +200,28 @@ async def test_inventory_accepts_async_iterables_in_small_chunks(ledger: Ledger)
     assert second == InventoryResult(unchanged=103)
 
 
+async def test_a_listing_that_cannot_reach_its_store_fails_at_once_not_as_a_ledger_outage(
+    ledger: Ledger,
+) -> None:
+    """A store refusing connections while its listing is merged is the listing's error: the
+    ledger neither waits for itself nor reads the half-read listing again as if whole."""
+    mid = await ledger.ensure_migration("ns/a")
+    rows = inventory_rows(25)
+
+    async def listing() -> AsyncIterator[InventoryRow]:
+        for row in rows[:20]:
+            yield row
+        raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 9)")
+
+    with pytest.raises(ConnectionRefusedError):
+        async with asyncio.timeout(30):  # the ledger's own wait is 10 minutes
+            await ledger.upsert_inventory(mid, listing(), scan_id=1, chunk_size=10)
+
+    # Whatever chunks were written before the failure, a whole listing finds the rest.
+    again = await ledger.upsert_inventory(mid, rows, scan_id=2)
+    assert (again.new + again.unchanged, again.changed) == (25, 0)
+
+
 async def test_duplicate_keys_in_one_listing_count_once(ledger: Ledger) -> None:
     mid = await ledger.ensure_migration("ns/a")
     rows = inventory_rows(3)

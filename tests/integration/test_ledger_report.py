@@ -99,12 +99,14 @@ async def test_report_of_100k_rows_streams_in_bounded_memory(
 async def test_report_to_text_and_async_sinks_and_only_failed(ledger: Ledger) -> None:
     mid = await ledger.ensure_migration("ns/a")
     await ledger.upsert_inventory(mid, inventory_rows(10), scan_id=1)
-    rows = await ledger.claim(mid, "w", [ObjectState.PENDING], 2, LEASE)
+    rows = await ledger.claim(mid, "w", [ObjectState.PENDING], 3, LEASE)
+    # What the status counts as failed: failed, and changed at the source (issue 25.7).
+    states = [ObjectState.FAILED, ObjectState.FAILED, ObjectState.SOURCE_CHANGED]
     await ledger.record(
         "w",
         [
-            StepResult(id=r.id, state=ObjectState.FAILED, last_error='quote " and, comma')
-            for r in rows
+            StepResult(id=r.id, state=state, last_error='quote " and, comma')
+            for r, state in zip(rows, states, strict=True)
         ],
     )
 
@@ -118,12 +120,12 @@ async def test_report_to_text_and_async_sinks_and_only_failed(ledger: Ledger) ->
     text = io.StringIO()
     sink = Sink()
     assert await ledger.export_report(mid, text, "csv") == 10
-    assert await ledger.export_report(mid, sink, "jsonl", only_failed=True) == 2
+    assert await ledger.export_report(mid, sink, "jsonl", only_failed=True) == 3
 
     parsed_csv = list(csv.DictReader(io.StringIO(text.getvalue())))
     assert len(parsed_csv) == 10
     failed = [json.loads(line) for line in b"".join(sink.chunks).decode().splitlines()]
-    assert [f["state"] for f in failed] == ["failed", "failed"]
+    assert sorted(f["state"] for f in failed) == ["failed", "failed", "source_changed"]
     assert failed[0]["last_error"] == 'quote " and, comma'
     assert {p["last_error"] for p in parsed_csv} == {"", 'quote " and, comma'}
 

@@ -16,6 +16,7 @@ from objmig.ledger import (
     apply_schema,
     code_schema_version,
 )
+from objmig.ledger import schema as ledger_schema
 from objmig.ledger.report import DigestBuilder
 from objmig.ledger.schema import database_schema_version, load_schema_migrations
 
@@ -38,6 +39,46 @@ async def test_apply_schema_is_idempotent(database_url: str) -> None:
 
     assert first == second == code_schema_version()
     assert applied == code_schema_version()
+
+
+async def test_a_ledger_one_version_behind_is_upgraded_with_its_rows(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ledger an objmig one release older made (every schema file but the last: up to
+    # main's 0006_buckets), with a migration and an object in it: the next start-up applies
+    # the last file (0007_writes), and the row reads with every column this code selects.
+    migrations = load_schema_migrations()
+    older = migrations[:-1]
+    monkeypatch.setattr(ledger_schema, "load_schema_migrations", lambda: older)
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await apply_schema(conn) == len(older)
+        migration_id = await conn.fetchval(
+            "INSERT INTO migrations (name) VALUES ('default/older') RETURNING id"
+        )
+        object_id = await conn.fetchval(
+            "INSERT INTO objects (migration_id, key, size, etag, state)"
+            " VALUES ($1, 'a/b.txt', 3, 'abc', 'verified') RETURNING id",
+            migration_id,
+        )
+    finally:
+        await conn.close()
+    monkeypatch.undo()
+
+    ledger = await Ledger.connect(database_url, min_size=1, max_size=2)
+    try:
+        versions = await ledger.pool.fetch(
+            "SELECT version, name FROM objmig_schema_version ORDER BY version"
+        )
+        row = await ledger.get_object(object_id)
+    finally:
+        await ledger.close()
+
+    assert [(r["version"], r["name"]) for r in versions] == [
+        (m.version, m.name) for m in migrations
+    ]
+    assert row is not None
+    assert (row.migration_id, row.key, row.size, row.etag) == (migration_id, "a/b.txt", 3, "abc")
 
 
 async def test_concurrent_start_ups_apply_the_schema_once(database_url: str) -> None:
@@ -116,7 +157,7 @@ async def test_a_ledger_of_schema_5_upgrades_in_order_and_keeps_its_rows(
         )
         assert await database_schema_version(conn) == 5
 
-        assert await apply_schema(conn) == code_schema_version() == 6
+        assert await apply_schema(conn) == code_schema_version() == 7
         applied = await conn.fetch("SELECT version, name FROM objmig_schema_version ORDER BY 1")
     finally:
         await conn.close()
@@ -125,6 +166,7 @@ async def test_a_ledger_of_schema_5_upgrades_in_order_and_keeps_its_rows(
         (4, "worker_activity"),
         (5, "verified_by"),
         (6, "buckets"),
+        (7, "writes"),
     ]
     expected = DigestBuilder()
     expected.add("a/1", "", 10, "e1", "a/1", "e1", "sha256:aa")

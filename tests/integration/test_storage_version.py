@@ -97,7 +97,8 @@ async def test_a_storage_version_rewrite_stamps_old_objects_once_and_a_second_ru
 
     assert result.outcome == "cut-over", [(o.key, o.last_error) for o in result.status.objects]
     state = await ledger.get_state(await ledger.ensure_migration("test/m"))
-    assert (state.catch_up.rounds, state.catch_up.last_delta) == (1, 0)
+    # The catch-up round, then the final re-scan once every other gate held (issue 21.6).
+    assert (state.catch_up.rounds, state.catch_up.last_delta) == (2, 0)
     rows = await rows_of(ledger)
     assert {k: r.state for k, r in rows.items()} == {
         "a": ObjectState.VERIFIED,
@@ -191,14 +192,19 @@ async def test_a_source_changed_after_the_scan_fails_its_object_and_is_left_as_i
 
     result = await run(ledger, rewrite(backend_via_proxy, bucket), backend_via_proxy)
 
+    # The attempt on the dry run's facts found "a" changed and wrote nothing; the final
+    # re-scan before the cutover (issue 21.6) sent it back, and it was stamped from its new
+    # content: one write each, never the old bytes over the new.
     rows = await rows_of(ledger)
-    assert rows["a"].state is ObjectState.SOURCE_CHANGED
-    assert rows["b"].state is ObjectState.VERIFIED
-    assert result.outcome == "awaiting-cutover"
+    assert {key: row.state for key, row in rows.items()} == {
+        "a": ObjectState.VERIFIED,
+        "b": ObjectState.VERIFIED,
+    }
+    assert result.outcome == "cut-over"
     head = await backend_seed.client.head_object(Bucket=bucket, Key="a")
     assert head["ETag"].strip('"') == changed.etag
-    assert head["Metadata"] == {VERSION_KEY: "2"}
-    assert writes(backend_proxy, bucket) == 1  # "b" only
+    assert head["Metadata"][VERSION_KEY] == "3"
+    assert writes(backend_proxy, bucket) == 2
 
 
 async def test_a_failed_rewrite_into_a_new_prefix_is_removed_by_leftovers_after_its_grace(

@@ -430,8 +430,13 @@ async def test_suspend_stops_every_worker_and_resume_finishes(
 
     assert condition(done, "Paused")["status"] == "False"
     # Resuming restarted the same Jobs: the suspension neither completed nor failed indexes.
+    # (Round 1 is the re-scan every cutover is preceded by.)
     jobs = jobs_of(k8s_cluster, ns)
-    assert sorted(j["metadata"]["name"] for j in jobs) == [f"{name}-copy-r0", f"{name}-scan-r0"]
+    assert sorted(j["metadata"]["name"] for j in jobs) == [
+        f"{name}-copy-r0",
+        f"{name}-scan-r0",
+        f"{name}-scan-r1",
+    ]
     assert all(j["status"].get("failed", 0) == 0 for j in jobs), [j["status"] for j in jobs]
     assert await listing(s3_client, target) == expected
     await assert_all_verified(ledger, ns, name, expected)
@@ -748,7 +753,9 @@ async def test_a_half_done_cutover_rolls_back_and_a_re_cutover_brings_later_writ
         assert done["status"]["cutover"]["previousConfigMapData"] == {"S3_BUCKET": source}
         scans = sorted(j["metadata"]["name"] for j in jobs_of(k8s_cluster, ns) if "-scan-" in
                        j["metadata"]["name"])  # fmt: skip
-        assert scans == [f"{name}-scan-r0", f"{name}-scan-r1"]
+        # The first cutover's final check (r1), the re-scan the rollback owes (r2), the
+        # second cutover's final check (r3).
+        assert scans == [f"{name}-scan-r{r}" for r in range(4)]
 
 
 async def test_a_killed_pod_and_a_restarted_operator_converge_without_duplicate_jobs(
@@ -802,8 +809,13 @@ async def test_a_killed_pod_and_a_restarted_operator_converge_without_duplicate_
     done = wait_cut_over(k8s_cluster, ns, name, timeout=240)
 
     jobs = jobs_of(k8s_cluster, ns)
-    # One Job per stage (round 0, wave 0): neither the restart nor the pod loss made more.
-    assert sorted(j["metadata"]["name"] for j in jobs) == [f"{name}-copy-r0", f"{name}-scan-r0"]
+    # One Job per stage (round 0, wave 0, and the re-scan before the cutover): neither the
+    # restart nor the pod loss made more.
+    assert sorted(j["metadata"]["name"] for j in jobs) == [
+        f"{name}-copy-r0",
+        f"{name}-scan-r0",
+        f"{name}-scan-r1",
+    ]
     copy_job = next(j for j in jobs if j["metadata"]["name"] == f"{name}-copy-r0")
     assert copy_job["status"].get("failed", 0) == 0, copy_job["status"]
     assert done["status"]["progress"]["objects"]["succeeded"] == len(expected)
@@ -911,6 +923,7 @@ async def test_parallelism_change_reaches_the_running_job_and_deletion_cleans_up
     assert {j["metadata"]["name"] for j in jobs_of(k8s_cluster, ns)} == {
         f"{name}-scan-r0",
         copy_job,
+        f"{name}-scan-r1",  # the re-scan before the cutover
     }
 
     k8s_cluster.kubectl("delete", GROUP_PLURAL, name, "-n", ns, "--timeout=60s", timeout=70)

@@ -13,6 +13,9 @@ changeable while the test runs, make chosen requests misbehave:
     proxy.add_rule(Deny(), method="PUT", key="secret/**")
     gate = Hold()
     proxy.add_rule(gate, method="GET", key="obj")   # ... await gate.arrived(); gate.release()
+    proxy.add_rule(LoseAnswer(), method="POST", query={"uploadId": None}, times=1)
+    proxy.add_rule(Reset(), probability=0.05)          # drawn from the proxy's seeded RNG
+    add_fault_mix(proxy, rate=0.05)                   # 5% of each kind of fault
 
 A `Hold` keeps matching requests until the test releases them: the test waits for the
 request to arrive and lets it go when it has done what had to happen meanwhile, where a
@@ -28,10 +31,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import random
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -70,6 +74,16 @@ class Fail:
     message: str = "injected by the test proxy"
 
 
+@dataclass(frozen=True)
+class Answer:
+    """Answer with this status, body and headers instead of forwarding: a store that says
+    something else than the one behind the proxy would (e.g. tags it did not keep)."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
 def Deny(message: str = "Access Denied (injected)") -> Fail:
     """403 AccessDenied, as a bucket policy denying the request would answer."""
     return Fail(403, "AccessDenied", message)
@@ -92,6 +106,12 @@ class Truncate:
     """Forward, but cut the response body after `after` bytes and drop the connection."""
 
     after: int = 0
+
+
+@dataclass(frozen=True)
+class LoseAnswer:
+    """Forward the request and let the store act on it, then drop the connection instead
+    of passing its answer on: a write that happened, whose client cannot know it."""
 
 
 @dataclass(frozen=True)
@@ -219,7 +239,7 @@ def _resolve_threadsafe(loop: asyncio.AbstractEventLoop, future: asyncio.Future[
         loop.call_soon_threadsafe(resolve)
 
 
-Action = Fail | Reset | Truncate | RewriteHeaders | Delay | Hold
+Action = Fail | Reset | Truncate | RewriteHeaders | Delay | Hold | LoseAnswer | Answer
 
 
 class _Absent:
@@ -242,7 +262,10 @@ class Rule:
     decoded path-style bucket and key; `query` maps parameter names to required values
     (None = present with any value, ABSENT = not present); `header` names a request header
     that must be present (any value). `times` limits how often the rule fires; `seconds`
-    limits for how long after it was added (by the proxy's clock).
+    limits for how long after it was added (by the proxy's clock); `probability` makes a
+    matching request fire it by chance (drawn from the proxy's seeded random generator; a
+    request it spares goes on to the next rule); `once_each` fires it once per distinct
+    request (method, bucket, key and query), so that what a client sends again gets through.
     """
 
     action: Action
@@ -253,8 +276,11 @@ class Rule:
     header: str | None = None
     times: int | None = None
     seconds: float | None = None
+    probability: float | None = None
+    once_each: bool = False
     hits: int = 0
     added: float = field(default_factory=time.monotonic)
+    fired_for: set[tuple[str, str, str, tuple[tuple[str, str], ...]]] = field(default_factory=set)
 
     def active(self, now: float) -> bool:
         if self.times is not None and self.hits >= self.times:
@@ -329,6 +355,7 @@ class S3FaultProxy:
         keep_requests: int = 10_000,
         upstream_ca: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        seed: int = 0,
     ) -> None:
         """`upstream_ca`: the PEM CA an https upstream's certificate chains to."""
         self.upstream = upstream.rstrip("/")
@@ -337,7 +364,10 @@ class S3FaultProxy:
         # What rules' `seconds` are measured by; a test of expiry sets its own.
         self.clock = clock
         self._closing = False
+        self._random = random.Random(seed)
         self.port: int | None = None
+        #: Requests received in all (`requests` keeps the first `keep_requests` of them).
+        self.received = 0
         self.requests: list[SeenRequest] = []
         self._rules: list[Rule] = []
         self._lock = threading.Lock()
@@ -405,6 +435,13 @@ class S3FaultProxy:
         with self._lock:
             for rule in self._rules:
                 if rule.active(now) and rule.matches(method, bucket, key, query, headers):
+                    if rule.probability is not None and self._random.random() >= rule.probability:
+                        continue
+                    if rule.once_each:
+                        request = (method, bucket, key, tuple(sorted(query.items())))
+                        if request in rule.fired_for:
+                            continue
+                        rule.fired_for.add(request)
                     rule.hits += 1
                     return rule
         return None
@@ -499,6 +536,7 @@ class S3FaultProxy:
         rule = self._pick(request.method, bucket, key, query, request.headers)
         action = rule.action if rule is not None else None
         with self._lock:
+            self.received += 1
             if len(self.requests) < self.keep_requests:
                 self.requests.append(
                     SeenRequest(
@@ -519,6 +557,13 @@ class S3FaultProxy:
                 body=body,
                 headers={"Content-Type": "application/xml", "x-amz-request-id": "objmig-proxy"},
             )
+        if isinstance(action, Answer):
+            await request.read()
+            return web.Response(
+                status=action.status,
+                body=b"" if request.method == "HEAD" else action.body,
+                headers={"x-amz-request-id": "objmig-proxy", **action.headers},
+            )
         if isinstance(action, Reset):
             if action.read_body:
                 await request.content.read(action.read_body)
@@ -537,14 +582,26 @@ class S3FaultProxy:
                 if transport is not None:
                     transport.abort()
                 return web.Response(status=500)
+        if isinstance(action, LoseAnswer):
+            await self._forward_and_drop(request)
+            return web.Response(status=500)  # never sent: the connection is gone
         return await self._forward(request, action)
 
-    async def _forward(self, request: web.Request, action: Action | None) -> web.StreamResponse:
+    async def _forward_and_drop(self, request: web.Request) -> None:
+        async with self._upstream_request(request) as upstream:
+            await upstream.read()
+        assert request.transport is not None
+        request.transport.abort()
+
+    @contextlib.asynccontextmanager
+    async def _upstream_request(
+        self, request: web.Request
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The request sent upstream: its headers and body as the client signed them."""
         assert self._session is not None
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
-        has_body = request.body_exists
         data: Any = None
-        if has_body:
+        if request.body_exists:
             data = request.content.iter_any()
             if "Content-Length" not in request.headers:
                 # A chunked upload stays chunked.
@@ -558,6 +615,10 @@ class S3FaultProxy:
             allow_redirects=False,
             skip_auto_headers=("Content-Type",),
         ) as upstream:
+            yield upstream
+
+    async def _forward(self, request: web.Request, action: Action | None) -> web.StreamResponse:
+        async with self._upstream_request(request) as upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for name, value in upstream.headers.items():
                 if name.lower() not in _HOP_BY_HOP:
@@ -590,3 +651,33 @@ class S3FaultProxy:
                 sent += len(chunk)
             await response.write_eof()
             return response
+
+
+#: The faults a store's clients meet, by request kind: any request may fail with a 500,
+#: be throttled or be reset; a GET's body may be cut short; a write's answer may be lost
+#: after the store acted on it.
+FAULT_KINDS: tuple[tuple[str, Action, str | None], ...] = (
+    ("500 InternalError", Fail(500, "InternalError"), None),
+    ("503 SlowDown", SlowDown(), None),
+    ("connection reset", Reset(), None),
+    ("truncated body", Truncate(256), "GET"),
+    ("lost answer", LoseAnswer(), "PUT"),
+    ("lost answer", LoseAnswer(), "POST"),
+    ("lost answer", LoseAnswer(), "DELETE"),
+)
+
+
+def add_fault_mix(proxy: S3FaultProxy, rate: float, **match: Any) -> list[tuple[str, Rule]]:
+    """Make `rate` of the requests meet each kind of fault of `FAULT_KINDS` (a request
+    meets at most one; each rule is drawn only for the requests the rules before it
+    spared, hence the rising probabilities). Returns the rules, named by kind."""
+    rules: list[tuple[str, Rule]] = []
+    spent: dict[str | None, float] = {}
+    for name, action, method in FAULT_KINDS:
+        # The share of this method's requests the rules before this one took.
+        before = spent.get(method, 0.0) + (spent.get(None, 0.0) if method else 0.0)
+        probability = rate / (1 - before)
+        rule = proxy.add_rule(action, method=method, probability=probability, **match)
+        rules.append((name, rule))
+        spent[method] = spent.get(method, 0.0) + rate
+    return rules

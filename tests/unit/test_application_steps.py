@@ -47,10 +47,12 @@ def test_verification_compares_the_copy_with_what_was_meant_not_with_the_source(
     source = _head({"storage-version": "2", "legacy": "x", "owner": "a"})
     stamped = _head({"storage-version": "3", "owner": "a", "objmig-migration": "ns/m"})
     assert metadata_difference(source, stamped, change) is None
-    assert metadata_difference(source, stamped) == "user metadata differs"
+    assert metadata_difference(source, stamped) == (
+        "user metadata 'legacy': expected 'x', found nothing"
+    )
     unstamped = replace(stamped, metadata={"storage-version": "2", "legacy": "x", "owner": "a"})
     assert metadata_difference(source, unstamped, change) == (
-        "user metadata differs from what was meant: legacy, storage-version"
+        "user metadata 'legacy': expected nothing, found 'x'"
     )
 
 

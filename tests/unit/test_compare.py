@@ -21,8 +21,11 @@ from objmig.storage.compare import (
     looks_identical,
     looks_like_md5,
     metadata_difference,
+    multipart_etag,
     proves_by_checksum,
     same_answers,
+    same_media_type,
+    tags_difference,
     target_checksums_trusted,
     without_objmig_keys,
 )
@@ -76,19 +79,68 @@ def test_objmig_keys_are_not_user_metadata() -> None:
     ) == {"a": "1"}
 
 
-def test_metadata_difference_ignores_objmig_keys_and_names_what_differs() -> None:
-    source = _head(metadata={"a": "1"}, content=ContentHeaders(content_type="text/plain"))
+def test_metadata_difference_ignores_objmig_keys_on_both_sides_and_names_what_differs() -> None:
+    # The source is itself a copy of an earlier migration (a chain, a return): its
+    # marker is not the copy's, and neither side's counts.
+    source = _head(
+        metadata={"a": "1", "objmig-migration": "earlier"},
+        content=ContentHeaders(content_type="text/plain"),
+    )
     same = _head(
         metadata={"a": "1", "objmig-migration": "m"},
         content=ContentHeaders(content_type="text/plain"),
     )
     assert metadata_difference(source, same) is None
-    assert (
-        metadata_difference(source, replace(same, metadata={"a": "2"})) == "user metadata differs"
+    assert metadata_difference(source, replace(same, metadata={"a": "2"})) == (
+        "user metadata 'a': expected '1', found '2'"
+    )
+    assert metadata_difference(source, replace(same, metadata={})) == (
+        "user metadata 'a': expected '1', found nothing"
+    )
+    assert metadata_difference(source, replace(same, metadata={"a": "1", "b": "x"})) == (
+        "user metadata 'b': expected nothing, found 'x'"
     )
     assert metadata_difference(source, replace(same, content=ContentHeaders())) == (
-        "Content-Type differs"
+        "Content-Type: expected 'text/plain', found nothing"
     )
+    cached = replace(same, content=ContentHeaders("text/plain", cache_control="max-age=60"))
+    assert metadata_difference(source, cached) == (
+        "Cache-Control: expected nothing, found 'max-age=60'"
+    )
+
+
+def test_content_types_a_store_normalises_are_equivalent_unless_exact_is_asked_for() -> None:
+    def typed(value: str) -> HeadResult:
+        return _head(content=ContentHeaders(content_type=value))
+
+    sent = typed("text/plain; charset=utf-8")
+    normalised = typed("Text/Plain;Charset=UTF-8")
+    assert metadata_difference(sent, normalised) is None
+    assert metadata_difference(sent, normalised, content_type="Exact") == (
+        "Content-Type: expected 'text/plain; charset=utf-8', found 'Text/Plain;Charset=UTF-8'"
+    )
+    assert same_media_type(
+        'text/plain; charset="utf-8"; format=flowed', "text/plain; format=flowed;charset=UTF-8"
+    )
+    # Other parameter values are case-sensitive, and a parameter more is a difference.
+    assert not same_media_type("multipart/mixed; boundary=Ab", "multipart/mixed; boundary=ab")
+    assert not same_media_type("text/plain", "text/plain; charset=utf-8")
+    assert not same_media_type("text/plain", "text/html")
+
+
+def test_tags_difference_names_the_tag_and_both_values() -> None:
+    assert tags_difference({"a": "1"}, {"a": "1"}) is None
+    assert tags_difference({"a": "1", "b": "2"}, {"a": "1"}) == (
+        "tag 'b': expected '2', found nothing"
+    )
+    assert tags_difference({}, {"z": ""}) == "tag 'z': expected nothing, found ''"
+
+
+def test_multipart_etag_is_the_md5_of_the_parts_md5s() -> None:
+    first, second = hashlib.md5(b"one").hexdigest(), hashlib.md5(b"two").hexdigest()
+    joined = hashlib.md5(bytes.fromhex(first) + bytes.fromhex(second)).hexdigest()
+    assert multipart_etag([first, f'"{second}"']) == f"{joined}-2"
+    assert multipart_etag(["not-an-md5"]) is None
 
 
 def test_changes_name_each_difference_in_order() -> None:

@@ -66,6 +66,7 @@ def _row(**overrides: object) -> ObjectRow:
         "updated_at": now,
         "last_seen_scan": 1,
         "skip_reason": None,
+        "not_preserved": None,
     }
     values.update(overrides)
     return ObjectRow(**values)  # type: ignore[arg-type]

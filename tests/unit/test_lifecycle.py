@@ -35,6 +35,12 @@ from objmig.ledger.state import (
 
 T = datetime(2024, 1, 1, tzinfo=UTC)
 DONE_SCAN = ScanRecord(id=1, completed_at=T)
+#: The bookkeeping after the copies and the re-scan made once everything else held.
+RESCANNED: dict[str, Any] = {
+    "scan": ScanRecord(id=2, completed_at=T),
+    "rounds": Rounds(round=1),
+    "catch_up": CatchUpRecord(rounds=1, last_delta=0, final_check_round=1),
+}
 
 
 def _spec(**overrides: Any) -> ObjectMigrationSpec:
@@ -124,6 +130,18 @@ def test_a_failed_scan_run_fails_the_migration_with_its_message() -> None:
     assert decision.stage is None
 
 
+def test_a_failed_scan_run_says_what_stopped_its_last_try() -> None:
+    decision = _decide(
+        scan_run=RunObservation(failed_message="Job m-scan-r0: BackoffLimitExceeded"),
+        scan=ScanRecord(id=1, last_error="ConnectionRefusedError: [Errno 111] refused"),
+    )
+    assert decision.fail == Problem(
+        reason=Reason.SCAN_FAILED,
+        message="Job m-scan-r0: BackoffLimitExceeded; its last try: "
+        "ConnectionRefusedError: [Errno 111] refused",
+    )
+
+
 def test_a_failed_copy_run_fails_the_migration_with_its_message() -> None:
     decision = _decide(
         tally=_tally(outstanding=2),
@@ -166,8 +184,77 @@ def test_a_pause_is_cleared_once_the_budget_holds_again() -> None:
     assert decision.stage is not None
 
 
+def test_once_everything_else_holds_the_source_is_scanned_again_before_the_cutover() -> None:
+    # Nothing is cut over whose source changed since its verification (issue 21.6).
+    assert _decide(tally=_tally(verified=3), scan=DONE_SCAN) == Decision(
+        next_round=True, final_check=True
+    )
+    # Manual: not before the approval, which may come much later.
+    manual = _spec(cutover={"policy": "Manual"})
+    assert _decide(manual, _tally(verified=3), scan=DONE_SCAN) == Decision(
+        outcome=Outcome.AWAITING_CUTOVER
+    )
+
+
+def _to_a_directory() -> ObjectMigrationSpec:
+    return _spec(target={"filesystem": {"path": "/backup"}})
+
+
+def test_a_directory_target_is_audited_once_copied_and_before_any_cutover_check() -> None:
+    decision = decide(
+        Observed(
+            spec=_to_a_directory(),
+            tally=_tally(verified=3),
+            state=MigrationState(scan=DONE_SCAN),
+            copies_while_scanning=False,
+        )
+    )
+    assert decision.stage is not None
+    assert (decision.stage.stage, decision.stage.parallelism) == ("audit", 1)
+    assert not decision.final_check
+
+
+def test_a_failed_audit_run_fails_the_migration_with_its_message() -> None:
+    decision = decide(
+        Observed(
+            spec=_to_a_directory(),
+            tally=_tally(verified=3),
+            state=MigrationState(scan=DONE_SCAN),
+            copies_while_scanning=False,
+            audit_run=RunObservation(failed_message="Job m-audit-r0: boom"),
+        )
+    )
+    assert decision.fail == Problem(reason=Reason.AUDIT_FAILED, message="Job m-audit-r0: boom")
+    assert decision.stage is None
+
+
+def test_objects_that_changed_during_their_copy_are_left_to_the_final_check() -> None:
+    changed = _tally(verified=3, source_changed=1)
+    # The final check re-scans them, and they are copied again.
+    assert _decide(tally=changed, scan=DONE_SCAN) == Decision(next_round=True, final_check=True)
+    # Changed again during that copy: no budget, no cutover (catchUp would go on), and
+    # no re-scan after re-scan either: the next comes when the user takes it up again.
+    assert _decide(tally=changed, **RESCANNED) == Decision(outcome=Outcome.AWAITING_CUTOVER)
+
+
+def test_the_final_check_counts_until_the_spec_is_taken_up_anew() -> None:
+    revoked = _spec(cutover={"policy": "Manual"})
+    assert _decide(revoked, _tally(verified=3), **RESCANNED) == Decision(
+        outcome=Outcome.AWAITING_CUTOVER
+    )
+    # What the final check found changed is copied again; then the cutover goes.
+    copying = _decide(_spec(), _tally(verified=2, outstanding=1), **RESCANNED)
+    assert copying.stage is not None
+    # Taken up anew (an approval, a resume: the user acted), the check is forgotten, and
+    # the cutover waits for another one.
+    forgotten = RESCANNED | {"catch_up": CatchUp(RESCANNED["catch_up"]).forgotten()}
+    assert _decide(_spec(), _tally(verified=3), **forgotten) == Decision(
+        next_round=True, final_check=True
+    )
+
+
 def test_automatic_policy_cuts_over_when_everything_is_verified() -> None:
-    assert _decide(tally=_tally(verified=3), scan=DONE_SCAN) == Decision(cut_over=True)
+    assert _decide(tally=_tally(verified=3), **RESCANNED) == Decision(cut_over=True)
 
 
 def test_a_cut_over_migration_rests_cut_over() -> None:
@@ -182,7 +269,7 @@ def test_manual_policy_waits_for_approval() -> None:
     waiting = _decide(spec, _tally(verified=3), scan=DONE_SCAN)
     assert waiting == Decision(outcome=Outcome.AWAITING_CUTOVER)
     approved = _spec(cutover={"policy": "Manual", "approved": True})
-    assert _decide(approved, _tally(verified=3), scan=DONE_SCAN).cut_over
+    assert _decide(approved, _tally(verified=3), **RESCANNED).cut_over
 
 
 def test_a_dry_run_rests_planned_once_every_row_is_decided() -> None:
@@ -231,14 +318,20 @@ def test_a_rolled_back_migration_is_not_cut_over_again_while_rollback_is_set() -
         "catch_up": CatchUp(state["catch_up"]).recorded(1, 1),
     }
     assert _decide(spec, _tally(verified=3, outstanding=1), **recorded).stage is not None
-    assert _decide(spec, _tally(verified=4), **recorded).cut_over
+    # That re-scan paid what the rollback owed; the cutover still makes its final check.
+    assert _decide(spec, _tally(verified=4), **recorded) == Decision(
+        next_round=True, final_check=True
+    )
+    checked = recorded | {
+        "scan": ScanRecord(id=3, completed_at=T),
+        "rounds": Rounds(round=2),
+        "catch_up": CatchUp(CatchUp(recorded["catch_up"]).final_check(2)).recorded(2, 0),
+    }
+    assert _decide(spec, _tally(verified=4), **checked).cut_over
 
 
 def test_a_cutover_that_stopped_half_way_is_finished_or_rolled_back() -> None:
-    state: dict[str, Any] = {
-        "scan": DONE_SCAN,
-        "cutover_in_progress": CutoverProgress(started_at=T),
-    }
+    state: dict[str, Any] = {**RESCANNED, "cutover_in_progress": CutoverProgress(started_at=T)}
     assert _decide(_spec(), _tally(verified=3), **state).cut_over
     asked = _decide(_spec(cutover={"rollback": True}), _tally(verified=3), **state)
     assert asked == Decision(roll_back=True)
@@ -270,7 +363,8 @@ def test_catch_up_rescans_in_a_new_round_until_the_delta_is_empty() -> None:
         rounds=Rounds(round=1),
         catch_up=CatchUpRecord(rounds=1, last_delta=0),
     )
-    assert final.cut_over
+    # Caught up; the final check comes once everything else holds, as for any migration.
+    assert final == Decision(next_round=True, final_check=True)
 
 
 def test_catch_up_that_never_converges_rests_awaiting_cutover() -> None:

@@ -17,8 +17,11 @@ from objmig.engine.policy import (
     backoff_delay,
     cutover_gate,
     failure_budget,
+    restore_poll_delay,
     rollback_gate,
 )
+from objmig.engine.status import Rates, progress_of
+from objmig.ledger.models import Activity, Counts, ObjectState, StateCount
 from objmig.ledger.state import CatchUpRecord, MigrationState
 
 
@@ -36,11 +39,17 @@ def _tally(**counts: int) -> Tally:
 
 
 def _inputs(
-    tally: Tally, *, scan_complete: bool = True, delta: int | None = None, rounds: int = 0
+    tally: Tally,
+    *,
+    scan_complete: bool = True,
+    delta: int | None = 0,
+    rounds: int = 1,
+    checked: int | None = 1,
 ) -> CutoverInputs:
-    return CutoverInputs(
-        tally, scan_complete, CatchUp(CatchUpRecord(rounds=rounds, last_delta=delta))
-    )
+    """The gate's inputs; by default the final re-scan before the cutover (round 1) ran,
+    and found nothing new."""
+    record = CatchUpRecord(rounds=rounds, last_delta=delta, final_check_round=checked)
+    return CutoverInputs(tally, scan_complete, CatchUp(record))
 
 
 def test_backoff_grows_exponentially_and_is_capped() -> None:
@@ -118,7 +127,8 @@ def test_cutover_holds_the_ratio_to_every_object_however_few() -> None:
 def test_cutover_with_catch_up_waits_for_an_empty_delta() -> None:
     spec = _spec(cutover={"catchUp": True, "maxCatchUpRounds": 3})
     tally = _tally(verified=10)
-    assert cutover_gate(spec, _inputs(tally)).reason == "CatchUpPending"
+    pending = _inputs(tally, delta=None, rounds=0, checked=None)
+    assert cutover_gate(spec, pending).reason == "CatchUpPending"
     assert cutover_gate(spec, _inputs(tally, delta=4, rounds=1)).reason == "CatchUpPending"
     assert cutover_gate(spec, _inputs(tally, delta=2, rounds=3)).reason == "CatchUpNotConverging"
     assert cutover_gate(spec, _inputs(tally, delta=0, rounds=2)).ok
@@ -137,6 +147,24 @@ def test_catch_up_rounds_are_due_until_a_round_finds_nothing_or_the_limit() -> N
     ) == CatchUp(CatchUpRecord(rounds=1, last_delta=3))
 
 
+def test_the_cutover_waits_for_a_re_scan_made_once_everything_else_held() -> None:
+    tally = _tally(verified=10)
+    for spec in (_spec(), _spec(cutover={"catchUp": True})):
+        for inputs in (
+            _inputs(tally, rounds=0, checked=None),  # never re-scanned
+            _inputs(tally, rounds=3, checked=None),  # re-scanned, but not as the final check
+            _inputs(tally, rounds=3, checked=4),  # the final check is still running
+        ):
+            gate = cutover_gate(spec, inputs)
+            assert (gate.ok, gate.reason) == (False, "RescanningBeforeCutover")
+            assert "changed since it was verified" in gate.message
+    # Without catchUp, what the final check found changed was copied again: cut over.
+    assert cutover_gate(_spec(), _inputs(tally, delta=7, rounds=1, checked=1)).ok
+    # Awaiting approval comes first: no final check is made before the approval.
+    manual = cutover_gate(_spec(cutover={"policy": "Manual"}), _inputs(tally, checked=None))
+    assert manual.reason == "AwaitingApproval"
+
+
 def test_after_a_rollback_the_next_cutover_waits_for_a_re_scan() -> None:
     tally = _tally(verified=10)
     exhausted = CatchUp(CatchUpRecord(rounds=3, last_delta=2))
@@ -151,12 +179,17 @@ def test_after_a_rollback_the_next_cutover_waits_for_a_re_scan() -> None:
     found = CatchUp(rolled_back.recorded(4, 2))
     assert not found.owed_after_rollback
     assert not found.due(_spec())
-    assert cutover_gate(_spec(), CutoverInputs(tally, True, found)).ok
+    # A rollback forgets the final check made before: the next cutover makes its own.
+    assert rolled_back.record.final_check_round is None
+    gate = cutover_gate(_spec(), CutoverInputs(tally, True, found))
+    assert gate.reason == "RescanningBeforeCutover"
+    checked = CatchUp(CatchUp(found.final_check(5)).recorded(5, 0))
+    assert cutover_gate(_spec(), CutoverInputs(tally, True, checked)).ok
     catching_up = _spec(cutover={"catchUp": True, "maxCatchUpRounds": 3})
     assert found.due(catching_up)
     assert not CatchUp(found.recorded(6, 1)).due(catching_up)
     assert found.recorded(5, 0).rolled_back_at_round == 3
-    gate = cutover_gate(catching_up, CutoverInputs(tally, True, CatchUp(found.recorded(5, 0))))
+    gate = cutover_gate(catching_up, CutoverInputs(tally, True, checked))
     assert gate.ok
 
 
@@ -196,3 +229,28 @@ def test_target_key_templates(template: str, expected: str) -> None:
         etag="abc123",
     )
     assert key == expected
+
+
+def test_a_restore_is_looked_at_soon_after_its_request_then_less_often() -> None:
+    fifteen_minutes = 900.0
+    waits, since = [], 0.0
+    for _ in range(8):
+        wait = restore_poll_delay(since, fifteen_minutes)
+        waits.append(wait)
+        since += wait
+    assert waits == [30, 30, 60, 120, 240, 480, 900, 900]
+    # A pollInterval below the first look caps it.
+    assert restore_poll_delay(0, 1.0) == 1.0
+
+
+def test_no_eta_is_extrapolated_while_objects_wait_for_restores() -> None:
+    copying = Counts(
+        by_state={
+            ObjectState.PENDING: StateCount(10, 10_000),
+            ObjectState.VERIFIED: StateCount(10, 10_000),
+        }
+    )
+    rates = Rates(bytes_per_second=1000.0, objects_per_second=1.0)
+    assert progress_of(copying, Activity(), rates).eta == "10s"
+    restoring = Counts(by_state={**copying.by_state, ObjectState.RESTORING: StateCount(1, 1000)})
+    assert progress_of(restoring, Activity(), rates).eta == "waiting for restores"

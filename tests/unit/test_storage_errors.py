@@ -9,9 +9,11 @@ import pytest
 from objmig.storage.errors import (
     IntegrityError,
     ManifestError,
+    S3ResponseError,
     SourceChangedError,
     classify,
     redact,
+    worth_resending,
 )
 
 
@@ -129,3 +131,19 @@ def test_redact_removes_given_secrets_and_credential_parameters() -> None:
     assert "supersecret" not in cleaned
     assert "deadbeef" not in cleaned
     assert "Credential=***" in cleaned
+
+
+@pytest.mark.parametrize(
+    ("error", "resent"),
+    [
+        (S3ResponseError("HeadObject", 503, "503", "Service Unavailable"), True),
+        (S3ResponseError("HeadObject", 500, "500", "Internal Server Error"), True),
+        # A store that does not implement what was asked answers the same again: a HEAD's
+        # 501 carries no code to say so, only its status.
+        (S3ResponseError("HeadObject", 501, "501", "Not Implemented"), False),
+        (S3ResponseError("GetObjectAttributes", 501, "NotImplemented", "no"), False),
+        (S3ResponseError("CompleteMultipartUpload", 404, "NoSuchUpload", "gone"), False),
+    ],
+)
+def test_what_a_request_is_sent_again_for(error: S3ResponseError, resent: bool) -> None:
+    assert worth_resending(error) is resent

@@ -9,6 +9,7 @@ import base64
 import hashlib
 
 import pytest
+from aiohttp.abc import AbstractResolver
 
 from objmig.storage.copy import Encryption, run_bounded
 from objmig.storage.endpoint import Credentials, Endpoint, same_store
@@ -46,11 +47,12 @@ def test_same_store_needs_same_service_region_and_identity() -> None:
     assert same_store(Endpoint(region="eu-west-1"), Endpoint(region="eu-west-1"))
 
 
-def test_client_config_leaves_retries_to_the_engine_and_sizes_the_pool() -> None:
+def test_client_config_retries_briefly_resolves_localhost_names_and_sizes_the_pool() -> None:
     config = client_config(Endpoint(addressing_style="virtual"), max_connections=24)
 
     assert config.max_pool_connections == 24
-    assert config.retries == {"mode": "standard", "total_max_attempts": 1}
+    assert config.retries == {"mode": "standard", "total_max_attempts": 3}
+    assert isinstance(config.connector_args["resolver"], AbstractResolver)
     assert config.request_checksum_calculation == "when_required"
     assert config.response_checksum_validation == "when_required"
     assert config.s3 == {"addressing_style": "virtual", "payload_signing_enabled": False}

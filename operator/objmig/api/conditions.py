@@ -68,6 +68,7 @@ class Reason(StrEnum):
     STEPS_PENDING = "StepsPending"
     CATCH_UP_PENDING = "CatchUpPending"
     CATCH_UP_NOT_CONVERGING = "CatchUpNotConverging"
+    RESCANNING_BEFORE_CUTOVER = "RescanningBeforeCutover"
     AWAITING_APPROVAL = "AwaitingApproval"
     GATES_PASSED = "GatesPassed"
     CUT_OVER = "CutOver"

@@ -121,7 +121,17 @@ class CleanupCounts(ApiModel):
     )
     skipped: int = Field(default=0, ge=0, description="Objects left in place.")
     failed: int = Field(default=0, ge=0, description="Deletions that failed.")
-    bytes_freed: int = Field(default=0, ge=0, description="Bytes deleted.")
+    uploads_aborted: int = Field(
+        default=0,
+        ge=0,
+        description="what: leftovers: objmig's incomplete multipart uploads aborted (in a "
+        "dry run: that would be).",
+    )
+    bytes_freed: int = Field(
+        default=0,
+        ge=0,
+        description="Bytes deleted: objects, and the parts of aborted uploads.",
+    )
     skipped_by_reason: dict[str, int] = Field(
         default_factory=dict, description="Skipped objects per reason."
     )

@@ -157,6 +157,17 @@ def report_outcome(name: str, result: RunResult) -> None:
             f"{plan.need_restore}",
             highlight=False,
         )
+        if plan.selected_differently:
+            console.print(
+                f"WARNING: the include/exclude globs select {plan.selected_differently} "
+                "objects otherwise than objmig did before they followed rclone's filter "
+                "rules (a pattern without a leading / now matches at any depth; anchor it "
+                "with a leading / for the old meaning): "
+                + ", ".join(plan.selected_differently_examples)
+                + " (+ selected now, - not any more)",
+                style="bold red",
+                highlight=False,
+            )
 
 
 def _run(
@@ -279,7 +290,12 @@ def status(name: str | None, ledger: LedgerPlace, watch: bool, as_json: bool) ->
 @click.option(
     "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
 )
-@click.option("--failed", "only_failed", is_flag=True, help="Only failed objects.")
+@click.option(
+    "--failed",
+    "only_failed",
+    is_flag=True,
+    help="Only the objects counted as failed: failed, and source_changed.",
+)
 @click.option(
     "--by-bucket",
     is_flag=True,
@@ -472,7 +488,8 @@ def report_cleanup(resource: MigrationCleanup, result: MigrationCleanupStatus) -
     )
     console.print(
         f"  planned {counts.planned}, {done}, skipped {counts.skipped}, "
-        f"failed {counts.failed}, freed {human_bytes(counts.bytes_freed)}",
+        f"failed {counts.failed}, freed {human_bytes(counts.bytes_freed)}"
+        + (f", uploads aborted {counts.uploads_aborted}" if counts.uploads_aborted else ""),
         highlight=False,
     )
     if counts.left_by_limit:

@@ -52,7 +52,9 @@ async def take_up_spec(
 
     The operator calls this when the resource's generation changed (the user edited the
     spec), ``objmig run`` on every run. A failure is cleared and the wave counted on, so
-    the stages start again with fresh runs. Leaving a dry run requeues its plan: a dry run
+    the stages start again with fresh runs. A final check made before no longer counts
+    (see `CatchUp.checked_for_cutover`): the migration waited for the user, and the source
+    may have changed meanwhile. Leaving a dry run requeues its plan: a dry run
     ends each row as skipped with what a real run would do (`PLAN_REASONS`), and a real
     run must not mistake them for finished work (the cutover gate counts skipped rows).
     Likewise leaving a verify-only run requeues the objects it found without their hook.
@@ -62,6 +64,8 @@ async def take_up_spec(
         # A verify-only run left the objects whose hook is not done skipped (HookPending):
         # a real run calls their hooks.
         await ledger.requeue(migration_id, [ObjectState.SKIPPED], skip_reasons=[HOOK_PENDING])
+    if state.catch_up.final_check_round is not None and not state.cut_over:
+        state = await ledger.update_state(migration_id, catch_up=CatchUp.of(state).forgotten())
     if state.spec is not None and state.spec != spec.to_wire():
         # A changed spec is audited anew (an ignore glob added), and free space measured
         # anew (the way to resume after making room, where no worker runs to see it).
@@ -148,9 +152,12 @@ async def record_decision(
         )
     if decision.next_round:
         await ledger.update_state(migration_id, rounds=Rounds(round=rounds.round + 1, wave=0))
+    catch_up = CatchUp.of(state)
+    if decision.final_check:
+        await ledger.update_state(migration_id, catch_up=catch_up.final_check(rounds.round + 1))
     if decision.catch_up_result is not None:
         await ledger.update_state(
-            migration_id, catch_up=CatchUp.of(state).recorded(*decision.catch_up_result)
+            migration_id, catch_up=catch_up.recorded(*decision.catch_up_result)
         )
 
 

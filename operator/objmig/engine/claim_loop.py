@@ -28,7 +28,7 @@ from objmig.engine.bookkeeping import record_store_findings
 from objmig.engine.context import MigrationContext
 from objmig.engine.pipeline.orchestrator import ObjectPipeline
 from objmig.engine.space import SpaceWatch
-from objmig.ledger import ACTIVE_STATES, Ledger, ObjectRow, ObjectState, StepResult
+from objmig.ledger import ACTIVE_STATES, Ledger, ObjectRow, ObjectState, OpenUpload, StepResult
 from objmig.storage.filesystem import FileStore
 from objmig.storage.ratelimit import TokenBucket
 
@@ -106,6 +106,22 @@ class Arrivals:
         """No more rows will come, however the scan ended."""
         self.open = False
         self.arrived()
+
+
+class LedgerUploads:
+    """The pipeline's `UploadBook` in the ledger (`objmig.ledger.uploads`)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    async def started(self, object_id: int, target_key: str, upload_id: str) -> None:
+        await self._ledger.upload_started(object_id, target_key, upload_id)
+
+    async def open_of(self, object_id: int) -> list[OpenUpload]:
+        return await self._ledger.object_uploads(object_id)
+
+    async def ended(self, object_id: int, upload_ids: Sequence[str]) -> None:
+        await self._ledger.uploads_ended(object_id, upload_ids)
 
 
 @dataclass
@@ -208,6 +224,7 @@ class ClaimLoop:
                 limiter=limiter,
                 on_park=self._wake,
                 on_bytes=self._activity.moved,
+                uploads=LedgerUploads(self._ledger),
                 on_space_low=watch.refused if watch is not None else lambda _: None,
             )
             self._pipeline = pipeline

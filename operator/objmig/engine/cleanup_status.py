@@ -126,9 +126,10 @@ def build_cleanup_status(
             would_delete=total("would_delete").objects
             + (leftovers.objects_deleted if inputs.spec.dry_run else 0),
             left_by_limit=planned if complete else 0,
-            skipped=total("skipped").objects,
+            skipped=total("skipped").objects + leftovers.objects_kept,
             failed=total("failed").objects,
-            bytes_freed=deleted.bytes,
+            uploads_aborted=leftovers.uploads_aborted,
+            bytes_freed=deleted.bytes + (0 if inputs.spec.dry_run else leftovers.bytes_freed),
             skipped_by_reason=skipped_by_reason,
         ),
         objects=[

@@ -6,9 +6,10 @@ planned items with leases, HEAD the source and the target, ask the gate
 DeleteObjects (at most 1000 keys a call, the exact version id that was copied). Every
 outcome — deleted, skipped with its reason, failed — is recorded per object in the ledger.
 
-``what: leftovers`` — aborts objmig's incomplete multipart uploads under the target prefix
-and removes target objects written by attempts that ended failed or source-changed, never
-an object a verified row points to.
+``what: leftovers`` — aborts objmig's incomplete multipart uploads (by the ids the ledger
+recorded) and removes target objects written by attempts that ended failed or
+source-changed (by the ETag the ledger recorded of the write), never an object a verified
+row points to.
 """
 
 from __future__ import annotations
@@ -46,7 +47,12 @@ from objmig.ledger import (
     ObjectRow,
     ObjectState,
 )
-from objmig.storage.bucket import abort_multipart_upload, delete_objects, list_multipart_uploads
+from objmig.storage.bucket import (
+    abort_multipart_upload,
+    delete_objects,
+    list_multipart_uploads,
+    upload_bytes,
+)
 from objmig.storage.errors import classify
 from objmig.storage.filesystem import FileStore, UnsafeKeyError
 from objmig.storage.types import MIGRATION_METADATA_KEY, DeleteResult, HeadResult
@@ -278,11 +284,12 @@ async def _delete(
 
 @dataclass(frozen=True)
 class LeftoverRun:
-    """What a leftovers pass found and removed."""
+    """What a leftovers pass found and removed (or, in a dry run, would remove)."""
 
     uploads_aborted: int = 0
     objects_deleted: int = 0
     objects_kept: int = 0
+    bytes_freed: int = 0
 
 
 async def remove_leftovers(
@@ -293,12 +300,20 @@ async def remove_leftovers(
     *,
     now: datetime | None = None,
 ) -> LeftoverRun:
-    """Abort objmig's stale uploads and delete unverified attempts' target objects."""
+    """Abort objmig's stale uploads and delete what failed attempts wrote to the target.
+
+    Only what is known to be objmig's: uploads whose ids the ledger recorded (and, for
+    uploads started before their id could be recorded, one on a key of the migration
+    begun since it existed), and target objects a failed attempt wrote, by the ETag (and
+    version id) the ledger recorded of that write, or, for rows recorded before objmig
+    recorded writes, by the migration's marker. Never a key a verified row points to, never
+    anything younger than `minAge`, never anything when `dryRun`.
+    """
     moment = now or datetime.now(UTC)
     min_age = parse_duration(spec.min_age)
     target_spec = context.spec.target
     verified_targets: set[str] = set()
-    attempt_targets: set[str] = set()
+    attempts: list[ObjectRow] = []
     async for row in ledger.iter_rows(migration_id):
         if not row.target_key:
             continue
@@ -309,50 +324,87 @@ async def remove_leftovers(
         if row.state in (ObjectState.VERIFIED, ObjectState.DELETED):
             verified_targets.add(row.target_key)
         elif row.state in (ObjectState.FAILED, ObjectState.SOURCE_CHANGED):
-            attempt_targets.add(row.target_key)
-    known_targets = verified_targets | attempt_targets
+            attempts.append(row)
+    known_targets = verified_targets | {row.target_key for row in attempts if row.target_key}
     started = (await ledger.migration_created_at(migration_id)) or moment
-    aborted = deleted = kept = 0
+    aborted = deleted = kept = freed = 0
     async with context.clients() as (_, target):
         if isinstance(target, FileStore):
-            stale_files = sorted(attempt_targets - verified_targets)
+            stale_files = sorted(
+                {row.target_key for row in attempts if row.target_key} - verified_targets
+            )
             return await _tree_leftovers(target, context, spec, stale_files, started, moment)
-        async for upload in list_multipart_uploads(
-            await target.sdk(), target_spec.bucket, target_spec.prefix
-        ):
-            initiated = upload.initiated
-            # objmig's uploads: for a key the migration writes, begun after it existed.
-            ours = upload.key in known_targets and (initiated is None or initiated >= started)
+        client = await target.sdk()
+        recorded = {u.upload_id: u for u in await ledger.open_uploads(migration_id)}
+        async for upload in list_multipart_uploads(client, target_spec.bucket, target_spec.prefix):
+            mine = recorded.pop(upload.upload_id, None)
+            initiated = upload.initiated or (mine.started_at if mine is not None else None)
+            # Recorded, or begun on a key the migration writes since it existed (its id lost
+            # with a kill between the upload's start and its record, or with the answer).
+            ours = mine is not None or (
+                upload.key in known_targets and initiated is not None and initiated >= started
+            )
             if not ours or initiated is None or moment - initiated < min_age:
                 continue
+            freed += await upload_bytes(client, target_spec.bucket, upload.key, upload.upload_id)
             if not spec.dry_run:
                 await abort_multipart_upload(
-                    await target.sdk(), target_spec.bucket, upload.key, upload.upload_id
+                    client, target_spec.bucket, upload.key, upload.upload_id
                 )
+                if mine is not None:
+                    await ledger.uploads_ended(mine.object_id, [upload.upload_id])
             aborted += 1
-        stale = sorted(attempt_targets - verified_targets)
+        if not spec.dry_run:
+            # Recorded, but the store lists them no more (completed or aborted meanwhile).
+            for gone in recorded.values():
+                await ledger.uploads_ended(gone.object_id, [gone.upload_id])
         doomed: list[tuple[str, str | None]] = []
-        for key in stale:
-            head = await _head(target, target_spec.bucket, key, None, context.target_customer_key)
+        looked: set[tuple[str, str | None]] = set()
+        for row in attempts:
+            assert row.target_key is not None
+            # A content key (content-addressed layouts) is the target of every object of
+            # that content, and of other buckets' objects: looked at, and deleted, once.
+            where = (row.target_key, row.target_version_id)
+            if row.target_key in verified_targets or where in looked:
+                continue
+            looked.add(where)
+            head = await _head(
+                target,
+                target_spec.bucket,
+                row.target_key,
+                row.target_version_id,
+                context.target_customer_key,
+            )
             if head is None:
                 continue
-            # Only what objmig wrote for this migration (marked with its name, and written
-            # since its ledger entry, at the whole seconds a HEAD shows: a reused name must
-            # not claim an older run's copies), and old enough.
-            if (
-                head.metadata.get(MIGRATION_METADATA_KEY) != context.name
-                or head.last_modified < started.replace(microsecond=0)
-                or moment - head.last_modified < min_age
+            if not _attempt_wrote(row, head, context.name, started) or (
+                moment - head.last_modified < min_age
             ):
                 kept += 1
                 continue
-            doomed.append((key, None))
+            doomed.append((row.target_key, row.target_version_id))
+            freed += head.size
         if doomed and not spec.dry_run:
-            results = await delete_objects(await target.sdk(), target_spec.bucket, doomed)
+            results = await delete_objects(client, target_spec.bucket, doomed)
             deleted = sum(1 for r in results if r.deleted)
         else:
             deleted = len(doomed)
-    return LeftoverRun(aborted, deleted, kept)
+    return LeftoverRun(aborted, deleted, kept, freed)
+
+
+def _attempt_wrote(row: ObjectRow, head: HeadResult, migration: str, started: datetime) -> bool:
+    """Whether the object on the target is the one a failed attempt of `row` wrote.
+
+    The ETag the attempt's write answered, as the ledger recorded it (the version id too,
+    asked for by the HEAD); rows of a ledger from before writes were recorded fall back to
+    the migration's mark, on an object written since the migration existed (a reused name
+    must not claim an older run's copies; at the whole seconds a HEAD shows).
+    """
+    if row.target_etag is not None:
+        return head.etag == row.target_etag
+    return head.metadata.get(MIGRATION_METADATA_KEY) == migration and (
+        head.last_modified >= started.replace(microsecond=0)
+    )
 
 
 async def _tree_leftovers(
@@ -492,9 +544,11 @@ async def _run_pass(
                 uploads_aborted=leftovers.uploads_aborted,
                 objects_deleted=leftovers.objects_deleted,
                 objects_kept=leftovers.objects_kept,
+                bytes_freed=leftovers.bytes_freed,
             ),
             completed_at=now or datetime.now(UTC),
             summary=f"{leftovers.uploads_aborted} uploads aborted, "
-            f"{leftovers.objects_deleted} target objects removed"
+            f"{leftovers.objects_deleted} target objects removed, "
+            f"{leftovers.bytes_freed} bytes freed"
             + (" (dry run: nothing changed)" if spec.dry_run else ""),
         )

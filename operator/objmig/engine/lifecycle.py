@@ -21,7 +21,7 @@ No I/O, no clock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Literal
 
@@ -110,6 +110,8 @@ class Decision:
     cut_over: bool = False
     roll_back: bool = False
     next_round: bool = False
+    #: The new round is the cutover's final check (see `CatchUp.checked_for_cutover`).
+    final_check: bool = False
     next_wave: bool = False
     catch_up_result: tuple[int, int] | None = None  # (round, delta) to record
     # Set when no stage runs and nothing is to be done until something changes.
@@ -152,8 +154,9 @@ def decide(observed: Observed) -> Decision:
     if not (scan.id >= round_ + 1 and scan.finished):
         run = observed.scan_run
         if run is not None and run.failed:
+            cause = f"; its last try: {scan.last_error}" if scan.last_error else ""
             return Decision(
-                fail=Problem(reason=Reason.SCAN_FAILED, message=run.failed_message or "")
+                fail=Problem(reason=Reason.SCAN_FAILED, message=(run.failed_message or "") + cause)
             )
         return Decision(
             stage=StageWant(
@@ -207,10 +210,13 @@ def decide(observed: Observed) -> Decision:
         return Decision(
             stage=StageWant("audit", round_, wave, parallelism=1), clear_pause=clear_pause
         )
-    gate = cutover_gate(
-        spec,
-        CutoverInputs(tally=tally, scan_complete=True, catch_up=catch_up, audit=state.audit),
-    )
-    if gate.ok:
+    inputs = CutoverInputs(tally=tally, scan_complete=True, catch_up=catch_up, audit=state.audit)
+    if cutover_gate(spec, inputs).ok:
         return Decision(cut_over=True, clear_pause=clear_pause)
+    # The final check re-scans; objects that changed during their copy go back to be
+    # copied then, so they do not keep it from running.
+    if not catch_up.checked_for_cutover:
+        after = cutover_gate(spec, replace(inputs, tally=tally.rescanned()))
+        if after.reason == Reason.RESCANNING_BEFORE_CUTOVER:
+            return Decision(next_round=True, final_check=True, clear_pause=clear_pause)
     return Decision(clear_pause=clear_pause, outcome=Outcome.AWAITING_CUTOVER)

@@ -35,7 +35,13 @@ from objmig.engine.claim_loop import Arrivals, dead_local_owners, run_claim_loop
 from objmig.engine.context import MigrationContext, check_access, check_application
 from objmig.engine.lifecycle import Decision, Observed, Outcome, StageWant, decide
 from objmig.engine.pipeline.outcomes import ApplicationError, ConfigurationError
-from objmig.engine.scan import config_map_worklist, manifest_config_map, run_scan
+from objmig.engine.scan import (
+    ScanFailed,
+    config_map_worklist,
+    manifest_config_map,
+    run_scan,
+    scan_failure,
+)
 from objmig.engine.secrets import MappingConfigMaps, SecretSource
 from objmig.engine.status import tally
 from objmig.ledger import Ledger
@@ -129,6 +135,9 @@ class LocalRun:
             return RunResult("failed", await self._publish())
         except ApplicationError as error:
             await record_failure(self._ledger, mid, error.reason, str(error))
+            return RunResult("failed", await self._publish())
+        except ScanFailed as error:
+            await record_failure(self._ledger, mid, Reason.SCAN_FAILED, str(error))
             return RunResult("failed", await self._publish())
 
     async def _observe(self) -> Observed:
@@ -284,11 +293,14 @@ class LocalRun:
                     on_rows=arrivals.arrived if arrivals is not None else None,
                 )
             log.info("scan %d found %d new or changed objects", outcome.scan_id, outcome.delta)
+        except ApplicationError:
+            raise  # the application's worklist says its own reason, as in the scan pod
         except Exception as exc:
             problem = classify(exc)
-            if not problem.is_config_error:
-                raise
-            raise ConfigurationError(problem, "scan", spec_prefix(context)) from exc
+            if problem.is_config_error:
+                raise ConfigurationError(problem, "scan", spec_prefix(context)) from exc
+            spec = context.spec.source
+            raise scan_failure(exc, spec.bucket, spec.prefix) from exc
         finally:
             if arrivals is not None:
                 arrivals.close()

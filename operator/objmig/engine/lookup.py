@@ -24,6 +24,12 @@ counted against the worker's slots (`parked`).
 A listing shows no version ids, so versioned rows are HEADed instead (by the caller); keys
 the listing does not reach within its page budget (other keys between them) and keys
 outside the listed prefix are HEADed too.
+
+A listing that fails is the batch's trouble, not its objects': it is tried again with
+backoff (the objects stay parked, their attempts and `retry.objectTimeout` untouched), and
+a store that keeps failing or refuses it gets a HEAD per key. Only a key's own HEAD fails
+its objects (issue 23.1: one 503 used to cost every object of a batch an attempt, and a
+copy again).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from objmig.storage.errors import classify
 from objmig.storage.filesystem import FileStore
 from objmig.storage.store import Store
 from objmig.storage.types import ObjectInfo
@@ -51,6 +58,11 @@ TARGET_BATCH = 500
 LINGER_SECONDS = 4.0
 #: Pages one batch may read before the keys not reached are HEADed instead.
 MAX_PAGES = 3
+#: Listings of a batch tried (with a backoff from the first to the longest delay, in
+#: seconds) before its keys are HEADed one by one instead.
+LISTING_TRIES = 6
+LISTING_RETRY_FIRST = 1.0
+LISTING_RETRY_MAX = 16.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,8 @@ class KeyFacts:
 
 
 Head = Callable[[str], Awaitable[KeyFacts | None]]
+#: A key's answer: its facts, None (no such key), or the failure of its own HEAD.
+Answer = KeyFacts | None | BaseException
 
 
 class ListingLookup:
@@ -171,21 +185,53 @@ class ListingLookup:
         self.consider()
 
     async def _resolve(self, batch: dict[str, list[asyncio.Future[KeyFacts | None]]]) -> None:
+        """Answer a batch. Only a key's own HEAD can fail its objects: a listing that
+        fails is the batch's trouble (see `_listed_facts`)."""
+        keys = sorted(batch)
         try:
-            found = await self._facts(sorted(batch))
+            found = await self._listed_facts(keys)
         except Exception as exc:
-            for futures in batch.values():
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(exc)
-            return
+            # Credentials or bucket wrong for every object: let them all say so.
+            found = dict.fromkeys(keys, exc)
         for key, futures in batch.items():
+            answer = found[key]
             for future in futures:
-                if not future.done():
-                    future.set_result(found[key])
+                if future.done():
+                    continue
+                if isinstance(answer, BaseException):
+                    future.set_exception(answer)
+                else:
+                    future.set_result(answer)
 
-    async def _facts(self, all_keys: list[str]) -> dict[str, KeyFacts | None]:
-        found: dict[str, KeyFacts | None] = {}
+    async def _listed_facts(self, keys: list[str]) -> dict[str, Answer]:
+        """The batch's answers by listing, which is tried again, with backoff, while it
+        fails transiently: a listing that fails says nothing about the objects waiting,
+        and must not spend their attempts (each one copies the object again). A store
+        that keeps failing it, or that refuses listings, gets a HEAD per key instead."""
+        delay = LISTING_RETRY_FIRST
+        for tries in range(1, LISTING_TRIES + 1):
+            try:
+                return await self._facts(keys)
+            except Exception as exc:
+                problem = classify(exc)
+                if problem.is_config_error:
+                    raise
+                if not problem.retryable or tries == LISTING_TRIES:
+                    log.warning(
+                        "listing s3://%s/%s failed (%s); looking at %d keys one by one",
+                        self._bucket,
+                        self._prefix,
+                        problem.message,
+                        len(keys),
+                    )
+                    break
+                log.info("listing s3://%s failed (%s); again", self._bucket, problem.message)
+                await asyncio.sleep(delay)
+                delay = min(LISTING_RETRY_MAX, delay * 2)
+        return await self._head_each(keys)
+
+    async def _facts(self, all_keys: list[str]) -> dict[str, Answer]:
+        found: dict[str, Answer] = {}
         # Manifest keys may lie outside the prefix, where the listing never goes.
         keys = [k for k in all_keys if k.startswith(self._prefix)]
         outside = [k for k in all_keys if not k.startswith(self._prefix)]
@@ -225,9 +271,31 @@ class ListingLookup:
         found.update(await self._head_each([k for k in unseen if k > last_listed]))
         return found
 
-    async def _head_each(self, keys: list[str]) -> dict[str, KeyFacts | None]:
-        facts = await asyncio.gather(*(self._head(key) for key in keys))
+    async def _head_each(self, keys: list[str]) -> dict[str, Answer]:
+        """A HEAD per key; a HEAD that fails fails its key's objects only."""
+        facts = await asyncio.gather(*(self._head(key) for key in keys), return_exceptions=True)
         return dict(zip(keys, facts, strict=True))
+
+
+async def key_listed(store: Store, bucket: str, prefix: str, key: str) -> str | None:
+    """Whether a listing shows `key` exactly: None if so, else the key listed in its place.
+
+    A HEAD answers for whatever a store made of the key asked for; a listing from just
+    before it shows what the store keeps (a listing by the key as prefix does not: MinIO
+    answers one for "/a" with "/a" while it keeps "a").
+    """
+    start_after = _just_before(key)
+    token = None
+    for _ in range(MAX_PAGES):
+        page, token = await store.http.list_page(
+            bucket, prefix, start_after=start_after, continuation_token=token
+        )
+        for info in page:
+            if info.key.encode() >= key.encode():
+                return None if info.key == key else info.key
+        if token is None:
+            break
+    return ""
 
 
 def _facts(info: ObjectInfo) -> KeyFacts:

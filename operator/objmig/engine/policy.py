@@ -9,7 +9,7 @@ exactly once.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from objmig.api.conditions import Reason
@@ -50,6 +50,11 @@ class Tally:
         """Objects that count against the failure budget."""
         return self.failed + self.source_changed
 
+    def rescanned(self) -> Tally:
+        """The tally a re-scan would leave: objects that changed at the source go back to
+        be copied (the re-scan lists them anew), the rest stay as they are."""
+        return replace(self, total=self.total - self.source_changed, source_changed=0)
+
 
 def backoff_delay(attempt: int, backoff: BackoffSpec, rng: random.Random | None = None) -> float:
     """Seconds to wait before attempt ``attempt + 1`` (``attempt`` >= 1 failed attempts so far).
@@ -63,6 +68,21 @@ def backoff_delay(attempt: int, backoff: BackoffSpec, rng: random.Random | None 
     if backoff.jitter:
         delay = (rng or random).uniform(delay / 2, delay)
     return delay
+
+
+#: The first look at a restore, after its request: a restore may finish at once (a
+#: store that has the object at hand) or in 1-5 minutes (Expedited).
+FIRST_RESTORE_LOOK = 30.0
+
+
+def restore_poll_delay(since_request: float, poll_interval: float) -> float:
+    """Seconds until the next look at a restore requested `since_request` seconds ago.
+
+    Soon after the request first, then each wait as long as all the waiting so far (30 s,
+    30 s, 1 min, 2 min, ...), up to `restore.pollInterval`: a restore that is quick is seen
+    quickly, and a slow one (Bulk: hours) is asked about as seldom as the spec says.
+    """
+    return min(poll_interval, max(FIRST_RESTORE_LOOK, since_request))
 
 
 def failure_budget(tally: Tally, policy: FailurePolicySpec, *, final: bool = False) -> Gate:
@@ -130,8 +150,23 @@ class CatchUp:
         base = self.record.rolled_back_at_round
         return base is not None and self.rounds <= base
 
+    @property
+    def checked_for_cutover(self) -> bool:
+        """The final re-scan ran: one started while every other gate held.
+
+        Nothing is cut over whose source changed since its verification. A re-scan made
+        once the cutover could go otherwise (approved, in budget, caught up) finds what
+        changed since it was verified, and sends it to be copied again; what it finds is
+        verified after it, which checks the source by itself. The spec taken up anew (an
+        edit, another `objmig run`: an approval, a resume, a raised budget) forgets it
+        (`take_up_spec`): the migration waited for the user, and the source may have
+        changed meanwhile.
+        """
+        round_ = self.record.final_check_round
+        return round_ is not None and self.rounds >= round_
+
     def due(self, spec: ObjectMigrationSpec) -> bool:
-        """Whether another re-scan must run before the cutover gate can hold."""
+        """Whether another catch-up re-scan must run before the cutover gate can hold."""
         if spec.dry_run:
             return False
         if self.owed_after_rollback:
@@ -146,6 +181,14 @@ class CatchUp:
     def recorded(self, round_: int, delta: int) -> CatchUpRecord:
         """The record saying catch-up round ``round_`` (from 1) found ``delta`` objects."""
         return self.record.model_copy(update={"rounds": round_, "last_delta": delta})
+
+    def final_check(self, round_: int) -> CatchUpRecord:
+        """The record saying re-scan round `round_` is the cutover's final check."""
+        return self.record.model_copy(update={"final_check_round": round_})
+
+    def forgotten(self) -> CatchUpRecord:
+        """The record once the spec was taken up anew: the final check no longer counts."""
+        return self.record.model_copy(update={"final_check_round": None})
 
     def after_rollback(self) -> CatchUpRecord:
         """The record a rollback leaves: the next cutover waits for another re-scan."""
@@ -196,8 +239,9 @@ def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
 
     Holds when: not a dry run; the scan finished; every selected object is verified, its
     application steps (hook, backfill) done, or ended within the failure budget (without a
-    budget, no failure is tolerated); catch-up
-    (if asked) found an empty delta; and, for the Manual policy, the user approved.
+    budget, no failure is tolerated); catch-up (if asked) found an empty delta; for the
+    Manual policy, the user approved; and, once all that holds, a final re-scan ran
+    (`CatchUp.checked_for_cutover`).
     """
     tally = inputs.tally
     if spec.dry_run:
@@ -262,6 +306,13 @@ def cutover_gate(spec: ObjectMigrationSpec, inputs: CutoverInputs) -> Gate:
             Reason.AWAITING_APPROVAL,
             f"all {tally.verified} objects verified; set spec.cutover.approved: true to cut "
             "over (policy Manual)",
+        )
+    if not inputs.catch_up.checked_for_cutover:
+        return Gate(
+            False,
+            Reason.RESCANNING_BEFORE_CUTOVER,
+            "the source is listed once more before the cutover: nothing is cut over whose "
+            "source changed since it was verified",
         )
     return Gate(
         True,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from objmig.ledger import (
     ScanRecord,
 )
 from objmig.storage.bucket import list_objects
-from objmig.storage.errors import classify
+from objmig.storage.errors import classify, describe
 from objmig.storage.fanout import list_fanned_out
 from objmig.storage.manifest import (
     ManifestEntry,
@@ -95,6 +95,16 @@ def keeps_keys_apart(spec: ObjectMigrationSpec) -> bool:
     return keeps_key and (uses(template, "bucket") or "{bucket}" in path)
 
 
+class ScanFailed(Exception):
+    """A scan that could not finish (the store, the network, TLS, a worklist), in words
+    for the Failed condition: no traceback, nothing left saying "Scanning"."""
+
+
+def scan_failure(exc: BaseException, bucket: str, prefix: str) -> ScanFailed:
+    """The `ScanFailed` for what stopped a scan of `bucket`/`prefix`."""
+    return ScanFailed(f"listing s3://{bucket}/{prefix} failed: {classify(exc).message}")
+
+
 @dataclass(frozen=True)
 class ScanOutcome:
     """What one scan found."""
@@ -131,14 +141,31 @@ async def run_scan(
     await ledger.update_state(
         migration_id, scan=state.scan.model_copy(update={"id": scan_id, "running": True})
     )
-    rows = _inventory(context, source, state)
-    result = await ledger.upsert_inventory(
-        migration_id, rows, scan_id, on_chunk=on_rows, in_place=context.same_bucket
-    )
+    changes = SelectionChanges()
+    rows = _inventory(context, source, state, changes)
+    try:
+        result = await ledger.upsert_inventory(
+            migration_id, rows, scan_id, on_chunk=on_rows, in_place=context.same_bucket
+        )
+    except BaseException as exc:
+        # Not running any more; what stopped it goes into the Failed condition's message.
+        why = None if isinstance(exc, asyncio.CancelledError) else describe(exc)
+        await ledger.update_state(
+            migration_id,
+            scan=state.scan.model_copy(update={"id": scan_id, "running": False, "last_error": why}),
+        )
+        raise
     if not keeps_keys_apart(context.spec):
         collided = await ledger.fail_target_collisions(migration_id)
         if collided:
             log.warning("%d objects share a target key with another source key", collided)
+    if changes.count:
+        log.warning(
+            "%d objects are selected otherwise than before: include/exclude follow rclone's "
+            "filter rules now (e.g. %s); see docs/guide.md, 'Selecting objects'",
+            changes.count,
+            ", ".join(changes.examples),
+        )
     finished = datetime.now(UTC)
     await ledger.update_state(
         migration_id,
@@ -149,13 +176,28 @@ async def run_scan(
             new=result.new,
             changed=result.changed,
             unchanged=result.unchanged,
+            selected_differently=changes.count,
+            selected_differently_examples=tuple(changes.examples),
         ),
     )
     return ScanOutcome(scan_id, result, finished)
 
 
+@dataclass
+class SelectionChanges:
+    """Objects a scan's globs select otherwise than before they followed rclone's rules."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def note(self, key: str, *, selected: bool) -> None:
+        self.count += 1
+        if len(self.examples) < 5:
+            self.examples.append(("+" if selected else "-") + key)
+
+
 async def _inventory(
-    context: MigrationContext, source: Side, state: MigrationState
+    context: MigrationContext, source: Side, state: MigrationState, changes: SelectionChanges
 ) -> AsyncIterator[InventoryRow]:
     selection = context.selection
     listed: AsyncIterator[FoundIn]
@@ -169,7 +211,11 @@ async def _inventory(
     limit = context.spec.selection.limit
     content_addressed = context.spec.content_addressed
     async for bucket, info, row_id in listed:
-        if info.etag and not selection.matches(info):
+        # A manifest's entry missing from the source (no ETag) stays selected as listed.
+        selected = not info.etag or selection.matches(info)
+        if info.etag and selection.changed(info):
+            changes.note(info.key, selected=selected)
+        if not selected:
             continue
         yield InventoryRow(
             key=info.key,

@@ -73,6 +73,8 @@ _OUTSTANDING = (
     ObjectState.COPIED,
     ObjectState.FINISHING,
 )
+#: `progress.eta` while objects wait for their restores: no rate predicts those.
+WAITING_FOR_RESTORES = "waiting for restores"
 
 
 def tally(counts: Counts) -> Tally:
@@ -168,7 +170,12 @@ def progress_of(
         ),
         bytes_per_second=max(0, int(rates.bytes_per_second)),
         objects_per_second=max(0, int(rates.objects_per_second)),
-        eta=_eta(objects.remaining, left_bytes, rates),
+        # A restore takes from seconds to hours, and nothing copied so far says which.
+        eta=(
+            WAITING_FOR_RESTORES
+            if counts.state(ObjectState.RESTORING).objects
+            else _eta(objects.remaining, left_bytes, rates)
+        ),
         retries=max(0, activity.retries),
         last_retryable_error=activity.last_error,
     )
@@ -299,9 +306,15 @@ def _stage_conditions(
     if scan.running or (scan_starting and not state.failed):
         result.append((ConditionType.SCANNED, "False", Reason.SCANNING, "listing the source"))
     elif scan.completed_at is not None:
-        result.append(
-            (ConditionType.SCANNED, "True", Reason.SCAN_COMPLETE, f"{view.total} objects selected")
-        )
+        selected = f"{view.total} objects selected"
+        if scan.selected_differently:
+            selected += (
+                f"; WARNING: {scan.selected_differently} of the listed objects are selected "
+                "otherwise than before: include/exclude follow rclone's filter rules (a "
+                "pattern without a leading / matches at any depth), e.g. "
+                + ", ".join(scan.selected_differently_examples)
+            )
+        result.append((ConditionType.SCANNED, "True", Reason.SCAN_COMPLETE, selected))
     else:
         result.append(
             (
@@ -510,4 +523,6 @@ def _plan(inputs: StatusInputs) -> PlanStatus:
         need_restore=reasons.get(PLAN_RESTORE, nothing).objects,
         would_skip=reasons.get(PLAN_IDENTICAL, nothing).objects,
         would_copy=reasons.get(PLAN_COPY, nothing).objects,
+        selected_differently=inputs.state.scan.selected_differently,
+        selected_differently_examples=list(inputs.state.scan.selected_differently_examples),
     )

@@ -13,6 +13,7 @@ driver, and `make lint` (import-linter) keeps those modules free of I/O.
 
 from objmig.ledger.models import (
     ACTIVE_STATES,
+    FAILURE_STATES,
     Activity,
     BackfillRecord,
     CleanupItem,
@@ -25,6 +26,7 @@ from objmig.ledger.models import (
     MigrationRow,
     ObjectRow,
     ObjectState,
+    OpenUpload,
     StateCount,
     StepCounts,
     StepResult,
@@ -62,6 +64,7 @@ from objmig.ledger.store import (
 
 __all__ = [
     "ACTIVE_STATES",
+    "FAILURE_STATES",
     "Activity",
     "AsyncSink",
     "AuditRecord",
@@ -90,6 +93,7 @@ __all__ = [
     "MigrationState",
     "ObjectRow",
     "ObjectState",
+    "OpenUpload",
     "Problem",
     "ReportFormat",
     "RetryRecord",

@@ -7,6 +7,7 @@ statistics refresh after large inventories.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 
 import asyncpg
@@ -122,8 +123,10 @@ class InventoryMixin(LedgerBase):
         # third less than staging plus the ON CONFLICT merge. Any conflict (a key listed
         # twice, a concurrent scan) fails that chunk's COPY as a whole and the chunk is
         # merged instead; later chunks then merge too.
-        insert_only = not await self._pool.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM objects WHERE migration_id = $1)", migration_id
+        insert_only = not await self._wait.call(
+            lambda: self._pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM objects WHERE migration_id = $1)", migration_id
+            )
         )
         result = InventoryResult()
         # Rows new or changed when the statistics were last refreshed (see `_analyze`).
@@ -157,7 +160,10 @@ class InventoryMixin(LedgerBase):
                     done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     for task in done:
                         task.result()  # re-raise the first failure
-                running.add(asyncio.create_task(merge(chunk)))
+                # Each chunk waits for an unreachable ledger by itself: the listing is read
+                # once, so the call as a whole cannot be tried again (and its own errors,
+                # a store refusing a connection, say, are not the ledger's).
+                running.add(asyncio.create_task(self._wait.call(functools.partial(merge, chunk))))
             await asyncio.gather(*running)
         finally:
             for task in running:
@@ -168,9 +174,12 @@ class InventoryMixin(LedgerBase):
             # would analyse: until then the planner takes a new migration for a handful of
             # rows, and each claim reads its rows through the wrong index and sorts them
             # (claims 5x slower in the second migration of a ledger).
-            async with self._pool.acquire() as conn:
-                await _analyze(conn)
+            await self._wait.call(self._analyze_objects)
         return result
+
+    async def _analyze_objects(self) -> None:
+        async with self._pool.acquire() as conn:
+            await _analyze(conn)
 
     async def _merge_chunk(
         self,
@@ -261,6 +270,7 @@ class InventoryMixin(LedgerBase):
                     "skip_reason",
                     "not_before",
                     "restore_requested_at",
+                    "not_preserved",
                     "verified_at",
                     "verified_by",
                     "degraded",

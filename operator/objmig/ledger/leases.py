@@ -48,6 +48,7 @@ _RECORD_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("not_before", "timestamptz", "clear"),
     ("verified_by", "text", "clear"),
     ("degraded", "text", "clear"),
+    ("not_preserved", "text", "clear"),
 )
 
 
@@ -484,7 +485,8 @@ class LeasesMixin(LedgerBase):
             SET state = 'pending', attempts = 0, last_error = NULL, error_code = NULL,
                 skip_reason = NULL, not_before = NULL, updated_at = now(),
                 target_etag = NULL, target_version_id = NULL, target_checksum = NULL,
-                verified_at = NULL, lease_owner = NULL, lease_expires_at = NULL
+                not_preserved = NULL, verified_at = NULL, lease_owner = NULL,
+                lease_expires_at = NULL
             WHERE migration_id = $1 AND state = 'verified' AND target_key = ANY($2::text[])
             """,
             migration_id,

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACTIVE_STATES",
+    "FAILURE_STATES",
     "BackfillRecord",
     "CleanupItem",
     "CleanupOutcome",
@@ -31,6 +32,7 @@ __all__ = [
     "MigrationRow",
     "ObjectRow",
     "ObjectState",
+    "OpenUpload",
     "StateCount",
     "StepCounts",
     "StepResult",
@@ -65,6 +67,9 @@ class ObjectState(StrEnum):
     #: The source object was deleted by cleanup (``deleted_at``); terminal.
     DELETED = "deleted"
 
+
+#: States the status counts as failed: both hold the cutover back (within the budget).
+FAILURE_STATES: tuple[ObjectState, ...] = (ObjectState.FAILED, ObjectState.SOURCE_CHANGED)
 
 #: States from which work remains to be done by a worker.
 ACTIVE_STATES: tuple[ObjectState, ...] = (
@@ -176,7 +181,9 @@ class ObjectRow(NamedTuple):
     #: Aspects of S3 this object's copy did without (comma-separated), see
     #: `objmig.storage.features.Aspect`.
     degraded: str | None = None
-    # Added by schema version 6.
+    # Added by schema version 7 (0007_writes).
+    not_preserved: str | None = None
+    # Added by schema version 6 (0006_buckets).
     #: The bucket of a migration of several buckets ("" for one bucket or a directory).
     bucket: str = ""
     #: The source's metadata as the copy saw it, where a manifest lists it
@@ -210,9 +217,9 @@ class StepResult(NamedTuple):
 
     * ``target_*``, ``source_checksum``, ``target_checksum``, ``restore_requested_at``,
       ``source_metadata`` accumulate over steps: ``None`` keeps the stored value.
-    * ``last_error``, ``error_code``, ``skip_reason``, ``not_before``, ``verified_by`` and
-      ``degraded`` describe the latest step only: they are always written, so ``None``
-      clears them (a successful retry leaves no stale error behind).
+    * ``last_error``, ``error_code``, ``skip_reason``, ``not_before``, ``verified_by``,
+      ``degraded`` and ``not_preserved`` describe the latest step only: they are always
+      written, so ``None`` clears them (a successful retry leaves no stale error behind).
     * ``increment_attempts`` adds one to ``attempts`` (set it for every attempt that did
       real work, successful or not, so retry budgets count correctly).
     * ``verified_at`` is set to ``now()`` when ``state`` becomes ``verified`` or
@@ -238,7 +245,17 @@ class StepResult(NamedTuple):
     hook_done: bool = False
     verified_by: str | None = None
     degraded: str | None = None
+    not_preserved: str | None = None
     source_metadata: dict[str, Any] | None = None
+
+
+class OpenUpload(NamedTuple):
+    """A multipart upload objmig recorded and has not seen end (``Ledger.open_uploads``)."""
+
+    object_id: int
+    target_key: str
+    upload_id: str
+    started_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

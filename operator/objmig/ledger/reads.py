@@ -16,6 +16,7 @@ import asyncpg
 
 from objmig.ledger.base import _COLUMNS, LedgerBase
 from objmig.ledger.models import (
+    FAILURE_STATES,
     ContentCounts,
     Counts,
     Digest,
@@ -410,8 +411,9 @@ class ReadsMixin(LedgerBase):
         ``out`` is a binary file-like object, a text file-like object (an ``io.TextIOBase``:
         ``open(..., "w")``, ``sys.stdout``, ``StringIO``) or an :class:`AsyncSink`. Rows come
         from a server-side cursor in batches, in (key, version_id) order, so memory stays
-        bounded by the batch whatever the migration's size. ``only_failed`` keeps rows in
-        state ``failed``. Formats: see :func:`objmig.ledger.report.encode_report_rows`.
+        bounded by the batch whatever the migration's size. ``only_failed`` keeps the rows
+        the status counts as failed: ``failed`` and ``source_changed`` (both hold the
+        cutover back). Formats: see :func:`objmig.ledger.report.encode_report_rows`.
         """
         if fmt not in ("jsonl", "csv"):
             raise ValueError(f"unknown report format {fmt!r}: use 'jsonl' or 'csv'")
@@ -422,11 +424,11 @@ class ReadsMixin(LedgerBase):
         written = 0
         query = f"""
             SELECT {", ".join(REPORT_COLUMNS)} FROM objects
-            WHERE migration_id = $1 AND ($2::text IS NULL OR state = $2::text)
+            WHERE migration_id = $1 AND ($2::text[] IS NULL OR state = ANY($2::text[]))
             ORDER BY bucket, key, version_id
         """  # noqa: S608 - only module constants are interpolated
-        state = str(ObjectState.FAILED) if only_failed else None
-        async with aclosing(self._stream(query, (migration_id, state), batch_size)) as batches:
+        states = [s.value for s in FAILURE_STATES] if only_failed else None
+        async with aclosing(self._stream(query, (migration_id, states), batch_size)) as batches:
             async for batch in batches:
                 await write(encode_report_rows(batch, fmt))
                 written += len(batch)

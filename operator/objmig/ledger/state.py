@@ -59,6 +59,12 @@ class ScanRecord(StateModel):
     new: int = 0
     changed: int = 0
     unchanged: int = 0
+    #: Why the last try of this scan failed (cleared when it finishes).
+    last_error: str | None = None
+    #: Objects the globs select otherwise than before they followed rclone's rules, and a
+    #: few of their keys ("+key": selected now, "-key": not any more).
+    selected_differently: int = 0
+    selected_differently_examples: tuple[str, ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -77,6 +83,8 @@ class CatchUpRecord(StateModel):
     rounds: int = 0
     last_delta: int | None = None
     rolled_back_at_round: int | None = None
+    #: The re-scan round started as the cutover's final check (see `CatchUp`).
+    final_check_round: int | None = None
 
 
 class Rounds(StateModel):
@@ -267,6 +275,8 @@ class Leftovers(StateModel):
     uploads_aborted: int = 0
     objects_deleted: int = 0
     objects_kept: int = 0
+    #: The parts of the uploads aborted and the objects deleted, in bytes.
+    bytes_freed: int = 0
 
 
 class CleanupState(StateModel):

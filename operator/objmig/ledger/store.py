@@ -10,9 +10,9 @@ themselves re-check before they act, which covers the window in between).
 All SQL is parameterised; the only identifiers built in Python are fixed strings.
 
 The methods live in one module per concern (``migrations``, ``inventory``, ``leases``,
-``cutover``, ``reads``, ``cleanups``, ``steps``, ``activity``), each a mixin over
-``LedgerBase``; this module composes them into ``Ledger`` and owns its lifecycle (pool,
-schema, closing).
+``cutover``, ``reads``, ``cleanups``, ``steps``, ``activity``, ``uploads``), each a
+mixin over ``LedgerBase``; this module composes them into ``Ledger`` and owns its
+lifecycle (pool, schema, closing).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from objmig.ledger.outage import LedgerUnavailable, LedgerWait, redact
 from objmig.ledger.reads import AsyncSink, ReadsMixin
 from objmig.ledger.schema import apply_schema
 from objmig.ledger.steps import StepsMixin
+from objmig.ledger.uploads import UploadsMixin
 
 __all__ = [
     "AsyncSink",
@@ -63,6 +64,7 @@ class Ledger(
     CleanupsMixin,
     StepsMixin,
     ActivityMixin,
+    UploadsMixin,
 ):
     """Per-object state of migrations, shared by the operator, the workers and the CLI.
 
@@ -151,7 +153,8 @@ def _waiting(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[A
 
 
 # Every public coroutine method waits for an unreachable database (async iterators, which
-# stream, and the lifecycle methods do not).
+# stream, and the lifecycle methods do not; `upsert_inventory` reads a listing only once,
+# so each of its statements waits by itself).
 for _name, _method in inspect.getmembers(Ledger, inspect.iscoroutinefunction):
-    if not _name.startswith("_") and _name not in ("connect", "close"):
+    if not _name.startswith("_") and _name not in ("connect", "close", "upsert_inventory"):
         setattr(Ledger, _name, _waiting(_method))

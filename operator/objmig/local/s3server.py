@@ -80,12 +80,18 @@ class ChildServer:
             raise RuntimeError(f"{self.name} is not started")
         return f"{self.scheme}://{LOOPBACK}:{self.port}"
 
-    def endpoint(self, credentials: Credentials | None = None) -> Endpoint:
-        """An `Endpoint` for this server (path-style, us-east-1, test credentials)."""
+    def endpoint(
+        self, credentials: Credentials | None = None, *, virtual: bool = False
+    ) -> Endpoint:
+        """An `Endpoint` for this server (path-style, us-east-1, test credentials).
+
+        `virtual`: virtual-hosted addressing, on `http://localhost:PORT`, so that a bucket
+        is `BUCKET.localhost`, which both S3 clients take for the loopback interface.
+        """
         return Endpoint(
-            url=self.endpoint_url,
+            url=f"http://localhost:{self.port}" if virtual else self.endpoint_url,
             region="us-east-1",
-            addressing_style="path",
+            addressing_style="virtual" if virtual else "path",
             credentials=credentials or self.credentials,
             ca_bundle=self.ca_bundle,
         )
@@ -307,6 +313,8 @@ class LocalMinio(ChildServer):
                 "MINIO_ROOT_PASSWORD": self.credentials.secret_access_key,
                 "MINIO_BROWSER": "off",
                 "MINIO_UPDATE": "off",
+                # Virtual-hosted requests to BUCKET.localhost (path-style ones still work).
+                "MINIO_DOMAIN": "localhost",
                 # A fixed test key (base64 of 32 bytes), enabling SSE-S3 / SSE-KMS. Never
                 # use outside tests.
                 "MINIO_KMS_SECRET_KEY": "objmig-test-key:"

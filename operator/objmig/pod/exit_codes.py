@@ -13,3 +13,7 @@ EXIT_INTERRUPTED = 143
 #: (EX_TEMPFAIL). The podFailurePolicy ignores it too: the pod is replaced and waits again,
 #: without using up the index's retries, for as long as the ledger stays away.
 EXIT_LEDGER_UNAVAILABLE = 75
+#: Exit code of a stage that failed in a way another try may not meet (a store or the
+#: network failing for longer than a request's retries): the Job runs the pod again, up to
+#: its backoffLimitPerIndex, after which the migration fails with the cause recorded.
+EXIT_FAILED = 1

@@ -20,10 +20,10 @@ from objmig.engine.bookkeeping import record_failure, record_store_findings
 from objmig.engine.claim_loop import ClaimLoop
 from objmig.engine.context import MigrationContext, check_access, check_application
 from objmig.engine.pipeline.outcomes import ApplicationError, ConfigurationError
-from objmig.engine.scan import run_scan
+from objmig.engine.scan import run_scan, scan_failure
 from objmig.engine.secrets import ConfigMapNotFound, EnvConfigMaps, EnvSecrets, SecretNotFound
 from objmig.ledger import Ledger, LedgerUnavailable, LedgerWait
-from objmig.pod.exit_codes import EXIT_INTERRUPTED, EXIT_PERMANENT
+from objmig.pod.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PERMANENT
 from objmig.pod.ledger_access import with_ledger
 from objmig.storage.errors import classify
 
@@ -123,7 +123,13 @@ async def _work(
         # bucket while listing must stop the migration, not crash-loop the pod.
         problem = classify(exc)
         if not problem.is_config_error:
-            raise  # possibly transient: the Job retries the pod
+            if stage != "scan":
+                raise  # possibly transient: the Job retries the pod
+            # The ledger's scan record keeps the cause for the Failed condition,
+            # should the Job run out of retries.
+            listed = migration.spec.source
+            log.error("%s", scan_failure(exc, listed.bucket, listed.prefix))
+            return EXIT_FAILED
         where = f" of s3 bucket {migration.spec.source.bucket!r}" if stage == "scan" else ""
         message = f"{stage}{where}: {problem.message}"
         log.error("%s", message)

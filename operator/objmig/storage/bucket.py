@@ -1,6 +1,9 @@
 """The bucket-level calls made through the SDK (`Store.sdk()`): versioned and plain
 listings by paginator, deletes, and incomplete multipart uploads.
 
+Every listing asks for URL-encoded keys (botocore does so for the object listings by
+itself), and keys an XML request body cannot carry are deleted one by one.
+
 They are rare per object (the scan of a versioned bucket, cleanups, leftover sweeps), so
 they stay on aioboto3; every function takes an open client and returns the value types of
 `objmig.storage.types`.
@@ -11,6 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from objmig.storage.s3wire import listed_key, xml_can_carry
 from objmig.storage.types import (
     DeleteResult,
     MultipartUploadInfo,
@@ -100,18 +104,27 @@ async def delete_objects(
     re-runs idempotent. A None version deletes the latest (adding a delete marker on
     versioned buckets); pass the exact version id to remove that version for good.
     """
-    results: list[DeleteResult] = []
-    for start in range(0, len(objects), DELETE_BATCH):
-        batch = objects[start : start + DELETE_BATCH]
+    results: dict[tuple[str, str | None], DeleteResult] = {}
+    # Keys an XML body cannot carry go one by one, in the URL; sent in DeleteObjects, a
+    # carriage return would arrive as a line feed and delete another key.
+    in_body = [entry for entry in objects if xml_can_carry(entry[0])]
+    for key, version_id in objects:
+        if not xml_can_carry(key):
+            results[(key, version_or_none(version_id))] = await _delete_one(
+                client, bucket, key, version_id
+            )
+    for start in range(0, len(in_body), DELETE_BATCH):
+        batch = in_body[start : start + DELETE_BATCH]
         entries: list[dict[str, str]] = []
         for key, version_id in batch:
             entry = {"Key": key}
             if version_or_none(version_id):
                 entry["VersionId"] = str(version_id)
             entries.append(entry)
+        # Quiet: the answer lists only the failures, not every key again.
         response = await client.delete_objects(
             Bucket=bucket,
-            Delete={"Objects": entries, "Quiet": False},  # type: ignore[typeddict-item]
+            Delete={"Objects": entries, "Quiet": True},  # type: ignore[typeddict-item]
         )
         failed = {
             (e.get("Key", ""), version_or_none(e.get("VersionId"))): e
@@ -121,20 +134,40 @@ async def delete_objects(
             ident = (key, version_or_none(version_id))
             error = failed.get(ident)
             if error is not None:
-                results.append(
-                    DeleteResult(
-                        key,
-                        version_or_none(version_id),
-                        deleted=False,
-                        error_code=error.get("Code"),
-                        error_message=error.get("Message"),
-                    )
+                results[ident] = DeleteResult(
+                    key,
+                    version_or_none(version_id),
+                    deleted=False,
+                    error_code=error.get("Code"),
+                    error_message=error.get("Message"),
                 )
             else:
                 # Stores differ in echoing version ids for unversioned deletes; absence
                 # from Errors is what counts.
-                results.append(DeleteResult(key, version_or_none(version_id), deleted=True))
-    return results
+                results[ident] = DeleteResult(key, version_or_none(version_id), deleted=True)
+    return [results[(key, version_or_none(version_id))] for key, version_id in objects]
+
+
+async def _delete_one(
+    client: S3Client, bucket: str, key: str, version_id: str | None
+) -> DeleteResult:
+    """DeleteObject for one key (gone already counts as deleted, as in DeleteObjects)."""
+    version = version_or_none(version_id)
+    try:
+        if version:
+            await client.delete_object(Bucket=bucket, Key=key, VersionId=version)
+        else:
+            await client.delete_object(Bucket=bucket, Key=key)
+    except client.exceptions.ClientError as exc:
+        error = exc.response.get("Error", {})
+        return DeleteResult(
+            key,
+            version,
+            deleted=False,
+            error_code=error.get("Code"),
+            error_message=error.get("Message"),
+        )
+    return DeleteResult(key, version, deleted=True)
 
 
 async def list_multipart_uploads(
@@ -164,15 +197,60 @@ async def list_multipart_uploads(
 async def _list_uploads(
     client: S3Client, bucket: str, prefix: str
 ) -> AsyncIterator[MultipartUploadInfo]:
-    paginator = client.get_paginator("list_multipart_uploads")
-    async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+    """ListMultipartUploads, page by page, keys URL-encoded.
+
+    botocore encodes and decodes the object listings by itself, not this one; its
+    paginator would also hand an encoded NextKeyMarker back as it came, so the pages are
+    followed here, with the markers decoded.
+    """
+    key_marker = upload_marker = ""
+    while True:
+        if key_marker or upload_marker:
+            page = await client.list_multipart_uploads(
+                Bucket=bucket,
+                Prefix=prefix,
+                EncodingType="url",
+                KeyMarker=key_marker,
+                UploadIdMarker=upload_marker,
+            )
+        else:
+            page = await client.list_multipart_uploads(
+                Bucket=bucket, Prefix=prefix, EncodingType="url"
+            )
+        encoded = page.get("EncodingType") == "url"
         for upload in page.get("Uploads", []):
             yield MultipartUploadInfo(
-                key=upload.get("Key", ""),
+                key=listed_key(upload.get("Key", ""), encoded=encoded),
                 upload_id=upload.get("UploadId", ""),
                 initiated=upload.get("Initiated"),
                 storage_class=upload.get("StorageClass"),
             )
+        if not page.get("IsTruncated"):
+            return
+        key_marker = listed_key(page.get("NextKeyMarker", ""), encoded=encoded)
+        upload_marker = page.get("NextUploadIdMarker", "")
+        if not key_marker and not upload_marker:
+            return
+
+
+async def upload_bytes(client: S3Client, bucket: str, key: str, upload_id: str) -> int:
+    """The bytes an incomplete upload holds: the sizes of its parts (ListParts); 0 for an
+    upload the store no longer knows."""
+    total = 0
+    marker = 0
+    while True:
+        try:
+            page = await client.list_parts(
+                Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker
+            )
+        except client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchUpload", "404"):
+                return total
+            raise
+        total += sum(int(part.get("Size", 0)) for part in page.get("Parts", []))
+        marker = int(page.get("NextPartNumberMarker") or 0)
+        if not page.get("IsTruncated") or not marker:
+            return total
 
 
 async def abort_multipart_upload(client: S3Client, bucket: str, key: str, upload_id: str) -> bool:

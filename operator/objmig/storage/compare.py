@@ -10,11 +10,13 @@ here does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
-from objmig.storage.types import CHECKSUM_ALGORITHMS, HeadResult
+from objmig.storage.types import CHECKSUM_ALGORITHMS, HeadResult, normalise_etag
 
 #: Encryption modes (the spec's vocabulary, `EncryptionInfo.mode`) under which S3's ETag of
 #: a single-part object is the MD5 of its bytes (of a multipart one, the MD5 of its
@@ -41,6 +43,18 @@ def looks_like_md5(etag: str) -> bool:
     Stores that do not use MD5 ETags for single-part writes answer with something else.
     """
     return len(etag) == 32
+
+
+def multipart_etag(part_etags: Sequence[str]) -> str | None:
+    """The ETag S3 gives an object completed from parts with these ETags: the MD5 of
+    their binary MD5s and the part count. None when a part's ETag is no MD5."""
+    try:
+        digests = b"".join(bytes.fromhex(normalise_etag(etag)) for etag in part_etags)
+    except ValueError:
+        return None
+    if len(digests) != 16 * len(part_etags):
+        return None
+    return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(part_etags)}"
 
 
 def looks_identical(source: HeadResult, target: HeadResult) -> bool:
@@ -78,8 +92,24 @@ def told_apart(source_last_modified: datetime, copy_last_modified: datetime | No
     )
 
 
+def key_may_be_rewritten(key: str) -> bool:
+    """Whether a store may keep an object written as `key` under another name.
+
+    Stores that map keys onto file paths or normalise URLs rewrite a leading `/`, empty
+    segments (`a//b`) and `.` or `..` segments (MinIO turns `/a` into `a`; moto does so in
+    virtual-hosted addressing), and a HEAD of the key asked for then answers for the
+    rewritten one.
+    """
+    return key.startswith("/") or "//" in key or any(s in (".", "..") for s in key.split("/"))
+
+
 def without_objmig_keys(metadata: Mapping[str, str]) -> dict[str, str]:
-    """Target metadata minus what objmig itself adds (the migration marker and proofs)."""
+    """User metadata minus objmig's own keys (a migration's marker, an in-place proof).
+
+    They describe one copy: objmig never carries them along to the next (a chain A -> B ->
+    C, a return A -> B -> A, a re-layout of what a migration wrote), where the copy gets
+    its own migration's instead, and compares both sides without them.
+    """
     return {k: v for k, v in metadata.items() if not k.startswith(OBJMIG_METADATA_PREFIX)}
 
 
@@ -104,21 +134,91 @@ class MetadataChange:
         return bool(self.set or self.remove)
 
 
+#: How `metadata_difference` compares Content-Type: `Equivalent` accepts what stores are
+#: known to normalise (see `same_media_type`), `Exact` compares the strings.
+ContentTypeMatch = Literal["Equivalent", "Exact"]
+
+
 def metadata_difference(
-    source: HeadResult, target: HeadResult, change: MetadataChange | None = None
+    source: HeadResult,
+    target: HeadResult,
+    change: MetadataChange | None = None,
+    content_type: ContentTypeMatch = "Equivalent",
 ) -> str | None:
-    """What of the user metadata and Content-Type differs (None: nothing), ignoring the
-    keys objmig adds to the copy. With a `change`, the target is compared with the
-    source's metadata so changed: what was meant, not what was there."""
-    meant = change.apply(source.metadata) if change else dict(source.metadata)
-    written = without_objmig_keys(target.metadata)
-    if meant != written:
-        if not change:
-            return "user metadata differs"
-        keys = sorted(k for k in meant.keys() | written.keys() if meant.get(k) != written.get(k))
-        return "user metadata differs from what was meant: " + ", ".join(keys)
-    if (source.content.content_type or "") != (target.content.content_type or ""):
-        return "Content-Type differs"
+    """What of the user metadata and content headers differs, naming the field, the value
+    expected and the value found (None: nothing). objmig's own keys are left out. With a
+    `change`, the target is compared with the source's metadata so changed: what was
+    meant, not what was there."""
+    meant = change.apply(source.metadata) if change else source.metadata
+    expected, found = without_objmig_keys(meant), without_objmig_keys(target.metadata)
+    for key in sorted(expected.keys() | found.keys()):
+        want, have = expected.get(key), found.get(key)
+        if want != have:
+            return _differs(f"user metadata {key!r}", want, have)
+    want_type, have_type = source.content.content_type, target.content.content_type
+    same_type = (
+        want_type == have_type
+        if content_type == "Exact"
+        else same_media_type(want_type or "", have_type or "")
+    )
+    if not same_type:
+        return _differs("Content-Type", want_type, have_type)
+    for attribute, name in _CONTENT_FIELDS:
+        want, have = getattr(source.content, attribute), getattr(target.content, attribute)
+        if want != have:
+            return _differs(name, want, have)
+    return None
+
+
+_CONTENT_FIELDS = (
+    ("cache_control", "Cache-Control"),
+    ("content_disposition", "Content-Disposition"),
+    ("content_encoding", "Content-Encoding"),
+    ("content_language", "Content-Language"),
+    ("expires", "Expires"),
+    ("website_redirect_location", "x-amz-website-redirect-location"),
+)
+
+
+def _differs(field: str, expected: object, found: object) -> str:
+    def shown(value: object) -> str:
+        return "nothing" if value is None else repr(str(value))
+
+    return f"{field}: expected {shown(expected)}, found {shown(found)}"
+
+
+def same_media_type(a: str, b: str) -> bool:
+    """Whether two Content-Type values name the same media type with the same parameters.
+
+    What RFC 9110 makes equal and stores normalise: type, subtype and parameter names in
+    any case, the `charset` value in any case, spaces around `;` and `=`, quoted or plain
+    parameter values, parameters in any order (`text/plain; charset=utf-8` equals
+    `text/plain;charset=UTF-8`). Other parameter values are compared as they are.
+    """
+    return _media_type(a) == _media_type(b)
+
+
+def _media_type(value: str) -> tuple[str, frozenset[tuple[str, str]]]:
+    essence, *parameters = value.split(";")
+    pairs = set()
+    for parameter in parameters:
+        name, _, raw = parameter.partition("=")
+        name = name.strip().lower()
+        if not name:
+            continue
+        text = raw.strip()
+        if len(text) >= 2 and text[0] == text[-1] == '"':
+            text = text[1:-1].replace('\\"', '"')
+        pairs.add((name, text.lower() if name == "charset" else text))
+    return essence.strip().lower(), frozenset(pairs)
+
+
+def tags_difference(expected: Mapping[str, str], found: Mapping[str, str]) -> str | None:
+    """Which tag differs, with the value expected and the value found (None: none)."""
+    for key in sorted(expected.keys() | found.keys()):
+        want, have = expected.get(key), found.get(key)
+        if want != have:
+            return _differs(f"tag {key!r}", want, have)
     return None
 
 

@@ -68,6 +68,20 @@ class Endpoint:
         return dataclasses.replace(self, credentials=credentials)
 
 
+#: Where names under `.localhost` lead (RFC 6761).
+LOOPBACK = "127.0.0.1"
+
+
+def loopback_name(name: str) -> bool:
+    """Whether `name` lies under `.localhost`, which RFC 6761 reserves for the loopback
+    interface: a virtual-hosted bucket of a store on this machine (`bucket.localhost`).
+
+    Resolvers without nss-myhostname know only `localhost` itself, so both S3 clients
+    answer these names themselves, as curl does.
+    """
+    return name.rstrip(".").lower().endswith(".localhost")
+
+
 def _normalise_url(url: str | None) -> str | None:
     if not url:
         return None

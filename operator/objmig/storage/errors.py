@@ -129,6 +129,11 @@ _RETRYABLE_CODES = frozenset(
         "IDPCommunicationError",
     }
 )
+# Retryable for the object, not for the request: the same request sent again gets the same
+# answer. An upload gone under a copy (aborted by a leftovers sweep, or by the next
+# attempt after this one's lease ran out) leaves the object fine: another attempt copies
+# it with a new upload.
+_ATTEMPT_ONLY_CODES = frozenset({"NoSuchUpload"})
 
 # Codes that mean the spec (credentials, bucket, KMS key) is wrong for every object.
 # AccessDenied is deliberately not here: bucket policies, object ownership and object lock
@@ -158,7 +163,7 @@ _CONFIG_CODES = frozenset(
     }
 )
 
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchVersion", "NoSuchUpload", "NotFound", "404"})
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchVersion", "NotFound", "404"})
 _PRECONDITION_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
 _INVALID_STATE_CODES = frozenset(
     {"InvalidObjectState", "ObjectNotInActiveTierError", "RestoreAlreadyInProgress"}
@@ -230,6 +235,8 @@ def _s3_error_class(code: str, status: int, message: str, operation: str) -> Err
         return ErrorClass("precondition", code, text)
     if code in _INVALID_STATE_CODES:
         return ErrorClass("invalid_state", code, text)
+    if code in _ATTEMPT_ONLY_CODES:  # a 404, but of the upload: the object is there
+        return ErrorClass("retryable", code, text)
     if code in _NOT_FOUND_CODES or status == 404:
         return ErrorClass("not_found", code, text)
     if code in _RETRYABLE_CODES or status in (408, 429) or status >= 500:
@@ -271,6 +278,20 @@ def classify(exc: BaseException) -> ErrorClass:
         # Other socket-level errors (e.g. EPIPE while streaming a body) are transient too.
         return ErrorClass("retryable", type(exc).__name__, redact(str(exc)))
     return ErrorClass("permanent", type(exc).__name__, redact(str(exc)))
+
+
+def worth_resending(exc: BaseException) -> bool:
+    """Whether the request that raised `exc` may succeed if sent again as it was: a
+    transient failure (see `resending.RequestRetry`), not one only another attempt can fix.
+
+    A 501 is not transient: the store does not implement what was asked (a HEAD's 501 has
+    no code to say so), and sent again it answers the same; objmig learns from the first
+    answer that the store lacks it (`features.unsupported`).
+    """
+    if isinstance(exc, S3ResponseError) and exc.status == 501:
+        return False
+    error = classify(exc)
+    return error.retryable and error.code not in _ATTEMPT_ONLY_CODES
 
 
 def _transport_error_class(exc: BaseException) -> ErrorClass:

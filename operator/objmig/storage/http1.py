@@ -20,7 +20,8 @@ What it deliberately does not do: proxies, cookies, redirects, authentication, c
 (de)compression (bodies are bytes as sent), chunked *request* bodies (callers always send
 Content-Length), `Expect: 100-continue` handshakes (interim 1xx answers are skipped, never
 waited for), pipelining, HTTP/2, and DNS caching (an address is resolved only when a new
-connection is opened, which keep-alive makes rare). It never adds a header of its own: the
+connection is opened, which keep-alive makes rare; names under `.localhost` are the
+loopback interface, RFC 6761). It never adds a header of its own: the
 caller sends Host and Content-Length itself.
 
 Errors: connection-level failures raise `HttpConnectionError` subclasses (all builtin
@@ -42,6 +43,7 @@ from collections.abc import AsyncIterable, Mapping
 from contextlib import AbstractAsyncContextManager, suppress
 from types import TracebackType
 
+from objmig.storage.endpoint import LOOPBACK, loopback_name
 from objmig.storage.http1_connection import Connection, HttpResponse
 from objmig.storage.http1_wire import (
     HttpConnectionError,
@@ -288,7 +290,7 @@ class HttpPool:
             async with asyncio.timeout(self._connect_timeout):
                 await loop.create_connection(
                     lambda: conn,
-                    name,
+                    LOOPBACK if loopback_name(name) else name,
                     port,
                     ssl=self._ssl,
                     server_hostname=name if self._ssl is not None else None,

@@ -12,8 +12,10 @@ which also resolves the default credential chain for us. Plain listings (the sca
 batched re-checks) and the few calls every run makes (the access check, the bucket's
 versioning) are here too, so that a run needs the SDK only for what only it does.
 
-The client never retries (the engine's retry policy is the only one, as with botocore) and
-raises `S3ResponseError` for any non-2xx answer, and for the 200 answers whose body is an
+A request that fails transiently is sent again a couple of times, quickly (`resending.RequestRetry`,
+which also says why that is safe for every write objmig makes); what persists is the
+engine's to retry, with its backoff and the object's attempts. The client raises
+`S3ResponseError` for any non-2xx answer, and for the 200 answers whose body is an
 `<Error>` document (CopyObject, UploadPartCopy and CompleteMultipartUpload may fail after
 the status line was sent). Signing is AWS Signature Version 4 with an unsigned payload:
 bodies stream from a source GET and cannot be hashed before they are sent; each part's MD5
@@ -22,28 +24,39 @@ is compared with the ETag the store returns instead (see `copy/streamed.py`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from objmig.storage.endpoint import DEFAULT_REGION, ClientTimeouts, Credentials, Endpoint
-from objmig.storage.errors import S3ResponseError
+from objmig.storage.errors import S3ResponseError, TruncatedBodyError
 from objmig.storage.features import StoreFeatures
 from objmig.storage.http1 import HttpPool, HttpResponse
+from objmig.storage.resending import (
+    LISTING_PATIENCE,
+    RequestRetry,
+    ResumingBody,
+    RetryCount,
+    resend,
+)
 from objmig.storage.s3wire import (
     child_text,
     copy_result,
     head_result,
+    listed_key,
     local_name,
     response_error,
     result_etag,
     sse_c_headers,
     total_size,
+    url_encoded,
     write_result,
     xml_body,
     xml_document,
@@ -59,6 +72,7 @@ from objmig.storage.types import (
     whole_seconds,
 )
 
+T = TypeVar("T")
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 #: A GetObjectAttributes answer of 1,000 parts with checksums is about 300 KiB.
 _MAX_ATTRIBUTES_BODY = 2 * 1024 * 1024
@@ -78,12 +92,15 @@ class S3HttpClient:
         pool: HttpPool,
         credentials: _CredentialSource,
         features: StoreFeatures | None = None,
+        retry: RequestRetry | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._pool = pool
         self._credentials = credentials
         #: What this store lacks, as learned this run (shared with its other clients).
         self.features = features or StoreFeatures(store_name(endpoint))
+        self._retry = retry or RequestRetry()
+        self.retries = RetryCount()
         self._region = endpoint.region or DEFAULT_REGION
         url = endpoint.url or f"https://s3.{self._region}.amazonaws.com"
         parts = urlsplit(url)
@@ -117,8 +134,7 @@ class S3HttpClient:
         headers = sse_c_headers(sse_c)
         if checksums:
             headers["x-amz-checksum-mode"] = "ENABLED"
-        async with self._request("HeadObject", "HEAD", bucket, key, query, headers) as response:
-            return head_result(response.headers, int(response.headers.get("content-length", 0)))
+        return await self._call("HeadObject", "HEAD", bucket, key, query, headers, _head_answer)
 
     @asynccontextmanager
     async def get(
@@ -134,7 +150,8 @@ class S3HttpClient:
         """GET an object (or the inclusive byte range `byte_range`), body streamed.
 
         `if_match` (an ETag) makes the store answer 412 instead of other bytes when the
-        object changed. The connection goes back to the pool when the block exits.
+        object changed. A body cut short or reset is read on from where it stopped
+        (`ResumingBody`). The connections go back to the pool when the block exits.
         """
         headers = sse_c_headers(sse_c)
         if if_match:
@@ -142,10 +159,49 @@ class S3HttpClient:
         if byte_range is not None:
             headers["range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
         query = _version_query(version_id)
-        async with self._request("GetObject", "GET", bucket, key, query, headers) as response:
+        async with AsyncExitStack() as stack:
+
+            async def answer(request_headers: Mapping[str, str]) -> HttpResponse:
+                return await resend(
+                    lambda: stack.enter_async_context(
+                        self._request("GetObject", "GET", bucket, key, query, request_headers)
+                    ),
+                    self._retry,
+                    self.retries,
+                    replayable=True,
+                )
+
+            response = await answer(headers)
             length = int(response.headers.get("content-length", 0))
             size = total_size(response.headers.get("content-range")) or length
-            yield GetResult(head_result(response.headers, size), length, response)
+            head = head_result(response.headers, size)
+            first = byte_range[0] if byte_range is not None else 0
+
+            async def rest(received: int) -> HttpResponse:
+                # The rest of the same bytes: pinned to the ETag the first answer had.
+                start = first + received
+                if not head.etag:
+                    raise TruncatedBodyError(
+                        f"GET s3://{bucket}/{key}: cut short after {received} bytes, and "
+                        "without an ETag the rest cannot be pinned to the same object"
+                    )
+                again = await answer(
+                    {
+                        **headers,
+                        "if-match": f'"{head.etag}"',
+                        "range": f"bytes={start}-{first + length - 1}",
+                    }
+                )
+                answered = again.headers.get("content-range") or ""
+                if not answered.startswith(f"bytes {start}-"):
+                    raise TruncatedBodyError(
+                        f"GET s3://{bucket}/{key}: asked for the rest from byte {start}, "
+                        f"answered {answered or 'the whole object'}"
+                    )
+                return again
+
+            body = ResumingBody(response, length, rest, self._retry, self.retries)
+            yield GetResult(head, length, body)
 
     async def put(
         self,
@@ -173,22 +229,30 @@ class S3HttpClient:
             **headers,
             "x-amz-copy-source": _copy_source(source_bucket, source_key, source_version_id),
         }
-        async with self._request("CopyObject", "PUT", bucket, key, {}, headers) as response:
+
+        async def written(response: HttpResponse) -> WriteResult:
             etag, last_modified = await copy_result("CopyObject", response)
             return write_result(response.headers, etag, last_modified)
+
+        return await self._call("CopyObject", "PUT", bucket, key, {}, headers, written)
 
     async def create_multipart_upload(
         self, bucket: str, key: str, headers: Mapping[str, str]
     ) -> str:
         """Start a multipart upload; returns its upload id."""
-        async with self._request(
-            "CreateMultipartUpload", "POST", bucket, key, {"uploads": ""}, dict(headers)
-        ) as response:
+
+        async def started(response: HttpResponse) -> str:
             root = await xml_body("CreateMultipartUpload", response)
             upload_id = child_text(root, "UploadId")
             if not upload_id:
                 raise S3ResponseError("CreateMultipartUpload", response.status, "NoUploadId", "")
             return upload_id
+
+        # A lost answer leaves an upload nobody knows the id of: the leftovers cleanup
+        # of the store's lifecycle rule (AbortIncompleteMultipartUpload) takes it.
+        return await self._call(
+            "CreateMultipartUpload", "POST", bucket, key, {"uploads": ""}, headers, started
+        )
 
     async def upload_part(
         self,
@@ -227,8 +291,11 @@ class S3HttpClient:
         if byte_range is not None:
             headers["x-amz-copy-source-range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
         query = {"partNumber": str(part_number), "uploadId": upload_id}
-        async with self._request("UploadPartCopy", "PUT", bucket, key, query, headers) as response:
+
+        async def copied(response: HttpResponse) -> str:
             return normalise_etag(await result_etag("UploadPartCopy", response))
+
+        return await self._call("UploadPartCopy", "PUT", bucket, key, query, headers, copied)
 
     async def complete_multipart_upload(
         self,
@@ -245,39 +312,41 @@ class S3HttpClient:
         )
         document = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
         all_headers = {**headers, "content-type": "application/xml"}
-        async with self._request(
+
+        async def completed(response: HttpResponse) -> WriteResult:
+            root = await xml_body("CompleteMultipartUpload", response)
+            return write_result(response.headers, child_text(root, "ETag"))
+
+        return await self._call(
             "CompleteMultipartUpload",
             "POST",
             bucket,
             key,
             {"uploadId": upload_id},
             all_headers,
+            completed,
             body=document,
-            length=len(document),
-        ) as response:
-            root = await xml_body("CompleteMultipartUpload", response)
-            return write_result(response.headers, child_text(root, "ETag"))
+        )
 
     async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
-        async with self._request(
-            "AbortMultipartUpload", "DELETE", bucket, key, {"uploadId": upload_id}, {}
-        ):
-            pass
+        await self._call(
+            "AbortMultipartUpload", "DELETE", bucket, key, {"uploadId": upload_id}, {}, _nothing
+        )
 
     async def delete_version(self, bucket: str, key: str, version_id: str) -> None:
         """DeleteObject of one version, named by its id (never the key's current object)."""
-        async with self._request(
-            "DeleteObject", "DELETE", bucket, key, {"versionId": version_id}, {}
-        ):
-            pass
+        await self._call(
+            "DeleteObject", "DELETE", bucket, key, {"versionId": version_id}, {}, _nothing
+        )
 
     async def get_tags(
         self, bucket: str, key: str, version_id: str | None = None
     ) -> dict[str, str]:
         """The object's tags (GetObjectTagging)."""
         query = {"tagging": "", **_version_query(version_id)}
-        async with self._request("GetObjectTagging", "GET", bucket, key, query, {}) as response:
-            root = await xml_body("GetObjectTagging", response)
+        root = await self._call(
+            "GetObjectTagging", "GET", bucket, key, query, {}, _xml("GetObjectTagging")
+        )
         tags: dict[str, str] = {}
         for tag in root.iter():
             if local_name(tag.tag) == "Tag":
@@ -307,10 +376,15 @@ class S3HttpClient:
             if marker:
                 headers["x-amz-part-number-marker"] = str(marker)
             query = {"attributes": "", **_version_query(version_id)}
-            async with self._request(
-                "GetObjectAttributes", "GET", bucket, key, query, headers
-            ) as response:
-                data = await _read_at_most(response, _MAX_ATTRIBUTES_BODY)
+            data = await self._call(
+                "GetObjectAttributes",
+                "GET",
+                bucket,
+                key,
+                query,
+                headers,
+                _at_most(_MAX_ATTRIBUTES_BODY),
+            )
             try:
                 root = None if data is None else xml_document("GetObjectAttributes", 200, data)
             except S3ResponseError as exc:
@@ -336,10 +410,15 @@ class S3HttpClient:
 
     async def bucket_versioning(self, bucket: str) -> str:
         """GetBucketVersioning's status: "Enabled", "Suspended", or "" (never enabled)."""
-        async with self._request(
-            "GetBucketVersioning", "GET", bucket, "", {"versioning": ""}, {}
-        ) as response:
-            root = await xml_body("GetBucketVersioning", response)
+        root = await self._call(
+            "GetBucketVersioning",
+            "GET",
+            bucket,
+            "",
+            {"versioning": ""},
+            {},
+            _xml("GetBucketVersioning"),
+        )
         return child_text(root, "Status")
 
     async def list_page(
@@ -373,28 +452,37 @@ class S3HttpClient:
     ) -> tuple[list[ObjectInfo], list[str], str | None]:
         """One ListObjectsV2 page, with `delimiter` rolling keys up into common prefixes:
         the objects, the common prefixes and the token of the next page (None: last)."""
-        query = {"list-type": "2", "prefix": prefix, "max-keys": str(max_keys)}
+        # Keys travel URL-encoded: XML 1.0 cannot carry every character a key may hold
+        # (control characters; a carriage return would even arrive as a line feed).
+        query = {
+            "list-type": "2",
+            "prefix": prefix,
+            "max-keys": str(max_keys),
+            "encoding-type": "url",
+        }
         if delimiter:
             query["delimiter"] = delimiter
         if start_after:
             query["start-after"] = start_after
         if continuation_token:
             query["continuation-token"] = continuation_token
-        async with self._request("ListObjectsV2", "GET", bucket, "", query, {}) as response:
-            root = await xml_body("ListObjectsV2", response)
+        root = await self._call(
+            "ListObjectsV2", "GET", bucket, "", query, {}, _xml("ListObjectsV2", listing=True)
+        )
+        encoded = url_encoded(root)
         objects = []
         prefixes = []
         for element in root:
             name = local_name(element.tag)
             if name == "CommonPrefixes":
-                prefixes.append(child_text(element, "Prefix"))
+                prefixes.append(listed_key(child_text(element, "Prefix"), encoded=encoded))
                 continue
             if name != "Contents":
                 continue
             fields = {local_name(child.tag): child.text or "" for child in element}
             objects.append(
                 ObjectInfo(
-                    key=fields.get("Key", ""),
+                    key=listed_key(fields.get("Key", ""), encoded=encoded),
                     version_id=None,
                     size=int(fields.get("Size") or 0),
                     etag=normalise_etag(fields.get("ETag")),
@@ -414,15 +502,26 @@ class S3HttpClient:
         start_after: str | None = None,
         page_size: int = 1000,
     ) -> AsyncIterator[ObjectInfo]:
-        """Every (latest) object under `prefix` after `start_after`, in key order."""
+        """Every (latest) object under `prefix` after `start_after`, in key order.
+
+        A page is asked for again, with a longer back-off, after its request's own resends
+        failed (`LISTING_PATIENCE`): a scan is one long chain of pages, and one page lost to
+        a passing fault would otherwise fail the whole scan.
+        """
         token = None
         while True:
-            page, token = await self.list_page(
-                bucket,
-                prefix,
-                start_after=start_after,
-                continuation_token=token,
-                max_keys=page_size,
+            page, token = await resend(
+                functools.partial(
+                    self.list_page,
+                    bucket,
+                    prefix,
+                    start_after=start_after,
+                    continuation_token=token,
+                    max_keys=page_size,
+                ),
+                LISTING_PATIENCE,
+                self.retries,
+                replayable=True,
             )
             for info in page:
                 yield info
@@ -441,10 +540,41 @@ class S3HttpClient:
         body: bytes | AsyncIterable[bytes],
         length: int,
     ) -> WriteResult:
-        async with self._request(
-            operation, "PUT", bucket, key, query, headers, body=body, length=length
-        ) as response:
+
+        async def written(response: HttpResponse) -> WriteResult:
             return write_result(response.headers, response.headers.get("etag"))
+
+        return await self._call(
+            operation, "PUT", bucket, key, query, headers, written, body=body, length=length
+        )
+
+    async def _call(
+        self,
+        operation: str,
+        method: str,
+        bucket: str,
+        key: str,
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+        read: Callable[[HttpResponse], Awaitable[T]],
+        *,
+        body: bytes | AsyncIterable[bytes] | None = None,
+        length: int | None = None,
+    ) -> T:
+        """Send a request and `read` its answer, again after a transient failure.
+
+        A body streamed from elsewhere cannot be sent twice: its failure is the caller's.
+        """
+
+        async def once() -> T:
+            async with self._request(
+                operation, method, bucket, key, query, headers, body=body, length=length
+            ) as response:
+                return await read(response)
+
+        if body is not None and length is None and isinstance(body, bytes):
+            length = len(body)
+        return await resend(once, self._retry, self.retries, replayable=not _streamed(body))
 
     @asynccontextmanager
     async def _request(
@@ -574,15 +704,18 @@ async def open_http_client(
     max_connections: int = 10,
     timeouts: ClientTimeouts | None = None,
     features: StoreFeatures | None = None,
+    retry: RequestRetry | None = None,
 ) -> AsyncIterator[S3HttpClient]:
     """An `S3HttpClient` for `endpoint` whose pool holds `max_connections` connections;
-    `features`: what the store is known to lack (shared by its clients in one run)."""
+    `features`: what the store is known to lack (shared by its clients in one run);
+    `retry`: how often a request that failed transiently is sent again."""
     timeouts = timeouts or ClientTimeouts()
     client = S3HttpClient(
         endpoint,
         http_pool(endpoint, max_connections, timeouts),
         _CredentialSource(endpoint),
         features,
+        retry,
     )
     try:
         yield client
@@ -604,6 +737,28 @@ def http_pool(endpoint: Endpoint, max_connections: int, timeouts: ClientTimeouts
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+async def _head_answer(response: HttpResponse) -> HeadResult:
+    return head_result(response.headers, int(response.headers.get("content-length", 0)))
+
+
+async def _nothing(response: HttpResponse) -> None:
+    return None
+
+
+def _xml(
+    operation: str, *, listing: bool = False
+) -> Callable[[HttpResponse], Awaitable[ET.Element]]:
+    async def read(response: HttpResponse) -> ET.Element:
+        return await xml_body(operation, response, listing=listing)
+
+    return read
+
+
+def _streamed(body: bytes | AsyncIterable[bytes] | None) -> bool:
+    """Whether a body streams from elsewhere, and so can be sent only once."""
+    return body is not None and not isinstance(body, bytes | bytearray | memoryview)
 
 
 def _quote(value: str, safe: str = "") -> str:
@@ -630,15 +785,19 @@ def _copy_source(bucket: str, key: str, version_id: str | None) -> str:
     return f"{source}?versionId={_quote(version)}" if version else source
 
 
-async def _read_at_most(response: HttpResponse, limit: int) -> bytes | None:
-    """The whole body, or None (left unread, so the connection is dropped) when it is
+def _at_most(limit: int) -> Callable[[HttpResponse], Awaitable[bytes | None]]:
+    """Read the whole body, or None (left unread, so the connection is dropped) when it is
     longer than `limit` bytes."""
-    length = response.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        return None
-    data = bytearray()
-    while chunk := await response.read(64 * 1024):
-        data += chunk
-        if len(data) > limit:
+
+    async def read(response: HttpResponse) -> bytes | None:
+        length = response.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
             return None
-    return bytes(data)
+        data = bytearray()
+        while chunk := await response.read(64 * 1024):
+            data += chunk
+            if len(data) > limit:
+                return None
+        return bytes(data)
+
+    return read

@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from urllib.parse import unquote_plus
 
 from defusedxml import ElementTree as SafeET
 
@@ -31,6 +32,12 @@ from objmig.storage.types import (
     whole_seconds,
 )
 
+# Characters XML 1.0 cannot carry, raw or as character references: the C0 controls other
+# than tab, line feed and carriage return.
+_XML_INVALID = re.compile(
+    rb"[\x00-\x08\x0b\x0c\x0e-\x1f]|&#(?:[xX]0*(?:[0-8bBcCeEfF]|1[0-9a-fA-F])"
+    rb"|0*(?:[0-8]|1[124-9]|2[0-9]|3[01]));"
+)
 # Error documents are small; a store that sends more is not sending an error document.
 _MAX_ERROR_BODY = 64 * 1024
 _XML_NS = re.compile(r"^\{[^}]*\}")
@@ -139,7 +146,20 @@ def head_result(headers: Mapping[str, str], size: int) -> HeadResult:
         checksum_type=(headers.get("x-amz-checksum-type") or "").upper() or None,
         encryption=encryption_of(headers),
         tag_count=int(headers.get("x-amz-tagging-count") or 0),
+        lock_mode=headers.get("x-amz-object-lock-mode") or None,
+        lock_retain_until=_iso_datetime(headers.get("x-amz-object-lock-retain-until-date")),
+        legal_hold=(headers.get("x-amz-object-lock-legal-hold") or "").upper() == "ON",
     )
+
+
+def _iso_datetime(value: str | None) -> datetime | None:
+    """An ISO 8601 timestamp (Object Lock dates are sent so, not as HTTP dates)."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def write_result(
@@ -153,6 +173,11 @@ def write_result(
     )
 
 
+def without_xml_invalid(data: bytes) -> bytes:
+    """`data` without the characters XML 1.0 cannot carry (see `xml_document`)."""
+    return _XML_INVALID.sub(b"", data) if _XML_INVALID.search(data) else data
+
+
 def local_name(tag: str) -> str:
     return _XML_NS.sub("", tag)
 
@@ -164,9 +189,41 @@ def child_text(root: ET.Element, name: str) -> str:
     return ""
 
 
-async def xml_body(operation: str, response: HttpResponse) -> ET.Element:
-    """The XML document of a 2xx answer; an `<Error>` document in it is raised."""
-    return xml_document(operation, response.status, await response.read())
+async def xml_body(operation: str, response: HttpResponse, *, listing: bool = False) -> ET.Element:
+    """The XML document of a 2xx answer; an `<Error>` document in it is raised.
+
+    `listing`: the answer lists keys objmig reads (asked for URL-encoded, see
+    `listed_key`), so it is parsed as sent; other answers may echo a key XML cannot
+    carry in an element objmig never reads, which is dropped (see `xml_document`).
+    """
+    return xml_document(operation, response.status, await response.read(), listing=listing)
+
+
+def url_encoded(root: ET.Element) -> bool:
+    """Whether a listing says its keys are URL-encoded (`<EncodingType>url`): a store that
+    ignored `encoding-type=url` sends them as they are."""
+    return any(
+        local_name(element.tag) == "EncodingType" and (element.text or "").lower() == "url"
+        for element in root
+    )
+
+
+def xml_can_carry(key: str) -> bool:
+    """Whether a key survives an XML request body unchanged (DeleteObjects lists keys so).
+
+    Control characters cannot be written at all, and an XML parser turns a carriage return
+    into a line feed: such keys are sent in a URL instead, one request each.
+    """
+    return not any(ord(c) < 0x20 or c in "\ufffe\uffff" for c in key)
+
+
+def listed_key(text: str, *, encoded: bool) -> str:
+    """A key as a listing gave it, decoded when the listing URL-encoded it.
+
+    S3 encodes a space as `+` and a `+` as `%2B` (form encoding), which is what the SDKs
+    decode too (botocore's `unquote_str`).
+    """
+    return unquote_plus(text) if encoded else text
 
 
 async def result_etag(operation: str, response: HttpResponse) -> str:
@@ -204,12 +261,26 @@ def iso_datetime(value: str) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def xml_document(operation: str, status: int, data: bytes) -> ET.Element:
+def xml_document(operation: str, status: int, data: bytes, *, listing: bool = False) -> ET.Element:
+    """Parse an answer; an `<Error>` document is raised as `S3ResponseError`.
+
+    Outside listings, characters XML 1.0 cannot carry are removed first: stores echo an
+    object's key in answers (CreateMultipartUpload, CompleteMultipartUpload, errors) and
+    some write a control character in it as it is, which no parser accepts. A listing is
+    parsed as sent: its keys are read, and must arrive URL-encoded instead.
+    """
+    if not listing:
+        data = without_xml_invalid(data)
     try:
         root = SafeET.fromstring(data)
     except SafeET.ParseError as exc:
+        hint = (
+            " (a key holds a character XML cannot carry, and the store ignored encoding-type=url)"
+            if listing and _XML_INVALID.search(data)
+            else ""
+        )
         raise S3ResponseError(
-            operation, status, "MalformedResponse", f"unparsable XML answer: {exc}"
+            operation, status, "MalformedResponse", f"unparsable XML answer: {exc}{hint}"
         ) from None
     if local_name(root.tag) == "Error":
         raise S3ResponseError(
@@ -225,7 +296,7 @@ async def response_error(operation: str, method: str, response: HttpResponse) ->
     """The error an unsuccessful answer stands for (HEAD answers carry no document)."""
     code, message = str(response.status), response.reason or ""
     if method != "HEAD":
-        data = await response.read(_MAX_ERROR_BODY)
+        data = without_xml_invalid(await response.read(_MAX_ERROR_BODY))
         try:
             root = SafeET.fromstring(data)
         except SafeET.ParseError:

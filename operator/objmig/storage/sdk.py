@@ -10,6 +10,7 @@ because loading botocore and aiohttp costs about a third of a second of CPU, whi
 from __future__ import annotations
 
 import functools
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -17,9 +18,17 @@ from typing import TYPE_CHECKING
 import aioboto3
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 from botocore.loaders import Loader, create_loader
 
-from objmig.storage.endpoint import DEFAULT_REGION, ClientTimeouts, Endpoint
+from objmig.storage.endpoint import (
+    DEFAULT_REGION,
+    LOOPBACK,
+    ClientTimeouts,
+    Endpoint,
+    loopback_name,
+)
 from objmig.storage.tls import sdk_verify
 
 # The aiobotocore stubs are a development dependency: import them for type checking only.
@@ -33,6 +42,7 @@ def client_config(
     """The botocore configuration every objmig S3 client uses (see `open_client`)."""
     timeouts = timeouts or ClientTimeouts()
     return AioConfig(
+        connector_args={"resolver": _LoopbackResolver()},
         region_name=endpoint.region or DEFAULT_REGION,
         # One pooled connection per request that can be in flight at once; more would
         # only idle, fewer would queue requests inside aiohttp where our timeouts and
@@ -40,10 +50,11 @@ def client_config(
         max_pool_connections=max(1, max_connections),
         connect_timeout=timeouts.connect,
         read_timeout=timeouts.read,
-        # The engine owns retries (attempt counts, capped jittered backoff, per-object
-        # timeouts and the failure budget). Letting botocore retry as well would multiply
-        # attempts and hide throttling from our accounting, so botocore tries once.
-        retries={"mode": "standard", "total_max_attempts": 1},
+        # As `resending.RequestRetry`: a couple of quick tries absorb transient faults, what
+        # persists is the engine's (attempt counts, backoff, the failure budget). Every
+        # call made here is harmless to repeat after a lost answer (listings, restores
+        # - RestoreAlreadyInProgress is success -, deletes, aborts).
+        retries={"mode": "standard", "total_max_attempts": 3},
         # Since botocore 1.36 the SDK adds CRC32 checksums (as aws-chunked trailers) to every
         # upload and validates them on download. Many S3-compatible stores (older MinIO,
         # Ceph RGW, R2, Wasabi) and moto reject or mishandle trailers, and our integrity
@@ -58,6 +69,37 @@ def client_config(
             "payload_signing_enabled": False,
         },
     )
+
+
+class _LoopbackResolver(AbstractResolver):
+    """aiohttp's resolver, except that names under `.localhost` are the loopback interface
+    (RFC 6761; see `endpoint.loopback_name`), as they are for `s3http`."""
+
+    def __init__(self) -> None:
+        self._default: AbstractResolver | None = None
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        if loopback_name(host):
+            return [
+                ResolveResult(
+                    hostname=host,
+                    host=LOOPBACK,
+                    port=port,
+                    family=socket.AF_INET,
+                    proto=0,
+                    flags=socket.AI_NUMERICHOST,
+                )
+            ]
+        if self._default is None:
+            # Made on first use: the default resolver binds the running event loop.
+            self._default = DefaultResolver()
+        return await self._default.resolve(host, port, family)
+
+    async def close(self) -> None:
+        if self._default is not None:
+            await self._default.close()
 
 
 @functools.cache

@@ -4,16 +4,26 @@ Pure functions over listing data; no I/O. The engine applies `Selection.matches`
 listed object and, only when metadata rules exist, HEADs the survivors and applies
 `metadata_matches` (a listing carries no user metadata).
 
-Glob syntax (applied to the key *relative to the selection prefix*, the whole key must
-match, `/` is the only separator):
+Globs follow rclone's filter rules (rclone `fs/filter/glob.go`, docs "Filtering"), applied
+to the key *relative to the selection prefix* (the "root of the remote"), `/` being the
+only separator:
 
-- `*` matches any run of characters except `/` (one path segment or part of one);
-- `**` matches any run of characters including `/`; `**/` matches zero or more whole
-  directories, so `**/*.csv` matches `a.csv` and `x/y/a.csv`, and `logs/**` matches
-  everything under `logs/`;
-- `?` matches one character except `/`; `[abc]`, `[a-z]`, `[!abc]` character classes;
-- `{jpg,png}` alternatives (not nested);
-- `\\` escapes the next character; a leading `/` is ignored (patterns are always anchored).
+- a pattern that starts with `/` is anchored at the prefix: `/file.jpg` matches
+  `file.jpg` only; one that does not matches at the end of the key, from a `/` or the
+  start: `file.jpg` matches `file.jpg` and `dir/file.jpg`, not `afile.jpg`; `*.tmp`
+  matches `x.tmp` and `logs/x.tmp`;
+- `*` matches any run of characters except `/`; `**` any run including `/` (three stars
+  are an error); `?` one character except `/`;
+- `[abc]`, `[a-z]`, `[!abc]` (never `/`) character classes; `{jpg,png}` alternatives
+  (they may nest); `\\` escapes the next character;
+- a pattern ending in `/` is a directory: it matches everything under it (`cache/`
+  matches `cache/a` and `x/cache/b/c`);
+- rclone's `{{regexp}}` sections are not supported.
+
+Before, a pattern was anchored at the prefix whether it started with `/` or not, and `**/`
+also matched zero directories. `compile_earlier_glob` keeps that meaning for one purpose:
+a scan counts the objects the spec's globs select differently now (`Selection.changed`),
+so that a spec written for it does not change what it selects without a loud warning.
 
 An empty `include` means "everything"; `exclude` wins over `include`.
 """
@@ -48,72 +58,97 @@ class GlobError(ValueError):
 
 @functools.lru_cache(maxsize=1024)
 def compile_glob(pattern: str) -> re.Pattern[str]:
-    """Compile one glob (syntax in the module docstring) to an anchored regex."""
-    pattern = pattern.removeprefix("/")
+    """Compile one glob (rclone's filter rules, see the module docstring) to a regex that
+    must match a relative key from its start (`re.match`) to its end."""
+    anchored = pattern.startswith("/")
+    body = pattern[1:] if anchored else pattern
+    if body.endswith("/"):
+        body += "**"
+    # Unanchored: "(^|/)" in rclone, here a run of whole directories matched from the start.
+    start = "" if anchored else "(?:.*/)?"
+    return _compiled(pattern, start + _translate(pattern, body, earlier=False))
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_earlier_glob(pattern: str) -> re.Pattern[str]:
+    """A glob as objmig read it before it followed rclone: anchored at the prefix, a
+    leading `/` ignored, `**/` also matching zero directories."""
+    return _compiled(pattern, _translate(pattern, pattern.removeprefix("/"), earlier=True))
+
+
+def _compiled(pattern: str, regex: str) -> re.Pattern[str]:
+    try:
+        return re.compile(regex + r"\Z", re.DOTALL)
+    except re.error as exc:  # e.g. a bad range like [z-a]
+        raise GlobError(f"pattern {pattern!r}: {exc}") from exc
+
+
+def _translate(pattern: str, body: str, *, earlier: bool) -> str:
+    """The regex of a glob's body (no anchoring: see the callers)."""
     out: list[str] = []
-    i, n = 0, len(pattern)
-    in_braces = False
+    i, n = 0, len(body)
+    braces = 0
     while i < n:
-        c = pattern[i]
+        c = body[i]
         if c == "\\":
             if i + 1 >= n:
                 raise GlobError(f"pattern {pattern!r} ends with a lone backslash")
-            out.append(re.escape(pattern[i + 1]))
+            out.append(re.escape(body[i + 1]))
             i += 2
             continue
         if c == "*":
-            if pattern.startswith("**", i):
-                j = i + 2
+            j = i
+            while j < n and body[j] == "*":
+                j += 1
+            stars = j - i
+            if stars == 1:
+                out.append("[^/]*")
+            elif stars > 2 and not earlier:
+                raise GlobError(f"pattern {pattern!r} has too many stars together")
+            elif earlier and (i == 0 or body[i - 1] == "/") and j < n and body[j] == "/":
                 # `**/` at a segment start: zero or more whole directories.
-                at_segment_start = i == 0 or pattern[i - 1] == "/"
-                if at_segment_start and j < n and pattern[j] == "/":
-                    out.append("(?:.*/)?")
-                    i = j + 1
-                else:
-                    out.append(".*")
-                    # Further stars add nothing to `**`.
-                    while j < n and pattern[j] == "*":
-                        j += 1
-                    i = j
-                continue
-            out.append("[^/]*")
-        elif c == "?":
+                out.append("(?:.*/)?")
+                j += 1
+            else:
+                out.append(".*")
+            i = j
+            continue
+        if c == "?":
             out.append("[^/]")
         elif c == "[":
             j = i + 1
-            if j < n and pattern[j] in "!^":
+            if j < n and body[j] in "!^":
                 j += 1
-            if j < n and pattern[j] == "]":
+            if j < n and body[j] == "]":
                 j += 1
-            while j < n and pattern[j] != "]":
+            while j < n and body[j] != "]":
                 j += 1
             if j >= n:
                 raise GlobError(f"pattern {pattern!r} has an unclosed '['")
-            body = pattern[i + 1 : j]
-            negate = body[:1] in ("!", "^")
+            inside = body[i + 1 : j]
+            negate = inside[:1] in ("!", "^")
             if negate:
-                body = body[1:]
-            body = body.replace("\\", "\\\\")
+                inside = inside[1:]
+            inside = inside.replace("\\", "\\\\")
             # A negated class must not swallow the separator either.
-            out.append(f"[^/{body}]" if negate else f"[{body}]")
+            out.append(f"[^/{inside}]" if negate else f"[{inside}]")
             i = j
-        elif c == "{" and not in_braces:
-            in_braces = True
+        elif c == "{" and not earlier and body.startswith("{{", i):
+            raise GlobError(f"pattern {pattern!r}: {{{{regexp}}}} sections are not supported")
+        elif c == "{" and (braces == 0 or not earlier):
+            braces += 1
             out.append("(?:")
-        elif c == "," and in_braces:
+        elif c == "," and braces:
             out.append("|")
-        elif c == "}" and in_braces:
-            in_braces = False
+        elif c == "}" and braces:
+            braces -= 1
             out.append(")")
         else:
             out.append(re.escape(c))
         i += 1
-    if in_braces:
+    if braces:
         raise GlobError(f"pattern {pattern!r} has an unclosed '{{'")
-    try:
-        return re.compile("".join(out) + r"\Z", re.DOTALL)
-    except re.error as exc:  # e.g. a bad range like [z-a]
-        raise GlobError(f"pattern {pattern!r}: {exc}") from exc
+    return "".join(out)
 
 
 def glob_match(pattern: str, relative_key: str) -> bool:
@@ -156,17 +191,22 @@ class Selection:
             return None
         return key[len(self.prefix) :]
 
-    def explain(self, info: Listed) -> str | None:
-        """None when `info` is selected, otherwise why not (for plans and reports)."""
+    def explain(self, info: Listed, *, earlier: bool = False) -> str | None:
+        """None when `info` is selected, otherwise why not (for plans and reports).
+
+        `earlier`: as the globs selected before they followed rclone (see
+        `compile_earlier_glob`).
+        """
         relative = self.relative_key(info.key)
         if relative is None:
             return f"outside prefix {self.prefix!r}"
         if self.written_prefix is not None and info.key.startswith(self.written_prefix):
             return f"under the target prefix {self.written_prefix!r}, where copies are written"
+        compiled = compile_earlier_glob if earlier else compile_glob
         for pattern in self.exclude:
-            if glob_match(pattern, relative):
+            if compiled(pattern).match(relative):
                 return f"excluded by {pattern!r}"
-        if self.include and not any(glob_match(p, relative) for p in self.include):
+        if self.include and not any(compiled(p).match(relative) for p in self.include):
             return "matches no include pattern"
         if self.modified_after is not None and not info.last_modified > self.modified_after:
             return f"not modified after {self.modified_after.isoformat()}"
@@ -183,6 +223,12 @@ class Selection:
     def matches(self, info: Listed) -> bool:
         """True when the listed object is selected."""
         return self.explain(info) is None
+
+    def changed(self, info: Listed) -> bool:
+        """Whether the globs select `info` otherwise than before they followed rclone."""
+        if not (self.include or self.exclude):
+            return False
+        return (self.explain(info) is None) != (self.explain(info, earlier=True) is None)
 
 
 MetadataOperator = Literal[

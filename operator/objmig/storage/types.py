@@ -159,6 +159,11 @@ class HeadResult:
     checksum_type: str | None = None
     encryption: EncryptionInfo = field(default_factory=EncryptionInfo)
     tag_count: int = 0
+    #: Object Lock as the store shows it (to a caller allowed to read it): the retention
+    #: mode (GOVERNANCE, COMPLIANCE) and its end, and whether a legal hold is on.
+    lock_mode: str | None = None
+    lock_retain_until: datetime | None = None
+    legal_hold: bool = False
     #: Only what a listing says (ETag, size, last-modified, class, version): the
     #: object's metadata, content headers, encryption, tags and checksums are unknown,
     #: not empty. See `listed`.

@@ -31,7 +31,9 @@ class RestoreSpec(ApiModel):
     days: int = Field(default=3, ge=1, le=365, description="Days the restored copy stays readable.")
     poll_interval: Annotated[Duration, DurationBetween("100ms", "24h")] = Field(
         default="15m",
-        description="How often to check whether a restore has finished (100ms to 24h).",
+        description="The longest wait between two looks at a restore (100ms to 24h). The "
+        "first look comes 30 s after the request, and each wait is as long as all the "
+        "waiting so far, up to this.",
     )
     # A plain default (pydantic copies it per instance) so the CRD carries it too: the CEL rule
     # above reads storageClasses, which must not be absent on the API server.
@@ -93,10 +95,32 @@ class CopySpec(ApiModel):
     )
     preserve_tags: bool = Field(
         default=True,
-        description="Copy object tags. On a target store without tags, objects that have "
-        "tags fail with TagsNotSupported (the others copy). false: no tagging request or "
-        "header is sent at all: streamed copies carry no tags, a server-side CopyObject "
-        "does what the store does by default (S3 copies them).",
+        description="Copy object tags, and prove them: the copy's tags are compared with "
+        "the source's (read only for objects that have tags). On a target store without "
+        "tags, objects that have tags fail with TagsNotSupported (the others copy). false: "
+        "no tagging request or header is sent at all: streamed copies carry no tags, a "
+        "server-side CopyObject does what the store does by default (S3 copies them).",
+    )
+    migration_marker: bool = Field(
+        default=True,
+        description="Write the user-metadata key objmig-migration (the migration's "
+        "namespace/name) on every copy. It is left out where it would take an object's "
+        "metadata over S3's 2 KB (noted per object in the report); false never writes it. "
+        "Cleanups know objmig's copies by what the ledger recorded of them, not by it. "
+        "Rewrites in place need it.",
+    )
+    preserve_object_lock: bool = Field(
+        default=True,
+        description="Give the copy the source's Object Lock retention (mode and date) and "
+        "legal hold, once it is verified. A target bucket without Object Lock cannot keep "
+        "them: noted per object in the report.",
+    )
+    preserve_acl: bool = Field(
+        default=False,
+        description="Give the copy the source's ACL grants (read from GetObjectAcl, "
+        "written with PutObjectAcl once it is verified). Grants to canonical user ids mean "
+        "something only within one AWS partition; what the target refuses is noted per "
+        "object in the report.",
     )
     overwrite: Literal["never", "ifDifferent", "always"] = Field(
         default="ifDifferent",
@@ -126,7 +150,18 @@ class VerifySpec(ApiModel):
         "copying; full: re-read both sides and compare SHA-256.",
     )
     metadata: bool = Field(
-        default=True, description="Also compare user metadata and content headers."
+        default=True,
+        description="Also compare user metadata and content headers (Content-Type, "
+        "Cache-Control, Content-Disposition, Content-Encoding, Content-Language, Expires, "
+        "website redirect). objmig's own keys (objmig-*) are left out on both sides. "
+        "Tags are compared whenever copy.preserveTags is on.",
+    )
+    content_type: Literal["Equivalent", "Exact"] = Field(
+        default="Equivalent",
+        description="How Content-Type must match. Equivalent: as RFC 9110 makes equal and "
+        "stores normalise: media type and parameter names in any case, the charset value in "
+        "any case, spaces around ';', quoted or plain values, any parameter order "
+        "(text/plain; charset=utf-8 = text/plain;charset=UTF-8). Exact: the same string.",
     )
     verify_only: bool = Field(
         default=False,

@@ -82,7 +82,9 @@ class CutoverSpec(ApiModel):
     catch_up: bool = Field(
         default=False,
         description="Before cutting over, re-scan the source and copy what changed or "
-        "appeared, until a re-scan finds nothing new.",
+        "appeared, until a re-scan finds nothing new. Without it the source is re-scanned "
+        "once after the copies all the same: nothing is cut over whose source changed since "
+        "its verification.",
     )
     max_catch_up_rounds: int = Field(
         default=5, ge=1, le=100, description="Give up catching up after this many re-scans."

@@ -203,13 +203,17 @@ class SelectionSpec(ApiModel):
 
     include: list[str] = Field(
         default_factory=list,
-        description="Globs on the key relative to the source prefix; empty includes all. "
-        "* stays within one path segment, ** crosses segments.",
+        description="Globs on the key relative to the source prefix, as rclone's filter "
+        "rules: without a leading / a pattern matches at any depth (*.csv: a.csv and "
+        "d/a.csv), with one only at the prefix (/a.csv); * stays within one path segment, "
+        "** crosses segments; a pattern ending in / takes everything under such a "
+        "directory. Empty includes all.",
         max_length=256,
     )
     exclude: list[str] = Field(
         default_factory=list,
-        description="Globs on the relative key; an excluded key is never selected.",
+        description="Globs on the relative key, as include; an excluded key is never "
+        "selected (*.tmp excludes logs/x.tmp too).",
         max_length=256,
     )
     modified_after: datetime | None = Field(

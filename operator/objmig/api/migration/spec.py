@@ -55,6 +55,11 @@ _TARGET_REQUIRED = (
 _ID_NEEDS_SQL = (
     "backfill.match id matches the id column of a SQL worklist: set selection.manifest.sql"
 )
+_IN_PLACE_MARKER_MESSAGE = (
+    "objects rewritten in place carry the migration's marker: it is how an interrupted "
+    "attempt's copy is known for the migration's own and verified rather than taken for "
+    "a change; copy.migrationMarker must stay true"
+)
 _OWN_PREFIX_MESSAGE = (
     "source and target are one bucket: write the copies under a prefix of their own (a "
     "target.prefix that the source prefix does not start with), or rewrite the objects in "
@@ -110,6 +115,12 @@ class ObjectMigrationSpec(ApiModel):
             " || !self.source.prefix.startsWith(self.target.prefix)",
             _OWN_PREFIX_MESSAGE,
             field_path=".target.prefix",
+        ),
+        cel_rule(
+            f"!({_IN_PLACE}) || {_LOOK_ONLY} || !has(self.copy)"
+            " || !has(self.copy.migrationMarker) || self.copy.migrationMarker",
+            _IN_PLACE_MARKER_MESSAGE,
+            field_path=".copy.migrationMarker",
         ),
         cel_rule(
             f"!({_SAME_DIRECTORY}) || !self.source.prefix.startsWith(self.target.prefix)",
@@ -287,6 +298,8 @@ class ObjectMigrationSpec(ApiModel):
                 raise ValueError(_LOOK_ONLY_MESSAGE)
         elif self.rewrites_in_place and self.copy_.overwrite != "always":
             raise ValueError(_IN_PLACE_MESSAGE)
+        if self.copy_.writes and self.rewrites_in_place and not self.copy_.migration_marker:
+            raise ValueError(_IN_PLACE_MARKER_MESSAGE)
         if (
             self.same_bucket
             and not self.rewrites_in_place

@@ -62,7 +62,9 @@ class Progress(ApiModel):
     objects_per_second: int = Field(default=0, ge=0, description="Objects finished per second.")
     eta: str | None = Field(
         default=None,
-        description="Estimated time left at the recent rates of bytes and objects, e.g. 1h20m.",
+        description="Estimated time left at the recent rates of bytes and objects, e.g. "
+        "1h20m; 'waiting for restores' while archived objects are being restored (no rate "
+        "predicts how long that takes).",
     )
     retries: int = Field(
         default=0,
@@ -275,6 +277,18 @@ class PlanStatus(ApiModel):
     need_restore: int = Field(default=0, ge=0, description="Objects that need a restore.")
     would_skip: int = Field(default=0, ge=0, description="Objects already identical on the target.")
     would_copy: int = Field(default=0, ge=0, description="Objects that would be copied.")
+    selected_differently: int = Field(
+        default=0,
+        ge=0,
+        description="Objects the include/exclude globs select otherwise than before they "
+        "followed rclone's filter rules (a pattern without a leading / matches at any "
+        "depth now). Not 0: check the globs before running for real.",
+    )
+    selected_differently_examples: list[str] = Field(
+        default_factory=list,
+        description="A few of them: +key is selected now and was not, -key the reverse.",
+        max_length=5,
+    )
 
 
 class ObjectMigrationStatus(ApiModel):

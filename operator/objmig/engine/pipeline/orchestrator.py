@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from objmig.engine.context import MigrationContext, Side
 from objmig.engine.hooks import HookClient
 from objmig.engine.pipeline import outcomes
-from objmig.engine.pipeline.copy import CopyStep
+from objmig.engine.pipeline.copy import CopyStep, UploadBook
+from objmig.engine.pipeline.fidelity import Fidelity
 from objmig.engine.pipeline.looks import Looks, SourceChanged
 from objmig.engine.pipeline.outcomes import PLAN_COPY, PLAN_IDENTICAL, ConfigurationError
 from objmig.engine.pipeline.restore import restore
@@ -71,6 +72,7 @@ class ObjectPipeline:
         limiter: RateLimiter | None = None,
         on_park: Callable[[], None] = lambda: None,
         on_bytes: Callable[[int, int], None] | None = None,
+        uploads: UploadBook | None = None,
         on_space_low: Callable[[TargetSpaceLowError], None] = lambda _: None,
     ) -> None:
         """``on_bytes(object_id, nbytes)`` hears of every byte written to the target."""
@@ -83,8 +85,9 @@ class ObjectPipeline:
         self._on_park = on_park
         self._in_flight = 0
         self._looks = Looks(self._sides, self._busy, on_park)
-        self._copy = CopyStep(self._sides, limiter, on_bytes)
+        self._copy = CopyStep(self._sides, limiter, on_bytes, uploads)
         self._verify = VerifyStep(self._sides, self._looks)
+        self._fidelity = Fidelity(self._sides)
         hook = context.spec.hooks.per_object if context.spec.hooks is not None else None
         self._steps = ApplicationSteps(
             self._sides,
@@ -137,10 +140,27 @@ class ObjectPipeline:
         """
         sides = self._sides
         try:
+            result = await self._attempt(row)
+            written = sides.written.get(row.id)
+            if (
+                written is not None
+                and result.state is not ObjectState.VERIFIED
+                and not sides.replaces_original(row)
+            ):
+                # A copy this attempt made, and that no verified row will point to.
+                result = outcomes.with_write(result, sides.target_key(row), written)
+            return result
+        finally:
+            sides.forget(row)
+
+    async def _attempt(self, row: ObjectRow) -> StepResult:
+        sides = self._sides
+        try:
             async with asyncio.timeout(sides.ctx.object_timeout_seconds) as deadline:
                 DEADLINE.set(deadline)
                 if row.state is ObjectState.FINISHING:
                     return await self._steps.run(row, outcomes.still_verified(row))
+                await self._copy.abort_stale_uploads(row)
                 result = await self._advance(row)
                 if result.state is ObjectState.VERIFIED:
                     return await self._steps.run(row, result)
@@ -168,8 +188,6 @@ class ObjectPipeline:
                 return self._missing(row)
             step = "verify" if isinstance(exc, VerificationError) else "copy"
             return outcomes.failure(row, error, step, sides.spec.retry)
-        finally:
-            sides.forget(row)
 
     # -- the object's way -----------------------------------------------------------------
 
@@ -205,7 +223,7 @@ class ObjectPipeline:
         if target is None:
             # The copy we made is gone (someone deleted it): copy again.
             return await self._copy_and_verify(row, source, create_only=True)
-        return self._verified(row, await self._verify.verify(row, source, target))
+        return await self._verified(row, source, await self._verify.verify(row, source, target))
 
     async def _look_at_source(self, row: ObjectRow) -> HeadResult | StepResult:
         """HEAD the source before copying it; a StepResult when that ends the object
@@ -214,7 +232,8 @@ class ObjectPipeline:
         if sides.replaces_original(row):
             current = await looks.head_source(row, check=False)
             if self._verify.is_earlier_copy(row, current):
-                return self._verified(row, await self._verify.verify_earlier_copy(row, current))
+                proof = await self._verify.verify_earlier_copy(row, current)
+                return await self._verified(row, current, proof)
             looks.check_unchanged_head(row, current)
             source = current
         else:
@@ -255,7 +274,7 @@ class ObjectPipeline:
                 "ContentSizeMismatch",
                 f"{target.size} bytes stored under this content's name, {source.size} read",
             )
-        return self._verified(row, await self._verify.verify(row, source, target))
+        return await self._verified(row, source, await self._verify.verify(row, source, target))
 
     async def _look_and_copy(self, row: ObjectRow, source: HeadResult | None) -> StepResult:
         """Prove an existing copy, or look at the target as the overwrite policy needs,
@@ -270,7 +289,8 @@ class ObjectPipeline:
                 return outcomes.failed_now(
                     row, "TargetMissing", "verifyOnly: no copy on the target"
                 )
-            return self._verified(row, await self._verify.verify(row, source, target))
+            proof = await self._verify.verify(row, source, target)
+            return await self._verified(row, source, proof)
 
         overwrite = spec.copy_.overwrite
         # A content-addressed layout looks first: a content stored already is not written.
@@ -308,7 +328,7 @@ class ObjectPipeline:
             proof = outcomes.Proof(
                 row.etag, version_or_none(row.version_id), None, None, row.last_modified
             )
-            return self._verified(row, proof)
+            return outcomes.verified(row, sides.target_key(row), proof)
         head = await self._head_or_missing(row, check=bool(row.etag))
         if head is None:
             return self._missing(row)
@@ -321,7 +341,8 @@ class ObjectPipeline:
         algorithm = first_kept_algorithm(head)
         checksum = head.whole_checksums()[algorithm] if algorithm is not None else None
         proof = outcomes.Proof(head.etag, head.version_id, checksum, checksum, head.last_modified)
-        return self._verified(row, proof)
+        # Nothing was copied: nothing to give the copy (see `_verified`).
+        return outcomes.verified(row, sides.target_key(row), proof)
 
     async def _head_or_missing(self, row: ObjectRow, *, check: bool) -> HeadResult | None:
         """The source's HEAD, None when there is no such object."""
@@ -349,7 +370,7 @@ class ObjectPipeline:
         """A selected object that does not exist: skipped with reason NotFound (or failed,
         with copy.missingObjects Fail), and said in the log."""
         sides = self._sides
-        log.warning("s3://%s/%s does not exist", sides.spec.source.bucket, row.key)
+        log.warning("s3://%s/%s does not exist", sides.source_bucket(row), row.key)
         return outcomes.missing(row, fail=sides.spec.copy_.missing_objects == "Fail")
 
     def _needs_source_head(self, row: ObjectRow) -> bool:
@@ -362,8 +383,13 @@ class ObjectPipeline:
         the pipeline decides before copying: restores (a class that may be archived),
         metadata rules, an in-place copy's proof, plans and verify-only runs, `never`,
         and the checksum a server-side copy has its store compute (it is the source's).
+        A server-side copy that keeps tags or Object Lock HEADs first too: a streamed
+        copy's GET tells the source's tag count and lock, a CopyObject's answer neither,
+        and verification proves the tags (of objects that have some) and the verified
+        copy gets the source's lock.
         """
         sides = self._sides
+        copy = sides.spec.copy_
         return (
             sides.plan_only
             or sides.spec.verify.verify_only
@@ -374,6 +400,7 @@ class ObjectPipeline:
             or row.last_modified is None
             or row.storage_class not in _NEVER_ARCHIVED
             or (sides.ctx.server_side and sides.by_checksum(None))
+            or (sides.ctx.server_side and (copy.preserve_tags or copy.preserve_object_lock))
             or sides.spec.content_addressed
         )
 
@@ -427,7 +454,8 @@ class ObjectPipeline:
             if source.listed_only:
                 # Verifying a copy objmig did not just write compares what both say.
                 source = await self._looks.head_source(row)
-            return self._verified(row, await self._verify.verify(row, source, target))
+            proof = await self._verify.verify(row, source, target)
+            return await self._verified(row, source, proof)
         if sides.spec.copy_.overwrite == "never":
             return outcomes.skipped(row, "TargetExistsDifferent")
         if sides.plan_only:
@@ -471,7 +499,19 @@ class ObjectPipeline:
                 raise
             target = await self._verify.read_copy(row)
             proof = await self._verify.verify(row, source, target, written=result)
-        return self._verified(row, proof)
+            return await self._verified(row, source, proof)
+        return await self._verified(row, result.source, proof)
 
-    def _verified(self, row: ObjectRow, proof: outcomes.Proof) -> StepResult:
-        return outcomes.verified(row, self._sides.target_key(row), proof)
+    async def _verified(
+        self, row: ObjectRow, source: HeadResult, proof: outcomes.Proof
+    ) -> StepResult:
+        """The row is done: its copy is proven. Before it says so, the copy gets what it
+        keeps of the source besides bytes and metadata (a copy objmig did not write, for
+        verifyOnly, or one that replaced its source in place, is left as it is)."""
+        sides = self._sides
+        if not sides.spec.verify.verify_only and not sides.replaces_original(row):
+            if source.listed_only and sides.spec.copy_.preserve_object_lock:
+                # The listing tells no Object Lock; a HEAD does.
+                source = await self._looks.head_source(row)
+            await self._fidelity.keep(row, source, proof.target_version_id)
+        return outcomes.verified(row, sides.target_key(row), proof, sides.not_kept.get(row.id, ()))

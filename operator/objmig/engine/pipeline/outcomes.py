@@ -7,6 +7,7 @@ whole run instead of ending one object.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -69,9 +70,12 @@ class Proof:
     source_metadata: dict[str, Any] | None = None
 
 
-def verified(row: ObjectRow, target_key: str, proof: Proof) -> StepResult:
+def verified(
+    row: ObjectRow, target_key: str, proof: Proof, not_kept: Sequence[str] = ()
+) -> StepResult:
     """The copy at `target_key` is proven: the row is done (or, with application steps
-    still to run, those come next)."""
+    still to run, those come next). `not_kept`: what of the source the copy could not
+    keep, for the report."""
     return StepResult(
         id=row.id,
         state=ObjectState.VERIFIED,
@@ -82,6 +86,7 @@ def verified(row: ObjectRow, target_key: str, proof: Proof) -> StepResult:
         target_checksum=proof.target_checksum,
         target_last_modified=proof.target_last_modified,
         increment_attempts=True,
+        not_preserved="; ".join(not_kept) or None,
         verified_by=proof.verified_by,
         degraded=",".join(proof.degraded) or None,
         source_metadata=proof.source_metadata,
@@ -90,10 +95,22 @@ def verified(row: ObjectRow, target_key: str, proof: Proof) -> StepResult:
 
 def still_verified(row: ObjectRow) -> StepResult:
     """A `finishing` row, claimed for its application steps: verified as recorded."""
-    # What proved the copy is written with every result (None clears it): keep it.
+    # What proved the copy, and what it could not keep, are written with every result
+    # (None clears them): keep them.
     return StepResult(
-        id=row.id, state=ObjectState.VERIFIED, verified_by=row.verified_by, degraded=row.degraded
+        id=row.id,
+        state=ObjectState.VERIFIED,
+        verified_by=row.verified_by,
+        degraded=row.degraded,
+        not_preserved=row.not_preserved,
     )
+
+
+def with_write(result: StepResult, target_key: str, written: tuple[str, str | None]) -> StepResult:
+    """A failed attempt's result, with what it wrote to the target recorded: a leftovers
+    cleanup removes exactly that object (and version) later, and nothing else."""
+    etag, version_id = written
+    return result._replace(target_key=target_key, target_etag=etag, target_version_id=version_id)
 
 
 def skipped(row: ObjectRow, reason: str) -> StepResult:
@@ -133,7 +150,8 @@ def waiting_for_space(row: ObjectRow, message: str) -> StepResult:
 
 
 def restoring(row: ObjectRow, poll_seconds: float, requested_at: datetime | None) -> StepResult:
-    """Waiting for a restore; claimed again after `poll_seconds`."""
+    """Waiting for a restore (requested at `requested_at`); claimed again after
+    `poll_seconds`."""
     return StepResult(
         id=row.id,
         state=ObjectState.RESTORING,

@@ -2,8 +2,9 @@
 
 Without `spec.restore` (or for a storage class it does not name) the object is skipped
 (`ArchivedNotRestored`). Otherwise RestoreObject is sent when the HEAD shows no restore
-under way (a second request after a crash is harmless), and the row waits in `restoring`
-until `pollInterval` has passed; its next claim HEADs the source again.
+under way (a second request after a crash is harmless), and the row waits in `restoring`;
+its next claim HEADs the source again, soon after the request first, then less and less
+often, up to `pollInterval` (`policy.restore_poll_delay`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from objmig.engine.pipeline import outcomes
 from objmig.engine.pipeline.outcomes import PLAN_RESTORE
 from objmig.engine.pipeline.sides import Sides
+from objmig.engine.policy import restore_poll_delay
 from objmig.ledger.models import ObjectRow, StepResult
 from objmig.storage.restore import request_restore
 from objmig.storage.types import HeadResult
@@ -23,7 +25,8 @@ async def restore(sides: Sides, row: ObjectRow, source: HeadResult) -> StepResul
         return outcomes.skipped(row, "ArchivedNotRestored")
     if sides.plan_only:
         return outcomes.skipped(row, PLAN_RESTORE)
-    requested_at = None
+    now = outcomes.now()
+    requested_at = row.restore_requested_at
     if source.restore is None:
         await request_restore(
             await sides.src.sdk(),
@@ -35,5 +38,11 @@ async def restore(sides: Sides, row: ObjectRow, source: HeadResult) -> StepResul
             storage_class=source.storage_class,
             archive_status=source.archive_status,
         )
-        requested_at = outcomes.now()
-    return outcomes.restoring(row, sides.ctx.restore_poll_seconds, requested_at)
+        requested_at = now
+    elif requested_at is None:
+        # Under way, asked for by someone else (or by an attempt that did not live to
+        # record it): counted from now.
+        requested_at = now
+    since = (now - requested_at).total_seconds()
+    delay = restore_poll_delay(since, sides.ctx.restore_poll_seconds)
+    return outcomes.restoring(row, delay, requested_at)

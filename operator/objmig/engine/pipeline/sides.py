@@ -42,6 +42,17 @@ class Sides:
         self.originals: dict[int, str] = {}
         # The SHA-256 (hex) of contents read before their copy (content-addressed layouts).
         self.contents: dict[int, str] = {}
+        # What this attempt wrote to the target (ETag, version id), and what of the source
+        # its copy could not keep, by row id: the row's record, whichever way it ends.
+        self.written: dict[int, tuple[str, str | None]] = {}
+        self.not_kept: dict[int, list[str]] = {}
+
+    def forget(self, row: ObjectRow) -> None:
+        """The attempt at `row` is over: drop what it noted here."""
+        self.originals.pop(row.id, None)
+        self.written.pop(row.id, None)
+        self.not_kept.pop(row.id, None)
+        self.contents.pop(row.id, None)
 
     def source_bucket(self, row: ObjectRow) -> str:
         """The bucket `row` was listed in (its own, in a migration of several)."""
@@ -69,11 +80,6 @@ class Sides:
         return self.ctx.target_key_for(
             row.key, row.last_modified or _EPOCH, row.etag, bucket=row.bucket, sha256=sha256
         )
-
-    def forget(self, row: ObjectRow) -> None:
-        """Drop what was kept of `row` for the length of one attempt."""
-        self.originals.pop(row.id, None)
-        self.contents.pop(row.id, None)
 
     def listed(self, row: ObjectRow) -> HeadResult:
         """The source as the scan listed it, standing in for a HEAD nobody made."""

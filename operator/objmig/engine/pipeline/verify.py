@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from objmig.engine.lookup import key_listed
 from objmig.engine.pipeline.looks import Looks
 from objmig.engine.pipeline.outcomes import Proof, now
 from objmig.engine.pipeline.sides import Sides
@@ -25,8 +26,10 @@ from objmig.storage.compare import (
     checksums_known,
     etags_comparable,
     first_kept_algorithm,
+    key_may_be_rewritten,
     label_algorithm,
     metadata_difference,
+    tags_difference,
     target_checksums_trusted,
     without_objmig_keys,
 )
@@ -34,6 +37,7 @@ from objmig.storage.copy import CopyResult
 from objmig.storage.digest import object_sha256
 from objmig.storage.errors import IntegrityError
 from objmig.storage.features import Aspect
+from objmig.storage.filesystem import FileStore
 from objmig.storage.types import MIGRATION_METADATA_KEY, EncryptionInfo, HeadResult
 
 #: Metadata an object copied onto itself carries: the ETag of the original it replaced and,
@@ -45,11 +49,14 @@ ORIGINAL_CHECKSUM_KEY = "objmig-original-checksum"
 
 
 class VerificationError(IntegrityError):
-    """The copy differs from the source. Retryable: the next attempt copies again."""
+    """The copy differs from the source. Retryable: the next attempt copies again, unless
+    `permanent` (copying again cannot help)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, permanent: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        if permanent:
+            self.kind = "permanent"
 
 
 class VerifyStep:
@@ -109,9 +116,14 @@ class VerifyStep:
             # What was meant: the source's metadata (none without preserveMetadata) with
             # the spec's changes.
             basis = source if spec.copy_.preserve_metadata else replace(source, metadata={})
-            difference = metadata_difference(basis, target, self._sides.ctx.metadata_change)
+            difference = metadata_difference(
+                basis, target, self._sides.ctx.metadata_change, spec.verify.content_type
+            )
             if difference is not None:
                 raise VerificationError("MetadataMismatch", difference)
+        if spec.copy_.preserve_tags:
+            await self._check_tags(row, source, target, written)
+        await self._check_key_kept(row)
         # The last word: the source must still be what was listed, or the copy proves nothing.
         await self._looks.recheck_source(row, target)
         by = "etag" if source_checksum is None else label_algorithm(source_checksum).lower()
@@ -165,6 +177,53 @@ class VerifyStep:
         if target is None:
             raise VerificationError("TargetMissing", "the copy is not visible on the target")
         return target
+
+    async def _check_tags(
+        self, row: ObjectRow, source: HeadResult, target: HeadResult, written: CopyResult | None
+    ) -> None:
+        """The copy's tags are the source's.
+
+        Cheap: tags are read only for objects that have some (HEAD and GET say how many,
+        `x-amz-tagging-count`), and the source's not again when the copy read them. A
+        source known only from its listing (its tag count unknown) has both read.
+        """
+        sides = self._sides
+        if not source.tag_count and not source.listed_only:
+            if target.tag_count:
+                raise VerificationError(
+                    "TagsMismatch", f"tags: expected none, found {target.tag_count}"
+                )
+            return
+        expected = written.source_tags if written is not None else None
+        if expected is None:
+            expected = await sides.src.http.get_tags(
+                sides.source_bucket(row), row.key, row.version_id or None
+            )
+        found = await sides.dst.http.get_tags(
+            sides.spec.target.bucket, sides.target_key(row), target.version_id
+        )
+        difference = tags_difference(expected, found)
+        if difference is not None:
+            raise VerificationError("TagsMismatch", difference)
+
+    async def _check_key_kept(self, row: ObjectRow) -> None:
+        """A key a store may rewrite (see `key_may_be_rewritten`) must be listed as it is:
+        a HEAD of it answers for whatever the store made of it."""
+        sides = self._sides
+        key = sides.target_key(row)
+        if not key_may_be_rewritten(key) or isinstance(sides.dst, FileStore):
+            # A directory refuses such keys before writing (UnsafeKey): none is rewritten.
+            return
+        prefix = sides.spec.target.prefix if key.startswith(sides.spec.target.prefix) else ""
+        instead = await key_listed(sides.dst, sides.spec.target.bucket, prefix, key)
+        if instead is not None:
+            raise VerificationError(
+                "TargetKeyRewritten",
+                f"the target store does not keep the copy under its key {key!r}"
+                + (f" (it lists {instead!r} in its place)" if instead else "")
+                + ": it rewrites keys with a leading '/', empty or '.' segments",
+                permanent=True,
+            )
 
     def _degraded(self, written: CopyResult | None) -> tuple[str, ...]:
         """The aspects of S3 this copy did without, because a store lacks them."""

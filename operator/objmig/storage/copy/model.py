@@ -35,6 +35,13 @@ class ObjectArchivedError(StorageError):
     code = "ObjectArchived"
 
 
+class MetadataTooLargeError(StorageError):
+    """What objmig must add to an object's metadata would take it over S3's 2 KB."""
+
+    kind = "permanent"
+    code = "MetadataTooLarge"
+
+
 class TargetExistsError(StorageError):
     """A create-only write found the target key taken (412 to If-None-Match: *).
 
@@ -161,10 +168,12 @@ class CopyOptions:
       `preserve_metadata`, the set keys are written); a server-side copy then replaces
       the metadata (REPLACE directive, content headers kept).
     - `extra_metadata`: metadata of objmig's own the copy carries (in-place proofs).
-    - `migration_tag`: stored as metadata `objmig-migration` on the target.
+    - `migration_tag`: stored as metadata `objmig-migration` on the target (None: no
+      marker), left out where it would take the metadata over S3's 2 KB.
     - `on_upload_started(upload_id)`: awaited right after CreateMultipartUpload, so the
       engine can record the upload id (S3 shows no metadata for incomplete uploads; the
-      recorded ids are how leftovers are recognised as objmig's).
+      recorded ids are how leftovers are recognised as objmig's); `on_upload_ended` once
+      it is completed or aborted (not when the abort itself failed).
     - `on_progress(nbytes)`: called as bytes move (per chunk streamed, per part copied).
     - `read_ahead`: the memory streamed multipart copies may fill with parts read ahead of
       their upload, shared by the copies of a process; None streams one part at a time.
@@ -201,6 +210,7 @@ class CopyOptions:
     metadata_change: MetadataChange = field(default_factory=MetadataChange)
     extra_metadata: Mapping[str, str] = field(default_factory=dict)
     on_upload_started: Callable[[str], Awaitable[None]] | None = None
+    on_upload_ended: Callable[[str], Awaitable[None]] | None = None
     on_progress: Callable[[int], None] | None = None
     read_ahead: ReadAhead | None = None
     part_size: int | None = None
@@ -243,6 +253,11 @@ class CopyResult:
     #: target is the store's word on the bytes written); None: any the target shows came
     #: some other way, perhaps copied along from the source.
     checksum_algorithm: str | None = None
+    #: The source's tags as this copy read them to write them (None: it did not read them;
+    #: CopyObject copies them by itself).
+    source_tags: Mapping[str, str] | None = None
+    #: What the copy left out of its source, in words (see `planning.fit_metadata`).
+    not_kept: tuple[str, ...] = ()
     #: The source's store told no part sizes: the copy's parts are a guess of equal ones.
     parts_guessed: bool = False
 

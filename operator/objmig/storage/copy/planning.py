@@ -5,14 +5,15 @@ and what the result proves (`CopyResult.etag_matches_source`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from urllib.parse import urlencode
 
-from objmig.storage.compare import etag_is_content_md5
+from objmig.storage.compare import etag_is_content_md5, without_objmig_keys
 from objmig.storage.copy.model import (
     CopyOptions,
     CopyResult,
+    MetadataTooLargeError,
     ObjectArchivedError,
     SourceObject,
     TagsNotSupportedError,
@@ -44,6 +45,8 @@ class Plan:
     metadata: dict[str, str]
     metadata_changed: bool
     tags: dict[str, str] | None
+    #: What the copy leaves out of its source, in words (see `fit_metadata`).
+    not_kept: tuple[str, ...] = ()
 
 
 def single_part_by_listing(listed: HeadResult, options: CopyOptions) -> bool:
@@ -232,11 +235,12 @@ def plan_for(
     layout: PartLayout,
     tags: dict[str, str] | None,
 ) -> Plan:
+    # objmig's own keys describe the copy an earlier migration made, not this one: they
+    # are not carried along (see `compare.without_objmig_keys`).
     change = options.metadata_change
-    metadata = change.apply(head.metadata) if options.preserve_metadata else dict(change.set)
-    metadata.update({k.lower(): v for k, v in options.extra_metadata.items()})
-    if options.migration_tag:
-        metadata[MIGRATION_METADATA_KEY] = options.migration_tag
+    kept = without_objmig_keys(head.metadata) if options.preserve_metadata else {}
+    meant = change.apply(kept) if options.preserve_metadata else dict(change.set)
+    metadata, not_kept = fit_metadata(meant, options)
     return Plan(
         head=head,
         layout=layout,
@@ -245,6 +249,63 @@ def plan_for(
         metadata=metadata,
         metadata_changed=metadata != dict(head.metadata),
         tags=tags,
+        not_kept=not_kept,
+    )
+
+
+#: S3's limit on user metadata, in bytes (see `metadata_size`).
+METADATA_LIMIT = 2048
+_HEADER_PREFIX = len("x-amz-meta-")
+
+
+def metadata_size(metadata: Mapping[str, str]) -> int:
+    """User metadata's size against `METADATA_LIMIT`, as the strictest store counts it:
+    the UTF-8 bytes of every header name and value (AWS leaves the `x-amz-meta-` prefix
+    out, MinIO counts it)."""
+    return sum(_HEADER_PREFIX + len(k.encode()) + len(v.encode()) for k, v in metadata.items())
+
+
+def fit_metadata(
+    kept: Mapping[str, str], options: CopyOptions
+) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The copy's metadata, `kept` of the source plus what objmig adds, and what it left
+    out: objmig's additions never take an object over S3's 2 KB (checked before writing,
+    where the store would refuse the whole object).
+
+    The migration marker is left out where it does not fit (cleanups know objmig's copies
+    by what the ledger recorded of them, not by the marker); the proof of a rewrite in
+    place (`extra_metadata`, with the marker it is recognised by) cannot be: an object it
+    does not fit is refused. Metadata over the limit already at the source is copied as it
+    is, for the target store to judge.
+    """
+    metadata = dict(kept)
+    metadata.update({k.lower(): v for k, v in options.extra_metadata.items()})
+    marked = (
+        {**metadata, MIGRATION_METADATA_KEY: options.migration_tag}
+        if options.migration_tag
+        else metadata
+    )
+    own = metadata_size(kept)
+    if own > METADATA_LIMIT:
+        # Not objmig's doing: the store judges (AWS counts less strictly than MinIO).
+        return metadata, _marker_left_out(options, marked)
+    if options.extra_metadata and metadata_size(marked) > METADATA_LIMIT:
+        raise MetadataTooLargeError(
+            f"the proof of the copy in place ({', '.join(sorted(marked.keys() - kept.keys()))}) "
+            f"would take the object's metadata over S3's {METADATA_LIMIT} bytes "
+            f"({metadata_size(marked)})"
+        )
+    if metadata_size(marked) > METADATA_LIMIT:
+        return metadata, _marker_left_out(options, marked)
+    return marked, ()
+
+
+def _marker_left_out(options: CopyOptions, marked: Mapping[str, str]) -> tuple[str, ...]:
+    if not options.migration_tag:
+        return ()
+    return (
+        f"migration marker ({MIGRATION_METADATA_KEY}): left out, the metadata would be "
+        f"{metadata_size(marked)} bytes, over S3's {METADATA_LIMIT}",
     )
 
 
@@ -364,6 +425,8 @@ def copy_result(
         target_encryption=written.encryption,
         upload_id=upload_id,
         checksum_algorithm=checksum_algorithm,
+        source_tags=plan.tags,
+        not_kept=plan.not_kept,
         parts_guessed=plan.layout.source == "guess",
     )
 

@@ -371,6 +371,25 @@ class FileTree:
         info = os.fstatvfs(self.fd)
         return info.f_bavail * info.f_frsize, info.f_blocks * info.f_frsize
 
+    def space_needed(self, size: int) -> int:
+        """What writing a file of `size` bytes takes from the filesystem: its blocks, and
+        one more for what comes with it (its line in the index, its directory entry)."""
+        block = os.fstatvfs(self.fd).f_frsize or 4096
+        return -(-size // block) * block + block
+
+    @staticmethod
+    def allocate(pending: PendingFile, size: int) -> None:
+        """Take `size` bytes of the filesystem for the temporary now (the file is `size`
+        long afterwards); ENOSPC when they are not there. A filesystem that cannot
+        allocate ahead is left to fill as the bytes come."""
+        if size <= 0:
+            return
+        try:
+            os.posix_fallocate(pending.fd, 0, size)
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+
     def _sweep_once(self, dir_fd: int) -> None:
         found = os.fstat(dir_fd)
         identity = (found.st_dev, found.st_ino)

@@ -11,8 +11,12 @@ ETag. The SHA-256 of the bytes written is kept in the index too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import fcntl
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -45,6 +49,9 @@ from objmig.storage.types import (
     WriteResult,
 )
 
+#: The lock a tree's writers take to measure and take free space one at a time.
+SPACE_LOCK = "space.lock"
+
 
 class TargetSpaceLowError(StorageError):
     """Writing the object would leave less free space than the spec keeps free.
@@ -64,27 +71,60 @@ class TargetSpaceLowError(StorageError):
 
 @dataclass
 class SpaceKeeper:
-    """Keeps `min_free` bytes free on the tree's filesystem, counting writes in flight."""
+    """Keeps `min_free` bytes free on the tree's filesystem, whoever else writes to it.
+
+    Several workers (threads of one process, or pods mounting one volume) may write to a
+    tree at once; each measuring the free space and then writing would let them all take
+    the same room. So the measurement and the taking happen under one lock on the tree
+    (`.objmig/space.lock`), and the taking is real: the object's temporary is allocated
+    at its full size (`posix_fallocate`) before the lock is let go, so the next writer's
+    measurement already sees it gone. A filesystem that cannot allocate ahead is only
+    measured.
+    """
 
     tree: FileTree
     min_free: int
-    reserved: int = 0
 
-    def reserve(self, key: str, size: int) -> None:
-        free, total = self.tree.space()
-        if free - self.reserved - size < self.min_free:
-            raise TargetSpaceLowError(
-                f"{key!r} needs {size} bytes; {free} are free on {self.tree.root} "
-                f"({self.reserved} promised to writes in flight) and {self.min_free} must "
-                "stay free (minFreeSpace)",
-                free,
-                total,
-                size,
-            )
-        self.reserved += size
+    def claim(self, key: str, size: int) -> PendingFile:
+        """The key's temporary with `size` bytes taken for it, or `TargetSpaceLowError`
+        (blocking)."""
+        with self._locked():
+            free, total = self.tree.space()
+            needed = self.tree.space_needed(size)
+            if free - needed < self.min_free:
+                raise TargetSpaceLowError(
+                    f"{key!r} needs {needed} bytes on disk; {free} are free on "
+                    f"{self.tree.root} and {self.min_free} must stay free (minFreeSpace)",
+                    free,
+                    total,
+                    needed,
+                )
+            pending = self.tree.begin(key)
+            try:
+                self.tree.allocate(pending, size)
+            except OSError as error:
+                FileTree.abandon(pending)
+                if error.errno == errno.ENOSPC:
+                    raise TargetSpaceLowError(
+                        f"no space left on {self.tree.root}", *self.tree.space(), needed
+                    ) from None
+                raise
+            return pending
 
-    def release(self, size: int) -> None:
-        self.reserved -= size
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # A descriptor of its own per claim: flock excludes other descriptors, so threads
+        # of this process wait for each other as other processes do.
+        fd = os.open(
+            os.path.join(self.tree.index_directory, SPACE_LOCK),
+            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+            0o664,
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
 
 class _PartHasher:
@@ -156,59 +196,53 @@ async def write_to_tree(
     etag = plan.head.etag if plan else source.etag
     size = plan.head.size if plan else (source.size or 0)
     tree.segments(key)  # an unsafe key fails before anything is read
-    space.reserve(key, size)
+    pending = await asyncio.to_thread(space.claim, key, size)
     try:
-        try:
-            async with src.get(
-                source.bucket,
-                source.key,
-                version_id=version,
-                if_match=etag,
-                byte_range=(0, size - 1) if plan is not None and plan.layout.multipart else None,
-                sse_c=source.sse_c_key,
-            ) as got:
-                if plan is None:
-                    check_source(source, got.head)
-                    layout = PartLayout((got.head.size,), "single", multipart=False)
-                    plan = plan_for(source, options, got.head, layout, None)
-                if options.preserve_tags and plan.tags is None and got.head.tag_count:
-                    plan = replace(
-                        plan,
-                        tags=await src.get_tags(source.bucket, source.key, plan.version_id),
-                    )
-                pending = await asyncio.to_thread(tree.begin, key)
-                try:
-                    hasher = await _stream(got.body, pending, plan, options, source)
-                    written_etag = hasher.etag()
-                    layout = await _exact_layout(src, source, plan, pending, written_etag)
-                    if layout is not plan.layout:
-                        plan = replace(plan, layout=layout)
-                        written_etag = await asyncio.to_thread(
-                            etag_of_file, pending.fd, layout.sizes
-                        )
-                    mtime = int(plan.head.last_modified.timestamp()) * 1_000_000_000
-                    await asyncio.to_thread(
-                        tree.finish, pending, mtime_ns=mtime, replace=not options.create_only
-                    )
-                except BaseException:
-                    await asyncio.to_thread(FileTree.abandon, pending)
-                    raise
-        except S3ResponseError as exc:
-            if exc.operation == "GetObject" and exc.status == 412:
-                raise SourceChangedError(f"{source.key}: ETag is no longer {etag}") from None
-            raise
-        except FileExistsAtKey:
-            assert plan is not None
-            raise TargetExistsError(f"{tree.root}/{key} exists", plan.head) from None
-        except OSError as error:
-            if error.errno == 28:  # ENOSPC: someone else filled the disk meanwhile
-                free, total = tree.space()
-                raise TargetSpaceLowError(
-                    f"no space left on {tree.root}", free, total, size
-                ) from None
-            raise
-    finally:
-        space.release(size)
+        async with src.get(
+            source.bucket,
+            source.key,
+            version_id=version,
+            if_match=etag,
+            byte_range=(0, size - 1) if plan is not None and plan.layout.multipart else None,
+            sse_c=source.sse_c_key,
+        ) as got:
+            if plan is None:
+                check_source(source, got.head)
+                layout = PartLayout((got.head.size,), "single", multipart=False)
+                plan = plan_for(source, options, got.head, layout, None)
+            if options.preserve_tags and plan.tags is None and got.head.tag_count:
+                plan = replace(
+                    plan,
+                    tags=await src.get_tags(source.bucket, source.key, plan.version_id),
+                )
+            hasher = await _stream(got.body, pending, plan, options, source)
+            written_etag = hasher.etag()
+            layout = await _exact_layout(src, source, plan, pending, written_etag)
+            if layout is not plan.layout:
+                plan = replace(plan, layout=layout)
+                written_etag = await asyncio.to_thread(etag_of_file, pending.fd, layout.sizes)
+            mtime = int(plan.head.last_modified.timestamp()) * 1_000_000_000
+            await asyncio.to_thread(
+                tree.finish, pending, mtime_ns=mtime, replace=not options.create_only
+            )
+    except S3ResponseError as exc:
+        await asyncio.to_thread(FileTree.abandon, pending)
+        if exc.operation == "GetObject" and exc.status == 412:
+            raise SourceChangedError(f"{source.key}: ETag is no longer {etag}") from None
+        raise
+    except FileExistsAtKey:
+        await asyncio.to_thread(FileTree.abandon, pending)
+        assert plan is not None
+        raise TargetExistsError(f"{tree.root}/{key} exists", plan.head) from None
+    except OSError as error:
+        await asyncio.to_thread(FileTree.abandon, pending)
+        if error.errno == errno.ENOSPC:  # allocated ahead, yet a filesystem may still say so
+            free, total = tree.space()
+            raise TargetSpaceLowError(f"no space left on {tree.root}", free, total, size) from None
+        raise
+    except BaseException:
+        await asyncio.to_thread(FileTree.abandon, pending)
+        raise
     sha256 = hasher.sha256.hexdigest()
     index.append(
         IndexEntry(
@@ -289,19 +323,15 @@ async def write_bytes_to_tree(
     """Write a small document objmig makes itself (a group manifest) to the file of `key`,
     replacing what is there; returns its ETag (the MD5 of `data`)."""
     tree.segments(key)
-    space.reserve(key, len(data))
     moment = datetime.now(UTC).replace(microsecond=0)
     mtime = int(moment.timestamp()) * 1_000_000_000
+    pending = await asyncio.to_thread(space.claim, key, len(data))
     try:
-        pending = await asyncio.to_thread(tree.begin, key)
-        try:
-            await asyncio.to_thread(FileTree.write_chunk, pending, data)
-            await asyncio.to_thread(tree.finish, pending, mtime_ns=mtime, replace=True)
-        except BaseException:
-            await asyncio.to_thread(FileTree.abandon, pending)
-            raise
-    finally:
-        space.release(len(data))
+        await asyncio.to_thread(FileTree.write_chunk, pending, data)
+        await asyncio.to_thread(tree.finish, pending, mtime_ns=mtime, replace=True)
+    except BaseException:
+        await asyncio.to_thread(FileTree.abandon, pending)
+        raise
     etag = hashlib.md5(data, usedforsecurity=False).hexdigest()
     index.append(
         IndexEntry(
