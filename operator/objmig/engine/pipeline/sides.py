@@ -106,15 +106,23 @@ class Sides:
         )
 
     @property
+    def reads_back_metadata(self) -> bool:
+        """Whether the metadata of a copy just written is read back and compared:
+        `verify.contentType: Exact` asks what the store shows (a store may normalise the
+        Content-Type it was sent), which only a read tells. Otherwise the copy carries what
+        it was written with (see `VerifyStep.verify`)."""
+        return self.checks_metadata and self.spec.verify.content_type == "Exact"
+
+    @property
     def needs_target_head(self) -> bool:
         """Whether a copy just written is read back (HEAD) rather than taken from the
-        write's answer: its last-modified is backfilled, and no write answer tells it.
-
-        Metadata never needs the read: the copy carries what it was written with (see
-        `VerifyStep.verify`).
+        write's answer: its last-modified is backfilled, and no write answer tells it, or
+        its metadata is compared as the store shows it (`reads_back_metadata`).
         """
         backfill = self.spec.backfill
-        return backfill is not None and backfill.columns.last_modified is not None
+        return self.reads_back_metadata or (
+            backfill is not None and backfill.columns.last_modified is not None
+        )
 
     @property
     def create_only(self) -> bool:

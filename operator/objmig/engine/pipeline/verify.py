@@ -111,8 +111,9 @@ class VerifyStep:
         # A copy just written carries what it was written with: the source's metadata as
         # the store copied it (directive COPY) or as objmig sent it (the source's own
         # headers with the spec's changes). Reading it back would prove the store's
-        # honesty, not the copy; only a copy found on the target is compared.
-        if self._sides.checks_metadata and written is None:
+        # honesty, not the copy; only a copy found on the target is compared, and one
+        # just written where `verify.contentType: Exact` asks what the store shows.
+        if self._sides.checks_metadata and (written is None or self._sides.reads_back_metadata):
             # What was meant: the source's metadata (none without preserveMetadata) with
             # the spec's changes.
             basis = source if spec.copy_.preserve_metadata else replace(source, metadata={})
