@@ -105,7 +105,9 @@ async def test_a_part_whose_body_is_cut_short_is_read_on_where_it_stopped(
     part = s3_backend.min_part_size
     source = await backend_seed.put_multipart(bucket, "big", [part, part, 8000])
     # The first part read: its answer is cut short after 4,000 bytes, once.
-    cut = backend_proxy.add_rule(Truncate(4000), method="GET", key="big", times=1)
+    # (A GET with a Range: the object's bytes, not GetObjectAttributes, which a part layout
+    # may ask first.)
+    cut = backend_proxy.add_rule(Truncate(4000), method="GET", key="big", header="range", times=1)
 
     async with open_http_client(_through(backend_proxy, s3_backend)) as http:
         result = await copy_object(
@@ -125,6 +127,7 @@ async def test_a_part_whose_body_is_cut_short_is_read_on_where_it_stopped(
     ranges = [
         {k.lower(): v for k, v in r.headers.items()}["range"]
         for r in backend_proxy.seen("GET", key="big")
+        if "attributes" not in r.query
     ]
     first, end = ranges[0].removeprefix("bytes=").split("-")
     assert ranges.count(f"bytes={int(first) + 4000}-{end}") == 1
