@@ -21,11 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
+from objmig.storage.resending import LISTING_PATIENCE, resend
 from objmig.storage.s3http import S3HttpClient
 from objmig.storage.types import ObjectInfo
+
+T = TypeVar("T")
 
 #: Listings in flight at once.
 FAN_OUT = 16
@@ -112,7 +117,10 @@ async def _expand(
         if not subtrees or len(subtrees) >= fan_out:
             return entries
         levels = await asyncio.gather(
-            *(client.list_level(bucket, s.prefix, delimiter=delimiter) for s in subtrees)
+            *(
+                _patiently(client, client.list_level, bucket, s.prefix, delimiter=delimiter)
+                for s in subtrees
+            )
         )
         expanded: dict[str, list[_Entry]] = {}
         for subtree, (objects, prefixes, token) in zip(subtrees, levels, strict=True):
@@ -143,9 +151,20 @@ async def _pages(
 ) -> AsyncIterator[list[ObjectInfo]]:
     token = None
     while True:
-        page, token = await client.list_page(
-            bucket, prefix, continuation_token=token, max_keys=page_size
+        page, token = await _patiently(
+            client, client.list_page, bucket, prefix, continuation_token=token, max_keys=page_size
         )
         yield page
         if token is None:
             return
+
+
+async def _patiently(
+    client: S3HttpClient, call: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+) -> T:
+    """A listing page, asked for again with a longer back-off once its request's own
+    resends are spent (`LISTING_PATIENCE`, as `S3HttpClient.list_objects` does): a passing
+    fault costs a scan a pause, not its end."""
+    return await resend(
+        functools.partial(call, *args, **kwargs), LISTING_PATIENCE, client.retries, replayable=True
+    )
