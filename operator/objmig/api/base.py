@@ -105,8 +105,21 @@ def cel_rule(
 def cel_validations(*rules: dict[str, str]) -> ConfigDict:
     """Model config that puts CEL rules on the model's schema in the generated CRD.
 
-    Each rule here has a pydantic twin (a validator on the same model), so the CLI rejects
-    the same specs the API server does.
+    A subclass keeps its bases' rules and adds its own (pydantic would otherwise let the
+    subclass's config replace them). Each rule here has a pydantic twin (a validator on the
+    same model), so the CLI rejects the same specs the API server does.
     """
-    entries: list[JsonValue] = [dict(rule) for rule in rules]
-    return ConfigDict(json_schema_extra={"x-kubernetes-validations": entries})
+    own = tuple(dict(rule) for rule in rules)
+
+    def extra(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+        collected: list[dict[str, str]] = []
+        for klass in reversed(cls.__mro__):
+            config = klass.__dict__.get("model_config") or {}
+            for rule in getattr(config.get("json_schema_extra"), "cel_rules", ()):
+                if rule not in collected:
+                    collected.append(rule)
+        entries: list[JsonValue] = [dict(rule) for rule in collected]
+        schema["x-kubernetes-validations"] = entries
+
+    extra.cel_rules = own  # type: ignore[attr-defined]
+    return ConfigDict(json_schema_extra=extra)

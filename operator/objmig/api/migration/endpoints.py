@@ -76,11 +76,6 @@ class FilesystemTargetSpec(FilesystemSpec):
 
     model_config = cel_validations(
         cel_rule(
-            f"!self.path.matches('{_DOTDOT}')",
-            "path must not have '..' segments",
-            field_path=".path",
-        ),
-        cel_rule(
             "!self.path.contains('{') || self.path.matches('^(/([^/{}]+|[{]bucket[}]))+/?$')",
             "the only placeholder a path takes is {bucket}, as a whole path segment",
             field_path=".path",
@@ -232,7 +227,6 @@ class SourceSpec(BucketSpec):
     directory. Immutable once the migration exists."""
 
     model_config = cel_validations(
-        _CA_BUNDLE_NEEDS_HTTPS,
         cel_rule(
             f"{_ONE_STORE}.filter(x, x).size() == 1",
             "set exactly one of bucket, buckets or filesystem",
@@ -382,7 +376,6 @@ class TargetSpec(BucketSpec):
     there."""
 
     model_config = cel_validations(
-        _CA_BUNDLE_NEEDS_HTTPS,
         cel_rule(
             "[self.bucket != '', has(self.filesystem)].filter(x, x).size() == 1",
             "set exactly one of bucket or filesystem",
