@@ -26,6 +26,7 @@ from objmig.engine.activity import REPORT_SECONDS, ActivityMeter
 from objmig.engine.backfill_queue import BackfillQueue
 from objmig.engine.bookkeeping import record_store_findings
 from objmig.engine.context import MigrationContext
+from objmig.engine.lookup import MAX_BATCH
 from objmig.engine.pipeline.orchestrator import ObjectPipeline
 from objmig.engine.space import SpaceWatch
 from objmig.ledger import ACTIVE_STATES, Ledger, ObjectRow, ObjectState, OpenUpload, StepResult
@@ -49,6 +50,11 @@ CLAIM_ORDER = (
 MIN_HELD_BYTES = 64 * 1024 * 1024
 #: Seconds between two looks at how many bytes are left to do (for the worker's share).
 OUTSTANDING_SECONDS = 5.0
+#: Objects parked in batched looks (see `lookup`) free their slots, up to this many: two
+#: full listings' worth. Beyond it they hold slots again, so a worker whose looks fall
+#: behind its copies stops claiming, rather than holding (and renewing) the leases of
+#: tens of thousands of objects that a killed pod would strand for a lease's length.
+PARKED_ROOM = 2 * MAX_BATCH
 
 
 def worker_identity(prefix: str | None = None) -> str:
@@ -131,6 +137,8 @@ class ClaimLoopStats:
     results: Counter[str] = field(default_factory=Counter)
     bytes_done: int = 0
     leases_lost: int = 0
+    #: The most rows held at once (in flight, parked or claimed ahead).
+    peak_held: int = 0
 
 
 class ClaimLoop:
@@ -153,10 +161,12 @@ class ClaimLoop:
         idle_poll: float = 1.0,
         arrivals: Arrivals | None = None,
         share: int = 1,
+        parked_room: int = PARKED_ROOM,
     ) -> None:
         """``share``: how many workers share the migration's work. Each then claims at
         most its share of the bytes left (and at least ``MIN_HELD_BYTES``), so the large
-        objects of a run spread over the workers instead of queueing in the first."""
+        objects of a run spread over the workers instead of queueing in the first.
+        ``parked_room``: see `PARKED_ROOM`."""
         self._ledger = ledger
         self._migration_id = migration_id
         self._ctx = context
@@ -167,6 +177,7 @@ class ClaimLoop:
         # in their HEAD and verification round trips around them. Objects parked in the
         # batched looks at a bucket come on top (see `lookup`): they only wait.
         self._slots = 2 * context.spec.copy_.concurrency
+        self._parked_room = parked_room
         self._pipeline: ObjectPipeline | None = None
         # Set whenever the loop has something to do: an object, a claim or a flush finished,
         # or an object parked (its slot can take the next row before anything finishes).
@@ -257,6 +268,9 @@ class ClaimLoop:
             self._backfill_in_background()
             self._flush_in_background()
             self._claim_in_background()
+            self.stats.peak_held = max(
+                self.stats.peak_held, len(self._inflight) + len(self._backlog)
+            )
             if (
                 self._inflight
                 or self._backlog
@@ -315,9 +329,10 @@ class ClaimLoop:
                 self.stats.bytes_done += row.size
 
     def _working(self) -> int:
-        """Objects in flight that are not parked in a batched look (see `lookup`)."""
+        """Objects in flight that hold a slot: all but those parked in a batched look
+        (see `lookup`), as long as those stay within `parked_room`."""
         parked = self._pipeline.parked if self._pipeline is not None else 0
-        return len(self._inflight) - parked
+        return len(self._inflight) - min(parked, self._parked_room)
 
     def _start(self, pipeline: ObjectPipeline) -> None:
         while self._backlog and self._working() < self._slots:
