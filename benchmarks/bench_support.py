@@ -10,25 +10,35 @@ Kept apart from the benchmark so the measuring code is easy to review on its own
   after a tool runs; `MotoRequests` counts the access-log lines moto's server writes
   (werkzeug logs one line per request) and classifies them by method and query string.
   Both count on the server, so every tool is counted the same way.
+* `seed_by_tar` fills a MinIO bucket with many small objects fast: one PUT of a tar per
+  50,000 objects with `snowball-auto-extract`, which MinIO unpacks (`key_of`, `body_of`,
+  `tar_of` name and fill the objects); `check_copies` checks every one of them on a target.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
+import tarfile
 import threading
 import time
 import urllib.parse
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import psutil  # type: ignore[import-untyped]
+from botocore.config import Config
 
 from objmig.api.loading import parse_resource
 from objmig.api.migration import ObjectMigration
@@ -234,6 +244,85 @@ class MetricsMinio(LocalMinio):
         env = super()._environment()
         env["MINIO_PROMETHEUS_AUTH_TYPE"] = "public"
         return env
+
+
+def minio_client(server: LocalMinio) -> Any:
+    """A boto3 S3 client of `server` (path-style, patient: a tar of 50,000 objects takes a
+    while to unpack before MinIO answers its PUT)."""
+    return boto3.client(
+        "s3",
+        endpoint_url=server.endpoint_url,
+        aws_access_key_id=server.credentials.access_key_id,
+        aws_secret_access_key=server.credentials.secret_access_key,
+        region_name="us-east-1",
+        config=Config(
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 10},
+            read_timeout=3600,
+        ),
+    )
+
+
+def key_of(index: int, prefixes: int) -> str:
+    """The key of object `index`, spread over `prefixes` prefixes as a real bucket's are."""
+    return f"p{index % prefixes:03d}/object-{index:07d}"
+
+
+def body_of(index: int, size: int) -> bytes:
+    """Distinct bytes per object (its index first), the rest a fixed filler."""
+    return index.to_bytes(8, "big") + b"m" * (size - 8)
+
+
+def tar_of(indices: range, size: int, prefixes: int) -> bytes:
+    """A tar of the objects `indices` (`key_of` names, `body_of` bytes)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for index in indices:
+            info = tarfile.TarInfo(key_of(index, prefixes))
+            info.size = size
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(body_of(index, size)))
+    return buffer.getvalue()
+
+
+def seed_by_tar(
+    s3: Any, bucket: str, count: int, size: int, prefixes: int, tar_objects: int = 50_000
+) -> float:
+    """Create `bucket` and fill it with `count` objects through MinIO's tar extraction (one
+    PUT per `tar_objects`); returns the seconds it took."""
+    started = time.monotonic()
+    s3.create_bucket(Bucket=bucket)
+    for first in range(0, count, tar_objects):
+        chunk = range(first, min(first + tar_objects, count))
+        s3.put_object(
+            Bucket=bucket,
+            Key=f"seed-{first}.tar",
+            Body=tar_of(chunk, size, prefixes),
+            Metadata={"snowball-auto-extract": "true"},
+        )
+        print(f"  seeded {chunk.stop:,} objects", file=sys.stderr, flush=True)
+    return time.monotonic() - started
+
+
+def listed(s3: Any, bucket: str) -> Iterator[tuple[str, int, str]]:
+    """(key, size, ETag) of every object in `bucket`."""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            yield item["Key"], int(item["Size"]), str(item["ETag"]).strip('"')
+
+
+def check_copies(s3: Any, bucket: str, count: int, size: int, prefixes: int) -> int:
+    """Every object `seed_by_tar` made is in `bucket`, with its size and the MD5 of its
+    bytes as ETag; returns the count."""
+    wanted_keys = {key_of(i, prefixes): i for i in range(count)}
+    seen = 0
+    for key, got_size, etag in listed(s3, bucket):
+        index = wanted_keys.pop(key)
+        assert got_size == size, (key, got_size)
+        assert etag == hashlib.md5(body_of(index, size)).hexdigest(), (key, etag)
+        seen += 1
+    assert not wanted_keys, f"{len(wanted_keys)} objects missing on the target"
+    return seen
 
 
 _V3_LINE = re.compile(r'^minio_api_requests_total\{name="([^"]+)"[^}]*\}\s+([0-9.e+]+)$')

@@ -32,28 +32,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import io
 import json
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import boto3
 import yaml
-from botocore.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_support import MetricsMinio, MinioRequests, TreeSampler
+from bench_support import (
+    MetricsMinio,
+    MinioRequests,
+    TreeSampler,
+    check_copies,
+    minio_client,
+    seed_by_tar,
+)
 
 from objmig.ledger.state import MigrationState
 from objmig.local.postgres import EmbeddedPostgres
@@ -76,74 +77,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def key_of(index: int, prefixes: int) -> str:
-    return f"p{index % prefixes:03d}/object-{index:07d}"
-
-
-def body_of(index: int, size: int) -> bytes:
-    """Distinct bytes per object (its index first), the rest a fixed filler."""
-    return index.to_bytes(8, "big") + b"m" * (size - 8)
-
-
-def tar_of(indices: range, size: int, prefixes: int) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for index in indices:
-            info = tarfile.TarInfo(key_of(index, prefixes))
-            info.size = size
-            info.mtime = int(time.time())
-            tar.addfile(info, io.BytesIO(body_of(index, size)))
-    return buffer.getvalue()
-
-
-def boto_client(server: MetricsMinio) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=server.endpoint_url,
-        aws_access_key_id=server.credentials.access_key_id,
-        aws_secret_access_key=server.credentials.secret_access_key,
-        region_name="us-east-1",
-        config=Config(
-            s3={"addressing_style": "path"},
-            retries={"max_attempts": 10},
-            read_timeout=3600,
-        ),
-    )
-
-
 def seed(s3: Any, bucket: str, args: argparse.Namespace) -> float:
     """Fill `bucket` through MinIO's tar extraction; returns the seconds it took."""
-    started = time.monotonic()
-    s3.create_bucket(Bucket=bucket)
-    for first in range(0, args.count, args.tar_objects):
-        chunk = range(first, min(first + args.tar_objects, args.count))
-        s3.put_object(
-            Bucket=bucket,
-            Key=f"seed-{first}.tar",
-            Body=tar_of(chunk, args.size, args.prefixes),
-            Metadata={"snowball-auto-extract": "true"},
-        )
-        print(f"  seeded {chunk.stop:,} objects", file=sys.stderr, flush=True)
-    return time.monotonic() - started
-
-
-def listed(s3: Any, bucket: str) -> Iterator[tuple[str, int, str]]:
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for item in page.get("Contents", []):
-            yield item["Key"], int(item["Size"]), str(item["ETag"]).strip('"')
+    return seed_by_tar(s3, bucket, args.count, args.size, args.prefixes, args.tar_objects)
 
 
 def check_target(s3: Any, bucket: str, args: argparse.Namespace) -> int:
     """Every object on the target with its size and the MD5 of its bytes; returns the count."""
-    wanted_keys = {key_of(i, args.prefixes): i for i in range(args.count)}
-    seen = 0
-    for key, size, etag in listed(s3, bucket):
-        index = wanted_keys.pop(key)
-        assert size == args.size, (key, size)
-        assert etag == hashlib.md5(body_of(index, args.size)).hexdigest(), (key, etag)
-        seen += 1
-    assert not wanted_keys, f"{len(wanted_keys)} objects missing on the target"
-    return seen
+    return check_copies(s3, bucket, args.count, args.size, args.prefixes)
 
 
 def spec_files(workdir: Path, server: MetricsMinio, args: argparse.Namespace) -> Path:
@@ -276,7 +217,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         MetricsMinio() as server,
         EmbeddedPostgres(workdir / "ledger", fast=args.fast_ledger) as postgres,
     ):
-        s3 = boto_client(server)
+        s3 = minio_client(server)
         print(f"seeding {args.count:,} objects", file=sys.stderr, flush=True)
         figures["seed_seconds"] = seed(s3, "million-src", args)
         s3.create_bucket(Bucket="million-dst")
