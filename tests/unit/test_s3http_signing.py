@@ -20,15 +20,9 @@ from botocore.config import Config
 from botocore.utils import percent_encode
 from defusedxml.common import DefusedXmlException
 
-from objmig.storage.endpoint import ClientTimeouts, Credentials, Endpoint
+from objmig.storage.endpoint import DEFAULT_REGION, ClientTimeouts, Credentials, Endpoint
 from objmig.storage.errors import S3ResponseError, classify
-from objmig.storage.s3http import (
-    UNSIGNED_PAYLOAD,
-    S3HttpClient,
-    _canonical_query,
-    _CredentialSource,
-    http_pool,
-)
+from objmig.storage.s3http import S3HttpClient, http_pool
 from objmig.storage.s3wire import (
     content_headers,
     head_result,
@@ -38,6 +32,12 @@ from objmig.storage.s3wire import (
     sse_c_headers,
     total_size,
     xml_body,
+)
+from objmig.storage.sigv4 import (
+    UNSIGNED_PAYLOAD,
+    CredentialSource,
+    SigV4Signer,
+    canonical_query,
 )
 from objmig.storage.types import ContentHeaders
 
@@ -88,7 +88,7 @@ def _headers() -> dict[str, str]:
 @asynccontextmanager
 async def _client(endpoint: Endpoint) -> AsyncIterator[S3HttpClient]:
     client = S3HttpClient(
-        endpoint, http_pool(endpoint, 1, ClientTimeouts()), _CredentialSource(endpoint)
+        endpoint, http_pool(endpoint, 1, ClientTimeouts()), CredentialSource(endpoint)
     )
     try:
         yield client
@@ -107,9 +107,10 @@ async def _ours(
     """The headers `S3HttpClient` would send at MOMENT."""
     async with _client(endpoint) as client:
         host, path = client._location(bucket, key)
-        query_string = _canonical_query(query)
+        query_string = canonical_query(query)
         signed = dict(headers)
-        await client._sign(
+        signer = SigV4Signer(endpoint.region or DEFAULT_REGION, CredentialSource(endpoint))
+        await signer.sign(
             method, host, path, query_string, signed, now=time.gmtime(MOMENT.timestamp())
         )
     return signed
@@ -215,10 +216,10 @@ async def test_dotted_buckets_stay_path_style_and_aws_default_url_is_regional() 
 
 
 def test_canonical_query_encodes_names_and_values_and_sorts_them() -> None:
-    assert _canonical_query({}) == ""
-    assert _canonical_query({"uploads": ""}) == "uploads="
+    assert canonical_query({}) == ""
+    assert canonical_query({"uploads": ""}) == "uploads="
     assert (
-        _canonical_query({"versionId": "a+b/c=", "partNumber": "3", "attributes": ""})
+        canonical_query({"versionId": "a+b/c=", "partNumber": "3", "attributes": ""})
         == "attributes=&partNumber=3&versionId=a%2Bb%2Fc%3D"
     )
 

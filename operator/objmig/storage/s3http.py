@@ -17,25 +17,20 @@ which also says why that is safe for every write objmig makes); what persists is
 engine's to retry, with its backoff and the object's attempts. The client raises
 `S3ResponseError` for any non-2xx answer, and for the 200 answers whose body is an
 `<Error>` document (CopyObject, UploadPartCopy and CompleteMultipartUpload may fail after
-the status line was sent). Signing is AWS Signature Version 4 with an unsigned payload:
-bodies stream from a source GET and cannot be hashed before they are sent; each part's MD5
-is compared with the ETag the store returns instead (see `copy/streamed.py`).
+the status line was sent). Requests are signed by `sigv4`.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
-from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from typing import TypeVar
+from urllib.parse import urlsplit
 
-from objmig.storage.endpoint import DEFAULT_REGION, ClientTimeouts, Credentials, Endpoint
+from objmig.storage.endpoint import DEFAULT_REGION, ClientTimeouts, Endpoint
 from objmig.storage.errors import S3ResponseError, TruncatedBodyError
 from objmig.storage.features import StoreFeatures
 from objmig.storage.http1 import HttpPool, HttpResponse
@@ -61,6 +56,7 @@ from objmig.storage.s3wire import (
     xml_body,
     xml_document,
 )
+from objmig.storage.sigv4 import CredentialSource, SigV4Signer, canonical_query, quote_s3
 from objmig.storage.tls import ssl_context
 from objmig.storage.types import (
     GetResult,
@@ -73,11 +69,8 @@ from objmig.storage.types import (
 )
 
 T = TypeVar("T")
-UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 #: A GetObjectAttributes answer of 1,000 parts with checksums is about 300 KiB.
 _MAX_ATTRIBUTES_BODY = 2 * 1024 * 1024
-# Characters S3 wants left alone in a canonical URI / query (RFC 3986 unreserved).
-_UNRESERVED = "-_.~"
 
 
 class S3HttpClient:
@@ -90,13 +83,12 @@ class S3HttpClient:
         self,
         endpoint: Endpoint,
         pool: HttpPool,
-        credentials: _CredentialSource,
+        credentials: CredentialSource,
         features: StoreFeatures | None = None,
         retry: RequestRetry | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._pool = pool
-        self._credentials = credentials
         #: What this store lacks, as learned this run (shared with its other clients).
         self.features = features or StoreFeatures(store_name(endpoint))
         self._retry = retry or RequestRetry()
@@ -106,7 +98,7 @@ class S3HttpClient:
         parts = urlsplit(url)
         self._host = parts.netloc
         self._base_path = parts.path.rstrip("/")
-        self._signing_keys: dict[tuple[str, str], bytes] = {}
+        self._signer = SigV4Signer(self._region, credentials)
         #: The store answered GetObjectAttributes with something else (see
         #: `object_part_sizes`): it is not asked again.
         self._attributes_unknown = False
@@ -590,14 +582,14 @@ class S3HttpClient:
         length: int | None = None,
     ) -> AsyncIterator[HttpResponse]:
         host, path = self._location(bucket, key)
-        query_string = _canonical_query(query)
+        query_string = canonical_query(query)
         request_headers = {name.lower(): value for name, value in headers.items()}
         if length is not None:
             request_headers["content-length"] = str(length)
         elif method in ("PUT", "POST"):
             # CopyObject, CreateMultipartUpload: no body, and some stores want to be told.
             request_headers["content-length"] = "0"
-        await self._sign(method, host, path, query_string, request_headers)
+        await self._signer.sign(method, host, path, query_string, request_headers)
         target = f"{path}?{query_string}" if query_string else path
         async with self._pool.request(method, host, target, request_headers, body) as response:
             if response.status >= 300:
@@ -609,88 +601,10 @@ class S3HttpClient:
 
     def _location(self, bucket: str, key: str) -> tuple[str, str]:
         """(host, canonical path) for an object of `bucket` (the bucket itself for "")."""
-        encoded_key = _quote(key, safe="/")
+        encoded_key = quote_s3(key, safe="/")
         if self._endpoint.addressing_style == "virtual" and "." not in bucket:
             return f"{bucket}.{self._host}", f"{self._base_path}/{encoded_key}"
         return self._host, f"{self._base_path}/{bucket}/{encoded_key}"
-
-    async def _sign(
-        self,
-        method: str,
-        host: str,
-        path: str,
-        query: str,
-        headers: dict[str, str],
-        *,
-        now: time.struct_time | None = None,
-    ) -> None:
-        """Add SigV4 headers (`x-amz-date`, `authorization`, ...) to `headers` in place.
-
-        `now` (UTC) is for tests comparing signatures; requests are signed at the present.
-        """
-        creds = await self._credentials.current()
-        now = now or time.gmtime()
-        amz_date = time.strftime("%Y%m%dT%H%M%SZ", now)
-        day = amz_date[:8]
-        headers["host"] = host
-        headers["x-amz-date"] = amz_date
-        headers["x-amz-content-sha256"] = UNSIGNED_PAYLOAD
-        if creds.session_token:
-            headers["x-amz-security-token"] = creds.session_token
-        names = sorted(headers)
-        canonical_headers = "".join(f"{name}:{_canonical_value(headers[name])}\n" for name in names)
-        signed_headers = ";".join(names)
-        canonical_request = (
-            f"{method}\n{path}\n{query}\n{canonical_headers}\n{signed_headers}\n{UNSIGNED_PAYLOAD}"
-        )
-        scope = f"{day}/{self._region}/s3/aws4_request"
-        string_to_sign = (
-            f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n"
-            + hashlib.sha256(canonical_request.encode()).hexdigest()
-        )
-        signature = hmac.new(
-            self._signing_key(creds.secret_access_key, day), string_to_sign.encode(), hashlib.sha256
-        ).hexdigest()
-        headers["authorization"] = (
-            f"AWS4-HMAC-SHA256 Credential={creds.access_key_id}/{scope}, "
-            f"SignedHeaders={signed_headers}, Signature={signature}"
-        )
-
-    def _signing_key(self, secret: str, day: str) -> bytes:
-        cached = self._signing_keys.get((secret, day))
-        if cached is not None:
-            return cached
-        key = hmac.new(f"AWS4{secret}".encode(), day.encode(), hashlib.sha256).digest()
-        for part in (self._region, "s3", "aws4_request"):
-            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-        # One key per day and secret; old days are dropped so rotation cannot grow this.
-        self._signing_keys = {(secret, day): key}
-        return key
-
-
-class _CredentialSource:
-    """Static credentials from the endpoint, or botocore's default chain (environment,
-    profile, web identity, instance role), refreshed by botocore when they expire."""
-
-    def __init__(self, endpoint: Endpoint) -> None:
-        self._static = endpoint.credentials
-        self._chain: Any = None
-
-    async def current(self) -> Credentials:
-        if self._static is not None:
-            return self._static
-        if self._chain is None:
-            # The SDK resolves the default chain (environment, profile, web identity,
-            # instance role): loaded now, only for endpoints without explicit credentials.
-            from aiobotocore.session import get_session
-
-            self._chain = await get_session().get_credentials()
-            if self._chain is None:
-                raise S3ResponseError(
-                    "Credentials", 0, "NoCredentials", "no credentials found in the default chain"
-                )
-        frozen = await self._chain.get_frozen_credentials()
-        return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
 
 def store_name(endpoint: Endpoint, role: str = "store") -> str:
@@ -713,7 +627,7 @@ async def open_http_client(
     client = S3HttpClient(
         endpoint,
         http_pool(endpoint, max_connections, timeouts),
-        _CredentialSource(endpoint),
+        CredentialSource(endpoint),
         features,
         retry,
     )
@@ -761,28 +675,15 @@ def _streamed(body: bytes | AsyncIterable[bytes] | None) -> bool:
     return body is not None and not isinstance(body, bytes | bytearray | memoryview)
 
 
-def _quote(value: str, safe: str = "") -> str:
-    return quote(value, safe=_UNRESERVED + safe)
-
-
-def _canonical_query(query: Mapping[str, str]) -> str:
-    """The query string as sent and as signed: encoded names and values, sorted by name."""
-    return "&".join(f"{_quote(name)}={_quote(value)}" for name, value in sorted(query.items()))
-
-
-def _canonical_value(value: str) -> str:
-    return " ".join(value.split())
-
-
 def _version_query(version_id: str | None) -> dict[str, str]:
     version = version_or_none(version_id)
     return {"versionId": version} if version else {}
 
 
 def _copy_source(bucket: str, key: str, version_id: str | None) -> str:
-    source = f"/{bucket}/{_quote(key, safe='/')}"
+    source = f"/{bucket}/{quote_s3(key, safe='/')}"
     version = version_or_none(version_id)
-    return f"{source}?versionId={_quote(version)}" if version else source
+    return f"{source}?versionId={quote_s3(version)}" if version else source
 
 
 def _at_most(limit: int) -> Callable[[HttpResponse], Awaitable[bytes | None]]:
