@@ -24,7 +24,7 @@ from objmig.storage import (
 )
 from objmig.storage.copy import TargetExistsError
 from objmig.storage.endpoint import Credentials, Endpoint
-from objmig.storage.errors import S3ResponseError
+from objmig.storage.errors import S3ResponseError, SourceChangedError
 from objmig.storage.s3http import S3HttpClient, open_http_client
 from objmig.storage.s3wire import content_headers, metadata_headers
 from objmig.storage.types import ContentHeaders, multipart_part_count
@@ -441,18 +441,21 @@ async def test_streamed_single_part_copy_does_not_head_the_source(
         ContentLanguage="en",
     )
     plain = await s3_seed.put_object(src, "plain", 100)
+    # What a scan knows of each: the listing's ETag, size and last-modified.
+    listed = {info.key: info.last_modified async for info in proxy_http.list_objects(src)}
+    s3_proxy.clear()
 
     result = await copy_object(
         proxy_http,
         proxy_http,
-        SourceObject(src, "k", etag=obj.etag, size=obj.size),
+        SourceObject(src, "k", etag=obj.etag, size=obj.size, last_modified=listed["k"]),
         TargetObject(dst, "k"),
         CopyOptions(),
     )
     await copy_object(
         proxy_http,
         proxy_http,
-        SourceObject(src, "plain", etag=plain.etag, size=plain.size),
+        SourceObject(src, "plain", etag=plain.etag, size=plain.size, last_modified=listed["plain"]),
         TargetObject(dst, "plain"),
         CopyOptions(),
     )
@@ -541,8 +544,8 @@ async def test_create_only_copy_object_refused_by_the_store(
     assert isinstance(taken, TargetExistsError)
     assert taken.source.etag == obj.etag
     assert (await proxy_http.head(dst, "k")).etag == existing.etag
-    assert isinstance(moved, S3ResponseError)
-    assert classify(moved).kind == "precondition"
+    # (Both conditions are ours: with the target's ruled out, the source's failed.)
+    assert isinstance(moved, SourceChangedError)
 
 
 async def test_list_page_pages_through_a_prefix_like_the_sdk_listing(

@@ -29,6 +29,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -198,13 +199,8 @@ class FileClient:
                 return head
             if not 1 <= part_number <= len(parts):
                 raise S3ResponseError("HeadObject", 416, "InvalidPartNumber", key)
-            return HeadResult(
-                etag=head.etag,
-                size=parts[part_number - 1],
-                last_modified=head.last_modified,
-                version_id=None,
-                parts_count=len(parts),
-            )
+            # As S3 answers it: the object's headers and metadata, the part's length.
+            return replace(head, size=parts[part_number - 1], parts_count=len(parts))
 
         return await asyncio.to_thread(describe)
 

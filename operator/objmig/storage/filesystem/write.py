@@ -188,9 +188,12 @@ async def write_to_tree(
     plan: Plan | None = None
     listed = source.listed() if source.head is None else None
     if listed is None or not single_part_by_listing(listed, options):
-        head = source.head or await src.head(
-            source.bucket, source.key, version_id=source.version_id, sse_c=source.sse_c_key
-        )
+        head = source.head
+        if head is None or head.listed_only:
+            # The index keeps the object's metadata and headers, which no listing tells.
+            head = await src.head(
+                source.bucket, source.key, version_id=source.version_id, sse_c=source.sse_c_key
+            )
         plan = await plan_copy(src, source, options, head)
     version = plan.version_id if plan else source.version_id
     etag = plan.head.etag if plan else source.etag
