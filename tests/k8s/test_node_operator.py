@@ -363,10 +363,13 @@ async def test_1gib_objects_stream_under_512mib_while_a_tiny_limit_is_oom_killed
         lambda: [
             p
             for p in stage_pods(release, "big", "copy")
-            if index_of(p) == index_of(victim) and p["metadata"]["uid"] != victim["metadata"]["uid"]
+            if index_of(p) == index_of(victim)
+            and p["metadata"]["uid"] != victim["metadata"]["uid"]
+            # Created by the Job controller first, bound by the scheduler after.
+            and p["spec"].get("nodeName")
         ],
         timeout=60,
-        what="the Job controller to replace the deleted worker",
+        what="the Job controller to replace the deleted worker and the scheduler to place it",
     )[0]
     assert replacement["spec"]["nodeName"] == cluster.node_name
 
