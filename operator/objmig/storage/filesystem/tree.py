@@ -80,6 +80,7 @@ class FileTree:
         self._fd: int | None = None
         self.name_max = DEFAULT_NAME_MAX
         self.path_max = DEFAULT_PATH_MAX
+        self.block_size = 4096
         self._swept: set[tuple[int, int]] = set()
 
     # -- opening --------------------------------------------------------------------------
@@ -104,6 +105,7 @@ class FileTree:
         self.name_max = int(os.fpathconf(self._fd, "PC_NAME_MAX"))
         # The key is appended to the root: what the root takes is not left for keys.
         self.path_max = int(os.fpathconf(self._fd, "PC_PATH_MAX")) - len(self.root.encode()) - 1
+        self.block_size = os.fstatvfs(self._fd).f_frsize or self.block_size
 
     def close(self) -> None:
         if self._fd is not None:
@@ -374,7 +376,7 @@ class FileTree:
     def space_needed(self, size: int) -> int:
         """What writing a file of `size` bytes takes from the filesystem: its blocks, and
         one more for what comes with it (its line in the index, its directory entry)."""
-        block = os.fstatvfs(self.fd).f_frsize or 4096
+        block = self.block_size
         return -(-size // block) * block + block
 
     @staticmethod

@@ -201,50 +201,48 @@ async def write_to_tree(
     tree.segments(key)  # an unsafe key fails before anything is read
     pending = await asyncio.to_thread(space.claim, key, size)
     try:
-        async with src.get(
-            source.bucket,
-            source.key,
-            version_id=version,
-            if_match=etag,
-            byte_range=(0, size - 1) if plan is not None and plan.layout.multipart else None,
-            sse_c=source.sse_c_key,
-        ) as got:
-            if plan is None:
-                check_source(source, got.head)
-                layout = PartLayout((got.head.size,), "single", multipart=False)
-                plan = plan_for(source, options, got.head, layout, None)
-            if options.preserve_tags and plan.tags is None and got.head.tag_count:
-                plan = replace(
-                    plan,
-                    tags=await src.get_tags(source.bucket, source.key, plan.version_id),
+        try:
+            async with src.get(
+                source.bucket,
+                source.key,
+                version_id=version,
+                if_match=etag,
+                byte_range=(0, size - 1) if plan is not None and plan.layout.multipart else None,
+                sse_c=source.sse_c_key,
+            ) as got:
+                if plan is None:
+                    check_source(source, got.head)
+                    layout = PartLayout((got.head.size,), "single", multipart=False)
+                    plan = plan_for(source, options, got.head, layout, None)
+                if options.preserve_tags and plan.tags is None and got.head.tag_count:
+                    plan = replace(
+                        plan,
+                        tags=await src.get_tags(source.bucket, source.key, plan.version_id),
+                    )
+                hasher = await _stream(got.body, pending, plan, options, source)
+                written_etag = hasher.etag()
+                layout = await _exact_layout(src, source, plan, pending, written_etag)
+                if layout is not plan.layout:
+                    plan = replace(plan, layout=layout)
+                    written_etag = await asyncio.to_thread(etag_of_file, pending.fd, layout.sizes)
+                mtime = int(plan.head.last_modified.timestamp()) * 1_000_000_000
+                await asyncio.to_thread(
+                    tree.finish, pending, mtime_ns=mtime, replace=not options.create_only
                 )
-            hasher = await _stream(got.body, pending, plan, options, source)
-            written_etag = hasher.etag()
-            layout = await _exact_layout(src, source, plan, pending, written_etag)
-            if layout is not plan.layout:
-                plan = replace(plan, layout=layout)
-                written_etag = await asyncio.to_thread(etag_of_file, pending.fd, layout.sizes)
-            mtime = int(plan.head.last_modified.timestamp()) * 1_000_000_000
-            await asyncio.to_thread(
-                tree.finish, pending, mtime_ns=mtime, replace=not options.create_only
-            )
+        except BaseException:
+            await asyncio.to_thread(FileTree.abandon, pending)
+            raise
     except S3ResponseError as exc:
-        await asyncio.to_thread(FileTree.abandon, pending)
         if exc.operation == "GetObject" and exc.status == 412:
             raise SourceChangedError(f"{source.key}: ETag is no longer {etag}") from None
         raise
     except FileExistsAtKey:
-        await asyncio.to_thread(FileTree.abandon, pending)
         assert plan is not None
         raise TargetExistsError(f"{tree.root}/{key} exists", plan.head) from None
     except OSError as error:
-        await asyncio.to_thread(FileTree.abandon, pending)
         if error.errno == errno.ENOSPC:  # allocated ahead, yet a filesystem may still say so
             free, total = tree.space()
             raise TargetSpaceLowError(f"no space left on {tree.root}", free, total, size) from None
-        raise
-    except BaseException:
-        await asyncio.to_thread(FileTree.abandon, pending)
         raise
     sha256 = hasher.sha256.hexdigest()
     index.append(
